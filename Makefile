@@ -1,0 +1,60 @@
+# losslandscape: `make install`, `make demo`, `make test`, `make bench`.
+#
+# Everything the project needs is installed here, into $(VENV). On a cluster,
+# load your MPI and parallel-HDF5 modules first; they are used as they are.
+# A GPU cluster sets its own torch, e.g. make install TORCH_SPEC='torch==2.6.*'.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+# Pinned so that a new release cannot break a fresh install (h5py is built from
+# source against the parallel HDF5, with these build tools).
+H5PY_VERSION     ?= 3.16.0
+MPI4PY_SPEC      ?= mpi4py==4.1.2
+BUILD_TOOLS      ?= numpy==2.4.6 Cython==3.3.1 pkgconfig==1.6.0 setuptools==84.2.1 packaging==26.3 wheel
+PYTEST_ARGS      ?=
+
+PY  := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP_H5PY := $(VENV)/.h5py-mpi-$(H5PY_VERSION)
+STAMP_DEPS := $(VENV)/.deps
+
+.PHONY: install demo test bench clean-venv
+install: $(STAMP_DEPS)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install $(BUILD_TOOLS)
+
+# torch first and on its own: its pin decides which build (CPU or CUDA) lands.
+$(VENV)/.torch: $(PY) Makefile
+	$(PIP) install $(BUILD_TOOLS) '$(TORCH_SPEC)' '$(MPI4PY_SPEC)'
+	touch $@
+
+# h5py against parallel HDF5: only rebuilt when the pin changes (pip caches the wheel).
+$(STAMP_H5PY): $(VENV)/.torch scripts/find-parallel-hdf5.sh
+	@if $(PY) -c "import h5py, sys; sys.exit(not (h5py.get_config().mpi and h5py.__version__ == '$(H5PY_VERSION)'))" 2>/dev/null; then \
+		echo "h5py $(H5PY_VERSION) with MPI already installed"; \
+	else \
+		env_lines=$$(scripts/find-parallel-hdf5.sh) || exit 1; \
+		echo "building h5py $(H5PY_VERSION) with: $$(echo $$env_lines)"; \
+		env $$env_lines $(PIP) install --no-binary=h5py --no-build-isolation 'h5py==$(H5PY_VERSION)' || exit 1; \
+	fi
+	$(PY) -c "import h5py; assert h5py.get_config().mpi, 'h5py was built without MPI'"
+	touch $@
+
+$(STAMP_DEPS): $(STAMP_H5PY) setup.cfg pyproject.toml
+	$(PIP) install -e '.[test]' '$(TORCH_SPEC)' 'h5py==$(H5PY_VERSION)'
+	touch $@
+
+demo: install
+	$(VENV)/bin/losslandscape demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m losslandscape.bench --out bench.json
+
+clean-venv:
+	rm -rf $(VENV)

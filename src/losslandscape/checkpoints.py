@@ -1,0 +1,105 @@
+"""Safe checkpoint loading and key normalisation.
+
+Checkpoints load with `torch.load(weights_only=True)`: tensors and plain
+containers only. A file that needs full unpickling (a pickled nn.Module, an
+optimizer object) is refused unless the user says they trust it.
+Accepted layouts: a plain state dict, `{"state_dict": ...}` (the original
+loss-landscape code's .t7/.pt files), `{"model_state_dict": ...}`, and keys
+prefixed by `module.` (DataParallel / DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, keys without any `module.` prefix."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{field}: no such file {str(path)!r}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only" in str(exc):
+            raise UserError(
+                f"{field}: {path} needs full unpickling, which can run arbitrary code; "
+                "pass --trust-checkpoint if you trust where it came from") from None
+        raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+    return normalise(obj, field, path)
+
+
+def normalise(obj, field: str = "model.checkpoint", path: Path | str = "") -> dict[str, torch.Tensor]:
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, torch.nn.Module):
+                inner = inner.state_dict()
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise UserError(f"{field}: {path} holds no state dict (expected a dict of tensors, "
+                        f"or one under {', '.join(repr(k) for k in WRAPPER_KEYS)})")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return dict(obj)
+
+
+def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], field: str = "model.checkpoint") -> None:
+    """Load `state` into `model`, or say in one line which keys do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        if wrong:
+            parts.append("wrong shape " + _few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]))
+        raise UserError(f"{field}: does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _few(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} key(s): {shown}" + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def build_and_load(model_spec, in_channels: int, checkpoint: str | None = None,
+                   field: str = "model.checkpoint") -> torch.nn.Module:
+    """The spec's model with the weights of `checkpoint` (default: model.checkpoint), on the CPU."""
+    from .models import build_model
+
+    model = build_model(model_spec.name, num_classes=model_spec.num_classes, in_channels=in_channels)
+    path = model_spec.checkpoint if checkpoint is None else checkpoint
+    if path:
+        apply_state_dict(model, load_state_dict(path, model_spec.trust_checkpoint, field), field)
+    return model

@@ -1,0 +1,92 @@
+"""The model zoo and the one way to build a model: `build_model(name)`.
+
+`name` is a zoo name (`list(ZOO)`) or "package.module:factory", a user's own
+model: the module is imported, the factory called with no arguments, and it
+must return a `torch.nn.Module`.
+
+The zoo holds the networks of Li et al., "Visualizing the Loss Landscape of
+Neural Nets" (NeurIPS 2018): CIFAR ResNets with and without skip connections,
+wide ResNets, VGG-9 and DenseNet-121. Every factory takes `num_classes` and
+`in_channels` and accepts any input of at least 8x8 pixels.
+"""
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+from losslandscape.errors import UserError
+from losslandscape.models.densenet import densenet121
+from losslandscape.models.resnet import cifar_resnet
+from losslandscape.models.vgg import vgg9
+
+__all__ = ["ZOO", "build_model", "list_models"]
+
+_DEPTHS = (20, 32, 44, 56, 110)
+_WIDTHS = (2, 4, 8)
+
+# name -> factory(num_classes=10, in_channels=3); insertion order is the zoo order
+ZOO: dict[str, Callable[..., nn.Module]] = {
+    **{f"resnet{d}": partial(cifar_resnet, d) for d in _DEPTHS},
+    **{f"resnet{d}_noshort": partial(cifar_resnet, d, shortcut=False) for d in _DEPTHS},
+    **{f"wrn56_{k}": partial(cifar_resnet, 56, k) for k in _WIDTHS},
+    **{f"wrn56_{k}_noshort": partial(cifar_resnet, 56, k, shortcut=False) for k in _WIDTHS},
+    "vgg9": vgg9,
+    "densenet121": densenet121,
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _from_factory(name: str) -> nn.Module:
+    """Import "package.module:factory" and call it; every failure a user can fix is a UserError."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr or ":" in attr:
+        raise UserError(f'model.name: {name!r} is not of the form "package.module:factory"')
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        # errors raised by the user's own module code keep their traceback: that is where they debug
+        raise UserError(f"model.name: cannot import {module_name!r} ({_one_line(exc)})") from exc
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UserError(f"model.name: module {module_name!r} has no attribute {attr!r}")
+    if not callable(factory):
+        raise UserError(f"model.name: {name!r} is not callable")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"model.name: {name!r} returned {type(model).__name__}, expected a torch.nn.Module"
+        )
+    return model
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """A freshly initialised model: a zoo name, or "package.module:factory".
+
+    `num_classes` and `in_channels` apply to zoo models only; a user's factory
+    is called with no arguments and is responsible for its own shape.
+    """
+    if name in ZOO:
+        return ZOO[name](num_classes=num_classes, in_channels=in_channels)
+    if ":" in name:
+        return _from_factory(name)
+    raise UserError(
+        f"model.name: unknown model {name!r}; choose one of {', '.join(ZOO)}"
+        ' or give "package.module:factory"'
+    )
+
+
+def list_models() -> list[tuple[str, int]]:
+    """(name, parameter count for num_classes=10, in_channels=3), in zoo order."""
+    rows = []
+    for name, factory in ZOO.items():
+        # the meta device allocates no memory and skips the random init: counting is instant
+        with torch.device("meta"):
+            model = factory(num_classes=10, in_channels=3)
+        rows.append((name, sum(p.numel() for p in model.parameters())))
+    return rows

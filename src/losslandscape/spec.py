@@ -1,0 +1,342 @@
+"""The job spec: one dataclass per TOML table, the single source of truth.
+
+Each field has a default and a one-line docstring under it; choices are
+`Literal`s. The same dataclasses generate the command-line overrides
+(`--grid.x=-1:1:51`), their help text and the validation, in the manner of
+torchtitan's `JobConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import inspect
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import UserError
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Model:
+    name: str = "resnet20"
+    """zoo name (see `losslandscape models`) or "package.module:factory"."""
+    checkpoint: str = ""
+    """trained weights (.pt/.t7); empty = the model's fresh initialisation."""
+    checkpoint2: str = ""
+    """second model's weights, the far end of `directions.kind = "interpolate"`."""
+    trust_checkpoint: bool = False
+    """allow checkpoints that need full unpickling (can run code: trusted files only)."""
+    num_classes: int = 10
+    """number of classes of the classifier."""
+
+
+@dataclass
+class Data:
+    name: str = "digits"
+    """cifar10 | digits | synthetic | "package.module:factory" (called with the split name)."""
+    root: str = "data/cifar-10-batches-py"
+    """folder of the data set's files (cifar10: the python pickle batches)."""
+    splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["train"])
+    """which splits to evaluate: any of train, test."""
+    max_samples: int = 0
+    """0 = every sample; else a fixed, seeded subset of this many samples per split."""
+    seed: int = 0
+    """seed of the max_samples subset (and of the synthetic data)."""
+
+
+@dataclass
+class Directions:
+    kind: Literal["random", "interpolate", "file"] = "random"
+    """random (Gaussian) | interpolate (checkpoint -> checkpoint2) | file (from an HDF5 file)."""
+    dir_type: Literal["weights", "states"] = "weights"
+    """weights: parameters only; states: also BatchNorm running statistics."""
+    norm: Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"] = "filter"
+    """normalisation of random directions; filter = Li et al.'s filter normalisation."""
+    ignore: Literal["biasbn", "none"] = "biasbn"
+    """biasbn: zero direction for every 1-D parameter (biases, BatchNorm)."""
+    seed: int = 0
+    """seed of the random directions."""
+    orthogonal: bool = False
+    """make the y direction orthogonal to the x direction (after normalisation)."""
+    file: str = ""
+    """HDF5 file to take directions from (kind = "file"): a surface file or an original direction file."""
+
+
+@dataclass
+class Grid:
+    x: str = "-1:1:51"
+    """x axis as "lo:hi:n" (n points from lo to hi, both included)."""
+    y: str = ""
+    """y axis as "lo:hi:n"; empty = a 1-D curve along x."""
+
+
+@dataclass
+class Evaluation:
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    """loss function (mse compares softmax outputs with one-hot targets)."""
+    batch_size: int = 1024
+    """images per forward pass."""
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    """arithmetic of the forward passes (tf32/bf16 only change GPU runs)."""
+    points_per_pass: int = 1
+    """grid points evaluated together in one batched forward pass (vmap)."""
+    device: str = "auto"
+    """auto (cuda if present, else cpu) | cpu | cuda | cuda:N."""
+    threads: int = 0
+    """CPU threads per process; 0 = cores / processes on this node."""
+    unit_size: int = 4
+    """grid points per work unit (and per flush of the surface file)."""
+
+
+@dataclass
+class Output:
+    surface: str = "out/surface.h5"
+    """the surface file to create or resume."""
+
+
+@dataclass
+class Train:
+    epochs: int = 20
+    """training epochs."""
+    batch_size: int = 128
+    """minibatch size (small-batch vs large-batch minimizers)."""
+    lr: float = 0.1
+    """initial learning rate of SGD."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """L2 weight decay (0 for the paper's no-weight-decay minimizers)."""
+    lr_steps: list[int] = field(default_factory=lambda: [10, 15])
+    """epochs after which the learning rate is multiplied by lr_gamma."""
+    lr_gamma: float = 0.1
+    """learning-rate factor at each step."""
+    save_every: int = 5
+    """write model_<epoch>.pt every this many epochs (and the last one)."""
+    out_dir: str = "out/train"
+    """folder for the checkpoints."""
+    seed: int = 0
+    """seed of the initialisation and the batch order."""
+
+
+@dataclass
+class Spec:
+    model: Model = field(default_factory=Model)
+    data: Data = field(default_factory=Data)
+    directions: Directions = field(default_factory=Directions)
+    grid: Grid = field(default_factory=Grid)
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    output: Output = field(default_factory=Output)
+    train: Train = field(default_factory=Train)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Spec)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstrings written under each field of a dataclass."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[stmt.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list of " + _describe(typing.get_args(tp)[0])
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
+
+
+def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
+    """Check (and, for command-line text, parse) one value against its annotation."""
+    origin = typing.get_origin(tp)
+    bad = UserError(f"{key}: {value!r} is not valid; expected {_describe(tp)}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if from_text:
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(key, v, item, from_text) for v in value]
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if tp is bool:
+        if from_text:
+            lowered = str(value).lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise bad
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if from_text:
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if from_text:
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _set(spec: Spec, key: str, value: Any, from_text: bool) -> None:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise UserError(f"spec: unknown table '{section}' (allowed: {', '.join(SECTIONS)})")
+    cls = SECTIONS[section]
+    hints = _hints(cls)
+    if name not in hints:
+        raise UserError(f"spec: unknown key '{key}' (allowed in [{section}]: {', '.join(hints)})")
+    setattr(getattr(spec, section), name, _coerce(key, value, hints[name], from_text))
+
+
+def _validate(spec: Spec) -> None:
+    """Constraints beyond types; the grid axes are checked by grid.py."""
+    from .grid import parse_axis
+
+    positive = {
+        "evaluation.batch_size": spec.evaluation.batch_size,
+        "evaluation.points_per_pass": spec.evaluation.points_per_pass,
+        "evaluation.unit_size": spec.evaluation.unit_size,
+        "train.epochs": spec.train.epochs,
+        "train.batch_size": spec.train.batch_size,
+        "train.save_every": spec.train.save_every,
+        "model.num_classes": spec.model.num_classes,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"{key}: {value} is not valid; expected an integer >= 1")
+    for key, value in {"data.max_samples": spec.data.max_samples,
+                       "evaluation.threads": spec.evaluation.threads}.items():
+        if value < 0:
+            raise UserError(f"{key}: {value} is not valid; expected an integer >= 0")
+    if not spec.data.splits:
+        raise UserError("data.splits: empty; expected one or both of train, test")
+    if len(set(spec.data.splits)) != len(spec.data.splits):
+        raise UserError(f"data.splits: {spec.data.splits!r} names a split twice")
+    parse_axis("grid.x", spec.grid.x)
+    if spec.grid.y:
+        parse_axis("grid.y", spec.grid.y)
+    if spec.directions.kind == "interpolate":
+        if not spec.model.checkpoint or not spec.model.checkpoint2:
+            raise UserError('directions.kind: "interpolate" needs model.checkpoint and model.checkpoint2')
+        if spec.grid.y:
+            raise UserError('grid.y: "interpolate" is a 1-D line; leave grid.y empty')
+    if spec.directions.kind == "file" and not spec.directions.file:
+        raise UserError('directions.file: empty; kind = "file" needs the HDF5 file to read directions from')
+    if not spec.evaluation.device == "auto" and not (
+            spec.evaluation.device == "cpu" or spec.evaluation.device.startswith("cuda")):
+        raise UserError(f"evaluation.device: {spec.evaluation.device!r} is not valid; "
+                        "expected auto, cpu, cuda or cuda:N")
+
+
+def from_dict(table: dict[str, Any], overrides: dict[str, str] | None = None) -> Spec:
+    """A validated spec from parsed TOML plus dotted command-line overrides (as text)."""
+    spec = Spec()
+    for section, values in table.items():
+        if section not in SECTIONS:
+            raise UserError(f"spec: unknown table '[{section}]' (allowed: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise UserError(f"spec: '{section}' must be a table [{section}]")
+        for name, value in values.items():
+            _set(spec, f"{section}.{name}", value, from_text=False)
+    for key, text in (overrides or {}).items():
+        _set(spec, key, text, from_text=True)
+    _validate(spec)
+    return spec
+
+
+def load(path: str | Path | None, overrides: dict[str, str] | None = None) -> Spec:
+    """Read a TOML job spec (None: all defaults) and apply overrides."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"spec: no such file {str(path)!r}")
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"spec: {path} is not valid TOML ({exc})") from None
+    return from_dict(table, overrides)
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+    """One `--section.field` option per spec field, with the field's docstring as help."""
+    for section, cls in SECTIONS.items():
+        if sections is not None and section not in sections:
+            continue
+        group = parser.add_argument_group(f"[{section}] overrides")
+        docs = field_docs(cls)
+        defaults = cls()
+        for name, tp in _hints(cls).items():
+            default = getattr(defaults, name)
+            group.add_argument(
+                f"--{section}.{name}", dest=f"override:{section}.{name}", metavar=_metavar(tp),
+                default=argparse.SUPPRESS,
+                help=f"{docs.get(name, '')} (default: {_show(default)})")
+
+
+def _metavar(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "{" + ",".join(str(a) for a in typing.get_args(tp)) + "}"
+    if origin is list:
+        return "A,B,..."
+    return {int: "INT", float: "FLOAT", bool: "BOOL", str: "TEXT"}[tp]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "''"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if value == "" else str(value)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, str]:
+    return {k.removeprefix("override:"): v for k, v in vars(args).items() if k.startswith("override:")}
