@@ -1,0 +1,158 @@
+"""Directions in weight space: random (filter-normalised), interpolation, from files.
+
+Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of Neural
+Nets", NeurIPS 2018, Sec. 4: a random Gaussian direction d is normalised filter
+by filter, d_ij <- d_ij / ||d_ij|| * ||theta_ij|| (filter j of layer i), so that
+the landscape is comparable across networks and scale-invariant layers.
+1-D entries (biases, BatchNorm) are zeroed with ignore = "biasbn"; otherwise
+their direction is the entry's own value, as in the original code.
+
+A direction is a dict {name: float32 tensor} over the model's parameters
+(dir_type "weights", `named_parameters` order) or over the floating-point
+entries of its state dict (dir_type "states": BatchNorm running statistics too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import h5py
+import numpy as np
+import torch
+
+from .errors import UserError
+
+Direction = dict[str, torch.Tensor]
+EPS = 1e-10
+
+
+def target_tensors(model: torch.nn.Module, dir_type: Literal["weights", "states"]) -> dict[str, torch.Tensor]:
+    """The model's tensors a direction moves, by name (live tensors, not copies)."""
+    if dir_type == "weights":
+        return {name: p.data for name, p in model.named_parameters()}
+    return {name: t for name, t in model.state_dict(keep_vars=False).items() if t.is_floating_point()}
+
+
+def random_direction(weights: dict[str, torch.Tensor], generator: torch.Generator) -> Direction:
+    return {name: torch.randn(w.shape, generator=generator, dtype=torch.float32) for name, w in weights.items()}
+
+
+def normalize(direction: Direction, weights: dict[str, torch.Tensor], norm: str, ignore: str) -> Direction:
+    """Rescale a direction against the weights it will move, in place; returns it."""
+    for name, d in direction.items():
+        w = weights[name].detach().to(torch.float32).cpu()
+        if d.dim() <= 1:
+            if ignore == "biasbn":
+                d.zero_()
+            else:
+                d.copy_(w)
+        elif norm == "filter":
+            # one norm per filter (output channel / row): dims 1.. are reduced
+            dn = d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1))
+            wn = w.flatten(1).norm(dim=1).view_as(dn)
+            d.mul_(wn / (dn + EPS))
+        elif norm == "layer":
+            d.mul_(w.norm() / (d.norm() + EPS))
+        elif norm == "weight":
+            d.mul_(w)
+        elif norm == "dfilter":
+            d.div_(d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1)) + EPS)
+        elif norm == "dlayer":
+            d.div_(d.norm() + EPS)
+        elif norm != "none":
+            raise ValueError(f"unknown norm {norm!r}")
+    return direction
+
+
+def dot(a: Direction, b: Direction) -> float:
+    return float(sum(torch.dot(a[k].flatten().double(), b[k].flatten().double()) for k in a))
+
+
+def orthogonalize(y: Direction, x: Direction) -> Direction:
+    """y minus its projection on x (Gram-Schmidt over the whole flattened vector), in place."""
+    coef = dot(x, y) / max(dot(x, x), EPS)
+    for k in y:
+        y[k].sub_(x[k], alpha=coef)
+    return y
+
+
+def cosine(a: Direction, b: Direction) -> float:
+    return dot(a, b) / max(np.sqrt(dot(a, a) * dot(b, b)), EPS)
+
+
+def random_directions(weights: dict[str, torch.Tensor], two: bool, norm: str, ignore: str, seed: int,
+                      orthogonal: bool) -> tuple[Direction, Direction | None, dict]:
+    """x (and y) random directions; info records the x/y cosine (before, after)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = normalize(random_direction(weights, gen), weights, norm, ignore)
+    if not two:
+        return x, None, {}
+    y = normalize(random_direction(weights, gen), weights, norm, ignore)
+    info = {"cosine_xy_before": cosine(x, y)}
+    if orthogonal:
+        orthogonalize(y, x)
+    info["cosine_xy"] = cosine(x, y)
+    return x, y, info
+
+
+def interpolation_direction(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor]) -> Direction:
+    """end - start: x = 0 is the first model, x = 1 the second."""
+    return {k: (end[k].detach().float().cpu() - start[k].detach().float().cpu()) for k in start}
+
+
+def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
+                        field: str = "directions.file") -> tuple[Direction, Direction | None]:
+    """Directions from one of our surface files or from an original loss-landscape direction file.
+
+    Ours: groups directions/x and directions/y, one dataset per name. The
+    original code's: groups xdirection / ydirection with datasets "0", "1", ...
+    in the order of the model's parameters (or state entries).
+    """
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise UserError(f"{field}: no such file {path!r}") from None
+    except OSError as exc:
+        raise UserError(f"{field}: {path} is not an HDF5 file ({exc})") from None
+    with f:
+        if "directions" in f:
+            groups = [f["directions"].get("x"), f["directions"].get("y")]
+            read = lambda g: {k: torch.from_numpy(np.asarray(g[k], dtype=np.float32)) for k in weights if k in g}
+        elif "xdirection" in f:
+            groups = [f.get("xdirection"), f.get("ydirection")]
+            names = list(weights)
+
+            def read(g):
+                keys = sorted(g.keys(), key=int)
+                if len(keys) != len(names):
+                    raise UserError(f"{field}: {path} holds {len(keys)} direction entries, "
+                                    f"the model has {len(names)}; is directions.dir_type right?")
+                return {n: torch.from_numpy(np.asarray(g[k], dtype=np.float32)) for n, k in zip(names, keys)}
+        else:
+            raise UserError(f"{field}: {path} holds no directions (expected group 'directions' or 'xdirection')")
+        if groups[0] is None or (two and groups[1] is None):
+            raise UserError(f"{field}: {path} lacks the {'y' if groups[0] is not None else 'x'} direction")
+        result = [read(groups[0]), read(groups[1]) if two else None]
+    for d in result:
+        if d is None:
+            continue
+        missing = [k for k in weights if k not in d]
+        if missing:
+            raise UserError(f"{field}: {path} has no direction for {len(missing)} entries, e.g. {missing[0]!r}")
+        for k, w in weights.items():
+            if tuple(d[k].shape) != tuple(w.shape):
+                raise UserError(f"{field}: direction {k!r} has shape {tuple(d[k].shape)}, the model {tuple(w.shape)}")
+    return result[0], result[1]
+
+
+def digest(*directions: Direction | None) -> str:
+    """SHA-256 over the directions' names and float32 bytes: identifies them in the surface file."""
+    h = hashlib.sha256()
+    for d in directions:
+        if d is None:
+            continue
+        for k in sorted(d):
+            h.update(k.encode())
+            h.update(d[k].detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

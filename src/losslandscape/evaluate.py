@@ -1,0 +1,102 @@
+"""Loss and accuracy of a model moved to grid points `theta + a*dx + b*dy`.
+
+Performance design: the data set sits on the device once; the weights are moved
+in place on the device (base + a*dx + b*dy) instead of rebuilding the model or
+copying weights from the host per point; no autograd; large batches; the loss
+is summed on the device and read back once per point and split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Split = tuple[torch.Tensor, torch.Tensor]  # inputs (N, ...), targets (N,)
+
+
+def batch_sums(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, number correct) of one batch, as device tensors."""
+    outputs = outputs.float()
+    if loss == "cross_entropy":
+        total = F.cross_entropy(outputs, targets, reduction="sum")
+    elif loss == "mse":
+        # the original code's MSE: softmax outputs against one-hot targets, mean over classes
+        onehot = F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
+        total = (outputs.softmax(dim=1) - onehot).pow(2).mean(dim=1).sum()
+    else:
+        raise ValueError(f"unknown loss {loss!r}")
+    return total, (outputs.argmax(dim=1) == targets).sum()
+
+
+class PointEvaluator:
+    """Owns one model on one device and evaluates it at grid points.
+
+    `directions` are {name: tensor} over the entries of `tensors` (the live
+    parameters or state entries the directions move, from
+    `directions.target_tensors`). The model's current values are the base point.
+    """
+
+    def __init__(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                 x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None,
+                 splits: dict[str, Split], device: torch.device, loss: str = "cross_entropy",
+                 batch_size: int = 1024, precision: Literal["fp32", "tf32", "bf16"] = "fp32"):
+        self.model = model.eval()
+        self.device = torch.device(device)
+        self.loss = loss
+        self.batch_size = batch_size
+        self.precision = precision
+        names = list(tensors)
+        self.live = [tensors[k] for k in names]
+        with torch.no_grad():
+            self.base = [t.detach().clone() for t in self.live]
+            # empty_like keeps each tensor's memory format, so the in-place update stays cheap
+            self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(names, self.live)]
+            self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(names, self.live)] if y is not None else None
+        self.splits = {name: (xs.to(self.device, non_blocking=True), ys.to(self.device, non_blocking=True))
+                       for name, (xs, ys) in splits.items()}
+
+    @torch.no_grad()
+    def move_to(self, a: float, b: float = 0.0) -> None:
+        """Set the weights to base + a*dx + b*dy, in place on the device."""
+        torch._foreach_copy_(self.live, self.base)
+        if a != 0.0:
+            torch._foreach_add_(self.live, self.dx, alpha=a)
+        if self.dy is not None and b != 0.0:
+            torch._foreach_add_(self.live, self.dy, alpha=b)
+
+    def _autocast(self):
+        if self.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def measure(self, split: str) -> tuple[float, float]:
+        """(mean loss, accuracy in percent) over the whole split at the current weights."""
+        inputs, targets = self.splits[split]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        with self._autocast():
+            for start in range(0, len(targets), self.batch_size):
+                s, c = batch_sums(self.model(inputs[start:start + self.batch_size]),
+                                  targets[start:start + self.batch_size], self.loss)
+                loss_sum += s.double()
+                correct += c
+        n = len(targets)
+        return loss_sum.item() / n, 100.0 * correct.item() / n
+
+    def evaluate(self, a: float, b: float, splits: list[str]) -> dict[str, tuple[float, float]]:
+        self.move_to(a, b)
+        return {split: self.measure(split) for split in splits}
+
+    def restore(self) -> None:
+        self.move_to(0.0, 0.0)
+
+
+def configure_precision(precision: str) -> None:
+    """tf32 lets cuBLAS/cuDNN use TensorFloat-32 (GPU only); fp32 forbids it."""
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow

@@ -1,0 +1,105 @@
+"""Grid axes, the order in which points are computed, and work units.
+
+A point is a flat index into the surface arrays, shape (nx,) for a 1-D curve
+or (ny, nx) for a 2-D surface, row-major: flat = j * nx + i is (x[i], y[j]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+
+
+def parse_axis(key: str, text: str) -> np.ndarray:
+    """ "lo:hi:n" -> n float64 coordinates from lo to hi, both included."""
+    expected = 'expected "lo:hi:n" with numbers lo < hi and an integer n >= 1, e.g. "-1:1:51"'
+    parts = str(text).split(":")
+    if len(parts) != 3:
+        raise UserError(f"{key}: {text!r} is not valid; {expected}")
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+        n = int(parts[2])
+    except ValueError:
+        raise UserError(f"{key}: {text!r} is not valid; {expected}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or n < 1 or (n > 1 and not lo < hi) or (n == 1 and lo > hi):
+        raise UserError(f"{key}: {text!r} is not valid; {expected}")
+    return np.linspace(lo, hi, n)
+
+
+@dataclass(frozen=True)
+class GridAxes:
+    x: np.ndarray
+    y: np.ndarray | None = None
+
+    @classmethod
+    def from_spec(cls, grid) -> "GridAxes":
+        return cls(parse_axis("grid.x", grid.x), parse_axis("grid.y", grid.y) if grid.y else None)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.x),) if self.y is None else (len(self.y), len(self.x))
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def coordinates(self, points: np.ndarray) -> np.ndarray:
+        """(P,) flat indices -> (P, 2) coefficients (a, b) of the x and y directions."""
+        points = np.asarray(points, dtype=np.int64)
+        nx = len(self.x)
+        a = self.x[points % nx]
+        b = self.y[points // nx] if self.y is not None else np.zeros(len(points))
+        return np.stack([a, b], axis=1)
+
+
+def coarse_to_fine(shape: tuple[int, ...]) -> np.ndarray:
+    """All flat indices, every 2**k-th point of each axis first, then finer levels.
+
+    A partly computed surface is then already a whole low-resolution surface.
+    """
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    # the level of a point is the largest power of two dividing all its indices
+    level = np.full(shape, 0, dtype=np.int64)
+    stride = 1
+    while stride < max(shape):
+        stride *= 2
+    coarsest = stride
+    for k, s in enumerate(_powers_down(coarsest)):
+        on = np.ones(shape, dtype=bool)
+        for g in grids:
+            on &= g % s == 0
+        level[on & (level == 0)] = k + 1
+    # level 1 is the coarsest; points with level 0 cannot exist (stride 1 takes all)
+    flat_level = level.ravel()
+    return np.argsort(flat_level, kind="stable")
+
+
+def _powers_down(top: int):
+    s = top
+    while s >= 1:
+        yield s
+        s //= 2
+
+
+def split_units(points: np.ndarray, unit_size: int) -> list[np.ndarray]:
+    """Consecutive chunks of at most unit_size points, in the given order."""
+    if unit_size < 1:
+        raise ValueError("unit_size must be >= 1")
+    points = np.asarray(points, dtype=np.int64)
+    return [points[i:i + unit_size] for i in range(0, len(points), unit_size)]
+
+
+def assign_tasks(points: np.ndarray, num_tasks: int, unit_size: int) -> list[np.ndarray]:
+    """Deal units round-robin to num_tasks tasks; every point goes to exactly one task.
+
+    Round-robin over coarse-to-fine units keeps each task's share of every
+    resolution level about equal, so all tasks finish the coarse surface early.
+    """
+    if num_tasks < 1:
+        raise ValueError("num_tasks must be >= 1")
+    units = split_units(points, unit_size)
+    tasks = [units[k::num_tasks] for k in range(num_tasks)]
+    return [np.concatenate(t) if t else np.zeros(0, dtype=np.int64) for t in tasks]

@@ -1,0 +1,278 @@
+"""The surface file (HDF5): create, check, resume, write points, read directions.
+
+Layout (see DESIGN.md): `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D;
+`{train,test}_{loss,acc}` float64 (ny, nx) or (nx,), NaN where not computed;
+`{train,test}_done` uint8, 1 only after that point's values are written;
+`point_seconds` float64, wall time of each point's last evaluation;
+`directions/x/<name>`, `directions/y/<name>` float32; attributes with the
+resolved spec, the identity of the run (hashes) and library versions.
+
+Every dataset is created once, contiguous and fully allocated, before any
+value is written: after that writing a point changes no HDF5 metadata, so a
+killed job leaves a readable file. The original loss-landscape code's files
+(-1 marks a missing point, no done flags) are read and can be resumed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import UserError
+from .grid import GridAxes, coarse_to_fine
+from .spec import SPLITS
+
+log = logging.getLogger(__name__)
+
+FORMAT = "losslandscape-surface"
+FORMAT_VERSION = 1
+VALUES = ("loss", "acc")
+
+
+def value_name(split: str, value: str) -> str:
+    return f"{split}_{value}"
+
+
+def identity(spec, checkpoint_sha: str, checkpoint2_sha: str) -> dict[str, Any]:
+    """What must be equal for two runs to fill the same surface (JSON-able, by spec key)."""
+    d, m = spec.directions, spec.model
+    ident: dict[str, Any] = {
+        "model.name": m.name,
+        "model.num_classes": m.num_classes,
+        "model.checkpoint (sha256)": checkpoint_sha,
+        "directions.kind": d.kind,
+        "directions.dir_type": d.dir_type,
+        "data.name": spec.data.name,
+        "data.max_samples": spec.data.max_samples,
+        "data.seed": spec.data.seed,
+        "evaluation.loss": spec.evaluation.loss,
+        "evaluation.precision": spec.evaluation.precision,
+    }
+    if d.kind == "random":
+        ident.update({"directions.norm": d.norm, "directions.ignore": d.ignore, "directions.seed": d.seed,
+                      "directions.orthogonal": d.orthogonal})
+    if d.kind == "interpolate":
+        ident["model.checkpoint2 (sha256)"] = checkpoint2_sha
+    if spec.data.name == "cifar10":
+        ident["data.root"] = str(Path(spec.data.root).resolve())
+    return ident
+
+
+def versions() -> dict[str, str]:
+    import mpi4py  # noqa: PLC0415 (version only; importing mpi4py does not start MPI)
+
+    return {"losslandscape": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__, "hdf5": ".".join(map(str, h5py.version.hdf5_version_tuple)),
+            "mpi4py": mpi4py.__version__}
+
+
+def open_h5(path: str | Path, mode: str, comm=None) -> h5py.File:
+    """h5py.File with file locking off (readers of a file being written must not block),
+    through the mpio driver when a communicator is given (collective: every rank calls it)."""
+    kwargs: dict[str, Any] = {"locking": False}
+    if comm is not None:
+        kwargs.update(driver="mpio", comm=comm)
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except FileNotFoundError:
+        raise UserError(f"output.surface: no such file {str(path)!r}") from None
+    except OSError as exc:
+        raise UserError(f"output.surface: {path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+
+
+def _dcpl_early(fill: float | int) -> h5py.h5p.PropDCID:
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+    return dcpl
+
+
+def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
+           x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None, digest: str,
+           extra_attrs: dict[str, Any] | None = None) -> None:
+    """Write the whole structure of a new surface file. Structure only: under MPI every rank
+    calls this with the same arguments (HDF5 metadata operations are collective)."""
+    f.create_dataset("xcoordinates", data=axes.x)
+    if axes.y is not None:
+        f.create_dataset("ycoordinates", data=axes.y)
+    for split in SPLITS:
+        for value in VALUES:
+            f.create_dataset(value_name(split, value), shape=axes.shape, dtype="f8",
+                             fillvalue=np.nan, dcpl=_dcpl_early(np.nan))
+        f.create_dataset(f"{split}_done", shape=axes.shape, dtype="u1", fillvalue=0, dcpl=_dcpl_early(0))
+    f.create_dataset("point_seconds", shape=axes.shape, dtype="f8", fillvalue=np.nan, dcpl=_dcpl_early(np.nan))
+    _write_directions(f, x, y)
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["spec"] = spec.to_json()
+    f.attrs["identity"] = json.dumps(ident, sort_keys=True)
+    f.attrs["directions_sha256"] = digest
+    f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+    f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for k, v in (extra_attrs or {}).items():
+        f.attrs[k] = v
+
+
+def _write_directions(f: h5py.File, x, y) -> None:
+    group = f.require_group("directions")
+    for axis, d in (("x", x), ("y", y)):
+        if d is None:
+            continue
+        g = group.create_group(axis)
+        for name, t in d.items():
+            g.create_dataset(name, data=t.detach().to(torch.float32).cpu().numpy())
+
+
+def is_ours(f: h5py.File) -> bool:
+    return f.attrs.get("format") == FORMAT
+
+
+def is_original(f: h5py.File) -> bool:
+    """A surface file of Li et al.'s loss-landscape code: no format attribute, -1 for missing."""
+    return not is_ours(f) and "xcoordinates" in f and "format" not in f.attrs
+
+
+def check_identity(f: h5py.File, path: str | Path, ident: dict[str, Any], axes: GridAxes) -> None:
+    """Refuse (one line, file untouched) to fill a file made by a different run."""
+    check_grid(f, path, axes)
+    stored = json.loads(f.attrs["identity"])
+    for key in sorted(set(stored) | set(ident)):
+        if stored.get(key) != ident.get(key):
+            raise UserError(
+                f"{key}: the surface file {path} was made with {stored.get(key)!r}, this spec gives "
+                f"{ident.get(key)!r}; resume with the file's spec or choose another output.surface")
+
+
+def check_grid(f: h5py.File, path: str | Path, axes: GridAxes) -> None:
+    fx = np.asarray(f["xcoordinates"])
+    fy = np.asarray(f["ycoordinates"]) if "ycoordinates" in f else None
+    for key, have, want in (("grid.x", fx, axes.x), ("grid.y", fy, axes.y)):
+        if not _same_axis(have, want):
+            raise UserError(f"{key}: the surface file {path} has {_axis_text(have)}, this spec gives "
+                            f"{_axis_text(want)}; resume with the file's grid or choose another output.surface")
+
+
+def _same_axis(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and np.allclose(a, b, rtol=0, atol=1e-12)
+
+
+def _axis_text(axis: np.ndarray | None) -> str:
+    if axis is None:
+        return "no such axis"
+    return f"{axis[0]:g}:{axis[-1]:g}:{len(axis)}" if len(axis) else "an empty axis"
+
+
+def check_structure(f: h5py.File, path: str | Path) -> None:
+    """A file that claims our format must have every dataset (a corrupt one does not)."""
+    shape = f["xcoordinates"].shape if "ycoordinates" not in f else (len(f["ycoordinates"]), len(f["xcoordinates"]))
+    for split in SPLITS:
+        for name in (value_name(split, "loss"), value_name(split, "acc"), f"{split}_done"):
+            if name not in f or f[name].shape != shape:
+                raise UserError(f"output.surface: {path} is damaged: dataset {name!r} is missing or not {shape}")
+    if "directions" not in f or "x" not in f["directions"]:
+        raise UserError(f"output.surface: {path} is damaged: it holds no directions")
+
+
+def read_directions(f: h5py.File, names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    g = f["directions"]
+    read = lambda grp: {k: torch.from_numpy(np.asarray(grp[k], dtype=np.float32)) for k in names}
+    return read(g["x"]), (read(g["y"]) if "y" in g else None)
+
+
+def done_masks(f: h5py.File) -> dict[str, np.ndarray]:
+    """{split: flat bool array}: points whose values are in the file."""
+    return {split: np.asarray(f[f"{split}_done"]).ravel() == 1 for split in SPLITS}
+
+
+def pending_points(f: h5py.File, splits: list[str]) -> np.ndarray:
+    """Flat indices with any of `splits` not done, in coarse-to-fine order."""
+    done = done_masks(f)
+    shape = f[f"{splits[0]}_done"].shape
+    missing = np.zeros(int(np.prod(shape)), dtype=bool)
+    for split in splits:
+        missing |= ~done[split]
+    order = coarse_to_fine(shape)
+    return order[missing[order]]
+
+
+def write_results(f: h5py.File, points: np.ndarray, results: list[dict[str, tuple[float, float]]],
+                  seconds: list[float], flush: bool = True) -> None:
+    """Values first, then the done flags: a flag is never 1 before its values are stored."""
+    shape = f["train_done"].shape
+    index = [np.unravel_index(int(p), shape) for p in points]
+    for idx, res, sec in zip(index, results, seconds):
+        for split, (loss, acc) in res.items():
+            f[value_name(split, "loss")][idx] = loss
+            f[value_name(split, "acc")][idx] = acc
+        f["point_seconds"][idx] = sec
+    if flush:
+        f.flush()
+    for idx, res in zip(index, results):
+        for split in res:
+            f[f"{split}_done"][idx] = 1
+    if flush:
+        f.flush()
+
+
+def adopt_original(f: h5py.File, path: str | Path, axes: GridAxes, spec, ident: dict[str, Any],
+                   x, y, digest: str) -> None:
+    """Turn an original loss-landscape surface file into ours, in place, keeping its values.
+
+    Its arrays are (len(x), len(y)) indexed by the flat order of meshgrid(x, y),
+    the same flat order as our (ny, nx): values are kept, -1 becomes NaN + done 0.
+    """
+    check_grid(f, path, axes)
+    flat_done = {}
+    values = {}
+    for split in SPLITS:
+        for value in VALUES:
+            name = value_name(split, value)
+            if name in f:
+                v = np.asarray(f[name], dtype=np.float64).ravel()
+                if v.size != axes.size:
+                    raise UserError(f"output.surface: {path}: {name} has {v.size} values, the grid {axes.size}")
+                values[name] = v
+                del f[name]
+        loss = values.get(value_name(split, "loss"))
+        flat_done[split] = (loss != -1) & ~np.isnan(loss) if loss is not None else np.zeros(axes.size, bool)
+    for name in ("train_done", "test_done", "point_seconds"):
+        if name in f:
+            del f[name]
+    if "directions" in f:
+        del f["directions"]
+    for key in ("xcoordinates", "ycoordinates"):
+        if key in f:
+            del f[key]
+    create(f, axes, spec, ident, x, y, digest, {"adopted_from": "loss-landscape (Li et al.) surface file"})
+    for split in SPLITS:
+        done = flat_done[split]
+        for value in VALUES:
+            name = value_name(split, value)
+            if name in values:
+                v = values[name].copy()
+                v[~done] = np.nan
+                f[name][...] = v.reshape(axes.shape)
+        f[f"{split}_done"][...] = done.astype(np.uint8).reshape(axes.shape)
+    f.flush()
+
+
+def summary_line(path: str | Path, f: h5py.File, splits: list[str], pending: int) -> str:
+    total = int(np.prod(f["train_done"].shape))
+    done = done_masks(f)
+    complete = int(np.logical_and.reduce([done[s] for s in splits]).sum())
+    return (f"{path}: {complete} of {total} points done ({', '.join(splits)}), {pending} to compute")
+
+
+def tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
