@@ -1,0 +1,34 @@
+"""Shared fixtures: small real models trained on the digits data set."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """resnet20 trained briefly on digits: {'init': model_0.pt, 'mid': model_1.pt, 'final': model_2.pt}."""
+    from losslandscape import spec as specs
+    from losslandscape.train import train
+
+    out = tmp_path_factory.mktemp("trained")
+    spec = specs.from_dict({
+        "model": {"name": "resnet20"},
+        "data": {"name": "digits", "splits": ["train", "test"]},
+        "evaluation": {"device": "cpu"},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "save_every": 1, "out_dir": str(out),
+                  "lr_steps": [1]},
+    })
+    train(spec)
+    return {"init": out / "model_0.pt", "mid": out / "model_1.pt", "final": out / "model_2.pt"}
