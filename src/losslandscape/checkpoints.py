@@ -29,12 +29,15 @@ def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.c
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
+        # torch wraps every weights-only failure, garbage bytes included, in "Weights only load
+        # failed"; only a refused class (a GLOBAL, or an object of one) means "needs trust"
+        if not trust and ("GLOBAL" in str(exc) or "allowlisted" in str(exc)):
             raise UserError(
                 f"{field}: {path} needs full unpickling, which can run arbitrary code; "
                 "pass --trust-checkpoint if you trust where it came from") from None
-        raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        detail = str(exc).split("WeightsUnpickler error:")[-1]  # drop torch's advice to disable weights_only
+        raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(detail)})") from None
+    except Exception as exc:  # garbage bytes make the unpicklers fail in many ways (KeyError, IndexError, ...)
         raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
     return normalise(obj, field, path)
 
@@ -89,8 +92,9 @@ def _few(keys: list[str], limit: int = 4) -> str:
     return f"{len(keys)} key(s): {shown}" + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+def _first_line(exc: BaseException | str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def build_and_load(model_spec, in_channels: int, checkpoint: str | None = None,

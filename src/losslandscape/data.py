@@ -57,9 +57,12 @@ def _load(name: str, root: str, split: str, max_samples: int, seed: int) -> tupl
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: CIFAR batches need no more."""
 
+    # the original batches are Python 2 pickles (protocol 2); Python 3 writes bytes in protocol 2
+    # through _codecs.encode, and numpy arrays in protocol 5 through _frombuffer
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
     }
 
     def find_class(self, module, name):

@@ -1,0 +1,112 @@
+"""The installed `losslandscape` console script: the zoo listing and one-line errors with exit status 1."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from losslandscape.models import build_model
+
+SCRIPT = Path(sys.executable).with_name("losslandscape")
+if not SCRIPT.exists():  # not run from the project's virtual environment
+    SCRIPT = Path(shutil.which("losslandscape") or SCRIPT)
+
+ZOO_NAMES = [
+    *(f"resnet{d}" for d in (20, 32, 44, 56, 110)),
+    *(f"resnet{d}_noshort" for d in (20, 32, 44, 56, 110)),
+    *(f"wrn56_{k}" for k in (2, 4, 8)),
+    *(f"wrn56_{k}_noshort" for k in (2, 4, 8)),
+    "vgg9",
+    "densenet121",
+]
+
+
+def losslandscape(*args, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("losslandscape: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def test_models_lists_the_zoo(tmp_path):
+    result = losslandscape("models", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    assert [row[0] for row in rows] == ZOO_NAMES
+    # He et al.'s ResNet-20 for CIFAR-10 (option A shortcuts) has 0.27M parameters
+    assert rows[0][1] == "0.27M"
+
+
+@pytest.fixture(scope="module")
+def pickled_model(tmp_path_factory):
+    """A whole pickled resnet20 (1 input channel, as for digits) and its weights."""
+    torch.manual_seed(5)
+    model = build_model("resnet20", in_channels=1)
+    path = tmp_path_factory.mktemp("ckpt") / "whole_model.pt"
+    torch.save(model, path)
+    return path, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_missing_spec_file(tmp_path):
+    assert_one_line_error(losslandscape("train", tmp_path / "absent.toml", cwd=tmp_path), "absent.toml")
+
+
+def test_unknown_model(tmp_path):
+    assert_one_line_error(
+        losslandscape("train", "--model.name=resnet21", "--train.epochs=1", f"--train.out_dir={tmp_path / 'o'}",
+                      cwd=tmp_path),
+        "model.name", "resnet21", "resnet20")
+
+
+def test_missing_data_folder(tmp_path):
+    missing = tmp_path / "nonexistent"
+    assert_one_line_error(
+        losslandscape("train", "--data.name=cifar10", f"--data.root={missing}", "--train.epochs=1",
+                      f"--train.out_dir={tmp_path / 'o'}", cwd=tmp_path),
+        "data.root", str(missing))
+
+
+def test_bad_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(range(256)) * 16)
+    assert_one_line_error(
+        losslandscape("train", f"--model.checkpoint={bad}", "--train.epochs=1", f"--train.out_dir={tmp_path / 'o'}",
+                      cwd=tmp_path),
+        "model.checkpoint", str(bad), "not a PyTorch checkpoint")
+
+
+def test_bad_spec_value(tmp_path):
+    spec = tmp_path / "job.toml"
+    spec.write_text("[train]\nbatch_size = \"a\"\n")
+    assert_one_line_error(losslandscape("train", spec, cwd=tmp_path), "train.batch_size", "'a'", "integer")
+
+
+def test_pickled_checkpoint_needs_trust(tmp_path, pickled_model):
+    path, state = pickled_model
+    out = tmp_path / "out"
+    common = [f"--model.checkpoint={path}", "--train.epochs=1", "--train.batch_size=32", "--data.max_samples=64",
+              f"--train.out_dir={out}"]
+    assert_one_line_error(losslandscape("train", *common, cwd=tmp_path), str(path), "--trust-checkpoint")
+    assert not out.exists()
+
+    result = losslandscape("train", "--trust-checkpoint", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model_0.pt", "model_1.pt"]
+    # training started from the trusted file's weights
+    start = torch.load(out / "model_0.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert set(start) == set(state) and all(torch.equal(start[k], state[k]) for k in state)
