@@ -307,7 +307,7 @@ surface = "{surface}"
 
 @pytest.mark.parametrize("override, key", [
     ("--grid.x=1:0:5", "grid.x"), ("--grid.x=a:b", "grid.x"), ("--grid.y=-1:1:0", "grid.y"),
-    ("--directions.norm=banana", "directions.norm"), ("--evaluation.batch_size=0", "evaluation.batch_size"),
+    ("--directions.norm=banana", "directions.norm"), ("--evaluation.batch_size=-1", "evaluation.batch_size"),
 ])
 def test_bad_values_are_one_line_exit_1(trained, tmp_path, override, key):
     toml = write_toml(tmp_path / "s.toml", trained["final"], tmp_path / "surf.h5", "-1:1:3", "-1:1:3")

@@ -20,7 +20,7 @@ from . import directions as dirs
 from . import surface
 from .checkpoints import build_and_load, file_sha256, load_state_dict
 from .errors import UserError
-from .evaluate import PointEvaluator, configure_precision
+from .evaluate import PointEvaluator, configure_precision, use_channels_last
 from .grid import GridAxes
 
 log = logging.getLogger(__name__)
@@ -125,22 +125,15 @@ def _check_directions(spec, path: Path) -> None:
 def load_worker(spec, path: Path, device: torch.device) -> PointEvaluator:
     """The model at its base point on `device`, moved along the file's own directions."""
     configure_precision(spec.evaluation.precision)
+    splits = {split: datasets.load_split(spec.data, split) for split in spec.data.splits}
     model = _base_model(spec)
-    if device.type == "cpu" and _wants_channels_last(spec):
+    if use_channels_last(device, next(iter(splits.values()))[0]):
+        # before the live tensors are collected: .to(memory_format) replaces the weights' storage
         model = model.to(memory_format=torch.channels_last)
+        splits = {k: (x.contiguous(memory_format=torch.channels_last), y) for k, (x, y) in splits.items()}
     model = model.to(device)
     tensors = dirs.target_tensors(model, spec.directions.dir_type)
     with surface.open_h5(path, "r") as f:
         x, y = surface.read_directions(f, list(tensors))
-    splits = {}
-    for split in spec.data.splits:
-        inputs, targets = datasets.load_split(spec.data, split)
-        if inputs.dim() == 4 and device.type == "cpu" and _wants_channels_last(spec):
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        splits[split] = (inputs, targets)
     return PointEvaluator(model, tensors, x, y, splits, device, spec.evaluation.loss,
                           spec.evaluation.batch_size, spec.evaluation.precision)
-
-
-def _wants_channels_last(spec) -> bool:
-    return False

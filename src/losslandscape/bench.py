@@ -1,0 +1,181 @@
+"""`make bench`: grid points per second of our surface verb against two references.
+
+- ours:  the `losslandscape surface` command as a user runs it (a subprocess,
+         start-up, file creation and writing included);
+- naive: the original code's way: per point, copy every weight from host
+         tensors into the model, then iterate a DataLoader of 128-image batches;
+- floor: plain forward passes of the same images through the same model in our
+         batch size, no tool at all.
+All three in one run, on the same machine, ResNet-20 on 2,000 CIFAR-shaped
+images, a 5x5 grid, CPU fp32, 2 threads. Results go to bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data as datasets
+from . import spec as specs
+from .evaluate import batch_size_for
+from .models import build_model
+
+MODEL, IMAGES, GRID, THREADS = "resnet20", 2000, "-1:1:5", 2
+BATCH = batch_size_for(torch.device("cpu"))  # "our batch size": what the surface verb uses on a CPU
+
+
+def _spec_table(work: Path, ckpt: Path, surface: str) -> dict:
+    return {
+        "model": {"name": MODEL, "checkpoint": str(ckpt)},
+        "data": {"name": "synthetic", "max_samples": IMAGES, "splits": ["train"]},
+        "grid": {"x": GRID, "y": GRID},
+        "evaluation": {"device": "cpu", "threads": THREADS},
+        "output": {"surface": str(work / surface)},
+    }
+
+
+def _write_toml(path: Path, table: dict) -> None:
+    lines = []
+    for section, values in table.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def bench_ours(work: Path, ckpt: Path, launcher: list[str] | None = None, surface: str = "ours.h5",
+               extra: list[str] | None = None) -> dict:
+    toml = work / f"{surface}.toml"
+    _write_toml(toml, _spec_table(work, ckpt, surface))
+    cmd = (launcher or []) + [sys.executable, "-m", "losslandscape", "surface", str(toml)] + (extra or [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{proc.stderr}")
+    with h5py.File(work / surface, "r") as f:
+        points = int(f["train_done"][...].sum())
+        seconds = f["point_seconds"][...]
+    return {"points_per_s": points / wall, "steady_points_per_s": points / float(np.nansum(seconds)),
+            "wall_s": wall, "points": points}
+
+
+def bench_floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, points: int) -> float:
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(points):
+            total = torch.zeros((), dtype=torch.float64)
+            for s in range(0, len(y), BATCH):
+                total += F.cross_entropy(model(x[s:s + BATCH]), y[s:s + BATCH], reduction="sum").double()
+            total.item()
+    return points / (time.perf_counter() - t0)
+
+
+def bench_naive(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, points: int, seed: int = 0) -> float:
+    """The original code's loop: host weights copied into the model per point, DataLoader batches of 128."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(seed)
+    host = [p.detach().clone() for p in model.parameters()]
+    dx = [torch.randn(p.shape, generator=gen) * 0.01 for p in host]
+    dy = [torch.randn(p.shape, generator=gen) * 0.01 for p in host]
+    loader = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=False)
+    coords = np.linspace(-1, 1, int(np.sqrt(points)))
+    model.eval()
+    t0 = time.perf_counter()
+    n = 0
+    for a in coords:
+        for b in coords:
+            for p, w, d1, d2 in zip(model.parameters(), host, dx, dy):
+                p.data = w + a * d1 + b * d2
+            total, correct, count = 0.0, 0, 0
+            with torch.no_grad():
+                for xb, yb in loader:
+                    out = model(xb)
+                    total += F.cross_entropy(out, yb).item() * len(yb)
+                    correct += (out.argmax(1) == yb).sum().item()
+                    count += len(yb)
+            n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m losslandscape.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench.json")
+    parser.add_argument("--mpi", choices=("auto", "off"), default="auto",
+                        help="also time 1 and 2 MPI workers (needs mpirun)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    with tempfile.TemporaryDirectory(prefix="ll-bench-") as tmp:
+        work = Path(tmp)
+        torch.manual_seed(0)
+        model = build_model(MODEL, in_channels=3)
+        ckpt = work / "model.pt"
+        torch.save({"state_dict": model.state_dict()}, ckpt)
+        spec = specs.from_dict(_spec_table(work, ckpt, "x.h5"))
+        x, y = datasets.load_split(spec.data, "train")
+        points = 25
+        results: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS,
+                                     "torch": torch.__version__, "cores": os.cpu_count()}}
+        print(f"ResNet-20, {IMAGES} CIFAR-shaped images, 5x5 grid, CPU fp32, {THREADS} threads", flush=True)
+        floor = bench_floor(model, x, y, points)
+        ours = bench_ours(work, ckpt)
+        naive = bench_naive(model, x, y, points)
+        results[MODEL] = {"ours": ours["points_per_s"], "naive": naive, "floor": floor,
+                          "ours_steady": ours["steady_points_per_s"], "ours_wall_s": ours["wall_s"],
+                          "ours_over_floor": ours["points_per_s"] / floor,
+                          "ours_over_naive": ours["points_per_s"] / naive}
+        rows = [("ours (surface verb, whole command)", ours["points_per_s"]),
+                ("ours, steady state (point timings)", ours["steady_points_per_s"]),
+                ("naive (host copies + DataLoader 128)", naive),
+                ("floor (plain forward passes)", floor)]
+        if args.mpi == "auto":
+            results["mpi"] = bench_mpi(work, ckpt)
+            for k, v in results["mpi"].items():
+                if not k.startswith("speedup"):
+                    rows.append((f"ours under MPI, {k} worker(s), 1 thread each", v))
+    print(f"\n{'program':<42} {'points/s':>9}")
+    for name, rate in rows:
+        print(f"{name:<42} {rate:9.3f}")
+    r = results[MODEL]
+    print(f"\nours/floor = {r['ours_over_floor']:.2f} (target >= 0.9), "
+          f"ours/naive = {r['ours_over_naive']:.2f} (target >= 1.5)")
+    if "mpi" in results and "speedup_2_over_1" in results["mpi"]:
+        print(f"MPI: 2 workers / 1 worker = {results['mpi']['speedup_2_over_1']:.2f} (target >= 1.8)")
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def bench_mpi(work: Path, ckpt: Path) -> dict:
+    """Points/s with 1 and 2 workers (a coordinator rank besides), 1 thread per worker."""
+    import shutil
+
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        return {}
+    out = {}
+    for workers in (1, 2):
+        launcher = [mpirun, "--allow-run-as-root", "--oversubscribe", "-n", str(workers + 1)]
+        res = bench_ours(work, ckpt, launcher, surface=f"mpi{workers}.h5", extra=["--evaluation.threads=1"])
+        out[str(workers)] = res["steady_points_per_s"] * 0 + res["points"] / res["wall_s"]
+    out["speedup_2_over_1"] = out["2"] / out["1"]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
