@@ -14,6 +14,7 @@ import sys
 from . import __version__
 from .errors import UserError
 from . import spec as specs
+from .render import cli as render_cli  # light: no torch, no matplotlib until it renders
 
 log = logging.getLogger("losslandscape")
 
@@ -42,15 +43,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_surface(args: argparse.Namespace) -> int:
-    from .distributed import run_serial
+    from .distributed import QuietExit, run
+    from .environment import mpi_environment
 
-    return run_serial(_spec_from_args(args))
+    spec = _spec_from_args(args)
+    env = mpi_environment()
+    if env.comm is not None:
+        setup_logging(args.verbose, env.rank)
+    try:
+        return run(spec, env.comm)
+    except QuietExit as exc:
+        return exc.code
 
 
 def cmd_directions(args: argparse.Namespace) -> int:
     from .job import prepare
 
-    prep = prepare(_spec_from_args(args), create_only=True)
+    prep = prepare(_spec_from_args(args))
     log.info("%s %s (directions stored)", "created" if prep.created else "checked", prep.path)
     return 0
 
@@ -80,17 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_verb(sub, "surface", "compute (or resume) a loss surface; under mpirun -n N: distributed",
                    cmd_surface)
     _add_spec_verb(sub, "directions", "only create the surface file and store its directions", cmd_directions)
-    try:
-        from .render import cli as render_cli
-    except ImportError:  # the renderer is optional at import time only while it is being built
-        render_cli = None
-    if render_cli is not None:
-        p = sub.add_parser("render", help="plots of a finished or partial surface file")
-        render_cli.add_render_arguments(p)
-        p.set_defaults(func=render_cli.run_render)
-        p = sub.add_parser("summary", help="the numbers a paper cites: centre, minimum, rings, basin radius")
-        render_cli.add_summary_arguments(p)
-        p.set_defaults(func=render_cli.run_summary)
+    p = sub.add_parser("render", help="plots of a finished or partial surface file")
+    render_cli.add_render_arguments(p)
+    p.set_defaults(func=render_cli.run_render)
+    p = sub.add_parser("summary", help="the numbers a paper cites: centre, minimum, rings, basin radius")
+    render_cli.add_summary_arguments(p)
+    p.set_defaults(func=render_cli.run_summary)
     return parser
 
 

@@ -1,0 +1,228 @@
+"""Pictures and numbers from surface files.
+
+    load_surface(path)            -> Surface (NaN where not computed)
+    render(paths, out_dir, ...)   -> files written (PNG/PDF/SVG, VTP, HTML)
+    summarize(path)               -> dict of summary numbers (JSON-serialisable)
+
+Kinds of view (`KINDS`):
+  curve      1-D: loss and accuracy, train and test, on twin axes (Li et al., Figs. 2-3)
+  contour    2-D: labelled contour lines (the original code's vmin/vmax/vlevel)
+  filled     2-D: filled contours
+  heatmap    2-D: one cell per grid point
+  surface3d  2-D: shaded 3-D surface
+  compare    several files side by side, same levels and colour scale
+  vtp        2-D: ParaView XML PolyData, any nx x ny grid
+  html       2-D: one self-contained interactive page (3-D + contours), works offline
+
+Partial surfaces draw what is computed and say how much in the title;
+diverged points (+inf) are clipped to the top of the colour range.
+This package needs numpy, h5py and matplotlib only: no torch, no MPI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from losslandscape.errors import UserError
+from losslandscape.render import common
+from losslandscape.render.summary import summarize
+from losslandscape.render.surfacefile import SPLITS, VALUES, Surface, load_surface
+
+__all__ = ["KINDS", "Surface", "load_surface", "render", "summarize"]
+
+KINDS = ("curve", "contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html")
+KINDS_1D = ("curve", "compare")
+KINDS_2D = ("contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html")
+DEFAULT_1D = ("curve",)
+DEFAULT_2D = ("contour", "filled", "heatmap", "surface3d", "vtp", "html")
+MATPLOTLIB_2D = ("contour", "filled", "heatmap", "surface3d")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value is not None and value not in allowed:
+        raise UserError(f"{name} is {value!r}, expected one of {', '.join(allowed)}")
+
+
+def _stems(surfaces: list[Surface]) -> list[str]:
+    """Output name stems: the file stem, with its folder's name where two files share a stem."""
+    stems = [s.stem for s in surfaces]
+    return [
+        st if stems.count(st) == 1 else f"{s.path.resolve().parent.name}_{st}" for st, s in zip(stems, surfaces)
+    ]
+
+
+def _splits(surface: Surface, split: str | None) -> list[str]:
+    """Splits to draw: the one asked for, or every split with something computed."""
+    if split is not None:
+        if split not in surface.splits:
+            present = ", ".join(surface.values)
+            raise UserError(f"{surface.path} has no {split}_loss or {split}_acc dataset (present: {present})")
+        if surface.fraction_done[split] == 0:
+            raise UserError(f"{surface.path}: nothing is computed yet for split {split} (0 points done)")
+        return [split]
+    splits = [s for s in surface.splits if surface.fraction_done[s] > 0]
+    if not splits:
+        raise UserError(f"{surface.path}: nothing is computed yet (0 points done)")
+    return splits
+
+
+def _value_for(surface: Surface, split: str, value: str | None) -> str:
+    """The value a single-value view draws: the one asked for, else loss (acc if no loss)."""
+    if value is not None:
+        return value
+    return "loss" if f"{split}_loss" in surface.values else "acc"
+
+
+def _render_one(surface: Surface, stem: str, out_dir: Path, kinds: list[str], split, value, fmt, opts) -> list[Path]:
+    written: list[Path] = []
+    splits = _splits(surface, split)
+    vmin, vmax, levels, log, zmax = (opts[k] for k in ("vmin", "vmax", "levels", "log", "zmax"))
+    for kind in kinds:
+        if kind == "compare":
+            continue
+        allowed = KINDS_1D if surface.ndim == 1 else KINDS_2D
+        if kind not in allowed:
+            raise UserError(
+                f"--kind {kind} does not fit {surface.path} ({surface.shape_text()}); "
+                f"for this file use one of {', '.join(k for k in allowed if k != 'compare')}"
+            )
+        if kind == "curve":
+            from losslandscape.render import plot1d
+
+            values = [value] if value else list(VALUES)
+            out = common.output_path(out_dir, stem, split, value, "curve", ext=fmt)
+            written.append(plot1d.curve(surface, out, fmt, splits, values, vmin, vmax, log))
+        elif kind == "html":
+            from losslandscape.render import html
+
+            values = [value] if value else list(VALUES)
+            out = common.output_path(out_dir, stem, split, value, ext="html")
+            written.append(html.write_html(surface, out, splits, values, **opts))
+        elif kind == "vtp":
+            from losslandscape.render import vtp
+
+            for sp in splits:
+                v = _value_for(surface, sp, value)
+                out = common.output_path(out_dir, stem, sp, v, ext="vtp")
+                written.append(vtp.write_vtp(surface, out, sp, v, log=log, zmax=zmax))
+        else:
+            from losslandscape.render import plot2d
+
+            for sp in splits:
+                v = _value_for(surface, sp, value)
+                view = plot2d.View2D(surface, sp, v, vmin, vmax, log)
+                out = common.output_path(out_dir, stem, sp, v, kind, ext=fmt)
+                if kind == "contour":
+                    written.append(plot2d.contour(view, out, fmt, levels))
+                elif kind == "filled":
+                    written.append(plot2d.filled(view, out, fmt, levels))
+                elif kind == "heatmap":
+                    written.append(plot2d.heatmap(view, out, fmt))
+                else:
+                    written.append(plot2d.surface3d(view, out, fmt, zmax))
+    return written
+
+
+def _default_compare(surfaces: list[Surface]) -> bool:
+    """Whether the default views include compare: several files of one kind sharing a computed split."""
+    if len(surfaces) < 2 or len({s.ndim for s in surfaces}) > 1:
+        return False
+    return any(all(sp in s.splits and s.fraction_done[sp] > 0 for s in surfaces) for sp in SPLITS)
+
+
+def _render_compare(surfaces: list[Surface], stems: list[str], out_dir: Path, split, value, fmt, opts) -> list[Path]:
+    if len(surfaces) < 2:
+        raise UserError("--kind compare needs at least two surface files")
+    dims = {s.ndim for s in surfaces}
+    if len(dims) > 1:
+        raise UserError("--kind compare needs surfaces of the same kind: these mix 1-D and 2-D files")
+    if split is not None:
+        splits = [split]
+    else:
+        splits = [sp for sp in SPLITS if all(sp in s.splits and s.fraction_done[sp] > 0 for s in surfaces)]
+        if not splits:
+            raise UserError("--kind compare: no split (train, test) is computed in every file")
+    name_stem = "_vs_".join(stems) if len(stems) <= 3 else f"{stems[0]}_vs_{len(stems) - 1}_more"
+    written = []
+    for sp in splits:
+        v = value or "loss"
+        for s in surfaces:
+            if f"{sp}_{v}" not in s.values:
+                raise UserError(f"{s.path} has no {sp}_{v} dataset, needed by --kind compare")
+            if np.all(np.isnan(s.values[f"{sp}_{v}"])):
+                raise UserError(f"{s.path}: nothing is computed yet for {sp}_{v}")
+        out = common.output_path(out_dir, name_stem, sp, v, "compare", ext=fmt)
+        if dims == {1}:
+            from losslandscape.render import plot1d
+
+            written.append(plot1d.compare_curves(surfaces, out, fmt, sp, v, opts["vmin"], opts["vmax"], opts["log"]))
+        else:
+            from losslandscape.render import plot2d
+
+            written.append(
+                plot2d.compare(surfaces, out, fmt, sp, v, opts["vmin"], opts["vmax"], opts["levels"], opts["log"])
+            )
+    return written
+
+
+def render(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    kinds: list[str] | None = None,
+    split: str | None = None,
+    value: str | None = None,
+    fmt: str = "png",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    levels: int | None = None,
+    log: bool = False,
+    zmax: float | None = None,
+) -> list[Path]:
+    """Draw the surface files in `paths` into `out_dir`; return the files written.
+
+    kinds None draws every view that fits each file (1-D: curve; 2-D: contour,
+    filled, heatmap, surface3d, vtp, html), plus compare when there are several
+    files. split None draws each split with points computed; value None draws
+    the loss (and the accuracy too in curve and html). vmin/vmax/levels set the
+    colour range and contour levels, log a logarithmic value scale, zmax clips
+    the height of surface3d and vtp. Output names are
+    `<stem>_<split>_<value>_<kind>.<fmt>` (vtp and html drop the kind).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise UserError("no surface file given")
+    _check_choice("--format", fmt, common.FORMATS)
+    _check_choice("--split", split, SPLITS)
+    _check_choice("--value", value, VALUES)
+    for kind in kinds or ():
+        _check_choice("--kind", kind, KINDS)
+    if levels is not None and levels < 2:
+        raise UserError(f"--levels is {levels}, expected at least 2")
+    if zmax is not None and not np.isfinite(zmax):
+        raise UserError(f"--zmax is {zmax}, expected a finite number")
+
+    surfaces = [load_surface(p) for p in paths]
+    if kinds is not None and "compare" in kinds:
+        # Before drawing anything else, so that a refused compare writes nothing.
+        if len(surfaces) < 2:
+            raise UserError("--kind compare needs at least two surface files")
+        if len({s.ndim for s in surfaces}) > 1:
+            raise UserError("--kind compare needs surfaces of the same kind: these mix 1-D and 2-D files")
+    stems = _stems(surfaces)
+    out_dir = Path(out_dir)
+    opts = {"vmin": vmin, "vmax": vmax, "levels": levels, "log": log, "zmax": zmax}
+    written: list[Path] = []
+    for surface, stem in zip(surfaces, stems):
+        if kinds is None:
+            chosen = list(DEFAULT_1D if surface.ndim == 1 else DEFAULT_2D)
+        else:
+            chosen = list(dict.fromkeys(kinds))  # in order, each once
+        if chosen == ["compare"]:
+            continue
+        written += _render_one(surface, stem, out_dir, chosen, split, value, fmt, opts)
+    if (kinds is None and _default_compare(surfaces)) or (kinds is not None and "compare" in kinds):
+        written += _render_compare(surfaces, stems, out_dir, split, value, fmt, opts)
+    return written

@@ -1,0 +1,97 @@
+"""The `render` and `summary` verbs: arguments and the calls behind them.
+
+The main CLI adds a subparser per verb and calls these; UserError propagates
+to it, which prints the one-line message and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from losslandscape.render import KINDS, render
+from losslandscape.render.common import FORMATS
+from losslandscape.render.summary import format_summary, summarize
+from losslandscape.render.surfacefile import SPLITS, VALUES
+
+log = logging.getLogger(__name__)
+
+
+def _kinds(text: str) -> list[str]:
+    """`--kind contour,heatmap` -> ["contour", "heatmap"], each checked."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in KINDS:
+            raise argparse.ArgumentTypeError(f"unknown kind {kind!r}, expected one of {', '.join(KINDS)}")
+    if not kinds:
+        raise argparse.ArgumentTypeError(f"empty kind, expected one of {', '.join(KINDS)}")
+    return kinds
+
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("surfaces", nargs="+", metavar="SURFACE", help="surface file(s) (.h5)")
+    parser.add_argument(
+        "--kind",
+        dest="kinds",
+        action="append",
+        type=_kinds,
+        metavar="KIND",
+        help=f"view to draw, one of {', '.join(KINDS)}; repeat the flag or separate by commas "
+        "(default: every view that fits the file; compare when several files are given)",
+    )
+    parser.add_argument("--split", choices=SPLITS, help="data split (default: each split computed)")
+    parser.add_argument(
+        "--value", choices=VALUES, help="value to draw (default: loss; curve and html also show accuracy)"
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default: the first surface file's folder)"
+    )
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="png", help="picture format (default png)")
+    parser.add_argument("--vmin", type=float, help="lowest value of the colour scale and contour levels")
+    parser.add_argument("--vmax", type=float, help="highest value of the colour scale and contour levels")
+    parser.add_argument("--levels", type=int, help="number of contour levels between vmin and vmax")
+    parser.add_argument("--log", action="store_true", help="logarithmic value scale")
+    parser.add_argument("--zmax", type=float, help="clip heights above this value (surface3d, vtp, html)")
+
+
+def run_render(args: argparse.Namespace) -> int:
+    out_dir = args.out if args.out is not None else Path(args.surfaces[0]).parent
+    written = render(
+        args.surfaces,
+        out_dir,
+        kinds=None if not args.kinds else [k for group in args.kinds for k in group],
+        split=args.split,
+        value=args.value,
+        fmt=args.fmt,
+        vmin=args.vmin,
+        vmax=args.vmax,
+        levels=args.levels,
+        log=args.log,
+        zmax=args.zmax,
+    )
+    log.info("wrote %d file(s) to %s", len(written), out_dir)
+    for path in written:
+        print(path)
+    return 0
+
+
+def add_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("surface", metavar="SURFACE", help="surface file (.h5)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=1.0,
+        help="basin radius: where the loss first exceeds the centre's by this much (default 1.0)",
+    )
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    summary = summarize(args.surface, threshold=args.threshold)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    return 0

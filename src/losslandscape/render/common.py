@@ -1,0 +1,274 @@
+"""What every view shares: value ranges, clipping, titles, axis labels, file names,
+and (for the matplotlib views) paper-sized figures without pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from losslandscape.errors import UserError
+from losslandscape.render.surfacefile import VALUE_LABELS, Surface
+
+# Paper figure: 4-5 inch wide, 9 pt text (fits one column of a two-column paper
+# at full size, or a 2-column figure at about 0.5 textwidth).
+PAPER_RC: dict[str, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 9,
+    "figure.dpi": 100,
+    "savefig.dpi": 200,
+    "pdf.fonttype": 42,  # TrueType in PDFs, so journals' font checks pass
+    "ps.fonttype": 42,
+    "svg.fonttype": "path",
+    "image.cmap": "viridis",
+}
+WIDTH_IN = 4.5
+HEIGHT_IN = 3.6
+CMAP = "viridis"
+FORMATS = ("png", "pdf", "svg")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Colour / level range of one picture; `log` means a logarithmic scale,
+    `exact` that the user fixed both ends (then levels are evenly spaced, as
+    in the original code, rather than rounded)."""
+
+    low: float
+    high: float
+    log: bool
+    exact: bool = False
+
+    def levels(self, n: int, cover: bool = False) -> np.ndarray:
+        """About n contour levels inside [low, high] at round numbers; with
+        `cover` the ends are included, so filled contours span the whole range."""
+        if self.exact:
+            return np.geomspace(self.low, self.high, n) if self.log else np.linspace(self.low, self.high, n)
+        from matplotlib.ticker import LogLocator, MaxNLocator
+
+        if self.log:
+            decades = np.log10(self.high / self.low)
+            per_decade = n / max(decades, 1e-12)
+            subs = (1.0,) if per_decade < 2 else (1.0, 2.0, 5.0) if per_decade < 7 else np.arange(1.0, 10.0)
+            lv = LogLocator(subs=subs, numticks=4 * n).tick_values(self.low, self.high)
+            if np.count_nonzero((lv >= self.low) & (lv <= self.high)) < 3:
+                lv = np.geomspace(self.low, self.high, n)
+        else:
+            lv = MaxNLocator(nbins=max(n - 1, 1), steps=[1, 2, 2.5, 5, 10]).tick_values(self.low, self.high)
+        tol = 1e-9 * (self.high - self.low)
+        lv = lv[(lv >= self.low - tol) & (lv <= self.high + tol)]
+        if cover:
+            lv = np.unique(np.concatenate([[self.low], lv, [self.high]]))
+            # Drop a sliver band next to an end.
+            if lv.size > 3 and (lv[1] - lv[0]) < 0.05 * (lv[2] - lv[1]):
+                lv = np.delete(lv, 1)
+            if lv.size > 3 and (lv[-1] - lv[-2]) < 0.05 * (lv[-2] - lv[-3]):
+                lv = np.delete(lv, -2)
+        return lv
+
+    def ticks(self) -> np.ndarray:
+        """Round-number colour-bar ticks inside the range (1-2-5 steps on a log scale)."""
+        from matplotlib.ticker import LogLocator, MaxNLocator
+
+        if self.log:
+            subs = (1.0, 2.0, 5.0) if np.log10(self.high / self.low) < 3 else (1.0,)
+            loc = LogLocator(subs=subs, numticks=30)
+        else:
+            loc = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10])
+        t = loc.tick_values(self.low, self.high)
+        tol = 1e-9 * (self.high - self.low)
+        t = t[(t >= self.low - tol) & (t <= self.high + tol)]
+        if t.size < 2:
+            t = np.unique(np.concatenate([[self.low], t, [self.high]]))
+        return t
+
+    def norm(self):
+        from matplotlib.colors import LogNorm, Normalize
+
+        return LogNorm(self.low, self.high) if self.log else Normalize(self.low, self.high)
+
+
+def value_range(
+    arrays: list[np.ndarray],
+    where: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    log: bool = False,
+) -> Range:
+    """The range that a picture of `arrays` spans: vmin/vmax where given, else the
+    finite data's extremes (smallest positive value with `log`). `where` names
+    the data in error messages."""
+    finite = np.concatenate([a[np.isfinite(a)].ravel() for a in arrays])
+    if finite.size == 0:
+        raise UserError(f"{where}: every computed point diverged (+inf); nothing to draw")
+    if log:
+        if vmin is not None and vmin <= 0:
+            raise UserError(f"--vmin is {vmin}, expected a value > 0 with --log")
+        if vmax is not None and vmax <= 0:
+            raise UserError(f"--vmax is {vmax}, expected a value > 0 with --log")
+        positive = finite[finite > 0]
+        if positive.size == 0 and vmin is None:
+            raise UserError(f"{where}: no value is > 0, so it cannot be drawn with --log")
+    if vmin is not None and vmax is not None and vmin >= vmax:
+        raise UserError(f"--vmin {vmin} is not below --vmax {vmax}")
+    low = vmin if vmin is not None else float(positive.min() if log else finite.min())
+    high = vmax if vmax is not None else float(finite.max())
+    if vmin is None and vmax is not None and low >= high:
+        low = high / 10 if log else high - 1.0
+    if high <= low:  # a flat surface, or vmin above every value
+        high = low * 10 if log else low + max(abs(low) * 0.1, 1e-12)
+    return Range(float(low), float(high), log, exact=vmin is not None and vmax is not None)
+
+
+def clip_diverged(z: np.ndarray, rng: Range, zmax: float | None = None) -> np.ndarray:
+    """z with +inf clipped to the top of the range (or zmax), -inf to the bottom,
+    values above zmax clipped to zmax; NaN (not computed) kept."""
+    top = rng.high if zmax is None else zmax
+    z = z.copy()
+    z[np.isposinf(z)] = top
+    z[np.isneginf(z)] = rng.low
+    if zmax is not None:
+        z[z > zmax] = zmax
+    if rng.log:  # zero and below have no logarithm: floor them at the range's bottom
+        computed = ~np.isnan(z)
+        z[computed & (z < rng.low)] = rng.low
+    return z
+
+
+def compact_grid(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Drop the rows and columns with no computed point.
+
+    Returns x, y, z of the smaller grid and the kept row and column indices
+    into the full grid. A partial file computed coarse to fine (every 8th point
+    of each axis first) keeps only the rows and columns reached so far.
+    """
+    computed = ~np.isnan(z)
+    rows = np.flatnonzero(computed.any(axis=1))
+    cols = np.flatnonzero(computed.any(axis=0))
+    return x[cols], y[rows], z[np.ix_(rows, cols)], rows, cols
+
+
+def complete_cells(computed: np.ndarray) -> np.ndarray:
+    """(ny-1, nx-1): cells whose four corners are computed."""
+    return computed[:-1, :-1] & computed[1:, :-1] & computed[:-1, 1:] & computed[1:, 1:]
+
+
+def surface_lattice(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the sub-grid that draws the most of a partial surface.
+
+    Lines, filled contours and 3-D surfaces need cells with four computed
+    corners. Halfway through a coarse-to-fine pass the finest rows and columns
+    have holes everywhere, so every cell of the full grid is broken while the
+    previous pass's coarser grid is whole. Candidates are the rows and columns
+    with any computed point, and those of them every 2nd, 4th, 8th, ... grid
+    index from the first; the one whose complete cells cover the largest area
+    wins (the finest on a tie). A complete surface always gets its full grid.
+    """
+    computed = ~np.isnan(z)
+    rows = np.flatnonzero(computed.any(axis=1))
+    cols = np.flatnonzero(computed.any(axis=0))
+    best, best_area, stride = (rows, cols), -1.0, 1
+    while stride < max(z.shape):
+        r = rows[(rows - rows[0]) % stride == 0] if rows.size else rows
+        c = cols[(cols - cols[0]) % stride == 0] if cols.size else cols
+        if r.size < 2 or c.size < 2:
+            break
+        cells = complete_cells(computed[np.ix_(r, c)])
+        area = float((np.abs(np.diff(y[r]))[:, None] * np.abs(np.diff(x[c]))[None, :])[cells].sum())
+        if area > best_area * (1 + 1e-6):
+            best, best_area = (r, c), area
+        stride *= 2
+    return best
+
+
+def done_note(surface: Surface, split: str) -> str:
+    """'' when the split is complete, else ' (37% done)'."""
+    fraction = surface.fraction_done.get(split, 1.0)
+    if fraction >= 1.0:
+        return ""
+    pct = 100 * fraction
+    text = f"{pct:.0f}" if pct >= 1 else f"{pct:.1g}"
+    return f" ({text}% done)"
+
+
+def title(surface: Surface, split: str, value: str) -> str:
+    return f"{surface.model_name}: {split} {VALUE_LABELS[value]}{done_note(surface, split)}"
+
+
+def value_label(split: str | None, value: str, log: bool = False) -> str:
+    label = VALUE_LABELS[value] if split is None else f"{split} {VALUE_LABELS[value]}"
+    if value == "acc":
+        label += " (%)"
+    return label + (" (log scale)" if log else "")
+
+
+def _directions_kind(surface: Surface) -> str | None:
+    spec = surface.attrs.get("spec")
+    try:
+        spec = json.loads(spec) if isinstance(spec, str) else spec
+        return spec["directions"]["kind"]
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def axis_label(surface: Surface, axis: str) -> str:
+    """Label of the x or y axis, by how the directions were made."""
+    kind = _directions_kind(surface)
+    if kind == "interpolate" and axis == "x":
+        return r"interpolation $\alpha$"
+    if kind == "pca":
+        return "1st PCA component" if axis == "x" else "2nd PCA component"
+    return f"{axis} direction"
+
+
+def output_path(out_dir: Path, stem: str, *parts: str | None, ext: str) -> Path:
+    """`<out_dir>/<stem>_<part>_..._<part>.<ext>`, skipping empty parts."""
+    name = "_".join([stem, *(p for p in parts if p)])
+    return out_dir / f"{name}.{ext}"
+
+
+def paper_style():
+    """Context manager: matplotlib's rc set for paper figures, restored on exit."""
+    import matplotlib
+
+    return matplotlib.rc_context(PAPER_RC)
+
+
+def new_figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
+    """A Figure on its own Agg canvas: nothing registered with pyplot, so
+    nothing leaks between figures and the caller's backend is untouched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig, path: Path, fmt: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format=fmt)
+    fig.clear()
+    return path
+
+
+def equal_aspect(x: np.ndarray, y: np.ndarray) -> bool:
+    """Equal axis scales when both directions span comparable ranges."""
+    wx, wy = np.ptp(x), np.ptp(y)
+    return wx > 0 and wy > 0 and 1 / 3 <= wx / wy <= 3
+
+
+def level_format(v: float) -> str:
+    """Contour-label text: 3 significant digits, no trailing zeros."""
+    return f"{v:.3g}"

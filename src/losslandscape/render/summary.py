@@ -1,0 +1,197 @@
+"""Numbers that describe a surface: the centre, the minimum, how fast the loss
+rises on rings around the centre, and how wide the basin is along each axis.
+
+Distances are in the grid's own coordinates (the step sizes along the
+directions), measured from the origin (0, 0).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from losslandscape.errors import UserError
+from losslandscape.render.surfacefile import Surface, load_surface
+
+RING_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+def _num(v) -> float | None:
+    """A JSON-safe float: None for NaN (not computed) and for +-inf (diverged)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def grid_step(surface: Surface) -> float:
+    """The ring width: the larger of the two axes' mean grid steps."""
+    steps = [np.ptp(a) / (a.size - 1) for a in (surface.x, surface.y) if a is not None and a.size > 1]
+    return float(max(steps)) if steps else 1.0
+
+
+def distances(surface: Surface) -> np.ndarray:
+    """Distance of every grid point to the origin; (ny, nx), or (nx,) for 1-D."""
+    if surface.y is None:
+        return np.abs(surface.x)
+    X, Y = np.meshgrid(surface.x, surface.y)
+    return np.hypot(X, Y)
+
+
+def ring_mask(dist: np.ndarray, radius: float, step: float) -> np.ndarray:
+    """Points whose distance rounds to `radius` at resolution `step`:
+    radius - step/2 <= d < radius + step/2 (with a tolerance for float noise)."""
+    tol = 1e-9 * step
+    return (dist >= radius - step / 2 - tol) & (dist < radius + step / 2 - tol)
+
+
+def ring_radii(surface: Surface) -> list[float]:
+    """A few radii that are coordinates of the grid: about 1/4, 1/2, 3/4 and all
+    of the largest radius whose ring lies inside the grid on every side."""
+    axes = [surface.x] if surface.y is None else [surface.x, surface.y]
+    r_max = min(min(a.max(), -a.min()) for a in axes)
+    candidates = np.unique(np.abs(surface.x[surface.x != 0]))
+    if r_max <= 0:  # the origin is at (or beyond) an edge: one-sided rings
+        r_max = float(candidates.max()) if candidates.size else 0.0
+    candidates = candidates[candidates <= r_max * (1 + 1e-9)]
+    if candidates.size == 0:
+        return []
+    radii = {float(candidates[np.argmin(np.abs(candidates - f * r_max))]) for f in RING_FRACTIONS}
+    return sorted(radii)
+
+
+def _centre_index(surface: Surface) -> tuple[int, ...]:
+    i0 = int(np.argmin(np.abs(surface.x)))
+    if surface.y is None:
+        return (i0,)
+    return (int(np.argmin(np.abs(surface.y))), i0)
+
+
+def _basin(line: np.ndarray, coords: np.ndarray, order: np.ndarray, limit: float) -> float | None:
+    """|coordinate| of the first point along `order` whose loss exceeds `limit`;
+    points not computed (NaN) are skipped, diverged ones (+inf) exceed."""
+    for k in order:
+        v = line[k]
+        if not np.isnan(v) and v > limit:
+            return float(abs(coords[k]))
+    return None
+
+
+def split_summary(surface: Surface, split: str, threshold: float = 1.0) -> dict:
+    loss = surface.values.get(f"{split}_loss")
+    acc = surface.values.get(f"{split}_acc")
+    centre = _centre_index(surface)
+    out: dict = {"fraction_done": surface.fraction_done.get(split, 0.0)}
+    c = {"x": float(surface.x[centre[-1]])}
+    if surface.y is not None:
+        c["y"] = float(surface.y[centre[0]])
+    c["loss"] = None if loss is None else _num(loss[centre])
+    c["acc"] = None if acc is None else _num(acc[centre])
+    out["centre"] = c
+    if loss is None:
+        return out
+
+    finite = np.isfinite(loss)
+    out["diverged_points"] = int(np.isposinf(loss).sum())
+    if finite.any():
+        k = np.unravel_index(np.argmin(np.where(finite, loss, np.inf)), loss.shape)
+        m = {"loss": float(loss[k]), "x": float(surface.x[k[-1]])}
+        if surface.y is not None:
+            m["y"] = float(surface.y[k[0]])
+        if acc is not None:
+            m["acc"] = _num(acc[k])
+        out["minimum"] = m
+    else:
+        out["minimum"] = None
+
+    centre_loss = c["loss"]
+    step = grid_step(surface)
+    dist = distances(surface)
+    rings = []
+    for r in ring_radii(surface):
+        mask = ring_mask(dist, r, step)
+        values = loss[mask]
+        ok = values[np.isfinite(values)]
+        mean = float(ok.mean()) if ok.size else None
+        rings.append(
+            {
+                "radius": r,
+                "points": int(mask.sum()),
+                "computed": int((~np.isnan(values)).sum()),
+                "diverged": int(np.isposinf(values).sum()),
+                "mean_loss": mean,
+                "mean_increase": None if mean is None or centre_loss is None else mean - centre_loss,
+            }
+        )
+    out["rings"] = rings
+
+    basin: dict[str, float | None] = {}
+    if surface.y is None:
+        lines = {"x": (loss, surface.x, centre[0])}
+    else:
+        j0, i0 = centre
+        lines = {"x": (loss[j0, :], surface.x, i0), "y": (loss[:, i0], surface.y, j0)}
+    for axis, (line, coords, k0) in lines.items():
+        for sign, order in (("+", np.arange(k0 + 1, coords.size)), ("-", np.arange(k0 - 1, -1, -1))):
+            basin[axis + sign] = None if centre_loss is None else _basin(line, coords, order, centre_loss + threshold)
+    out["basin_radius"] = basin
+    return out
+
+
+def summarize(path: str | Path, threshold: float = 1.0) -> dict:
+    """Summary numbers per split present; JSON-serialisable (None where a value
+    is not computed or diverged). Raises UserError when nothing is computed."""
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise UserError(f"threshold is {threshold}, expected a positive number")
+    surface = load_surface(path)
+    if all(f == 0 for f in surface.fraction_done.values()):
+        raise UserError(f"{surface.path}: nothing is computed yet (0 points done)")
+    result = {
+        "file": str(surface.path),
+        "model": surface.model_name,
+        "dims": surface.ndim,
+        "grid": [int(surface.x.size)] + ([] if surface.y is None else [int(surface.y.size)]),
+        "x_range": [float(surface.x.min()), float(surface.x.max())],
+        "threshold": float(threshold),
+        "splits": {},
+    }
+    if surface.y is not None:
+        result["y_range"] = [float(surface.y.min()), float(surface.y.max())]
+    for split in surface.splits:
+        result["splits"][split] = split_summary(surface, split, threshold)
+    return result
+
+
+def _f(v, spec: str = ".4g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_summary(summary: dict) -> str:
+    """A readable table of `summarize`'s result."""
+    grid = " x ".join(str(n) for n in summary["grid"])
+    lines = [f"{summary['file']}: {summary['model']}, {summary['dims']}-D grid {grid}"]
+    two_d = summary["dims"] == 2
+    for split, s in summary["splits"].items():
+        lines.append("")
+        lines.append(f"[{split}] {100 * s['fraction_done']:.1f}% done")
+        c = s["centre"]
+        at = f"({_f(c['x'])}, {_f(c['y'])})" if two_d else f"({_f(c['x'])})"
+        lines.append(f"  centre {at:<18} loss {_f(c['loss'])}   acc {_f(c['acc'])}")
+        m = s.get("minimum")
+        if m:
+            at = f"({_f(m['x'])}, {_f(m['y'])})" if two_d else f"({_f(m['x'])})"
+            lines.append(f"  minimum {at:<17} loss {_f(m['loss'])}   acc {_f(m.get('acc'))}")
+        if s.get("diverged_points"):
+            lines.append(f"  diverged points: {s['diverged_points']}")
+        if s.get("rings"):
+            lines.append(f"  {'radius':>8} {'points':>7} {'mean loss':>11} {'increase':>11}")
+            for r in s["rings"]:
+                pts = f"{r['computed']}/{r['points']}"
+                lines.append(
+                    f"  {r['radius']:>8.4g} {pts:>7} {_f(r['mean_loss']):>11} {_f(r['mean_increase']):>11}"
+                )
+        if "basin_radius" in s:
+            b = s["basin_radius"]
+            parts = "  ".join(f"{k} {_f(v)}" for k, v in b.items())
+            lines.append(f"  basin radius (loss > centre + {summary['threshold']:g}): {parts}")
+    return "\n".join(lines)

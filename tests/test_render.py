@@ -1,0 +1,579 @@
+"""Tests of losslandscape.render: reading surface files, every kind of view,
+the summary numbers, the CLI verbs, and the HTML page in a real headless Chromium.
+
+Surface files are written here with h5py; the paraboloid loss = x^2 + 2 y^2 on
+a non-square grid gives numbers to check against analytic values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from losslandscape.errors import UserError
+from losslandscape.render import KINDS, load_surface, render, summarize
+from losslandscape.render import cli as render_cli
+from losslandscape.render import common
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The paraboloid's grid: x step 0.15, y step 0.2, origin on the grid; neither
+# sqrt(1) nor sqrt(1/2) is a grid coordinate, so the basin radii are unambiguous.
+PX = np.linspace(-1.5, 1.5, 21)
+PY = np.linspace(-1.4, 1.4, 15)
+
+
+def write_surface(path, x, y=None, values=None, done=None, original=False, model="resnet56", spec=None):
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"] = np.asarray(x, dtype=np.float64)
+        if y is not None:
+            f["ycoordinates"] = np.asarray(y, dtype=np.float64)
+        for name, data in (values or {}).items():
+            f[name] = np.asarray(data, dtype=np.float64)
+        if not original:
+            f.attrs["format"] = "losslandscape-surface"
+            f.attrs["format_version"] = 1
+            f.attrs["spec"] = json.dumps(spec or {"model": {"name": model}, "grid": {"x": "-1.5:1.5:21"}})
+            for name, flags in (done or {}).items():
+                f[name] = np.asarray(flags, dtype=np.uint8)
+    return Path(path)
+
+
+def paraboloid():
+    X, Y = np.meshgrid(PX, PY)  # (ny, nx)
+    return X**2 + 2 * Y**2
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("surfaces")
+    L = paraboloid()
+    acc = 100 - 10 * L
+    ones = np.ones_like(L)
+    out = {}
+    out["para"] = write_surface(
+        d / "para.h5",
+        PX,
+        PY,
+        {"train_loss": L, "train_acc": acc, "test_loss": 1.1 * L + 0.05, "test_acc": acc - 3},
+        {"train_done": ones, "test_done": ones},
+    )
+
+    # Partial: the coarse pass (every 4th point of each axis) and two finer points.
+    done = np.zeros_like(L, dtype=np.uint8)
+    done[::4, ::4] = 1
+    done[1, 2] = done[6, 10] = 1
+    stale = np.where(done == 1, L, 123.0)  # values of points not done must not count
+    stale_acc = np.where(done == 1, acc, 7.0)
+    out["partial"] = write_surface(
+        d / "partial.h5", PX, PY, {"train_loss": stale, "train_acc": stale_acc}, {"train_done": done}
+    )
+
+    diverged = np.where(L > 3.0, np.inf, L)
+    out["inf"] = write_surface(d / "inf.h5", PX, PY, {"train_loss": diverged, "train_acc": acc}, {"train_done": ones})
+
+    first_row = np.zeros_like(done)
+    first_row[0] = 1
+    out["onerow"] = write_surface(
+        d / "onerow.h5", PX, PY, {"train_loss": np.where(first_row == 1, L, np.nan)}, {"train_done": first_row}
+    )
+
+    nothing = np.full_like(L, np.nan)
+    out["empty"] = write_surface(
+        d / "empty.h5", PX, PY, {"train_loss": nothing, "train_acc": nothing}, {"train_done": np.zeros_like(done)}
+    )
+
+    x1 = np.linspace(-0.5, 1.5, 41)
+    l1 = 4 * x1**2 * (x1 - 1) ** 2 + 0.1 + 0.2 * x1
+    out["curve"] = write_surface(
+        d / "curve.h5",
+        x1,
+        None,
+        {"train_loss": l1, "train_acc": 100 - 20 * l1, "test_loss": l1 + 0.2, "test_acc": 95 - 20 * l1},
+        {"train_done": np.ones(41), "test_done": np.ones(41)},
+        spec={"model": {"name": "vgg9"}, "directions": {"kind": "interpolate"}},
+    )
+    out["curve2"] = write_surface(
+        d / "curve2.h5", x1, None, {"train_loss": 2 * l1, "train_acc": 90 - 20 * l1}, {"train_done": np.ones(41)},
+        model="vgg9-small-batch",
+    )
+
+    # The original code's file: square, no format attr, no flags, -1 = missing.
+    xo = np.linspace(-1, 1, 11)
+    Xo, Yo = np.meshgrid(xo, xo)
+    lo = Xo**2 + Yo**2 + 0.1
+    ao = 100 - 10 * lo
+    lo[8:, 6:] = -1
+    ao[8:, 6:] = -1
+    out["orig"] = write_surface(d / "orig.h5", xo, xo, {"train_loss": lo, "train_acc": ao}, original=True)
+
+    notes = d / "notes.h5"
+    notes.write_text("this is not an HDF5 file\n")
+    out["not_hdf5"] = notes
+    with h5py.File(d / "no_x.h5", "w") as f:
+        f["train_loss"] = np.zeros((3, 3))
+    out["no_x"] = d / "no_x.h5"
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def assert_png(path: Path) -> None:
+    """A real picture: PNG magic, paper-figure size, and not blank."""
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    img = mpimg.imread(path)
+    h, w = img.shape[:2]
+    assert 600 <= w <= 2200 and 400 <= h <= 1600, (path, img.shape)
+    rgb = img[..., :3]
+    assert rgb.std() > 0.05, f"{path} looks blank"
+    packed = (rgb * 255).astype(np.uint32)
+    colours = np.unique(packed[..., 0] << 16 | packed[..., 1] << 8 | packed[..., 2])
+    assert colours.size > 50, f"{path} has only {colours.size} colours"
+
+
+def html_data(path: Path) -> dict:
+    text = path.read_text()
+    m = re.search(r'<script type="application/json" id="surface-data">(.*?)</script>', text, re.S)
+    assert m, "no embedded data"
+    return json.loads(m.group(1))
+
+
+def parse_vtp(path: Path) -> dict:
+    piece = ET.parse(path).getroot().find("PolyData/Piece")
+    arrays = {a.get("Name"): np.array(a.text.split(), dtype=float) for a in piece.iter("DataArray")}
+    return {
+        "points": int(piece.get("NumberOfPoints")),
+        "polys": int(piece.get("NumberOfPolys")),
+        "arrays": arrays,
+    }
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_load_ours_uses_done_flags(files):
+    s = load_surface(files["partial"])
+    assert s.x.shape == (21,) and s.y.shape == (15,)
+    assert s.values["train_loss"].shape == (15, 21)
+    done = np.zeros((15, 21), dtype=bool)
+    done[::4, ::4] = True
+    done[1, 2] = done[6, 10] = True
+    assert np.array_equal(~np.isnan(s.values["train_loss"]), done)
+    assert np.array_equal(~np.isnan(s.values["train_acc"]), done)
+    assert s.fraction_done == {"train": pytest.approx(done.mean())}
+    assert s.model_name == "resnet56"
+    assert s.attrs["format"] == "losslandscape-surface"
+
+
+def test_load_original_format(files, tmp_path):
+    s = load_surface(files["orig"])
+    assert s.original_format and s.model_name == "orig"
+    loss = s.values["train_loss"]
+    assert np.isnan(loss[8:, 6:]).all() and not np.isnan(loss[:8]).any()
+    assert np.isnan(s.values["train_acc"][8:, 6:]).all()
+    assert s.fraction_done["train"] == pytest.approx(1 - 3 * 5 / 121)
+
+    # A non-square original file: allocated (nx, ny), filled in meshgrid (ny, nx) order.
+    x, y = np.linspace(-1, 1, 5), np.linspace(-1, 1, 3)
+    X, Y = np.meshgrid(x, y)
+    write_surface(tmp_path / "o.h5", x, y, {"train_loss": (X + 10 * Y + 100).reshape(5, 3)}, original=True)
+    assert np.array_equal(load_surface(tmp_path / "o.h5").values["train_loss"], X + 10 * Y + 100)
+
+
+@pytest.mark.parametrize(
+    "key, words",
+    [("not_hdf5", "not a readable HDF5"), ("no_x", "no xcoordinates"), ("missing", "does not exist")],
+)
+def test_bad_files_are_user_errors(files, tmp_path, key, words):
+    path = files.get(key, tmp_path / "missing.h5")
+    for call in (load_surface, summarize, lambda p: render([p], tmp_path)):
+        with pytest.raises(UserError) as e:
+            call(path)
+        message = str(e.value)
+        assert "\n" not in message and str(path) in message and words in message
+
+
+def test_nothing_computed_is_a_user_error(files, tmp_path):
+    with pytest.raises(UserError, match="nothing is computed yet"):
+        render([files["empty"]], tmp_path)
+    with pytest.raises(UserError, match="nothing is computed yet"):
+        summarize(files["empty"])
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- pictures
+
+
+@pytest.fixture(scope="module")
+def para_outputs(files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("para_out")
+    return out, render([files["para"]], out)
+
+
+def test_default_views_of_a_2d_surface(para_outputs):
+    out, written = para_outputs
+    names = sorted(p.name for p in written)
+    views = ("contour", "filled", "heatmap", "surface3d")
+    expected = [f"para_{s}_loss_{k}.png" for s in ("train", "test") for k in views]
+    expected += ["para_train_loss.vtp", "para_test_loss.vtp", "para.html"]
+    assert names == sorted(expected)
+    assert sorted(p.name for p in out.iterdir()) == names
+    for path in written:
+        if path.suffix == ".png":
+            assert_png(path)
+
+
+def test_pdf_and_svg(files, tmp_path):
+    pdf = render([files["para"]], tmp_path, kinds=["heatmap", "surface3d"], split="train", fmt="pdf")
+    svg = render([files["curve"]], tmp_path, fmt="svg")
+    assert [p.name for p in pdf] == ["para_train_loss_heatmap.pdf", "para_train_loss_surface3d.pdf"]
+    for p in pdf:
+        assert p.read_bytes()[:5] == b"%PDF-" and p.stat().st_size > 5000
+    assert [p.name for p in svg] == ["curve_curve.svg"]
+    head = svg[0].read_text()[:400]
+    assert head.startswith("<?xml") and "<svg" in head
+
+
+def test_curve_of_a_1d_surface(files, tmp_path):
+    written = render([files["curve"]], tmp_path)
+    assert [p.name for p in written] == ["curve_curve.png"]
+    assert_png(written[0])
+    logs = render([files["curve"]], tmp_path, split="test", value="loss", log=True)
+    assert [p.name for p in logs] == ["curve_test_loss_curve.png"]
+    assert_png(logs[0])
+    with pytest.raises(UserError, match="does not fit"):
+        render([files["curve"]], tmp_path, kinds=["contour"])
+
+
+def test_partial_surface(files, tmp_path):
+    written = render([files["partial"]], tmp_path, kinds=["contour", "heatmap", "surface3d", "vtp", "html"])
+    assert len(written) == 5
+    for p in written:
+        if p.suffix == ".png":
+            assert_png(p)
+    # The fraction done is in the title (matplotlib keeps text as comments in SVG).
+    svg = render([files["partial"]], tmp_path, kinds=["filled"], fmt="svg")[0].read_text()
+    pct = round(100 * load_surface(files["partial"]).fraction_done["train"])
+    assert f"resnet56: train loss ({pct}% done)" in svg
+
+    # VTP: every point; polygons are the cells of the last whole pass (every 4th
+    # point of each axis), not the broken cells around the two finer points.
+    done = np.zeros((15, 21), dtype=bool)
+    done[::4, ::4] = True
+    done[1, 2] = done[6, 10] = True
+    v = parse_vtp(next(p for p in written if p.suffix == ".vtp"))
+    assert v["points"] == 21 * 15 and v["polys"] == 3 * 5
+    assert np.array_equal(v["arrays"]["computed"], done.ravel().astype(float))
+    corners = v["arrays"]["connectivity"].astype(int).reshape(-1, 4)
+    rows, cols = np.divmod(corners, 21)
+    assert (rows % 4 == 0).all() and (cols % 4 == 0).all() and done.ravel()[corners].all()
+
+    page = html_data(next(p for p in written if p.suffix == ".html"))
+    z = page["series"][0]["z"]
+    assert sum(v is None for row in z for v in row) > 0
+    assert all(v is None or v < 100 for row in z for v in row)  # the stale 123.0 never shows
+
+
+def test_diverged_points_are_clipped(files, tmp_path):
+    kinds = [k for k in KINDS if k not in ("curve", "compare")]
+    written = render([files["inf"]], tmp_path, kinds=kinds)
+    written += render([files["inf"]], tmp_path / "vmax", kinds=["filled", "surface3d"], vmax=2.0, zmax=1.5)
+    for p in written:
+        if p.suffix == ".png":
+            assert_png(p)
+    finite_max = paraboloid()[paraboloid() <= 3.0].max()
+    z = parse_vtp(next(p for p in written if p.suffix == ".vtp"))["arrays"]["train_loss"]
+    assert np.isfinite(z).all() and z.max() == pytest.approx(finite_max, rel=1e-6)
+    page = next(p for p in written if p.suffix == ".html")
+    payload = json.dumps(html_data(page))
+    assert "Infinity" not in payload and "NaN" not in payload
+    z = html_data(page)["series"][0]["z"]
+    assert max(v for row in z for v in row) == pytest.approx(finite_max)
+    s = summarize(files["inf"])["splits"]["train"]
+    assert s["diverged_points"] == int((paraboloid() > 3.0).sum())
+    json.dumps(s, allow_nan=False)
+
+
+def test_original_file_renders(files, tmp_path):
+    written = render([files["orig"]], tmp_path)
+    assert len(written) == 6
+    for p in written:
+        if p.suffix == ".png":
+            assert_png(p)
+    # Missing points in a block: the full grid, less the cells touching the block.
+    done = np.ones((11, 11), dtype=bool)
+    done[8:, 6:] = False
+    whole = done[:-1, :-1] & done[1:, :-1] & done[:-1, 1:] & done[1:, 1:]
+    v = parse_vtp(next(p for p in written if p.suffix == ".vtp"))
+    assert v["points"] == 121 and v["polys"] == whole.sum() == 100 - 3 * 5
+
+
+def test_single_computed_row(files, tmp_path):
+    """No whole cell yet: every view still draws (dots, one row of cells)."""
+    written = render([files["onerow"]], tmp_path)
+    assert len(written) == 6
+    for p in written:
+        if p.suffix == ".png":
+            assert_png(p)
+    assert parse_vtp(next(p for p in written if p.suffix == ".vtp"))["polys"] == 0
+
+
+def test_compare(files, tmp_path):
+    (two_d,) = render([files["para"], files["orig"]], tmp_path, kinds=["compare"], levels=12)
+    assert two_d.name == "para_vs_orig_train_loss_compare.png"
+    assert_png(two_d)
+    (one_d,) = render([files["curve"], files["curve2"]], tmp_path, kinds=["compare"])
+    assert one_d.name == "curve_vs_curve2_train_loss_compare.png"
+    assert_png(one_d)
+    with pytest.raises(UserError, match="at least two"):
+        render([files["para"]], tmp_path, kinds=["compare"])
+    with pytest.raises(UserError, match="mix 1-D and 2-D"):
+        render([files["para"], files["curve"]], tmp_path, kinds=["compare"])
+
+
+def test_options_are_checked(files, tmp_path):
+    for kwargs, words in [
+        ({"kinds": ["wireframe"]}, "--kind"),
+        ({"fmt": "jpg"}, "--format"),
+        ({"split": "val"}, "--split"),
+        ({"levels": 1}, "--levels"),
+        ({"vmin": 2.0, "vmax": 1.0}, "--vmin"),
+        ({"log": True, "vmin": -1.0}, "--vmin"),
+    ]:
+        with pytest.raises(UserError, match=words):
+            render([files["para"]], tmp_path, **{"kinds": ["heatmap"], **kwargs})
+    with pytest.raises(UserError, match="no test_loss or test_acc"):
+        render([files["partial"]], tmp_path, kinds=["heatmap"], split="test")
+
+
+# ---------------------------------------------------------------- VTP
+
+
+def test_vtp_structure(para_outputs, files, tmp_path):
+    out, _ = para_outputs
+    path = out / "para_train_loss.vtp"
+    root = ET.parse(path).getroot()
+    assert root.get("type") == "PolyData"
+    v = parse_vtp(path)
+    nx, ny = PX.size, PY.size
+    assert v["points"] == nx * ny and v["polys"] == (nx - 1) * (ny - 1)
+    a = v["arrays"]
+    assert a["Points"].size == 3 * nx * ny
+    assert a["connectivity"].size == 4 * v["polys"]
+    assert np.array_equal(a["offsets"], 4 * np.arange(1, v["polys"] + 1))
+    assert a["connectivity"].max() == nx * ny - 1
+    pts = a["Points"].reshape(ny, nx, 3)  # point id j * nx + i
+    X, Y = np.meshgrid(PX, PY)
+    assert np.allclose(pts[..., 0], X) and np.allclose(pts[..., 1], Y)
+    assert np.allclose(pts[..., 2], paraboloid(), rtol=1e-6, atol=1e-7)
+
+    (logged,) = render([files["para"]], tmp_path, kinds=["vtp"], split="train", log=True, zmax=2.0)
+    z = parse_vtp(logged)["arrays"]["log10_train_loss"]
+    L = paraboloid().ravel()
+    positive_min = L[L > 0].min()
+    expected = np.log10(np.clip(L, positive_min, 2.0))
+    assert np.allclose(z, expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def test_html_is_self_contained(para_outputs):
+    out, _ = para_outputs
+    text = (out / "para.html").read_text()
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert not re.search(r"<link\b|@import|<script[^>]+src=", text, re.I)
+    data = html_data(out / "para.html")
+    labels = [s["label"] for s in data["series"]]
+    assert labels == ["train loss", "train accuracy (%)", "test loss", "test accuracy (%)"]
+    z = np.array(data["series"][0]["z"], dtype=float)
+    assert z.shape == (PY.size, PX.size) and np.allclose(z, paraboloid(), rtol=1e-5)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """The chromium binary, installed by scripts/ensure-chromium.sh if missing."""
+    script = ROOT / "scripts" / "ensure-chromium.sh"
+    try:
+        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1200)
+    except subprocess.TimeoutExpired:
+        pytest.fail("scripts/ensure-chromium.sh did not finish in 20 minutes")
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        pytest.fail(f"chromium is needed for the HTML test: {reason}")
+    binary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    binary = binary or shutil.which("chromium") or shutil.which("chromium-browser") or ""
+    if not binary:
+        pytest.fail("scripts/ensure-chromium.sh succeeded but printed no chromium binary")
+    return binary
+
+
+def test_html_renders_in_headless_chromium(chromium, para_outputs, tmp_path):
+    import matplotlib.image as mpimg
+
+    out, _ = para_outputs
+    shot = tmp_path / "shot.png"
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=900,700",
+        f"--screenshot={shot}",
+        (out / "para.html").resolve().as_uri(),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("headless chromium did not finish in 120 s")
+    if proc.returncode != 0 or not shot.exists():
+        pytest.fail(f"headless chromium failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    img = mpimg.imread(shot)[..., :3]
+    assert img.shape[:2] == (700, 900)
+    assert img.std() > 0.05
+    packed = (img * 255).astype(np.uint32)
+    colours = np.unique(packed[..., 0] << 16 | packed[..., 1] << 8 | packed[..., 2])
+    assert colours.size > 200, f"screenshot has only {colours.size} colours"
+    # The canvases drew: page text and controls are grey, the surface and map are in colour.
+    chroma = img.max(axis=-1) - img.min(axis=-1)
+    assert (chroma > 0.25).mean() > 0.05, "the 3-D view and the heat map did not draw"
+
+
+# ---------------------------------------------------------------- summary
+
+
+def test_summary_of_the_paraboloid(files):
+    for threshold in (1.0, 0.5, 2.0):
+        s = summarize(files["para"], threshold=threshold)
+        json.dumps(s, allow_nan=False)
+        t = s["splits"]["train"]
+        assert t["fraction_done"] == 1.0
+        assert t["centre"] == {"x": 0.0, "y": 0.0, "loss": 0.0, "acc": 100.0}
+        assert t["minimum"]["loss"] == 0.0 and (t["minimum"]["x"], t["minimum"]["y"]) == (0.0, 0.0)
+
+        # Basin: the first grid coordinate where x^2 (or 2 y^2) exceeds the threshold.
+        bx = min(c for c in PX if c > 0 and c * c > threshold)
+        by = min(c for c in PY if c > 0 and 2 * c * c > threshold)
+        b = t["basin_radius"]
+        assert b["x+"] == pytest.approx(bx) and b["x-"] == pytest.approx(bx)
+        assert b["y+"] == pytest.approx(by) and b["y-"] == pytest.approx(by)
+        assert bx == pytest.approx(math.ceil(math.sqrt(threshold) / 0.15 - 1e-9) * 0.15)
+
+    # Rings: mean of x^2 + 2 y^2 over the grid points whose distance to the
+    # origin is within half a grid step (the larger of 0.15 and 0.2) of r.
+    step = 0.2
+    rings = s["splits"]["train"]["rings"]
+    assert len(rings) >= 3
+    for ring in rings:
+        r = ring["radius"]
+        assert np.isclose(np.abs(PX), r).any(), "radii are grid coordinates"
+        members = [
+            xi * xi + 2 * yj * yj
+            for xi in PX
+            for yj in PY
+            if r - step / 2 - 1e-9 <= math.hypot(xi, yj) < r + step / 2 - 1e-9
+        ]
+        assert ring["points"] == ring["computed"] == len(members) > 0
+        assert ring["mean_loss"] == pytest.approx(sum(members) / len(members))
+        assert ring["mean_increase"] == pytest.approx(sum(members) / len(members))
+    assert [r["mean_increase"] for r in rings] == sorted(r["mean_increase"] for r in rings)
+
+    test = s["splits"]["test"]
+    assert test["centre"]["loss"] == pytest.approx(0.05)
+    assert rings[0]["mean_increase"] * 1.1 == pytest.approx(test["rings"][0]["mean_increase"])
+
+
+def test_summary_of_partial_and_1d(files):
+    p = summarize(files["partial"])["splits"]["train"]
+    assert p["fraction_done"] == pytest.approx(26 / 315)
+    assert p["centre"]["loss"] is None  # (0, 0) is not on the coarse lattice
+    assert p["basin_radius"] == {"x+": None, "x-": None, "y+": None, "y-": None}
+    assert all(r["computed"] <= r["points"] for r in p["rings"])
+
+    c = summarize(files["curve"])
+    assert c["dims"] == 1 and set(c["splits"]) == {"train", "test"}
+    t = c["splits"]["train"]
+    x = np.linspace(-0.5, 1.5, 41)
+    assert t["centre"]["x"] == 0.0 and t["centre"]["loss"] == pytest.approx(0.1)
+    loss = 4 * x**2 * (x - 1) ** 2 + 0.1 + 0.2 * x
+    right = next(xi for xi, li in zip(x, loss) if xi > 0 and li > 1.1)
+    left = next(abs(xi) for xi, li in zip(x[::-1], loss[::-1]) if xi < 0 and li > 1.1)
+    assert t["basin_radius"] == {"x+": pytest.approx(right), "x-": pytest.approx(left)}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_verbs(files, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="verb")
+    render_cli.add_render_arguments(sub.add_parser("render"))
+    render_cli.add_summary_arguments(sub.add_parser("summary"))
+
+    args = parser.parse_args(
+        ["render", "--kind", "heatmap,contour", "--kind", "vtp", str(files["para"]), "--split", "train",
+         "--out", str(tmp_path), "--format", "pdf", "--levels", "10"]
+    )
+    assert render_cli.run_render(args) == 0
+    printed = capsys.readouterr().out.split()
+    assert [Path(p).name for p in printed] == [
+        "para_train_loss_heatmap.pdf", "para_train_loss_contour.pdf", "para_train_loss.vtp"
+    ]
+    assert all(Path(p).exists() for p in printed)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["render", "--kind", "wireframe", str(files["para"])])
+    capsys.readouterr()
+
+    assert render_cli.run_summary(parser.parse_args(["summary", str(files["para"]), "--json"])) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["splits"]["train"]["centre"]["loss"] == 0.0
+    assert render_cli.run_summary(parser.parse_args(["summary", str(files["para"]), "--threshold", "0.5"])) == 0
+    table = capsys.readouterr().out
+    assert "resnet56" in table and "basin radius" in table and "[test]" in table
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def test_render_imports_neither_torch_nor_mpi4py(files, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    check = "import losslandscape.render, sys; assert 'torch' not in sys.modules and 'mpi4py' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], env=env, check=True, timeout=120)
+    # Drawing too: and no pyplot, whose global figure registry would leak figures.
+    draw = (
+        "import sys; from losslandscape.render import render; "
+        f"render([{str(files['curve'])!r}], {str(tmp_path)!r}); "
+        "bad = [m for m in ('torch', 'mpi4py', 'matplotlib.pyplot') if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", draw], env=env, check=True, timeout=120)
+
+
+def test_paper_style_is_scoped():
+    import matplotlib
+
+    before = matplotlib.rcParams["font.size"]
+    with common.paper_style():
+        assert matplotlib.rcParams["font.size"] == 9
+    assert matplotlib.rcParams["font.size"] == before
