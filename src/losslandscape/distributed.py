@@ -6,19 +6,23 @@ codes: 0 complete, 3 stopped by a signal with a resumable file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import time
+from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from . import surface
-from .environment import pick_device, set_threads
+from .environment import MPIEnvironment, mpi_environment, pick_device, set_threads
+from .errors import UserError
 from .grid import split_units
-from .job import load_worker, prepare
+from .job import check_or_plan, load_worker, pending, prepare
 
 log = logging.getLogger(__name__)
 
@@ -86,39 +90,198 @@ def run_serial(spec) -> int:
     """Compute every pending point of the spec's surface in this process."""
     prep = prepare(spec)
     splits = list(spec.data.splits)
-    with surface.open_h5(prep.path, "r") as f:
-        log.info("%s %s", "created" if prep.created else "resuming",
-                 surface.summary_line(prep.path, f, splits, len(prep.pending)))
+    _announce(prep, splits)
     if len(prep.pending) == 0:
         return EXIT_DONE
     threads = set_threads(spec.evaluation.threads)
     device = pick_device(spec.evaluation.device)
     log.info("evaluating on %s with %d CPU thread(s)", device, threads)
     evaluator = load_worker(spec, prep.path, device)
-    coords = prep.axes.coordinates(prep.pending)
-    coord_of = dict(zip(prep.pending.tolist(), map(tuple, coords)))
     stop = StopFlag()
     progress = Progress(prep.total, prep.total - len(prep.pending))
     with stop.installed(), surface.open_h5(prep.path, "r+") as f:
-        done_mask = surface.done_masks(f)
+        writer = surface.PointWriter(f)
+        done = surface.done_masks(f)
         for unit in split_units(prep.pending, spec.evaluation.unit_size):
-            results, seconds, finished = [], [], []
-            for p in unit.tolist():
-                if stop:
-                    break
-                t0 = time.perf_counter()
-                todo = [s for s in splits if not done_mask[s][p]]
-                results.append(evaluator.evaluate(*coord_of[p], todo))
-                seconds.append(time.perf_counter() - t0)
-                finished.append(p)
-            if finished:
-                surface.write_results(f, np.array(finished), results, seconds)
-                progress.update(len(finished))
+            finished = evaluate_unit(evaluator, prep.axes, unit, splits, done, stop)
+            if finished.points:
+                writer.write(*finished)
+                progress.update(len(finished.points))
             if stop:
                 break
     progress.close()
-    if stop:
-        log.warning("stopped early; %s is resumable: run the same command again", prep.path)
+    return _finish(stop, prep.path)
+
+
+def _announce(prep, splits: list[str]) -> None:
+    with surface.open_h5(prep.path, "r") as f:
+        log.info("%s %s", "created" if prep.created else "resuming",
+                 surface.summary_line(prep.path, f, splits, len(prep.pending)))
+
+
+def _finish(stopped, path) -> int:
+    if stopped:
+        log.warning("stopped early; %s is resumable: run the same command again", path)
         return EXIT_STOPPED
-    log.info("surface complete: %s", prep.path)
+    log.info("surface complete: %s", path)
     return EXIT_DONE
+
+
+@dataclass
+class Finished:
+    points: list[int]
+    results: list[dict[str, tuple[float, float]]] | None
+    seconds: list[float]
+    stopped: bool = False  # the worker was signalled and will take no more work
+
+    def __iter__(self):
+        return iter((self.points, self.results, self.seconds))
+
+
+def evaluate_unit(evaluator, axes, unit, splits: list[str], done: dict[str, np.ndarray], stop) -> Finished:
+    """Evaluate the points of a unit (the splits each still lacks); stop early on a signal."""
+    out = Finished([], [], [])
+    coords = axes.coordinates(unit)
+    for p, (a, b) in zip(unit.tolist(), coords):
+        if stop:
+            break
+        t0 = time.perf_counter()
+        todo = [s for s in splits if not done[s][p]]
+        out.results.append(evaluator.evaluate(float(a), float(b), todo))
+        out.seconds.append(time.perf_counter() - t0)
+        out.points.append(p)
+    return out
+
+
+# --- MPI ----------------------------------------------------------------------------------
+
+TAG_REQUEST, TAG_UNIT = 11, 12
+POLL_SECONDS = 0.005
+
+
+class QuietExit(Exception):
+    """A worker's way out after the coordinator has reported an error (printed once, by rank 0)."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+
+def run(spec, comm=None) -> int:
+    """The `surface` verb: one process, or a coordinator and workers under mpirun/srun."""
+    env = mpi_environment(comm)
+    if env.comm is None:
+        return run_serial(spec)
+    return run_mpi(spec, env)
+
+
+def run_mpi(spec, env: MPIEnvironment) -> int:
+    comm = env.comm
+    splits = list(spec.data.splits)
+    # 1. rank 0 checks the file or works out a new one; everyone learns the outcome
+    new, error = None, None
+    if env.is_coordinator:
+        try:
+            new = check_or_plan(spec)
+        except UserError as exc:
+            error = str(exc)
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        if env.is_coordinator:
+            raise UserError(error)
+        raise QuietExit(1)
+    # 2. a new file's structure: collective under parallel HDF5, else rank 0 alone
+    creating = comm.bcast(new is not None, root=0)
+    if creating:
+        if env.parallel_hdf5:
+            new = comm.bcast(new, root=0)
+            new.write(comm)
+        elif env.is_coordinator:
+            new.write()
+    prep = None
+    if env.is_coordinator:
+        prep = pending(spec)
+        prep.created = creating
+        _announce(prep, splits)
+        log.info("%d workers; %s", env.size - 1,
+                 "workers write through parallel HDF5" if env.parallel_hdf5 else "rank 0 writes (no parallel HDF5)")
+    prep = comm.bcast(prep, root=0)
+    if len(prep.pending) == 0:
+        return EXIT_DONE
+    # 3. open once on every rank that writes (collective with mpio), evaluate, close
+    stop = StopFlag()
+    with stop.installed():
+        if env.parallel_hdf5:
+            f = surface.open_h5(prep.path, "r+", comm)
+        elif env.is_coordinator:
+            f = surface.open_h5(prep.path, "r+")
+        else:
+            f = None
+        try:
+            writer = surface.PointWriter(f, flush=not env.parallel_hdf5) if f is not None else None
+            if env.is_coordinator:
+                stopped = coordinate(comm, prep, spec.evaluation.unit_size, writer, stop)
+            else:
+                work(comm, spec, env, prep, writer, stop)
+                stopped = False
+        finally:
+            if f is not None:
+                f.close()
+    stopped = comm.bcast(bool(stopped), root=0)
+    if not env.is_coordinator:
+        return EXIT_STOPPED if stopped else EXIT_DONE
+    return _finish(stopped, prep.path)
+
+
+def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> bool:
+    """Rank 0: hand out units on request until none are left; True if stopped by a signal.
+
+    Waiting is Iprobe + a short sleep: a blocking receive in Open MPI spins a whole core.
+    """
+    from mpi4py import MPI
+
+    units = deque(split_units(prep.pending, unit_size))
+    active = set(range(1, comm.size))
+    progress = Progress(prep.total, prep.total - len(prep.pending))
+    status = MPI.Status()
+    while active:
+        if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
+            time.sleep(POLL_SECONDS)
+            continue
+        worker = status.Get_source()
+        finished = comm.recv(source=worker, tag=TAG_REQUEST)
+        if finished is not None and finished.points:
+            if finished.results is not None and writer is not None:
+                writer.write(*finished)  # the worker could not write itself
+            progress.update(len(finished.points))
+        if finished is not None and finished.stopped and not stop:
+            stop.signum = signal.SIGTERM  # a signalled worker means the job is being stopped
+        if units and not stop:
+            comm.send(units.popleft(), dest=worker, tag=TAG_UNIT)
+        else:
+            comm.send(None, dest=worker, tag=TAG_UNIT)
+            active.discard(worker)
+    progress.close()
+    return bool(stop) or bool(units)
+
+
+def work(comm, spec, env: MPIEnvironment, prep, writer, stop: StopFlag) -> None:
+    """A worker: its own model on its own device; evaluate units until told to stop."""
+    threads = set_threads(spec.evaluation.threads, env.workers_on_node)
+    device = pick_device(spec.evaluation.device, env.local_rank)
+    log.info("worker on %s (local rank %d) with %d CPU thread(s)", device, env.local_rank, threads)
+    evaluator = load_worker(spec, prep.path, device)
+    splits = list(spec.data.splits)
+    with surface.open_h5(prep.path, "r") if writer is None else contextlib.nullcontext(writer.f) as f:
+        done = surface.done_masks(f)
+    report = None
+    while True:
+        comm.send(report, dest=0, tag=TAG_REQUEST)
+        unit = comm.recv(source=0, tag=TAG_UNIT)
+        if unit is None:
+            return
+        finished = evaluate_unit(evaluator, prep.axes, unit, splits, done, stop)
+        finished.stopped = bool(stop)
+        if writer is not None and finished.points:
+            writer.write(*finished)
+            finished.results = None  # counts only: the values are in the file
+        report = finished

@@ -7,6 +7,8 @@ Nothing else reads `os.environ` or `MPI.COMM_WORLD` (after submitit's
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,3 +41,54 @@ def set_threads(requested: int, processes_on_node: int = 1) -> int:
     n = requested or max(1, cpu_cores() // max(1, processes_on_node))
     torch.set_num_threads(n)
     return n
+
+
+@dataclass(frozen=True)
+class MPIEnvironment:
+    """This process's place in an MPI job. `comm` is None when there is no MPI job."""
+
+    comm: Any
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # rank among the processes on this node (shared-memory split)
+    local_size: int = 1
+    parallel_hdf5: bool = False  # h5py can open files with the mpio driver (and we may use it)
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.rank == 0
+
+    coordinator_on_node: bool = False  # rank 0 runs on this node
+
+    @property
+    def workers_on_node(self) -> int:
+        """Evaluating processes on this node: the coordinator (rank 0) evaluates nothing."""
+        return max(1, self.local_size - (1 if self.coordinator_on_node else 0))
+
+
+def mpi_environment(comm=None) -> MPIEnvironment:
+    """Rank, size and node-local rank from `comm` (default: COMM_WORLD).
+
+    The node-local rank comes from an MPI shared-memory split, so it is right
+    under any launcher (mpirun, srun, mpiexec.hydra), not only one that exports it.
+    Set LOSSLANDSCAPE_SERIAL_HDF5=1 to make workers send results to rank 0
+    even where h5py has MPI (the path used where it has not).
+    """
+    import h5py
+
+    if comm is None:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    if comm.size == 1:
+        return MPIEnvironment(None)
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    try:
+        has_rank0 = node.allreduce(comm.rank == 0, op=MPI.LOR)
+        local_rank, local_size = node.rank, node.size
+    finally:
+        node.Free()
+    parallel = bool(h5py.get_config().mpi) and os.environ.get("LOSSLANDSCAPE_SERIAL_HDF5", "") not in ("1", "true")
+    return MPIEnvironment(comm, comm.rank, comm.size, local_rank, local_size, parallel, has_rank0)

@@ -35,6 +35,30 @@ class Prepared:
     created: bool
 
 
+@dataclass
+class NewFile:
+    """Everything `surface.create` writes: computed once, then written by one or all ranks."""
+    path: Path
+    axes: GridAxes
+    spec: object
+    ident: dict
+    x: dict
+    y: dict | None
+    info: dict
+
+    def write(self, comm=None) -> None:
+        """Create the file under a temporary name, then rename it: a crash never leaves a
+        half-made surface file. With a communicator every rank must call this (collective)."""
+        tmp = self.path.with_name(f".{self.path.name}.creating")
+        with surface.open_h5(tmp, "w", comm) as f:
+            surface.create(f, self.axes, self.spec, self.ident, self.x, self.y,
+                           dirs.digest(self.x, self.y), self.info)
+        if comm is None or comm.rank == 0:
+            os.replace(tmp, self.path)
+        if comm is not None:
+            comm.barrier()  # nobody opens the file before it has its real name
+
+
 def _base_model(spec) -> torch.nn.Module:
     return build_and_load(spec.model, datasets.input_channels(spec.data))
 
@@ -63,50 +87,56 @@ def _identity(spec) -> dict:
     return surface.identity(spec, sha1, sha2)
 
 
-def prepare(spec, create_only: bool = False) -> Prepared:
-    """Create the surface file with its directions, or check an existing one against the spec.
+def check_or_plan(spec) -> NewFile | None:
+    """Check an existing surface file against the spec (None), or say what a new one holds.
 
     A refused file is only ever opened read-only, so it is left byte-for-byte untouched.
+    An original loss-landscape file is converted to ours in place, keeping its values.
     """
     path = Path(spec.output.surface)
     axes = GridAxes.from_spec(spec.grid)
     ident = _identity(spec)
-    created = False
-    if path.exists():
-        with surface.open_h5(path, "r") as f:
-            if surface.is_ours(f):
-                surface.check_structure(f, path)
-                surface.check_identity(f, path, ident, axes)
-                original = False
-            elif surface.is_original(f):
-                surface.check_grid(f, path, axes)
-                original = True
-            else:
-                raise UserError(f"output.surface: {path} is an HDF5 file but not a surface file "
-                                "(no 'format' attribute and no xcoordinates)")
-        if original:
-            model = _base_model(spec)
-            x, y, info = make_directions(spec, model)
-            log.info("adopting %s, a surface file of the original loss-landscape code", path)
-            with surface.open_h5(path, "r+") as f:
-                surface.adopt_original(f, path, axes, spec, ident, x, y, dirs.digest(x, y))
-        else:
-            _check_directions(spec, path)
-    else:
-        model = _base_model(spec)
-        x, y, info = make_directions(spec, model)
+    if not path.exists():
+        x, y, info = make_directions(spec, _base_model(spec))
         path.parent.mkdir(parents=True, exist_ok=True)
-        # build under a temporary name: a crash here never leaves a half-made surface file
-        tmp = surface.tmp_sibling(path)
-        with surface.open_h5(tmp, "w") as f:
-            surface.create(f, axes, spec, ident, x, y, dirs.digest(x, y),
-                           {k: v for k, v in info.items()})
-        os.replace(tmp, path)
-        created = True
+        return NewFile(path, axes, spec, ident, x, y, info)
     with surface.open_h5(path, "r") as f:
-        pending = surface.pending_points(f, spec.data.splits) if not create_only else None
-        total = axes.size
-    return Prepared(path, axes, pending, total, created)
+        if surface.is_ours(f):
+            surface.check_structure(f, path)
+            surface.check_identity(f, path, ident, axes)
+            original = False
+        elif surface.is_original(f):
+            surface.check_grid(f, path, axes)
+            original = True
+        else:
+            raise UserError(f"output.surface: {path} is an HDF5 file but not a surface file "
+                            "(no 'format' attribute and no xcoordinates)")
+    if original:
+        x, y, info = make_directions(spec, _base_model(spec))
+        log.info("adopting %s, a surface file of the original loss-landscape code", path)
+        with surface.open_h5(path, "r+") as f:
+            surface.adopt_original(f, path, axes, spec, ident, x, y, dirs.digest(x, y))
+    else:
+        _check_directions(spec, path)
+    return None
+
+
+def pending(spec) -> Prepared:
+    path = Path(spec.output.surface)
+    axes = GridAxes.from_spec(spec.grid)
+    with surface.open_h5(path, "r") as f:
+        todo = surface.pending_points(f, spec.data.splits)
+    return Prepared(path, axes, todo, axes.size, False)
+
+
+def prepare(spec) -> Prepared:
+    """Create the surface file with its directions, or check an existing one (one process)."""
+    new = check_or_plan(spec)
+    if new is not None:
+        new.write()
+    prep = pending(spec)
+    prep.created = new is not None
+    return prep
 
 
 def _check_directions(spec, path: Path) -> None:

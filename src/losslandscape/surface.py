@@ -206,23 +206,38 @@ def pending_points(f: h5py.File, splits: list[str]) -> np.ndarray:
     return order[missing[order]]
 
 
-def write_results(f: h5py.File, points: np.ndarray, results: list[dict[str, tuple[float, float]]],
-                  seconds: list[float], flush: bool = True) -> None:
-    """Values first, then the done flags: a flag is never 1 before its values are stored."""
-    shape = f["train_done"].shape
-    index = [np.unravel_index(int(p), shape) for p in points]
-    for idx, res, sec in zip(index, results, seconds):
-        for split, (loss, acc) in res.items():
-            f[value_name(split, "loss")][idx] = loss
-            f[value_name(split, "acc")][idx] = acc
-        f["point_seconds"][idx] = sec
-    if flush:
-        f.flush()
-    for idx, res in zip(index, results):
-        for split in res:
-            f[f"{split}_done"][idx] = 1
-    if flush:
-        f.flush()
+class PointWriter:
+    """Writes finished points into an open surface file: values first, then the done flags,
+    so that a flag is never 1 before its values are stored.
+
+    The datasets are opened once, here: under the mpio driver every rank constructs a
+    PointWriter together (opening is collective), after which each rank's writes are
+    independent. There the file is not flushed per unit (H5Fflush is collective): an
+    independent write to an allocated contiguous dataset goes straight to MPI-IO and
+    changes no HDF5 metadata, so a killed rank cannot leave the file unreadable.
+    """
+
+    def __init__(self, f: h5py.File, flush: bool = True):
+        self.f, self.flush = f, flush
+        self.ds = {name: f[name] for name in
+                   [value_name(s, v) for s in SPLITS for v in VALUES] + [f"{s}_done" for s in SPLITS]
+                   + ["point_seconds"]}
+        self.shape = self.ds["train_done"].shape
+
+    def write(self, points, results: list[dict[str, tuple[float, float]]], seconds: list[float]) -> None:
+        index = [np.unravel_index(int(p), self.shape) for p in points]
+        for idx, res, sec in zip(index, results, seconds):
+            for split, (loss, acc) in res.items():
+                self.ds[value_name(split, "loss")][idx] = loss
+                self.ds[value_name(split, "acc")][idx] = acc
+            self.ds["point_seconds"][idx] = sec
+        if self.flush:
+            self.f.flush()
+        for idx, res in zip(index, results):
+            for split in res:
+                self.ds[f"{split}_done"][idx] = 1
+        if self.flush:
+            self.f.flush()
 
 
 def adopt_original(f: h5py.File, path: str | Path, axes: GridAxes, spec, ident: dict[str, Any],
