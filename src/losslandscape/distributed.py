@@ -243,6 +243,7 @@ def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> bool:
     active = set(range(1, comm.size))
     progress = Progress(prep.total, prep.total - len(prep.pending))
     status = MPI.Status()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     while active:
         if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
             time.sleep(POLL_SECONDS)
@@ -261,6 +262,8 @@ def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> bool:
             comm.send(None, dest=worker, tag=TAG_UNIT)
             active.discard(worker)
     progress.close()
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    log.info("coordinator CPU use: %.2f s in %.1f s (%.1f%% of a core)", cpu, wall, 100.0 * cpu / max(wall, 1e-9))
     return bool(stop) or bool(units)
 
 

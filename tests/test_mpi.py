@@ -1,0 +1,210 @@
+"""MPI: real `mpirun` with several ranks against the one-process result.
+
+Every test here starts real Open MPI jobs of the `surface` verb (coordinator +
+workers, parallel HDF5 or rank-0 writing) and compares with a plain run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from losslandscape.grid import assign_tasks, coarse_to_fine, split_units
+
+VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def mpirun(n: int) -> list[str]:
+    exe = shutil.which("mpirun")
+    if exe is None:
+        pytest.fail("mpirun is not on PATH: `make install` installs Open MPI")
+    cmd = [exe, "--oversubscribe", "-n", str(n)]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    return cmd
+
+
+def surface_cmd(toml: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "losslandscape", "surface", str(toml), *extra]
+
+
+def write_spec(path: Path, ckpt: Path, surface: Path, x: str, y: str, samples: int, unit: int = 2) -> Path:
+    path.write_text(f"""
+[model]
+name = "resnet20"
+checkpoint = "{ckpt}"
+[data]
+name = "digits"
+splits = ["train", "test"]
+max_samples = {samples}
+[grid]
+x = "{x}"
+y = "{y}"
+[evaluation]
+device = "cpu"
+unit_size = {unit}
+[output]
+surface = "{surface}"
+""")
+    return path
+
+
+def read(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        out = {k: f[k][...] for k in VALUES}
+        out["done"] = f["train_done"][...] & f["test_done"][...]
+    return out
+
+
+def run(cmd: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def reference(trained, tmp_path_factory) -> dict:
+    """One-process surfaces: a small non-square grid and a larger one."""
+    work = tmp_path_factory.mktemp("mpi-ref")
+    out = {}
+    for name, (x, y, samples) in {"small": ("-1:1:4", "-0.5:0.5:3", 200), "large": ("-1:1:13", "-1:1:13", 60)}.items():
+        toml = write_spec(work / f"{name}.toml", trained["final"], work / f"{name}.h5", x, y, samples)
+        proc = run(surface_cmd(toml))
+        assert proc.returncode == 0, proc.stderr
+        out[name] = {"values": read(work / f"{name}.h5"), "x": x, "y": y, "samples": samples}
+    return out
+
+
+def assert_same(got: dict, want: dict) -> None:
+    assert got["done"].all()
+    for k in VALUES:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=0)
+
+
+# --- the pure work split -------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (51,), (5, 5), (3, 8), (51, 51)])
+@pytest.mark.parametrize("unit, tasks", [(1, 1), (3, 2), (4, 7), (16, 3)])
+def test_work_split_assigns_every_point_exactly_once(shape, unit, tasks):
+    order = coarse_to_fine(shape)
+    n = int(np.prod(shape))
+    assert sorted(order.tolist()) == list(range(n))
+    pending = order[np.random.default_rng(0).random(n) < 0.7]  # a partly computed surface
+    units = split_units(pending, unit)
+    flat = np.concatenate(units) if units else np.zeros(0, int)
+    assert sorted(flat.tolist()) == sorted(pending.tolist())
+    assert all(1 <= len(u) <= unit for u in units)
+    shares = assign_tasks(pending, tasks, unit)
+    assert len(shares) == tasks
+    allpoints = np.concatenate(shares)
+    assert len(allpoints) == len(pending) and set(allpoints.tolist()) == set(pending.tolist())
+
+
+def test_coarse_to_fine_starts_with_a_whole_coarse_grid():
+    order = coarse_to_fine((17, 17))
+    first = {(int(p) // 17, int(p) % 17) for p in order[:9]}
+    assert first == {(j, i) for j in (0, 8, 16) for i in (0, 8, 16)}
+
+
+# --- real mpirun ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_mpirun_equals_one_process(trained, reference, tmp_path, ranks):
+    ref = reference["small"]
+    toml = write_spec(tmp_path / "s.toml", trained["final"], tmp_path / "s.h5", ref["x"], ref["y"], ref["samples"])
+    proc = run(mpirun(ranks) + surface_cmd(toml))
+    assert proc.returncode == 0, proc.stderr
+    assert_same(read(tmp_path / "s.h5"), ref["values"])
+    if ranks > 1:
+        assert "workers write through parallel HDF5" in proc.stderr
+        assert f"{ranks - 1} workers" in proc.stderr
+
+
+def test_without_parallel_hdf5_rank0_writes(trained, reference, tmp_path):
+    ref = reference["small"]
+    toml = write_spec(tmp_path / "s.toml", trained["final"], tmp_path / "s.h5", ref["x"], ref["y"], ref["samples"])
+    proc = run(mpirun(3) + surface_cmd(toml), {"LOSSLANDSCAPE_SERIAL_HDF5": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "rank 0 writes (no parallel HDF5)" in proc.stderr
+    assert_same(read(tmp_path / "s.h5"), ref["values"])
+
+
+def test_coordinator_sleeps_while_it_waits(trained, reference, tmp_path):
+    ref = reference["large"]
+    toml = write_spec(tmp_path / "s.toml", trained["final"], tmp_path / "s.h5", ref["x"], ref["y"], ref["samples"])
+    proc = run(mpirun(3) + surface_cmd(toml))
+    assert proc.returncode == 0, proc.stderr
+    m = re.search(r"coordinator CPU use: ([\d.]+) s in ([\d.]+) s \(([\d.]+)% of a core\)", proc.stderr)
+    assert m, proc.stderr
+    assert float(m.group(2)) > 2.0  # long enough to mean something
+    assert float(m.group(3)) < 10.0
+
+
+def _start_and_wait(cmd: list[str], surface: Path, at_least: int, env_extra: dict | None = None):
+    env = dict(os.environ, **(env_extra or {}))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        if not surface.exists():
+            continue
+        try:
+            with h5py.File(surface, "r", locking=False) as f:
+                if int(f["test_done"][...].sum()) >= at_least:
+                    return proc
+        except (OSError, KeyError):
+            pass
+    proc.kill()
+    pytest.fail(f"the job ended or stalled before {at_least} points were done:\n{proc.communicate()[1]}")
+
+
+def _rank_pids(mpirun_pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(mpirun_pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_killed_worker_loses_at_most_its_unit_and_resume_completes(trained, reference, tmp_path):
+    ref = reference["large"]
+    surf = tmp_path / "s.h5"
+    toml = write_spec(tmp_path / "s.toml", trained["final"], surf, ref["x"], ref["y"], ref["samples"])
+    proc = _start_and_wait(mpirun(3) + surface_cmd(toml), surf, at_least=10)
+    ranks = _rank_pids(proc.pid)
+    assert len(ranks) == 3
+    os.kill(ranks[-1], signal.SIGKILL)  # a worker (rank order = launch order; rank 0 stays)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    partial = read(surf)  # still a readable file
+    done = int(partial["done"].sum())
+    assert 10 <= done < 169
+    for k in VALUES:
+        np.testing.assert_allclose(partial[k][partial["done"] == 1], ref["values"][k][partial["done"] == 1], rtol=1e-6)
+    again = run(mpirun(3) + surface_cmd(toml))
+    assert again.returncode == 0, again.stderr
+    assert f"{done} of 169 points done" in again.stderr
+    assert_same(read(surf), ref["values"])
+
+
+def test_sigterm_gives_exit_3_and_a_resumable_file(trained, reference, tmp_path):
+    ref = reference["large"]
+    surf = tmp_path / "s.h5"
+    toml = write_spec(tmp_path / "s.toml", trained["final"], surf, ref["x"], ref["y"], ref["samples"])
+    proc = _start_and_wait(mpirun(3) + surface_cmd(toml), surf, at_least=10)
+    for pid in _rank_pids(proc.pid):  # as SLURM signals every task of a step at its time limit
+        os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "resumable" in err
+    partial = read(surf)
+    assert 0 < partial["done"].sum() < 169
+    again = run(mpirun(2) + surface_cmd(toml))
+    assert again.returncode == 0, again.stderr
+    assert_same(read(surf), ref["values"])
