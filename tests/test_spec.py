@@ -41,7 +41,7 @@ y = "-1:1:11"
 loss = "mse"
 batch_size = 256
 precision = "bf16"
-points_per_pass = 4
+fold_batchnorm = false
 device = "cpu"
 threads = 2
 unit_size = 8
@@ -84,7 +84,7 @@ def test_every_table_and_key_is_read(tmp_path):
     assert s.data == specs.Data("cifar10", "/data/cifar-10-batches-py", ["train", "test"], 500, 3)
     assert s.directions == specs.Directions("random", "states", "layer", "none", 7, True, "")
     assert s.grid == specs.Grid("-0.5:1.5:21", "-1:1:11")
-    assert s.evaluation == specs.Evaluation("mse", 256, "bf16", 4, "cpu", 2, 8)
+    assert s.evaluation == specs.Evaluation("mse", 256, "bf16", False, "cpu", 2, 8)
     assert s.output == specs.Output("out/s.h5")
     assert s.train == specs.Train(3, 32, 1.0, 0.5, 0.0, [1, 2], 0.5, 2, "out/t", 9)
     # a TOML integer where a number is expected becomes a float

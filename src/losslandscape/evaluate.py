@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .fold import fold
+
 Split = tuple[torch.Tensor, torch.Tensor]  # inputs (N, ...), targets (N,)
 
 
@@ -54,7 +56,8 @@ class PointEvaluator:
     def __init__(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor],
                  x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None,
                  splits: dict[str, Split], device: torch.device, loss: str = "cross_entropy",
-                 batch_size: int = 0, precision: Literal["fp32", "tf32", "bf16"] = "fp32"):
+                 batch_size: int = 0, precision: Literal["fp32", "tf32", "bf16"] = "fp32",
+                 fold_batchnorm: bool = True):
         self.model = model.eval()
         self.device = torch.device(device)
         self.loss = loss
@@ -69,6 +72,11 @@ class PointEvaluator:
             self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(names, self.live)] if y is not None else None
         self.splits = {name: (xs.to(self.device, non_blocking=True), ys.to(self.device, non_blocking=True))
                        for name, (xs, ys) in splits.items()}
+        # the network that runs the forward passes: the model, or its BatchNorm-folded twin
+        self.net = self.model
+        if fold_batchnorm and self.splits:
+            example = next(iter(self.splits.values()))[0][:8]
+            self.net = fold(self.model, example)
 
     @torch.no_grad()
     def move_to(self, a: float, b: float = 0.0) -> None:
@@ -78,6 +86,8 @@ class PointEvaluator:
             torch._foreach_add_(self.live, self.dx, alpha=a)
         if self.dy is not None and b != 0.0:
             torch._foreach_add_(self.live, self.dy, alpha=b)
+        if self.net is not self.model:
+            self.net.refresh()
 
     def _autocast(self):
         if self.precision == "bf16" and self.device.type == "cuda":
@@ -92,7 +102,7 @@ class PointEvaluator:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         with self._autocast():
             for start in range(0, len(targets), self.batch_size):
-                s, c = batch_sums(self.model(inputs[start:start + self.batch_size]),
+                s, c = batch_sums(self.net(inputs[start:start + self.batch_size]),
                                   targets[start:start + self.batch_size], self.loss)
                 loss_sum += s.double()
                 correct += c

@@ -166,4 +166,4 @@ def load_worker(spec, path: Path, device: torch.device) -> PointEvaluator:
     with surface.open_h5(path, "r") as f:
         x, y = surface.read_directions(f, list(tensors))
     return PointEvaluator(model, tensors, x, y, splits, device, spec.evaluation.loss,
-                          spec.evaluation.batch_size, spec.evaluation.precision)
+                          spec.evaluation.batch_size, spec.evaluation.precision, spec.evaluation.fold_batchnorm)

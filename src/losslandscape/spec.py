@@ -87,8 +87,8 @@ class Evaluation:
     """images per forward pass; 0 = 1024 on a GPU, 256 on a CPU (cache-sized batches are faster there)."""
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     """arithmetic of the forward passes (tf32/bf16 only change GPU runs)."""
-    points_per_pass: int = 1
-    """grid points evaluated together in one batched forward pass (vmap)."""
+    fold_batchnorm: bool = True
+    """evaluate with each conv -> BatchNorm pair folded into one conv (same values, faster)."""
     device: str = "auto"
     """auto (cuda if present, else cpu) | cpu | cuda | cuda:N."""
     threads: int = 0
@@ -240,7 +240,6 @@ def _validate(spec: Spec) -> None:
     from .grid import parse_axis
 
     positive = {
-        "evaluation.points_per_pass": spec.evaluation.points_per_pass,
         "evaluation.unit_size": spec.evaluation.unit_size,
         "train.epochs": spec.train.epochs,
         "train.batch_size": spec.train.batch_size,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 STAGE_WIDTHS = (16, 32, 64)
 
 
-def pad_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
+def pad_shortcut(x: torch.Tensor, in_channels: int, out_channels: int, stride: int) -> torch.Tensor:
     """Option-A shortcut: subsample by `stride`, zero-pad channels up to `out_channels`.
 
     (B, C, H, W) -> (B, out_channels, ceil(H/stride), ceil(W/stride)); the new
@@ -33,7 +33,7 @@ def pad_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tenso
     if stride != 1:
         # same positions a 3x3, padding-1 conv of this stride centres on
         x = x[:, :, ::stride, ::stride]
-    extra = out_channels - x.shape[1]
+    extra = out_channels - in_channels  # from the constructor, not x.shape: keeps the model fx-traceable
     if extra:
         x = F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
     return x
@@ -49,15 +49,15 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = shortcut
+        self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # no in-place ops anywhere: the evaluator vmaps over stacked weights
         out = F.relu(self.bn1(self.conv1(x)))  # (B, C_out, H/s, W/s)
         out = self.bn2(self.conv2(out))
         if self.shortcut:
-            out = out + pad_shortcut(x, self.out_channels, self.stride)
+            out = out + pad_shortcut(x, self.in_channels, self.out_channels, self.stride)
         return F.relu(out)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,109 @@
+"""An inference twin of a model with BatchNorm folded into the preceding convolution.
+
+In eval mode BatchNorm is an affine map per channel, y = s * (x - mean) + beta
+with s = gamma / sqrt(var + eps), so conv -> bn is one convolution with weight
+w * s and bias (b - mean) * s + beta. Folding saves a full pass over every
+activation (13% of a CIFAR ResNet's CPU time, make bench), and ReLUs whose
+input nobody else reads can run in place. Grid points move the *source*
+model's weights in place; `refresh()` then recomputes the folded weights from
+them, which costs one pass over the weights, not over the data.
+
+Built with torch.fx; a model that cannot be traced, or whose twin does not
+reproduce it on real inputs, is used as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class FoldedModel(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        gm = torch.fx.symbolic_trace(model)
+        modules = dict(gm.named_modules())
+        self.pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]] = []
+        for node in list(gm.graph.nodes):
+            if node.op == "call_module" and type(modules.get(node.target)) is nn.BatchNorm2d:
+                bn = modules[node.target]
+                prev = node.args[0]
+                conv = modules.get(prev.target) if prev.op == "call_module" else None
+                if (type(conv) is nn.Conv2d and len(prev.users) == 1 and bn.running_mean is not None
+                        and conv.padding_mode == "zeros"):
+                    twin = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                     conv.padding, conv.dilation, conv.groups, bias=True,
+                                     device=conv.weight.device, dtype=conv.weight.dtype).requires_grad_(False)
+                    twin.weight.data = torch.empty_like(conv.weight)  # same memory format as the source
+                    name = f"folded_{len(self.pairs)}"
+                    gm.add_submodule(name, twin)
+                    prev.target = name
+                    node.replace_all_uses_with(prev)
+                    gm.graph.erase_node(node)
+                    self.pairs.append((conv, bn, twin))
+        for node in gm.graph.nodes:
+            _make_relu_inplace(gm, node)
+        gm.graph.lint()
+        gm.recompile()
+        self.gm = gm
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the folded weights from the source model's current weights and statistics."""
+        for conv, bn, twin in self.pairs:
+            s = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                s = s * bn.weight
+            shift = -bn.running_mean * s
+            if conv.bias is not None:
+                shift = shift + conv.bias * s
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            torch.mul(conv.weight, s.view(-1, 1, 1, 1), out=twin.weight)
+            twin.bias.copy_(shift)
+
+    def forward(self, *args, **kwargs):
+        return self.gm(*args, **kwargs)
+
+
+def _make_relu_inplace(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    if not node.args:
+        return
+    src = node.args[0]
+    # never in place on the model's input (the data set) or on a tensor read elsewhere
+    if not isinstance(src, torch.fx.Node) or src.op in ("placeholder", "get_attr") or len(src.users) != 1:
+        return
+    if node.op == "call_function" and node.target in (F.relu, torch.relu):
+        node.target = torch.relu_
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
+    elif node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.ReLU:
+        name = f"relu_inplace_{node.name}"
+        gm.add_submodule(name, nn.ReLU(inplace=True))
+        node.target = name
+
+
+def fold(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The folded twin of an eval-mode model, or the model itself where folding does not apply."""
+    try:
+        twin = FoldedModel(model).eval()
+    except Exception as exc:  # fx cannot trace every model (data-dependent control flow, ...)
+        log.info("BatchNorm folding not applied (%s: %s)", type(exc).__name__, str(exc).splitlines()[0][:120])
+        return model
+    if not twin.pairs:
+        return model
+    with torch.inference_mode():
+        want = model(example).float()
+        got = twin(example.clone()).float()
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp_min(1.0))):
+        log.warning("BatchNorm folding changed the outputs of this model; evaluating it unfolded")
+        return model
+    log.debug("folded %d BatchNorm layers into their convolutions", len(twin.pairs))
+    return twin
+
