@@ -37,7 +37,7 @@ def batch_size_for(device: torch.device, requested: int = 0) -> int:
     """The spec's batch size, or the default that measured fastest for the device."""
     if requested:
         return requested
-    return 1024 if torch.device(device).type == "cuda" else 256
+    return 1024 if torch.device(device).type == "cuda" else 128
 
 
 def use_channels_last(device: torch.device, example: torch.Tensor) -> bool:

@@ -84,7 +84,7 @@ class Evaluation:
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     """loss function (mse compares softmax outputs with one-hot targets)."""
     batch_size: int = 0
-    """images per forward pass; 0 = 1024 on a GPU, 256 on a CPU (cache-sized batches are faster there)."""
+    """images per forward pass; 0 = 1024 on a GPU, 128 on a CPU (cache-sized batches are faster there)."""
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     """arithmetic of the forward passes (tf32/bf16 only change GPU runs)."""
     fold_batchnorm: bool = True
