@@ -47,8 +47,23 @@ $(STAMP_DEPS): $(STAMP_H5PY) setup.cfg pyproject.toml
 	$(PIP) install -e '.[test]' '$(TORCH_SPEC)' 'h5py==$(H5PY_VERSION)'
 	touch $@
 
+LL := $(VENV)/bin/losslandscape
+DEMO := out/demo
+
+# Trains once; surfaces resume (a finished one costs a second), so `make demo` can be rerun
+# or interrupted and continued.
 demo: install
-	$(VENV)/bin/losslandscape demo
+	@if [ ! -f $(DEMO)/train/model_10.pt ]; then \
+		rm -f $(DEMO)/surface.h5 $(DEMO)/interp.h5; \
+		$(LL) train jobs/demo-train.toml || exit 1; \
+	fi
+	$(LL) surface jobs/demo-surface.toml
+	$(LL) surface jobs/demo-interp.toml
+	$(LL) render $(DEMO)/surface.h5 --out $(DEMO)/plots
+	$(LL) render $(DEMO)/interp.h5 --out $(DEMO)/plots
+	$(LL) summary $(DEMO)/surface.h5
+	@echo
+	@echo "demo pictures: $(DEMO)/plots/ (open $(DEMO)/plots/surface.html in a browser)"
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
