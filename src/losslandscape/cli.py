@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import UserError
@@ -64,6 +65,56 @@ def cmd_directions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .slurm import SubmitOptions, submit
+
+    opts = SubmitOptions(args.tasks, args.ranks_per_task, args.gpus_per_task, args.launcher, args.partition,
+                         args.time, args.account, args.sbatch_arg or [], args.dry_run)
+    spec = _spec_from_args(args)
+    record = submit(spec, opts)
+    if record.get("array_job"):
+        print(f"array job {record['array_job']} ({record['tasks']} tasks), merge job {record['merge_job']}")
+        print(f"watch: losslandscape status {spec.output.surface}")
+    return 0
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from .distributed import QuietExit
+    from .environment import mpi_environment
+    from .slurm import run_task
+
+    env = mpi_environment()
+    if env.comm is not None:
+        setup_logging(args.verbose, env.rank)
+    try:
+        return run_task(args.shards, args.task, env.comm)
+    except QuietExit as exc:
+        return exc.code
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .slurm import EXIT_MISSING, merge, missing_points
+
+    merge(args.surface)
+    missing = missing_points(args.surface)
+    if any(missing.values()):
+        print(f"{args.surface}: missing points: " + ", ".join(f"{s} {n}" for s, n in missing.items()),
+              file=sys.stderr)
+        return EXIT_MISSING
+    print(f"{args.surface}: complete")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .slurm import format_status, status
+
+    report = status(args.surface)
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
 def _add_spec_verb(sub, name: str, help: str, func, sections=None) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("spec", nargs="?", help="job spec (TOML); omitted = all defaults")
@@ -89,6 +140,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_verb(sub, "surface", "compute (or resume) a loss surface; under mpirun -n N: distributed",
                    cmd_surface)
     _add_spec_verb(sub, "directions", "only create the surface file and store its directions", cmd_directions)
+    p = _add_spec_verb(sub, "submit", "submit a SLURM array of K tasks plus a dependent merge job", cmd_submit)
+    g = p.add_argument_group("SLURM")
+    g.add_argument("--tasks", type=int, required=True, metavar="K", help="array tasks")
+    g.add_argument("--ranks-per-task", type=int, default=2, metavar="R",
+                   help="MPI ranks per task: 1 coordinator + R-1 workers (default 2; 1 = one process)")
+    g.add_argument("--gpus-per-task", type=int, default=0, metavar="G", help="GPUs per MPI rank (default 0)")
+    g.add_argument("--launcher", choices=("mpirun", "srun"), default="mpirun", help="how a task starts its ranks")
+    g.add_argument("--partition", default="", help="sbatch --partition")
+    g.add_argument("--time", default="", help="sbatch --time of each array task, e.g. 2:00:00")
+    g.add_argument("--account", default="", help="sbatch --account")
+    g.add_argument("--sbatch-arg", action="append", metavar="ARG",
+                   help="any other sbatch option, e.g. --sbatch-arg=--qos=low (repeatable)")
+    g.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+
+    p = sub.add_parser("task", help="(run by the sbatch script) compute this array task's shard")
+    p.add_argument("shards", type=Path, help="the surface's .shards folder")
+    p.add_argument("--task", type=int, default=None, help="task index (default: $SLURM_ARRAY_TASK_ID)")
+    p.set_defaults(func=cmd_task)
+
+    p = sub.add_parser("merge", help="fold finished shard points into the surface file (safe to run twice)")
+    p.add_argument("surface", type=Path)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("status", help="points done / pending, shards and ETA of a surface file")
+    p.add_argument("surface", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("render", help="plots of a finished or partial surface file")
     render_cli.add_render_arguments(p)
     p.set_defaults(func=render_cli.run_render)

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -22,7 +23,7 @@ from . import surface
 from .environment import MPIEnvironment, mpi_environment, pick_device, set_threads
 from .errors import UserError
 from .grid import split_units
-from .job import check_or_plan, load_worker, pending, prepare
+from .job import check_or_plan, load_worker, pending, prepare, shard_prepared
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +87,17 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def run_serial(spec) -> int:
-    """Compute every pending point of the spec's surface in this process."""
-    prep = prepare(spec)
+def run_serial(spec, shard: Path | None = None) -> int:
+    """Compute every pending point of the spec's surface (or of one shard) in this process."""
     splits = list(spec.data.splits)
+    prep = prepare(spec) if shard is None else shard_prepared(shard, splits)
     _announce(prep, splits)
     if len(prep.pending) == 0:
         return EXIT_DONE
     threads = set_threads(spec.evaluation.threads)
     device = pick_device(spec.evaluation.device)
     log.info("evaluating on %s with %d CPU thread(s)", device, threads)
-    evaluator = load_worker(spec, prep.path, device)
+    evaluator = load_worker(spec, prep.directions_file, device)
     stop = StopFlag()
     progress = Progress(prep.total, prep.total - len(prep.pending))
     with stop.installed(), surface.open_h5(prep.path, "r+") as f:
@@ -114,6 +115,10 @@ def run_serial(spec) -> int:
 
 
 def _announce(prep, splits: list[str]) -> None:
+    if prep.directions_path is not None:
+        log.info("shard %s: %d of %d points done, %d to compute", prep.path, prep.total - len(prep.pending),
+                 prep.total, len(prep.pending))
+        return
     with surface.open_h5(prep.path, "r") as f:
         log.info("%s %s", "created" if prep.created else "resuming",
                  surface.summary_line(prep.path, f, splits, len(prep.pending)))
@@ -166,22 +171,25 @@ class QuietExit(Exception):
         self.code = code
 
 
-def run(spec, comm=None) -> int:
-    """The `surface` verb: one process, or a coordinator and workers under mpirun/srun."""
+def run(spec, comm=None, shard: Path | None = None) -> int:
+    """The `surface` verb (or a SLURM task's shard): one process, or a coordinator and
+    workers under mpirun/srun."""
     env = mpi_environment(comm)
     if env.comm is None:
-        return run_serial(spec)
-    return run_mpi(spec, env)
+        return run_serial(spec, shard)
+    return run_mpi(spec, env, shard)
 
 
-def run_mpi(spec, env: MPIEnvironment) -> int:
+def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
     comm = env.comm
     splits = list(spec.data.splits)
     # 1. rank 0 checks the file or works out a new one; everyone learns the outcome
     new, error = None, None
     if env.is_coordinator:
         try:
-            new = check_or_plan(spec)
+            new = check_or_plan(spec) if shard is None else None
+            if shard is not None:
+                shard_prepared(shard, splits)  # a damaged or foreign shard fails here, once
         except UserError as exc:
             error = str(exc)
     error = comm.bcast(error, root=0)
@@ -199,7 +207,7 @@ def run_mpi(spec, env: MPIEnvironment) -> int:
             new.write()
     prep = None
     if env.is_coordinator:
-        prep = pending(spec)
+        prep = pending(spec) if shard is None else shard_prepared(shard, splits)
         prep.created = creating
         _announce(prep, splits)
         log.info("%d workers; %s", env.size - 1,
@@ -272,7 +280,7 @@ def work(comm, spec, env: MPIEnvironment, prep, writer, stop: StopFlag) -> None:
     threads = set_threads(spec.evaluation.threads, env.workers_on_node)
     device = pick_device(spec.evaluation.device, env.local_rank)
     log.info("worker on %s (local rank %d) with %d CPU thread(s)", device, env.local_rank, threads)
-    evaluator = load_worker(spec, prep.path, device)
+    evaluator = load_worker(spec, prep.directions_file, device)
     splits = list(spec.data.splits)
     with surface.open_h5(prep.path, "r") if writer is None else contextlib.nullcontext(writer.f) as f:
         done = surface.done_masks(f)

@@ -92,3 +92,23 @@ def mpi_environment(comm=None) -> MPIEnvironment:
         node.Free()
     parallel = bool(h5py.get_config().mpi) and os.environ.get("LOSSLANDSCAPE_SERIAL_HDF5", "") not in ("1", "true")
     return MPIEnvironment(comm, comm.rank, comm.size, local_rank, local_size, parallel, has_rank0)
+
+
+@dataclass(frozen=True)
+class SlurmEnvironment:
+    """The SLURM variables a task needs, typed (after submitit's JobEnvironment)."""
+
+    job_id: str | None
+    array_job_id: str | None
+    array_task_id: int | None
+    array_task_count: int | None
+    ntasks: int | None
+    gpus_on_node: str | None
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | None = None) -> "SlurmEnvironment":
+        e = os.environ if environ is None else environ
+        as_int = lambda k: int(e[k]) if e.get(k, "").strip().isdigit() else None  # noqa: E731
+        return cls(e.get("SLURM_JOB_ID"), e.get("SLURM_ARRAY_JOB_ID"), as_int("SLURM_ARRAY_TASK_ID"),
+                   as_int("SLURM_ARRAY_TASK_COUNT"), as_int("SLURM_NTASKS"),
+                   e.get("SLURM_GPUS_ON_NODE") or e.get("CUDA_VISIBLE_DEVICES"))

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
+import numpy as np
 import torch
 
 from . import data as datasets
@@ -28,11 +28,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
+    """A file to fill and the points it still lacks."""
     path: Path
     axes: GridAxes
     pending: "object"  # np.ndarray of flat point indices, coarse-to-fine
-    total: int
+    total: int  # points this file is responsible for (the grid, or a shard's share)
     created: bool
+    directions_path: Path | None = None  # where the directions are (default: path itself)
+
+    @property
+    def directions_file(self) -> Path:
+        return self.directions_path or self.path
 
 
 @dataclass
@@ -129,6 +135,21 @@ def pending(spec) -> Prepared:
     return Prepared(path, axes, todo, axes.size, False)
 
 
+def shard_prepared(shard: Path, splits: list[str]) -> Prepared:
+    """The points of a SLURM array task's shard file that are not done yet."""
+    with surface.open_h5(shard, "r") as f:
+        surface.check_shard(f, shard)
+        points = np.asarray(f["points"], dtype=np.int64)
+        done = surface.done_masks(f)
+        axes = GridAxes(np.asarray(f["xcoordinates"]),
+                        np.asarray(f["ycoordinates"]) if "ycoordinates" in f else None)
+        main = Path(f.attrs["surface"])
+    missing = np.zeros(len(points), dtype=bool)
+    for split in splits:
+        missing |= ~done[split][points]
+    return Prepared(shard, axes, points[missing], len(points), False, main)
+
+
 def prepare(spec) -> Prepared:
     """Create the surface file with its directions, or check an existing one (one process)."""
     new = check_or_plan(spec)
@@ -153,7 +174,7 @@ def _check_directions(spec, path: Path) -> None:
 
 
 def load_worker(spec, path: Path, device: torch.device) -> PointEvaluator:
-    """The model at its base point on `device`, moved along the file's own directions."""
+    """The model at its base point on `device`, moved along the directions stored in `path`."""
     configure_precision(spec.evaluation.precision)
     splits = {split: datasets.load_split(spec.data, split) for split in spec.data.splits}
     model = _base_model(spec)

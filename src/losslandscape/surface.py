@@ -291,3 +291,81 @@ def summary_line(path: str | Path, f: h5py.File, splits: list[str], pending: int
 
 def tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+# --- shards: one file per SLURM array task --------------------------------------------------
+
+SHARD_FORMAT = "losslandscape-shard"
+
+
+def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, tasks: int) -> None:
+    """A shard file for array task `task`: the surface's grid and identity, its share of
+    points (`points`, flat indices), and empty values. No directions: tasks read them
+    from the surface file, which nobody writes while tasks run (merge runs after)."""
+    with open_h5(surface_path, "r") as src:
+        shape = src["train_done"].shape
+        tmp = path.with_name(f".{path.name}.creating")
+        with open_h5(tmp, "w") as f:
+            for name in ("xcoordinates", "ycoordinates"):
+                if name in src:
+                    f.create_dataset(name, data=np.asarray(src[name]))
+            for split in SPLITS:
+                for value in VALUES:
+                    f.create_dataset(value_name(split, value), shape=shape, dtype="f8",
+                                     fillvalue=np.nan, dcpl=_dcpl_early(np.nan))
+                f.create_dataset(f"{split}_done", shape=shape, dtype="u1", fillvalue=0, dcpl=_dcpl_early(0))
+            f.create_dataset("point_seconds", shape=shape, dtype="f8", fillvalue=np.nan, dcpl=_dcpl_early(np.nan))
+            f.create_dataset("points", data=np.asarray(points, dtype=np.int64))
+            f.attrs["format"] = SHARD_FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["surface"] = str(Path(surface_path).resolve())
+            for key in ("identity", "directions_sha256", "spec"):
+                f.attrs[key] = src.attrs[key]
+            f.attrs["task"] = task
+            f.attrs["tasks"] = tasks
+    os.replace(tmp, path)
+
+
+def check_shard(f: h5py.File, path: Path) -> None:
+    if f.attrs.get("format") != SHARD_FORMAT or "points" not in f:
+        raise UserError(f"shard: {path} is not a shard file of losslandscape")
+
+
+def shard_belongs(shard: h5py.File, surf: h5py.File) -> bool:
+    """Same identity and the same directions: the shard's values are points of this surface."""
+    return (shard.attrs.get("identity") == surf.attrs.get("identity")
+            and shard.attrs.get("directions_sha256") == surf.attrs.get("directions_sha256")
+            and shard["train_done"].shape == surf["train_done"].shape)
+
+
+def shard_new_points(shard: h5py.File, surf: h5py.File) -> dict[str, np.ndarray]:
+    """{split: flat indices} done in the shard but not yet in the surface."""
+    sd, fd = done_masks(shard), done_masks(surf)
+    return {split: np.flatnonzero(sd[split] & ~fd[split]) for split in SPLITS}
+
+
+def copy_points(shard: h5py.File, surf: h5py.File, new: dict[str, np.ndarray]) -> int:
+    """Copy shard values into the surface, values first and done flags last. Returns points copied."""
+    shape = surf["train_done"].shape
+    copied = set()
+    for split, points in new.items():
+        if len(points) == 0:
+            continue
+        idx = np.unravel_index(points, shape)
+        for value in VALUES:
+            name = value_name(split, value)
+            target = np.asarray(surf[name])
+            target[idx] = np.asarray(shard[name])[idx]
+            surf[name][...] = target
+        seconds = np.asarray(surf["point_seconds"])
+        seconds[idx] = np.asarray(shard["point_seconds"])[idx]
+        surf["point_seconds"][...] = seconds
+        copied.update(points.tolist())
+    surf.flush()
+    for split, points in new.items():
+        if len(points):
+            flags = np.asarray(surf[f"{split}_done"])
+            flags[np.unravel_index(points, shape)] = 1
+            surf[f"{split}_done"][...] = flags
+    surf.flush()
+    return len(copied)

@@ -16,6 +16,13 @@ Kinds of view (`KINDS`):
 
 Partial surfaces draw what is computed and say how much in the title;
 diverged points (+inf) are clipped to the top of the colour range.
+
+Value scale: `log` True (--log) or False (--linear) forces it; None, the
+default, draws a loss whose finite positive values span more than two decades
+on a log scale (levels, colours, and log10 heights in surface3d), as a trained
+net's surface does (~1e-3 at the minimum, ~1e2 at the corners); accuracy, a
+loss in a narrower range, or a given vmin/vmax stays linear. curve and vtp
+stay linear unless log is True.
 This package needs numpy, h5py and matplotlib only: no torch, no MPI.
 """
 
@@ -93,7 +100,7 @@ def _render_one(surface: Surface, stem: str, out_dir: Path, kinds: list[str], sp
 
             values = [value] if value else list(VALUES)
             out = common.output_path(out_dir, stem, split, value, "curve", ext=fmt)
-            written.append(plot1d.curve(surface, out, fmt, splits, values, vmin, vmax, log))
+            written.append(plot1d.curve(surface, out, fmt, splits, values, vmin, vmax, bool(log)))
         elif kind == "html":
             from losslandscape.render import html
 
@@ -106,7 +113,7 @@ def _render_one(surface: Surface, stem: str, out_dir: Path, kinds: list[str], sp
             for sp in splits:
                 v = _value_for(surface, sp, value)
                 out = common.output_path(out_dir, stem, sp, v, ext="vtp")
-                written.append(vtp.write_vtp(surface, out, sp, v, log=log, zmax=zmax))
+                written.append(vtp.write_vtp(surface, out, sp, v, log=bool(log), zmax=zmax))
         else:
             from losslandscape.render import plot2d
 
@@ -157,7 +164,9 @@ def _render_compare(surfaces: list[Surface], stems: list[str], out_dir: Path, sp
         if dims == {1}:
             from losslandscape.render import plot1d
 
-            written.append(plot1d.compare_curves(surfaces, out, fmt, sp, v, opts["vmin"], opts["vmax"], opts["log"]))
+            written.append(
+                plot1d.compare_curves(surfaces, out, fmt, sp, v, opts["vmin"], opts["vmax"], bool(opts["log"]))
+            )
         else:
             from losslandscape.render import plot2d
 
@@ -177,7 +186,7 @@ def render(
     vmin: float | None = None,
     vmax: float | None = None,
     levels: int | None = None,
-    log: bool = False,
+    log: bool | None = None,
     zmax: float | None = None,
 ) -> list[Path]:
     """Draw the surface files in `paths` into `out_dir`; return the files written.
@@ -186,7 +195,10 @@ def render(
     filled, heatmap, surface3d, vtp, html), plus compare when there are several
     files. split None draws each split with points computed; value None draws
     the loss (and the accuracy too in curve and html). vmin/vmax/levels set the
-    colour range and contour levels, log a logarithmic value scale, zmax clips
+    colour range and contour levels; log True a logarithmic value scale, False
+    a linear one, None (default) log for a loss spanning more than two decades
+    (see `common.auto_log`) in contour, filled, heatmap, surface3d, compare
+    and html, linear elsewhere; zmax clips
     the height of surface3d and vtp. Output names are
     `<stem>_<split>_<value>_<kind>.<fmt>` (vtp and html drop the kind).
     """

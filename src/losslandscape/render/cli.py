@@ -52,7 +52,24 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vmin", type=float, help="lowest value of the colour scale and contour levels")
     parser.add_argument("--vmax", type=float, help="highest value of the colour scale and contour levels")
     parser.add_argument("--levels", type=int, help="number of contour levels between vmin and vmax")
-    parser.add_argument("--log", action="store_true", help="logarithmic value scale")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument(
+        "--log",
+        dest="log",
+        action="store_const",
+        const=True,
+        default=None,
+        help="logarithmic value scale (default: log for a loss spanning more than two decades, "
+        "unless --vmin or --vmax is given; linear for accuracy, curve and vtp)",
+    )
+    scale.add_argument(
+        "--linear",
+        "--no-log",
+        dest="log",
+        action="store_const",
+        const=False,
+        help="linear value scale, even for a loss spanning many decades",
+    )
     parser.add_argument("--zmax", type=float, help="clip heights above this value (surface3d, vtp, html)")
 
 

@@ -97,6 +97,34 @@ class Range:
         return LogNorm(self.low, self.high) if self.log else Normalize(self.low, self.high)
 
 
+# A loss whose finite positive values span more than this ratio gets a log
+# scale unless the user asks otherwise: a trained net's loss is ~1e-3 at the
+# minimum and ~1e2 at the grid's corners, and linear levels leave the basin blank.
+AUTO_LOG_RATIO = 100.0
+
+
+def auto_log(
+    arrays: list[np.ndarray],
+    value: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    log: bool | None = None,
+) -> bool:
+    """Whether to draw on a log scale. `log` True or False is the user's choice
+    (--log, --linear); None picks: log for a loss whose finite positive values
+    span more than two decades (max/min > AUTO_LOG_RATIO), when neither vmin
+    nor vmax is given; linear otherwise (and always for accuracy)."""
+    if log is not None:
+        return bool(log)
+    if value != "loss" or vmin is not None or vmax is not None:
+        return False
+    finite = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays])
+    positive = finite[np.isfinite(finite) & (finite > 0)]
+    if positive.size < 2:
+        return False
+    return bool(positive.max() > AUTO_LOG_RATIO * positive.min())
+
+
 def value_range(
     arrays: list[np.ndarray],
     where: str,

@@ -6,6 +6,9 @@ The page loads nothing: no script, style sheet, font or image comes from the
 network, so it opens on a cluster login node, from an e-mail, or offline.
 The data sit in the page as JSON (values rounded to 6 significant digits,
 null where not computed, diverged points clipped to the top of the range).
+Each series carries its starting scale, `log`: the user's --log/--linear, or by
+default log for a loss spanning more than two decades (`common.auto_log`); the
+page's "log scale" box starts there for each series and can be toggled.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def page_data(
     vmin: float | None = None,
     vmax: float | None = None,
     levels: int | None = None,
-    log: bool = False,
+    log: bool | None = None,
     zmax: float | None = None,
 ) -> dict:
     """The JSON embedded in the page."""
@@ -67,6 +70,7 @@ def page_data(
             diverged = int(np.isposinf(z).sum())
             if finite.size == 0:
                 continue  # every point diverged: nothing to draw
+            series_log = common.auto_log([finite], value, vmin, vmax, log)
             z = np.where(np.isposinf(z), float(finite.max()), z)
             z = np.where(np.isneginf(z), float(finite.min()), z)
             series.append(
@@ -74,6 +78,7 @@ def page_data(
                     "name": name,
                     "label": common.value_label(split, value),
                     "value": value,
+                    "log": series_log,
                     "done": surface.fraction_done.get(split, 1.0),
                     "diverged": diverged,
                     "x": _rounded(x),
@@ -97,7 +102,7 @@ def page_data(
         "xlabel": common.axis_label(surface, "x").replace(r"$\alpha$", "α"),
         "ylabel": common.axis_label(surface, "y"),
         "cmap": _colormap(),
-        "options": {"vmin": vmin, "vmax": vmax, "levels": levels, "log": bool(log), "zmax": zmax},
+        "options": {"vmin": vmin, "vmax": vmax, "levels": levels, "log": log, "zmax": zmax},
         "series": series,
     }
 
@@ -182,7 +187,9 @@ _SCRIPT = r"""
     o.textContent = s.label;
     sel.appendChild(o);
   });
-  logBox.checked = !!D.options.log;
+  // Each series starts on its own scale (log for a loss spanning many decades).
+  function startScale() { logBox.checked = !!D.series[+sel.value || 0].log; }
+  startScale();
 
   function fmt(v) {
     if (v === null || !isFinite(v)) return "-";
@@ -339,10 +346,12 @@ _SCRIPT = r"""
     ctx.strokeStyle = "#999";
     ctx.beginPath(); ctx.moveTo(zb[0], zb[1]); ctx.lineTo(zt[0], zt[1]); ctx.stroke();
     ctx.textAlign = "right";
-    ctx.fillText(fmt(P.inv(P.flo)), zb[0] - 6, zb[1] + 4);
-    ctx.fillText(fmt(P.inv(P.ztop)), zt[0] - 6, zt[1] + 4);
+    [[P.flo, zb], [P.ztop, zt]].forEach(function (e) {
+      var text = fmt(P.inv(e[0]));  // right-aligned, but never cut off at the left edge
+      ctx.fillText(text, Math.max(e[1][0] - 6, ctx.measureText(text).width + 4), e[1][1] + 4);
+    });
     ctx.textAlign = "left";
-    ctx.fillText(P.s.label + (P.log ? " (log)" : ""), 8, 16);
+    ctx.fillText(P.s.label + (P.log ? " (log scale)" : ""), 8, 16);
   }
 
   // ---- 2-D: heat map cells, marching-squares contours, colour bar ----
@@ -455,11 +464,23 @@ _SCRIPT = r"""
     ctx.strokeRect(bx, T, bw, ph);
     ctx.textAlign = "left";
     ctx.font = "11px system-ui, sans-serif";
-    ticks(P.flo, P.fhi, 5).forEach(function (u) {
+    barTicks().forEach(function (u) {
       var yy = T + ph * (1 - (u - P.flo) / (P.fhi - P.flo));
       ctx.fillStyle = "#222";
       ctx.fillText(fmt(P.inv(u)), bx + bw + 4, yy + 4);
     });
+  }
+
+  // Colour-bar ticks (in the colour space): powers of ten on a log scale
+  // spanning a few decades, else five evenly spaced values.
+  function barTicks() {
+    if (P.log) {
+      var out = [];
+      for (var e = Math.ceil(P.flo - 1e-9); e <= P.fhi + 1e-9; e++) out.push(e);
+      if (out.length > 6) out = out.filter(function (e) { return e % 2 === 0; });
+      if (out.length >= 3) return out;
+    }
+    return ticks(P.flo, P.fhi, 5);
   }
 
   function drawAll() {
@@ -507,7 +528,7 @@ _SCRIPT = r"""
     view = { az: -0.6, el: 0.6, zoom: 1.0 };
     draw3d();
   });
-  sel.addEventListener("change", drawAll);
+  sel.addEventListener("change", function () { startScale(); drawAll(); });
   logBox.addEventListener("change", drawAll);
   window.addEventListener("resize", drawAll);
   drawAll();

@@ -9,6 +9,10 @@ draw the sub-grid of `common.surface_lattice`: the full grid once complete,
 the last complete coarse pass while a coarse-to-fine run is under way. Where
 no cell is whole yet, they draw the computed points as dots. Diverged points
 (+inf) are clipped to the top of the colour range.
+
+The value scale is logarithmic with --log, linear with --linear, and by
+default (log None) logarithmic for a loss spanning more than two decades
+(`common.auto_log`); the colour-bar label then ends in "(log scale)".
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class View2D:
         value: str,
         vmin: float | None = None,
         vmax: float | None = None,
-        log: bool = False,
+        log: bool | None = None,
         rng: common.Range | None = None,
     ):
         if surface.y is None:
@@ -43,7 +47,10 @@ class View2D:
         self.surface, self.split, self.value = surface, split, value
         self.name = f"{split}_{value}"
         z = check_computed(surface, self.name)
-        self.range = rng or common.value_range([z], f"{surface.path} {self.name}", vmin, vmax, log)
+        if rng is None:
+            log = common.auto_log([z], value, vmin, vmax, log)
+            rng = common.value_range([z], f"{surface.path} {self.name}", vmin, vmax, log)
+        self.range = rng
         self.full = common.clip_diverged(z, self.range)  # (ny, nx)
         self.points_x, self.points_y, self.points_z, _, _ = common.compact_grid(surface.x, surface.y, self.full)
         rows, cols = common.surface_lattice(surface.x, surface.y, self.full)
@@ -67,7 +74,7 @@ class View2D:
         return X[ok], Y[ok], self.full[ok]
 
     def label(self) -> str:
-        return common.value_label(self.split, self.value, False)
+        return common.value_label(self.split, self.value, self.range.log)
 
     def extend(self) -> str:
         """Colour-bar arrows for values outside the range."""
@@ -204,19 +211,29 @@ def _edges(a: np.ndarray, half: float) -> np.ndarray:
 
 
 def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> Path:
-    """A shaded 3-D surface; heights clipped at zmax (or the colour range's top)."""
+    """A shaded 3-D surface; heights clipped at zmax (or the colour range's top).
+
+    On a log scale the heights are log10 of the value (as the original code's
+    h5_to_vtp --log), with the z axis and colour bar ticked at round values of
+    the value itself, so a basin 1e-3 deep under corners at 1e2 stays visible."""
     from matplotlib.colors import Normalize
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
     rng = view.range
+    if rng.log and zmax is not None and zmax <= 0:
+        raise UserError(f"--zmax is {zmax}, expected a value > 0 on a log scale (or give --linear)")
     top = rng.high if zmax is None else min(zmax, rng.high)
+    if top <= rng.low:
+        top = rng.high
 
     def height(z: np.ndarray) -> np.ndarray:
         z = np.minimum(z, top)
         return np.log10(z) if rng.log else z
 
-    norm = Normalize(*(np.log10([rng.low, rng.high]) if rng.log else (rng.low, rng.high)))
-    label = f"log10 {view.label()}" if rng.log else view.label()
+    # Colours span the heights drawn, so a clipped surface keeps its colours.
+    norm = Normalize(*(np.log10([rng.low, top]) if rng.log else (rng.low, top)))
+    label = view.label()
+    log_ticks = np.log10(common.Range(rng.low, top, True).ticks()) if rng.log else None
     with common.paper_style():
         fig = common.new_figure(common.WIDTH_IN, 3.8)
         ax = fig.add_subplot(projection="3d")
@@ -241,6 +258,10 @@ def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> P
             mappable = ax.scatter(x, y, height(z), c=height(z), cmap=common.CMAP, norm=norm, s=10, depthshade=False)
         for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
             axis.set_major_locator(MaxNLocator(5))
+        values = FuncFormatter(lambda v, _: f"{10.0**v:.3g}")
+        if log_ticks is not None:
+            ax.zaxis.set_major_locator(FixedLocator(log_ticks))
+            ax.zaxis.set_major_formatter(values)
         ax.set_xlabel(common.axis_label(view.surface, "x"), labelpad=-1)
         ax.set_ylabel(common.axis_label(view.surface, "y"), labelpad=-1)
         ax.set_zlabel(label, labelpad=1)
@@ -249,6 +270,9 @@ def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> P
         ax.set_title(common.title(view.surface, view.split, view.value))
         cbar = fig.colorbar(mappable, ax=ax, shrink=0.6, pad=0.12)
         cbar.set_label(label)
+        if log_ticks is not None:
+            cbar.set_ticks(log_ticks)
+            cbar.ax.yaxis.set_major_formatter(values)
         return common.save(fig, out, fmt)
 
 
@@ -267,7 +291,7 @@ def compare(
     vmin: float | None = None,
     vmax: float | None = None,
     levels: int | None = None,
-    log: bool = False,
+    log: bool | None = None,
 ) -> Path:
     """2-D surfaces side by side: filled contours on the same levels, one colour bar."""
     name = f"{split}_{value}"
@@ -276,6 +300,7 @@ def compare(
         if s.y is None:
             raise UserError(f"{s.path} is a 1-D surface; compare needs surfaces of the same kind (all 2-D)")
         arrays.append(check_computed(s, name))
+    log = common.auto_log(arrays, value, vmin, vmax, log)
     rng = common.value_range(arrays, name, vmin, vmax, log)
     views = [View2D(s, split, value, rng=rng) for s in surfaces]
     lv = rng.levels(levels or FILLED_LEVELS, cover=True)
@@ -294,6 +319,6 @@ def compare(
                 ax.set_ylabel("")
         if not all(v.drawable for v in views):
             mappable = _scalar_mappable(rng)
-        _colorbar(fig, mappable, list(axes), rng, common.value_label(split, value), extend=extend)
+        _colorbar(fig, mappable, list(axes), rng, common.value_label(split, value, rng.log), extend=extend)
         fig.suptitle(f"{split} {VALUE_LABELS[value]}")
         return common.save(fig, out, fmt)

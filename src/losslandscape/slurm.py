@@ -1,0 +1,331 @@
+"""SLURM array jobs: submit, the array task itself, merge, status.
+
+Independent MPI jobs cannot safely share one parallel-HDF5 file, so `submit`
+splits the pending points over K array tasks and gives each its own shard
+file beside the surface file (`<surface>.shards/task_<k>.h5`), with its
+points stored in it: tasks agree without talking. Each task is itself an MPI
+job over its ranks. A merge job (`--dependency=afterany:<array>`) copies
+finished shard points into the surface file; `merge` is safe to run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import surface
+from .environment import SlurmEnvironment
+from .errors import UserError
+from .grid import assign_tasks
+from .spec import SPLITS
+
+log = logging.getLogger(__name__)
+
+EXIT_MISSING = 4
+TEMPLATES = Path(__file__).resolve().parents[2] / "slurm"
+SUBMISSION = "submission.json"
+
+
+def shard_dir(surface_path: Path) -> Path:
+    return surface_path.with_name(surface_path.name + ".shards")
+
+
+def shard_files(surface_path: Path) -> list[Path]:
+    d = shard_dir(surface_path)
+    return sorted(d.glob("task_*.h5"), key=lambda p: int(p.stem.split("_")[1])) if d.is_dir() else []
+
+
+@dataclass
+class SubmitOptions:
+    tasks: int
+    ranks_per_task: int = 2
+    gpus_per_task: int = 0
+    launcher: str = "mpirun"
+    partition: str = ""
+    time: str = ""
+    account: str = ""
+    sbatch_args: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def check(self) -> None:
+        if self.tasks < 1:
+            raise UserError(f"--tasks: {self.tasks} is not valid; expected an integer >= 1")
+        if self.ranks_per_task < 1:
+            raise UserError(f"--ranks-per-task: {self.ranks_per_task} is not valid; expected an integer >= 1")
+        if self.gpus_per_task < 0:
+            raise UserError(f"--gpus-per-task: {self.gpus_per_task} is not valid; expected an integer >= 0")
+        if self.launcher not in ("mpirun", "srun"):
+            raise UserError(f"--launcher: {self.launcher!r} is not valid; expected mpirun or srun")
+
+
+def _template(name: str) -> string.Template:
+    path = Path(os.environ.get("LOSSLANDSCAPE_TEMPLATES", TEMPLATES)) / name
+    if not path.is_file():
+        raise UserError(f"sbatch template {path} not found (set LOSSLANDSCAPE_TEMPLATES to the slurm/ folder)")
+    return string.Template(path.read_text())
+
+
+def _optional_lines(opts: SubmitOptions, gpus: bool = True) -> str:
+    lines = []
+    if gpus and opts.gpus_per_task:
+        lines.append(f"#SBATCH --gpus-per-task={opts.gpus_per_task}")
+    for flag, value in (("partition", opts.partition), ("time", opts.time), ("account", opts.account)):
+        if value:
+            lines.append(f"#SBATCH --{flag}={value}")
+    lines.extend(f"#SBATCH {arg}" for arg in opts.sbatch_args)
+    return "\n".join(lines)
+
+
+def launch_command(opts: SubmitOptions, as_root: bool) -> str:
+    if opts.launcher == "srun":
+        # Open MPI here speaks PMIx to srun, not PMI2 (ENVIRONMENT.md)
+        return "srun --mpi=pmix"
+    root = " --allow-run-as-root" if as_root else ""
+    return f"mpirun{root} -n ${{SLURM_NTASKS}}"
+
+
+def render_scripts(surface_path: Path, opts: SubmitOptions, array_job_id: str = "ARRAY_JOB_ID",
+                   python: str | None = None, workdir: Path | None = None,
+                   as_root: bool | None = None) -> tuple[str, str]:
+    """The array and merge sbatch scripts for a surface (pure: tested against a recorded file)."""
+    python = python or sys.executable
+    workdir = workdir or Path.cwd()
+    as_root = (os.geteuid() == 0) if as_root is None else as_root
+    shards = shard_dir(surface_path)
+    common = dict(job_name=f"ll-{surface_path.stem}", shards=shlex.quote(str(shards)),
+                  surface=shlex.quote(str(surface_path)), python=shlex.quote(python),
+                  workdir=shlex.quote(str(workdir)), tasks=opts.tasks)
+    array = _template("array.sbatch.in").substitute(
+        common, last_task=opts.tasks - 1, ranks=opts.ranks_per_task, optional=_optional_lines(opts),
+        launch=launch_command(opts, as_root))
+    merge_opts = SubmitOptions(1, partition=opts.partition, time="", account=opts.account)
+    merge = _template("merge.sbatch.in").substitute(
+        common, optional="\n".join(filter(None, [f"#SBATCH --dependency=afterany:{array_job_id}",
+                                                  _optional_lines(merge_opts, gpus=False)])))
+    return array, merge
+
+
+def _sbatch(script: Path, env: dict | None = None) -> str:
+    exe = shutil.which("sbatch")
+    if exe is None:
+        raise UserError("submit: sbatch not found on PATH (load your cluster's slurm module, or use --dry-run)")
+    proc = subprocess.run([exe, "--parsable", str(script)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise UserError(f"submit: sbatch refused {script.name}: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def _queued(job_ids: list[str]) -> list[str]:
+    """Those of job_ids that SLURM still has pending or running (array tasks included)."""
+    exe = shutil.which("squeue")
+    if exe is None or not job_ids:
+        return []
+    # %F: the array's base job id (a plain job's own id), so array tasks count for their array
+    proc = subprocess.run([exe, "-h", "-o", "%F", "-j", ",".join(job_ids)], capture_output=True, text=True)
+    if proc.returncode != 0:  # unknown (long finished) job ids
+        return []
+    return sorted(set(proc.stdout.split()) & set(job_ids))
+
+
+def submit(spec, opts: SubmitOptions) -> dict:
+    """Create the surface and its directions, share out the pending points, sbatch the
+    array and the merge job. Returns what was submitted (also in <shards>/submission.json)."""
+    from .job import prepare
+
+    opts.check()
+    path = Path(spec.output.surface)
+    shards = shard_dir(path)
+    previous = _read_submission(shards)
+    if previous and not opts.dry_run:
+        busy = _queued([previous.get("array_job", ""), previous.get("merge_job", "")])
+        if busy:
+            raise UserError(f"submit: jobs {', '.join(busy)} of the previous submission for {path} are still "
+                            "queued or running; wait for them or scancel them first")
+    if opts.dry_run and not path.exists():  # a dry run writes nothing, not even the surface file
+        from .grid import GridAxes, coarse_to_fine
+
+        return _dry_run(path, opts, coarse_to_fine(GridAxes.from_spec(spec.grid).shape), spec)
+    prep = prepare(spec)  # creates the file and its directions once, before anything runs
+    if shard_files(path) and not opts.dry_run:
+        new = merge(path, report_missing=False)  # earlier shards' points count before sharing out again
+        if new:
+            prep = prepare(spec)
+    pending = prep.pending
+    if len(pending) == 0:
+        log.info("%s is complete: nothing to submit", path)
+        return {"array_job": None, "merge_job": None, "tasks": 0, "points": 0}
+    tasks = min(opts.tasks, len(pending))
+    if tasks < opts.tasks:
+        log.info("only %d points are pending: %d tasks instead of %d", len(pending), tasks, opts.tasks)
+        opts.tasks = tasks
+    if opts.dry_run:
+        return _dry_run(path, opts, pending, spec)
+    shares = assign_tasks(pending, tasks, spec.evaluation.unit_size)
+    array_script, _ = render_scripts(path, opts)
+    shards.mkdir(exist_ok=True)
+    for old in shard_files(path):  # merged above; the new assignment replaces them
+        old.unlink()
+    for k, share in enumerate(shares):
+        surface.create_shard(shards / f"task_{k}.h5", path, share, k, tasks)
+    (shards / "array.sbatch").write_text(array_script)
+    array_job = _sbatch(shards / "array.sbatch")
+    _, merge_script = render_scripts(path, opts, array_job_id=array_job)
+    (shards / "merge.sbatch").write_text(merge_script)
+    merge_job = _sbatch(shards / "merge.sbatch")
+    record = {"array_job": array_job, "merge_job": merge_job, "tasks": tasks,
+              "ranks_per_task": opts.ranks_per_task, "gpus_per_task": opts.gpus_per_task,
+              "points": int(len(pending)), "points_per_task": [int(len(s)) for s in shares],
+              "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (shards / SUBMISSION).write_text(json.dumps(record, indent=2) + "\n")
+    log.info("submitted array job %s (%d tasks x %d ranks, %d points) and merge job %s",
+             array_job, tasks, opts.ranks_per_task, len(pending), merge_job)
+    log.info("watch: losslandscape status %s   (squeue -j %s,%s)", path, array_job, merge_job)
+    return record
+
+
+def _dry_run(path: Path, opts: SubmitOptions, pending: np.ndarray, spec) -> dict:
+    tasks = min(opts.tasks, len(pending))
+    opts.tasks = max(tasks, 1)
+    shares = assign_tasks(pending, opts.tasks, spec.evaluation.unit_size)
+    array_script, merge_script = render_scripts(path, opts)
+    shards = shard_dir(path)
+    print(f"# dry run: {len(pending)} pending points of {path} over {tasks} array tasks "
+          f"({', '.join(str(len(s)) for s in shares)} points); nothing written or submitted")
+    print(f"# --- {shards / 'array.sbatch'} ---\n{array_script}")
+    print(f"# --- {shards / 'merge.sbatch'} ---\n{merge_script}")
+    return {"array_job": None, "merge_job": None, "tasks": tasks, "points": int(len(pending)), "dry_run": True}
+
+
+def _read_submission(shards: Path) -> dict:
+    try:
+        return json.loads((shards / SUBMISSION).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_task(shards: Path, task: int | None = None, comm=None) -> int:
+    """One array task: compute its shard (under MPI when launched so)."""
+    from . import spec as specs
+    from .distributed import run
+
+    if task is None:
+        task = SlurmEnvironment.from_environ().array_task_id
+        if task is None:
+            raise UserError("task: SLURM_ARRAY_TASK_ID is not set; give --task K outside an array job")
+    shard = Path(shards) / f"task_{task}.h5"
+    if not shard.is_file():
+        raise UserError(f"task: no shard file {shard} (was `losslandscape submit` run for this folder?)")
+    with surface.open_h5(shard, "r") as f:
+        surface.check_shard(f, shard)
+        spec = specs.from_dict(json.loads(f.attrs["spec"]))
+    return run(spec, comm, shard=shard)
+
+
+def merge(surface_path: Path, report_missing: bool = True) -> int:
+    """Copy finished shard points into the surface file. Returns the number of points
+    copied; a second run copies nothing and leaves the file untouched."""
+    surface_path = Path(surface_path)
+    shards = shard_files(surface_path)
+    with surface.open_h5(surface_path, "r") as surf:
+        if not surface.is_ours(surf):
+            raise UserError(f"merge: {surface_path} is not a losslandscape surface file")
+        todo = []
+        for path in shards:
+            with surface.open_h5(path, "r") as shard:
+                surface.check_shard(shard, path)
+                if not surface.shard_belongs(shard, surf):
+                    raise UserError(f"merge: shard {path} belongs to another surface (its identity or "
+                                    f"directions differ from {surface_path}'s); move it away")
+                new = surface.shard_new_points(shard, surf)
+                if any(len(v) for v in new.values()):
+                    todo.append((path, new))
+    copied = 0
+    if todo:
+        with surface.open_h5(surface_path, "r+") as surf:
+            for path, new in todo:
+                with surface.open_h5(path, "r") as shard:
+                    n = surface.copy_points(shard, surf, new)
+                log.info("merged %d points from %s", n, path.name)
+                copied += n
+    log.info("merge: %d new points from %d shard file(s) into %s", copied, len(shards), surface_path)
+    return copied
+
+
+def missing_points(surface_path: Path) -> dict[str, int]:
+    """Points not done, per split that the surface's spec asks for."""
+    with surface.open_h5(surface_path, "r") as f:
+        splits = json.loads(f.attrs["spec"])["data"]["splits"]
+        done = surface.done_masks(f)
+    return {s: int((~done[s]).sum()) for s in splits}
+
+
+def status(surface_path: Path) -> dict:
+    """Progress of a surface and its shards, with an ETA from the recorded point timings."""
+    surface_path = Path(surface_path)
+    with surface.open_h5(surface_path, "r") as f:
+        if not surface.is_ours(f):
+            raise UserError(f"status: {surface_path} is not a losslandscape surface file")
+        splits = json.loads(f.attrs["spec"])["data"]["splits"]
+        done = surface.done_masks(f)
+        total = int(np.prod(f["train_done"].shape))
+        seconds = np.asarray(f["point_seconds"]).ravel()
+    complete = np.logical_and.reduce([done[s] for s in splits])
+    report = {"surface": str(surface_path), "points": total,
+              "splits": {s: {"done": int(done[s].sum()), "pending": int((~done[s]).sum())} for s in splits},
+              "shards": []}
+    timings = list(seconds[np.isfinite(seconds)])
+    in_shards = np.zeros(total, dtype=bool)
+    for path in shard_files(surface_path):
+        with surface.open_h5(path, "r") as sh:
+            points = np.asarray(sh["points"])
+            sd = surface.done_masks(sh)
+            sh_complete = np.logical_and.reduce([sd[s] for s in splits])
+            sec = np.asarray(sh["point_seconds"]).ravel()
+        timings.extend(sec[np.isfinite(sec)])
+        unmerged = sh_complete & ~complete
+        in_shards |= unmerged
+        report["shards"].append({"file": path.name, "assigned": int(len(points)),
+                                 "done": int(sh_complete[points].sum()), "not_merged": int(unmerged.sum())})
+    remaining = int((~complete & ~in_shards).sum())
+    sub = _read_submission(shard_dir(surface_path))
+    workers = max(1, sub.get("tasks", 1) * max(1, sub.get("ranks_per_task", 1) - 1)) if report["shards"] else 1
+    per_point = float(np.mean(timings)) if timings else None
+    report.update(remaining=remaining, seconds_per_point=per_point, parallel_workers=workers,
+                  eta_seconds=(remaining * per_point / workers) if per_point is not None else None)
+    if sub.get("array_job"):
+        report["jobs"] = {"array": sub["array_job"], "merge": sub["merge_job"],
+                          "queued": _queued([sub["array_job"], sub["merge_job"]])}
+    return report
+
+
+def format_status(report: dict) -> str:
+    lines = [f"{report['surface']}: {report['points']} grid points"]
+    for split, c in report["splits"].items():
+        lines.append(f"  {split:<5} {c['done']:>7} done  {c['pending']:>7} pending")
+    for sh in report["shards"]:
+        lines.append(f"  shard {sh['file']:<14} {sh['done']:>6}/{sh['assigned']:<6} done, {sh['not_merged']} not merged yet")
+    if report.get("jobs"):
+        j = report["jobs"]
+        lines.append(f"  jobs: array {j['array']}, merge {j['merge']}; still queued: "
+                     f"{', '.join(j['queued']) or 'none'}")
+    if report["remaining"] == 0:
+        lines.append("  nothing left to compute" + (" (run `losslandscape merge`)" if any(
+            s["not_merged"] for s in report["shards"]) else ""))
+    elif report["eta_seconds"] is not None:
+        eta = int(report["eta_seconds"])
+        lines.append(f"  {report['remaining']} points left, {report['seconds_per_point']:.2f} s/point, "
+                     f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d} with {report['parallel_workers']} worker(s)")
+    else:
+        lines.append(f"  {report['remaining']} points left; no timings recorded yet")
+    return "\n".join(lines)
