@@ -137,10 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
     _add_spec_verb(sub, "train", "train a model and write checkpoints", cmd_train,
                    ("model", "data", "evaluation", "train"))
+    surface_tables = ("model", "data", "directions", "grid", "evaluation", "output")
     _add_spec_verb(sub, "surface", "compute (or resume) a loss surface; under mpirun -n N: distributed",
-                   cmd_surface)
-    _add_spec_verb(sub, "directions", "only create the surface file and store its directions", cmd_directions)
-    p = _add_spec_verb(sub, "submit", "submit a SLURM array of K tasks plus a dependent merge job", cmd_submit)
+                   cmd_surface, surface_tables)
+    _add_spec_verb(sub, "directions", "only create the surface file and store its directions", cmd_directions,
+                   surface_tables)
+    p = _add_spec_verb(sub, "submit", "submit a SLURM array of K tasks plus a dependent merge job", cmd_submit,
+                       surface_tables)
     g = p.add_argument_group("SLURM")
     g.add_argument("--tasks", type=int, required=True, metavar="K", help="array tasks")
     g.add_argument("--ranks-per-task", type=int, default=2, metavar="R",
