@@ -361,6 +361,92 @@ def test_options_are_checked(files, tmp_path):
         render([files["partial"]], tmp_path, kinds=["heatmap"], split="test")
 
 
+# ---------------------------------------------------------------- value scale
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A trained net's loss: 1e-3 at the centre, 1e3 at the corners (six decades)."""
+    x = np.linspace(-1, 1, 21)
+    X, Y = np.meshgrid(x, x)
+    loss = 10 ** (-3 + 3 * (X**2 + Y**2))
+    acc = 100 - 99 * (X**2 + Y**2) / 2  # 100% down to 1%: two decades, but accuracy
+    ones = np.ones_like(loss)
+    return write_surface(
+        tmp_path_factory.mktemp("wide") / "wide.h5", x, x, {"train_loss": loss, "train_acc": acc}, {"train_done": ones}
+    )
+
+
+def svg_texts(path: Path) -> list[str]:
+    """The texts of a matplotlib SVG (drawn as paths, kept as comments)."""
+    return re.findall(r"<!-- (.*?) -->", path.read_text())
+
+
+def level_labels(texts: list[str], title: str) -> list[float]:
+    """The numbers written after the title: contour labels, then colour-bar ticks."""
+    after = texts[texts.index(title) + 1 :]
+    return [float(v) for v in after if re.fullmatch(r"[0-9.]+", v)]
+
+
+def test_auto_log_scale_choice():
+    wide = [np.array([[1e-3, 1.0], [50.0, np.inf]])]
+    narrow = [np.array([[0.5, 1.0], [40.0, np.nan]])]  # 80x: less than two decades
+    assert common.auto_log(wide, "loss")
+    assert not common.auto_log(narrow, "loss")
+    assert not common.auto_log(wide, "acc")  # accuracy stays linear
+    assert not common.auto_log(wide, "loss", vmax=10.0)  # a given range is a linear one
+    assert not common.auto_log(wide, "loss", vmin=0.1)
+    assert not common.auto_log(wide, "loss", log=False)
+    assert common.auto_log(narrow, "acc", log=True)
+    assert not common.auto_log([np.array([0.0, 0.0, 5.0])], "loss")  # one positive value
+
+
+def test_wide_loss_gets_log_contours_by_default(wide, tmp_path):
+    from losslandscape.render import plot2d
+
+    s = load_surface(wide)
+    view = plot2d.View2D(s, "train", "loss")
+    assert view.range.log and view.label() == "train loss (log scale)"
+    lv = view.range.levels(plot2d.CONTOUR_LEVELS)
+    assert (lv < 1).sum() >= 5 and lv.min() < 0.01 and lv.max() > 100
+    assert np.all(np.diff(np.log10(lv)) < 0.5)  # 1-2-5 steps: close rings around the minimum
+
+    (svg,) = render([wide], tmp_path, kinds=["contour"], fmt="svg")
+    texts = svg_texts(svg)
+    assert "train loss (log scale)" in texts
+    # Contour labels below 1 (the colour bar's ticks are powers of ten only).
+    labels = level_labels(texts, "resnet56: train loss")
+    assert len({v for v in labels if 0 < v < 1 and not math.log10(v).is_integer()}) >= 2
+
+    # Accuracy stays linear; so does the loss with --linear, or with a given vmax.
+    assert not plot2d.View2D(s, "train", "acc").range.log
+    for kwargs in ({"log": False}, {"vmax": 10.0}):
+        view = plot2d.View2D(s, "train", "loss", **kwargs)
+        assert not view.range.log and view.label() == "train loss"
+        lv = view.range.levels(plot2d.CONTOUR_LEVELS)
+        assert np.allclose(np.diff(lv), lv[1] - lv[0]) and (lv < 1).sum() <= 1
+    (svg,) = render([wide], tmp_path / "linear", kinds=["contour"], fmt="svg", log=False)
+    texts = svg_texts(svg)
+    assert "train loss" in texts and "train loss (log scale)" not in texts
+    assert [v for v in level_labels(texts, "resnet56: train loss") if v < 1] in ([], [0.0])
+
+
+def test_wide_loss_other_views(wide, tmp_path):
+    # surface3d: log10 heights, ticked and labelled as the loss itself.
+    written = render([wide], tmp_path, kinds=["surface3d", "html"], fmt="svg")
+    texts = svg_texts(written[0])
+    assert texts.count("train loss (log scale)") == 2  # z axis and colour bar
+    assert {"0.001", "1", "1000"} <= set(texts)
+    data = html_data(written[1])
+    assert data["options"]["log"] is None
+    assert {s["name"]: s["log"] for s in data["series"]} == {"train_loss": True, "train_acc": False}
+    (page,) = render([wide], tmp_path / "linear", kinds=["html"], log=False)
+    assert not any(s["log"] for s in html_data(page)["series"])
+    # compare: one shared log colour scale.
+    (svg,) = render([wide, wide], tmp_path, kinds=["compare"], fmt="svg")
+    assert "train loss (log scale)" in svg_texts(svg)
+
+
 # ---------------------------------------------------------------- VTP
 
 
@@ -544,6 +630,11 @@ def test_cli_verbs(files, tmp_path, capsys):
     assert all(Path(p).exists() for p in printed)
     with pytest.raises(SystemExit):
         parser.parse_args(["render", "--kind", "wireframe", str(files["para"])])
+    # The value scale: auto (None) by default, --log, --linear (alias --no-log); not both.
+    for flags, log in (([], None), (["--log"], True), (["--linear"], False), (["--no-log"], False)):
+        assert parser.parse_args(["render", str(files["para"]), *flags]).log is log
+    with pytest.raises(SystemExit):
+        parser.parse_args(["render", str(files["para"]), "--log", "--linear"])
     capsys.readouterr()
 
     assert render_cli.run_summary(parser.parse_args(["summary", str(files["para"]), "--json"])) == 0

@@ -286,7 +286,7 @@ def new_figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
 
 def save(fig, path: Path, fmt: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=fmt)
+    fig.savefig(path, format=fmt, bbox_inches="tight", pad_inches=0.03)  # never clip a label
     fig.clear()
     return path
 

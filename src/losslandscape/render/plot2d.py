@@ -258,7 +258,7 @@ def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> P
             mappable = ax.scatter(x, y, height(z), c=height(z), cmap=common.CMAP, norm=norm, s=10, depthshade=False)
         for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
             axis.set_major_locator(MaxNLocator(5))
-        values = FuncFormatter(lambda v, _: f"{10.0**v:.3g}")
+        values = FuncFormatter(lambda v, _: f"{10.0**v:.6g}")  # 0.001, 0.2, 1000
         if log_ticks is not None:
             ax.zaxis.set_major_locator(FixedLocator(log_ticks))
             ax.zaxis.set_major_formatter(values)
