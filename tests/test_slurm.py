@@ -1,0 +1,158 @@
+"""`submit` for real: array tasks x MPI ranks on a one-node SLURM cluster started here.
+
+The cluster (munged, slurmctld, slurmd) is started by the test and stopped by
+pid at the end; when it cannot be started the tests fail with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from losslandscape import spec as specs
+from losslandscape.distributed import run_serial
+
+from slurmcluster import LocalSlurm
+
+VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    with LocalSlurm(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+def write_spec(path: Path, ckpt: Path, surface: Path, x: str, y: str, samples: int, unit: int) -> Path:
+    path.write_text(f"""
+[model]
+name = "resnet20"
+checkpoint = "{ckpt}"
+[data]
+name = "digits"
+splits = ["train", "test"]
+max_samples = {samples}
+[grid]
+x = "{x}"
+y = "{y}"
+[evaluation]
+device = "cpu"
+threads = 1
+unit_size = {unit}
+[output]
+surface = "{surface}"
+""")
+    return path
+
+
+def reference(toml: Path, out: Path) -> dict[str, np.ndarray]:
+    spec = specs.load(toml, {"output.surface": str(out)})
+    assert run_serial(spec) == 0
+    with h5py.File(out, "r") as f:
+        return {k: f[k][...] for k in VALUES}
+
+
+def submit(slurm: LocalSlurm, toml: Path, cwd: Path, *extra: str) -> tuple[str, str, str]:
+    proc = subprocess.run([sys.executable, "-m", "losslandscape", "submit", str(toml), *extra],
+                          capture_output=True, text=True, env=slurm.env, cwd=cwd, timeout=120)
+    assert proc.returncode == 0, proc.stderr + slurm.logs()
+    m = re.search(r"array job (\d+) \((\d+) tasks\), merge job (\d+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    return m.group(1), m.group(3), proc.stderr
+
+
+def assert_equal_surface(path: Path, ref: dict[str, np.ndarray]) -> None:
+    with h5py.File(path, "r") as f:
+        assert f["train_done"][...].all() and f["test_done"][...].all()
+        for k in VALUES:
+            np.testing.assert_allclose(f[k][...], ref[k], rtol=1e-6)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def task_logs(shards: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(shards.glob("*.log")))
+
+
+def test_array_of_3_tasks_x_2_ranks_equals_one_process(slurm, trained, tmp_path):
+    surf = tmp_path / "surf.h5"
+    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:5", "-1:1:4", 100, 2)
+    ref = reference(toml, tmp_path / "ref.h5")
+    array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "3", "--ranks-per-task", "2")
+    shards = tmp_path / "surf.h5.shards"
+    assert sorted(p.name for p in shards.glob("task_*.h5")) == ["task_0.h5", "task_1.h5", "task_2.h5"]
+    slurm.wait([array, merge_job], timeout=300)
+    states = [r["JobState"] for r in slurm.jobs(array)]
+    assert states == ["COMPLETED"] * 3, task_logs(shards)
+    assert slurm.state(merge_job) == "COMPLETED", task_logs(shards)
+    logs = task_logs(shards)
+    assert "1 workers; workers write through parallel HDF5" in logs  # each task is a 2-rank MPI job
+    assert_equal_surface(surf, ref)
+    before = sha(surf)
+    proc = subprocess.run([sys.executable, "-m", "losslandscape", "merge", str(surf)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and sha(surf) == before  # a second merge changes nothing
+    status = subprocess.run([sys.executable, "-m", "losslandscape", "status", str(surf), "--json"],
+                            capture_output=True, text=True, env=slurm.env, timeout=60)
+    report = json.loads(status.stdout)
+    assert report["remaining"] == 0 and report["splits"]["test"]["pending"] == 0
+
+
+def test_cancelled_task_then_merge_and_resubmit_recomputes_only_missing(slurm, trained, tmp_path):
+    surf = tmp_path / "surf.h5"
+    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:13", "-1:1:13", 60, 1)
+    ref = reference(toml, tmp_path / "ref.h5")
+    array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "3", "--ranks-per-task", "2")
+    shards = tmp_path / "surf.h5.shards"
+    victim = shards / "task_1.h5"
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline:
+        with h5py.File(victim, "r", locking=False) as f:
+            done = int(f["test_done"][...].sum())
+            assigned = len(f["points"])
+        if done >= 2:
+            break
+        time.sleep(0.1)
+    assert 2 <= done < assigned, f"task 1 did {done} of {assigned} points before it could be cancelled"
+    slurm.run(["scancel", f"{array}_1"])
+    slurm.wait([array, merge_job], timeout=300)
+    records = {r["ArrayTaskId"]: r for r in slurm.jobs(array)}
+    assert records["1"]["JobState"] == "CANCELLED"
+    merge_record = slurm.jobs(merge_job)[0]
+    assert merge_record["ExitCode"].startswith("4:"), merge_record  # the merge job reports missing points
+    with h5py.File(surf, "r") as f:
+        complete = f["train_done"][...] & f["test_done"][...]
+    missing = int((complete == 0).sum())
+    assert 0 < missing < 169
+    # resubmit: only the missing points are shared out
+    array2, merge2, _ = submit(slurm, toml, tmp_path, "--tasks", "2", "--ranks-per-task", "2")
+    record = json.loads((shards / "submission.json").read_text())
+    assert record["points"] == missing and sum(record["points_per_task"]) == missing
+    slurm.wait([array2, merge2], timeout=300)
+    assert slurm.state(merge2) == "COMPLETED", task_logs(shards)
+    assert_equal_surface(surf, ref)
+    before = sha(surf)
+    subprocess.run([sys.executable, "-m", "losslandscape", "merge", str(surf)], check=True, capture_output=True)
+    assert sha(surf) == before
+
+
+def test_dry_run_submits_nothing(slurm, trained, tmp_path):
+    toml = write_spec(tmp_path / "job.toml", trained["final"], tmp_path / "s.h5", "-1:1:3", "", 50, 1)
+    proc = subprocess.run([sys.executable, "-m", "losslandscape", "submit", str(toml), "--tasks", "2",
+                           "--dry-run"], capture_output=True, text=True, env=slurm.env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "#SBATCH --array=0-1" in proc.stdout and "#SBATCH --dependency=afterany:ARRAY_JOB_ID" in proc.stdout
+    assert not (tmp_path / "s.h5").exists()
+    assert slurm.run(["squeue", "-h"]).strip() == ""
