@@ -32,3 +32,27 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     })
     train(spec)
     return {"init": out / "model_0.pt", "mid": out / "model_1.pt", "final": out / "model_2.pt"}
+
+
+def write_job(path: Path, ckpt: Path, surface: Path, x: str, y: str, samples: int, unit: int = 2,
+              splits: tuple[str, ...] = ("train", "test"), threads: int = 0) -> Path:
+    """A TOML job spec for resnet20 on digits, as a user would write it; returns its path."""
+    path.write_text(f"""
+[model]
+name = "resnet20"
+checkpoint = "{ckpt}"
+[data]
+name = "digits"
+splits = {list(splits)!r}
+max_samples = {samples}
+[grid]
+x = "{x}"
+y = "{y}"
+[evaluation]
+device = "cpu"
+threads = {threads}
+unit_size = {unit}
+[output]
+surface = "{surface}"
+""".replace("'", '"'))
+    return path

@@ -21,6 +21,8 @@ import pytest
 
 from losslandscape.grid import assign_tasks, coarse_to_fine, split_units
 
+from conftest import write_job
+
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
@@ -39,24 +41,7 @@ def surface_cmd(toml: Path, *extra: str) -> list[str]:
 
 
 def write_spec(path: Path, ckpt: Path, surface: Path, x: str, y: str, samples: int, unit: int = 2) -> Path:
-    path.write_text(f"""
-[model]
-name = "resnet20"
-checkpoint = "{ckpt}"
-[data]
-name = "digits"
-splits = ["train", "test"]
-max_samples = {samples}
-[grid]
-x = "{x}"
-y = "{y}"
-[evaluation]
-device = "cpu"
-unit_size = {unit}
-[output]
-surface = "{surface}"
-""")
-    return path
+    return write_job(path, ckpt, surface, x, y, samples, unit)
 
 
 def read(path: Path) -> dict[str, np.ndarray]:

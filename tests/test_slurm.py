@@ -21,6 +21,7 @@ import pytest
 from losslandscape import spec as specs
 from losslandscape.distributed import run_serial
 
+from conftest import write_job
 from slurmcluster import LocalSlurm
 
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -33,25 +34,7 @@ def slurm(tmp_path_factory):
 
 
 def write_spec(path: Path, ckpt: Path, surface: Path, x: str, y: str, samples: int, unit: int) -> Path:
-    path.write_text(f"""
-[model]
-name = "resnet20"
-checkpoint = "{ckpt}"
-[data]
-name = "digits"
-splits = ["train", "test"]
-max_samples = {samples}
-[grid]
-x = "{x}"
-y = "{y}"
-[evaluation]
-device = "cpu"
-threads = 1
-unit_size = {unit}
-[output]
-surface = "{surface}"
-""")
-    return path
+    return write_job(path, ckpt, surface, x, y, samples, unit, threads=1)
 
 
 def reference(toml: Path, out: Path) -> dict[str, np.ndarray]:
@@ -79,6 +62,17 @@ def assert_equal_surface(path: Path, ref: dict[str, np.ndarray]) -> None:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_for_points(shard: Path, at_least: int, timeout: float = 120) -> tuple[int, int]:
+    """Poll a shard a running task writes until it has `at_least` points: (done, assigned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with h5py.File(shard, "r", locking=False) as f:
+            done, assigned = int(f["test_done"][...].sum()), len(f["points"])
+        if done >= at_least or time.monotonic() > deadline:
+            return done, assigned
+        time.sleep(0.1)
 
 
 def task_logs(shards: Path) -> str:
@@ -115,16 +109,7 @@ def test_cancelled_task_then_merge_and_resubmit_recomputes_only_missing(slurm, t
     ref = reference(toml, tmp_path / "ref.h5")
     array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "3", "--ranks-per-task", "2")
     shards = tmp_path / "surf.h5.shards"
-    victim = shards / "task_1.h5"
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline:
-        with h5py.File(victim, "r", locking=False) as f:
-            done = int(f["test_done"][...].sum())
-            assigned = len(f["points"])
-        if done >= 2:
-            break
-        time.sleep(0.1)
+    done, assigned = wait_for_points(shards / "task_1.h5", 2)
     assert 2 <= done < assigned, f"task 1 did {done} of {assigned} points before it could be cancelled"
     slurm.run(["scancel", f"{array}_1"])
     slurm.wait([array, merge_job], timeout=300)
@@ -156,3 +141,22 @@ def test_dry_run_submits_nothing(slurm, trained, tmp_path):
     assert "#SBATCH --array=0-1" in proc.stdout and "#SBATCH --dependency=afterany:ARRAY_JOB_ID" in proc.stdout
     assert not (tmp_path / "s.h5").exists()
     assert slurm.run(["squeue", "-h"]).strip() == ""
+
+
+def test_requeued_task_resumes_its_shard(slurm, trained, tmp_path):
+    """A preempted task (`scontrol requeue`, as preemption with --requeue does) reruns and resumes."""
+    surf = tmp_path / "surf.h5"
+    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:11", "-1:1:11", 60, 1)
+    ref = reference(toml, tmp_path / "ref.h5")
+    array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "2", "--ranks-per-task", "2")
+    shards = tmp_path / "surf.h5.shards"
+    done, assigned = wait_for_points(shards / "task_0.h5", 2)
+    assert 2 <= done < assigned
+    slurm.run(["scontrol", "requeue", f"{array}_0"])
+    slurm.wait([array, merge_job], timeout=300)
+    log = (shards / "task_0.log").read_text()
+    assert log.count("task 0 of 2") == 2, log  # it ran twice
+    resumed = re.findall(r"shard \S+task_0.h5: (\d+) of (\d+) points done", log)
+    assert len(resumed) == 2 and int(resumed[1][0]) >= 2, log  # the second run started from the first's points
+    assert slurm.state(merge_job) == "COMPLETED", task_logs(shards)
+    assert_equal_surface(surf, ref)

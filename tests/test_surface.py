@@ -28,7 +28,7 @@ from losslandscape.errors import UserError
 from losslandscape.job import prepare
 from losslandscape.models import build_model
 
-from conftest import BIN
+from conftest import BIN, write_job
 
 
 def make_spec(tmp_path: Path, ckpt: Path, **tables) -> specs.Spec:
@@ -284,25 +284,7 @@ def test_original_code_files_resume(trained, tmp_path):
 # --- the command line ----------------------------------------------------------------------
 
 def write_toml(path: Path, ckpt: Path, surface: Path, grid_x: str, grid_y: str, max_samples: int = 300) -> Path:
-    path.write_text(f"""
-[model]
-name = "resnet20"
-checkpoint = "{ckpt}"
-[data]
-name = "digits"
-splits = ["train"]
-max_samples = {max_samples}
-[grid]
-x = "{grid_x}"
-y = "{grid_y}"
-[evaluation]
-device = "cpu"
-threads = 1
-unit_size = 2
-[output]
-surface = "{surface}"
-""")
-    return path
+    return write_job(path, ckpt, surface, grid_x, grid_y, max_samples, unit=2, splits=("train",), threads=1)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -350,3 +332,20 @@ def test_sigterm_stops_with_exit_3_and_the_file_resumes(trained, tmp_path):
     with h5py.File(surf, "r") as f:
         assert f["train_done"][...].all()
         np.testing.assert_array_equal(f["train_loss"][...][flags == 1], loss[flags == 1])
+
+
+def test_directions_verb_then_directions_from_our_file(trained, tmp_path):
+    toml = write_toml(tmp_path / "s.toml", trained["final"], tmp_path / "a.h5", "-1:1:3", "-1:1:3")
+    proc = subprocess.run([BIN / "losslandscape", "directions", str(toml)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        assert not f["train_done"][...].any()  # only the directions: nothing computed
+        assert "conv1.weight" in f["directions/x"] and "conv1.weight" in f["directions/y"]
+    # a second surface along the same directions, read from the first file
+    spec = make_spec(tmp_path / "b", trained["final"], directions={"kind": "file", "file": str(tmp_path / "a.h5")})
+    prepare(spec)
+    xa, ya = read_file_directions(tmp_path / "a.h5")
+    xb, yb = read_file_directions(tmp_path / "b" / "surf.h5")
+    for k in xa:
+        assert torch.equal(xa[k], xb[k]) and torch.equal(ya[k], yb[k])
