@@ -103,6 +103,21 @@ def test_array_of_3_tasks_x_2_ranks_equals_one_process(slurm, trained, tmp_path)
     assert report["remaining"] == 0 and report["splits"]["test"]["pending"] == 0
 
 
+def test_srun_launcher_runs_a_task_over_its_ranks(slurm, trained, tmp_path):
+    surf = tmp_path / "surf.h5"
+    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:4", "-1:1:3", 60, 1)
+    ref = reference(toml, tmp_path / "ref.h5")
+    # 2 ranks: the test node has 2 CPUs, and one job cannot have more tasks than the node has CPUs
+    array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "1", "--ranks-per-task", "2",
+                                 "--launcher", "srun")
+    slurm.wait([array, merge_job], timeout=180)
+    shards = tmp_path / "surf.h5.shards"
+    assert "srun --mpi=pmix" in (shards / "array.sbatch").read_text()
+    assert slurm.state(merge_job) == "COMPLETED", task_logs(shards)
+    assert "1 workers; workers write through parallel HDF5" in task_logs(shards)
+    assert_equal_surface(surf, ref)
+
+
 def test_cancelled_task_then_merge_and_resubmit_recomputes_only_missing(slurm, trained, tmp_path):
     surf = tmp_path / "surf.h5"
     toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:13", "-1:1:13", 60, 1)
