@@ -183,14 +183,6 @@ def test_sigterm_gives_exit_3_and_a_resumable_file(trained, reference, tmp_path)
     surf = tmp_path / "s.h5"
     toml = write_spec(tmp_path / "s.toml", trained["final"], surf, ref["x"], ref["y"], ref["samples"])
     proc = _start_and_wait(mpirun(3) + surface_cmd(toml), surf, at_least=10)
-    # status and render read a file that a parallel-HDF5 job holds open (no file locks)
-    status = run([sys.executable, "-m", "losslandscape", "status", str(surf)], timeout=60)
-    assert status.returncode == 0 and "test " in status.stdout, status.stderr
-    pictures = run([sys.executable, "-m", "losslandscape", "render", str(surf), "--kind", "heatmap",
-                    "--out", str(tmp_path / "live")], timeout=120)
-    assert pictures.returncode == 0, pictures.stderr
-    assert list((tmp_path / "live").glob("*heatmap.png"))
-    assert proc.poll() is None, "the job ended before it could be signalled"
     for pid in _rank_pids(proc.pid):  # as SLURM signals every task of a step at its time limit
         os.kill(pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -201,3 +193,22 @@ def test_sigterm_gives_exit_3_and_a_resumable_file(trained, reference, tmp_path)
     again = run(mpirun(2) + surface_cmd(toml))
     assert again.returncode == 0, again.stderr
     assert_same(read(surf), ref["values"])
+
+
+def test_status_and_render_read_a_file_a_running_parallel_job_holds_open(trained, tmp_path):
+    surf = tmp_path / "s.h5"
+    toml = write_spec(tmp_path / "s.toml", trained["final"], surf, "-1:1:31", "-1:1:31", 60)
+    proc = _start_and_wait(mpirun(3) + surface_cmd(toml), surf, at_least=10)
+    try:
+        status = run([sys.executable, "-m", "losslandscape", "status", str(surf)], timeout=60)
+        assert status.returncode == 0 and "test " in status.stdout, status.stderr
+        pictures = run([sys.executable, "-m", "losslandscape", "render", str(surf), "--kind", "heatmap",
+                        "--out", str(tmp_path / "live")], timeout=120)
+        assert pictures.returncode == 0, pictures.stderr
+        assert list((tmp_path / "live").glob("*heatmap.png"))
+        assert proc.poll() is None, "the job ended while it was being read: make the grid larger"
+    finally:
+        for pid in _rank_pids(proc.pid):
+            os.kill(pid, signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 3
