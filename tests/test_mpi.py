@@ -212,3 +212,14 @@ def test_status_and_render_read_a_file_a_running_parallel_job_holds_open(trained
             os.kill(pid, signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 3
+
+
+def test_a_refused_spec_is_one_error_line_from_rank_0(trained, reference, tmp_path):
+    ref = reference["small"]
+    toml = write_spec(tmp_path / "s.toml", trained["final"], tmp_path / "s.h5", ref["x"], ref["y"], ref["samples"])
+    assert run(surface_cmd(toml)).returncode == 0
+    proc = run(mpirun(3) + surface_cmd(toml, "--directions.seed=7"))
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
+    assert len(errors) == 1 and "directions.seed" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr

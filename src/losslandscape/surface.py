@@ -289,10 +289,6 @@ def summary_line(path: str | Path, f: h5py.File, splits: list[str], pending: int
     return (f"{path}: {complete} of {total} points done ({', '.join(splits)}), {pending} to compute")
 
 
-def tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 # --- shards: one file per SLURM array task --------------------------------------------------
 
 SHARD_FORMAT = "losslandscape-shard"
