@@ -301,7 +301,8 @@ def test_bad_values_are_one_line_exit_1(trained, tmp_path, override, key):
     assert not (tmp_path / "surf.h5").exists()
 
 
-def test_sigterm_stops_with_exit_3_and_the_file_resumes(trained, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_with_exit_3_and_the_file_resumes(trained, tmp_path, signum):
     surf = tmp_path / "surf.h5"
     toml = write_toml(tmp_path / "s.toml", trained["final"], surf, "-1:1:9", "-1:1:9", max_samples=100)
     proc = subprocess.Popen([BIN / "losslandscape", "surface", str(toml)], stderr=subprocess.PIPE, text=True)
@@ -318,7 +319,7 @@ def test_sigterm_stops_with_exit_3_and_the_file_resumes(trained, tmp_path):
             if done >= 4:
                 break
     assert proc.poll() is None, "the run finished before it could be signalled; make the grid larger"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
     with h5py.File(surf, "r") as f:
