@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tasks", type=int, required=True, metavar="K", help="array tasks")
     g.add_argument("--ranks-per-task", type=int, default=2, metavar="R",
                    help="MPI ranks per task: 1 coordinator + R-1 workers (default 2; 1 = one process)")
-    g.add_argument("--gpus-per-task", type=int, default=0, metavar="G", help="GPUs per MPI rank (default 0)")
+    g.add_argument("--gpus-per-task", type=int, default=0, metavar="G", help="0 or 1 GPU per worker rank; a task asks for G x (R-1) GPUs, none for the coordinator (default 0)")
     g.add_argument("--launcher", choices=("mpirun", "srun"), default="mpirun", help="how a task starts its ranks")
     g.add_argument("--partition", default="", help="sbatch --partition")
     g.add_argument("--time", default="", help="sbatch --time of each array task, e.g. 2:00:00")

@@ -63,8 +63,9 @@ class SubmitOptions:
             raise UserError(f"--tasks: {self.tasks} is not valid; expected an integer >= 1")
         if self.ranks_per_task < 1:
             raise UserError(f"--ranks-per-task: {self.ranks_per_task} is not valid; expected an integer >= 1")
-        if self.gpus_per_task < 0:
-            raise UserError(f"--gpus-per-task: {self.gpus_per_task} is not valid; expected an integer >= 0")
+        if self.gpus_per_task not in (0, 1):
+            raise UserError(f"--gpus-per-task: {self.gpus_per_task} is not valid; expected 0 or 1 "
+                            "(a worker evaluates on one GPU: use more ranks for more GPUs)")
         if self.launcher not in ("mpirun", "srun"):
             raise UserError(f"--launcher: {self.launcher!r} is not valid; expected mpirun or srun")
 
@@ -79,7 +80,10 @@ def _template(name: str) -> string.Template:
 def _optional_lines(opts: SubmitOptions, gpus: bool = True) -> str:
     lines = []
     if gpus and opts.gpus_per_task:
-        lines.append(f"#SBATCH --gpus-per-task={opts.gpus_per_task}")
+        # GPUs for the workers only: rank 0 coordinates and never touches a GPU. Every rank of
+        # the task sees them all; a worker takes cuda:<node-local rank % GPUs on the node>.
+        workers = max(1, opts.ranks_per_task - 1)
+        lines.append(f"#SBATCH --gpus={opts.gpus_per_task * workers}")
     for flag, value in (("partition", opts.partition), ("time", opts.time), ("account", opts.account)):
         if value:
             lines.append(f"#SBATCH --{flag}={value}")
