@@ -7,10 +7,8 @@ a freshly loaded model whose weights are set by hand, norms computed here.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -18,7 +18,7 @@ import torch
 from . import data as datasets
 from . import directions as dirs
 from . import surface
-from .checkpoints import build_and_load, file_sha256, load_state_dict
+from .checkpoints import build_and_load, file_sha256
 from .errors import UserError
 from .evaluate import PointEvaluator, configure_precision, use_channels_last
 from .grid import GridAxes

@@ -28,7 +28,6 @@ from . import surface
 from .environment import SlurmEnvironment
 from .errors import UserError
 from .grid import assign_tasks
-from .spec import SPLITS
 
 log = logging.getLogger(__name__)
 
