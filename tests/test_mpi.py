@@ -223,3 +223,14 @@ def test_a_refused_spec_is_one_error_line_from_rank_0(trained, reference, tmp_pa
     errors = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
     assert len(errors) == 1 and "directions.seed" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_without_a_checkpoint_every_rank_starts_from_the_same_weights(tmp_path):
+    """No checkpoint: the centre is a fresh initialisation, the same on every rank and run."""
+    toml = write_spec(tmp_path / "s.toml", tmp_path / "unused.pt", tmp_path / "s.h5", "-1:1:3", "-1:1:3", 100)
+    toml.write_text(toml.read_text().replace(f'checkpoint = "{tmp_path / "unused.pt"}"', 'checkpoint = ""'))
+    proc = run(mpirun(3) + surface_cmd(toml))
+    assert proc.returncode == 0, proc.stderr
+    one = run(surface_cmd(toml, "--output.surface", str(tmp_path / "one.h5")))
+    assert one.returncode == 0, one.stderr
+    assert_same(read(tmp_path / "s.h5"), read(tmp_path / "one.h5"))

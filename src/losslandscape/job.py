@@ -65,8 +65,15 @@ class NewFile:
             comm.barrier()  # nobody opens the file before it has its real name
 
 
+FRESH_INIT_SEED = 0
+
+
 def _base_model(spec) -> torch.nn.Module:
-    return build_and_load(spec.model, datasets.input_channels(spec.data))
+    """The model at the centre of the surface, on the CPU. Without a checkpoint it is a
+    fresh initialisation from a fixed seed, so every rank and every resume builds the same one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FRESH_INIT_SEED)
+        return build_and_load(spec.model, datasets.input_channels(spec.data))
 
 
 def make_directions(spec, model: torch.nn.Module):
@@ -88,7 +95,7 @@ def make_directions(spec, model: torch.nn.Module):
 
 def _identity(spec) -> dict:
     m = spec.model
-    sha1 = file_sha256(m.checkpoint) if m.checkpoint else "fresh-initialisation"
+    sha1 = file_sha256(m.checkpoint) if m.checkpoint else f"fresh initialisation, seed {FRESH_INIT_SEED}"
     sha2 = file_sha256(m.checkpoint2) if (spec.directions.kind == "interpolate" and m.checkpoint2) else ""
     return surface.identity(spec, sha1, sha2)
 
