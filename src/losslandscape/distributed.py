@@ -184,12 +184,13 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
     comm = env.comm
     splits = list(spec.data.splits)
     # 1. rank 0 checks the file or works out a new one; everyone learns the outcome
-    new, error = None, None
+    new, error, prep = None, None, None
     if env.is_coordinator:
         try:
-            new = check_or_plan(spec) if shard is None else None
-            if shard is not None:
-                shard_prepared(shard, splits)  # a damaged or foreign shard fails here, once
+            if shard is None:
+                new = check_or_plan(spec)
+            else:
+                prep = shard_prepared(shard, splits)  # a damaged or foreign shard fails here, once
         except UserError as exc:
             error = str(exc)
     error = comm.bcast(error, root=0)
@@ -205,9 +206,9 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
             new.write(comm)
         elif env.is_coordinator:
             new.write()
-    prep = None
     if env.is_coordinator:
-        prep = pending(spec) if shard is None else shard_prepared(shard, splits)
+        if shard is None:
+            prep = pending(spec)
         prep.created = creating
         _announce(prep, splits)
         log.info("%d workers; %s", env.size - 1,

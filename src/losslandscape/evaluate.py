@@ -113,9 +113,6 @@ class PointEvaluator:
         self.move_to(a, b)
         return {split: self.measure(split) for split in splits}
 
-    def restore(self) -> None:
-        self.move_to(0.0, 0.0)
-
 
 def configure_precision(precision: str) -> None:
     """tf32 lets cuBLAS/cuDNN use TensorFloat-32 (GPU only); fp32 forbids it."""
