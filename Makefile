@@ -6,7 +6,12 @@
 
 PYTHON     ?= python3
 VENV       ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+# The torch this venv was last installed with (written in its torch stamp) unless
+# TORCH_SPEC is given, so `make test` after `make install TORCH_SPEC=...` keeps that torch;
+# a new venv gets torch==2.13.0.
+ifeq ($(origin TORCH_SPEC),undefined)
+TORCH_SPEC := $(or $(shell cat $(wildcard $(VENV)/.torch-*) /dev/null 2>/dev/null | head -n 1),torch==2.13.0)
+endif
 # Pinned so that a new release cannot break a fresh install (h5py is built from
 # source against the parallel HDF5, with these build tools).
 H5PY_VERSION     ?= 3.16.0
@@ -16,6 +21,9 @@ PYTEST_ARGS      ?=
 
 PY  := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+# One torch stamp per TORCH_SPEC (named by its checksum, holding the spec): a new spec,
+# or going back to an earlier one, reinstalls torch and everything after it.
+STAMP_TORCH := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | cksum | cut -d ' ' -f 1)
 STAMP_H5PY := $(VENV)/.h5py-mpi-$(H5PY_VERSION)
 STAMP_DEPS := $(VENV)/.deps
 
@@ -27,12 +35,13 @@ $(PY):
 	$(PIP) install $(BUILD_TOOLS)
 
 # torch first and on its own: its pin decides which build (CPU or CUDA) lands.
-$(VENV)/.torch: $(PY) Makefile
+$(STAMP_TORCH): $(PY) Makefile
+	rm -f $(VENV)/.torch $(VENV)/.torch-*
 	$(PIP) install $(BUILD_TOOLS) '$(TORCH_SPEC)' '$(MPI4PY_SPEC)'
-	touch $@
+	printf '%s\n' '$(TORCH_SPEC)' > $@
 
 # h5py against parallel HDF5: only rebuilt when the pin changes (pip caches the wheel).
-$(STAMP_H5PY): $(VENV)/.torch scripts/find-parallel-hdf5.sh
+$(STAMP_H5PY): $(STAMP_TORCH) scripts/find-parallel-hdf5.sh
 	@if $(PY) -c "import h5py, sys; sys.exit(not (h5py.get_config().mpi and h5py.__version__ == '$(H5PY_VERSION)'))" 2>/dev/null; then \
 		echo "h5py $(H5PY_VERSION) with MPI already installed"; \
 	else \

@@ -1,11 +1,15 @@
-"""The installer's choice of MPI and parallel HDF5: a cluster's own libraries win."""
+"""The installer: its choice of MPI and parallel HDF5 (a cluster's own libraries win), and
+the Makefile's stamps (a changed TORCH_SPEC reinstalls torch, an unchanged one nothing)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import h5py
+import pytest
 
 from conftest import REPO
 
@@ -53,3 +57,91 @@ def test_a_serial_hdf5_dir_is_passed_over_for_pkg_config(tmp_path):
 
 def test_the_installed_h5py_has_mpi():
     assert h5py.get_config().mpi
+
+
+# --- the Makefile's torch stamp ------------------------------------------------------------
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="no make on PATH")
+DEFAULT_TORCH = "torch==2.13.0"
+OTHER_TORCH = "torch==2.6.*"
+
+
+def fake_venv(tmp_path: Path) -> Path:
+    """A VENV whose bin/python only records its arguments in python.log and succeeds, so the
+    real Makefile runs every recipe without installing anything (h5py counts as built)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    py = venv / "bin" / "python"
+    py.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {venv}/python.log\nexit 0\n')
+    py.chmod(0o755)
+    return venv
+
+
+def make(venv: Path, *args: str, spec: str | None = None) -> str:
+    """`make VENV=venv [TORCH_SPEC=spec] args` in the repository; its stdout."""
+    # an outer `make test TORCH_SPEC=...` passes its variables down in MAKEFLAGS: not to this one
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL", "TORCH_SPEC", "VENV")}
+    cmd = ["make", f"VENV={venv}", *([f"TORCH_SPEC={spec}"] if spec is not None else []), *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def pip_installs(text: str) -> list[str]:
+    return [line for line in text.splitlines() if " -m pip " in line and " install " in line]
+
+
+def log(venv: Path) -> str:
+    f = venv / "python.log"
+    return f.read_text() if f.exists() else ""
+
+
+@needs_make
+@pytest.mark.parametrize("first, second", [(DEFAULT_TORCH, OTHER_TORCH), (OTHER_TORCH, DEFAULT_TORCH)])
+def test_make_install_dry_run_installs_torch_only_for_a_new_spec(tmp_path, first, second):
+    venv = fake_venv(tmp_path)
+    make(venv, "install", spec=first)  # the stamps an installed venv has
+    assert [p.name for p in venv.glob(".torch*")] != []
+    assert pip_installs(make(venv, "-n", "install", spec=first)) == []
+    assert pip_installs(make(venv, "-n", "install")) == []  # no spec: the installed one stays
+    assert pip_installs(make(venv, "-n", "test")) == []
+    lines = pip_installs(make(venv, "-n", "install", spec=second))
+    torch = [line for line in lines if "mpi4py" in line]
+    deps = [line for line in lines if "-e '.[test]'" in line]
+    # torch, then the package and its deps with that same torch (h5py's step only checks it)
+    assert len(torch) == 1 and f"'{second}'" in torch[0], lines
+    assert len(deps) == 1 and f"'{second}'" in deps[0], lines
+    assert not any(first in line for line in lines)
+
+
+@needs_make
+def test_the_torch_stamp_follows_torch_spec_and_a_second_install_does_nothing(tmp_path):
+    venv = fake_venv(tmp_path)
+    make(venv, "install")  # a new venv gets the default torch
+    # (the log holds pip's arguments as the shell passed them, without quotes)
+    assert f" {DEFAULT_TORCH} " in log(venv) and OTHER_TORCH not in log(venv)
+    before = log(venv)
+    make(venv, "install")
+    assert log(venv) == before  # a second `make install` does nothing
+
+    make(venv, "install", spec=OTHER_TORCH)
+    new = log(venv)[len(before):]
+    installs = [line for line in new.splitlines() if line.startswith("-m pip") and " install " in line]
+    assert len(installs) == 2 and all(OTHER_TORCH in line for line in installs), new
+    assert DEFAULT_TORCH not in new
+    stamps = list(venv.glob(".torch*"))
+    assert len(stamps) == 1 and stamps[0].read_text().strip() == OTHER_TORCH
+    assert (venv / ".deps").stat().st_mtime_ns >= stamps[0].stat().st_mtime_ns
+
+    before = log(venv)
+    make(venv, "install", spec=OTHER_TORCH)
+    make(venv, "install")  # `make install` / `make test` later keep the torch installed last
+    assert log(venv) == before
+
+    make(venv, "install", spec=DEFAULT_TORCH)  # going back reinstalls the earlier torch
+    new = log(venv)[len(before):]
+    installs = [line for line in new.splitlines() if line.startswith("-m pip") and " install " in line]
+    assert len(installs) == 2 and all(DEFAULT_TORCH in line for line in installs), new
+    assert OTHER_TORCH not in new
+    assert [p.read_text().strip() for p in venv.glob(".torch*")] == [DEFAULT_TORCH]

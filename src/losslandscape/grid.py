@@ -56,32 +56,43 @@ class GridAxes:
 
 
 def coarse_to_fine(shape: tuple[int, ...]) -> np.ndarray:
-    """All flat indices, every 2**k-th point of each axis first, then finer levels.
+    """All flat indices of a (nx,) or (ny, nx) grid, in the order they are computed.
 
-    A partly computed surface is then already a whole low-resolution surface.
+    Each axis is bisected recursively: level 0 of an axis of n points is its
+    two ends {0, n-1}, level k adds round(j * (n-1) / 2**k) for j = 0..2**k, halves up
+    (level 1 adds the middle, the centre of an odd axis), until every index has
+    a level. A point's level is the largest of its axes' levels (see `levels`);
+    points are ordered by level, row-major within a level. So the corners come
+    first, then the centre and the edge midpoints, ..., and a partly computed
+    surface is already a whole low-resolution surface.
     """
-    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    # the level of a point is the largest power of two dividing all its indices
-    level = np.full(shape, 0, dtype=np.int64)
-    stride = 1
-    while stride < max(shape):
-        stride *= 2
-    coarsest = stride
-    for k, s in enumerate(_powers_down(coarsest)):
-        on = np.ones(shape, dtype=bool)
-        for g in grids:
-            on &= g % s == 0
-        level[on & (level == 0)] = k + 1
-    # level 1 is the coarsest; points with level 0 cannot exist (stride 1 takes all)
-    flat_level = level.ravel()
-    return np.argsort(flat_level, kind="stable")
+    return np.argsort(levels(shape), kind="stable").astype(np.int64)
 
 
-def _powers_down(top: int):
-    s = top
-    while s >= 1:
-        yield s
-        s //= 2
+def levels(shape: tuple[int, ...]) -> np.ndarray:
+    """(N,) int64: the coarse-to-fine level of every flat point of the grid (0 = coarsest)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) not in (1, 2) or min(shape) < 1:
+        raise ValueError(f"shape must be (nx,) or (ny, nx) with sizes >= 1, not {shape}")
+    level = _axis_levels(shape[0])
+    for n in shape[1:]:
+        level = np.maximum.outer(level, _axis_levels(n))
+    return level.ravel()
+
+
+def _axis_levels(n: int) -> np.ndarray:
+    """(n,) int64: the bisection level of each index of an axis of n points."""
+    level = np.full(n, -1, dtype=np.int64)
+    level[[0, n - 1]] = 0
+    k = 0
+    while (level < 0).any():
+        k += 1
+        j = np.arange(2**k + 1, dtype=np.int64)
+        # round(j * (n-1) / 2**k), halves up, in exact integer arithmetic
+        idx = (2 * j * (n - 1) + 2**k) // 2 ** (k + 1)
+        new = idx[level[idx] < 0]
+        level[new] = k
+    return level
 
 
 def split_units(points: np.ndarray, unit_size: int) -> list[np.ndarray]:
