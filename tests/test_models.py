@@ -176,7 +176,7 @@ def test_factory_string_builds_user_model(user_module):
         ("", "unknown model ''"),
         (
             "no_such_pkg_ll.mod:f",
-            "cannot import 'no_such_pkg_ll.mod' (No module named 'no_such_pkg_ll')",
+            "cannot import 'no_such_pkg_ll.mod' (No module named 'no_such_pkg_ll'; looked beside the job spec",
         ),
         ("{mod}:missing", "module 'll_user_models' has no attribute 'missing'"),
         ("{mod}:value", "'ll_user_models:value' is not callable"),

@@ -244,41 +244,6 @@ def test_corrupt_and_foreign_files_are_clear_errors(trained, tmp_path):
         prepare(make_spec(tmp_path, trained["final"]))
 
 
-def test_original_code_files_resume(trained, tmp_path):
-    """An original loss-landscape surface file (-1 = missing) and direction file."""
-    ours = make_spec(tmp_path / "ours", trained["final"])
-    assert run_serial(ours) == 0
-    x, y = read_file_directions(tmp_path / "ours" / "surf.h5")
-    model = fresh_model(trained["final"])
-    names = [n for n, _ in model.named_parameters()]
-    dir_file = tmp_path / "dirs.h5"
-    with h5py.File(dir_file, "w") as f:
-        for axis, d in (("xdirection", x), ("ydirection", y)):
-            g = f.create_group(axis)
-            for i, n in enumerate(names):
-                g.create_dataset(str(i), data=d[n].numpy())
-    with h5py.File(tmp_path / "ours" / "surf.h5", "r") as f:
-        ref = {k: f[k][...] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
-        xs, ys = f["xcoordinates"][...], f["ycoordinates"][...]
-    orig = tmp_path / "orig.h5"
-    with h5py.File(orig, "w") as f:
-        f["xcoordinates"], f["ycoordinates"] = xs, ys
-        loss = ref["train_loss"].copy()
-        acc = ref["train_acc"].copy()
-        loss[1, :], acc[1, :] = -1, -1
-        f["train_loss"], f["train_acc"] = loss, acc
-        f["dir_file"] = str(dir_file)
-    spec = make_spec(tmp_path, trained["final"], directions={"kind": "file", "file": str(dir_file)},
-                     output={"surface": str(orig)})
-    prep = prepare(spec)
-    assert len(prep.pending) == 9  # 3 missing train points; test never computed
-    assert run_serial(spec) == 0
-    with h5py.File(orig, "r") as f:
-        for k, v in ref.items():
-            np.testing.assert_allclose(f[k][...], v, rtol=1e-6)
-        assert f["train_done"][...].all()
-
-
 # --- the command line ----------------------------------------------------------------------
 
 def write_toml(path: Path, ckpt: Path, surface: Path, grid_x: str, grid_y: str, max_samples: int = 300) -> Path:

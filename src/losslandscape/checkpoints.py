@@ -79,11 +79,18 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], fie
     model.load_state_dict(state, strict=True)
 
 
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path, field: str = "model.checkpoint") -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise UserError(f"{field}: no such file {str(path)!r}") from None
+    except IsADirectoryError:
+        raise UserError(f"{field}: {str(path)!r} is a folder; expected a file") from None
+    except PermissionError:
+        raise UserError(f"{field}: {str(path)!r} cannot be read (permission denied)") from None
     return digest.hexdigest()
 
 

@@ -44,17 +44,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_surface(args: argparse.Namespace) -> int:
-    from .distributed import QuietExit, run
+    from .distributed import run
     from .environment import mpi_environment
 
-    spec = _spec_from_args(args)
     env = mpi_environment()
     if env.comm is not None:
         setup_logging(args.verbose, env.rank)
+    return _under_mpi(env, lambda: run(_spec_from_args(args), env.comm))
+
+
+def _under_mpi(env, step) -> int:
+    """Run a verb's work; under MPI a failure of any rank is printed once, by rank 0."""
+    from .distributed import JobFailed, describe
+
+    if env.comm is None:
+        return step()
     try:
-        return run(spec, env.comm)
-    except QuietExit as exc:
-        return exc.code
+        return step()
+    except JobFailed as exc:
+        if exc.printer:
+            print(f"losslandscape: error: {exc.line}", file=sys.stderr, flush=True)
+        return 1
+    except UserError as exc:  # before the ranks part ways (the spec, a task's shard): the same on every rank
+        if env.rank == 0:
+            print(f"losslandscape: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as exc:  # outside every agreed step: the other ranks may wait forever
+        print(f"losslandscape: error: {describe(exc, env.rank)}", file=sys.stderr, flush=True)
+        env.comm.Abort(1)
+        raise
 
 
 def cmd_directions(args: argparse.Namespace) -> int:
@@ -79,17 +97,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    from .distributed import QuietExit
     from .environment import mpi_environment
     from .slurm import run_task
 
     env = mpi_environment()
     if env.comm is not None:
         setup_logging(args.verbose, env.rank)
-    try:
-        return run_task(args.shards, args.task, env.comm)
-    except QuietExit as exc:
-        return exc.code
+    return _under_mpi(env, lambda: run_task(args.shards, args.task, env.comm))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

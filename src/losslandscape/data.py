@@ -7,7 +7,6 @@ device once); nothing streams per grid point.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import pickle
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .userimport import import_factory
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +117,7 @@ def _synthetic(split: str, size: int, seed: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _factory(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    module_name, _, attr = name.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except ImportError as exc:
-        raise UserError(f"data.name: cannot import {module_name!r} ({exc})") from None
-    except AttributeError:
-        raise UserError(f"data.name: module {module_name!r} has no {attr!r}") from None
-    result = fn(split)
+    result = import_factory(name, "data.name")(split)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise UserError(f"data.name: {name}({split!r}) must return (inputs, targets) tensors")
     inputs, targets = (torch.as_tensor(t) for t in result)

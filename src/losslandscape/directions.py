@@ -102,12 +102,17 @@ def interpolation_direction(start: dict[str, torch.Tensor], end: dict[str, torch
 
 
 def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
-                        field: str = "directions.file") -> tuple[Direction, Direction | None]:
-    """Directions from one of our surface files or from an original loss-landscape direction file.
+                        field: str = "directions.file",
+                        all_names: list[str] | None = None) -> tuple[Direction, Direction | None]:
+    """Directions over `weights` from one of our surface files or an original loss-landscape direction file.
 
     Ours: groups directions/x and directions/y, one dataset per name. The
     original code's: groups xdirection / ydirection with datasets "0", "1", ...
-    in the order of the model's parameters (or state entries).
+    in the order of `model.parameters()` (dir_type "weights") or of every
+    `model.state_dict()` entry (dir_type "states"), integer buffers such as
+    BatchNorm's num_batches_tracked included. `all_names`, the model's full
+    state-dict key list, lets such a states file be matched by position and its
+    non-floating entries dropped (we never move them; in eval mode they change nothing).
     """
     try:
         f = h5py.File(path, "r", locking=False)
@@ -121,14 +126,7 @@ def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
             read = lambda g: {k: torch.from_numpy(np.asarray(g[k], dtype=np.float32)) for k in weights if k in g}
         elif "xdirection" in f:
             groups = [f.get("xdirection"), f.get("ydirection")]
-            names = list(weights)
-
-            def read(g):
-                keys = sorted(g.keys(), key=int)
-                if len(keys) != len(names):
-                    raise UserError(f"{field}: {path} holds {len(keys)} direction entries, "
-                                    f"the model has {len(names)}; is directions.dir_type right?")
-                return {n: torch.from_numpy(np.asarray(g[k], dtype=np.float32)) for n, k in zip(names, keys)}
+            read = lambda g: _read_original_group(g, path, field, list(weights), all_names)
         else:
             raise UserError(f"{field}: {path} holds no directions (expected group 'directions' or 'xdirection')")
         if groups[0] is None or (two and groups[1] is None):
@@ -144,6 +142,29 @@ def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
             if tuple(d[k].shape) != tuple(w.shape):
                 raise UserError(f"{field}: direction {k!r} has shape {tuple(d[k].shape)}, the model {tuple(w.shape)}")
     return result[0], result[1]
+
+
+def _read_original_group(g: h5py.Group, path: str, field: str, names: list[str],
+                         all_names: list[str] | None) -> Direction:
+    """{name: tensor} for `names` from an original direction group ("0", "1", ... by position)."""
+    try:
+        keys = sorted(g.keys(), key=int)
+    except ValueError:
+        raise UserError(f"{field}: {path}: group {g.name!r} has datasets not named 0, 1, ...") from None
+    order = names
+    if all_names is not None and len(keys) == len(all_names):
+        # one entry per state-dict entry, as the original code wrote states directions
+        order = list(all_names)
+        known = set(order)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"all_names lacks {unknown[0]!r}")  # a caller's mistake, not the user's
+    if len(keys) != len(order):
+        in_all = f" ({len(all_names)} state-dict entries in all)" if all_names and len(all_names) != len(names) else ""
+        raise UserError(f"{field}: {path} holds {len(keys)} direction entries in {g.name!r}, the model has "
+                        f"{len(names)} to move{in_all}; is directions.dir_type right?")
+    by_name = dict(zip(order, keys))
+    return {n: torch.from_numpy(np.asarray(g[by_name[n]], dtype=np.float32)) for n in names}
 
 
 def digest(*directions: Direction | None) -> str:

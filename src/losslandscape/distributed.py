@@ -20,10 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from . import surface
-from .environment import MPIEnvironment, mpi_environment, pick_device, set_threads
+from .environment import MPIEnvironment, describe_device, mpi_environment, pick_device, set_threads
 from .errors import UserError
 from .grid import split_units
-from .job import check_or_plan, load_worker, pending, prepare, shard_prepared
+from .job import attach_directions, create, load_evaluator, pending, plan, prepare, shard_prepared
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,29 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1):
+    """This process's device (checked usable), threads, model and data: the `load` step's first
+    half, done before the surface file is created or touched."""
+    threads = set_threads(spec.evaluation.threads, workers_on_node)
+    device = pick_device(spec.evaluation.device, worker_index)
+    evaluator = load_evaluator(spec, device)
+    log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; BatchNorm %s", describe_device(device),
+             threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
+    return evaluator
+
+
 def run_serial(spec, shard: Path | None = None) -> int:
     """Compute every pending point of the spec's surface (or of one shard) in this process."""
     splits = list(spec.data.splits)
-    prep = prepare(spec) if shard is None else shard_prepared(shard, splits)
+    if shard is not None:
+        shard_prepared(shard, splits)  # a damaged or foreign shard fails before any loading
+    evaluator = start_evaluator(spec)
+    notes = {"batchnorm_folding": evaluator.folding}
+    prep = prepare(spec, notes) if shard is None else shard_prepared(shard, splits)
     _announce(prep, splits)
     if len(prep.pending) == 0:
         return EXIT_DONE
-    threads = set_threads(spec.evaluation.threads)
-    device = pick_device(spec.evaluation.device)
-    log.info("evaluating on %s with %d CPU thread(s)", device, threads)
-    evaluator = load_worker(spec, prep.directions_file, device)
+    attach_directions(evaluator, prep.directions_file)
     stop = StopFlag()
     progress = Progress(prep.total, prep.total - len(prep.pending))
     with stop.installed(), surface.open_h5(prep.path, "r+") as f:
@@ -159,16 +171,85 @@ def evaluate_unit(evaluator, axes, unit, splits: list[str], done: dict[str, np.n
 
 
 # --- MPI ----------------------------------------------------------------------------------
+#
+# No hang, ever: every step that can fail runs inside `_agree`, which gathers each rank's
+# error to rank 0 and lets every rank learn the outcome, so all ranks leave together with
+# one line printed by rank 0. During the evaluation a failing worker reports its error to
+# the coordinator, which stops handing out work, waits DRAIN_SECONDS for the others to
+# finish their unit, and otherwise ends the job with MPI_Abort. A step that is itself
+# collective (creating or opening the file under parallel HDF5) aborts the job at once.
 
-TAG_REQUEST, TAG_UNIT = 11, 12
+TAG_REQUEST, TAG_UNIT, TAG_ERROR = 11, 12, 13
 POLL_SECONDS = 0.005
+DRAIN_SECONDS = 10.0  # how long the coordinator waits for busy workers after an error
+RELEASE_SECONDS = 30.0  # how long a failed worker waits for the coordinator before it aborts
 
 
-class QuietExit(Exception):
-    """A worker's way out after the coordinator has reported an error (printed once, by rank 0)."""
+class JobFailed(Exception):
+    """Raised on every rank when any rank failed: `line` is printed once, by rank 0."""
 
-    def __init__(self, code: int):
-        self.code = code
+    def __init__(self, line: str, printer: bool):
+        super().__init__(line)
+        self.line, self.printer = line, printer
+
+
+def describe(exc: BaseException, rank: int) -> str:
+    """One line naming the rank and the cause; a bug's traceback goes to the debug log."""
+    if isinstance(exc, UserError):
+        cause = str(exc)
+    else:
+        log.debug("rank %d failed", rank, exc_info=exc)
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else ""
+        text = " ".join(str(exc).split())[:300]
+        cause = f"{type(exc).__name__}{': ' + text if text else ''} ({where.strip() or 'no traceback'}; -v for the traceback)"
+    return f"rank {rank}: {cause}"
+
+
+def _first(errors: list[str | None]) -> str | None:
+    """The error line to print: the lowest failing rank's, naming the others with the same cause."""
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if not failed:
+        return None
+    rank, line = failed[0]
+    cause = line.split(": ", 1)[1]
+    same = [r for r, e in failed[1:] if e.split(": ", 1)[1] == cause]
+    if same:
+        line = f"ranks {', '.join(str(r) for r in [rank, *same])}: {cause}"
+    others = len(failed) - 1 - len(same)
+    return line + (f" (and {others} other rank(s) failed too)" if others else "")
+
+
+def _agree(comm, step, *args):
+    """Run `step` on this rank, then learn on every rank whether any rank failed (collective).
+
+    Returns the step's result; raises JobFailed everywhere if some rank raised."""
+    result, error = None, None
+    try:
+        result = step(*args)
+    except Exception as exc:  # any error of any rank ends the job; KeyboardInterrupt propagates
+        error = describe(exc, comm.rank)
+    errors = comm.gather(error, root=0)
+    line = comm.bcast(_first(errors) if comm.rank == 0 else None, root=0)
+    if line is not None:
+        raise JobFailed(line, comm.rank == 0)
+    return result
+
+
+def _or_abort(comm, step, *args):
+    """A collective step: if it fails on this rank, the others may be waiting inside it, so the
+    only way out that cannot hang is MPI_Abort (after the one line)."""
+    try:
+        return step(*args)
+    except Exception as exc:
+        _abort(comm, describe(exc, comm.rank))
+
+
+def _abort(comm, line: str) -> None:
+    print(f"losslandscape: error: {line}", file=sys.stderr, flush=True)
+    comm.Abort(1)
 
 
 def run(spec, comm=None, shard: Path | None = None) -> int:
@@ -181,68 +262,94 @@ def run(spec, comm=None, shard: Path | None = None) -> int:
 
 
 def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
+    """Plan -> create -> load -> evaluate over the ranks of `env.comm`; raises JobFailed on
+    every rank when any rank failed."""
     comm = env.comm
     splits = list(spec.data.splits)
-    # 1. rank 0 checks the file or works out a new one; everyone learns the outcome
-    new, error, prep = None, None, None
-    if env.is_coordinator:
-        try:
-            if shard is None:
-                new = check_or_plan(spec)
-            else:
-                prep = shard_prepared(shard, splits)  # a damaged or foreign shard fails here, once
-        except UserError as exc:
-            error = str(exc)
-    error = comm.bcast(error, root=0)
-    if error is not None:
-        if env.is_coordinator:
-            raise UserError(error)
-        raise QuietExit(1)
-    # 2. a new file's structure: collective under parallel HDF5, else rank 0 alone
+    lead = env.is_coordinator
+
+    # 1. each worker takes its device, model and data; rank 0 checks a shard (nothing written)
+    def load():
+        if lead:
+            return shard_prepared(shard, splits) if shard is not None else None
+        return start_evaluator(spec, env.worker_index, env.workers_on_node)
+
+    loaded = _agree(comm, load)
+    evaluator = None if lead else loaded
+    folding = comm.gather(None if lead else evaluator.folding, root=0)
+    folding = "; ".join(sorted(set(filter(None, folding)))) if lead else ""
+
+    # 2. rank 0 converts an original file and plans; everyone learns whether a file is to be made
+    def plan_step():
+        if not lead or shard is not None:
+            return None
+        from .original import adopt_if_original
+
+        adopt_if_original(spec)
+        return plan(spec)
+
+    new = _agree(comm, plan_step)
     creating = comm.bcast(new is not None, root=0)
     if creating:
         if env.parallel_hdf5:
             new = comm.bcast(new, root=0)
-            new.write(comm)
-        elif env.is_coordinator:
-            new.write()
-    if env.is_coordinator:
-        if shard is None:
+            _or_abort(comm, create, new, comm)
+        elif lead:
+            _or_abort(comm, create, new)
+
+    # 3. rank 0 records the run and finds the pending points; workers read the directions
+    def pending_step():
+        if shard is not None:
+            prep = shard_prepared(shard, splits)
+        else:
+            surface.record_run(Path(spec.output.surface), splits, {"batchnorm_folding": folding})
             prep = pending(spec)
         prep.created = creating
         _announce(prep, splits)
         log.info("%d workers; %s", env.size - 1,
                  "workers write through parallel HDF5" if env.parallel_hdf5 else "rank 0 writes (no parallel HDF5)")
-    prep = comm.bcast(prep, root=0)
+        return prep
+
+    prep = comm.bcast(_agree(comm, pending_step if lead else lambda: None), root=0)
     if len(prep.pending) == 0:
         return EXIT_DONE
-    # 3. open once on every rank that writes (collective with mpio), evaluate, close
+    _agree(comm, (lambda: None) if lead else (lambda: attach_directions(evaluator, prep.directions_file)))
+
+    # 4. open once on every rank that writes (collective with mpio), evaluate, close
     stop = StopFlag()
     with stop.installed():
         if env.parallel_hdf5:
-            f = surface.open_h5(prep.path, "r+", comm)
-        elif env.is_coordinator:
+            f = _or_abort(comm, surface.open_h5, prep.path, "r+", comm)
+        elif lead:
             f = surface.open_h5(prep.path, "r+")
         else:
             f = None
+        error = None
         try:
-            writer = surface.PointWriter(f, flush=not env.parallel_hdf5) if f is not None else None
-            if env.is_coordinator:
-                stopped = coordinate(comm, prep, spec.evaluation.unit_size, writer, stop)
+            writer = _or_abort(comm, surface.PointWriter, f, not env.parallel_hdf5) if f is not None else None
+            if lead:
+                stopped, error = coordinate(comm, prep, spec.evaluation.unit_size, writer, stop)
             else:
-                work(comm, spec, env, prep, writer, stop)
+                error = work(comm, evaluator, prep, writer, stop, splits)
                 stopped = False
         finally:
             if f is not None:
                 f.close()
-    stopped = comm.bcast(bool(stopped), root=0)
-    if not env.is_coordinator:
+    stopped, line = comm.bcast((bool(stopped), error), root=0)
+    if line is not None:
+        if lead:
+            log.warning("%s keeps every point computed so far: run the same command again to compute the rest",
+                        prep.path)
+        raise JobFailed(line, lead)
+    if not lead:
         return EXIT_STOPPED if stopped else EXIT_DONE
     return _finish(stopped, prep.path)
 
 
-def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> bool:
-    """Rank 0: hand out units on request until none are left; True if stopped by a signal.
+def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> tuple[bool, str | None]:
+    """Rank 0: hand out units on request until none are left. Returns (stopped by a signal,
+    the error line if some rank failed). After an error no more work is handed out; workers
+    still busy after DRAIN_SECONDS are ended with MPI_Abort.
 
     Waiting is Iprobe + a short sleep: a blocking receive in Open MPI spins a whole core.
     """
@@ -253,19 +360,34 @@ def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> bool:
     progress = Progress(prep.total, prep.total - len(prep.pending))
     status = MPI.Status()
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    error, deadline = None, None
     while active:
-        if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
+        if error is not None and time.monotonic() > deadline:
+            progress.close()
+            _abort(comm, f"{error} (ranks {', '.join(map(str, sorted(active)))} did not finish their unit "
+                         f"within {DRAIN_SECONDS:g} s and were ended)")
+        if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
             time.sleep(POLL_SECONDS)
             continue
-        worker = status.Get_source()
-        finished = comm.recv(source=worker, tag=TAG_REQUEST)
-        if finished is not None and finished.points:
-            if finished.results is not None and writer is not None:
-                writer.write(*finished)  # the worker could not write itself
-            progress.update(len(finished.points))
-        if finished is not None and finished.stopped and not stop:
-            stop.signum = signal.SIGTERM  # a signalled worker means the job is being stopped
-        if units and not stop:
+        worker, tag = status.Get_source(), status.Get_tag()
+        message = comm.recv(source=worker, tag=tag)
+        if tag == TAG_ERROR:
+            if error is None:
+                error, deadline = message, time.monotonic() + DRAIN_SECONDS
+            comm.send(None, dest=worker, tag=TAG_UNIT)  # released: it closes the file with the others
+            active.discard(worker)
+            continue
+        try:
+            if message is not None and message.points:
+                if message.results is not None and writer is not None:
+                    writer.write(*message)  # the worker could not write itself
+                progress.update(len(message.points))
+            if message is not None and message.stopped and not stop:
+                stop.signum = signal.SIGTERM  # a signalled worker means the job is being stopped
+        except Exception as exc:  # the coordinator's own failure ends the job like a worker's
+            if error is None:
+                error, deadline = describe(exc, 0), time.monotonic() + DRAIN_SECONDS
+        if units and not stop and error is None:
             comm.send(units.popleft(), dest=worker, tag=TAG_UNIT)
         else:
             comm.send(None, dest=worker, tag=TAG_UNIT)
@@ -273,27 +395,34 @@ def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> bool:
     progress.close()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     log.info("coordinator CPU use: %.2f s in %.1f s (%.1f%% of a core)", cpu, wall, 100.0 * cpu / max(wall, 1e-9))
-    return bool(stop) or bool(units)
+    return bool(stop) or bool(units), error
 
 
-def work(comm, spec, env: MPIEnvironment, prep, writer, stop: StopFlag) -> None:
-    """A worker: its own model on its own device; evaluate units until told to stop."""
-    threads = set_threads(spec.evaluation.threads, env.workers_on_node)
-    device = pick_device(spec.evaluation.device, env.local_rank)
-    log.info("worker on %s (local rank %d) with %d CPU thread(s)", device, env.local_rank, threads)
-    evaluator = load_worker(spec, prep.directions_file, device)
-    splits = list(spec.data.splits)
-    with surface.open_h5(prep.path, "r") if writer is None else contextlib.nullcontext(writer.f) as f:
-        done = surface.done_masks(f)
-    report = None
-    while True:
-        comm.send(report, dest=0, tag=TAG_REQUEST)
-        unit = comm.recv(source=0, tag=TAG_UNIT)
-        if unit is None:
-            return
-        finished = evaluate_unit(evaluator, prep.axes, unit, splits, done, stop)
-        finished.stopped = bool(stop)
-        if writer is not None and finished.points:
-            writer.write(*finished)
-            finished.results = None  # counts only: the values are in the file
-        report = finished
+def work(comm, evaluator, prep, writer, stop: StopFlag, splits: list[str]) -> str | None:
+    """A worker: evaluate units until told to stop. On an error, report it to the coordinator
+    and wait to be released (then the file is closed with everyone), or abort the job."""
+    try:
+        with surface.open_h5(prep.path, "r") if writer is None else contextlib.nullcontext(writer.f) as f:
+            done = surface.done_masks(f)
+        report = None
+        while True:
+            comm.send(report, dest=0, tag=TAG_REQUEST)
+            unit = comm.recv(source=0, tag=TAG_UNIT)
+            if unit is None:
+                return None
+            finished = evaluate_unit(evaluator, prep.axes, unit, splits, done, stop)
+            finished.stopped = bool(stop)
+            if writer is not None and finished.points:
+                writer.write(*finished)
+                finished.results = None  # counts only: the values are in the file
+            report = finished
+    except Exception as exc:
+        line = describe(exc, comm.rank)
+        comm.send(line, dest=0, tag=TAG_ERROR)
+        deadline = time.monotonic() + RELEASE_SECONDS
+        while not comm.Iprobe(source=0, tag=TAG_UNIT):
+            if time.monotonic() > deadline:
+                _abort(comm, line)
+            time.sleep(POLL_SECONDS)
+        comm.recv(source=0, tag=TAG_UNIT)
+        return line

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -15,17 +16,84 @@ import torch
 from .errors import UserError
 
 
-def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto`: cuda:<local_rank % GPUs on this node> when there are GPUs, else the CPU."""
-    if requested == "auto":
-        n = torch.cuda.device_count()
-        return torch.device(f"cuda:{local_rank % n}") if n else torch.device("cpu")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"evaluation.device: {requested!r} asked for, but this machine has no CUDA GPU")
-        if requested == "cuda":
-            return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
-    return torch.device(requested)
+# Variables through which a scheduler or a user gives this process GPUs. A GPU given this
+# way that torch cannot use is an error, never a silent fall-back to the CPU.
+GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES")
+NO_GPU = ("", "-1", "none", "nodevfiles")
+
+
+def allocated_gpus(environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """(variable, value) of the first variable that gives this process GPUs, or None."""
+    e = os.environ if environ is None else environ
+    for key in GPU_VARIABLES:
+        value = e.get(key, "").strip()
+        if value.lower() in NO_GPU or (key == "SLURM_GPUS_ON_NODE" and value == "0"):
+            continue
+        return key, value
+    return None
+
+
+def _cuda_count() -> int:
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver raises here; counted as no usable GPU
+        return 0
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build; the README's GPU section says how to install a CUDA build"
+    try:
+        torch.cuda.init()
+    except Exception as exc:
+        return f"CUDA does not initialise: {' '.join(str(exc).split())[:200]}"
+    return "torch.cuda.is_available() is False"
+
+
+def pick_device(requested: str = "auto", worker_index: int = 0,
+                environ: Mapping[str, str] | None = None) -> torch.device:
+    """The device one evaluating process uses, checked usable; `torch.cuda.set_device` is called.
+
+    `auto`: cuda:<worker_index % GPUs> when this process sees GPUs, else the CPU, unless the
+    allocation (SLURM, CUDA_VISIBLE_DEVICES) gave it GPUs that torch cannot use: that is an
+    error. `cuda`: like auto, but a GPU is required. `cuda:N`: GPU N for every worker of the
+    node (several workers may share it). `cpu`: the CPU, on purpose, whatever the allocation.
+    `worker_index` is the worker's rank among the evaluating processes of its node.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    n = _cuda_count()
+    if requested == "auto" and n == 0:
+        given = allocated_gpus(environ)
+        if given is None:
+            return torch.device("cpu")
+        raise UserError(f"evaluation.device: this process was given GPUs ({given[0]}={given[1]}) but cannot use "
+                        f"them: {_why_no_cuda()}; set evaluation.device = \"cpu\" to run on CPUs on purpose")
+    if not requested.startswith("cuda") and requested != "auto":
+        return torch.device(requested)
+    if n == 0:
+        raise UserError(f"evaluation.device: {requested!r} asked for, but this process has no usable CUDA GPU "
+                        f"({_why_no_cuda()})")
+    if requested in ("auto", "cuda"):
+        device = torch.device(f"cuda:{worker_index % n}")
+    else:
+        device = torch.device(requested)
+        if device.index is not None and device.index >= n:
+            raise UserError(f"evaluation.device: {requested!r} asked for, but this process sees {n} GPU(s) "
+                            f"(cuda:0..cuda:{n - 1})")
+    try:
+        torch.cuda.set_device(device)
+        torch.zeros(1, device=device).add_(1).item()
+    except Exception as exc:
+        raise UserError(f"evaluation.device: {device} is not usable "
+                        f"({' '.join(str(exc).split())[:200]})") from None
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def cpu_cores() -> int:
@@ -59,6 +127,11 @@ class MPIEnvironment:
         return self.rank == 0
 
     coordinator_on_node: bool = False  # rank 0 runs on this node
+
+    @property
+    def worker_index(self) -> int:
+        """This worker's place among the evaluating processes of its node (0, 1, ...)."""
+        return self.local_rank - (1 if self.coordinator_on_node else 0)
 
     @property
     def workers_on_node(self) -> int:

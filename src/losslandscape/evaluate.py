@@ -48,13 +48,14 @@ def use_channels_last(device: torch.device, example: torch.Tensor) -> bool:
 class PointEvaluator:
     """Owns one model on one device and evaluates it at grid points.
 
-    `directions` are {name: tensor} over the entries of `tensors` (the live
+    Built before the surface file exists (so a model, data set or device that
+    fails is found before anything is written); `set_directions` then gives it
+    the stored directions, {name: tensor} over the entries of `tensors` (the live
     parameters or state entries the directions move, from
     `directions.target_tensors`). The model's current values are the base point.
     """
 
     def __init__(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor],
-                 x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None,
                  splits: dict[str, Split], device: torch.device, loss: str = "cross_entropy",
                  batch_size: int = 0, precision: Literal["fp32", "tf32", "bf16"] = "fp32",
                  fold_batchnorm: bool = True):
@@ -63,20 +64,29 @@ class PointEvaluator:
         self.loss = loss
         self.batch_size = batch_size_for(self.device, batch_size)
         self.precision = precision
-        names = list(tensors)
-        self.live = [tensors[k] for k in names]
+        self.names = list(tensors)
+        self.live = [tensors[k] for k in self.names]
         with torch.no_grad():
             self.base = [t.detach().clone() for t in self.live]
-            # empty_like keeps each tensor's memory format, so the in-place update stays cheap
-            self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(names, self.live)]
-            self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(names, self.live)] if y is not None else None
+        self.dx: list[torch.Tensor] | None = None
+        self.dy: list[torch.Tensor] | None = None
         self.splits = {name: (xs.to(self.device, non_blocking=True), ys.to(self.device, non_blocking=True))
                        for name, (xs, ys) in splits.items()}
-        # the network that runs the forward passes: the model, or its BatchNorm-folded twin
+        # the network that runs the forward passes: the model, or its BatchNorm-folded twin. The fold
+        # is checked in fp32, before the precision is lowered, so a check never fails for rounding.
         self.net = self.model
+        self.folding = "off (evaluation.fold_batchnorm = false)"
         if fold_batchnorm and self.splits:
+            configure_precision("fp32")
             example = next(iter(self.splits.values()))[0][:8]
-            self.net = fold(self.model, example)
+            self.net, self.folding = fold(self.model, example)
+        configure_precision(precision)
+
+    def set_directions(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None) -> None:
+        with torch.no_grad():
+            # empty_like keeps each tensor's memory format, so the in-place update stays cheap
+            self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(self.names, self.live)]
+            self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(self.names, self.live)] if y is not None else None
 
     @torch.no_grad()
     def move_to(self, a: float, b: float = 0.0) -> None:

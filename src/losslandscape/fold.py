@@ -89,21 +89,27 @@ def _make_relu_inplace(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
         node.target = name
 
 
-def fold(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The folded twin of an eval-mode model, or the model itself where folding does not apply."""
+def fold(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str]:
+    """(the folded twin of an eval-mode model, or the model itself where folding does not apply
+    or changes its outputs; one line saying which, for the log and the surface file)."""
     try:
         twin = FoldedModel(model).eval()
     except Exception as exc:  # fx cannot trace every model (data-dependent control flow, ...)
-        log.info("BatchNorm folding not applied (%s: %s)", type(exc).__name__, str(exc).splitlines()[0][:120])
-        return model
+        why = f"not folded: the model cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        log.info("BatchNorm %s", why)
+        return model, why
     if not twin.pairs:
-        return model
+        return model, "not folded: no convolution -> BatchNorm pair"
     with torch.inference_mode():
         want = model(example).float()
         got = twin(example.clone()).float()
-    if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp_min(1.0))):
-        log.warning("BatchNorm folding changed the outputs of this model; evaluating it unfolded")
-        return model
-    log.debug("folded %d BatchNorm layers into their convolutions", len(twin.pairs))
-    return twin
-
+    scale = float(want.abs().max().clamp_min(1.0))
+    diff = float((got - want).abs().max())
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * scale):
+        why = (f"not folded: the folded twin changed the outputs by up to {diff:.2g} (fp32 check); "
+               "evaluated unfolded")
+        log.warning("BatchNorm %s", why)
+        return model, why
+    why = f"folded {len(twin.pairs)} BatchNorm layers into their convolutions (fp32 check: max output difference {diff:.2g})"
+    log.info("BatchNorm %s", why)
+    return twin, why

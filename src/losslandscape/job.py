@@ -1,8 +1,13 @@
-"""What one surface job needs: its surface file (created or checked), and, per
-process, the model at its base point with the stored directions and the data.
+"""One surface job in three steps: plan -> create -> load.
 
-`prepare` runs once per job (serial, or on the MPI coordinator); `load_worker`
-runs once per evaluating process. Both are plain functions of the spec.
+`plan` checks an existing surface file against the spec (None) or works out a
+new one (`NewFile`); `create` writes a new file (one process, or every MPI rank
+together); `load_evaluator` + `attach_directions` give an evaluating process
+the model at its base point on its device, the data, then the stored
+directions. A surface file of the original loss-landscape code is converted
+before planning (`original.adopt_if_original`). The model, data and device are
+loaded before the file is created, so a run that cannot start leaves nothing
+behind that binds the file to its spec.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from . import directions as dirs
 from . import surface
 from .checkpoints import build_and_load, file_sha256
 from .errors import UserError
-from .evaluate import PointEvaluator, configure_precision, use_channels_last
+from .evaluate import PointEvaluator, use_channels_last
 from .grid import GridAxes
 
 log = logging.getLogger(__name__)
@@ -88,50 +93,50 @@ def make_directions(spec, model: torch.nn.Module):
                                field="model.checkpoint2")
         return dirs.interpolation_direction(weights, dirs.target_tensors(other, d.dir_type)), None, {}
     if d.kind == "file":
-        x, y = dirs.read_direction_file(d.file, weights, two)
+        # an original "states" file also has entries for the integer num_batches_tracked buffers
+        names = list(model.state_dict()) if d.dir_type == "states" else None
+        x, y = dirs.read_direction_file(d.file, weights, two, all_names=names)
         return x, y, {"directions_from": str(d.file)}
     raise ValueError(d.kind)
 
 
 def _identity(spec) -> dict:
-    m = spec.model
-    sha1 = file_sha256(m.checkpoint) if m.checkpoint else f"fresh initialisation, seed {FRESH_INIT_SEED}"
-    sha2 = file_sha256(m.checkpoint2) if (spec.directions.kind == "interpolate" and m.checkpoint2) else ""
-    return surface.identity(spec, sha1, sha2)
+    m, d = spec.model, spec.directions
+    sha1 = (file_sha256(m.checkpoint, "model.checkpoint") if m.checkpoint
+            else f"fresh initialisation, seed {FRESH_INIT_SEED}")
+    sha2 = file_sha256(m.checkpoint2, "model.checkpoint2") if (d.kind == "interpolate" and m.checkpoint2) else ""
+    sha_dirs = file_sha256(d.file, "directions.file") if d.kind == "file" else ""
+    return surface.identity(spec, sha1, sha2, sha_dirs)
 
 
-def check_or_plan(spec) -> NewFile | None:
+def plan(spec) -> NewFile | None:
     """Check an existing surface file against the spec (None), or say what a new one holds.
 
     A refused file is only ever opened read-only, so it is left byte-for-byte untouched.
-    An original loss-landscape file is converted to ours in place, keeping its values.
     """
     path = Path(spec.output.surface)
     axes = GridAxes.from_spec(spec.grid)
     ident = _identity(spec)
     if not path.exists():
         x, y, info = make_directions(spec, _base_model(spec))
-        path.parent.mkdir(parents=True, exist_ok=True)
         return NewFile(path, axes, spec, ident, x, y, info)
     with surface.open_h5(path, "r") as f:
-        if surface.is_ours(f):
-            surface.check_structure(f, path)
-            surface.check_identity(f, path, ident, axes)
-            original = False
-        elif surface.is_original(f):
-            surface.check_grid(f, path, axes)
-            original = True
-        else:
+        if surface.is_original(f):
+            raise UserError(f"output.surface: {path} is a surface file of the original loss-landscape code "
+                            "that was not converted")  # adopt_if_original runs first; this is a guard
+        if not surface.is_ours(f):
             raise UserError(f"output.surface: {path} is an HDF5 file but not a surface file "
                             "(no 'format' attribute and no xcoordinates)")
-    if original:
-        x, y, info = make_directions(spec, _base_model(spec))
-        log.info("adopting %s, a surface file of the original loss-landscape code", path)
-        with surface.open_h5(path, "r+") as f:
-            surface.adopt_original(f, path, axes, spec, ident, x, y, dirs.digest(x, y))
-    else:
-        _check_directions(spec, path)
+        surface.check_structure(f, path)
+        surface.check_identity(f, path, ident, axes)
+    _check_directions(spec, path)
     return None
+
+
+def create(new: NewFile, comm=None) -> None:
+    """Write a new surface file (collective: with a communicator every rank calls this)."""
+    new.path.parent.mkdir(parents=True, exist_ok=True)
+    new.write(comm)
 
 
 def pending(spec) -> Prepared:
@@ -157,11 +162,17 @@ def shard_prepared(shard: Path, splits: list[str]) -> Prepared:
     return Prepared(shard, axes, points[missing], len(points), False, main)
 
 
-def prepare(spec) -> Prepared:
-    """Create the surface file with its directions, or check an existing one (one process)."""
-    new = check_or_plan(spec)
+def prepare(spec, notes: dict | None = None) -> Prepared:
+    """One process: convert an original file, plan, create; the points still to compute.
+
+    `notes` (e.g. how the evaluation ran) are recorded in the file's attributes."""
+    from .original import adopt_if_original
+
+    adopt_if_original(spec)
+    new = plan(spec)
     if new is not None:
-        new.write()
+        create(new)
+    surface.record_run(Path(spec.output.surface), spec.data.splits, notes)
     prep = pending(spec)
     prep.created = new is not None
     return prep
@@ -170,7 +181,7 @@ def prepare(spec) -> Prepared:
 def _check_directions(spec, path: Path) -> None:
     """The stored directions must be the ones this spec makes (same seed, weights, norms)."""
     if spec.directions.kind == "file":
-        return  # identity already pins the source; re-reading it proves nothing more
+        return  # identity already pins the source file by its SHA-256
     model = _base_model(spec)
     x, y, _ = make_directions(spec, model)
     with surface.open_h5(path, "r") as f:
@@ -180,9 +191,8 @@ def _check_directions(spec, path: Path) -> None:
                         "(a different seed, checkpoint or library version); choose another output.surface")
 
 
-def load_worker(spec, path: Path, device: torch.device) -> PointEvaluator:
-    """The model at its base point on `device`, moved along the directions stored in `path`."""
-    configure_precision(spec.evaluation.precision)
+def load_evaluator(spec, device: torch.device) -> PointEvaluator:
+    """The model at its base point on `device`, with the data set there too (no directions yet)."""
     splits = {split: datasets.load_split(spec.data, split) for split in spec.data.splits}
     model = _base_model(spec)
     if use_channels_last(device, next(iter(splits.values()))[0]):
@@ -191,7 +201,11 @@ def load_worker(spec, path: Path, device: torch.device) -> PointEvaluator:
         splits = {k: (x.contiguous(memory_format=torch.channels_last), y) for k, (x, y) in splits.items()}
     model = model.to(device)
     tensors = dirs.target_tensors(model, spec.directions.dir_type)
+    return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
+                          spec.evaluation.precision, spec.evaluation.fold_batchnorm)
+
+
+def attach_directions(evaluator: PointEvaluator, path: Path) -> None:
+    """Give the evaluator the directions stored in the surface file `path`."""
     with surface.open_h5(path, "r") as f:
-        x, y = surface.read_directions(f, list(tensors))
-    return PointEvaluator(model, tensors, x, y, splits, device, spec.evaluation.loss,
-                          spec.evaluation.batch_size, spec.evaluation.precision, spec.evaluation.fold_batchnorm)
+        evaluator.set_directions(*surface.read_directions(f, evaluator.names))

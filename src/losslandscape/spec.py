@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import userimport
 from .errors import UserError
 
 SPLITS = ("train", "test")
@@ -298,6 +299,7 @@ def load(path: str | Path | None, overrides: dict[str, str] | None = None) -> Sp
             raise UserError(f"spec: no such file {str(path)!r}")
         try:
             table = tomllib.loads(path.read_text())
+            userimport.remember(path.parent)  # "mynet:build" beside the spec is found
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"spec: {path} is not valid TOML ({exc})") from None
     return from_dict(table, overrides)

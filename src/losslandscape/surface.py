@@ -1,6 +1,6 @@
 """The surface file (HDF5): create, check, resume, write points, read directions.
 
-Layout (see DESIGN.md): `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D;
+Layout (the README's "The surface file"): `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D;
 `{train,test}_{loss,acc}` float64 (ny, nx) or (nx,), NaN where not computed;
 `{train,test}_done` uint8, 1 only after that point's values are written;
 `point_seconds` float64, wall time of each point's last evaluation;
@@ -42,7 +42,7 @@ def value_name(split: str, value: str) -> str:
     return f"{split}_{value}"
 
 
-def identity(spec, checkpoint_sha: str, checkpoint2_sha: str) -> dict[str, Any]:
+def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sha: str = "") -> dict[str, Any]:
     """What must be equal for two runs to fill the same surface (JSON-able, by spec key)."""
     d, m = spec.directions, spec.model
     ident: dict[str, Any] = {
@@ -62,6 +62,8 @@ def identity(spec, checkpoint_sha: str, checkpoint2_sha: str) -> dict[str, Any]:
                       "directions.orthogonal": d.orthogonal})
     if d.kind == "interpolate":
         ident["model.checkpoint2 (sha256)"] = checkpoint2_sha
+    if d.kind == "file":
+        ident["directions.file (sha256)"] = directions_file_sha
     if spec.data.name == "cifar10":
         ident["data.root"] = str(Path(spec.data.root).resolve())
     return ident
@@ -240,46 +242,29 @@ class PointWriter:
             self.f.flush()
 
 
-def adopt_original(f: h5py.File, path: str | Path, axes: GridAxes, spec, ident: dict[str, Any],
-                   x, y, digest: str) -> None:
-    """Turn an original loss-landscape surface file into ours, in place, keeping its values.
+def requested_splits(f: h5py.File) -> list[str]:
+    """Every split any run or submission of this surface has asked for, in SPLITS order."""
+    if "splits" in f.attrs:
+        asked = set(json.loads(f.attrs["splits"]))
+    else:
+        asked = set(json.loads(f.attrs["spec"])["data"]["splits"])
+    return [s for s in SPLITS if s in asked]
 
-    Its arrays are (len(x), len(y)) indexed by the flat order of meshgrid(x, y),
-    the same flat order as our (ny, nx): values are kept, -1 becomes NaN + done 0.
-    """
-    check_grid(f, path, axes)
-    flat_done = {}
-    values = {}
-    for split in SPLITS:
-        for value in VALUES:
-            name = value_name(split, value)
-            if name in f:
-                v = np.asarray(f[name], dtype=np.float64).ravel()
-                if v.size != axes.size:
-                    raise UserError(f"output.surface: {path}: {name} has {v.size} values, the grid {axes.size}")
-                values[name] = v
-                del f[name]
-        loss = values.get(value_name(split, "loss"))
-        flat_done[split] = (loss != -1) & ~np.isnan(loss) if loss is not None else np.zeros(axes.size, bool)
-    for name in ("train_done", "test_done", "point_seconds"):
-        if name in f:
-            del f[name]
-    if "directions" in f:
-        del f["directions"]
-    for key in ("xcoordinates", "ycoordinates"):
-        if key in f:
-            del f[key]
-    create(f, axes, spec, ident, x, y, digest, {"adopted_from": "loss-landscape (Li et al.) surface file"})
-    for split in SPLITS:
-        done = flat_done[split]
-        for value in VALUES:
-            name = value_name(split, value)
-            if name in values:
-                v = values[name].copy()
-                v[~done] = np.nan
-                f[name][...] = v.reshape(axes.shape)
-        f[f"{split}_done"][...] = done.astype(np.uint8).reshape(axes.shape)
-    f.flush()
+
+def record_run(path: Path, splits: list[str], notes: dict[str, str] | None = None) -> None:
+    """Remember the splits asked for (status and merge report them) and notes on how the run
+    evaluates. One process, before any other opens the file for this run."""
+    with open_h5(path, "r") as f:
+        if not is_ours(f):
+            return
+        want = sorted(set(requested_splits(f)) | set(splits), key=SPLITS.index)
+        changed = json.dumps(want) != f.attrs.get("splits") or any(
+            f.attrs.get(k) != v for k, v in (notes or {}).items())
+    if changed:
+        with open_h5(path, "r+") as f:
+            f.attrs["splits"] = json.dumps(want)
+            for k, v in (notes or {}).items():
+                f.attrs[k] = v
 
 
 def summary_line(path: str | Path, f: h5py.File, splits: list[str], pending: int) -> str:

@@ -10,7 +10,6 @@ wide ResNets, VGG-9 and DenseNet-121. Every factory takes `num_classes` and
 `in_channels` and accepts any input of at least 8x8 pixels.
 """
 
-import importlib
 from collections.abc import Callable
 from functools import partial
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from losslandscape.errors import UserError
+from losslandscape.userimport import import_factory
 from losslandscape.models.densenet import densenet121
 from losslandscape.models.resnet import cifar_resnet
 from losslandscape.models.vgg import vgg9
@@ -38,26 +38,9 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _from_factory(name: str) -> nn.Module:
-    """Import "package.module:factory" and call it; every failure a user can fix is a UserError."""
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr or ":" in attr:
-        raise UserError(f'model.name: {name!r} is not of the form "package.module:factory"')
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        # errors raised by the user's own module code keep their traceback: that is where they debug
-        raise UserError(f"model.name: cannot import {module_name!r} ({_one_line(exc)})") from exc
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise UserError(f"model.name: module {module_name!r} has no attribute {attr!r}")
-    if not callable(factory):
-        raise UserError(f"model.name: {name!r} is not callable")
-    model = factory()
+    """Import "package.module:factory" (see `userimport`) and call it with no arguments."""
+    model = import_factory(name, "model.name")()
     if not isinstance(model, nn.Module):
         raise UserError(
             f"model.name: {name!r} returned {type(model).__name__}, expected a torch.nn.Module"

@@ -1,0 +1,232 @@
+"""No hang, no silent CPU, nothing in the way: failures of real `mpirun` jobs and first runs.
+
+Each test starts real processes (Open MPI's mpirun with 3 ranks, or one process) and a
+user's own model factory that fails on purpose on one rank, as a CUDA out-of-memory error
+or a broken node would. Every failure must end the whole job within 30 s with exit 1 and
+one `losslandscape: error:` line naming the rank, and a later clean run must finish the
+surface with the values of an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import BIN
+from test_mpi import mpirun
+
+# A user's model, beside the job spec: a small CNN without BatchNorm (so every forward
+# pass runs this code) that fails on the rank named by the environment.
+FLAKY = '''
+import os
+import torch
+from torch import nn
+
+
+def _mine(variable):
+    return os.environ.get("OMPI_COMM_WORLD_RANK", "0") == os.environ.get(variable)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if _mine("SLOW_RANK") and self.calls > 3:
+            import time
+            time.sleep(120)  # a worker busy with a long unit
+        if _mine("FLAKY_RANK") and self.calls > int(os.environ.get("FLAKY_AFTER", "0")):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def build():
+    if _mine("BROKEN_RANK"):
+        raise RuntimeError("the model factory broke on this rank")
+    return Net()
+'''
+
+CLEAN = {k: "" for k in ("FLAKY_RANK", "BROKEN_RANK", "CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS",
+                         "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")}
+
+
+def flaky_job(folder: Path, surface: Path, grid: str = "-1:1:9") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "flaky.py").write_text(FLAKY)
+    spec = folder / "job.toml"
+    spec.write_text(f'''
+[model]
+name = "flaky:build"
+[data]
+name = "digits"
+splits = ["train"]
+max_samples = 100
+[grid]
+x = "{grid}"
+y = "{grid}"
+[evaluation]
+device = "cpu"
+unit_size = 2
+[output]
+surface = "{surface}"
+''')
+    return spec
+
+
+def surface_cmd(spec: Path, *extra: str) -> list[str]:
+    # the installed console script: unlike `python -m`, it puts no folder of the user's on sys.path
+    return [str(BIN / "losslandscape"), "surface", str(spec), *extra]
+
+
+def timed(cmd: list[str], env: dict, cwd: Path | None = None):
+    start = time.monotonic()
+    proc = run_in(cmd, env, cwd)
+    return proc, time.monotonic() - start
+
+
+def run_in(cmd: list[str], env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env={**os.environ, **CLEAN, **env})
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("losslandscape: error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, np.ndarray]:
+    work = tmp_path_factory.mktemp("flaky-ref")
+    spec = flaky_job(work, work / "ref.h5")
+    proc = run_in(surface_cmd(spec), {}, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(work / "ref.h5", "r") as f:
+        return {k: f[k][...] for k in ("train_loss", "train_acc")}
+
+
+def assert_complete(surface: Path, ref: dict[str, np.ndarray]) -> None:
+    with h5py.File(surface, "r") as f:
+        assert f["train_done"][...].all()
+        for k, v in ref.items():
+            np.testing.assert_allclose(f[k][...], v, rtol=1e-6)
+
+
+def test_a_worker_that_raises_in_the_middle_of_a_unit_ends_the_job(reference, tmp_path):
+    surf = tmp_path / "s.h5"
+    spec = flaky_job(tmp_path / "spec", surf)
+    proc, seconds = timed(mpirun(3) + surface_cmd(spec), {"FLAKY_RANK": "2", "FLAKY_AFTER": "5"})
+    assert proc.returncode == 1, proc.stderr
+    assert seconds < 30
+    line = one_error_line(proc.stderr)
+    assert "rank 2: RuntimeError: CUDA out of memory" in line and "flaky.py" in line, line
+    with h5py.File(surf, "r") as f:  # what was written stays written, and the file is readable
+        done = f["train_done"][...].astype(bool)
+        partial = f["train_loss"][...]
+    assert 5 <= done.sum() < 81
+    np.testing.assert_allclose(partial[done], reference["train_loss"][done], rtol=1e-6)
+    again = run_in(mpirun(3) + surface_cmd(spec), {})
+    assert again.returncode == 0, again.stderr
+    assert f"{int(done.sum())} of 81 points done" in again.stderr
+    assert_complete(surf, reference)
+
+
+def test_a_worker_still_busy_when_another_fails_is_ended_within_seconds(tmp_path):
+    surf = tmp_path / "s.h5"
+    spec = flaky_job(tmp_path / "spec", surf)
+    proc, seconds = timed(mpirun(3) + surface_cmd(spec), {"FLAKY_RANK": "2", "FLAKY_AFTER": "5", "SLOW_RANK": "1"})
+    assert proc.returncode == 1, proc.stderr
+    assert seconds < 30
+    line = one_error_line(proc.stderr)
+    assert "rank 2: RuntimeError: CUDA out of memory" in line and "ranks 1 did not finish their unit" in line
+    with h5py.File(surf, "r") as f:
+        assert f["train_done"][...].sum() >= 3  # a readable file that keeps its points
+
+
+def test_an_error_on_the_coordinator_ends_the_job(reference, tmp_path):
+    surf = tmp_path / "s.h5"
+    spec = flaky_job(tmp_path / "spec", surf)
+    proc, seconds = timed(mpirun(3) + surface_cmd(spec), {"BROKEN_RANK": "0"})
+    assert proc.returncode == 1 and seconds < 30, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "rank 0: RuntimeError: the model factory broke on this rank" in line, line
+    assert not surf.exists()
+    assert run_in(mpirun(3) + surface_cmd(spec), {}).returncode == 0
+    assert_complete(surf, reference)
+
+
+def test_a_worker_that_cannot_load_its_model_ends_the_job(tmp_path):
+    spec = flaky_job(tmp_path / "spec", tmp_path / "s.h5")
+    proc, seconds = timed(mpirun(3) + surface_cmd(spec), {"BROKEN_RANK": "1"})
+    assert proc.returncode == 1 and seconds < 30, proc.stderr
+    assert "rank 1: RuntimeError: the model factory broke" in one_error_line(proc.stderr)
+    assert not (tmp_path / "s.h5").exists()  # nothing was created: the corrected run is free
+
+
+def test_a_missing_gpu_under_mpirun_is_one_line_not_a_hang(reference, tmp_path):
+    surf = tmp_path / "s.h5"
+    spec = flaky_job(tmp_path / "spec", surf)
+    proc, seconds = timed(mpirun(3) + surface_cmd(spec, "--evaluation.device=cuda"), {})
+    assert proc.returncode == 1 and seconds < 30, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "ranks 1, 2: evaluation.device: 'cuda' asked for, but this process has no usable CUDA GPU" in line
+    assert not surf.exists()
+    assert run_in(mpirun(3) + surface_cmd(spec), {}).returncode == 0
+    assert_complete(surf, reference)
+
+
+@pytest.mark.parametrize("variable, value", [("CUDA_VISIBLE_DEVICES", "0"), ("SLURM_JOB_GPUS", "0,1")])
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_gpus_given_by_the_allocation_are_never_silently_replaced_by_cpus(tmp_path, variable, value, ranks):
+    spec = flaky_job(tmp_path / "spec", tmp_path / "s.h5", grid="-1:1:3")
+    cmd = (mpirun(ranks) if ranks > 1 else []) + surface_cmd(spec, "--evaluation.device=auto")
+    proc, seconds = timed(cmd, {variable: value})
+    assert proc.returncode == 1 and seconds < 30, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert f"evaluation.device: this process was given GPUs ({variable}={value}) but cannot use them" in line
+    assert "CPU-only build" in line and 'evaluation.device = "cpu"' in line
+    # the CPU on purpose: runs, and every worker says where it runs
+    ok = run_in(mpirun(3) + surface_cmd(spec, "--evaluation.device=cpu"), {variable: value})
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr.count("evaluating on cpu with") == 2, ok.stderr
+
+
+def test_a_first_run_that_fails_on_its_data_leaves_nothing_in_the_way(reference, tmp_path):
+    surf = tmp_path / "s.h5"
+    spec = flaky_job(tmp_path / "spec", surf)
+    for cmd in (surface_cmd(spec, "--data.name=cifar10"), mpirun(3) + surface_cmd(spec, "--data.name=cifar10")):
+        proc = run_in(cmd, {})
+        assert proc.returncode == 1
+        assert "data.root: no such folder" in one_error_line(proc.stderr)
+        assert not surf.exists()
+    proc = run_in(surface_cmd(spec), {})
+    assert proc.returncode == 0, proc.stderr
+    assert_complete(surf, reference)
+
+
+def test_a_factory_beside_the_spec_is_found_from_another_directory(reference, tmp_path):
+    spec = flaky_job(tmp_path / "project", tmp_path / "s.h5")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_in(surface_cmd(spec), {"PYTHONPATH": ""}, cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert_complete(tmp_path / "s.h5", reference)
+    # and one in the working directory, with the spec somewhere else
+    moved = tmp_path / "specs" / "job.toml"
+    moved.parent.mkdir()
+    moved.write_text(spec.read_text().replace(str(tmp_path / "s.h5"), str(tmp_path / "t.h5")))
+    proc = run_in(surface_cmd(moved), {"PYTHONPATH": ""}, cwd=tmp_path / "project")
+    assert proc.returncode == 0, proc.stderr
+    missing = run_in(surface_cmd(moved), {"PYTHONPATH": ""}, cwd=elsewhere)
+    assert "model.name: cannot import 'flaky'" in one_error_line(missing.stderr)
