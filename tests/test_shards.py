@@ -41,7 +41,7 @@ def make_shards(spec: specs.Spec, tasks: int) -> list[Path]:
     d.mkdir(exist_ok=True)
     paths = []
     for k, share in enumerate(assign_tasks(prep.pending, tasks, spec.evaluation.unit_size)):
-        surface.create_shard(d / f"task_{k}.h5", prep.path, share, k, tasks)
+        surface.create_shard(d / f"task_{k}.h5", prep.path, share, k, tasks, spec.to_json(), [])
         paths.append(d / f"task_{k}.h5")
     return paths
 
@@ -112,3 +112,19 @@ def test_merge_refuses_a_shard_of_another_surface(trained, tmp_path):
         merge(tmp_path / "surf.h5")
     assert sha(tmp_path / "surf.h5") == before
 
+
+
+def test_merge_never_marks_a_point_done_without_its_values(trained, tmp_path):
+    spec = make_spec(tmp_path, trained["final"])
+    (shard,) = make_shards(spec, 1)
+    assert run_task(shard.parent, 0) == 0
+    with h5py.File(shard, "r+") as f:  # a done flag whose values never reached the file
+        first = int(f["points"][0])
+        idx = np.unravel_index(first, f["test_done"].shape)
+        f["test_acc"][idx] = np.nan
+        f["test_loss"][idx] = np.nan
+    assert merge(tmp_path / "surf.h5") == 20  # its train values are there; its test values are not
+    with h5py.File(tmp_path / "surf.h5", "r") as f:
+        assert f["train_done"][idx] == 1 and f["test_done"][idx] == 0
+        assert f["test_done"][...].sum() == 19 and np.isnan(f["test_acc"][idx])
+    assert missing_points(tmp_path / "surf.h5") == {"train": 0, "test": 1}

@@ -120,10 +120,15 @@ def test_srun_launcher_runs_a_task_over_its_ranks(slurm, trained, tmp_path):
 
 def test_cancelled_task_then_merge_and_resubmit_recomputes_only_missing(slurm, trained, tmp_path):
     surf = tmp_path / "surf.h5"
-    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:13", "-1:1:13", 60, 1)
+    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:13", "-1:1:13", 200, 1)
     ref = reference(toml, tmp_path / "ref.h5")
     array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "3", "--ranks-per-task", "2")
     shards = tmp_path / "surf.h5.shards"
+    before = sha(surf)
+    early = subprocess.run([sys.executable, "-m", "losslandscape", "merge", str(surf)], capture_output=True,
+                           text=True, env=slurm.env, timeout=60)
+    assert early.returncode == 1 and sha(surf) == before, early.stderr
+    assert f"merge: array job {array} of {surf} is still queued or running" in early.stderr
     done, assigned = wait_for_points(shards / "task_1.h5", 2)
     assert 2 <= done < assigned, f"task 1 did {done} of {assigned} points before it could be cancelled"
     slurm.run(["scancel", f"{array}_1"])
@@ -175,3 +180,52 @@ def test_requeued_task_resumes_its_shard(slurm, trained, tmp_path):
     assert len(resumed) == 2 and int(resumed[1][0]) >= 2, log  # the second run started from the first's points
     assert slurm.state(merge_job) == "COMPLETED", task_logs(shards)
     assert_equal_surface(surf, ref)
+
+
+def test_tasks_run_the_overrides_given_to_submit(slurm, trained, tmp_path):
+    """A surface made with train only; `submit --data.splits=train,test --evaluation.batch_size=32`:
+    the tasks compute the test split with batches of 32, and status and merge report both splits."""
+    surf = tmp_path / "surf.h5"
+    toml = write_job(tmp_path / "job.toml", trained["final"], surf, "-1:1:5", "-1:1:4", 100, 2,
+                     splits=("train",), threads=1)
+    assert run_serial(specs.load(toml)) == 0
+    spec = specs.load(toml, {"output.surface": str(tmp_path / "ref.h5"), "data.splits": "train,test"})
+    assert run_serial(spec) == 0
+    with h5py.File(tmp_path / "ref.h5", "r") as f:
+        ref = {k: f[k][...] for k in VALUES}
+    before = sha(surf)
+    refused = subprocess.run([sys.executable, "-m", "losslandscape", "submit", str(toml), "--tasks", "2",
+                              "--grid.x=-1:1:7"], capture_output=True, text=True, env=slurm.env, cwd=tmp_path,
+                             timeout=120)
+    assert refused.returncode == 1 and sha(surf) == before, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("losslandscape: error: grid.x: the surface file")
+    array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "2", "--ranks-per-task", "2",
+                                 "--data.splits=train,test", "--evaluation.batch_size=32")
+    shards = tmp_path / "surf.h5.shards"
+    slurm.wait([array, merge_job], timeout=300)
+    assert slurm.state(merge_job) == "COMPLETED", task_logs(shards)
+    logs = task_logs(shards)
+    assert logs.count("batch 32, fp32") == 2, logs  # the one worker of each task
+    assert re.search(r"shard \S+task_0.h5: 0 of 10 points done", logs), logs  # the test split of every point
+    assert_equal_surface(surf, ref)
+    report = json.loads(subprocess.run([sys.executable, "-m", "losslandscape", "status", str(surf), "--json"],
+                                       capture_output=True, text=True, env=slurm.env, timeout=60).stdout)
+    assert set(report["splits"]) == {"train", "test"} and report["splits"]["test"]["done"] == 20
+
+
+def test_an_array_task_finds_the_model_factory_beside_the_spec(slurm, tmp_path):
+    from test_failures import CLEAN, flaky_job
+
+    surf = tmp_path / "s.h5"
+    spec = flaky_job(tmp_path / "project", surf, grid="-1:1:3")
+    (tmp_path / "elsewhere").mkdir()
+    env = {**slurm.env, **CLEAN, "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-m", "losslandscape", "submit", str(spec), "--tasks", "1",
+                           "--ranks-per-task", "2"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path / "elsewhere", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    m = re.search(r"array job (\d+) \((\d+) tasks\), merge job (\d+)", proc.stdout)
+    slurm.wait([m.group(1), m.group(3)], timeout=180)
+    assert slurm.state(m.group(3)) == "COMPLETED", task_logs(tmp_path / "s.h5.shards")
+    with h5py.File(surf, "r") as f:
+        assert f["train_done"][...].all()

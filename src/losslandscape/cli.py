@@ -109,7 +109,7 @@ def cmd_task(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .slurm import EXIT_MISSING, merge, missing_points
 
-    merge(args.surface)
+    merge(args.surface, force=args.force)
     missing = missing_points(args.surface)
     if any(missing.values()):
         print(f"{args.surface}: missing points: " + ", ".join(f"{s} {n}" for s, n in missing.items()),
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="fold finished shard points into the surface file (safe to run twice)")
     p.add_argument("surface", type=Path)
+    p.add_argument("--force", action="store_true",
+                   help="merge even while the submission's array tasks are still queued or running")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("status", help="points done / pending, shards and ETA of a surface file")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import surface
+from . import data as datasets
+from . import surface, userimport
 from .environment import SlurmEnvironment
 from .errors import UserError
 from .grid import assign_tasks
@@ -92,7 +93,7 @@ def _optional_lines(opts: SubmitOptions, gpus: bool = True) -> str:
 
 def launch_command(opts: SubmitOptions, as_root: bool) -> str:
     if opts.launcher == "srun":
-        # Open MPI here speaks PMIx to srun, not PMI2 (ENVIRONMENT.md)
+        # Open MPI speaks PMIx to srun; Debian's Open MPI has no PMI2 support
         return "srun --mpi=pmix"
     root = " --allow-run-as-root" if as_root else ""
     return f"mpirun{root} -n ${{SLURM_NTASKS}}"
@@ -129,13 +130,18 @@ def _sbatch(script: Path, env: dict | None = None) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
+# every state of a job that may still start or still be writing (COMPLETING included)
+BUSY_STATES = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_HOLD,RESIZING,SIGNALING,STOPPED"
+
+
 def _queued(job_ids: list[str]) -> list[str]:
     """Those of job_ids that SLURM still has pending or running (array tasks included)."""
     exe = shutil.which("squeue")
     if exe is None or not job_ids:
         return []
     # %F: the array's base job id (a plain job's own id), so array tasks count for their array
-    proc = subprocess.run([exe, "-h", "-o", "%F", "-j", ",".join(job_ids)], capture_output=True, text=True)
+    proc = subprocess.run([exe, "-h", "-o", "%F", "-t", BUSY_STATES, "-j", ",".join(job_ids)],
+                          capture_output=True, text=True)
     if proc.returncode != 0:  # unknown (long finished) job ids
         return []
     return sorted(set(proc.stdout.split()) & set(job_ids))
@@ -159,6 +165,8 @@ def submit(spec, opts: SubmitOptions) -> dict:
         from .grid import GridAxes, coarse_to_fine
 
         return _dry_run(path, opts, coarse_to_fine(GridAxes.from_spec(spec.grid).shape), spec)
+    for split in spec.data.splits:  # data that cannot load fails here, before the file is bound to the spec
+        datasets.load_split(spec.data, split)
     prep = prepare(spec)  # creates the file and its directions once, before anything runs
     if shard_files(path) and not opts.dry_run:
         new = merge(path, report_missing=False)  # earlier shards' points count before sharing out again
@@ -180,19 +188,20 @@ def submit(spec, opts: SubmitOptions) -> dict:
     for old in shard_files(path):  # merged above; the new assignment replaces them
         old.unlink()
     for k, share in enumerate(shares):
-        surface.create_shard(shards / f"task_{k}.h5", path, share, k, tasks)
+        surface.create_shard(shards / f"task_{k}.h5", path, share, k, tasks, spec.to_json(),
+                             userimport.search_dirs())
     (shards / "array.sbatch").write_text(array_script)
     array_job = _sbatch(shards / "array.sbatch")
     _, merge_script = render_scripts(path, opts, array_job_id=array_job)
     (shards / "merge.sbatch").write_text(merge_script)
     merge_job = _sbatch(shards / "merge.sbatch")
-    record = {"array_job": array_job, "merge_job": merge_job, "tasks": tasks,
+    record = {"array_job": array_job, "merge_job": merge_job, "tasks": tasks, "splits": list(spec.data.splits),
               "ranks_per_task": opts.ranks_per_task, "gpus_per_task": opts.gpus_per_task,
               "points": int(len(pending)), "points_per_task": [int(len(s)) for s in shares],
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (shards / SUBMISSION).write_text(json.dumps(record, indent=2) + "\n")
-    log.info("submitted array job %s (%d tasks x %d ranks, %d points) and merge job %s",
-             array_job, tasks, opts.ranks_per_task, len(pending), merge_job)
+    log.info("submitted array job %s (%d tasks x %d ranks, %d points, splits %s) and merge job %s",
+             array_job, tasks, opts.ranks_per_task, len(pending), ",".join(spec.data.splits), merge_job)
     log.info("watch: losslandscape status %s   (squeue -j %s,%s)", path, array_job, merge_job)
     return record
 
@@ -231,15 +240,26 @@ def run_task(shards: Path, task: int | None = None, comm=None) -> int:
         raise UserError(f"task: no shard file {shard} (was `losslandscape submit` run for this folder?)")
     with surface.open_h5(shard, "r") as f:
         surface.check_shard(f, shard)
-        spec = specs.from_dict(json.loads(f.attrs["spec"]))
+        for folder in json.loads(f.attrs.get("import_dirs", "[]")):
+            userimport.remember(folder)
+        spec = specs.from_dict(json.loads(f.attrs["spec"]))  # what `submit` was given, overrides included
     return run(spec, comm, shard=shard)
 
 
-def merge(surface_path: Path, report_missing: bool = True) -> int:
+def merge(surface_path: Path, report_missing: bool = True, force: bool = False) -> int:
     """Copy finished shard points into the surface file. Returns the number of points
-    copied; a second run copies nothing and leaves the file untouched."""
+    copied; a second run copies nothing and leaves the file untouched.
+
+    Refused while the submission's array tasks are still queued or running (they are still
+    writing their shards; the merge job runs after them), unless `force`."""
     surface_path = Path(surface_path)
     shards = shard_files(surface_path)
+    sub = _read_submission(shard_dir(surface_path))
+    if not force and sub.get("array_job"):
+        busy = _queued([sub["array_job"]])
+        if busy:
+            raise UserError(f"merge: array job {busy[0]} of {surface_path} is still queued or running; its merge "
+                            f"job {sub.get('merge_job')} merges when it ends (--force merges what is there now)")
     with surface.open_h5(surface_path, "r") as surf:
         if not surface.is_ours(surf):
             raise UserError(f"merge: {surface_path} is not a losslandscape surface file")
@@ -250,7 +270,10 @@ def merge(surface_path: Path, report_missing: bool = True) -> int:
                 if not surface.shard_belongs(shard, surf):
                     raise UserError(f"merge: shard {path} belongs to another surface (its identity or "
                                     f"directions differ from {surface_path}'s); move it away")
-                new = surface.shard_new_points(shard, surf)
+                new, skipped = surface.shard_new_points(shard, surf)
+                if skipped:
+                    log.warning("shard %s: %d point(s) flagged done without values are left to compute",
+                                path.name, skipped)
                 if any(len(v) for v in new.values()):
                     todo.append((path, new))
     copied = 0
@@ -268,7 +291,7 @@ def merge(surface_path: Path, report_missing: bool = True) -> int:
 def missing_points(surface_path: Path) -> dict[str, int]:
     """Points not done, per split that the surface's spec asks for."""
     with surface.open_h5(surface_path, "r") as f:
-        splits = json.loads(f.attrs["spec"])["data"]["splits"]
+        splits = surface.requested_splits(f)
         done = surface.done_masks(f)
     return {s: int((~done[s]).sum()) for s in splits}
 
@@ -279,7 +302,7 @@ def status(surface_path: Path) -> dict:
     with surface.open_h5(surface_path, "r") as f:
         if not surface.is_ours(f):
             raise UserError(f"status: {surface_path} is not a losslandscape surface file")
-        splits = json.loads(f.attrs["spec"])["data"]["splits"]
+        splits = surface.requested_splits(f)
         done = surface.done_masks(f)
         total = int(np.prod(f["train_done"].shape))
         seconds = np.asarray(f["point_seconds"]).ravel()

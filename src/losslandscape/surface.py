@@ -279,10 +279,13 @@ def summary_line(path: str | Path, f: h5py.File, splits: list[str], pending: int
 SHARD_FORMAT = "losslandscape-shard"
 
 
-def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, tasks: int) -> None:
+def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, tasks: int,
+                 spec_json: str, import_dirs: list[str]) -> None:
     """A shard file for array task `task`: the surface's grid and identity, its share of
-    points (`points`, flat indices), and empty values. No directions: tasks read them
-    from the surface file, which nobody writes while tasks run (merge runs after)."""
+    points (`points`, flat indices), empty values, and the spec the task runs: the one given
+    to `submit`, command-line overrides included (`spec_json`), with the folders its model
+    and data factories are found in. No directions: tasks read them from the surface
+    file, which nobody writes while tasks run (merge runs after)."""
     with open_h5(surface_path, "r") as src:
         shape = src["train_done"].shape
         tmp = path.with_name(f".{path.name}.creating")
@@ -300,8 +303,10 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
             f.attrs["format"] = SHARD_FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["surface"] = str(Path(surface_path).resolve())
-            for key in ("identity", "directions_sha256", "spec"):
+            for key in ("identity", "directions_sha256"):
                 f.attrs[key] = src.attrs[key]
+            f.attrs["spec"] = spec_json
+            f.attrs["import_dirs"] = json.dumps(import_dirs)
             f.attrs["task"] = task
             f.attrs["tasks"] = tasks
     os.replace(tmp, path)
@@ -319,10 +324,22 @@ def shard_belongs(shard: h5py.File, surf: h5py.File) -> bool:
             and shard["train_done"].shape == surf["train_done"].shape)
 
 
-def shard_new_points(shard: h5py.File, surf: h5py.File) -> dict[str, np.ndarray]:
-    """{split: flat indices} done in the shard but not yet in the surface."""
+def shard_new_points(shard: h5py.File, surf: h5py.File) -> tuple[dict[str, np.ndarray], int]:
+    """({split: flat indices} done in the shard but not yet in the surface, points skipped).
+
+    A point is taken only with its values: a done flag whose accuracy is missing (NaN; a
+    computed accuracy is always a number, even where the loss diverged) is skipped, so the
+    surface never marks a point done that has no values."""
     sd, fd = done_masks(shard), done_masks(surf)
-    return {split: np.flatnonzero(sd[split] & ~fd[split]) for split in SPLITS}
+    new, skipped = {}, 0
+    for split in SPLITS:
+        candidates = np.flatnonzero(sd[split] & ~fd[split])
+        if len(candidates):
+            acc = np.asarray(shard[value_name(split, "acc")]).ravel()[candidates]
+            skipped += int((~np.isfinite(acc)).sum())
+            candidates = candidates[np.isfinite(acc)]
+        new[split] = candidates
+    return new, skipped
 
 
 def copy_points(shard: h5py.File, surf: h5py.File, new: dict[str, np.ndarray]) -> int:
