@@ -10,6 +10,7 @@ surface with the values of an undisturbed run.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -230,3 +231,43 @@ def test_a_factory_beside_the_spec_is_found_from_another_directory(reference, tm
     assert proc.returncode == 0, proc.stderr
     missing = run_in(surface_cmd(moved), {"PYTHONPATH": ""}, cwd=elsewhere)
     assert "model.name: cannot import 'flaky'" in one_error_line(missing.stderr)
+
+
+@pytest.mark.parametrize("requested, index, gpus, expected", [
+    ("auto", 0, 0, "cpu"), ("auto", 3, 4, "cuda:3"), ("auto", 5, 4, "cuda:1"), ("cuda", 2, 2, "cuda:0"),
+    ("cuda:1", 0, 2, "cuda:1"), ("cuda:1", 3, 2, "cuda:1"), ("cpu", 1, 8, "cpu"),
+    ("cuda", 0, 0, "no usable CUDA GPU"), ("cuda:2", 0, 2, "sees 2 GPU(s) (cuda:0..cuda:1)"),
+])
+def test_each_worker_device(requested, index, gpus, expected):
+    """The README's device table: what each worker of a node takes."""
+    from losslandscape.environment import device_for
+    from losslandscape.errors import UserError
+
+    if expected.startswith(("cpu", "cuda:")):
+        assert device_for(requested, index, gpus) == expected
+    else:
+        with pytest.raises(UserError, match=re.escape(expected)):
+            device_for(requested, index, gpus)
+
+
+@pytest.mark.parametrize("environ, given", [
+    ({}, None), ({"CUDA_VISIBLE_DEVICES": ""}, None), ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, None),
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, None), ({"SLURM_GPUS_ON_NODE": "0"}, None),
+    ({"SLURM_GPUS_ON_NODE": "2"}, ("SLURM_GPUS_ON_NODE", "2")),
+    ({"SLURM_STEP_GPUS": "1"}, ("SLURM_STEP_GPUS", "1")), ({"SLURM_JOB_GPUS": "0,1"}, ("SLURM_JOB_GPUS", "0,1")),
+    ({"CUDA_VISIBLE_DEVICES": "GPU-5d2e"}, ("CUDA_VISIBLE_DEVICES", "GPU-5d2e")),
+])
+def test_gpus_given_by_the_allocation(environ, given):
+    from losslandscape.environment import allocated_gpus
+
+    assert allocated_gpus(environ) == given
+
+
+def test_a_missing_checkpoint_creates_no_file(tmp_path):
+    spec = flaky_job(tmp_path / "spec", tmp_path / "s.h5", grid="-1:1:3")
+    for cmd in (surface_cmd(spec, "--model.checkpoint=nowhere.pt"),
+                mpirun(3) + surface_cmd(spec, "--model.checkpoint=nowhere.pt")):
+        proc = run_in(cmd, {})
+        assert proc.returncode == 1
+        assert "model.checkpoint: no such file 'nowhere.pt'" in one_error_line(proc.stderr)
+        assert not (tmp_path / "s.h5").exists()

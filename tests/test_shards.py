@@ -128,3 +128,14 @@ def test_merge_never_marks_a_point_done_without_its_values(trained, tmp_path):
         assert f["train_done"][idx] == 1 and f["test_done"][idx] == 0
         assert f["test_done"][...].sum() == 19 and np.isnan(f["test_acc"][idx])
     assert missing_points(tmp_path / "surf.h5") == {"train": 0, "test": 1}
+
+
+def test_submit_checks_the_data_before_it_creates_anything(trained, tmp_path):
+    from losslandscape.slurm import submit
+
+    spec = make_spec(tmp_path, trained["final"])
+    spec.data.name = "cifar10"
+    spec.data.root = str(tmp_path / "no-cifar")
+    with pytest.raises(UserError, match="data.root: no such folder"):
+        submit(spec, SubmitOptions(2))
+    assert not (tmp_path / "surf.h5").exists() and not shard_dir(tmp_path / "surf.h5").exists()

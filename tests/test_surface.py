@@ -313,3 +313,31 @@ def test_directions_verb_then_directions_from_our_file(trained, tmp_path):
     xb, yb = read_file_directions(tmp_path / "b" / "surf.h5")
     for k in xa:
         assert torch.equal(xa[k], xb[k]) and torch.equal(ya[k], yb[k])
+
+
+def test_resuming_with_another_directions_file_is_refused(trained, tmp_path):
+    for name, seed in (("a.h5", 0), ("b.h5", 1)):  # two direction sources
+        prepare(make_spec(tmp_path / name, trained["final"], directions={"seed": seed}))
+    spec = make_spec(tmp_path, trained["final"], directions={"kind": "file", "file": str(tmp_path / "a.h5" / "surf.h5")})
+    prepare(spec)
+    before = sha(tmp_path / "surf.h5")
+    other = make_spec(tmp_path, trained["final"], directions={"kind": "file", "file": str(tmp_path / "b.h5" / "surf.h5")})
+    with pytest.raises(UserError, match=r"directions.file \(sha256\): the surface file .* was made with"):
+        prepare(other)
+    assert sha(tmp_path / "surf.h5") == before
+
+
+@pytest.mark.parametrize("precision, fold, expected", [
+    ("fp32", True, "folded 19 BatchNorm layers into their convolutions (fp32 check"),
+    ("bf16", True, "folded 19 BatchNorm layers into their convolutions (fp32 check"),
+    ("fp32", False, "off (evaluation.fold_batchnorm = false)"),
+])
+def test_the_file_says_how_batchnorm_was_evaluated(trained, tmp_path, caplog, precision, fold, expected):
+    """Folding is checked in fp32 before the precision is lowered, and the outcome is in the log and the file."""
+    spec = make_spec(tmp_path, trained["final"], grid={"x": "0:0:1", "y": ""},
+                     evaluation={"precision": precision, "fold_batchnorm": fold})
+    with caplog.at_level("INFO"):
+        assert run_serial(spec) == 0
+    assert expected in caplog.text
+    with h5py.File(tmp_path / "surf.h5", "r") as f:
+        assert expected in f.attrs["batchnorm_folding"]

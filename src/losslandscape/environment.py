@@ -50,43 +50,45 @@ def _why_no_cuda() -> str:
     return "torch.cuda.is_available() is False"
 
 
+def device_for(requested: str, worker_index: int, gpus: int) -> str:
+    """Which device a worker takes (pure): `requested` from the spec, the worker's place among
+    the node's workers, the GPUs this process sees. Raises UserError where no GPU can serve."""
+    if requested == "cpu" or (requested == "auto" and gpus == 0):
+        return "cpu"
+    if gpus == 0:
+        raise UserError(f"evaluation.device: {requested!r} asked for, but this process has no usable CUDA GPU")
+    if requested in ("auto", "cuda"):
+        return f"cuda:{worker_index % gpus}"
+    index = torch.device(requested).index
+    if index is not None and index >= gpus:
+        raise UserError(f"evaluation.device: {requested!r} asked for, but this process sees {gpus} GPU(s) "
+                        f"(cuda:0..cuda:{gpus - 1})")
+    return requested
+
+
 def pick_device(requested: str = "auto", worker_index: int = 0,
                 environ: Mapping[str, str] | None = None) -> torch.device:
-    """The device one evaluating process uses, checked usable; `torch.cuda.set_device` is called.
-
-    `auto`: cuda:<worker_index % GPUs> when this process sees GPUs, else the CPU, unless the
-    allocation (SLURM, CUDA_VISIBLE_DEVICES) gave it GPUs that torch cannot use: that is an
-    error. `cuda`: like auto, but a GPU is required. `cuda:N`: GPU N for every worker of the
-    node (several workers may share it). `cpu`: the CPU, on purpose, whatever the allocation.
-    `worker_index` is the worker's rank among the evaluating processes of its node.
+    """The device one evaluating process uses (see `device_for`), checked usable, with
+    `torch.cuda.set_device` called. `auto` on a process that sees no GPU although the
+    allocation (SLURM, CUDA_VISIBLE_DEVICES) gave it some is an error, not the CPU.
     """
-    if requested == "cpu":
-        return torch.device("cpu")
-    n = _cuda_count()
-    if requested == "auto" and n == 0:
+    gpus = 0 if requested == "cpu" else _cuda_count()
+    if requested == "auto" and gpus == 0:
         given = allocated_gpus(environ)
-        if given is None:
-            return torch.device("cpu")
-        raise UserError(f"evaluation.device: this process was given GPUs ({given[0]}={given[1]}) but cannot use "
-                        f"them: {_why_no_cuda()}; set evaluation.device = \"cpu\" to run on CPUs on purpose")
-    if not requested.startswith("cuda") and requested != "auto":
-        return torch.device(requested)
-    if n == 0:
-        raise UserError(f"evaluation.device: {requested!r} asked for, but this process has no usable CUDA GPU "
-                        f"({_why_no_cuda()})")
-    if requested in ("auto", "cuda"):
-        device = torch.device(f"cuda:{worker_index % n}")
-    else:
-        device = torch.device(requested)
-        if device.index is not None and device.index >= n:
-            raise UserError(f"evaluation.device: {requested!r} asked for, but this process sees {n} GPU(s) "
-                            f"(cuda:0..cuda:{n - 1})")
+        if given is not None:
+            raise UserError(f"evaluation.device: this process was given GPUs ({given[0]}={given[1]}) but cannot "
+                            f"use them: {_why_no_cuda()}; set evaluation.device = \"cpu\" to run on CPUs on purpose")
     try:
-        torch.cuda.set_device(device)
-        torch.zeros(1, device=device).add_(1).item()
-    except Exception as exc:
-        raise UserError(f"evaluation.device: {device} is not usable "
-                        f"({' '.join(str(exc).split())[:200]})") from None
+        device = torch.device(device_for(requested, worker_index, gpus))
+    except UserError as exc:
+        raise UserError(f"{exc} ({_why_no_cuda()})" if gpus == 0 else str(exc)) from None
+    if device.type == "cuda":
+        try:
+            torch.cuda.set_device(device)
+            torch.zeros(1, device=device).add_(1).item()
+        except Exception as exc:
+            raise UserError(f"evaluation.device: {device} is not usable "
+                            f"({' '.join(str(exc).split())[:200]})") from None
     return device
 
 
