@@ -668,3 +668,17 @@ def test_paper_style_is_scoped():
     with common.paper_style():
         assert matplotlib.rcParams["font.size"] == 9
     assert matplotlib.rcParams["font.size"] == before
+
+
+def test_a_partial_surface_in_the_bisection_order_draws_its_whole_coarse_grid():
+    """51x51 stopped in the third level: the lattice is the whole 3x3 grid of the first two levels."""
+    from losslandscape.grid import coarse_to_fine, levels
+
+    x = y = np.linspace(-1, 1, 51)
+    order = coarse_to_fine((51, 51))
+    first_two = int((levels((51, 51)) <= 1).sum())
+    assert first_two == 9
+    z = np.full(51 * 51, np.nan)
+    z[order[:first_two + 5]] = 1.0  # and a few points of the next level
+    rows, cols = common.surface_lattice(x, y, z.reshape(51, 51))
+    assert rows.tolist() == [0, 25, 50] and cols.tolist() == [0, 25, 50]

@@ -74,13 +74,13 @@ def levels(shape: tuple[int, ...]) -> np.ndarray:
     shape = tuple(int(n) for n in shape)
     if len(shape) not in (1, 2) or min(shape) < 1:
         raise ValueError(f"shape must be (nx,) or (ny, nx) with sizes >= 1, not {shape}")
-    level = _axis_levels(shape[0])
+    level = axis_levels(shape[0])
     for n in shape[1:]:
-        level = np.maximum.outer(level, _axis_levels(n))
+        level = np.maximum.outer(level, axis_levels(n))
     return level.ravel()
 
 
-def _axis_levels(n: int) -> np.ndarray:
+def axis_levels(n: int) -> np.ndarray:
     """(n,) int64: the bisection level of each index of an axis of n points."""
     level = np.full(n, -1, dtype=np.int64)
     level[[0, n - 1]] = 0

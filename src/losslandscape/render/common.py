@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from losslandscape.errors import UserError
+from losslandscape.grid import axis_levels
 from losslandscape.render.surfacefile import VALUE_LABELS, Surface
 
 # Paper figure: 4-5 inch wide, 9 pt text (fits one column of a two-column paper
@@ -178,8 +179,8 @@ def compact_grid(
     """Drop the rows and columns with no computed point.
 
     Returns x, y, z of the smaller grid and the kept row and column indices
-    into the full grid. A partial file computed coarse to fine (every 8th point
-    of each axis first) keeps only the rows and columns reached so far.
+    into the full grid. A partial file computed coarse to fine keeps only the
+    rows and columns reached so far.
     """
     computed = ~np.isnan(z)
     rows = np.flatnonzero(computed.any(axis=1))
@@ -199,24 +200,31 @@ def surface_lattice(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.nda
     corners. Halfway through a coarse-to-fine pass the finest rows and columns
     have holes everywhere, so every cell of the full grid is broken while the
     previous pass's coarser grid is whole. Candidates are the rows and columns
-    with any computed point, and those of them every 2nd, 4th, 8th, ... grid
-    index from the first; the one whose complete cells cover the largest area
-    wins (the finest on a tie). A complete surface always gets its full grid.
+    with any computed point, those of them every 2nd, 4th, 8th, ... grid index
+    from the first, and those of each level of the coarse-to-fine bisection
+    (`grid.levels`); the one whose complete cells cover the largest area wins
+    (the finest on a tie). A complete surface always gets its full grid.
     """
     computed = ~np.isnan(z)
     rows = np.flatnonzero(computed.any(axis=1))
     cols = np.flatnonzero(computed.any(axis=0))
-    best, best_area, stride = (rows, cols), -1.0, 1
-    while stride < max(z.shape):
-        r = rows[(rows - rows[0]) % stride == 0] if rows.size else rows
-        c = cols[(cols - cols[0]) % stride == 0] if cols.size else cols
+    candidates = []
+    stride = 1
+    while stride < max(z.shape):  # stride-aligned passes (files of the original code, older files)
+        candidates.append((rows[(rows - rows[0]) % stride == 0] if rows.size else rows,
+                           cols[(cols - cols[0]) % stride == 0] if cols.size else cols))
+        stride *= 2
+    ry, cx = axis_levels(z.shape[0]), axis_levels(z.shape[1])
+    for level in range(int(max(ry.max(), cx.max())) + 1):  # the bisection levels this tool computes in
+        candidates.append((rows[ry[rows] <= level], cols[cx[cols] <= level]))
+    best, best_area = (rows, cols), -1.0
+    for r, c in candidates:
         if r.size < 2 or c.size < 2:
-            break
+            continue
         cells = complete_cells(computed[np.ix_(r, c)])
         area = float((np.abs(np.diff(y[r]))[:, None] * np.abs(np.diff(x[c]))[None, :])[cells].sum())
-        if area > best_area * (1 + 1e-6):
+        if area > best_area * (1 + 1e-6) or (area >= best_area * (1 - 1e-6) and r.size * c.size > best[0].size * best[1].size):
             best, best_area = (r, c), area
-        stride *= 2
     return best
 
 
