@@ -271,3 +271,13 @@ def test_a_missing_checkpoint_creates_no_file(tmp_path):
         assert proc.returncode == 1
         assert "model.checkpoint: no such file 'nowhere.pt'" in one_error_line(proc.stderr)
         assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_bad_spec_or_shard_under_mpirun_is_one_line(tmp_path):
+    spec = flaky_job(tmp_path / "spec", tmp_path / "s.h5", grid="-1:1:3")
+    bad_spec = run_in(mpirun(3) + surface_cmd(spec, "--grid.x=1:0:5"), {})
+    assert bad_spec.returncode == 1
+    assert one_error_line(bad_spec.stderr).startswith("losslandscape: error: grid.x: '1:0:5' is not valid")
+    no_shard = run_in(mpirun(2) + [str(BIN / "losslandscape"), "task", str(tmp_path / "none"), "--task", "0"], {})
+    assert no_shard.returncode == 1
+    assert "task: no shard file" in one_error_line(no_shard.stderr)

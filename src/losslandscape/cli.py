@@ -48,28 +48,27 @@ def cmd_surface(args: argparse.Namespace) -> int:
     from .environment import mpi_environment
 
     env = mpi_environment()
-    if env.comm is not None:
-        setup_logging(args.verbose, env.rank)
-    return _under_mpi(env, lambda: run(_spec_from_args(args), env.comm))
+    if env.comm is None:
+        return run(_spec_from_args(args))
+    setup_logging(args.verbose, env.rank)
+    from .distributed import agree
+
+    return _under_mpi(env, lambda: run(agree(env.comm, _spec_from_args, args), env.comm))
 
 
 def _under_mpi(env, step) -> int:
-    """Run a verb's work; under MPI a failure of any rank is printed once, by rank 0."""
+    """Run a verb's work under MPI: a failure that the ranks agreed on is printed once, by
+    rank 0; anything else escaping on one rank may leave the others waiting, so it ends the
+    job with MPI_Abort after its one line."""
     from .distributed import JobFailed, describe
 
-    if env.comm is None:
-        return step()
     try:
         return step()
     except JobFailed as exc:
         if exc.printer:
             print(f"losslandscape: error: {exc.line}", file=sys.stderr, flush=True)
         return 1
-    except UserError as exc:  # before the ranks part ways (the spec, a task's shard): the same on every rank
-        if env.rank == 0:
-            print(f"losslandscape: error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as exc:  # outside every agreed step: the other ranks may wait forever
+    except Exception as exc:
         print(f"losslandscape: error: {describe(exc, env.rank)}", file=sys.stderr, flush=True)
         env.comm.Abort(1)
         raise
@@ -101,9 +100,12 @@ def cmd_task(args: argparse.Namespace) -> int:
     from .slurm import run_task
 
     env = mpi_environment()
-    if env.comm is not None:
-        setup_logging(args.verbose, env.rank)
-    return _under_mpi(env, lambda: run_task(args.shards, args.task, env.comm))
+    if env.comm is None:
+        return run_task(args.shards, args.task)
+    setup_logging(args.verbose, env.rank)
+    from .distributed import agree
+
+    return _under_mpi(env, lambda: run_task(args.shards, args.task, env.comm, agree=agree))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

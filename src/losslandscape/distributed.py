@@ -172,7 +172,7 @@ def evaluate_unit(evaluator, axes, unit, splits: list[str], done: dict[str, np.n
 
 # --- MPI ----------------------------------------------------------------------------------
 #
-# No hang, ever: every step that can fail runs inside `_agree`, which gathers each rank's
+# No hang, ever: every step that can fail runs inside `agree`, which gathers each rank's
 # error to rank 0 and lets every rank learn the outcome, so all ranks leave together with
 # one line printed by rank 0. During the evaluation a failing worker reports its error to
 # the coordinator, which stops handing out work, waits DRAIN_SECONDS for the others to
@@ -215,6 +215,8 @@ def _first(errors: list[str | None]) -> str | None:
         return None
     rank, line = failed[0]
     cause = line.split(": ", 1)[1]
+    if len(failed) == len(errors) and all(e.split(": ", 1)[1] == cause for _, e in failed):
+        return cause  # the same on every rank (a spec, a missing file): no rank to name
     same = [r for r, e in failed[1:] if e.split(": ", 1)[1] == cause]
     if same:
         line = f"ranks {', '.join(str(r) for r in [rank, *same])}: {cause}"
@@ -222,7 +224,7 @@ def _first(errors: list[str | None]) -> str | None:
     return line + (f" (and {others} other rank(s) failed too)" if others else "")
 
 
-def _agree(comm, step, *args):
+def agree(comm, step, *args):
     """Run `step` on this rank, then learn on every rank whether any rank failed (collective).
 
     Returns the step's result; raises JobFailed everywhere if some rank raised."""
@@ -274,7 +276,7 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
             return shard_prepared(shard, splits) if shard is not None else None
         return start_evaluator(spec, env.worker_index, env.workers_on_node)
 
-    loaded = _agree(comm, load)
+    loaded = agree(comm, load)
     evaluator = None if lead else loaded
     folding = comm.gather(None if lead else evaluator.folding, root=0)
     folding = "; ".join(sorted(set(filter(None, folding)))) if lead else ""
@@ -288,7 +290,7 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
         adopt_if_original(spec)
         return plan(spec)
 
-    new = _agree(comm, plan_step)
+    new = agree(comm, plan_step)
     creating = comm.bcast(new is not None, root=0)
     if creating:
         if env.parallel_hdf5:
@@ -310,10 +312,10 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
                  "workers write through parallel HDF5" if env.parallel_hdf5 else "rank 0 writes (no parallel HDF5)")
         return prep
 
-    prep = comm.bcast(_agree(comm, pending_step if lead else lambda: None), root=0)
+    prep = comm.bcast(agree(comm, pending_step if lead else lambda: None), root=0)
     if len(prep.pending) == 0:
         return EXIT_DONE
-    _agree(comm, (lambda: None) if lead else (lambda: attach_directions(evaluator, prep.directions_file)))
+    agree(comm, (lambda: None) if lead else (lambda: attach_directions(evaluator, prep.directions_file)))
 
     # 4. open once on every rank that writes (collective with mpio), evaluate, close
     stop = StopFlag()
@@ -321,7 +323,7 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
         if env.parallel_hdf5:
             f = _or_abort(comm, surface.open_h5, prep.path, "r+", comm)
         elif lead:
-            f = surface.open_h5(prep.path, "r+")
+            f = _or_abort(comm, surface.open_h5, prep.path, "r+")
         else:
             f = None
         error = None

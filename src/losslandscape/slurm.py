@@ -226,10 +226,9 @@ def _read_submission(shards: Path) -> dict:
         return {}
 
 
-def run_task(shards: Path, task: int | None = None, comm=None) -> int:
-    """One array task: compute its shard (under MPI when launched so)."""
+def task_spec(shards: Path, task: int | None = None) -> tuple[object, Path]:
+    """(the spec `submit` was given, the shard file) of one array task."""
     from . import spec as specs
-    from .distributed import run
 
     if task is None:
         task = SlurmEnvironment.from_environ().array_task_id
@@ -243,6 +242,15 @@ def run_task(shards: Path, task: int | None = None, comm=None) -> int:
         for folder in json.loads(f.attrs.get("import_dirs", "[]")):
             userimport.remember(folder)
         spec = specs.from_dict(json.loads(f.attrs["spec"]))  # what `submit` was given, overrides included
+    return spec, shard
+
+
+def run_task(shards: Path, task: int | None = None, comm=None, agree=None) -> int:
+    """One array task: compute its shard (under MPI when launched so; `agree` then reads the
+    shard on every rank as one agreed step, so a bad shard is one line, not a hang)."""
+    from .distributed import run
+
+    spec, shard = agree(comm, task_spec, shards, task) if agree is not None else task_spec(shards, task)
     return run(spec, comm, shard=shard)
 
 
