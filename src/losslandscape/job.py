@@ -73,7 +73,7 @@ class NewFile:
 FRESH_INIT_SEED = 0
 
 
-def _base_model(spec) -> torch.nn.Module:
+def base_model(spec) -> torch.nn.Module:
     """The model at the centre of the surface, on the CPU. Without a checkpoint it is a
     fresh initialisation from a fixed seed, so every rank and every resume builds the same one."""
     with torch.random.fork_rng(devices=[]):
@@ -100,7 +100,8 @@ def make_directions(spec, model: torch.nn.Module):
     raise ValueError(d.kind)
 
 
-def _identity(spec) -> dict:
+def run_identity(spec) -> dict:
+    """What a resume must match (surface.identity), with the SHA-256 of every file the run reads."""
     m, d = spec.model, spec.directions
     sha1 = (file_sha256(m.checkpoint, "model.checkpoint") if m.checkpoint
             else f"fresh initialisation, seed {FRESH_INIT_SEED}")
@@ -116,9 +117,9 @@ def plan(spec) -> NewFile | None:
     """
     path = Path(spec.output.surface)
     axes = GridAxes.from_spec(spec.grid)
-    ident = _identity(spec)
+    ident = run_identity(spec)
     if not path.exists():
-        x, y, info = make_directions(spec, _base_model(spec))
+        x, y, info = make_directions(spec, base_model(spec))
         return NewFile(path, axes, spec, ident, x, y, info)
     with surface.open_h5(path, "r") as f:
         if surface.is_original(f):
@@ -182,7 +183,7 @@ def _check_directions(spec, path: Path) -> None:
     """The stored directions must be the ones this spec makes (same seed, weights, norms)."""
     if spec.directions.kind == "file":
         return  # identity already pins the source file by its SHA-256
-    model = _base_model(spec)
+    model = base_model(spec)
     x, y, _ = make_directions(spec, model)
     with surface.open_h5(path, "r") as f:
         stored = f.attrs.get("directions_sha256")
@@ -194,7 +195,7 @@ def _check_directions(spec, path: Path) -> None:
 def load_evaluator(spec, device: torch.device) -> PointEvaluator:
     """The model at its base point on `device`, with the data set there too (no directions yet)."""
     splits = {split: datasets.load_split(spec.data, split) for split in spec.data.splits}
-    model = _base_model(spec)
+    model = base_model(spec)
     if use_channels_last(device, next(iter(splits.values()))[0]):
         # before the live tensors are collected: .to(memory_format) replaces the weights' storage
         model = model.to(memory_format=torch.channels_last)

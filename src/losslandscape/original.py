@@ -56,10 +56,10 @@ def adopt_if_original(spec) -> bool:
         values = _read_values(f, path, axes)
 
     # imported here: job imports this module
-    from .job import _base_model, _identity, make_directions
+    from .job import base_model, make_directions, run_identity
 
-    x, y, info = make_directions(spec, _base_model(spec))
-    ident = _identity(spec)
+    x, y, info = make_directions(spec, base_model(spec))
+    ident = run_identity(spec)
     done = {split: _done(values, split, axes.size) for split in SPLITS}
     extra = {"adopted_from": f"{path.name}, a surface file of the original loss-landscape code (Li et al.)",
              "original_dir_file": dir_file or "", **info}
