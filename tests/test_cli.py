@@ -110,3 +110,62 @@ def test_pickled_checkpoint_needs_trust(tmp_path, pickled_model):
     # training started from the trusted file's weights
     start = torch.load(out / "model_0.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert set(start) == set(state) and all(torch.equal(start[k], state[k]) for k in state)
+
+
+CASES = {  # verb and options with {f} for the file a user names
+    "spec": ["surface", "{f}"],
+    "model.checkpoint": ["surface", "--model.checkpoint={f}", "--grid.x=0:0:1"],
+    "model.checkpoint2": ["surface", "--directions.kind=interpolate", "--model.checkpoint={ok}",
+                          "--model.checkpoint2={f}", "--grid.x=0:1:2"],
+    "directions.file": ["surface", "--directions.kind=file", "--directions.file={f}", "--grid.x=0:0:1"],
+    "data.root": ["surface", "--data.name=cifar10", "--data.root={f}", "--grid.x=0:0:1"],
+    "output.surface": ["surface", "--output.surface={f}", "--grid.x=0:0:1"],
+    "status": ["status", "{f}"],
+    "merge": ["merge", "{f}"],
+    "render": ["render", "{f}"],
+    "summary": ["summary", "{f}"],
+    "train spec": ["train", "{f}"],
+}
+
+
+@pytest.mark.parametrize("what", ["missing", "folder", "empty"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_file_a_user_names_is_one_line_without_traceback(tmp_path, case, what):
+    target = tmp_path / "named"
+    if what == "folder":
+        target.mkdir()
+    elif what == "empty":
+        target.write_bytes(b"")
+    ok = tmp_path / "ok.pt"
+    torch.save({"state_dict": build_model("resnet20", in_channels=1).state_dict()}, ok)
+    args = [a.format(f=target, ok=ok) for a in CASES[case]]
+    if case == "output.surface" and what == "missing":
+        return  # a surface file that does not exist yet is made
+    if args[0] == "surface" and case != "output.surface":
+        args.append(f"--output.surface={tmp_path / 's.h5'}")
+    result = losslandscape(*args, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [x for x in result.stderr.splitlines() if x.startswith("losslandscape: error: ")]
+    assert len(errors) == 1 and "named" in errors[0], result.stderr
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_negative_value_after_a_space_is_a_value(tmp_path):
+    out = tmp_path / "s.h5"
+    result = losslandscape("surface", "--grid.x", "-1:1:3", "--data.max_samples", "20", "--output.surface", out,
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        assert f["xcoordinates"][...].tolist() == [-1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["surface", "--gird.x=-1:1:3"], ["unknown option --gird.x; did you mean --grid.x?"]),
+    (["surface", "--tasks", "3"], ["--tasks is an option of `submit`, not of `surface`"]),
+    (["surfce"], ["unknown verb 'surfce'; did you mean surface?"]),
+    (["surface", "--evaluation.threads"], ["--evaluation.threads: expected one argument"]),
+])
+def test_command_line_mistakes_are_one_line_exit_1(tmp_path, args, words):
+    assert_one_line_error(losslandscape(*args, cwd=tmp_path), *words)

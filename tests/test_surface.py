@@ -165,10 +165,15 @@ def test_mse_loss_and_partial_last_batch(trained, tmp_path):
         assert np.isnan(f["train_loss"][0]) and f["train_done"][0] == 0
 
 
-def test_interpolation_end_points_are_the_two_models(trained, tmp_path):
-    spec = make_spec(tmp_path, trained["init"], directions={"kind": "interpolate", "dir_type": "states"},
+def test_interpolation_end_points_are_the_two_models(trained, tmp_path, caplog):
+    """The default for kind = "interpolate" moves BatchNorm statistics too, so x = 1 is the second model."""
+    spec = make_spec(tmp_path, trained["init"], directions={"kind": "interpolate"},
                      model={"checkpoint2": str(trained["final"])}, grid={"x": "0:1:3", "y": ""})
-    assert run_serial(spec) == 0
+    assert spec.directions.dir_type == "states"
+    with caplog.at_level("INFO"):
+        assert run_serial(spec) == 0
+    assert "interpolation test x = 1: loss" in caplog.text and "model.checkpoint2 itself: loss" in caplog.text
+    assert "is not the second model" not in caplog.text
     with h5py.File(tmp_path / "surf.h5", "r") as f:
         loss = f["test_loss"][...]
         acc = f["test_acc"][...]
@@ -177,6 +182,18 @@ def test_interpolation_end_points_are_the_two_models(trained, tmp_path):
         ref_loss, ref_acc = plain_pass(fresh_model(ckpt), "test")
         assert loss[i] == pytest.approx(ref_loss, rel=1e-5)
         assert acc[i] == pytest.approx(ref_acc, abs=1e-9)
+
+
+def test_interpolating_weights_only_warns_that_x_1_is_not_the_second_model(trained, tmp_path, caplog):
+    spec = make_spec(tmp_path, trained["init"], directions={"kind": "interpolate", "dir_type": "weights"},
+                     model={"checkpoint2": str(trained["final"])}, grid={"x": "0:1:2", "y": ""})
+    with caplog.at_level("INFO"):
+        assert run_serial(spec) == 0
+    assert "x = 1 is not the second model" in caplog.text and 'use dir_type = "states"' in caplog.text
+    with h5py.File(tmp_path / "surf.h5", "r") as f:
+        far = f["test_loss"][1]
+    own, _ = plain_pass(fresh_model(trained["final"]), "test")
+    assert abs(far - own) > 1e-3 * own  # what the warning is about
 
 
 # --- resume --------------------------------------------------------------------------------
@@ -328,9 +345,9 @@ def test_resuming_with_another_directions_file_is_refused(trained, tmp_path):
 
 
 @pytest.mark.parametrize("precision, fold, expected", [
-    ("fp32", True, "folded 19 BatchNorm layers into their convolutions (fp32 check"),
-    ("bf16", True, "folded 19 BatchNorm layers into their convolutions (fp32 check"),
-    ("fp32", False, "off (evaluation.fold_batchnorm = false)"),
+    ("fp32", True, "BatchNorm folded into 19 convolutions (fp32 check"),
+    ("bf16", True, "BatchNorm folded into 19 convolutions (fp32 check"),
+    ("fp32", False, "BatchNorm folding off (evaluation.fold_batchnorm = false)"),
 ])
 def test_the_file_says_how_batchnorm_was_evaluated(trained, tmp_path, caplog, precision, fold, expected):
     """Folding is checked in fp32 before the precision is lowered, and the outcome is in the log and the file."""

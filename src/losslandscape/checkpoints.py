@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, readable_file
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
@@ -24,8 +24,7 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.checkpoint") -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, keys without any `module.` prefix."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{field}: no such file {str(path)!r}")
+    readable_file(path, field, "a PyTorch checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -80,17 +79,11 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], fie
 
 
 def file_sha256(path: str | Path, field: str = "model.checkpoint") -> str:
+    readable_file(path, field)
     digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise UserError(f"{field}: no such file {str(path)!r}") from None
-    except IsADirectoryError:
-        raise UserError(f"{field}: {str(path)!r} is a folder; expected a file") from None
-    except PermissionError:
-        raise UserError(f"{field}: {str(path)!r} cannot be read (permission denied)") from None
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 

@@ -8,7 +8,9 @@ but resumable, 4 finished with missing points.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from . import spec as specs
 from .render import cli as render_cli  # light: no torch, no matplotlib until it renders
 
 log = logging.getLogger("losslandscape")
+EXIT_USAGE = 1  # a command-line mistake is a user error like any other
 
 
 def _spec_from_args(args: argparse.Namespace) -> specs.Spec:
@@ -141,8 +144,73 @@ def _add_spec_verb(sub, name: str, help: str, func, sections=None) -> argparse.A
     return p
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's errors: one line, exit 1, and a suggestion for a misspelled
+    option, instead of the usage dump and exit 2."""
+
+    verb: str | None = None  # the verb on the command line, when there is one
+
+    def error(self, message: str):
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        choice = re.match(r"argument VERB: invalid choice: '([^']*)'", message)
+        if unknown:
+            words = unknown.group(1).split()
+            option = next((w for w in words if w.startswith("-")), words[0]).split("=", 1)[0]
+            own = self._all_options(self.verb)
+            close = difflib.get_close_matches(option, own, n=1, cutoff=0.6)
+            elsewhere = [v for v in self._verbs() if option in self._all_options(v)]
+            if elsewhere and option not in own:
+                message = f"{option} is an option of `{elsewhere[0]}`, not of `{self.verb}`"
+            else:
+                message = f"unknown option {option}" + (f"; did you mean {close[0]}?" if close else
+                                                        f"; see {self.prog} {self.verb or ''} --help")
+        elif choice:
+            close = difflib.get_close_matches(choice.group(1), self._verbs(), n=1, cutoff=0.5)
+            message = (f"unknown verb {choice.group(1)!r}" + (f"; did you mean {close[0]}?" if close else "")
+                       + f" (verbs: {', '.join(self._verbs())})")
+        print(f"losslandscape: error: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+    def _verb_parsers(self) -> dict[str, argparse.ArgumentParser]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    def _verbs(self) -> list[str]:
+        return list(self._verb_parsers())
+
+    def _all_options(self, verb: str | None = None) -> list[str]:
+        """The long options of `verb` (with the global ones), or of every verb."""
+        options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        subs = self._verb_parsers()
+        for name, sub in subs.items():
+            if verb is None or name == verb:
+                options.extend(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
+        return options
+
+
+def join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--grid.x -1:1:21` as `--grid.x=-1:1:21`: argparse takes a value that starts with "-"
+    (and is not a plain number) for an option, so the value of an option that expects one
+    is joined to it when it does not name an option itself."""
+    takes_value = {o for o in parser._all_options() if "." in o}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in takes_value and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and not argv[i + 1].startswith("--") and len(argv[i + 1]) > 1:
+            out.append(f"{word}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="losslandscape",
         description="Loss landscapes of neural networks (Li et al., NeurIPS 2018) as an HPC batch tool.")
     parser.add_argument("--version", action="version", version=f"losslandscape {__version__}")
@@ -208,7 +276,9 @@ def setup_logging(verbose: bool, rank: int | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser.verb = next((w for w in argv if w in parser._verbs()), None)
+    args = parser.parse_args(join_negative_values(argv, parser))
     setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

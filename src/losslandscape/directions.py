@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, readable_file
 
 Direction = dict[str, torch.Tensor]
 EPS = 1e-10
@@ -114,6 +114,7 @@ def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
     state-dict key list, lets such a states file be matched by position and its
     non-floating entries dropped (we never move them; in eval mode they change nothing).
     """
+    readable_file(path, field, "an HDF5 file with directions")
     try:
         f = h5py.File(path, "r", locking=False)
     except FileNotFoundError:

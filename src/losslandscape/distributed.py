@@ -23,7 +23,7 @@ from . import surface
 from .environment import MPIEnvironment, describe_device, mpi_environment, pick_device, set_threads
 from .errors import UserError
 from .grid import split_units
-from .job import attach_directions, create, load_evaluator, pending, plan, prepare, shard_prepared
+from .job import attach_directions, create, endpoint_report, load_evaluator, pending, plan, prepare, shard_prepared
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1):
     threads = set_threads(spec.evaluation.threads, workers_on_node)
     device = pick_device(spec.evaluation.device, worker_index)
     evaluator = load_evaluator(spec, device)
-    log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; BatchNorm %s", describe_device(device),
+    log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
              threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
     return evaluator
 
@@ -110,6 +110,8 @@ def run_serial(spec, shard: Path | None = None) -> int:
     if len(prep.pending) == 0:
         return EXIT_DONE
     attach_directions(evaluator, prep.directions_file)
+    if spec.directions.kind == "interpolate":
+        endpoint_report(spec, evaluator)
     stop = StopFlag()
     progress = Progress(prep.total, prep.total - len(prep.pending))
     with stop.installed(), surface.open_h5(prep.path, "r+") as f:
@@ -315,7 +317,13 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
     prep = comm.bcast(agree(comm, pending_step if lead else lambda: None), root=0)
     if len(prep.pending) == 0:
         return EXIT_DONE
-    agree(comm, (lambda: None) if lead else (lambda: attach_directions(evaluator, prep.directions_file)))
+    def directions_step():
+        if not lead:
+            attach_directions(evaluator, prep.directions_file)
+            if spec.directions.kind == "interpolate" and comm.rank == 1:
+                endpoint_report(spec, evaluator)
+
+    agree(comm, directions_step)
 
     # 4. open once on every rank that writes (collective with mpio), evaluate, close
     stop = StopFlag()

@@ -75,7 +75,7 @@ class PointEvaluator:
         # the network that runs the forward passes: the model, or its BatchNorm-folded twin. The fold
         # is checked in fp32, before the precision is lowered, so a check never fails for rounding.
         self.net = self.model
-        self.folding = "off (evaluation.fold_batchnorm = false)"
+        self.folding = "BatchNorm folding off (evaluation.fold_batchnorm = false)"
         if fold_batchnorm and self.splits:
             configure_precision("fp32")
             example = next(iter(self.splits.values()))[0][:8]

@@ -95,21 +95,18 @@ def fold(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str]:
     try:
         twin = FoldedModel(model).eval()
     except Exception as exc:  # fx cannot trace every model (data-dependent control flow, ...)
-        why = f"not folded: the model cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        log.info("BatchNorm %s", why)
+        why = f"BatchNorm not folded: the model cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
         return model, why
     if not twin.pairs:
-        return model, "not folded: no convolution -> BatchNorm pair"
+        return model, "BatchNorm not folded: no convolution -> BatchNorm pair"
     with torch.inference_mode():
         want = model(example).float()
         got = twin(example.clone()).float()
     scale = float(want.abs().max().clamp_min(1.0))
     diff = float((got - want).abs().max())
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * scale):
-        why = (f"not folded: the folded twin changed the outputs by up to {diff:.2g} (fp32 check); "
+        why = (f"BatchNorm not folded: the folded twin changed the outputs by up to {diff:.2g} (fp32 check); "
                "evaluated unfolded")
-        log.warning("BatchNorm %s", why)
+        log.warning("%s", why)
         return model, why
-    why = f"folded {len(twin.pairs)} BatchNorm layers into their convolutions (fp32 check: max output difference {diff:.2g})"
-    log.info("BatchNorm %s", why)
-    return twin, why
+    return twin, f"BatchNorm folded into {len(twin.pairs)} convolutions (fp32 check: max output difference {diff:.2g})"

@@ -192,10 +192,13 @@ def _check_directions(spec, path: Path) -> None:
                         "(a different seed, checkpoint or library version); choose another output.surface")
 
 
-def load_evaluator(spec, device: torch.device) -> PointEvaluator:
-    """The model at its base point on `device`, with the data set there too (no directions yet)."""
+def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
+                   field: str = "model.checkpoint") -> PointEvaluator:
+    """The model at its base point on `device` (or at another `checkpoint`), with the data set
+    there too (no directions yet)."""
     splits = {split: datasets.load_split(spec.data, split) for split in spec.data.splits}
-    model = base_model(spec)
+    model = base_model(spec) if checkpoint is None else build_and_load(
+        spec.model, datasets.input_channels(spec.data), checkpoint=checkpoint, field=field)
     if use_channels_last(device, next(iter(splits.values()))[0]):
         # before the live tensors are collected: .to(memory_format) replaces the weights' storage
         model = model.to(memory_format=torch.channels_last)
@@ -210,3 +213,22 @@ def attach_directions(evaluator: PointEvaluator, path: Path) -> None:
     """Give the evaluator the directions stored in the surface file `path`."""
     with surface.open_h5(path, "r") as f:
         evaluator.set_directions(*surface.read_directions(f, evaluator.names))
+
+
+def endpoint_report(spec, evaluator: PointEvaluator) -> None:
+    """For an interpolation: log the values at x = 0 and x = 1 next to each checkpoint's own
+    values, and warn when x = 1 is not the second model (BatchNorm statistics left behind)."""
+    other = load_evaluator(spec, evaluator.device, checkpoint=spec.model.checkpoint2, field="model.checkpoint2")
+    worst = 0.0
+    for split in spec.data.splits:
+        ends = [evaluator.evaluate(a, 0.0, [split])[split] for a in (0.0, 1.0)]
+        own = [evaluator.evaluate(0.0, 0.0, [split])[split], other.measure(split)]
+        for a, (loss, acc), (own_loss, own_acc), key in zip((0, 1), ends, own,
+                                                            ("model.checkpoint", "model.checkpoint2")):
+            log.info("interpolation %s x = %d: loss %.6g, accuracy %.2f%%; %s itself: loss %.6g, accuracy %.2f%%",
+                     split, a, loss, acc, key, own_loss, own_acc)
+            worst = max(worst, abs(loss - own_loss) / max(abs(own_loss), 1e-12))
+    if worst > 1e-3:
+        log.warning("x = 1 is not the second model (loss off by %.0f%%): with directions.dir_type = %r the "
+                    "BatchNorm running statistics stay those of model.checkpoint; use dir_type = \"states\"",
+                    100 * worst, spec.directions.dir_type)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import userimport
-from .errors import UserError
+from .errors import UserError, readable_file
 
 SPLITS = ("train", "test")
 
@@ -58,8 +58,8 @@ class Data:
 class Directions:
     kind: Literal["random", "interpolate", "file"] = "random"
     """random (Gaussian) | interpolate (checkpoint -> checkpoint2) | file (from an HDF5 file)."""
-    dir_type: Literal["weights", "states"] = "weights"
-    """weights: parameters only; states: also BatchNorm running statistics."""
+    dir_type: Literal["auto", "weights", "states"] = "auto"
+    """weights: parameters only; states: also BatchNorm running statistics; auto: states for interpolate, else weights."""
     norm: Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"] = "filter"
     """normalisation of random directions; filter = Li et al.'s filter normalisation."""
     ignore: Literal["biasbn", "none"] = "biasbn"
@@ -266,6 +266,9 @@ def _validate(spec: Spec) -> None:
             raise UserError('directions.kind: "interpolate" needs model.checkpoint and model.checkpoint2')
         if spec.grid.y:
             raise UserError('grid.y: "interpolate" is a 1-D line; leave grid.y empty')
+    if spec.directions.dir_type == "auto":
+        # the line between two models ends at the second model only if BatchNorm statistics move too
+        spec.directions.dir_type = "states" if spec.directions.kind == "interpolate" else "weights"
     if spec.directions.kind == "file" and not spec.directions.file:
         raise UserError('directions.file: empty; kind = "file" needs the HDF5 file to read directions from')
     if not spec.evaluation.device == "auto" and not (
@@ -295,8 +298,7 @@ def load(path: str | Path | None, overrides: dict[str, str] | None = None) -> Sp
     table: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"spec: no such file {str(path)!r}")
+        readable_file(path, "spec", "a TOML job spec (omit it to take every default)")
         try:
             table = tomllib.loads(path.read_text())
             userimport.remember(path.parent)  # "mynet:build" beside the spec is found

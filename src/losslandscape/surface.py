@@ -83,6 +83,8 @@ def open_h5(path: str | Path, mode: str, comm=None) -> h5py.File:
     kwargs: dict[str, Any] = {"locking": False}
     if comm is not None:
         kwargs.update(driver="mpio", comm=comm)
+    if Path(path).is_dir():
+        raise UserError(f"output.surface: {str(path)!r} is a folder; expected a surface file (HDF5)")
     try:
         return h5py.File(path, mode, **kwargs)
     except FileNotFoundError:

@@ -1,5 +1,6 @@
-"""What every view shares: value ranges, clipping, titles, axis labels, file names,
-and (for the matplotlib views) paper-sized figures without pyplot's global state.
+"""What every view shares: value ranges, clipping, titles (with what the surface
+was made from), axis labels, file names, and (for the matplotlib views)
+paper-sized figures without pyplot's global state.
 """
 
 from __future__ import annotations
@@ -239,7 +240,24 @@ def done_note(surface: Surface, split: str) -> str:
 
 
 def title(surface: Surface, split: str, value: str) -> str:
-    return f"{surface.model_name}: {split} {VALUE_LABELS[value]}{done_note(surface, split)}"
+    """'resnet56: train loss (37% done)', and below it what the surface was made from."""
+    head = f"{surface.model_name}: {split} {VALUE_LABELS[value]}{done_note(surface, split)}"
+    made = "; ".join(provenance(surface))
+    return f"{head}\n{made}" if made else head
+
+
+def panel_titles(surfaces: list[Surface], split: str) -> list[str]:
+    """Titles of side-by-side panels, told apart by their files: 'a.h5: resnet56 (37% done)'
+    (the folder's name added where two files share a name), then what each was made from,
+    one part a line, as panels are narrow."""
+    names = [s.path.name for s in surfaces]
+    titles = []
+    for s, name in zip(surfaces, names):
+        if names.count(name) > 1:
+            name = f"{s.path.resolve().parent.name}/{name}"
+        head = name if s.model_name == s.stem else f"{name}: {s.model_name}"
+        titles.append("\n".join([head + done_note(s, split), *provenance(s)]))
+    return titles
 
 
 def value_label(split: str | None, value: str, log: bool = False) -> str:
@@ -249,18 +267,69 @@ def value_label(split: str | None, value: str, log: bool = False) -> str:
     return label + (" (log scale)" if log else "")
 
 
-def _directions_kind(surface: Surface) -> str | None:
+def spec_part(surface: Surface, part: str) -> dict:
+    """One table of the file's job spec (the `spec` attribute, JSON), e.g. "model";
+    {} when the file records none (the original code's files)."""
     spec = surface.attrs.get("spec")
     try:
         spec = json.loads(spec) if isinstance(spec, str) else spec
-        return spec["directions"]["kind"]
-    except (ValueError, TypeError, KeyError):
+    except ValueError:
+        return {}
+    table = spec.get(part) if isinstance(spec, dict) else None
+    return table if isinstance(table, dict) else {}
+
+
+def checkpoint_name(surface: Surface, key: str = "checkpoint") -> str | None:
+    """File name of `model.<key>`: "fresh initialisation" when empty, None when not recorded."""
+    path = spec_part(surface, "model").get(key)
+    if not isinstance(path, str):
         return None
+    return Path(path).name if path else "fresh initialisation"
+
+
+# How random directions were scaled (directions.norm), in words.
+NORM_TEXT = {
+    "filter": "filter-normalised",
+    "layer": "layer-normalised",
+    "weight": "weight-normalised",
+    "dfilter": "unit-norm filters",
+    "dlayer": "unit-norm layers",
+    "none": "not normalised",
+}
+
+
+def provenance(surface: Surface) -> list[str]:
+    """What the surface was made from, for titles: the checkpoint and the kind of
+    directions, e.g. ["resnet56.pt", "random directions, filter-normalised"].
+    Parts the spec does not record are left out; the original code's files
+    record none, and say so."""
+    if surface.original_format:
+        return ["loss-landscape (original code) file"]
+    parts = [checkpoint_name(surface)]
+    d = spec_part(surface, "directions")
+    kind = d.get("kind")
+    if kind == "random":
+        norm = d.get("norm")
+        parts.append("random directions" + (f", {NORM_TEXT.get(norm, f'{norm} norm')}" if norm else ""))
+    elif kind == "interpolate":
+        parts.append(f"interpolation to {checkpoint_name(surface, 'checkpoint2') or 'checkpoint2'}")
+    elif kind == "file":
+        parts.append(f"directions from {Path(str(d.get('file', ''))).name or 'a file'}")
+    elif kind:
+        parts.append(f"{kind} directions")
+    return [p for p in parts if p]
+
+
+def coord_text(v: float, axis: np.ndarray) -> str:
+    """A coordinate in a label: 3 significant digits, float noise around 0 written as 0."""
+    if abs(v) <= 1e-9 * float(np.ptp(axis)):
+        v = 0.0
+    return f"{v + 0.0:.3g}"  # + 0.0 turns -0.0 into 0.0
 
 
 def axis_label(surface: Surface, axis: str) -> str:
     """Label of the x or y axis, by how the directions were made."""
-    kind = _directions_kind(surface)
+    kind = spec_part(surface, "directions").get("kind")
     if kind == "interpolate" and axis == "x":
         return r"interpolation $\alpha$"
     if kind == "pca":
@@ -292,10 +361,14 @@ def new_figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
     return fig
 
 
-def save(fig, path: Path, fmt: str) -> Path:
+def save(fig, path: Path, fmt: str, keep: bool = False) -> Path:
+    """Write `fig` (in the paper style: dpi and font types are read at saving);
+    then free it, unless `keep`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=fmt, bbox_inches="tight", pad_inches=0.03)  # never clip a label
-    fig.clear()
+    with paper_style():
+        fig.savefig(path, format=fmt, bbox_inches="tight", pad_inches=0.03)  # never clip a label
+    if not keep:
+        fig.clear()
     return path
 
 

@@ -10,14 +10,20 @@ the last complete coarse pass while a coarse-to-fine run is under way. Where
 no cell is whole yet, they draw the computed points as dots. Diverged points
 (+inf) are clipped to the top of the colour range.
 
+Every view marks the trained model at (0, 0) and the best point (the minimum
+of a loss, the maximum of an accuracy), and a partial surface's computed
+points and blank, not computed area; a legend under the figure says which is
+which. The title says what the surface was made from (`common.provenance`).
+The views of one file's splits share one range per value (`split_views`):
+train and test have the same levels and colours, so they compare by eye.
+Each drawing function returns its Figure; `render` saves it.
+
 The value scale is logarithmic with --log, linear with --linear, and by
 default (log None) logarithmic for a loss spanning more than two decades
 (`common.auto_log`); the colour-bar label then ends in "(log scale)".
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -47,10 +53,7 @@ class View2D:
         self.surface, self.split, self.value = surface, split, value
         self.name = f"{split}_{value}"
         z = check_computed(surface, self.name)
-        if rng is None:
-            log = common.auto_log([z], value, vmin, vmax, log)
-            rng = common.value_range([z], f"{surface.path} {self.name}", vmin, vmax, log)
-        self.range = rng
+        self.range = rng or shared_range([z], value, f"{surface.path} {self.name}", vmin, vmax, log)
         self.full = common.clip_diverged(z, self.range)  # (ny, nx)
         self.points_x, self.points_y, self.points_z, _, _ = common.compact_grid(surface.x, surface.y, self.full)
         rows, cols = common.surface_lattice(surface.x, surface.y, self.full)
@@ -76,6 +79,23 @@ class View2D:
     def label(self) -> str:
         return common.value_label(self.split, self.value, self.range.log)
 
+    def best(self) -> tuple[float, float, float, str] | None:
+        """x, y, value and legend label of the best computed point: the minimum
+        of a loss, the maximum of an accuracy; None if every point diverged."""
+        z = self.surface.values[self.name]
+        finite = np.isfinite(z)
+        if not finite.any():
+            return None
+        sign = -1.0 if self.value == "acc" else 1.0  # the best accuracy is the highest
+        j, i = np.unravel_index(np.argmin(np.where(finite, sign * z, np.inf)), z.shape)
+        x, y, v = float(self.surface.x[i]), float(self.surface.y[j]), float(z[j, i])
+        at = f"({common.coord_text(x, self.surface.x)}, {common.coord_text(y, self.surface.y)})"
+        word = "maximum" if self.value == "acc" else "minimum"
+        return x, y, v, f"{word} {at} = {v:.4g}"
+
+    def partial(self) -> bool:
+        return self.surface.fraction_done.get(self.split, 1.0) < 1.0
+
     def extend(self) -> str:
         """Colour-bar arrows for values outside the range."""
         finite = self.full[np.isfinite(self.full)]
@@ -93,6 +113,71 @@ class View2D:
             ax.set_aspect("equal")
         if title:
             ax.set_title(common.title(s, self.split, self.value))
+
+
+def shared_range(
+    arrays: list[np.ndarray], value: str, where: str, vmin=None, vmax=None, log: bool | None = None
+) -> common.Range:
+    """One range for pictures of `arrays` (one value): the scale by `common.auto_log`,
+    the ends by `common.value_range`."""
+    log = common.auto_log(arrays, value, vmin, vmax, log)
+    return common.value_range(arrays, where, vmin, vmax, log)
+
+
+def split_views(
+    surface: Surface, pairs: list[tuple[str, str]], vmin=None, vmax=None, log: bool | None = None
+) -> list[View2D]:
+    """A view per (split, value) of one file; the views of one value share one
+    range, so train and test get the same contour levels and colour scale."""
+    ranges = {}
+    for value in dict.fromkeys(v for _, v in pairs):
+        arrays = [check_computed(surface, f"{sp}_{v}") for sp, v in pairs if v == value]
+        ranges[value] = shared_range(arrays, value, f"{surface.path} {value}", vmin, vmax, log)
+    return [View2D(surface, sp, v, rng=ranges[v]) for sp, v in pairs]
+
+
+# The marks every 2-D view shares, kept apart from the colour map's colours.
+TRAINED_STYLE = dict(ls="none", marker="P", ms=7, mfc="white", mec="black", mew=0.7)
+BEST_STYLE = dict(ls="none", marker="*", ms=10, mfc="tab:red", mec="white", mew=0.6)
+COMPUTED_STYLE = dict(ls="none", marker=".", color="0.4", ms=1.5)
+
+
+def centre_label(surface: Surface) -> str:
+    if common.checkpoint_name(surface) == "fresh initialisation":
+        return "fresh initialisation (0, 0)"
+    return "trained model (0, 0)"
+
+
+def _mark_models(ax, view: View2D, prefix: str = "") -> None:
+    """The trained model at (0, 0), where the grid reaches it, and the best point
+    (labelled with `prefix`, e.g. a panel's file name), for the legend."""
+    s = view.surface
+    if s.x.min() <= 0 <= s.x.max() and s.y.min() <= 0 <= s.y.max():
+        ax.plot([0.0], [0.0], label=centre_label(s), zorder=5, clip_on=False, **TRAINED_STYLE)
+    best = view.best()
+    if best is not None:
+        x, y, _, label = best
+        ax.plot([x], [y], label=prefix + label, zorder=4, clip_on=False, **BEST_STYLE)
+
+
+def _not_computed_handle():
+    """Legend entry for the blank area of a partial surface."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor="white", edgecolor="0.5", linewidth=0.6, label="not computed yet (blank)")
+
+
+def _legend(fig, axes, extra: list = ()) -> None:
+    """One legend under the figure: every labelled mark of `axes` (each label once), then `extra`."""
+    unique: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            unique.setdefault(label, handle)
+    for handle in extra:
+        unique.setdefault(handle.get_label(), handle)
+    if unique:
+        # Below the axes: inside, it would hide part of the surface.
+        fig.legend(list(unique.values()), list(unique), loc="outside lower center", ncols=2, frameon=False)
 
 
 def _colorbar(fig, mappable, ax, rng: common.Range, label: str, **kwargs):
@@ -121,13 +206,16 @@ def _scalar_mappable(rng: common.Range):
 def _dots(ax, view: View2D, size: float = 12):
     """The computed points as coloured dots: the fallback while no cell is whole."""
     x, y, z = view.computed_points()
-    return ax.scatter(x, y, c=z, s=size, cmap=common.CMAP, norm=view.range.norm(), edgecolors="none")
+    return ax.scatter(
+        x, y, c=z, s=size, cmap=common.CMAP, norm=view.range.norm(), edgecolors="none", label="computed point"
+    )
 
 
 def _mark_computed(ax, view: View2D) -> None:
-    """Small grey dots on the computed points of a partial surface."""
+    """Small grey dots on the computed points of a partial surface (the lines or
+    fills show only its whole cells)."""
     x, y, _ = view.computed_points()
-    ax.plot(x, y, ".", color="0.4", ms=1.5, zorder=0)
+    ax.plot(x, y, label="computed point", zorder=3, **COMPUTED_STYLE)
 
 
 def _line_levels(rng: common.Range, filled_levels: np.ndarray) -> np.ndarray:
@@ -146,7 +234,8 @@ def _filled_into(ax, view: View2D, lv: np.ndarray, extend: str):
     return cf
 
 
-def contour(view: View2D, out: Path, fmt: str, levels: int | None = None) -> Path:
+def contour(view: View2D, levels: int | None = None):
+    """Labelled contour lines (dots while no cell is whole); returns the Figure."""
     with common.paper_style():
         fig = common.new_figure()
         ax = fig.add_subplot()
@@ -157,28 +246,36 @@ def contour(view: View2D, out: Path, fmt: str, levels: int | None = None) -> Pat
             if len(cs.levels):
                 # Every other level: labels on all of them crowd a 4-inch figure.
                 ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6.5, fmt=common.level_format)
-            if view.surface.fraction_done.get(view.split, 1.0) < 1.0:
+            if view.partial():
                 _mark_computed(ax, view)
         else:
             _dots(ax, view)
+        _mark_models(ax, view)
         view.decorate(ax)
         # A continuous bar: the lines' own colours read better against it.
         _colorbar(fig, _scalar_mappable(view.range), ax, view.range, view.label())
-        return common.save(fig, out, fmt)
+        _legend(fig, [ax], [_not_computed_handle()] if view.partial() else [])
+        return fig
 
 
-def filled(view: View2D, out: Path, fmt: str, levels: int | None = None) -> Path:
+def filled(view: View2D, levels: int | None = None):
+    """Filled contours with a few black lines; returns the Figure."""
     with common.paper_style():
         fig = common.new_figure()
         ax = fig.add_subplot()
         lv = view.range.levels(levels or FILLED_LEVELS, cover=True)
         mappable = _filled_into(ax, view, lv, view.extend())
+        if view.partial() and view.drawable:
+            _mark_computed(ax, view)
+        _mark_models(ax, view)
         view.decorate(ax)
         _colorbar(fig, mappable, ax, view.range, view.label(), extend=view.extend())
-        return common.save(fig, out, fmt)
+        _legend(fig, [ax], [_not_computed_handle()] if view.partial() else [])
+        return fig
 
 
-def heatmap(view: View2D, out: Path, fmt: str) -> Path:
+def heatmap(view: View2D):
+    """One cell per computed point; returns the Figure."""
     with common.paper_style():
         fig = common.new_figure()
         ax = fig.add_subplot()
@@ -193,11 +290,13 @@ def heatmap(view: View2D, out: Path, fmt: str) -> Path:
             cmap=common.CMAP,
             norm=view.range.norm(),
         )
+        _mark_models(ax, view)
         view.decorate(ax)
         ax.set_xlim(view.surface.x.min() - hx, view.surface.x.max() + hx)
         ax.set_ylim(view.surface.y.min() - hy, view.surface.y.max() + hy)
         _colorbar(fig, mesh, ax, view.range, view.label(), extend=view.extend())
-        return common.save(fig, out, fmt)
+        _legend(fig, [ax], [_not_computed_handle()] if view.partial() else [])
+        return fig
 
 
 def _half_step(a: np.ndarray) -> float:
@@ -210,8 +309,11 @@ def _edges(a: np.ndarray, half: float) -> np.ndarray:
     return np.concatenate([[a[0] - sign * half], (a[:-1] + a[1:]) / 2, [a[-1] + sign * half]])
 
 
-def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> Path:
-    """A shaded 3-D surface; heights clipped at zmax (or the colour range's top).
+def surface3d(view: View2D, zmax: float | None = None):
+    """A shaded 3-D surface; heights clipped at zmax (or the colour range's top);
+    returns the Figure. The colour bar names the value (the z axis repeats it
+    in numbers only); the trained model, where computed, and the best point
+    sit on the surface.
 
     On a log scale the heights are log10 of the value (as the original code's
     h5_to_vtp --log), with the z axis and colour bar ticked at round values of
@@ -237,6 +339,9 @@ def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> P
     with common.paper_style():
         fig = common.new_figure(common.WIDTH_IN, 3.8)
         ax = fig.add_subplot(projection="3d")
+        # Draw in zorder: the marks stay visible on the surface, where mplot3d's
+        # depth sorting would often hide them under it.
+        ax.computed_zorder = False
         if view.drawable:
             X, Y = view.grid
             ny, nx = view.z.shape
@@ -256,6 +361,7 @@ def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> P
         else:
             x, y, z = view.computed_points()
             mappable = ax.scatter(x, y, height(z), c=height(z), cmap=common.CMAP, norm=norm, s=10, depthshade=False)
+        _mark_models_3d(ax, view, height)
         for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
             axis.set_major_locator(MaxNLocator(5))
         values = FuncFormatter(lambda v, _: f"{10.0**v:.6g}")  # 0.001, 0.2, 1000
@@ -264,7 +370,6 @@ def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> P
             ax.zaxis.set_major_formatter(values)
         ax.set_xlabel(common.axis_label(view.surface, "x"), labelpad=-1)
         ax.set_ylabel(common.axis_label(view.surface, "y"), labelpad=-1)
-        ax.set_zlabel(label, labelpad=1)
         ax.tick_params(axis="both", which="major", pad=0)
         ax.view_init(elev=30, azim=-60)
         ax.set_title(common.title(view.surface, view.split, view.value))
@@ -273,52 +378,64 @@ def surface3d(view: View2D, out: Path, fmt: str, zmax: float | None = None) -> P
         if log_ticks is not None:
             cbar.set_ticks(log_ticks)
             cbar.ax.yaxis.set_major_formatter(values)
-        return common.save(fig, out, fmt)
+        _legend(fig, [ax])
+        return fig
 
 
-def panel_names(surfaces: list[Surface]) -> list[str]:
-    """Model names, with the file stem added where two panels would share one."""
-    names = [s.model_name for s in surfaces]
-    return [n if names.count(n) == 1 else f"{n} ({s.stem})" for n, s in zip(names, surfaces)]
+def _mark_models_3d(ax, view: View2D, height) -> None:
+    """The trained model (where (0, 0) is a computed grid point) and the best
+    point, on the surface at `height(value)`."""
+    s, full = view.surface, view.full
+    i, j = int(np.argmin(np.abs(s.x))), int(np.argmin(np.abs(s.y)))
+    on_grid = abs(s.x[i]) <= 1e-9 * np.ptp(s.x) and abs(s.y[j]) <= 1e-9 * np.ptp(s.y)
+    if on_grid and not np.isnan(full[j, i]):
+        z = height(full[j, i : i + 1])
+        ax.plot([0.0], [0.0], z, label=centre_label(s), zorder=5, **TRAINED_STYLE)
+    best = view.best()
+    if best is not None:
+        x, y, v, label = best
+        z = height(common.clip_diverged(np.array([v]), view.range))
+        ax.plot([x], [y], z, label=label, zorder=4, **BEST_STYLE)
 
 
 def compare(
     surfaces: list[Surface],
-    out: Path,
-    fmt: str,
     split: str,
     value: str,
     vmin: float | None = None,
     vmax: float | None = None,
     levels: int | None = None,
     log: bool | None = None,
-) -> Path:
-    """2-D surfaces side by side: filled contours on the same levels, one colour bar."""
+):
+    """2-D surfaces side by side: filled contours on the same levels, one colour
+    bar, each panel titled by its file; returns the Figure."""
     name = f"{split}_{value}"
     arrays = []
     for s in surfaces:
         if s.y is None:
             raise UserError(f"{s.path} is a 1-D surface; compare needs surfaces of the same kind (all 2-D)")
         arrays.append(check_computed(s, name))
-    log = common.auto_log(arrays, value, vmin, vmax, log)
-    rng = common.value_range(arrays, name, vmin, vmax, log)
+    rng = shared_range(arrays, value, name, vmin, vmax, log)
     views = [View2D(s, split, value, rng=rng) for s in surfaces]
     lv = rng.levels(levels or FILLED_LEVELS, cover=True)
     extends = {v.extend() for v in views} - {"neither"}
     extend = "neither" if not extends else extends.pop() if len(extends) == 1 else "both"
     n = len(views)
     with common.paper_style():
-        fig = common.new_figure(min(2.3 * n + 0.9, 10.0), 2.9)
+        fig = common.new_figure(min(2.3 * n + 0.9, 10.0), 3.4)
         axes = fig.subplots(1, n, squeeze=False)[0]
         mappable = None
-        for ax, view, panel in zip(axes, views, panel_names(surfaces)):
+        for ax, view, panel in zip(axes, views, common.panel_titles(surfaces, split)):
             mappable = _filled_into(ax, view, lv, extend)
+            # Each panel's best point, named by its file: one marker style for all.
+            _mark_models(ax, view, prefix=f"{view.surface.path.name}: ")
             view.decorate(ax, title=False)
-            ax.set_title(f"{panel}{common.done_note(view.surface, split)}")
+            ax.set_title(panel, fontsize=8)
             if ax is not axes[0]:
                 ax.set_ylabel("")
         if not all(v.drawable for v in views):
             mappable = _scalar_mappable(rng)
         _colorbar(fig, mappable, list(axes), rng, common.value_label(split, value, rng.log), extend=extend)
         fig.suptitle(f"{split} {VALUE_LABELS[value]}")
-        return common.save(fig, out, fmt)
+        _legend(fig, axes, [_not_computed_handle()] if any(v.partial() for v in views) else [])
+        return fig
