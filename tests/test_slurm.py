@@ -131,6 +131,9 @@ def test_cancelled_task_then_merge_and_resubmit_recomputes_only_missing(slurm, t
     assert f"merge: array job {array} of {surf} is still queued or running" in early.stderr
     done, assigned = wait_for_points(shards / "task_1.h5", 2)
     assert 2 <= done < assigned, f"task 1 did {done} of {assigned} points before it could be cancelled"
+    live = json.loads(subprocess.run([sys.executable, "-m", "losslandscape", "status", str(surf), "--json"],
+                                     capture_output=True, text=True, env=slurm.env, timeout=60).stdout)
+    assert 1 <= live["running_tasks"] <= 3 and live["parallel_workers"] == live["running_tasks"], live
     slurm.run(["scancel", f"{array}_1"])
     slurm.wait([array, merge_job], timeout=300)
     records = {r["ArrayTaskId"]: r for r in slurm.jobs(array)}
@@ -141,6 +144,9 @@ def test_cancelled_task_then_merge_and_resubmit_recomputes_only_missing(slurm, t
         complete = f["train_done"][...] & f["test_done"][...]
     missing = int((complete == 0).sum())
     assert 0 < missing < 169
+    ended = subprocess.run([sys.executable, "-m", "losslandscape", "status", str(surf)], capture_output=True,
+                           text=True, env=slurm.env, timeout=60).stdout
+    assert f"{missing} points left; no array task is running now" in ended, ended
     # resubmit: only the missing points are shared out
     array2, merge2, _ = submit(slurm, toml, tmp_path, "--tasks", "2", "--ranks-per-task", "2")
     record = json.loads((shards / "submission.json").read_text())

@@ -358,3 +358,13 @@ def test_the_file_says_how_batchnorm_was_evaluated(trained, tmp_path, caplog, pr
     assert expected in caplog.text
     with h5py.File(tmp_path / "surf.h5", "r") as f:
         assert expected in f.attrs["batchnorm_folding"]
+
+
+@pytest.mark.parametrize("x, y, warned", [("-1:1:4", "", ["grid.x"]), ("-1:1:3", "0.5:1:2", ["grid.y"]),
+                                          ("-1:1:3", "-1:1:3", [])])
+def test_a_grid_without_the_centre_says_so(trained, tmp_path, caplog, x, y, warned):
+    spec = make_spec(tmp_path, trained["final"], grid={"x": x, "y": y}, data={"max_samples": 20})
+    with caplog.at_level("WARNING"):
+        prepare(spec)
+    for key in ("grid.x", "grid.y"):
+        assert (f"{key} = " in caplog.text and "is not on the grid" in caplog.text) == (key in warned)

@@ -26,7 +26,7 @@ from . import surface
 from .checkpoints import build_and_load, file_sha256
 from .errors import UserError
 from .evaluate import PointEvaluator, use_channels_last
-from .grid import GridAxes
+from .grid import GridAxes, parse_axis
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def plan(spec) -> NewFile | None:
     """
     path = Path(spec.output.surface)
     axes = GridAxes.from_spec(spec.grid)
+    warn_off_grid(spec)
     ident = run_identity(spec)
     if not path.exists():
         x, y, info = make_directions(spec, base_model(spec))
@@ -132,6 +133,15 @@ def plan(spec) -> NewFile | None:
         surface.check_identity(f, path, ident, axes)
     _check_directions(spec, path)
     return None
+
+
+def warn_off_grid(spec) -> None:
+    """An axis whose points miss 0 leaves the centre (the trained model) off the grid: say so."""
+    for key, text in (("grid.x", spec.grid.x), ("grid.y", spec.grid.y)):
+        if text and not np.isclose(parse_axis(key, text), 0.0, rtol=0, atol=1e-12).any():
+            log.warning("%s = %r has no point at 0: the model at the centre (model.checkpoint) is not on the "
+                        "grid; use an odd number of points on a range symmetric about 0, e.g. \"-1:1:21\"",
+                        key, text)
 
 
 def create(new: NewFile, comm=None) -> None:

@@ -147,6 +147,18 @@ def _queued(job_ids: list[str]) -> list[str]:
     return sorted(set(proc.stdout.split()) & set(job_ids))
 
 
+def _running_tasks(array_job: str) -> int | None:
+    """Array tasks of `array_job` that are running now (None when squeue cannot say)."""
+    exe = shutil.which("squeue")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, "-h", "-r", "-t", "RUNNING", "-o", "%i", "-j", array_job], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return 0 if "Invalid job id" in proc.stderr else None
+    return len(proc.stdout.split())
+
+
 def submit(spec, opts: SubmitOptions) -> dict:
     """Create the surface and its directions, share out the pending points, sbatch the
     array and the merge job. Returns what was submitted (also in <shards>/submission.json)."""
@@ -333,10 +345,13 @@ def status(surface_path: Path) -> dict:
                                  "done": int(sh_complete[points].sum()), "not_merged": int(unmerged.sum())})
     remaining = int((~complete & ~in_shards).sum())
     sub = _read_submission(shard_dir(surface_path))
-    workers = max(1, sub.get("tasks", 1) * max(1, sub.get("ranks_per_task", 1) - 1)) if report["shards"] else 1
+    running = _running_tasks(sub["array_job"]) if sub.get("array_job") and report["shards"] else None
+    # the ETA counts the workers that are running now: array tasks in RUNNING state x their workers
+    workers = running * max(1, sub.get("ranks_per_task", 1) - 1) if running is not None else 1
     per_point = float(np.mean(timings)) if timings else None
     report.update(remaining=remaining, seconds_per_point=per_point, parallel_workers=workers,
-                  eta_seconds=(remaining * per_point / workers) if per_point is not None else None)
+                  running_tasks=running,
+                  eta_seconds=(remaining * per_point / workers) if per_point is not None and workers else None)
     if sub.get("array_job"):
         report["jobs"] = {"array": sub["array_job"], "merge": sub["merge_job"],
                           "queued": _queued([sub["array_job"], sub["merge_job"]])}
@@ -356,6 +371,9 @@ def format_status(report: dict) -> str:
     if report["remaining"] == 0:
         lines.append("  nothing left to compute" + (" (run `losslandscape merge`)" if any(
             s["not_merged"] for s in report["shards"]) else ""))
+    elif report.get("running_tasks") == 0:
+        lines.append(f"  {report['remaining']} points left; no array task is running now (queued, or "
+                     "ended: `losslandscape merge`, then `submit` again for what is missing)")
     elif report["eta_seconds"] is not None:
         eta = int(report["eta_seconds"])
         lines.append(f"  {report['remaining']} points left, {report['seconds_per_point']:.2f} s/point, "

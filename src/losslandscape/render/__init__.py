@@ -15,7 +15,10 @@ Kinds of view (`KINDS`):
   html       2-D: one self-contained interactive page (3-D + contours), works offline
 
 Partial surfaces draw what is computed and say how much in the title;
-diverged points (+inf) are clipped to the top of the colour range.
+diverged points (+inf) are clipped to the top of the colour range (and break
+the 1-D curve). Titles say what the surface was made from (checkpoint, kind
+of directions); 2-D views mark the trained model (0, 0) and the best point,
+with a legend; a file's train and test views share levels and colours.
 
 Value scale: `log` True (--log) or False (--linear) forces it; None, the
 default, draws a loss whose finite positive values span more than two decades
@@ -82,7 +85,17 @@ def _value_for(surface: Surface, split: str, value: str | None) -> str:
     return "loss" if f"{split}_loss" in surface.values else "acc"
 
 
-def _render_one(surface: Surface, stem: str, out_dir: Path, kinds: list[str], split, value, fmt, opts) -> list[Path]:
+def _save(fig, out: Path, fmt: str, figures: dict | None) -> Path:
+    """Write a picture; keep its Figure in `figures` (by path) when asked, else free it."""
+    common.save(fig, out, fmt, keep=figures is not None)
+    if figures is not None:
+        figures[out] = fig
+    return out
+
+
+def _render_one(
+    surface: Surface, stem: str, out_dir: Path, kinds: list[str], split, value, fmt, opts, figures
+) -> list[Path]:
     written: list[Path] = []
     splits = _splits(surface, split)
     vmin, vmax, levels, log, zmax = (opts[k] for k in ("vmin", "vmax", "levels", "log", "zmax"))
@@ -100,7 +113,7 @@ def _render_one(surface: Surface, stem: str, out_dir: Path, kinds: list[str], sp
 
             values = [value] if value else list(VALUES)
             out = common.output_path(out_dir, stem, split, value, "curve", ext=fmt)
-            written.append(plot1d.curve(surface, out, fmt, splits, values, vmin, vmax, bool(log)))
+            written.append(_save(plot1d.curve(surface, splits, values, vmin, vmax, bool(log)), out, fmt, figures))
         elif kind == "html":
             from losslandscape.render import html
 
@@ -117,18 +130,18 @@ def _render_one(surface: Surface, stem: str, out_dir: Path, kinds: list[str], sp
         else:
             from losslandscape.render import plot2d
 
-            for sp in splits:
-                v = _value_for(surface, sp, value)
-                view = plot2d.View2D(surface, sp, v, vmin, vmax, log)
-                out = common.output_path(out_dir, stem, sp, v, kind, ext=fmt)
+            pairs = [(sp, _value_for(surface, sp, value)) for sp in splits]
+            for view in plot2d.split_views(surface, pairs, vmin, vmax, log):
+                out = common.output_path(out_dir, stem, view.split, view.value, kind, ext=fmt)
                 if kind == "contour":
-                    written.append(plot2d.contour(view, out, fmt, levels))
+                    fig = plot2d.contour(view, levels)
                 elif kind == "filled":
-                    written.append(plot2d.filled(view, out, fmt, levels))
+                    fig = plot2d.filled(view, levels)
                 elif kind == "heatmap":
-                    written.append(plot2d.heatmap(view, out, fmt))
+                    fig = plot2d.heatmap(view)
                 else:
-                    written.append(plot2d.surface3d(view, out, fmt, zmax))
+                    fig = plot2d.surface3d(view, zmax)
+                written.append(_save(fig, out, fmt, figures))
     return written
 
 
@@ -139,7 +152,9 @@ def _default_compare(surfaces: list[Surface]) -> bool:
     return any(all(sp in s.splits and s.fraction_done[sp] > 0 for s in surfaces) for sp in SPLITS)
 
 
-def _render_compare(surfaces: list[Surface], stems: list[str], out_dir: Path, split, value, fmt, opts) -> list[Path]:
+def _render_compare(
+    surfaces: list[Surface], stems: list[str], out_dir: Path, split, value, fmt, opts, figures
+) -> list[Path]:
     if len(surfaces) < 2:
         raise UserError("--kind compare needs at least two surface files")
     dims = {s.ndim for s in surfaces}
@@ -164,15 +179,12 @@ def _render_compare(surfaces: list[Surface], stems: list[str], out_dir: Path, sp
         if dims == {1}:
             from losslandscape.render import plot1d
 
-            written.append(
-                plot1d.compare_curves(surfaces, out, fmt, sp, v, opts["vmin"], opts["vmax"], bool(opts["log"]))
-            )
+            fig = plot1d.compare_curves(surfaces, sp, v, opts["vmin"], opts["vmax"], bool(opts["log"]))
         else:
             from losslandscape.render import plot2d
 
-            written.append(
-                plot2d.compare(surfaces, out, fmt, sp, v, opts["vmin"], opts["vmax"], opts["levels"], opts["log"])
-            )
+            fig = plot2d.compare(surfaces, sp, v, opts["vmin"], opts["vmax"], opts["levels"], opts["log"])
+        written.append(_save(fig, out, fmt, figures))
     return written
 
 
@@ -188,6 +200,7 @@ def render(
     levels: int | None = None,
     log: bool | None = None,
     zmax: float | None = None,
+    figures: dict | None = None,
 ) -> list[Path]:
     """Draw the surface files in `paths` into `out_dir`; return the files written.
 
@@ -201,6 +214,8 @@ def render(
     and html, linear elsewhere; zmax clips
     the height of surface3d and vtp. Output names are
     `<stem>_<split>_<value>_<kind>.<fmt>` (vtp and html drop the kind).
+    figures, a dict, receives each matplotlib picture's Figure by the path it
+    was saved to, kept open (to inspect or change); by default they are freed.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -234,7 +249,7 @@ def render(
             chosen = list(dict.fromkeys(kinds))  # in order, each once
         if chosen == ["compare"]:
             continue
-        written += _render_one(surface, stem, out_dir, chosen, split, value, fmt, opts)
+        written += _render_one(surface, stem, out_dir, chosen, split, value, fmt, opts, figures)
     if (kinds is None and _default_compare(surfaces)) or (kinds is not None and "compare" in kinds):
-        written += _render_compare(surfaces, stems, out_dir, split, value, fmt, opts)
+        written += _render_compare(surfaces, stems, out_dir, split, value, fmt, opts, figures)
     return written

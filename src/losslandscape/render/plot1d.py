@@ -1,11 +1,14 @@
 """1-D views: loss and accuracy along one direction (the paper's Figures 2-3).
 
 Loss on the left axis, accuracy on a twin right axis; train solid, test dashed.
+A diverged point (loss +inf, or NaN where computed) breaks the lines of its
+split, loss and accuracy alike, and gets a "diverged" marker at the top edge
+instead of a clipped value. An interpolation's ends, x = 0 and x = 1, are
+named by their checkpoints on a top axis. Each drawing function returns its
+Figure; `render` saves it.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -32,18 +35,45 @@ def _series(surface: Surface, splits: list[str], values: list[str]) -> list[tupl
     return series
 
 
-def _draw_line(ax, x: np.ndarray, z: np.ndarray, rng: common.Range, color: str, style: str, label: str) -> list:
-    """Draw one series; returns its legend handles (the line, and a marker for diverged points)."""
-    diverged = np.isposinf(z)
+def diverged_points(surface: Surface, split: str) -> np.ndarray:
+    """Where the split's loss diverged (+-inf; the loader turns a computed NaN into +inf)."""
+    loss = surface.values.get(f"{split}_loss")
+    return np.zeros(surface.x.shape, dtype=bool) if loss is None else np.isinf(loss)
+
+
+def _draw_line(
+    ax, x: np.ndarray, z: np.ndarray, rng: common.Range, color: str, style: str, label: str,
+    diverged: np.ndarray, mark: bool = True,
+) -> list:
+    """Draw one series; returns its legend handles (the line, and with `mark` a
+    "diverged" marker). The line joins the computed points and breaks at the
+    `diverged` ones, which are marked at the top edge of the axes instead."""
     z = common.clip_diverged(z, rng)
     computed = ~np.isnan(z)
     # Partial files: join the computed points (coarse-to-fine order leaves a
     # regular subset), and mark them so the sparse sampling is visible.
     marker = "o" if computed.sum() < 0.5 * z.size else None
-    handles = ax.plot(x[computed], z[computed], style, color=color, label=label, lw=1.2, marker=marker, ms=2.5)
-    if diverged.any():  # clipped to the top: say so with an arrowhead
-        handles += ax.plot(x[diverged], z[diverged], "^", color=color, ms=4, clip_on=False, label="diverged")
+    keep = computed | diverged
+    broken = np.where(diverged, np.nan, z)[keep]  # NaN: matplotlib leaves a gap
+    handles = ax.plot(x[keep], broken, style, color=color, label=label, lw=1.2, marker=marker, ms=2.5)
+    if mark and diverged.any():
+        # x in data, y in axes coordinates: on the top edge, whatever the limits.
+        handles += ax.plot(
+            x[diverged], np.ones(int(diverged.sum())), "^", color=color, ms=4, clip_on=False,
+            transform=ax.get_xaxis_transform(), label="diverged",
+        )
     return handles
+
+
+def _name_ends(ax, surface: Surface) -> None:
+    """An interpolation's ends, x = 0 and x = 1, named by their checkpoints on a top axis."""
+    if common.spec_part(surface, "directions").get("kind") != "interpolate":
+        return
+    names = [common.checkpoint_name(surface, key) for key in ("checkpoint", "checkpoint2")]
+    ends = [(x, n) for x, n in zip((0.0, 1.0), names) if n and surface.x.min() <= x <= surface.x.max()]
+    if ends:
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([x for x, _ in ends], labels=[n for _, n in ends], fontsize=7)
 
 
 def _title(surface: Surface, splits: list[str], values: list[str]) -> str:
@@ -51,7 +81,9 @@ def _title(surface: Surface, splits: list[str], values: list[str]) -> str:
     if len(splits) == 1:
         what = f"{splits[0]} {what}"
     partial = [f"{s} {common.done_note(surface, s).strip(' ()')}" for s in splits if common.done_note(surface, s)]
-    return f"{surface.model_name}: {what}" + (f" ({', '.join(partial)})" if partial else "")
+    head = f"{surface.model_name}: {what}" + (f" ({', '.join(partial)})" if partial else "")
+    made = "; ".join(common.provenance(surface))
+    return f"{head}\n{made}" if made else head
 
 
 def draw_curve(
@@ -77,7 +109,10 @@ def draw_curve(
             [z for _, z in loss], f"{surface.path} loss", vmin, vmax, log
         )
         for split, z in loss:
-            handles += _draw_line(ax, surface.x, z, rng, LOSS_COLOR, SPLIT_STYLE[split], f"{split} loss")
+            style = SPLIT_STYLE[split]
+            handles += _draw_line(
+                ax, surface.x, z, rng, LOSS_COLOR, style, f"{split} loss", diverged_points(surface, split)
+            )
         if log:
             ax.set_yscale("log")
         if vmin is not None or vmax is not None or loss_range is not None:
@@ -90,23 +125,24 @@ def draw_curve(
         rng = common.value_range([z for _, z in acc], f"{surface.path} accuracy")
         for split, z in acc:
             label = f"{split} {VALUE_LABELS['acc']}"
-            handles += _draw_line(twin, surface.x, z, rng, ACC_COLOR, SPLIT_STYLE[split], label)
+            # No accuracy where the loss diverged; marked there already if the loss is drawn.
+            diverged = diverged_points(surface, split)
+            handles += _draw_line(twin, surface.x, z, rng, ACC_COLOR, SPLIT_STYLE[split], label, diverged, not loss)
         twin.set_ylabel("accuracy (%)", color=ACC_COLOR)
         twin.tick_params(axis="y", colors=ACC_COLOR)
+    _name_ends(ax, surface)
     return handles
 
 
 def curve(
     surface: Surface,
-    out: Path,
-    fmt: str,
     splits: list[str],
     values: list[str],
     vmin: float | None = None,
     vmax: float | None = None,
     log: bool = False,
 ) -> Path:
-    """One picture of the 1-D surface: every requested split and value."""
+    """One picture of the 1-D surface: every requested split and value; returns the Figure."""
     with common.paper_style():
         fig = common.new_figure(common.WIDTH_IN, 3.2)
         ax = fig.add_subplot()
@@ -119,30 +155,31 @@ def curve(
         if len(handles) > 1:
             # Below the axes: inside, it would hide the curves somewhere.
             fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
-        return common.save(fig, out, fmt)
+        return fig
 
 
 def compare_curves(
     surfaces: list[Surface],
-    out: Path,
-    fmt: str,
     split: str,
     value: str,
     vmin: float | None = None,
     vmax: float | None = None,
     log: bool = False,
-) -> Path:
-    """1-D surfaces side by side, sharing the value axis."""
+):
+    """1-D surfaces side by side, sharing the value axis, each panel titled by its file; returns the Figure."""
     name = f"{split}_{value}"
     arrays = [s.values[name] for s in surfaces]
     rng = common.value_range(arrays, name, vmin, vmax, log)
     with common.paper_style():
-        fig = common.new_figure(min(2.4 * len(surfaces) + 0.4, 10.0), 2.8)
+        fig = common.new_figure(min(2.4 * len(surfaces) + 0.4, 10.0), 3.2)
         axes = fig.subplots(1, len(surfaces), sharey=True, squeeze=False)[0]
         color = LOSS_COLOR if value == "loss" else ACC_COLOR
-        for i, (ax, surface) in enumerate(zip(axes, surfaces)):
-            _draw_line(ax, surface.x, surface.values[name], rng, color, "-", name)
-            ax.set_title(f"{surface.model_name}{common.done_note(surface, split)}")
+        handles = []
+        for i, (ax, surface, title) in enumerate(zip(axes, surfaces, common.panel_titles(surfaces, split))):
+            diverged = diverged_points(surface, split)
+            handles += _draw_line(ax, surface.x, surface.values[name], rng, color, "-", name, diverged)
+            _name_ends(ax, surface)
+            ax.set_title(title, fontsize=8)
             ax.set_xlabel(common.axis_label(surface, "x"))
             if log:
                 ax.set_yscale("log")
@@ -150,4 +187,7 @@ def compare_curves(
             if i == 0:
                 ax.set_ylabel(common.value_label(split, value, log))
         fig.suptitle(f"{split} {VALUE_LABELS[value]}")
-        return common.save(fig, out, fmt)
+        marks = [h for h in handles if h.get_label() == "diverged"]
+        if marks:
+            fig.legend(handles=marks[:1], loc="outside lower center", frameon=False)
+        return fig

@@ -162,6 +162,9 @@ def load_surface(path: str | Path) -> Surface:
             # The original code writes loss and accuracy of a point together and
             # leaves -1 in both until then; the loss (else accuracy) decides.
             for name in names:
+                if name.endswith("_loss"):
+                    # NaN is an evaluated loss there (not -1): the point diverged.
+                    values[name][np.isnan(values[name])] = np.inf
                 values[name][values[name] == -1] = np.nan
             computed = ~np.isnan(values[names[0]])
             for name in names[1:]:
