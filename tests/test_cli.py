@@ -169,3 +169,12 @@ def test_a_negative_value_after_a_space_is_a_value(tmp_path):
 ])
 def test_command_line_mistakes_are_one_line_exit_1(tmp_path, args, words):
     assert_one_line_error(losslandscape(*args, cwd=tmp_path), *words)
+
+
+@pytest.mark.parametrize("verb", ["models", "train", "surface", "directions", "submit", "task", "merge", "status",
+                                  "render", "summary"])
+def test_every_verb_describes_itself(tmp_path, verb):
+    result = losslandscape(verb, "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    description = result.stdout.split("\n\n")[1]
+    assert len(description.split()) >= 5 and not description.lstrip().startswith(("positional", "options")), result.stdout

@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("models", help="list the model zoo with parameter counts")
+    p = sub.add_parser("models", help="list the model zoo with parameter counts",
+                       description="List the model zoo with parameter counts.")
     p.set_defaults(func=cmd_models)
     _add_spec_verb(sub, "train", "train a model and write checkpoints", cmd_train,
                    ("model", "data", "evaluation", "train"))
@@ -241,26 +242,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other sbatch option, e.g. --sbatch-arg=--qos=low (repeatable)")
     g.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
 
-    p = sub.add_parser("task", help="(run by the sbatch script) compute this array task's shard")
+    p = sub.add_parser("task", help="(run by the sbatch script) compute this array task's shard",
+                       description="Run by the array script that `submit` writes: compute the points of one "
+                       "shard file with the spec and overrides given to submit.")
     p.add_argument("shards", type=Path, help="the surface's .shards folder")
     p.add_argument("--task", type=int, default=None, help="task index (default: $SLURM_ARRAY_TASK_ID)")
     p.set_defaults(func=cmd_task)
 
-    p = sub.add_parser("merge", help="fold finished shard points into the surface file (safe to run twice)")
+    p = sub.add_parser("merge", help="fold finished shard points into the surface file (safe to run twice)",
+                       description="Copy the points that SLURM array tasks finished in their shard files into the "
+                       "surface file. Safe to run twice; exit 4 lists the points still missing. Refused while "
+                       "the submission's array tasks are queued or running, unless --force.")
     p.add_argument("surface", type=Path)
     p.add_argument("--force", action="store_true",
                    help="merge even while the submission's array tasks are still queued or running")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("status", help="points done / pending, shards and ETA of a surface file")
-    p.add_argument("surface", type=Path)
+    p = sub.add_parser("status", help="points done / pending, shards and ETA of a surface file",
+                       description="Progress of a surface file, also while a job writes it: points done and "
+                       "pending per split (every split a run or submission asked for), the SLURM array's shard "
+                       "files and how many of their points are not merged yet, the jobs still queued, and an "
+                       "ETA from the recorded seconds per point and the workers running now. Reads the file "
+                       "read-only, without locking; never changes it.")
+    p.add_argument("surface", type=Path, help="the surface file (shards are found beside it)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("render", help="plots of a finished or partial surface file")
+    p = sub.add_parser("render", help="plots of a finished or partial surface file",
+                       description="Plots of finished or partial surface files (ours or the original code's).")
     render_cli.add_render_arguments(p)
     p.set_defaults(func=render_cli.run_render)
-    p = sub.add_parser("summary", help="the numbers a paper cites: centre, minimum, rings, basin radius")
+    p = sub.add_parser("summary", help="the numbers a paper cites: centre, minimum, rings, basin radius",
+                       description="Per split: the values at the centre (the trained model at (0, 0); the "
+                       "nearest point when the grid has no point at 0) and at the grid's minimum; the mean loss "
+                       "on rings at about 1/4, 1/2, 3/4 and all of the largest radius inside the grid, and its "
+                       "increase over the centre; the basin radius along each half-axis: the distance to the "
+                       "first point whose loss exceeds the centre's by more than --threshold.")
     render_cli.add_summary_arguments(p)
     p.set_defaults(func=render_cli.run_summary)
     return parser

@@ -246,11 +246,11 @@ def contour(view: View2D, levels: int | None = None):
             if len(cs.levels):
                 # Every other level: labels on all of them crowd a 4-inch figure.
                 ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6.5, fmt=common.level_format)
-            if view.partial():
-                _mark_computed(ax, view)
         else:
             _dots(ax, view)
         _mark_models(ax, view)
+        if view.partial() and view.drawable:
+            _mark_computed(ax, view)
         view.decorate(ax)
         # A continuous bar: the lines' own colours read better against it.
         _colorbar(fig, _scalar_mappable(view.range), ax, view.range, view.label())
@@ -265,9 +265,9 @@ def filled(view: View2D, levels: int | None = None):
         ax = fig.add_subplot()
         lv = view.range.levels(levels or FILLED_LEVELS, cover=True)
         mappable = _filled_into(ax, view, lv, view.extend())
+        _mark_models(ax, view)
         if view.partial() and view.drawable:
             _mark_computed(ax, view)
-        _mark_models(ax, view)
         view.decorate(ax)
         _colorbar(fig, mappable, ax, view.range, view.label(), extend=view.extend())
         _legend(fig, [ax], [_not_computed_handle()] if view.partial() else [])
