@@ -5,3 +5,21 @@ Neural Nets", NeurIPS 2018.
 """
 
 __version__ = "0.1.0"
+
+_API = ("compute_surface", "interpolate", "open_surface", "plot")
+
+
+def __getattr__(name: str):
+    # the Python interface loads torch; `import losslandscape` alone (the renderer) must not
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    if name == "UserError":
+        from .errors import UserError
+
+        return UserError
+    raise AttributeError(f"module 'losslandscape' has no attribute {name!r}")
+
+
+__all__ = [*_API, "UserError", "__version__"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from . import surface
 from .environment import MPIEnvironment, describe_device, mpi_environment, pick_device, set_threads
@@ -59,7 +59,7 @@ class Progress:
     """A tqdm bar on a terminal; plain log lines every `every` seconds otherwise."""
 
     def __init__(self, total: int, initial: int, every: float = 10.0):
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() or "ipykernel" in sys.modules  # a terminal or a notebook
         self.bar = tqdm(total=total, initial=initial, unit="pt", dynamic_ncols=True, disable=not self.tty,
                         desc="surface")
         self.total, self.done, self.every = total, initial, every

@@ -17,6 +17,12 @@ from pathlib import Path
 from .errors import UserError
 
 _DIRS: list[str] = []
+_REGISTERED: dict[str, Callable] = {}  # "python:..." names of live objects given to the Python interface
+
+
+def register(name: str, factory: Callable) -> None:
+    """Serve `name` from `factory` (the Python interface's live models and tensors)."""
+    _REGISTERED[name] = factory
 
 
 def remember(directory: str | Path) -> None:
@@ -33,6 +39,11 @@ def search_dirs() -> list[str]:
 
 def import_factory(name: str, field: str) -> Callable:
     """The callable `factory` of "package.module:factory"; every failure a user can fix is one line."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name.startswith("python:"):
+        raise UserError(f"{field}: {name!r} names a model or data set given to the Python interface in another "
+                        "process; compute this surface from Python, or name a module:factory")
     module_name, _, attr = name.partition(":")
     if not module_name or not attr or ":" in attr:
         raise UserError(f'{field}: {name!r} is not of the form "package.module:factory"')

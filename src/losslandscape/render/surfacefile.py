@@ -60,6 +60,27 @@ class Surface:
         """Splits with at least one value dataset, in the order train, test."""
         return [s for s in SPLITS if any(f"{s}_{v}" in self.values for v in VALUES)]
 
+    def __getattr__(self, name: str) -> np.ndarray:
+        """`s.train_loss`, `s.test_acc`, ...: the value arrays (NaN where not computed)."""
+        if name in VALUE_NAMES:
+            values = self.__dict__.get("values", {})
+            if name in values:
+                return values[name]
+            raise AttributeError(f"{self.__dict__.get('path')} holds no {name}")
+        raise AttributeError(name)
+
+    def to_xarray(self):
+        """An xarray Dataset of the values with x (and y) coordinates and the file's attributes
+        (needs xarray installed)."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise UserError("to_xarray needs xarray: pip install xarray") from None
+        dims = ("x",) if self.y is None else ("y", "x")
+        coords = {"x": self.x} if self.y is None else {"x": self.x, "y": self.y}
+        attrs = {k: v for k, v in self.attrs.items() if isinstance(v, (str, int, float))}
+        return xr.Dataset({k: (dims, v) for k, v in self.values.items()}, coords=coords, attrs=attrs)
+
     def shape_text(self) -> str:
         if self.y is None:
             return f"1-D, {self.x.size} points"

@@ -1,0 +1,213 @@
+"""The Python interface for notebooks: the same engine, file format and resume as the command line.
+
+    import losslandscape as ll
+    s = ll.compute_surface(model, train=(x, y), test=loader, x="-1:1:21", y="-1:1:21", out="s.h5")
+    fig = ll.plot(s, kind="contour")
+
+Every keyword is a field of the job spec (`losslandscape surface --help` lists them), by
+its name (`norm=`, `seed=`, `batch_size=`) or as a whole table (`directions={"seed": 1}`);
+they are validated by the same code and mistakes raise the same one-line `UserError`.
+The caller's model is never touched: the engine works on a copy, and the weights it was
+given are stored beside the surface file (`<out>.model.pt`), so that the file's identity
+pins them (a resume with other weights is refused) and the command line can reproduce it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import spec as specs
+from . import userimport
+from .errors import UserError
+from .render.surfacefile import Surface, load_surface
+
+log = logging.getLogger(__name__)
+
+SURFACE_TABLES = ("directions", "grid", "evaluation", "data", "model", "output")  # order decides a bare name
+Data = tuple[torch.Tensor, torch.Tensor] | Iterable
+
+
+def compute_surface(model: torch.nn.Module, train: Data | None = None, test: Data | None = None, *,
+                    x: str = "-1:1:51", y: str = "", out: str | Path = "surface.h5", **options: Any) -> Surface:
+    """Loss and accuracy of `model` on a grid around its weights, in the surface file `out`
+    (created, or resumed when it exists: only missing points are computed).
+
+    `train` / `test`: (inputs, targets) tensors or an iterable of (inputs, targets) batches
+    (a DataLoader); the splits given are evaluated. `x`, `y`: axes as "lo:hi:n" (`y` empty:
+    a 1-D curve). Other keywords: fields of the job spec. Returns the surface as read back
+    from the file; a run stopped by Ctrl-C returns what is computed so far.
+    """
+    return _run(model, None, train, test, x, y, out, options)
+
+
+def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, train: Data | None = None,
+                test: Data | None = None, *, x: str = "-0.5:1.5:41", out: str | Path = "interpolation.h5",
+                **options: Any) -> Surface:
+    """Loss and accuracy along the line from `model_a` (x = 0) to `model_b` (x = 1); BatchNorm
+    running statistics move along by default, so x = 1 is `model_b`."""
+    options = {"kind": "interpolate", **options}
+    return _run(model_a, model_b, train, test, x, "", out, options)
+
+
+def open_surface(path: str | Path) -> Surface:
+    """A surface file (ours, a partial one, or the original code's) as numpy arrays:
+    `s.x`, `s.y`, `s.train_loss`, ... with NaN where a point is not computed."""
+    return load_surface(path)
+
+
+def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None = None,
+         value: str | None = None, *, vmin: float | None = None, vmax: float | None = None,
+         levels: int | None = None, log: bool | None = None, zmax: float | None = None):
+    """A matplotlib Figure of one view of a surface, for a notebook or a paper: `kind` is curve
+    (1-D), contour, filled, heatmap or surface3d (2-D); `split` train or test (default: the
+    first computed), `value` loss or acc (default loss). `render` writes the same views to files."""
+    from .render import plot1d, plot2d
+
+    s = surface if isinstance(surface, Surface) else load_surface(surface)
+    kinds = ("curve",) if s.ndim == 1 else ("contour", "filled", "heatmap", "surface3d")
+    if kind not in kinds:
+        raise UserError(f"kind: {kind!r} does not fit {s.path} ({s.shape_text()}); expected one of {', '.join(kinds)}")
+    splits = [split] if split else [sp for sp in s.splits if s.fraction_done.get(sp, 0) > 0][:1] or s.splits[:1]
+    if not splits or splits[0] not in s.splits:
+        raise UserError(f"split: {split!r} is not in {s.path} (it holds {', '.join(s.splits) or 'nothing'})")
+    value = value or "loss"
+    if value not in ("loss", "acc"):
+        raise UserError(f"value: {value!r} is not valid; expected loss or acc")
+    if kind == "curve":
+        return plot1d.curve(s, splits, [value], vmin, vmax, bool(log))
+    (view,) = plot2d.split_views(s, [(splits[0], value)], vmin, vmax, log)
+    if kind == "contour":
+        return plot2d.contour(view, levels)
+    if kind == "filled":
+        return plot2d.filled(view, levels)
+    if kind == "heatmap":
+        return plot2d.heatmap(view)
+    return plot2d.surface3d(view, zmax)
+
+
+# --- the engine behind both -----------------------------------------------------------------
+
+def _run(model, model_b, train, test, x, y, out, options) -> Surface:
+    from .distributed import run_serial
+
+    out = Path(out)
+    splits = {name: _tensors(name, data) for name, data in (("train", train), ("test", test)) if data is not None}
+    if not splits:
+        raise UserError("compute_surface: no data; give train=(inputs, targets) and/or test=..., "
+                        "tensors or a DataLoader")
+    table: dict[str, dict[str, Any]] = {"grid": {"x": x, "y": y}, "output": {"surface": str(out)},
+                                        "data": {"splits": list(splits)}}
+    for key, value in options.items():
+        section, name = _field(key, value)
+        if name is None:
+            table.setdefault(section, {}).update(value)
+        else:
+            table.setdefault(section, {})[name] = value
+    table["model"] = {**table.get("model", {}), "name": _register_model(model)}
+    table["data"]["name"] = _register_data(splits)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table["model"]["checkpoint"] = str(_save_weights(model, out, "model"))
+    if model_b is not None:
+        table["model"]["checkpoint2"] = str(_save_weights(model_b, out, "model2"))
+    spec = specs.from_dict(table)
+    code = run_serial(spec)
+    if code != 0:
+        log.warning("stopped early: %s holds the points computed so far; call again to finish", out)
+    return load_surface(out)
+
+
+def _field(key: str, value: Any) -> tuple[str, str | None]:
+    """(table, field) of a keyword: a table given whole (field None), or a field by its name."""
+    if key in SURFACE_TABLES:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a dict of its fields, e.g. {key}={{...}}")
+        return key, None
+    for section in SURFACE_TABLES:
+        if key in specs.field_docs(specs.SECTIONS[section]) or key in specs.SECTIONS[section].__dataclass_fields__:
+            return section, key
+    names = [n for s in SURFACE_TABLES for n in specs.SECTIONS[s].__dataclass_fields__]
+    close = difflib.get_close_matches(key, names, n=1)
+    raise UserError(f"compute_surface: unknown keyword {key!r}" + (f"; did you mean {close[0]}?" if close else
+                                                                     "; see `losslandscape surface --help`"))
+
+
+def _tensors(split: str, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) on the CPU from tensors or from an iterable of batches."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        inputs, targets = data
+    else:
+        try:
+            batches = [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in data]
+        except (TypeError, ValueError):
+            raise UserError(f"{split}: expected (inputs, targets) tensors or a DataLoader of (inputs, targets) "
+                            "batches") from None
+        if not batches:
+            raise UserError(f"{split}: the DataLoader gave no batch")
+        inputs, targets = torch.cat([a for a, _ in batches]), torch.cat([b for _, b in batches])
+    if len(inputs) != len(targets):
+        raise UserError(f"{split}: {len(inputs)} inputs but {len(targets)} targets")
+    return inputs.detach().cpu().float(), targets.detach().cpu().long()
+
+
+def _digest(tensors: Iterable[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _register_model(model: torch.nn.Module) -> str:
+    """A model name for the spec, served by a factory that returns a CPU copy of `model`
+    (the weights themselves come from the saved checkpoint)."""
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"model: expected a torch.nn.Module, not {type(model).__name__}")
+    name = f"python:{type(model).__module__}.{type(model).__qualname__}"
+    userimport.register(name, lambda: _cpu_copy(model))
+    return name
+
+
+def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    clone = copy.deepcopy(model)  # the caller's module (weights, buffers, mode, device) stays as it is
+    return clone.cpu()
+
+
+def _register_data(splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str:
+    """A data name for the spec that identifies the tensors (a resume with other data is refused)."""
+    name = "python:data-" + _digest(t for pair in splits.values() for t in pair)
+    userimport.register(name, lambda split: _split(splits, split))
+    return name
+
+
+def _split(splits, split: str):
+    if split not in splits:
+        raise UserError(f"data.splits: no {split} data was given")
+    return splits[split]
+
+
+def _save_weights(model: torch.nn.Module, out: Path, tag: str) -> Path:
+    """The model's state dict beside the surface file. Never replaced under an existing surface:
+    other weights there mean another surface, which is refused in one line."""
+    path = out.with_name(f"{out.name}.{tag}.pt")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if path.exists():
+        try:
+            old = torch.load(path, map_location="cpu", weights_only=True)
+            same = old.keys() == state.keys() and all(torch.equal(old[k], state[k]) for k in state)
+        except Exception:  # unreadable: no record to keep
+            same = False
+        if same:
+            return path
+        if out.exists():
+            raise UserError(f"model: these weights are not the ones {out} was computed around (kept in {path}); "
+                            "give that model, or choose another out")
+    torch.save(state, path)
+    return path
