@@ -361,6 +361,178 @@ def test_options_are_checked(files, tmp_path):
         render([files["partial"]], tmp_path, kinds=["heatmap"], split="test")
 
 
+# ---------------------------------------------------------------- what the pictures say
+
+
+def draw(paths, tmp_path, **kwargs) -> dict:
+    """render() into tmp_path; {file name: the matplotlib Figure saved there}."""
+    figures = {}
+    render(paths, tmp_path, figures=figures, **kwargs)
+    return {path.name: fig for path, fig in figures.items()}
+
+
+def legend_texts(fig) -> list[str]:
+    """The entries of every legend of a figure: the figure's and each axes'."""
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    return [t.get_text() for legend in legends for t in legend.get_texts()]
+
+
+def marks(fig, label: str) -> list[tuple]:
+    """(x, y[, z]) of every marker line labelled `label`, in any axes of the figure."""
+    found = []
+    for ax in fig.axes:
+        for line in ax.lines:
+            if line.get_label() == label:
+                data = line.get_data_3d() if hasattr(line, "get_data_3d") else line.get_data()
+                found += list(zip(*(np.asarray(d, dtype=float) for d in data)))
+    return found
+
+
+def test_2d_views_mark_the_trained_model_and_the_minimum(files, tmp_path):
+    X, Y = np.meshgrid(PX, PY)
+    loss = (X - 0.3) ** 2 + 2 * Y**2 + 0.05  # the minimum is off the centre, at (0.3, 0)
+    values = {"train_loss": loss, "train_acc": 100 - loss}
+    path = write_surface(tmp_path / "shifted.h5", PX, PY, values, {"train_done": np.ones_like(loss)})
+    figs = draw([path], tmp_path, kinds=["contour", "filled", "heatmap", "surface3d"])
+    figs |= draw([path, files["para"]], tmp_path, kinds=["compare"])
+    assert len(figs) == 5
+    for name, fig in figs.items():
+        texts = legend_texts(fig)
+        assert "trained model (0, 0)" in texts, name
+        assert [t for t in texts if t.endswith("minimum (0.3, 0) = 0.05")], (name, texts)
+        assert (0.3, 0.0) == pytest.approx(marks(fig, next(t for t in texts if "minimum" in t))[0][:2])
+        assert (0.0, 0.0) == pytest.approx(marks(fig, "trained model (0, 0)")[0][:2])
+    assert "shifted.h5: minimum (0.3, 0) = 0.05" in legend_texts(figs["shifted_vs_para_train_loss_compare.png"])
+    # On the surface itself in 3-D (log10 heights: the loss spans two decades); the best accuracy is its maximum.
+    z = marks(figs["shifted_train_loss_surface3d.png"], "minimum (0.3, 0) = 0.05")[0][2]
+    assert z == pytest.approx(np.log10(0.05))
+    (acc,) = draw([path], tmp_path, kinds=["heatmap"], value="acc").values()
+    assert "maximum (0.3, 0) = 99.95" in legend_texts(acc)
+    # A grid that does not reach (0, 0) has no trained model to mark.
+    far = write_surface(tmp_path / "far.h5", PX + 2, PY, {"train_loss": loss}, {"train_done": np.ones_like(loss)})
+    (fig,) = draw([far], tmp_path, kinds=["contour"]).values()
+    assert "trained model (0, 0)" not in legend_texts(fig) and "minimum (2.3, 0) = 0.05" in legend_texts(fig)
+
+
+def test_titles_name_the_checkpoint_and_the_directions(files, tmp_path):
+    X, Y = np.meshgrid(PX, PY)
+    values, done = {"train_loss": X**2 + Y**2 + 0.1}, {"train_done": np.ones_like(X)}
+    cases = [
+        ({"checkpoint": "trained/resnet56.pt"}, {"kind": "random", "norm": "filter"},
+         "resnet56.pt; random directions, filter-normalised"),
+        ({"checkpoint": ""}, {"kind": "random", "norm": "layer"},
+         "fresh initialisation; random directions, layer-normalised"),
+        ({"checkpoint": "a/b.pt"}, {"kind": "file", "file": "dirs/pca.h5"}, "b.pt; directions from pca.h5"),
+        ({"checkpoint": "m0.pt", "checkpoint2": "m9.pt"}, {"kind": "interpolate"}, "m0.pt; interpolation to m9.pt"),
+    ]
+    for i, (model, directions, words) in enumerate(cases):
+        spec = {"model": {"name": "resnet56", **model}, "directions": directions}
+        path = write_surface(tmp_path / f"s{i}.h5", PX, PY, values, done, spec=spec)
+        for fig in draw([path], tmp_path, kinds=["contour", "surface3d"]).values():
+            assert fig.axes[0].get_title() == f"resnet56: train loss\n{words}"
+    spec = {"model": {"name": "vgg9", "checkpoint": "m0.pt", "checkpoint2": "out/m9.pt"},
+            "directions": {"kind": "interpolate"}}
+    values = {"train_loss": PX**2, "train_acc": 90 - PX**2}
+    curve = write_surface(tmp_path / "c.h5", PX, None, values, {"train_done": np.ones(PX.size)}, spec=spec)
+    (fig,) = draw([curve], tmp_path).values()
+    assert fig.axes[0].get_title() == "vgg9: train loss and accuracy\nm0.pt; interpolation to m9.pt"
+    # The original code's files record no spec: said so, and drawn.
+    (fig,) = draw([files["orig"]], tmp_path, kinds=["filled"]).values()
+    assert fig.axes[0].get_title().endswith("\nloss-landscape (original code) file")
+
+
+def test_train_and_test_views_share_levels_and_colours(files, tmp_path):
+    from matplotlib.colors import NoNorm
+    from matplotlib.contour import ContourSet
+
+    figs = draw([files["para"]], tmp_path, kinds=["contour", "filled", "heatmap", "surface3d"])
+    for kind in ("contour", "filled", "heatmap", "surface3d"):
+        train, test = (figs[f"para_{split}_loss_{kind}.png"] for split in ("train", "test"))
+        # The colour bars: same range and scale.
+        assert train.axes[1].get_ylim() == test.axes[1].get_ylim(), kind
+        assert train.axes[1].get_yscale() == test.axes[1].get_yscale(), kind
+        # What is drawn in colour: the same norm; contours: the same levels.
+        drawn = [[c for c in fig.axes[0].collections if c.get_array() is not None] for fig in (train, test)]
+        norms = {(c.norm.vmin, c.norm.vmax, type(c.norm)) for a in drawn for c in a if not isinstance(c.norm, NoNorm)}
+        assert len(norms) == 1, (kind, norms)
+        levels = [[tuple(c.levels) for c in artists if isinstance(c, ContourSet)] for artists in drawn]
+        assert levels[0] == levels[1], kind
+        if kind in ("contour", "filled"):
+            assert levels[0] and len(levels[0][0]) >= 5
+
+
+def test_curve_breaks_at_diverged_points_and_names_the_interpolation_ends(tmp_path):
+    x = np.linspace(-0.5, 1.5, 21)
+    loss = 1 + (x - 0.5) ** 2
+    loss[[2, 19]] = np.nan, np.inf  # both diverged: the loader turns a computed NaN into +inf
+    spec = {"model": {"name": "vgg9", "checkpoint": "out/model_0.pt", "checkpoint2": "out/model_20.pt"},
+            "directions": {"kind": "interpolate"}}
+    path = write_surface(
+        tmp_path / "i.h5", x, None, {"train_loss": loss, "train_acc": 90 - loss}, {"train_done": np.ones(21)}, spec=spec
+    )
+    (fig,) = draw([path], tmp_path).values()
+    ax = fig.axes[0]
+    diverged = [2, 19]
+    for label in ("train loss", "train accuracy"):
+        (line,) = [ln for a in fig.axes for ln in a.lines if ln.get_label() == label]
+        y = np.asarray(line.get_ydata(), dtype=float)
+        assert np.isnan(y[diverged]).all() and np.isfinite(np.delete(y, diverged)).all(), label  # broken there
+    (mark,) = [ln for ln in ax.lines if ln.get_label() == "diverged"]
+    assert np.asarray(mark.get_xdata()) == pytest.approx(x[diverged])
+    xy = np.column_stack([mark.get_xdata(), mark.get_ydata()])
+    at = ax.transAxes.inverted().transform(mark.get_transform().transform(xy))
+    assert at[:, 1] == pytest.approx(1.0)  # on the top edge of the axes
+    assert "diverged" in legend_texts(fig)
+    (top,) = ax.child_axes
+    assert list(top.get_xticks()) == [0.0, 1.0]
+    assert [t.get_text() for t in top.get_xticklabels()] == ["model_0.pt", "model_20.pt"]
+    # The original code's files: NaN (not -1) is a computed, diverged loss.
+    orig = write_surface(tmp_path / "o.h5", x[:3], None, {"train_loss": [np.nan, -1.0, 0.5]}, original=True)
+    assert load_surface(orig).values["train_loss"].tolist()[0] == np.inf
+
+
+def test_compare_panels_are_titled_by_their_files(files, tmp_path):
+    def panel_titles(fig):
+        return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+    (fig,) = draw([files["para"], files["orig"]], tmp_path, kinds=["compare"]).values()
+    titles = panel_titles(fig)
+    assert titles[0] == "para.h5: resnet56" and titles[1].startswith("orig.h5 (")
+    (fig,) = draw([files["curve"], files["curve2"]], tmp_path, kinds=["compare"]).values()
+    assert [t.split(":")[0] for t in panel_titles(fig)] == ["curve.h5", "curve2.h5"]
+    # The same file name in two folders: the folder tells them apart.
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(files["para"], tmp_path / folder / "para.h5")
+    pair = [tmp_path / "a" / "para.h5", tmp_path / "b" / "para.h5"]
+    (fig,) = draw(pair, tmp_path, kinds=["compare"], split="train").values()
+    assert panel_titles(fig) == ["a/para.h5: resnet56", "b/para.h5: resnet56"]
+
+
+def test_partial_surface_marks_are_explained_in_a_legend(files, tmp_path):
+    figs = draw([files["partial"]], tmp_path, kinds=["contour", "filled", "heatmap"])
+    computed = ~np.isnan(load_surface(files["partial"]).values["train_loss"])
+    for name, fig in figs.items():
+        texts = legend_texts(fig)
+        assert "not computed yet (blank)" in texts, name
+        if "heatmap" not in name:  # the heat map's cells are the computed points
+            assert "computed point" in texts and len(marks(fig, "computed point")) == computed.sum(), name
+    # No whole cell yet: the computed points are coloured dots, also in the legend.
+    (fig,) = draw([files["onerow"]], tmp_path, kinds=["contour"]).values()
+    dots = [c for c in fig.axes[0].collections if c.get_label() == "computed point"]
+    assert len(dots) == 1 and len(dots[0].get_offsets()) == PX.size
+    assert {"computed point", "not computed yet (blank)"} <= set(legend_texts(fig))
+    # A complete surface has nothing to explain.
+    (fig,) = draw([files["para"]], tmp_path, kinds=["filled"], split="train").values()
+    assert not {"computed point", "not computed yet (blank)"} & set(legend_texts(fig))
+
+
+def test_surface3d_names_the_value_once(wide, tmp_path):
+    (fig,) = draw([wide], tmp_path, kinds=["surface3d"], split="train").values()
+    ax, cbar = fig.axes
+    assert ax.get_zlabel() == "" and cbar.get_ylabel() == "train loss (log scale)"
+
+
 # ---------------------------------------------------------------- value scale
 
 

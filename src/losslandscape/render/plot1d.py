@@ -141,7 +141,7 @@ def curve(
     vmin: float | None = None,
     vmax: float | None = None,
     log: bool = False,
-) -> Path:
+):
     """One picture of the 1-D surface: every requested split and value; returns the Figure."""
     with common.paper_style():
         fig = common.new_figure(common.WIDTH_IN, 3.2)
