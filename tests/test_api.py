@@ -167,3 +167,14 @@ def test_open_surface_gives_arrays_and_an_xarray_dataset(trained, tmp_path):
     assert ds["train_loss"].dims == ("y", "x")
     np.testing.assert_array_equal(ds["train_loss"].sel(x=0.0, y=0.5).item(), s.train_loss[3, 1])
     assert np.isnan(s.test_loss).all()  # a split not asked for: nothing computed
+
+
+def test_a_notebook_gets_a_progress_bar(trained, tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # as inside Jupyter
+    ll.compute_surface(live_model(trained["final"]), train=digits("train", 30), x="-1:1:3",
+                       out=tmp_path / "s.h5", device="cpu")
+    err = capsys.readouterr().err
+    assert "surface: 100%" in err and "3/3" in err, err
