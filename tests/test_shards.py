@@ -18,7 +18,9 @@ from losslandscape.distributed import run_serial
 from losslandscape.errors import UserError
 from losslandscape.grid import assign_tasks
 from losslandscape.job import prepare
-from losslandscape.slurm import SubmitOptions, merge, missing_points, render_scripts, run_task, shard_dir, status
+from losslandscape.fileformat import shard_dir
+from losslandscape.slurm import SubmitOptions, merge, render_scripts, run_task
+from losslandscape.status import missing_points, status
 
 RECORD = Path(__file__).parent / "data" / "sbatch_record.txt"
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")

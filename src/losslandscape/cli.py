@@ -112,7 +112,8 @@ def cmd_task(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .slurm import EXIT_MISSING, merge, missing_points
+    from .slurm import EXIT_MISSING, merge
+    from .status import missing_points
 
     merge(args.surface, force=args.force)
     missing = missing_points(args.surface)
@@ -127,7 +128,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from .slurm import format_status, status
+    from .status import format_status, status
 
     report = status(args.surface)
     print(json.dumps(report, indent=2) if args.json else format_status(report))

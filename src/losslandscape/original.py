@@ -28,11 +28,11 @@ from . import surface
 from .checkpoints import file_sha256
 from .errors import UserError
 from .grid import GridAxes
-from .spec import SPLITS
+from .fileformat import ORIGINAL_MISSING, SPLITS
 
 log = logging.getLogger(__name__)
 
-MISSING = -1.0  # the original code's mark for a point not computed
+MISSING = ORIGINAL_MISSING
 
 
 def adopt_if_original(spec) -> bool:

@@ -26,6 +26,8 @@ import numpy as np
 
 from . import data as datasets
 from . import surface, userimport
+from .fileformat import SUBMISSION, read_submission, shard_dir, shard_files
+from .status import queued
 from .environment import SlurmEnvironment
 from .errors import UserError
 from .grid import assign_tasks
@@ -34,16 +36,6 @@ log = logging.getLogger(__name__)
 
 EXIT_MISSING = 4
 TEMPLATES = Path(__file__).resolve().parents[2] / "slurm"
-SUBMISSION = "submission.json"
-
-
-def shard_dir(surface_path: Path) -> Path:
-    return surface_path.with_name(surface_path.name + ".shards")
-
-
-def shard_files(surface_path: Path) -> list[Path]:
-    d = shard_dir(surface_path)
-    return sorted(d.glob("task_*.h5"), key=lambda p: int(p.stem.split("_")[1])) if d.is_dir() else []
 
 
 @dataclass
@@ -130,35 +122,6 @@ def _sbatch(script: Path, env: dict | None = None) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
-# every state of a job that may still start or still be writing (COMPLETING included)
-BUSY_STATES = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_HOLD,RESIZING,SIGNALING,STOPPED"
-
-
-def _queued(job_ids: list[str]) -> list[str]:
-    """Those of job_ids that SLURM still has pending or running (array tasks included)."""
-    exe = shutil.which("squeue")
-    if exe is None or not job_ids:
-        return []
-    # %F: the array's base job id (a plain job's own id), so array tasks count for their array
-    proc = subprocess.run([exe, "-h", "-o", "%F", "-t", BUSY_STATES, "-j", ",".join(job_ids)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:  # unknown (long finished) job ids
-        return []
-    return sorted(set(proc.stdout.split()) & set(job_ids))
-
-
-def _running_tasks(array_job: str) -> int | None:
-    """Array tasks of `array_job` that are running now (None when squeue cannot say)."""
-    exe = shutil.which("squeue")
-    if exe is None:
-        return None
-    proc = subprocess.run([exe, "-h", "-r", "-t", "RUNNING", "-o", "%i", "-j", array_job], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        return 0 if "Invalid job id" in proc.stderr else None
-    return len(proc.stdout.split())
-
-
 def submit(spec, opts: SubmitOptions) -> dict:
     """Create the surface and its directions, share out the pending points, sbatch the
     array and the merge job. Returns what was submitted (also in <shards>/submission.json)."""
@@ -167,9 +130,9 @@ def submit(spec, opts: SubmitOptions) -> dict:
     opts.check()
     path = Path(spec.output.surface)
     shards = shard_dir(path)
-    previous = _read_submission(shards)
+    previous = read_submission(path)
     if previous and not opts.dry_run:
-        busy = _queued([previous.get("array_job", ""), previous.get("merge_job", "")])
+        busy = queued([previous.get("array_job", ""), previous.get("merge_job", "")])
         if busy:
             raise UserError(f"submit: jobs {', '.join(busy)} of the previous submission for {path} are still "
                             "queued or running; wait for them or scancel them first")
@@ -231,13 +194,6 @@ def _dry_run(path: Path, opts: SubmitOptions, pending: np.ndarray, spec) -> dict
     return {"array_job": None, "merge_job": None, "tasks": tasks, "points": int(len(pending)), "dry_run": True}
 
 
-def _read_submission(shards: Path) -> dict:
-    try:
-        return json.loads((shards / SUBMISSION).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def task_spec(shards: Path, task: int | None = None) -> tuple[object, Path]:
     """(the spec `submit` was given, the shard file) of one array task."""
     from . import spec as specs
@@ -274,9 +230,9 @@ def merge(surface_path: Path, report_missing: bool = True, force: bool = False) 
     writing their shards; the merge job runs after them), unless `force`."""
     surface_path = Path(surface_path)
     shards = shard_files(surface_path)
-    sub = _read_submission(shard_dir(surface_path))
+    sub = read_submission(surface_path)
     if not force and sub.get("array_job"):
-        busy = _queued([sub["array_job"]])
+        busy = queued([sub["array_job"]])
         if busy:
             raise UserError(f"merge: array job {busy[0]} of {surface_path} is still queued or running; its merge "
                             f"job {sub.get('merge_job')} merges when it ends (--force merges what is there now)")
@@ -308,76 +264,3 @@ def merge(surface_path: Path, report_missing: bool = True, force: bool = False) 
     return copied
 
 
-def missing_points(surface_path: Path) -> dict[str, int]:
-    """Points not done, per split that the surface's spec asks for."""
-    with surface.open_h5(surface_path, "r") as f:
-        splits = surface.requested_splits(f)
-        done = surface.done_masks(f)
-    return {s: int((~done[s]).sum()) for s in splits}
-
-
-def status(surface_path: Path) -> dict:
-    """Progress of a surface and its shards, with an ETA from the recorded point timings."""
-    surface_path = Path(surface_path)
-    with surface.open_h5(surface_path, "r") as f:
-        if not surface.is_ours(f):
-            raise UserError(f"status: {surface_path} is not a losslandscape surface file")
-        splits = surface.requested_splits(f)
-        done = surface.done_masks(f)
-        total = int(np.prod(f["train_done"].shape))
-        seconds = np.asarray(f["point_seconds"]).ravel()
-    complete = np.logical_and.reduce([done[s] for s in splits])
-    report = {"surface": str(surface_path), "points": total,
-              "splits": {s: {"done": int(done[s].sum()), "pending": int((~done[s]).sum())} for s in splits},
-              "shards": []}
-    timings = list(seconds[np.isfinite(seconds)])
-    in_shards = np.zeros(total, dtype=bool)
-    for path in shard_files(surface_path):
-        with surface.open_h5(path, "r") as sh:
-            points = np.asarray(sh["points"])
-            sd = surface.done_masks(sh)
-            sh_complete = np.logical_and.reduce([sd[s] for s in splits])
-            sec = np.asarray(sh["point_seconds"]).ravel()
-        timings.extend(sec[np.isfinite(sec)])
-        unmerged = sh_complete & ~complete
-        in_shards |= unmerged
-        report["shards"].append({"file": path.name, "assigned": int(len(points)),
-                                 "done": int(sh_complete[points].sum()), "not_merged": int(unmerged.sum())})
-    remaining = int((~complete & ~in_shards).sum())
-    sub = _read_submission(shard_dir(surface_path))
-    running = _running_tasks(sub["array_job"]) if sub.get("array_job") and report["shards"] else None
-    # the ETA counts the workers that are running now: array tasks in RUNNING state x their workers
-    workers = running * max(1, sub.get("ranks_per_task", 1) - 1) if running is not None else 1
-    per_point = float(np.mean(timings)) if timings else None
-    report.update(remaining=remaining, seconds_per_point=per_point, parallel_workers=workers,
-                  running_tasks=running,
-                  eta_seconds=(remaining * per_point / workers) if per_point is not None and workers else None)
-    if sub.get("array_job"):
-        report["jobs"] = {"array": sub["array_job"], "merge": sub["merge_job"],
-                          "queued": _queued([sub["array_job"], sub["merge_job"]])}
-    return report
-
-
-def format_status(report: dict) -> str:
-    lines = [f"{report['surface']}: {report['points']} grid points"]
-    for split, c in report["splits"].items():
-        lines.append(f"  {split:<5} {c['done']:>7} done  {c['pending']:>7} pending")
-    for sh in report["shards"]:
-        lines.append(f"  shard {sh['file']:<14} {sh['done']:>6}/{sh['assigned']:<6} done, {sh['not_merged']} not merged yet")
-    if report.get("jobs"):
-        j = report["jobs"]
-        lines.append(f"  jobs: array {j['array']}, merge {j['merge']}; still queued: "
-                     f"{', '.join(j['queued']) or 'none'}")
-    if report["remaining"] == 0:
-        lines.append("  nothing left to compute" + (" (run `losslandscape merge`)" if any(
-            s["not_merged"] for s in report["shards"]) else ""))
-    elif report.get("running_tasks") == 0:
-        lines.append(f"  {report['remaining']} points left; no array task is running now (queued, or "
-                     "ended: `losslandscape merge`, then `submit` again for what is missing)")
-    elif report["eta_seconds"] is not None:
-        eta = int(report["eta_seconds"])
-        lines.append(f"  {report['remaining']} points left, {report['seconds_per_point']:.2f} s/point, "
-                     f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d} with {report['parallel_workers']} worker(s)")
-    else:
-        lines.append(f"  {report['remaining']} points left; no timings recorded yet")
-    return "\n".join(lines)

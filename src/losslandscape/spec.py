@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import userimport
+from .fileformat import SPLITS  # noqa: F401 (the splits a spec may name)
 from .errors import UserError, readable_file
 
-SPLITS = ("train", "test")
 
 
 @dataclass

@@ -29,18 +29,10 @@ import torch
 from . import __version__
 from .errors import UserError
 from .grid import GridAxes, coarse_to_fine
-from .spec import SPLITS
+from .fileformat import (FORMAT, FORMAT_VERSION, SHARD_FORMAT, SPLITS, VALUES, check_shard, done_masks,  # noqa: F401
+                         is_original, is_ours, open_h5, requested_splits, value_name)
 
 log = logging.getLogger(__name__)
-
-FORMAT = "losslandscape-surface"
-FORMAT_VERSION = 1
-VALUES = ("loss", "acc")
-
-
-def value_name(split: str, value: str) -> str:
-    return f"{split}_{value}"
-
 
 def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sha: str = "") -> dict[str, Any]:
     """What must be equal for two runs to fill the same surface (JSON-able, by spec key)."""
@@ -75,22 +67,6 @@ def versions() -> dict[str, str]:
     return {"losslandscape": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "h5py": h5py.__version__, "hdf5": ".".join(map(str, h5py.version.hdf5_version_tuple)),
             "mpi4py": mpi4py.__version__}
-
-
-def open_h5(path: str | Path, mode: str, comm=None) -> h5py.File:
-    """h5py.File with file locking off (readers of a file being written must not block),
-    through the mpio driver when a communicator is given (collective: every rank calls it)."""
-    kwargs: dict[str, Any] = {"locking": False}
-    if comm is not None:
-        kwargs.update(driver="mpio", comm=comm)
-    if Path(path).is_dir():
-        raise UserError(f"output.surface: {str(path)!r} is a folder; expected a surface file (HDF5)")
-    try:
-        return h5py.File(path, mode, **kwargs)
-    except FileNotFoundError:
-        raise UserError(f"output.surface: no such file {str(path)!r}") from None
-    except OSError as exc:
-        raise UserError(f"output.surface: {path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
 
 
 def _dcpl_early(fill: float | int) -> h5py.h5p.PropDCID:
@@ -134,15 +110,6 @@ def _write_directions(f: h5py.File, x, y) -> None:
         g = group.create_group(axis)
         for name, t in d.items():
             g.create_dataset(name, data=t.detach().to(torch.float32).cpu().numpy())
-
-
-def is_ours(f: h5py.File) -> bool:
-    return f.attrs.get("format") == FORMAT
-
-
-def is_original(f: h5py.File) -> bool:
-    """A surface file of Li et al.'s loss-landscape code: no format attribute, -1 for missing."""
-    return not is_ours(f) and "xcoordinates" in f and "format" not in f.attrs
 
 
 def check_identity(f: h5py.File, path: str | Path, ident: dict[str, Any], axes: GridAxes) -> None:
@@ -194,11 +161,6 @@ def read_directions(f: h5py.File, names: list[str]) -> tuple[dict[str, torch.Ten
     return read(g["x"]), (read(g["y"]) if "y" in g else None)
 
 
-def done_masks(f: h5py.File) -> dict[str, np.ndarray]:
-    """{split: flat bool array}: points whose values are in the file."""
-    return {split: np.asarray(f[f"{split}_done"]).ravel() == 1 for split in SPLITS}
-
-
 def pending_points(f: h5py.File, splits: list[str]) -> np.ndarray:
     """Flat indices with any of `splits` not done, in coarse-to-fine order."""
     done = done_masks(f)
@@ -244,15 +206,6 @@ class PointWriter:
             self.f.flush()
 
 
-def requested_splits(f: h5py.File) -> list[str]:
-    """Every split any run or submission of this surface has asked for, in SPLITS order."""
-    if "splits" in f.attrs:
-        asked = set(json.loads(f.attrs["splits"]))
-    else:
-        asked = set(json.loads(f.attrs["spec"])["data"]["splits"])
-    return [s for s in SPLITS if s in asked]
-
-
 def record_run(path: Path, splits: list[str], notes: dict[str, str] | None = None) -> None:
     """Remember the splits asked for (status and merge report them) and notes on how the run
     evaluates. One process, before any other opens the file for this run."""
@@ -277,9 +230,6 @@ def summary_line(path: str | Path, f: h5py.File, splits: list[str], pending: int
 
 
 # --- shards: one file per SLURM array task --------------------------------------------------
-
-SHARD_FORMAT = "losslandscape-shard"
-
 
 def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, tasks: int,
                  spec_json: str, import_dirs: list[str]) -> None:
@@ -312,11 +262,6 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
             f.attrs["task"] = task
             f.attrs["tasks"] = tasks
     os.replace(tmp, path)
-
-
-def check_shard(f: h5py.File, path: Path) -> None:
-    if f.attrs.get("format") != SHARD_FORMAT or "points" not in f:
-        raise UserError(f"shard: {path} is not a shard file of losslandscape")
 
 
 def shard_belongs(shard: h5py.File, surf: h5py.File) -> bool:

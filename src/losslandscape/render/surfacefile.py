@@ -22,10 +22,7 @@ import numpy as np
 
 from losslandscape.errors import UserError
 
-FORMAT = "losslandscape-surface"
-SPLITS = ("train", "test")
-VALUES = ("loss", "acc")
-VALUE_NAMES = tuple(f"{split}_{value}" for split in SPLITS for value in VALUES)
+from losslandscape.fileformat import FORMAT, ORIGINAL_MISSING, SPLITS, VALUE_NAMES, VALUES  # noqa: F401
 VALUE_LABELS = {"loss": "loss", "acc": "accuracy"}
 
 
@@ -186,7 +183,7 @@ def load_surface(path: str | Path) -> Surface:
                 if name.endswith("_loss"):
                     # NaN is an evaluated loss there (not -1): the point diverged.
                     values[name][np.isnan(values[name])] = np.inf
-                values[name][values[name] == -1] = np.nan
+                values[name][values[name] == ORIGINAL_MISSING] = np.nan
             computed = ~np.isnan(values[names[0]])
             for name in names[1:]:
                 values[name][~computed] = np.nan
