@@ -85,6 +85,8 @@ def split_summary(surface: Surface, split: str, threshold: float = 1.0) -> dict:
     c = {"x": float(surface.x[centre[-1]])}
     if surface.y is not None:
         c["y"] = float(surface.y[centre[0]])
+    # the trained model is (0, 0); a grid without 0 on an axis only has a point near it
+    c["on_grid"] = all(abs(v) <= 1e-12 for k, v in c.items() if k in ("x", "y"))
     c["loss"] = None if loss is None else _num(loss[centre])
     c["acc"] = None if acc is None else _num(acc[centre])
     out["centre"] = c
@@ -176,7 +178,12 @@ def format_summary(summary: dict) -> str:
         lines.append(f"[{split}] {100 * s['fraction_done']:.1f}% done")
         c = s["centre"]
         at = f"({_f(c['x'])}, {_f(c['y'])})" if two_d else f"({_f(c['x'])})"
-        lines.append(f"  centre {at:<18} loss {_f(c['loss'])}   acc {_f(c['acc'])}")
+        if c.get("on_grid", True):
+            lines.append(f"  centre {at:<18} loss {_f(c['loss'])}   acc {_f(c['acc'])}")
+        else:
+            lines.append("  the centre (the trained model, at 0) is not on this grid; rings and basin radii are "
+                         "measured from the point nearest to it")
+            lines.append(f"  nearest {at:<17} loss {_f(c['loss'])}   acc {_f(c['acc'])}")
         m = s.get("minimum")
         if m:
             at = f"({_f(m['x'])}, {_f(m['y'])})" if two_d else f"({_f(m['x'])})"
