@@ -153,11 +153,12 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path, seed):
         assert "--trust-checkpoint" not in message  # trusting noise would not help
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, I am a text file\n" * 20])
-def test_text_and_empty_files_are_not_checkpoints(tmp_path, content):
+@pytest.mark.parametrize("content, message", [(b"", "is empty; expected a PyTorch checkpoint"),
+                                              (b"hello, I am a text file\n" * 20, "not a PyTorch checkpoint")])
+def test_text_and_empty_files_are_not_checkpoints(tmp_path, content, message):
     path = tmp_path / "notes.pt"
     path.write_bytes(content)
-    with pytest.raises(UserError, match="not a PyTorch checkpoint"):
+    with pytest.raises(UserError, match=message):
         load_state_dict(path)
 
 
