@@ -77,6 +77,36 @@ def _under_mpi(env, step) -> int:
         raise
 
 
+def cmd_hessian(args: argparse.Namespace) -> int:
+    import json
+
+    from .hessmap import HessianWork, Settings, centre_spectrum, format_centre
+
+    settings = Settings(args.split, args.samples, args.params, args.tol)
+    if args.samples < 0:
+        raise UserError(f"--samples: {args.samples} is not valid; expected an integer >= 0 (0 = all)")
+    if args.centre:
+        if args.top_k < 1:
+            raise UserError(f"--top-k: {args.top_k} is not valid; expected an integer >= 1")
+        result = centre_spectrum(args.surface, settings, args.top_k, args.device)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(format_centre(result))
+        return 0
+    from .distributed import run
+    from .environment import mpi_environment
+
+    env = mpi_environment()
+    if env.comm is None:
+        return run(None, work=HessianWork(args.surface, settings, args.device))
+    setup_logging(args.verbose, env.rank)
+    from .distributed import agree
+
+    return _under_mpi(env, lambda: run(None, env.comm, work=agree(env.comm, HessianWork, args.surface, settings,
+                                                                    args.device)))
+
+
 def cmd_directions(args: argparse.Namespace) -> int:
     from .job import prepare
 
@@ -268,6 +298,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("surface", type=Path, help="the surface file (shards are found beside it)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("hessian", help="extreme Hessian eigenvalues at every grid point (max_eig, min_eig); "
+                       "--centre: the spectrum at the trained model",
+                       description="At every point of an existing 2-D surface file (same model, data, directions "
+                       "and grid), the largest and the smallest eigenvalue of the Hessian of the MEAN loss over the "
+                       "split (Li et al.'s convexity map: |min/max|), stored in the file as max_eig, min_eig and "
+                       "eig_done; distributed under mpirun and resumable like `surface`. With --centre: at the "
+                       "trained model, the top-k eigenvalues, the smallest, a Hutchinson trace estimate and the "
+                       "spectral density, stored in the file's hessian_centre group.")
+    p.add_argument("surface", type=Path, help="an existing 2-D surface file")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="the data split (default train)")
+    p.add_argument("--samples", type=int, default=0, metavar="N",
+                   help="a fixed, seeded subset of N samples; 0 = all (default)")
+    p.add_argument("--params", choices=("all", "weights"), default="all",
+                   help="all trainable parameters (default), or weights: tensors of more than one dimension")
+    p.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (default 1e-3)")
+    p.add_argument("--device", default=None, help="override evaluation.device (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--centre", action="store_true", help="the spectrum at the centre instead of the maps")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="with --centre: how many top eigenvalues")
+    p.add_argument("--json", action="store_true", help="with --centre: one JSON object on stdout")
+    p.set_defaults(func=cmd_hessian)
 
     p = sub.add_parser("render", help="plots of a finished or partial surface file",
                        description="Plots of finished or partial surface files (ours or the original code's).")

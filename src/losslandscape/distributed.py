@@ -23,7 +23,7 @@ from . import surface
 from .environment import MPIEnvironment, describe_device, mpi_environment, pick_device, set_threads
 from .errors import UserError
 from .grid import split_units
-from .job import attach_directions, create, endpoint_report, load_evaluator, pending, plan, prepare, shard_prepared
+from .job import Prepared, attach_directions, create, endpoint_report, load_evaluator, pending, plan, shard_prepared
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ class StopFlag:
 class Progress:
     """A tqdm bar on a terminal; plain log lines every `every` seconds otherwise."""
 
-    def __init__(self, total: int, initial: int, every: float = 10.0):
+    def __init__(self, total: int, initial: int, label: str = "surface", every: float = 10.0):
         self.tty = sys.stderr.isatty() or "ipykernel" in sys.modules  # a terminal or a notebook
         self.bar = tqdm(total=total, initial=initial, unit="pt", dynamic_ncols=True, disable=not self.tty,
-                        desc="surface")
+                        desc=label)
         self.total, self.done, self.every = total, initial, every
         self.start, self.start_done, self.last = time.monotonic(), initial, 0.0
 
@@ -87,45 +87,105 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1):
+def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold: bool | None = None):
     """This process's device (checked usable), threads, model and data: the `load` step's first
     half, done before the surface file is created or touched."""
     threads = set_threads(spec.evaluation.threads, workers_on_node)
     device = pick_device(spec.evaluation.device, worker_index)
-    evaluator = load_evaluator(spec, device)
+    evaluator = load_evaluator(spec, device, fold=fold)
     log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
              threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
     return evaluator
 
 
-def run_serial(spec, shard: Path | None = None) -> int:
+class SurfaceWork:
+    """The steps of a surface job, driven by `run_serial` (one process) or `run_mpi`: loss and
+    accuracy at each pending point of the spec's surface file, or of one SLURM shard.
+    Another kind of per-point work (the Hessian maps) provides the same methods."""
+
+    label = "surface"
+
+    def __init__(self, spec, shard: Path | None = None):
+        self.spec, self.shard = spec, shard
+        self.splits = list(spec.data.splits)
+        self.unit_size = spec.evaluation.unit_size
+
+    def check(self) -> None:
+        """Before anything loads (rank 0): a damaged or foreign shard fails here, once."""
+        if self.shard is not None:
+            shard_prepared(self.shard, self.splits)
+
+    def load(self, worker_index: int = 0, workers_on_node: int = 1):
+        return start_evaluator(self.spec, worker_index, workers_on_node)
+
+    def plan(self):
+        """Rank 0: convert an original file, check the file or describe a new one (None: exists)."""
+        if self.shard is not None:
+            return None
+        from .original import adopt_if_original
+
+        adopt_if_original(self.spec)
+        return plan(self.spec)
+
+    def create(self, new, comm=None) -> None:
+        create(new, comm)
+
+    def pending(self, created: bool, notes: dict) -> Prepared:
+        """Rank 0: record the run and find the points still to compute."""
+        if self.shard is not None:
+            prep = shard_prepared(self.shard, self.splits)
+        else:
+            surface.record_run(Path(self.spec.output.surface), self.splits, notes)
+            prep = pending(self.spec)
+        prep.created = created
+        _announce(prep, self.splits)
+        return prep
+
+    def attach(self, evaluator, prep, first: bool = True) -> None:
+        attach_directions(evaluator, prep.directions_file)
+        if self.spec.directions.kind == "interpolate" and first:
+            endpoint_report(self.spec, evaluator)
+
+    def done(self, f) -> dict[str, np.ndarray]:
+        return surface.done_masks(f)
+
+    def point(self, evaluator, p: int, a: float, b: float, done) -> dict:
+        """The values of one point: loss and accuracy of the splits it still lacks."""
+        return evaluator.evaluate(a, b, [s for s in self.splits if not done[s][p]])
+
+    def writer(self, f, flush: bool = True):
+        return surface.PointWriter(f, flush)
+
+    def finished(self, path: Path) -> None:
+        log.info("surface complete: %s", path)
+
+
+def run_serial(spec, shard: Path | None = None, work=None) -> int:
     """Compute every pending point of the spec's surface (or of one shard) in this process."""
-    splits = list(spec.data.splits)
-    if shard is not None:
-        shard_prepared(shard, splits)  # a damaged or foreign shard fails before any loading
-    evaluator = start_evaluator(spec)
-    notes = {"batchnorm_folding": evaluator.folding}
-    prep = prepare(spec, notes) if shard is None else shard_prepared(shard, splits)
-    _announce(prep, splits)
+    work = work or SurfaceWork(spec, shard)
+    work.check()
+    evaluator = work.load()
+    new = work.plan()
+    if new is not None:
+        work.create(new)
+    prep = work.pending(new is not None, {"batchnorm_folding": evaluator.folding})
     if len(prep.pending) == 0:
         return EXIT_DONE
-    attach_directions(evaluator, prep.directions_file)
-    if spec.directions.kind == "interpolate":
-        endpoint_report(spec, evaluator)
+    work.attach(evaluator, prep)
     stop = StopFlag()
-    progress = Progress(prep.total, prep.total - len(prep.pending))
+    progress = Progress(prep.total, prep.total - len(prep.pending), work.label)
     with stop.installed(), surface.open_h5(prep.path, "r+") as f:
-        writer = surface.PointWriter(f)
-        done = surface.done_masks(f)
-        for unit in split_units(prep.pending, spec.evaluation.unit_size):
-            finished = evaluate_unit(evaluator, prep.axes, unit, splits, done, stop)
+        writer = work.writer(f)
+        done = work.done(f)
+        for unit in split_units(prep.pending, work.unit_size):
+            finished = evaluate_unit(work, evaluator, prep.axes, unit, done, stop)
             if finished.points:
                 writer.write(*finished)
                 progress.update(len(finished.points))
             if stop:
                 break
     progress.close()
-    return _finish(stop, prep.path)
+    return _finish(stop, prep.path, work)
 
 
 def _announce(prep, splits: list[str]) -> None:
@@ -138,11 +198,11 @@ def _announce(prep, splits: list[str]) -> None:
                  surface.summary_line(prep.path, f, splits, len(prep.pending)))
 
 
-def _finish(stopped, path) -> int:
+def _finish(stopped, path, work) -> int:
     if stopped:
         log.warning("stopped early; %s is resumable: run the same command again", path)
         return EXIT_STOPPED
-    log.info("surface complete: %s", path)
+    work.finished(path)
     return EXIT_DONE
 
 
@@ -157,16 +217,15 @@ class Finished:
         return iter((self.points, self.results, self.seconds))
 
 
-def evaluate_unit(evaluator, axes, unit, splits: list[str], done: dict[str, np.ndarray], stop) -> Finished:
-    """Evaluate the points of a unit (the splits each still lacks); stop early on a signal."""
+def evaluate_unit(work, evaluator, axes, unit, done, stop) -> Finished:
+    """Evaluate the points of a unit (what each still lacks); stop early on a signal."""
     out = Finished([], [], [])
     coords = axes.coordinates(unit)
     for p, (a, b) in zip(unit.tolist(), coords):
         if stop:
             break
         t0 = time.perf_counter()
-        todo = [s for s in splits if not done[s][p]]
-        out.results.append(evaluator.evaluate(float(a), float(b), todo))
+        out.results.append(work.point(evaluator, p, float(a), float(b), done))
         out.seconds.append(time.perf_counter() - t0)
         out.points.append(p)
     return out
@@ -256,60 +315,41 @@ def _abort(comm, line: str) -> None:
     comm.Abort(1)
 
 
-def run(spec, comm=None, shard: Path | None = None) -> int:
-    """The `surface` verb (or a SLURM task's shard): one process, or a coordinator and
-    workers under mpirun/srun."""
+def run(spec, comm=None, shard: Path | None = None, work=None) -> int:
+    """The `surface` verb (or a SLURM task's shard, or another kind of per-point `work`): one
+    process, or a coordinator and workers under mpirun/srun."""
+    work = work or SurfaceWork(spec, shard)
     env = mpi_environment(comm)
     if env.comm is None:
-        return run_serial(spec, shard)
-    return run_mpi(spec, env, shard)
+        return run_serial(spec, shard, work)
+    return run_mpi(work, env)
 
 
-def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
+def run_mpi(work, env: MPIEnvironment) -> int:
     """Plan -> create -> load -> evaluate over the ranks of `env.comm`; raises JobFailed on
     every rank when any rank failed."""
     comm = env.comm
-    splits = list(spec.data.splits)
     lead = env.is_coordinator
 
-    # 1. each worker takes its device, model and data; rank 0 checks a shard (nothing written)
-    def load():
-        if lead:
-            return shard_prepared(shard, splits) if shard is not None else None
-        return start_evaluator(spec, env.worker_index, env.workers_on_node)
-
-    loaded = agree(comm, load)
+    # 1. each worker takes its device, model and data; rank 0 checks what it can (nothing written)
+    loaded = agree(comm, work.check if lead else lambda: work.load(env.worker_index, env.workers_on_node))
     evaluator = None if lead else loaded
     folding = comm.gather(None if lead else evaluator.folding, root=0)
     folding = "; ".join(sorted(set(filter(None, folding)))) if lead else ""
 
-    # 2. rank 0 converts an original file and plans; everyone learns whether a file is to be made
-    def plan_step():
-        if not lead or shard is not None:
-            return None
-        from .original import adopt_if_original
-
-        adopt_if_original(spec)
-        return plan(spec)
-
-    new = agree(comm, plan_step)
+    # 2. rank 0 plans; everyone learns whether a file (or a part of one) is to be made
+    new = agree(comm, work.plan if lead else lambda: None)
     creating = comm.bcast(new is not None, root=0)
     if creating:
         if env.parallel_hdf5:
             new = comm.bcast(new, root=0)
-            _or_abort(comm, create, new, comm)
+            _or_abort(comm, work.create, new, comm)
         elif lead:
-            _or_abort(comm, create, new)
+            _or_abort(comm, work.create, new)
 
     # 3. rank 0 records the run and finds the pending points; workers read the directions
     def pending_step():
-        if shard is not None:
-            prep = shard_prepared(shard, splits)
-        else:
-            surface.record_run(Path(spec.output.surface), splits, {"batchnorm_folding": folding})
-            prep = pending(spec)
-        prep.created = creating
-        _announce(prep, splits)
+        prep = work.pending(creating, {"batchnorm_folding": folding})
         log.info("%d workers; %s", env.size - 1,
                  "workers write through parallel HDF5" if env.parallel_hdf5 else "rank 0 writes (no parallel HDF5)")
         return prep
@@ -317,13 +357,7 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
     prep = comm.bcast(agree(comm, pending_step if lead else lambda: None), root=0)
     if len(prep.pending) == 0:
         return EXIT_DONE
-    def directions_step():
-        if not lead:
-            attach_directions(evaluator, prep.directions_file)
-            if spec.directions.kind == "interpolate" and comm.rank == 1:
-                endpoint_report(spec, evaluator)
-
-    agree(comm, directions_step)
+    agree(comm, (lambda: None) if lead else (lambda: work.attach(evaluator, prep, first=comm.rank == 1)))
 
     # 4. open once on every rank that writes (collective with mpio), evaluate, close
     stop = StopFlag()
@@ -336,11 +370,11 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
             f = None
         error = None
         try:
-            writer = _or_abort(comm, surface.PointWriter, f, not env.parallel_hdf5) if f is not None else None
+            writer = _or_abort(comm, work.writer, f, not env.parallel_hdf5) if f is not None else None
             if lead:
-                stopped, error = coordinate(comm, prep, spec.evaluation.unit_size, writer, stop)
+                stopped, error = coordinate(comm, prep, work.unit_size, writer, stop, work.label)
             else:
-                error = work(comm, evaluator, prep, writer, stop, splits)
+                error = serve(comm, work, evaluator, prep, writer, stop)
                 stopped = False
         finally:
             if f is not None:
@@ -353,10 +387,10 @@ def run_mpi(spec, env: MPIEnvironment, shard: Path | None = None) -> int:
         raise JobFailed(line, lead)
     if not lead:
         return EXIT_STOPPED if stopped else EXIT_DONE
-    return _finish(stopped, prep.path)
+    return _finish(stopped, prep.path, work)
 
 
-def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> tuple[bool, str | None]:
+def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag, label: str = "surface") -> tuple[bool, str | None]:
     """Rank 0: hand out units on request until none are left. Returns (stopped by a signal,
     the error line if some rank failed). After an error no more work is handed out; workers
     still busy after DRAIN_SECONDS are ended with MPI_Abort.
@@ -367,7 +401,7 @@ def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> tuple[bool
 
     units = deque(split_units(prep.pending, unit_size))
     active = set(range(1, comm.size))
-    progress = Progress(prep.total, prep.total - len(prep.pending))
+    progress = Progress(prep.total, prep.total - len(prep.pending), label)
     status = MPI.Status()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     error, deadline = None, None
@@ -408,19 +442,19 @@ def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag) -> tuple[bool
     return bool(stop) or bool(units), error
 
 
-def work(comm, evaluator, prep, writer, stop: StopFlag, splits: list[str]) -> str | None:
+def serve(comm, work, evaluator, prep, writer, stop: StopFlag) -> str | None:
     """A worker: evaluate units until told to stop. On an error, report it to the coordinator
     and wait to be released (then the file is closed with everyone), or abort the job."""
     try:
         with surface.open_h5(prep.path, "r") if writer is None else contextlib.nullcontext(writer.f) as f:
-            done = surface.done_masks(f)
+            done = work.done(f)
         report = None
         while True:
             comm.send(report, dest=0, tag=TAG_REQUEST)
             unit = comm.recv(source=0, tag=TAG_UNIT)
             if unit is None:
                 return None
-            finished = evaluate_unit(evaluator, prep.axes, unit, splits, done, stop)
+            finished = evaluate_unit(work, evaluator, prep.axes, unit, done, stop)
             finished.stopped = bool(stop)
             if writer is not None and finished.points:
                 writer.write(*finished)

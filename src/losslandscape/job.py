@@ -203,7 +203,7 @@ def _check_directions(spec, path: Path) -> None:
 
 
 def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
-                   field: str = "model.checkpoint") -> PointEvaluator:
+                   field: str = "model.checkpoint", fold: bool | None = None) -> PointEvaluator:
     """The model at its base point on `device` (or at another `checkpoint`), with the data set
     there too (no directions yet)."""
     splits = {split: datasets.load_split(spec.data, split) for split in spec.data.splits}
@@ -216,7 +216,7 @@ def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
     model = model.to(device)
     tensors = dirs.target_tensors(model, spec.directions.dir_type)
     return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
-                          spec.evaluation.precision, spec.evaluation.fold_batchnorm)
+                          spec.evaluation.precision, spec.evaluation.fold_batchnorm if fold is None else fold)
 
 
 def attach_directions(evaluator: PointEvaluator, path: Path) -> None:

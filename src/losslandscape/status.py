@@ -63,10 +63,18 @@ def status(surface_path: Path) -> dict:
         done = ff.done_masks(f)
         total = int(np.prod(f["train_done"].shape))
         seconds = np.asarray(f["point_seconds"]).ravel()
+        hessian = None
+        if "eig_done" in f:  # the `hessian` verb's maps
+            eig = int(np.asarray(f["eig_done"]).sum())
+            hessian = {"done": eig, "pending": total - eig,
+                       **{k.removeprefix("hessian_"): _plain(f.attrs.get(k)) for k in
+                          ("hessian_split", "hessian_samples", "hessian_params")}}
     complete = np.logical_and.reduce([done[s] for s in splits])
     report = {"surface": str(surface_path), "points": total,
               "splits": {s: {"done": int(done[s].sum()), "pending": int((~done[s]).sum())} for s in splits},
               "shards": []}
+    if hessian is not None:
+        report["hessian"] = hessian
     timings = list(seconds[np.isfinite(seconds)])
     in_shards = np.zeros(total, dtype=bool)
     for path in shard_files(surface_path):
@@ -99,6 +107,10 @@ def format_status(report: dict) -> str:
     lines = [f"{report['surface']}: {report['points']} grid points"]
     for split, c in report["splits"].items():
         lines.append(f"  {split:<5} {c['done']:>7} done  {c['pending']:>7} pending")
+    if report.get("hessian"):
+        h = report["hessian"]
+        lines.append(f"  hessian maps {h['done']:>5} done  {h['pending']:>7} pending ({h['split']} split, "
+                     f"{h['samples'] or 'all'} samples, {h['params']} parameters)")
     for sh in report["shards"]:
         lines.append(f"  shard {sh['file']:<14} {sh['done']:>6}/{sh['assigned']:<6} done, {sh['not_merged']} not merged yet")
     if report.get("jobs"):
@@ -118,3 +130,7 @@ def format_status(report: dict) -> str:
     else:
         lines.append(f"  {report['remaining']} points left; no timings recorded yet")
     return "\n".join(lines)
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v

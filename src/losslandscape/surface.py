@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, userimport
 from .errors import UserError
 from .grid import GridAxes, coarse_to_fine
 from .fileformat import (FORMAT, FORMAT_VERSION, SHARD_FORMAT, SPLITS, VALUES, check_shard, done_masks,  # noqa: F401
@@ -97,6 +97,7 @@ def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
     f.attrs["identity"] = json.dumps(ident, sort_keys=True)
     f.attrs["directions_sha256"] = digest
     f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
+    f.attrs["import_dirs"] = json.dumps(userimport.search_dirs())  # where its model and data factories were
     f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for k, v in (extra_attrs or {}).items():
         f.attrs[k] = v

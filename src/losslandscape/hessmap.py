@@ -1,0 +1,241 @@
+"""The `hessian` verb: the Hessian's extreme eigenvalues at every point of a surface's grid
+(Li et al., Sec. 6 and Fig. 8: the ratio |min/max| shows where a 2-D projection hides
+non-convexity), and the spectrum at the centre.
+
+The maps are computed with the surface's own machinery (`distributed.run`): one process, or
+a coordinator handing points to MPI workers that write through parallel HDF5; resumable,
+coarse to fine. They are stored in the surface file as `max_eig`, `min_eig` (float64, the
+layout of the losses, NaN where not computed) and `eig_done` (uint8), with the settings as
+attributes (`hessian_split`, `hessian_samples`, `hessian_params`, `hessian_tol`). The
+Hessian is that of the MEAN loss over the split (or a fixed, seeded subset of it), BatchNorm
+in eval mode; the numerics are in hessian.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import fileformat as ff
+from . import spec as specs
+from . import surface, userimport
+from .errors import UserError
+from .grid import GridAxes, coarse_to_fine
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("max_eig", "min_eig", "eig_done")
+CENTRE = "hessian_centre"  # the group with the spectrum at the centre
+
+
+@dataclass(frozen=True)
+class Settings:
+    split: str = "train"
+    samples: int = 0  # 0 = every sample of the split (or of the surface's own subset)
+    params: str = "all"  # all | weights (tensors of more than one dimension, as the original code)
+    tol: float = 1e-3
+
+    def attrs(self) -> dict:
+        return {"hessian_split": self.split, "hessian_samples": self.samples, "hessian_params": self.params,
+                "hessian_tol": self.tol}
+
+
+def surface_spec(path: Path, settings: Settings, device: str | None = None):
+    """The spec the surface was made with, narrowed to the Hessian's split and samples."""
+    with ff.open_h5(path, "r") as f:
+        if not ff.is_ours(f):
+            raise UserError(f"hessian: {path} is not a losslandscape surface file (convert an original file first "
+                            "by resuming it with `losslandscape surface`)")
+        if "ycoordinates" not in f:
+            raise UserError(f"hessian: {path} is a 1-D surface; the eigenvalue maps need a 2-D surface (grid.y)")
+        table = json.loads(f.attrs["spec"])
+        folders = json.loads(f.attrs.get("import_dirs", "[]"))
+    for folder in [*folders, path.resolve().parent]:  # the model and data factories of the surface
+        userimport.remember(folder)
+    spec = specs.from_dict(table)
+    spec.data.splits = [settings.split]
+    if settings.samples:
+        if spec.data.max_samples and settings.samples > spec.data.max_samples:
+            raise UserError(f"--samples: {settings.samples} is more than the {spec.data.max_samples} samples "
+                            f"the surface was computed on")
+        spec.data.max_samples = settings.samples
+    if device:
+        spec.evaluation.device = device
+    spec.output.surface = str(path)
+    return spec
+
+
+class HessianWork:
+    """The steps of the Hessian maps, driven like a surface (see distributed.SurfaceWork)."""
+
+    label = "hessian"
+
+    def __init__(self, path: Path, settings: Settings, device: str | None = None):
+        self.path, self.settings = Path(path), settings
+        self.spec = surface_spec(self.path, settings, device)
+        self.unit_size = 1  # a point is many forward passes: hand them out one by one
+
+    def check(self) -> None:
+        if self.settings.params not in ("all", "weights"):
+            raise UserError(f"--params: {self.settings.params!r} is not valid; expected all or weights")
+
+    def load(self, worker_index: int = 0, workers_on_node: int = 1):
+        from . import data as datasets
+        from .distributed import start_evaluator
+
+        s = self.settings
+        available = len(datasets.load_split(_without_subset(self.spec), s.split)[1])
+        if s.samples > available:
+            raise UserError(f"--samples: {s.samples} is more than the {available} samples of the {s.split} split")
+        return start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
+
+    def plan(self):
+        """Rank 0: the maps' datasets to create (their settings), or None when they exist with
+        the same settings; other settings on a map with computed points are refused."""
+        with ff.open_h5(self.path, "r") as f:
+            if "eig_done" not in f:
+                return self.settings
+            stored = {k: f.attrs.get(k) for k in self.settings.attrs()}
+            computed = int(np.asarray(f["eig_done"]).sum())
+        for key, want in self.settings.attrs().items():
+            have = stored[key]
+            have = have.item() if isinstance(have, np.generic) else have
+            if have != want and computed:
+                option = "--" + key.removeprefix("hessian_")
+                raise UserError(f"{option}: the eigenvalue maps of {self.path} were computed with {have!r}, not "
+                                f"{want!r}; resume with {option} {have} or compute them into a copy of the surface")
+        return None
+
+    def create(self, settings: Settings, comm=None) -> None:
+        """Add the maps' datasets (structure: collective under MPI)."""
+        with ff.open_h5(self.path, "r+", comm) as f:
+            shape = f["train_done"].shape
+            for name in DATASETS:
+                if name in f:
+                    del f[name]
+            for name in ("max_eig", "min_eig"):
+                f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=surface._dcpl_early(np.nan))
+            f.create_dataset("eig_done", shape=shape, dtype="u1", fillvalue=0, dcpl=surface._dcpl_early(0))
+            for k, v in settings.attrs().items():
+                f.attrs[k] = v
+
+    def pending(self, created: bool, notes: dict):
+        from .job import Prepared
+
+        axes = GridAxes(*_axes(self.path))
+        with ff.open_h5(self.path, "r") as f:
+            done = np.asarray(f["eig_done"]).ravel() == 1
+        order = coarse_to_fine(axes.shape)
+        todo = order[~done[order]]
+        log.info("hessian maps of %s (%s split, %s samples, %s parameters): %d of %d points done, %d to compute",
+                 self.path, self.settings.split, self.settings.samples or "all", self.settings.params,
+                 int(done.sum()), axes.size, len(todo))
+        return Prepared(self.path, axes, todo, axes.size, created)
+
+    def attach(self, evaluator, prep, first: bool = True) -> None:
+        from .job import attach_directions
+
+        attach_directions(evaluator, prep.directions_file)
+
+    def done(self, f) -> np.ndarray:
+        return np.asarray(f["eig_done"]).ravel() == 1
+
+    def point(self, evaluator, p: int, a: float, b: float, done) -> dict:
+        """(largest, smallest) eigenvalue of the mean-loss Hessian at theta + a*dx + b*dy."""
+        from .hessian import HessianOperator, extreme_eigenvalues
+
+        evaluator.move_to(a, b)
+        inputs, targets = evaluator.splits[self.settings.split]
+        op = HessianOperator(evaluator.model, self.settings.params, inputs, targets, evaluator.loss,
+                             evaluator.batch_size)
+        return {"eig": extreme_eigenvalues(op, tol=self.settings.tol)}
+
+    def writer(self, f, flush: bool = True):
+        return EigenWriter(f, flush)
+
+    def finished(self, path: Path) -> None:
+        log.info("hessian maps complete: %s", path)
+
+
+class EigenWriter:
+    """Writes finished points: the eigenvalues first, then the done flag (see surface.PointWriter)."""
+
+    def __init__(self, f, flush: bool = True):
+        self.f, self.flush = f, flush
+        self.ds = {name: f[name] for name in DATASETS}
+        self.shape = self.ds["eig_done"].shape
+
+    def write(self, points, results, seconds) -> None:
+        index = [np.unravel_index(int(p), self.shape) for p in points]
+        for idx, res in zip(index, results):
+            self.ds["max_eig"][idx], self.ds["min_eig"][idx] = res["eig"]
+        if self.flush:
+            self.f.flush()
+        for idx in index:
+            self.ds["eig_done"][idx] = 1
+        if self.flush:
+            self.f.flush()
+
+
+def _axes(path: Path):
+    with ff.open_h5(path, "r") as f:
+        return np.asarray(f["xcoordinates"]), np.asarray(f["ycoordinates"])
+
+
+def _without_subset(spec):
+    import copy
+
+    full = copy.deepcopy(spec)
+    full.data.max_samples = 0
+    return full.data
+
+
+def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str | None = None,
+                    probes: int = 4, steps: int = 30, trace_samples: int = 100) -> dict:
+    """At the surface's centre (the trained model): the top-k eigenvalues (descending), the
+    smallest, a Hutchinson trace with its standard error and the spectral density (stochastic
+    Lanczos quadrature). Stored in the file's `hessian_centre` group; returned as a dict."""
+    from .hessian import HessianOperator, extreme_eigenvalues, hutchinson_trace, spectral_density, top_eigenvalues
+
+    work = HessianWork(path, settings, device)
+    work.check()
+    evaluator = work.load()
+    inputs, targets = evaluator.splits[settings.split]
+    op = HessianOperator(evaluator.model, settings.params, inputs, targets, evaluator.loss, evaluator.batch_size)
+    top = top_eigenvalues(op, top_k, tol=settings.tol)
+    _, smallest = extreme_eigenvalues(op, tol=settings.tol)
+    trace, stderr = hutchinson_trace(op, samples=trace_samples)
+    grid, density = spectral_density(op, steps=steps, probes=probes)
+    result = {"file": str(path), **{k.removeprefix("hessian_"): v for k, v in settings.attrs().items()},
+              "parameters": op.dim, "top_eigenvalues": top, "min_eigenvalue": smallest,
+              "ratio_min_max": abs(smallest / top[0]) if top and top[0] else None,
+              "trace": trace, "trace_stderr": stderr, "hutchinson_samples": trace_samples}
+    with ff.open_h5(path, "r+") as f:
+        if CENTRE in f:
+            del f[CENTRE]
+        g = f.create_group(CENTRE)
+        g.create_dataset("top_eigenvalues", data=np.asarray(top, dtype=np.float64))
+        g.create_dataset("density_grid", data=grid)
+        g.create_dataset("density", data=density)
+        for k, v in result.items():
+            if k not in ("top_eigenvalues", "file") and v is not None:
+                g.attrs[k] = v
+    result["density"] = {"grid": grid.tolist(), "density": density.tolist()}
+    return result
+
+
+def format_centre(result: dict) -> str:
+    top = ", ".join(f"{v:.5g}" for v in result["top_eigenvalues"])
+    return "\n".join([
+        f"{result['file']}: Hessian of the mean {result['split']} loss at the centre "
+        f"({result['samples'] or 'all'} samples, {result['params']} parameters: {result['parameters']:,})",
+        f"  top eigenvalues   {top}",
+        f"  min eigenvalue    {result['min_eigenvalue']:.5g}",
+        f"  |min/max|         {result['ratio_min_max']:.4g}" if result["ratio_min_max"] is not None else "",
+        f"  trace (Hutchinson, {result['hutchinson_samples']} probes)  {result['trace']:.5g} "
+        f"+- {result['trace_stderr']:.2g}",
+    ]).replace("\n\n", "\n")

@@ -1,0 +1,194 @@
+"""The `hessian` verb: eigenvalue maps over a surface's grid and the spectrum at its centre,
+checked against dense Hessians computed here, with real one-process and `mpirun` runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from losslandscape import data as datasets
+from losslandscape import spec as specs
+
+from conftest import BIN
+from test_mpi import mpirun
+
+TINY = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 10))
+    with torch.no_grad():  # running statistics that are not the identity
+        net[1].running_mean.uniform_(-0.2, 0.2)
+        net[1].running_var.uniform_(0.5, 1.5)
+    return net
+'''
+SAMPLES = 48
+
+
+def cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "losslandscape"), *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def surface_file(tmp_path_factory) -> Path:
+    """A 3x3 surface of a tiny CNN with BatchNorm (its weights saved as the checkpoint)."""
+    d = tmp_path_factory.mktemp("hess")
+    (d / "tiny.py").write_text(TINY)
+    import sys
+
+    sys.path.insert(0, str(d))
+    import tiny
+
+    sys.path.remove(str(d))
+    torch.save(tiny.build().state_dict(), d / "tiny.pt")
+    (d / "job.toml").write_text(f'''
+[model]
+name = "tiny:build"
+checkpoint = "{d / 'tiny.pt'}"
+[data]
+name = "digits"
+splits = ["train"]
+max_samples = 200
+[directions]
+dir_type = "states"
+[grid]
+x = "-1:1:3"
+y = "-1:1:3"
+[evaluation]
+device = "cpu"
+[output]
+surface = "{d / 's.h5'}"
+''')
+    proc = cli("surface", d / "job.toml")
+    assert proc.returncode == 0, proc.stderr
+    return d / "s.h5"
+
+
+def copy_of(surface_file: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "s.h5"
+    target.write_bytes(surface_file.read_bytes())
+    (tmp_path / "tiny.py").write_text(TINY)
+    (tmp_path / "tiny.pt").write_bytes((surface_file.parent / "tiny.pt").read_bytes())
+    return target
+
+
+def dense_eigenvalues(surface_path: Path, a: float, b: float, params: str = "all") -> np.ndarray:
+    """The spectrum of the dense float64 Hessian of the mean loss at theta + a*dx + b*dy."""
+    import sys
+
+    sys.path.insert(0, str(surface_path.parent))
+    import tiny
+
+    sys.path.remove(str(surface_path.parent))
+    model = tiny.build().double()
+    model.load_state_dict({k: v.double() if v.is_floating_point() else v
+                           for k, v in torch.load(surface_path.parent / "tiny.pt").items()})
+    with h5py.File(surface_path, "r") as f:
+        dx = {k: torch.from_numpy(f["directions/x"][k][...]).double() for k in f["directions/x"]}
+        dy = {k: torch.from_numpy(f["directions/y"][k][...]).double() for k in f["directions/y"]}
+    with torch.no_grad():  # states: parameters and BatchNorm statistics move
+        for k, t in model.state_dict().items():
+            if k in dx:
+                t.add_(a * dx[k] + b * dy[k])
+    model.eval()
+    x, y = datasets.load_split(specs.from_dict({"data": {"max_samples": SAMPLES}}).data, "train")
+    names = [n for n, p in model.named_parameters() if params == "all" or p.dim() > 1]
+    base = dict(model.named_parameters())
+    shapes = [base[n].shape for n in names]
+    sizes = [base[n].numel() for n in names]
+
+    def loss(flat):
+        tensors = dict(zip(names, [t.view(s) for t, s in zip(flat.split(sizes), shapes)]))
+        out = torch.func.functional_call(model, {**dict(model.named_buffers()), **base, **tensors}, (x.double(),))
+        return F.cross_entropy(out, y)
+
+    flat = torch.cat([base[n].detach().reshape(-1) for n in names])
+    return np.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat).numpy())
+
+
+def maps(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return f["max_eig"][...], f["min_eig"][...], f["eig_done"][...]
+
+
+@pytest.mark.parametrize("params", ["all", "weights"])
+def test_the_maps_equal_dense_hessians(surface_file, tmp_path, params):
+    path = copy_of(surface_file, tmp_path)
+    proc = cli("hessian", path, "--samples", SAMPLES, "--params", params)
+    assert proc.returncode == 0, proc.stderr
+    hi, lo, done = maps(path)
+    assert done.all()
+    xs = ys = [-1.0, 0.0, 1.0]
+    for j, i in [(1, 1), (0, 2), (2, 0)]:
+        ev = dense_eigenvalues(path, xs[i], ys[j], params)
+        radius = np.abs(ev).max()
+        assert abs(hi[j, i] - ev[-1]) <= 1e-3 * radius and abs(lo[j, i] - ev[0]) <= 1e-3 * radius
+    again = cli("hessian", path, "--samples", SAMPLES, "--params", params)
+    assert again.returncode == 0 and "9 of 9 points done, 0 to compute" in again.stderr
+    status = cli("status", path)
+    assert "hessian maps     9 done        0 pending" in status.stdout
+
+
+def test_mpirun_equals_one_process(surface_file, tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    one, many = copy_of(surface_file, tmp_path / "one"), copy_of(surface_file, tmp_path / "many")
+    assert cli("hessian", one, "--samples", SAMPLES).returncode == 0
+    proc = subprocess.run(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(many), "--samples", str(SAMPLES)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 workers; workers write through parallel HDF5" in proc.stderr
+    for a, b in zip(maps(one), maps(many)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_the_centre_spectrum(surface_file, tmp_path):
+    path = copy_of(surface_file, tmp_path)
+    proc = cli("hessian", path, "--centre", "--top-k", "3", "--samples", SAMPLES, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    ev = dense_eigenvalues(path, 0.0, 0.0)
+    radius = np.abs(ev).max()
+    np.testing.assert_allclose(result["top_eigenvalues"], ev[::-1][:3], atol=1e-3 * radius)
+    assert abs(result["min_eigenvalue"] - ev[0]) <= 1e-3 * radius
+    assert abs(result["trace"] - ev.sum()) <= 3 * result["trace_stderr"]
+    with h5py.File(path, "r") as f:
+        g = f["hessian_centre"]
+        assert g["top_eigenvalues"].shape == (3,) and g["density"].shape == g["density_grid"].shape
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_bad_input_is_one_line_and_leaves_the_file(surface_file, tmp_path):
+    path = copy_of(surface_file, tmp_path)
+    before = sha(path)
+    proc = cli("hessian", path, "--samples", "100000")
+    assert proc.returncode == 1 and "--samples: 100000 is more than the 200 samples" in proc.stderr
+    assert "Traceback" not in proc.stderr and sha(path) == before
+    one_d = tmp_path / "line.h5"
+    assert cli("surface", "--grid.x=-1:1:3", "--data.max_samples=20", f"--output.surface={one_d}").returncode == 0
+    before = sha(one_d)
+    proc = cli("hessian", one_d)
+    assert proc.returncode == 1 and "is a 1-D surface; the eigenvalue maps need a 2-D surface" in proc.stderr
+    assert sha(one_d) == before
+    # other settings on maps that have points are refused
+    assert cli("hessian", path, "--samples", SAMPLES).returncode == 0
+    before = sha(path)
+    proc = cli("hessian", path, "--samples", "32")
+    assert proc.returncode == 1 and "--samples: the eigenvalue maps of" in proc.stderr and sha(path) == before
