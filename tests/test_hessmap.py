@@ -86,8 +86,8 @@ def copy_of(surface_file: Path, tmp_path: Path) -> Path:
     return target
 
 
-def dense_eigenvalues(surface_path: Path, a: float, b: float, params: str = "all") -> np.ndarray:
-    """The spectrum of the dense float64 Hessian of the mean loss at theta + a*dx + b*dy."""
+def dense_hessian(surface_path: Path, a: float = 0.0, b: float = 0.0, params: str = "all") -> np.ndarray:
+    """The dense float64 Hessian of the mean loss at theta + a*dx + b*dy, parameters in model order."""
     import sys
 
     sys.path.insert(0, str(surface_path.parent))
@@ -117,7 +117,11 @@ def dense_eigenvalues(surface_path: Path, a: float, b: float, params: str = "all
         return F.cross_entropy(out, y)
 
     flat = torch.cat([base[n].detach().reshape(-1) for n in names])
-    return np.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat).numpy())
+    return torch.autograd.functional.hessian(loss, flat).numpy()
+
+
+def dense_eigenvalues(surface_path: Path, a: float, b: float, params: str = "all") -> np.ndarray:
+    return np.linalg.eigvalsh(dense_hessian(surface_path, a, b, params))
 
 
 def maps(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,3 +196,32 @@ def test_bad_input_is_one_line_and_leaves_the_file(surface_file, tmp_path):
     before = sha(path)
     proc = cli("hessian", path, "--samples", "32")
     assert proc.returncode == 1 and "--samples: the eigenvalue maps of" in proc.stderr and sha(path) == before
+
+
+def test_hessian_directions_are_eigenvectors(surface_file, tmp_path):
+    d = tmp_path
+    (d / "tiny.py").write_text(TINY)
+    (d / "tiny.pt").write_bytes((surface_file.parent / "tiny.pt").read_bytes())
+    (d / "job.toml").write_text((surface_file.parent / "job.toml").read_text()
+                                .replace(str(surface_file.parent), str(d))
+                                .replace('dir_type = "states"', 'kind = "hessian"')
+                                .replace("max_samples = 200", f"max_samples = {SAMPLES}"))
+    proc = cli("surface", d / "job.toml")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(d / "s.h5", "r") as f:
+        lams = f.attrs["hessian_eigenvalues"]
+        scale = float(f.attrs["hessian_direction_scale"])
+        dirs = [{k: torch.from_numpy(f[f"directions/{a}"][k][...]).double() for k in f[f"directions/{a}"]}
+                for a in ("x", "y")]
+        assert f["train_done"][...].all()
+    ev = dense_eigenvalues(d / "s.h5", 0.0, 0.0)
+    radius = np.abs(ev).max()
+    assert abs(lams[0] - ev[-1]) <= 1e-3 * radius and abs(lams[1] - ev[0]) <= 1e-3 * radius
+    H = dense_hessian(d / "s.h5")
+    import tiny
+
+    order = [n for n, _ in tiny.build().named_parameters()]  # the dense Hessian's order
+    for lam, direction in zip(lams, dirs):
+        v = torch.cat([direction[k].reshape(-1) for k in order]).numpy() / scale
+        assert abs(np.linalg.norm(v) - 1) < 1e-5
+        assert np.linalg.norm(H @ v - lam * v) <= 1e-3 * radius

@@ -92,12 +92,37 @@ def make_directions(spec, model: torch.nn.Module):
         other = build_and_load(spec.model, datasets.input_channels(spec.data), checkpoint=spec.model.checkpoint2,
                                field="model.checkpoint2")
         return dirs.interpolation_direction(weights, dirs.target_tensors(other, d.dir_type)), None, {}
+    if d.kind == "hessian":
+        return hessian_directions(spec, model, two)
     if d.kind == "file":
         # an original "states" file also has entries for the integer num_batches_tracked buffers
         names = list(model.state_dict()) if d.dir_type == "states" else None
         x, y = dirs.read_direction_file(d.file, weights, two, all_names=names)
         return x, y, {"directions_from": str(d.file)}
     raise ValueError(d.kind)
+
+
+def hessian_directions(spec, model: torch.nn.Module, two: bool):
+    """Eigenvectors of the Hessian of the mean loss at the trained model (first split of
+    data.splits, data.max_samples of it), on this process's CPU. Each unit eigenvector is
+    scaled to the norm of the weights it moves, the length of a filter-normalised random
+    direction, so that a grid of -1:1 reaches as far as a random-direction surface does."""
+    from .hessian import HessianOperator, hessian_eigen_directions
+
+    inputs, targets = datasets.load_split(spec.data, spec.data.splits[0])
+    op = HessianOperator(model.eval(), "all", inputs, targets, spec.evaluation.loss, spec.evaluation.batch_size)
+    pairs = hessian_eigen_directions(op, "extremes" if spec.directions.which == "maxmin" else "top2")
+    weights = dirs.target_tensors(model, "weights")
+    norm = float(torch.sqrt(sum(weights[k].detach().double().pow(2).sum() for k in op.names)))
+    scaled = [{k: v * norm for k, v in d.items()} for _, d in pairs]
+    for d in scaled:  # parameters outside the operator (none with "all") do not move
+        for k, w in weights.items():
+            d.setdefault(k, torch.zeros(w.shape))
+    info = {"hessian_eigenvalues": [lam for lam, _ in pairs], "hessian_which": spec.directions.which,
+            "hessian_direction_scale": norm}
+    log.info("Hessian directions (%s): eigenvalues %s, scaled to the weights' norm %.4g", spec.directions.which,
+             ", ".join(f"{lam:.5g}" for lam, _ in pairs), norm)
+    return scaled[0], (scaled[1] if two else None), info
 
 
 def run_identity(spec) -> dict:
@@ -191,8 +216,8 @@ def prepare(spec, notes: dict | None = None) -> Prepared:
 
 def _check_directions(spec, path: Path) -> None:
     """The stored directions must be the ones this spec makes (same seed, weights, norms)."""
-    if spec.directions.kind == "file":
-        return  # identity already pins the source file by its SHA-256
+    if spec.directions.kind in ("file", "hessian"):
+        return  # identity pins the source file by its SHA-256; Hessian directions by model, data and choice
     model = base_model(spec)
     x, y, _ = make_directions(spec, model)
     with surface.open_h5(path, "r") as f:

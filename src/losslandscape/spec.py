@@ -56,8 +56,8 @@ class Data:
 
 @dataclass
 class Directions:
-    kind: Literal["random", "interpolate", "file"] = "random"
-    """random (Gaussian) | interpolate (checkpoint -> checkpoint2) | file (from an HDF5 file)."""
+    kind: Literal["random", "interpolate", "file", "hessian"] = "random"
+    """random (Gaussian) | interpolate (checkpoint -> checkpoint2) | file (from an HDF5 file) | hessian (eigenvectors)."""
     dir_type: Literal["auto", "weights", "states"] = "auto"
     """weights: parameters only; states: also BatchNorm running statistics; auto: states for interpolate, else weights."""
     norm: Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"] = "filter"
@@ -70,6 +70,8 @@ class Directions:
     """make the y direction orthogonal to the x direction (after normalisation)."""
     file: str = ""
     """HDF5 file to take directions from (kind = "file"): a surface file or an original direction file."""
+    which: Literal["maxmin", "top2"] = "maxmin"
+    """kind = "hessian": eigenvectors of the largest and smallest eigenvalue (maxmin) or of the two largest."""
 
 
 @dataclass
@@ -269,6 +271,8 @@ def _validate(spec: Spec) -> None:
     if spec.directions.dir_type == "auto":
         # the line between two models ends at the second model only if BatchNorm statistics move too
         spec.directions.dir_type = "states" if spec.directions.kind == "interpolate" else "weights"
+    if spec.directions.kind == "hessian" and spec.directions.dir_type != "weights":
+        raise UserError('directions.dir_type: "hessian" directions move the parameters only; use "weights"')
     if spec.directions.kind == "file" and not spec.directions.file:
         raise UserError('directions.file: empty; kind = "file" needs the HDF5 file to read directions from')
     if not spec.evaluation.device == "auto" and not (

@@ -56,6 +56,8 @@ def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sh
         ident["model.checkpoint2 (sha256)"] = checkpoint2_sha
     if d.kind == "file":
         ident["directions.file (sha256)"] = directions_file_sha
+    if d.kind == "hessian":
+        ident["directions.which"] = d.which
     if spec.data.name == "cifar10":
         ident["data.root"] = str(Path(spec.data.root).resolve())
     return ident
