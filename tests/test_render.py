@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 from pathlib import Path
 
 import h5py
@@ -146,11 +147,38 @@ def assert_png(path: Path) -> None:
     assert colours.size > 50, f"{path} has only {colours.size} colours"
 
 
-def html_data(path: Path) -> dict:
+def page_figure(path: Path) -> dict:
+    """The Plotly figure of an HTML page, {"data": [...], "layout": {...}}, read from its Plotly.newPlot call."""
     text = path.read_text()
-    m = re.search(r'<script type="application/json" id="surface-data">(.*?)</script>', text, re.S)
-    assert m, "no embedded data"
-    return json.loads(m.group(1))
+    calls = list(re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*', text))
+    assert len(calls) == 1, f"{path}: {len(calls)} Plotly.newPlot calls"
+    decoder = json.JSONDecoder()
+    data, end = decoder.raw_decode(text, calls[0].end())
+    layout, _ = decoder.raw_decode(text, re.compile(r",\s*").match(text, end).end())
+    return {"data": data, "layout": layout}
+
+
+def array(a) -> np.ndarray:
+    """A figure's array as floats (NaN for null): a JSON list, or plotly's base64 typed array."""
+    if isinstance(a, dict) and "bdata" in a:
+        import base64
+
+        out = np.frombuffer(base64.b64decode(a["bdata"]), dtype=np.dtype(a["dtype"])).astype(float)
+        shape = a.get("shape")
+        return out.reshape([int(n) for n in str(shape).split(",")]) if shape else out
+    return np.array([[np.nan if v is None else v for v in row] if isinstance(row, list) else
+                     (np.nan if row is None else row) for row in a], dtype=float)
+
+
+def traces(fig: dict, series: str | None = None, scale: str | None = None, part: str | None = None) -> list[dict]:
+    """The figure's traces of a series ("train_loss"), scale ("log", "linear"; "" for either) and part."""
+    return [t for t in fig["data"] if (series is None or t["meta"]["series"] == series)
+            and (scale is None or t["meta"]["scale"] == scale) and (part is None or t["meta"]["part"] == part)]
+
+
+def menus(fig: dict) -> dict:
+    """The figure's button rows by name: "series", "scale"."""
+    return {m["name"]: m for m in fig["layout"].get("updatemenus", [])}
 
 
 def parse_vtp(path: Path) -> dict:
@@ -283,10 +311,18 @@ def test_partial_surface(files, tmp_path):
     rows, cols = np.divmod(corners, 21)
     assert (rows % 4 == 0).all() and (cols % 4 == 0).all() and done.ravel()[corners].all()
 
-    page = html_data(next(p for p in written if p.suffix == ".html"))
-    z = page["series"][0]["z"]
-    assert sum(v is None for row in z for v in row) > 0
-    assert all(v is None or v < 100 for row in z for v in row)  # the stale 123.0 never shows
+    # HTML: gaps (NaN) where not computed, the fraction done in the title, the computed points marked.
+    fig = page_figure(next(p for p in written if p.suffix == ".html"))
+    (heat,) = traces(fig, "train_loss", "linear", "map")
+    z = array(heat["z"])
+    assert heat["type"] == "heatmap" and np.isnan(z).any() and np.nanmax(z) < 100  # the stale 123.0 never shows
+    assert np.count_nonzero(~np.isnan(z)) == done.sum()
+    (surface,) = traces(fig, "train_loss", "linear", "surface")
+    assert surface["type"] == "surface" and array(surface["z"]).shape == (4, 6)  # the whole coarse pass
+    assert f"resnet56: train loss ({pct}% done)" in fig["layout"]["title"]["text"]
+    (dots,) = traces(fig, "train_loss", "", "computed")
+    assert array(dots["x"]).size == done.sum() and dots["name"] == "computed point"
+    assert [t["name"] for t in traces(fig, "train_loss", "", "blank")] == ["not computed yet (blank)"]
 
 
 def test_diverged_points_are_clipped(files, tmp_path):
@@ -299,11 +335,14 @@ def test_diverged_points_are_clipped(files, tmp_path):
     finite_max = paraboloid()[paraboloid() <= 3.0].max()
     z = parse_vtp(next(p for p in written if p.suffix == ".vtp"))["arrays"]["train_loss"]
     assert np.isfinite(z).all() and z.max() == pytest.approx(finite_max, rel=1e-6)
-    page = next(p for p in written if p.suffix == ".html")
-    payload = json.dumps(html_data(page))
-    assert "Infinity" not in payload and "NaN" not in payload
-    z = html_data(page)["series"][0]["z"]
-    assert max(v for row in z for v in row) == pytest.approx(finite_max)
+    fig = page_figure(next(p for p in written if p.suffix == ".html"))
+    assert "Infinity" not in json.dumps(fig) and "NaN" not in json.dumps(fig)
+    (linear,) = traces(fig, "train_loss", "linear", "map")
+    (logged,) = traces(fig, "train_loss", "log", "map")
+    for z in (array(linear["z"]), array(logged["customdata"]), 10 ** array(logged["z"])):
+        assert np.isfinite(z).all() and z.max() == pytest.approx(finite_max, rel=1e-5)
+    n = int((paraboloid() > 3.0).sum())
+    assert f"{n} diverged points, drawn at the top of the range" in fig["layout"]["title"]["text"]
     s = summarize(files["inf"])["splits"]["train"]
     assert s["diverged_points"] == int((paraboloid() > 3.0).sum())
     json.dumps(s, allow_nan=False)
@@ -609,11 +648,12 @@ def test_wide_loss_other_views(wide, tmp_path):
     texts = svg_texts(written[0])
     assert texts.count("train loss (log scale)") == 1  # the colour bar's label, not repeated on the z axis
     assert {"0.001", "1", "1000"} <= set(texts)
-    data = html_data(written[1])
-    assert data["options"]["log"] is None
-    assert {s["name"]: s["log"] for s in data["series"]} == {"train_loss": True, "train_acc": False}
+    # html: each value starts on that scale (the first of its scales); a loss can switch to the other.
+    series = page_figure(written[1])["layout"]["meta"]["series"]
+    assert {s["name"]: s["scales"] for s in series} == {"train_loss": ["log", "linear"], "train_acc": ["linear"]}
     (page,) = render([wide], tmp_path / "linear", kinds=["html"], log=False)
-    assert not any(s["log"] for s in html_data(page)["series"])
+    series = page_figure(page)["layout"]["meta"]["series"]
+    assert {s["name"]: s["scales"] for s in series} == {"train_loss": ["linear", "log"], "train_acc": ["linear"]}
     # compare: one shared log colour scale.
     (svg,) = render([wide, wide], tmp_path, kinds=["compare"], fmt="svg")
     assert "train loss (log scale)" in svg_texts(svg)
@@ -651,17 +691,224 @@ def test_vtp_structure(para_outputs, files, tmp_path):
 # ---------------------------------------------------------------- HTML
 
 
+class _Tags(HTMLParser):
+    """The start tags of a page with their attributes, and the text of its style elements
+    (a script's body is text to the parser, so the URLs in plotly.js's strings are no tags)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.styles: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        if self.tags and self.tags[-1][0] == "style":
+            self.styles.append(data)
+
+
 def test_html_is_self_contained(para_outputs):
+    """One file with plotly.js inlined; no tag loads anything (no src, no href, no link, no CDN)."""
     out, _ = para_outputs
     text = (out / "para.html").read_text()
-    assert "http://" not in text and "https://" not in text
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
-    assert not re.search(r"<link\b|@import|<script[^>]+src=", text, re.I)
-    data = html_data(out / "para.html")
-    labels = [s["label"] for s in data["series"]]
-    assert labels == ["train loss", "train accuracy (%)", "test loss", "test accuracy (%)"]
-    z = np.array(data["series"][0]["z"], dtype=float)
-    assert z.shape == (PY.size, PX.size) and np.allclose(z, paraboloid(), rtol=1e-5)
+    page = _Tags()
+    page.feed(text)
+    page.close()
+    loads = {"src", "href", "xlink:href", "data", "srcset", "poster", "background", "action", "manifest"}
+    assert not [(tag, attrs) for tag, attrs in page.tags if loads & set(attrs)]
+    assert not {tag for tag, _ in page.tags} & {"link", "iframe", "frame", "object", "embed", "img", "base", "audio",
+                                               "video", "source"}
+    assert not [css for css in page.styles if re.search(r"@import|url\(", css)]
+    scripts = [tag for tag, _ in page.tags if tag == "script"]
+    assert scripts and "plotly.js v" in text and "Plotly.newPlot(" in text  # the library, inlined
+    assert 3e6 < len(text) < 6e6  # plotly.js is ~4.8 MB; the data of a 21 x 15 grid are little
+    assert "cdn.plot.ly" not in "".join(str(attrs) for _, attrs in page.tags)
+
+
+def test_html_figure_holds_every_computed_series(para_outputs):
+    out, _ = para_outputs
+    fig = page_figure(out / "para.html")
+    series = fig["layout"]["meta"]["series"]
+    assert [s["label"] for s in series] == ["train loss", "train accuracy (%)", "test loss", "test accuracy (%)"]
+    L = paraboloid()
+    expected = {"train_loss": L, "train_acc": 100 - 10 * L, "test_loss": 1.1 * L + 0.05, "test_acc": 97 - 10 * L}
+    for s in series:
+        want = expected[s["name"]]
+        for scale in s["scales"]:
+            (surface,) = traces(fig, s["name"], scale, "surface")
+            (heat,) = traces(fig, s["name"], scale, "map")
+            assert surface["type"] == "surface" and heat["type"] in ("heatmap", "contour"), s
+            assert heat["contours"]["coloring"] == "heatmap"  # a heat map with contour lines over it
+            for t in (surface, heat):
+                assert np.allclose(array(t["x"]), PX) and np.allclose(array(t["y"]), PY)
+                # Hover: x, y and the value itself (on a log scale, customdata: z is its log10).
+                shown = "customdata" if t["type"] == "surface" or scale == "log" else "z"
+                assert all(f"%{{{k}" in t["hovertemplate"] for k in ("x", "y", shown)), t["hovertemplate"]
+                assert np.allclose(array(t[shown]), want, rtol=1e-5, atol=1e-5), (s, scale, t["type"])
+                z = array(t["z"])
+                if scale == "log":  # log10 heights and colours, floored at the smallest value > 0
+                    floor = min(v[v > 0].min() for k, v in expected.items() if k.endswith("_loss"))
+                    assert np.allclose(10**z, np.maximum(want, floor), rtol=1e-4), s
+                else:
+                    assert np.allclose(z, want, rtol=1e-5, atol=1e-5), s
+    # Train and test of one value share one colour range, on each scale.
+    for value in ("loss", "acc"):
+        for scale in ("log", "linear"):
+            maps = [t for t in traces(fig, scale=scale, part="map") if t["meta"]["series"].endswith(value)]
+            surfaces = [t for t in traces(fig, scale=scale, part="surface") if t["meta"]["series"].endswith(value)]
+            assert len(maps) == (2 if value == "loss" or scale == "linear" else 0)
+            assert len({(t["zmin"], t["zmax"]) for t in maps}) <= 1
+            assert len({(t["cmin"], t["cmax"]) for t in surfaces}) <= 1
+
+
+def test_html_buttons_choose_the_series_and_the_scale(para_outputs):
+    out, _ = para_outputs
+    fig = page_figure(out / "para.html")
+    series = fig["layout"]["meta"]["series"]
+    rows = menus(fig)
+    selector, toggle = rows["series"], rows["scale"]
+    toggle_key = f"updatemenus[{fig['layout']['updatemenus'].index(toggle)}]"
+
+    def shown(visible: list) -> set:
+        return {(t["meta"]["series"], t["meta"]["scale"]) for t, v in zip(fig["data"], visible) if v is True}
+
+    # Log is offered for a loss (this one spans more than two decades: log first), not for an accuracy.
+    assert {s["name"]: s["scales"] for s in series} == {
+        "train_loss": ["log", "linear"], "train_acc": ["linear"], "test_loss": ["log", "linear"], "test_acc": ["linear"]
+    }
+    # At first: train loss, on the log scale.
+    assert shown([t.get("visible", True) for t in fig["data"]]) == {("train_loss", ""), ("train_loss", "log")}
+    assert [b["label"] for b in toggle["buttons"]] == ["log scale", "linear scale"] and toggle["active"] == 0
+    assert fig["layout"]["title"]["text"] == "resnet56: train loss"
+    assert fig["layout"]["scene"]["zaxis"]["title"]["text"] == "loss (log scale)"
+    # A button per split and value; each shows that series on its first scale and points the scale
+    # buttons at it (hidden where it has one scale).
+    assert [b["label"] for b in selector["buttons"]] == [s["label"] for s in series]
+    for button, s in zip(selector["buttons"], series):
+        assert button["method"] == "update"
+        restyle, relayout = button["args"]
+        assert shown(restyle["visible"]) == {(s["name"], ""), (s["name"], s["scales"][0])}
+        assert relayout["title.text"] == f"resnet56: {s['name'].replace('_', ' ').replace('acc', 'accuracy')}"
+        assert relayout[f"{toggle_key}.active"] == ["log", "linear"].index(s["scales"][0])
+        assert relayout[f"{toggle_key}.visible"] == (len(s["scales"]) > 1)
+        for scale, scale_button in zip(("log", "linear"), relayout[f"{toggle_key}.buttons"]):
+            if scale not in s["scales"]:
+                assert scale_button["method"] == "skip"
+                continue
+            restyle, layout = scale_button["args"]
+            assert shown(restyle["visible"]) == {(s["name"], ""), (s["name"], scale)}
+            assert layout["scene.zaxis.title.text"].endswith("(log scale)") == (scale == "log")
+    # The log scale: log10 heights and colours, ticked at round values of the loss itself.
+    (heat,) = traces(fig, "train_loss", "log", "map")
+    bar = heat["colorbar"]
+    assert bar["title"]["text"] == "train loss (log scale)"
+    assert np.allclose(10 ** np.array(bar["tickvals"]), [float(t) for t in bar["ticktext"]])
+    layout = toggle["buttons"][0]["args"][1]
+    ticks = [float(t) for t in layout["scene.zaxis.ticktext"]]
+    assert np.allclose(10 ** np.array(layout["scene.zaxis.tickvals"]), ticks)
+    assert toggle["buttons"][1]["args"][1]["scene.zaxis.tickvals"] is None  # linear: plotly's own ticks
+
+
+def test_html_marks_the_trained_model_and_the_minimum(files, tmp_path):
+    X, Y = np.meshgrid(PX, PY)
+    loss = (X - 0.3) ** 2 + 2 * Y**2 + 0.05  # the minimum is off the centre, at (0.3, 0)
+    values = {"train_loss": loss, "train_acc": 100 - loss}
+    path = write_surface(tmp_path / "shifted.h5", PX, PY, values, {"train_done": np.ones_like(loss)})
+    (page,) = render([path], tmp_path, kinds=["html"])
+    fig = page_figure(page)
+    (trained,) = traces(fig, "train_loss", "", "trained")
+    (best,) = traces(fig, "train_loss", "", "best")
+    assert trained["name"] == "trained model (0, 0)" and (trained["x"], trained["y"]) == ([0.0], [0.0])
+    assert best["name"] == "minimum (0.3, 0) = 0.05" and best["x"] == pytest.approx([0.3]) and best["y"] == [0.0]
+    assert trained.get("showlegend", True) and best.get("showlegend", True)  # named in the legend
+    assert traces(fig, "train_acc", "", "best")[0]["name"] == "maximum (0.3, 0) = 99.95"
+    # On the surface in 3-D: log10 heights on the log scale (this loss spans two decades), the value on the linear.
+    for scale, height in (("log", np.log10), ("linear", lambda v: v)):
+        (best3d,) = traces(fig, "train_loss", scale, "best3d")
+        (trained3d,) = traces(fig, "train_loss", scale, "trained3d")
+        assert (best3d["x"], best3d["y"]) == (best["x"], best["y"]) and best3d["z"][0] == pytest.approx(height(0.05))
+        assert trained3d["z"][0] == pytest.approx(height(0.09 + 0.05))
+    # A complete surface has nothing to explain; a grid that does not reach (0, 0) has no trained model.
+    assert not traces(fig, part="computed") and not traces(fig, part="blank")
+    far = write_surface(tmp_path / "far.h5", PX + 2, PY, {"train_loss": loss}, {"train_done": np.ones_like(loss)})
+    fig = page_figure(render([far], tmp_path, kinds=["html"])[0])
+    assert not traces(fig, part="trained") and traces(fig, part="best")[0]["name"] == "minimum (2.3, 0) = 0.05"
+    # No whole cell yet: the computed points as coloured dots in 3-D, the row of cells on the map.
+    fig = page_figure(render([files["onerow"]], tmp_path, kinds=["html"])[0])
+    (dots,) = traces(fig, "train_loss", "linear", "surface")
+    assert dots["type"] == "scatter3d" and array(dots["x"]).size == PX.size
+    assert array(traces(fig, "train_loss", "linear", "map")[0]["z"]).shape == (1, PX.size)
+    assert "(7% done)" in fig["layout"]["title"]["text"]
+
+
+def test_html_of_a_1d_surface_is_a_line_chart(files, tmp_path):
+    (page,) = render([files["curve"]], tmp_path, kinds=["html"])
+    assert page.name == "curve.html"
+    fig = page_figure(page)
+    lines = traces(fig, part="line")
+    assert {t["type"] for t in lines} == {"scatter"} and not traces(fig, part="surface")
+    assert [t["name"] for t in lines] == ["train loss", "train accuracy", "test loss", "test accuracy"]
+    s = load_surface(files["curve"])
+    for t in lines:
+        name = t["meta"]["series"]
+        assert np.allclose(array(t["x"]), s.x) and np.allclose(array(t["y"]), s.values[name])
+        assert t["yaxis"] == ("y" if name.endswith("_loss") else "y2")  # accuracy on the right-hand axis
+        assert t["line"]["dash"] == ("solid" if name.startswith("train") else "dash")
+    rows = menus(fig)
+    assert [b["label"] for b in rows["series"]["buttons"]] == [
+        "all", "train loss", "train accuracy (%)", "test loss", "test accuracy (%)"
+    ]
+    # The scale buttons switch the loss axis; linear first, as the curve, unless --log.
+    assert [b["args"][0]["yaxis.type"] for b in rows["scale"]["buttons"]] == ["log", "linear"]
+    assert fig["layout"]["yaxis"]["type"] == "linear" and rows["scale"]["active"] == 1
+    (page,) = render([files["curve"]], tmp_path / "log", kinds=["html"], log=True)
+    fig = page_figure(page)
+    assert fig["layout"]["yaxis"]["type"] == "log" and menus(fig)["scale"]["active"] == 0
+    # A diverged point breaks the line and is marked.
+    x = np.linspace(-0.5, 1.5, 21)
+    loss = 1 + (x - 0.5) ** 2
+    loss[[2, 19]] = np.nan, np.inf
+    path = write_surface(tmp_path / "i.h5", x, None, {"train_loss": loss}, {"train_done": np.ones(21)})
+    fig = page_figure(render([path], tmp_path, kinds=["html"])[0])
+    (line,) = traces(fig, "train_loss", part="line")
+    y = array(line["y"])
+    assert np.isnan(y[[2, 19]]).all() and np.isfinite(np.delete(y, [2, 19])).all()
+    (mark,) = traces(fig, "train_loss", part="diverged")
+    assert mark["name"] == "diverged" and np.allclose(array(mark["x"]), x[[2, 19]])
+
+
+def test_html_compares_several_files_on_one_colour_scale(files, tmp_path):
+    written = render([files["para"], files["orig"]], tmp_path, kinds=["html"])
+    assert [p.name for p in written] == ["para.html", "orig.html", "para_vs_orig_compare.html"]
+    fig = page_figure(written[-1])
+    series = fig["layout"]["meta"]["series"]
+    assert [s["name"] for s in series] == ["train_loss", "train_acc"]  # what both files computed
+    for s in series:
+        for scale in s["scales"]:
+            surfaces = traces(fig, s["name"], scale, "surface")
+            maps = traces(fig, s["name"], scale, "map")
+            assert [t["scene"] for t in surfaces] == ["scene", "scene2"]  # side by side
+            assert [t["xaxis"] for t in maps] == ["x", "x2"]
+            assert len({(t["cmin"], t["cmax"]) for t in surfaces}) == 1  # one colour scale
+            assert len({(t["zmin"], t["zmax"]) for t in maps}) == 1
+            assert [t.get("showscale") for t in maps] == [True, False]  # and one colour bar
+    names = {t["name"] for t in traces(fig, "train_loss", "", "best")}
+    assert names == {"para.h5: minimum (0, 0) = 0", "orig.h5: minimum (0, 0) = 0.1"}
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert titles[0] == "para.h5: resnet56" and titles[1].startswith("orig.h5 (")
+    # 1-D files: one chart, a line per file; files of both kinds: a page each, no comparison.
+    written = render([files["curve"], files["curve2"]], tmp_path, kinds=["html"], split="train")
+    assert [p.name for p in written] == ["curve_train.html", "curve2_train.html", "curve_vs_curve2_train_compare.html"]
+    lines = traces(page_figure(written[-1]), "train_loss", part="line")
+    assert [t["name"] for t in lines] == ["curve.h5: train loss", "curve2.h5: train loss"]
+    written = render([files["para"], files["curve"]], tmp_path / "mixed", kinds=["html"])
+    assert [p.name for p in written] == ["para.html", "curve.html"]
+    # Nothing computed in both: no comparison either.
+    done = {"train_done": np.ones_like(paraboloid())}
+    a = write_surface(tmp_path / "a.h5", PX, PY, {"train_loss": paraboloid()}, done)
+    b = write_surface(tmp_path / "b.h5", PX, PY, {"train_acc": 100 - paraboloid()}, done)
+    assert [p.name for p in render([a, b], tmp_path / "apart", kinds=["html"])] == ["a.html", "b.html"]
 
 
 @pytest.fixture(scope="session")
@@ -682,41 +929,116 @@ def chromium():
     return binary
 
 
-def test_html_renders_in_headless_chromium(chromium, para_outputs, tmp_path):
-    import matplotlib.image as mpimg
-
-    out, _ = para_outputs
-    shot = tmp_path / "shot.png"
+def run_chromium(chromium: str, page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on `page` with no network: a proxy that refuses every connection and
+    no host name that resolves. The page's console goes to stderr (INFO:CONSOLE lines)."""
     cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=900,700",
-        f"--screenshot={shot}",
-        (out / "para.html").resolve().as_uri(),
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",  # software WebGL
+        "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", *args, page.resolve().as_uri(),
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail("headless chromium did not finish in 120 s")
-    if proc.returncode != 0 or not shot.exists():
+    if proc.returncode != 0:
         pytest.fail(f"headless chromium failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return proc
+
+
+# Put first in a copy of the page: reports on the console, as "PAGECHECK <what> <json>", every
+# error, the resources the page loaded, and what the page shows after each click on its buttons
+# (every split and value, each with its scales).
+PAGE_CHECK = """<script>
+(function () {
+  function report(what, data) { console.log("PAGECHECK " + what + " " + JSON.stringify(data)); }
+  var error = console.error;
+  console.error = function () {
+    report("error", [].join.call(arguments, " "));
+    return error.apply(console, arguments);
+  };
+  window.addEventListener("error", function (e) { report("error", "uncaught " + e.message); });
+  window.addEventListener("load", function () {
+    report("resources", performance.getEntriesByType("resource").map(function (r) { return r.name; }));
+    var gd = document.querySelector(".js-plotly-plot");
+    if (!gd || !gd.data) { report("error", "no plot"); return; }
+    function state(click) {
+      report("state", {click: click, title: gd.layout.title.text,
+        shown: gd.data.filter(function (t) { return t.visible !== false; }).map(function (t) { return t.meta; }),
+        menus: gd.layout.updatemenus.map(function (m) { return {active: m.active, visible: m.visible !== false}; })});
+    }
+    function click(label) {
+      var found = [].filter.call(document.querySelectorAll("g.updatemenu-button"),
+                                 function (b) { return b.textContent === label; });
+      if (found.length !== 1) { report("error", found.length + " buttons " + label); return; }
+      found[0].dispatchEvent(new MouseEvent("click", {bubbles: true}));
+    }
+    var steps = [];
+    gd.layout.meta.series.forEach(function (s) {
+      steps.push(s.label);
+      if (s.scales.length > 1) s.scales.slice().reverse().forEach(function (scale) { steps.push(scale + " scale"); });
+    });
+    state(null);
+    (function next(i) {
+      if (i >= steps.length) { report("done", steps.length); return; }
+      click(steps[i]);
+      setTimeout(function () { state(steps[i]); next(i + 1); }, 100);
+    })(0);
+  });
+})();
+</script>"""
+
+
+def test_html_renders_in_headless_chromium(chromium, para_outputs, tmp_path):
+    import matplotlib.image as mpimg
+
+    out, _ = para_outputs
+    page = out / "para.html"
+    # The page as written, offline: no error on the console, and a screenshot with the 3-D surface
+    # and the map in colour.
+    shot = tmp_path / "shot.png"
+    proc = run_chromium(chromium, page, tmp_path / "profile1", "--window-size=1200,800", "--hide-scrollbars",
+                        "--virtual-time-budget=5000", f"--screenshot={shot}")
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if re.search(r"Uncaught|Error|Failed to load|net::ERR", line)], console
+    assert shot.exists(), proc.stderr[-500:]
     img = mpimg.imread(shot)[..., :3]
-    assert img.shape[:2] == (700, 900)
+    assert img.shape[:2] == (800, 1200)
     assert img.std() > 0.05
     packed = (img * 255).astype(np.uint32)
     colours = np.unique(packed[..., 0] << 16 | packed[..., 1] << 8 | packed[..., 2])
     assert colours.size > 200, f"screenshot has only {colours.size} colours"
-    # The canvases drew: page text and controls are grey, the surface and map are in colour.
     chroma = img.max(axis=-1) - img.min(axis=-1)
-    assert (chroma > 0.25).mean() > 0.05, "the 3-D view and the heat map did not draw"
+    assert (chroma[:, :600] > 0.25).mean() > 0.04, "the 3-D surface did not draw"
+    assert (chroma[:, 600:] > 0.25).mean() > 0.08, "the map did not draw"
+
+    # A copy that reports errors, what it loaded, and what each button shows.
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.read_text().replace("<head>", "<head>" + PAGE_CHECK, 1))
+    proc = run_chromium(chromium, checked, tmp_path / "profile2", "--virtual-time-budget=30000", "--dump-dom")
+    assert all(k in proc.stdout for k in ('class="plotly-graph-div js-plotly-plot"', "main-svg", "gl-container"))
+    reports = [(m[1], json.loads(m[2])) for m in re.finditer(r'"PAGECHECK (\w+) (.*)", source: ', proc.stderr)]
+    kinds = [what for what, _ in reports]
+    assert "error" not in kinds, [data for what, data in reports if what == "error"]
+    assert ("resources", []) in reports  # nothing loaded, from the network or from files
+    series = {s["label"]: s for s in page_figure(page)["layout"]["meta"]["series"]}
+    states = [data for what, data in reports if what == "state"]
+    assert len(states) == 1 + len(series) + 2 * 2 and ("done", len(states) - 1) in reports
+    current, scale = next(iter(series.values())), None
+    for state in states:
+        if state["click"] in series or state["click"] is None:
+            current = series.get(state["click"], current)
+            scale = current["scales"][0]
+        else:
+            scale = state["click"].split()[0]
+        shown = {(t["series"], t["scale"]) for t in state["shown"]}
+        assert shown == {(current["name"], ""), (current["name"], scale)}, state
+        assert {"surface", "map", "best"} <= {t["part"] for t in state["shown"]}, state
+        assert state["title"].startswith("resnet56: " + current["label"].split(" (")[0]), state
+        selector, toggle = state["menus"]
+        assert selector["active"] == list(series).index(current["label"])
+        assert toggle == {"active": ["log", "linear"].index(scale), "visible": len(current["scales"]) > 1}, state
 
 
 # ---------------------------------------------------------------- summary
@@ -728,7 +1050,7 @@ def test_summary_of_the_paraboloid(files):
         json.dumps(s, allow_nan=False)
         t = s["splits"]["train"]
         assert t["fraction_done"] == 1.0
-        assert t["centre"] == {"x": 0.0, "y": 0.0, "loss": 0.0, "acc": 100.0}
+        assert t["centre"] == {"x": 0.0, "y": 0.0, "loss": 0.0, "acc": 100.0, "on_grid": True}
         assert t["minimum"]["loss"] == 0.0 and (t["minimum"]["x"], t["minimum"]["y"]) == (0.0, 0.0)
 
         # Basin: the first grid coordinate where x^2 (or 2 y^2) exceeds the threshold.
@@ -854,3 +1176,19 @@ def test_a_partial_surface_in_the_bisection_order_draws_its_whole_coarse_grid():
     z[order[:first_two + 5]] = 1.0  # and a few points of the next level
     rows, cols = common.surface_lattice(x, y, z.reshape(51, 51))
     assert rows.tolist() == [0, 25, 50] and cols.tolist() == [0, 25, 50]
+
+
+def test_summary_does_not_call_another_point_the_centre(tmp_path):
+    from losslandscape.render.summary import format_summary
+
+    x = np.linspace(-1, 1, 4)  # no point at 0
+    L = np.add.outer(x**2, x**2)
+    path = write_surface(tmp_path / "off.h5", x, x, {"train_loss": L, "train_acc": 100 - L},
+                         {"train_done": np.ones_like(L)})
+    summary = summarize(path)
+    assert summary["splits"]["train"]["centre"]["on_grid"] is False
+    text = format_summary(summary)
+    assert "\n  centre (" not in text and "is not on this grid" in text and "nearest (0.3333, 0.3333)" in text
+    on = write_surface(tmp_path / "on.h5", PX, PY, {"train_loss": paraboloid()},
+                       {"train_done": np.ones_like(paraboloid())})
+    assert "\n  centre (0, 0)" in format_summary(summarize(on))

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 if k in results["mpi"]:
                     rows.append((f"MPI, {k} worker(s) x 1 thread, compute phase", results["mpi"][k]))
                     rows.append((f"MPI, {k} worker(s) x 1 thread, whole command", results["mpi"][f"{k}_whole_command"]))
+        results["hessian"] = bench_hessian()
     print(f"\n{'program':<42} {'points/s':>9}")
     for name, rate in rows:
         print(f"{name:<42} {rate:9.3f}")
@@ -166,9 +167,26 @@ def main(argv: list[str] | None = None) -> int:
         mpi = results["mpi"]
         print(f"MPI: 2 workers / 1 worker = {mpi['speedup_2_over_1']:.2f} (target >= 1.8); coordinator CPU "
               f"{mpi['1_coordinator_cpu_percent']:.1f}% / {mpi['2_coordinator_cpu_percent']:.1f}% of a core")
+    h = results["hessian"]
+    print(f"Hessian (ResNet-20, 256 digit-sized images, 1 thread): forward {h['forward_per_s']:.1f}/s, "
+          f"HVP {h['hvp_per_s']:.2f}/s: one HVP = {h['hvp_in_forward_passes']:.1f} forward passes "
+          f"(forward-over-reverse: {h['forward_over_reverse_in_forward_passes']:.1f})")
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def bench_hessian() -> dict:
+    """Hessian-vector products per second against plain forward passes on the same data
+    (hessian.benchmark: best of interleaved rounds, 1 thread)."""
+    from .hessian import benchmark
+
+    torch.set_num_threads(1)
+    ms = benchmark()
+    torch.set_num_threads(THREADS)
+    return {"forward_per_s": 1000 / ms["forward"], "hvp_per_s": 1000 / ms["hvp_double_backward"],
+            "hvp_in_forward_passes": ms["hvp_double_backward"] / ms["forward"],
+            "forward_over_reverse_in_forward_passes": ms["hvp_forward_over_reverse"] / ms["forward"]}
 
 
 def bench_mpi(work: Path, ckpt: Path) -> dict:

@@ -12,7 +12,9 @@ Kinds of view (`KINDS`):
   surface3d  2-D: shaded 3-D surface
   compare    several files side by side, same levels and colour scale
   vtp        2-D: ParaView XML PolyData, any nx x ny grid
-  html       2-D: one self-contained interactive page (3-D + contours), works offline
+  html       one self-contained interactive page (Plotly, nothing loaded from the network):
+             2-D: 3-D surface and heat map with contours; 1-D: loss and accuracy curves;
+             with several files, also one page comparing them side by side
 
 Partial surfaces draw what is computed and say how much in the title;
 diverged points (+inf) are clipped to the top of the colour range (and break
@@ -25,8 +27,9 @@ default, draws a loss whose finite positive values span more than two decades
 on a log scale (levels, colours, and log10 heights in surface3d), as a trained
 net's surface does (~1e-3 at the minimum, ~1e2 at the corners); accuracy, a
 loss in a narrower range, or a given vmin/vmax stays linear. curve and vtp
-stay linear unless log is True.
-This package needs numpy, h5py and matplotlib only: no torch, no MPI.
+stay linear unless log is True. The html page starts on the same scale and
+has buttons to switch a loss between log and linear.
+This package needs numpy, h5py, matplotlib and plotly (html) only: no torch, no MPI.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from losslandscape.render.surfacefile import SPLITS, VALUES, Surface, load_surfa
 __all__ = ["KINDS", "Surface", "load_surface", "render", "summarize"]
 
 KINDS = ("curve", "contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html")
-KINDS_1D = ("curve", "compare")
+KINDS_1D = ("curve", "compare", "html")
 KINDS_2D = ("contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html")
 DEFAULT_1D = ("curve",)
 DEFAULT_2D = ("contour", "filled", "heatmap", "surface3d", "vtp", "html")
@@ -206,13 +209,15 @@ def render(
 
     kinds None draws every view that fits each file (1-D: curve; 2-D: contour,
     filled, heatmap, surface3d, vtp, html), plus compare when there are several
-    files. split None draws each split with points computed; value None draws
-    the loss (and the accuracy too in curve and html). vmin/vmax/levels set the
+    files; html (asked for, or by default for 2-D files) with several files of
+    one kind sharing a computed value also writes one page comparing them,
+    `<stem>_vs_<stem>_compare.html`. split None draws each split with points
+    computed; value None draws the loss (and the accuracy too in curve and html). vmin/vmax/levels set the
     colour range and contour levels; log True a logarithmic value scale, False
     a linear one, None (default) log for a loss spanning more than two decades
     (see `common.auto_log`) in contour, filled, heatmap, surface3d, compare
-    and html, linear elsewhere; zmax clips
-    the height of surface3d and vtp. Output names are
+    and html (2-D), linear elsewhere; zmax clips
+    the height of surface3d, vtp and html's 3-D view. Output names are
     `<stem>_<split>_<value>_<kind>.<fmt>` (vtp and html drop the kind).
     figures, a dict, receives each matplotlib picture's Figure by the path it
     was saved to, kept open (to inspect or change); by default they are freed.
@@ -252,4 +257,22 @@ def render(
         written += _render_one(surface, stem, out_dir, chosen, split, value, fmt, opts, figures)
     if (kinds is None and _default_compare(surfaces)) or (kinds is not None and "compare" in kinds):
         written += _render_compare(surfaces, stems, out_dir, split, value, fmt, opts, figures)
+    html_asked = "html" in kinds if kinds is not None else all(s.ndim == 2 for s in surfaces)
+    if html_asked and _default_compare(surfaces):
+        written += _render_compare_html(surfaces, stems, out_dir, split, value, opts)
     return written
+
+
+def _render_compare_html(surfaces: list[Surface], stems: list[str], out_dir: Path, split, value, opts) -> list[Path]:
+    """One page with every file side by side, `<stem>_vs_<stem>_compare.html`, if some
+    split and value is computed in every file; else none."""
+    from losslandscape.render import html
+
+    splits = [split] if split else [sp for sp in SPLITS if all(s.fraction_done.get(sp, 0) > 0 for s in surfaces)]
+    values = [value] if value else list(VALUES)
+    names = [f"{sp}_{v}" for sp in splits for v in values]
+    if not any(all(n in s.values and not np.all(np.isnan(s.values[n])) for s in surfaces) for n in names):
+        return []
+    name_stem = "_vs_".join(stems) if len(stems) <= 3 else f"{stems[0]}_vs_{len(stems) - 1}_more"
+    out = common.output_path(out_dir, name_stem, split, value, "compare", ext="html")
+    return [html.write_compare_html(surfaces, out, splits, values, **opts)]

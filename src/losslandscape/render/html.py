@@ -1,50 +1,92 @@
-"""One self-contained interactive page per surface: a rotatable 3-D surface and a
-heat map with contour lines, drawn by a few hundred lines of plain JavaScript
-on two 2-D canvases.
+"""Interactive pages: one self-contained HTML file per surface file, and one comparing
+several, drawn by Plotly (`plotly.graph_objects`) with plotly.js inlined.
+
+    figure(surface, splits, values, ...)          -> the page's go.Figure
+    compare_figure(surfaces, splits, values, ...) -> the comparison's go.Figure
+    write_html / write_compare_html               -> the figure written as one HTML file
 
 The page loads nothing: no script, style sheet, font or image comes from the
-network, so it opens on a cluster login node, from an e-mail, or offline.
-The data sit in the page as JSON (values rounded to 6 significant digits,
-null where not computed, diverged points clipped to the top of the range).
-Each series carries its starting scale, `log`: the user's --log/--linear, or by
-default log for a loss spanning more than two decades (`common.auto_log`); the
-page's "log scale" box starts there for each series and can be toggled.
+network (no CDN, no MathJax), so it opens on a cluster login node, from an
+e-mail, or offline. It is about 5 MB, nearly all of it plotly.js; values are
+stored as float32 and the 3-D surface has at most SURFACE_POINTS a side (as the
+static surface3d's rcount/ccount), so a 201 x 201 grid with four values adds
+about 3 MB.
+
+A 2-D surface gets a rotatable 3-D surface (go.Surface) beside a heat map with
+contour lines (go.Contour, or go.Heatmap while partial) of the same values;
+hovering either shows x, y and the value. Buttons above choose the split and
+value (train/test x loss/accuracy, whatever the file has computed) and the
+scale: a loss can be drawn on a log scale (log10 heights and colours, ticks in
+the loss's own units). Each choice starts on the scale the static views use:
+the user's --log or --linear, else log for a loss spanning more than two
+decades (`common.auto_log`); train and test of one value share one colour
+range. What the static views mark is marked here too, and named in the
+legend: the trained model at (0, 0), the best point (the minimum of a loss, the
+maximum of an accuracy), and on a partial surface the computed points, with
+blanks (NaN) where nothing is computed yet; the title says how much is done.
+Diverged points are drawn at the top of the range, and the title counts them.
+
+A 1-D surface gets a line chart instead: loss (left axis) and accuracy (right
+axis) against x, train solid and test dashed, with the same buttons (the scale
+buttons switch the loss axis; linear first, as the curve, unless --log).
+Several files of one kind compare on one page: 2-D surfaces side by side, each
+file's 3-D view above its map, all on one colour scale and one height range;
+1-D curves on one chart, a colour per file.
+
+How the buttons work, without any JavaScript of ours: every (split, value), on
+each scale it can be drawn on, has its own traces; a button shows one set and
+hides the rest (Plotly's "update" method), and sets the title and the 3-D axes.
+Choosing a split and value also resets the scale buttons to that choice's
+first scale and points them at its traces, so the two rows never disagree.
 """
 
 from __future__ import annotations
 
-import html
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from losslandscape.errors import UserError
 from losslandscape.render import common
-from losslandscape.render.surfacefile import Surface
+from losslandscape.render.surfacefile import VALUE_LABELS, Surface
 
-MAX_CMAP = 256
+COLORSCALE = "Viridis"  # plotly's viridis is matplotlib's (common.CMAP), the static views' colours
+LOG, LINEAR = "log", "linear"
+SCALE_BUTTONS = (LOG, LINEAR)  # the order of the scale buttons
+CONTOUR_LEVELS = 15  # as plot2d.CONTOUR_LEVELS
+SURFACE_POINTS = 101  # the 3-D surface's most points a side (a 201 x 201 grid draws every 2nd)
+LOSS_COLOR, ACC_COLOR = "#1f77b4", "#d62728"  # matplotlib's tab:blue and tab:red, as plot1d
+SPLIT_DASH = {"train": "solid", "test": "dash"}
+FILE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+# The marks of the static views (plot2d.TRAINED_STYLE, BEST_STYLE, COMPUTED_STYLE).
+TRAINED_MARKER = {"symbol": "cross", "size": 11, "color": "white", "line": {"color": "black", "width": 1.2}}
+BEST_MARKER = {"symbol": "star", "size": 15, "color": "#d62728", "line": {"color": "white", "width": 1}}
+BEST_MARKER_3D = {"symbol": "diamond", "size": 6, "color": "#d62728", "line": {"color": "white", "width": 1}}
+TRAINED_MARKER_3D = {"symbol": "cross", "size": 6, "color": "white", "line": {"color": "black", "width": 1}}
+COMPUTED_MARKER = {"size": 3, "color": "#666666"}
+BLANK_MARKER = {"symbol": "square", "size": 11, "color": "white", "line": {"color": "#808080", "width": 1}}
+# Title at the top, the buttons below it, then the plots; the legend under them.
+TITLE = {"x": 0.5, "xanchor": "center", "y": 1.0, "yref": "container", "yanchor": "top", "pad": {"t": 18},
+         "font": {"size": 15}}
+MARGIN = {"t": 140, "l": 60, "r": 40, "b": 90}
+# The static surface3d's view (matplotlib elev=30, azim=-60), a little farther out so that labels fit.
+CAMERA_EYE = {"x": 1.0, "y": -1.75, "z": 1.15}
+CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 
-def _colormap() -> list[list[int]]:
-    import matplotlib
-
-    rgba = matplotlib.colormaps[common.CMAP](np.linspace(0.0, 1.0, MAX_CMAP))
-    return [[int(round(255 * c)) for c in row[:3]] for row in rgba]
+def write_html(surface: Surface, out: Path, splits: list[str], values: list[str], **options) -> Path:
+    """The page of one surface file: `figure(...)` written to `out`."""
+    return _write(figure(surface, splits, values, **options), out, f"{surface.model_name}: {surface.path.name}")
 
 
-def _rounded(a: np.ndarray) -> list:
-    """Nested lists of floats (6 significant digits), None for NaN."""
-    if a.ndim > 1:
-        return [_rounded(row) for row in a]
-    return [None if np.isnan(v) else float(f"{v:.6g}") for v in a.tolist()]
+def write_compare_html(surfaces: list[Surface], out: Path, splits: list[str], values: list[str], **options) -> Path:
+    """One page comparing several files of the same kind: `compare_figure(...)` written to `out`."""
+    title = "compare " + ", ".join(s.path.name for s in surfaces)
+    return _write(compare_figure(surfaces, splits, values, **options), out, title)
 
 
-def _half_step(a: np.ndarray) -> float:
-    return float(np.min(np.abs(np.diff(a)))) / 2 if a.size > 1 else 0.5
-
-
-def page_data(
+def figure(
     surface: Surface,
     splits: list[str],
     values: list[str],
@@ -53,484 +95,669 @@ def page_data(
     levels: int | None = None,
     log: bool | None = None,
     zmax: float | None = None,
-) -> dict:
-    """The JSON embedded in the page."""
-    if surface.y is None:
-        raise UserError(f"{surface.path} is a 1-D surface (no ycoordinates); html needs a 2-D one")
-    series = []
-    for split in splits:
-        for value in values:
-            name = f"{split}_{value}"
-            z = surface.values.get(name)
-            if z is None or np.all(np.isnan(z)):
-                continue
-            rows, cols = common.surface_lattice(surface.x, surface.y, z)
-            x, y, z, crows, ccols = common.compact_grid(surface.x, surface.y, z)
-            finite = z[np.isfinite(z)]
-            diverged = int(np.isposinf(z).sum())
-            if finite.size == 0:
-                continue  # every point diverged: nothing to draw
-            series_log = common.auto_log([finite], value, vmin, vmax, log)
-            z = np.where(np.isposinf(z), float(finite.max()), z)
-            z = np.where(np.isneginf(z), float(finite.min()), z)
-            series.append(
-                {
-                    "name": name,
-                    "label": common.value_label(split, value),
-                    "value": value,
-                    "log": series_log,
-                    "done": surface.fraction_done.get(split, 1.0),
-                    "diverged": diverged,
-                    "x": _rounded(x),
-                    "y": _rounded(y),
-                    "z": _rounded(z),
-                    # The sub-grid with whole cells, for the 3-D view and the contours.
-                    "rows": np.searchsorted(crows, rows).tolist(),
-                    "cols": np.searchsorted(ccols, cols).tolist(),
-                }
-            )
-    if not series:
-        asked = ", ".join(f"{s}_{v}" for s in splits for v in values)
-        raise UserError(f"{surface.path}: nothing is computed yet for {asked}")
-    return {
-        "model": surface.model_name,
-        "file": surface.path.name,
-        "grid": [int(surface.x.size), int(surface.y.size)],
-        # The map always spans the whole grid, however little of it is computed.
-        "extent": [float(surface.x.min()), float(surface.x.max()), float(surface.y.min()), float(surface.y.max())],
-        "half_step": [_half_step(surface.x), _half_step(surface.y)],
-        "xlabel": common.axis_label(surface, "x").replace(r"$\alpha$", "α"),
-        "ylabel": common.axis_label(surface, "y"),
-        "cmap": _colormap(),
-        "options": {"vmin": vmin, "vmax": vmax, "levels": levels, "log": log, "zmax": zmax},
-        "series": series,
-    }
+):
+    """The page's Plotly figure (go.Figure) for the asked splits and values that are
+    computed; UserError if none is."""
+    opts = {"vmin": vmin, "vmax": vmax, "levels": levels, "log": log, "zmax": zmax}
+    if surface.ndim == 1:
+        return _figure_1d([surface], splits, values, opts)
+    return _figure_2d([surface], splits, values, opts)
 
 
-def write_html(surface: Surface, out: Path, splits: list[str], values: list[str], **options) -> Path:
-    data = page_data(surface, splits, values, **options)
-    # "</" inside a <script> element would end it early.
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    title = f"{surface.model_name}: loss landscape ({surface.path.name})"
-    text = (
-        _PAGE.replace("@TITLE@", html.escape(title))
-        .replace("@HEADING@", html.escape(surface.model_name))
-        .replace("@SUBTITLE@", html.escape(f"{surface.path.name}, {surface.shape_text()} grid"))
-        .replace("@DATA@", payload)
-        .replace("@SCRIPT@", _SCRIPT)
+def compare_figure(
+    surfaces: list[Surface],
+    splits: list[str],
+    values: list[str],
+    vmin: float | None = None,
+    vmax: float | None = None,
+    levels: int | None = None,
+    log: bool | None = None,
+    zmax: float | None = None,
+):
+    """Several surfaces (all 1-D or all 2-D) on one figure: each (split, value)
+    computed in every file, on one shared colour scale or value axis."""
+    if len({s.ndim for s in surfaces}) > 1:
+        raise UserError("an html comparison needs surfaces of the same kind: these mix 1-D and 2-D files")
+    opts = {"vmin": vmin, "vmax": vmax, "levels": levels, "log": log, "zmax": zmax}
+    if surfaces[0].ndim == 1:
+        return _figure_1d(surfaces, splits, values, opts)
+    return _figure_2d(surfaces, splits, values, opts)
+
+
+def _write(fig, out: Path, title: str) -> Path:
+    import plotly.io as pio
+
+    text = pio.to_html(
+        fig, include_plotlyjs=True, include_mathjax=False, full_html=True, config=CONFIG,
+        default_width="100%", default_height="100%", validate=False,
     )
+    head = f'<meta charset="utf-8" />\n    <title>{_escape(title)}</title>'
+    text = text.replace('<meta charset="utf-8" />', head, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out
 
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>@TITLE@</title>
-<style>
-  body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
-         margin: 12px 16px; color: #222; background: #fff; }
-  h1 { font-size: 18px; margin: 0 0 2px 0; }
-  .sub { color: #666; margin-bottom: 8px; }
-  .controls { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; margin-bottom: 8px; }
-  .views { display: flex; gap: 12px; flex-wrap: wrap; }
-  .view { flex: 1 1 380px; min-width: 300px; }
-  .view h2 { font-size: 13px; font-weight: 600; margin: 0 0 4px 0; color: #444; }
-  canvas { width: 100%; aspect-ratio: 1 / 0.9; border: 1px solid #ddd; border-radius: 4px;
-           display: block; touch-action: none; }
-  #view3d { cursor: grab; }
-  #readout { font-variant-numeric: tabular-nums; color: #333; min-height: 1.4em; margin-top: 6px; }
-  .hint { color: #888; font-size: 12px; }
-</style>
-</head>
-<body>
-<h1>@HEADING@</h1>
-<div class="sub">@SUBTITLE@ <span id="done"></span></div>
-<div class="controls">
-  <label>Show <select id="series"></select></label>
-  <label><input type="checkbox" id="log"> log scale</label>
-  <button id="reset" type="button">reset view</button>
-  <span class="hint">drag the 3-D view to rotate, scroll to zoom; hover the map to read values</span>
-</div>
-<div class="views">
-  <div class="view"><h2>3-D surface</h2><canvas id="view3d"></canvas></div>
-  <div class="view"><h2>Heat map and contours</h2><canvas id="view2d"></canvas></div>
-</div>
-<div id="readout"></div>
-<script type="application/json" id="surface-data">@DATA@</script>
-<script>
-@SCRIPT@
-</script>
-</body>
-</html>
-"""
+def _escape(text: str) -> str:
+    import html
 
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  var D = JSON.parse(document.getElementById("surface-data").textContent);
-  var sel = document.getElementById("series");
-  var logBox = document.getElementById("log");
-  var readout = document.getElementById("readout");
-  var doneSpan = document.getElementById("done");
-  var c3 = document.getElementById("view3d");
-  var c2 = document.getElementById("view2d");
-  var view = { az: -0.6, el: 0.6, zoom: 1.0 };
-  var P = null;  // the prepared series
+    return html.escape(text)
 
-  D.series.forEach(function (s, i) {
-    var o = document.createElement("option");
-    o.value = String(i);
-    o.textContent = s.label;
-    sel.appendChild(o);
-  });
-  // Each series starts on its own scale (log for a loss spanning many decades).
-  function startScale() { logBox.checked = !!D.series[+sel.value || 0].log; }
-  startScale();
 
-  function fmt(v) {
-    if (v === null || !isFinite(v)) return "-";
-    var a = Math.abs(v);
-    if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(2);
-    return String(Number(v.toPrecision(3)));
-  }
+def _text(text: str) -> str:
+    """Plotly text: lines joined by <br>; no $...$ (that would ask for MathJax, which is not there)."""
+    return _escape(text.replace(r"$\alpha$", "α")).replace("\n", "<br>")
 
-  function rgb(c, k) {
-    return "rgb(" + Math.round(Math.min(255, c[0] * k)) + "," + Math.round(Math.min(255, c[1] * k)) +
-      "," + Math.round(Math.min(255, c[2] * k)) + ")";
-  }
 
-  function prepare() {
-    var s = D.series[+sel.value || 0];
-    var lo = Infinity, hi = -Infinity, minPos = Infinity;
-    s.z.forEach(function (row) {
-      row.forEach(function (v) {
-        if (v === null) return;
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-        if (v > 0 && v < minPos) minPos = v;
-      });
-    });
-    var log = logBox.checked && isFinite(minPos);
-    if (D.options.vmin !== null && (!log || D.options.vmin > 0)) lo = D.options.vmin;
-    if (D.options.vmax !== null) hi = D.options.vmax;
-    if (log && lo <= 0) lo = minPos;
-    var f = log ? function (v) { return Math.log10(Math.max(v, lo)); } : function (v) { return v; };
-    var flo = f(lo), fhi = f(hi);
-    if (!(fhi > flo)) fhi = flo + 1;
-    var ztop = fhi;
-    if (D.options.zmax !== null && (!log || D.options.zmax > 0)) ztop = Math.min(fhi, f(D.options.zmax));
-    if (!(ztop > flo)) ztop = fhi;
-    var xmin = D.extent[0], xmax = D.extent[1], ymin = D.extent[2], ymax = D.extent[3];
-    P = {
-      s: s, log: log, lo: lo, hi: hi, f: f, flo: flo, fhi: fhi, ztop: ztop,
-      xmin: xmin, xmax: xmax === xmin ? xmin + 1 : xmax, ymin: ymin, ymax: ymax === ymin ? ymin + 1 : ymax,
-      t: function (v) { return Math.min(1, Math.max(0, (f(v) - flo) / (fhi - flo))); },
-      inv: function (u) { return log ? Math.pow(10, u) : u; }
-    };
-    var notes = [];
-    if (s.done < 1) notes.push(Math.round(100 * s.done) + "% done");
-    if (s.diverged > 0) notes.push(s.diverged + " diverged points clipped");
-    doneSpan.textContent = notes.length ? "(" + notes.join(", ") + ")" : "";
-  }
+def _f32(a: np.ndarray) -> np.ndarray:
+    """Values as float32 (7 digits: plenty for a picture, and half the page size); NaN stays NaN.
+    Plotly 6 and later store them as base64 typed arrays; older versions write JSON numbers,
+    where float32's long decimals ("0.02250000089406967") would triple the size: there, the
+    values rounded to 6 digits."""
+    a = np.asarray(a, dtype=np.float32)
+    if _typed_arrays():
+        return a
+    return np.array([float(f"{v:.6g}") for v in a.ravel().tolist()]).reshape(a.shape)
 
-  function color(t) {
-    return D.cmap[Math.round(Math.min(1, Math.max(0, t)) * (D.cmap.length - 1))];
-  }
 
-  function fitCanvas(c) {
-    var r = window.devicePixelRatio || 1;
-    var w = Math.max(200, Math.round(c.clientWidth * r)), h = Math.max(180, Math.round(c.clientHeight * r));
-    if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
-    var ctx = c.getContext("2d");
-    ctx.setTransform(r, 0, 0, r, 0, 0);
-    return { ctx: ctx, W: w / r, H: h / r };
-  }
+def _typed_arrays() -> bool:
+    import plotly
 
-  // ---- 3-D: painter's algorithm over shaded quads, orthographic camera ----
-  function draw3d() {
-    var g = fitCanvas(c3), ctx = g.ctx, W = g.W, H = g.H;
-    ctx.fillStyle = "#fff";
-    ctx.fillRect(0, 0, W, H);
-    var s = P.s, nx = s.x.length, ny = s.y.length;
-    var stx = Math.max(1, Math.ceil(s.cols.length / 100)), sty = Math.max(1, Math.ceil(s.rows.length / 100));
-    var ca = Math.cos(view.az), sa = Math.sin(view.az), ce = Math.cos(view.el), se = Math.sin(view.el);
-    var scale = Math.min(W, H) * 0.3 * view.zoom, cx = W / 2, cy = H / 2 + 0.04 * H;
-    function world(i, j, v) {
-      var px = 2 * (s.x[i] - P.xmin) / (P.xmax - P.xmin) - 1;
-      var py = 2 * (s.y[j] - P.ymin) / (P.ymax - P.ymin) - 1;
-      var pz = v === null ? null : 1.2 * (Math.min(P.f(v), P.ztop) - P.flo) / (P.ztop - P.flo) - 0.6;
-      return [px, py, pz];
-    }
-    function project(p) {
-      var rx = p[0] * ca - p[1] * sa, ry = p[0] * sa + p[1] * ca;
-      return [cx + scale * rx, cy - scale * (ry * se + p[2] * ce), -ry * ce + p[2] * se];
-    }
-    // The floor of the box, under the surface.
-    var floor = [[-1, -1, -0.6], [1, -1, -0.6], [1, 1, -0.6], [-1, 1, -0.6]].map(project);
-    ctx.strokeStyle = "#bbb";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    floor.forEach(function (q, k) { if (k) ctx.lineTo(q[0], q[1]); else ctx.moveTo(q[0], q[1]); });
-    ctx.closePath();
-    ctx.stroke();
-    var is = [], js = [], nc = s.cols.length, nr = s.rows.length;
-    for (var i = 0; i < nc; i += stx) is.push(s.cols[i]);
-    if (nc && is[is.length - 1] !== s.cols[nc - 1]) is.push(s.cols[nc - 1]);
-    for (var j = 0; j < nr; j += sty) js.push(s.rows[j]);
-    if (nr && js[js.length - 1] !== s.rows[nr - 1]) js.push(s.rows[nr - 1]);
-    var drawn = {};
-    var quads = [];
-    var light = [-0.4, -0.5, 0.77];
-    for (var b = 0; b + 1 < js.length; b++) {
-      for (var a = 0; a + 1 < is.length; a++) {
-        var i0 = is[a], i1 = is[a + 1], j0 = js[b], j1 = js[b + 1];
-        var v = [s.z[j0][i0], s.z[j0][i1], s.z[j1][i1], s.z[j1][i0]];
-        if (v[0] === null || v[1] === null || v[2] === null || v[3] === null) continue;
-        drawn[j0 + "," + i0] = drawn[j0 + "," + i1] = drawn[j1 + "," + i1] = drawn[j1 + "," + i0] = true;
-        var w = [world(i0, j0, v[0]), world(i1, j0, v[1]), world(i1, j1, v[2]), world(i0, j1, v[3])];
-        var p = w.map(project);
-        // Normal from the diagonals, for Lambert shading with a fixed light.
-        var d1 = [w[2][0] - w[0][0], w[2][1] - w[0][1], w[2][2] - w[0][2]];
-        var d2 = [w[3][0] - w[1][0], w[3][1] - w[1][1], w[3][2] - w[1][2]];
-        var n = [d1[1] * d2[2] - d1[2] * d2[1], d1[2] * d2[0] - d1[0] * d2[2], d1[0] * d2[1] - d1[1] * d2[0]];
-        var nl = Math.hypot(n[0], n[1], n[2]) || 1;
-        var lam = Math.abs(n[0] * light[0] + n[1] * light[1] + n[2] * light[2]) / nl;
-        var mean = (P.t(v[0]) + P.t(v[1]) + P.t(v[2]) + P.t(v[3])) / 4;
-        quads.push({ p: p, depth: (p[0][2] + p[1][2] + p[2][2] + p[3][2]) / 4, c: color(mean), k: 0.6 + 0.5 * lam });
-      }
-    }
-    // Computed points in no whole cell (a partial surface) show as dots.
-    for (var jj = 0; jj < ny; jj++) {
-      for (var ii = 0; ii < nx; ii++) {
-        var zv = s.z[jj][ii];
-        if (zv === null || drawn[jj + "," + ii]) continue;
-        var pp = project(world(ii, jj, zv));
-        quads.push({ dot: pp, depth: pp[2], c: color(P.t(zv)), k: 1 });
-      }
-    }
-    quads.sort(function (q, r) { return q.depth - r.depth; });
-    var edges = quads.length < 2500;
-    ctx.lineWidth = 0.5;
-    quads.forEach(function (q) {
-      if (q.dot) {
-        ctx.fillStyle = rgb(q.c, 1);
-        ctx.beginPath();
-        ctx.arc(q.dot[0], q.dot[1], 2.5, 0, 2 * Math.PI);
-        ctx.fill();
-        return;
-      }
-      ctx.beginPath();
-      ctx.moveTo(q.p[0][0], q.p[0][1]);
-      ctx.lineTo(q.p[1][0], q.p[1][1]);
-      ctx.lineTo(q.p[2][0], q.p[2][1]);
-      ctx.lineTo(q.p[3][0], q.p[3][1]);
-      ctx.closePath();
-      var fill = rgb(q.c, q.k);
-      ctx.fillStyle = fill;
-      ctx.fill();
-      ctx.strokeStyle = edges ? "rgba(0,0,0,0.18)" : fill;
-      ctx.stroke();
-    });
-    // Axis labels at the floor's edges and the height range on one corner.
-    ctx.fillStyle = "#333";
-    ctx.font = "12px system-ui, sans-serif";
-    ctx.textAlign = "center";
-    var lx = project([0, -1.25, -0.6]), ly = project([1.25, 0, -0.6]);
-    ctx.fillText(D.xlabel, lx[0], lx[1]);
-    ctx.fillText(D.ylabel, ly[0], ly[1]);
-    var zb = project([-1, -1, -0.6]), zt = project([-1, -1, 0.6]);
-    ctx.strokeStyle = "#999";
-    ctx.beginPath(); ctx.moveTo(zb[0], zb[1]); ctx.lineTo(zt[0], zt[1]); ctx.stroke();
-    ctx.textAlign = "right";
-    [[P.flo, zb], [P.ztop, zt]].forEach(function (e) {
-      var text = fmt(P.inv(e[0]));  // right-aligned, but never cut off at the left edge
-      ctx.fillText(text, Math.max(e[1][0] - 6, ctx.measureText(text).width + 4), e[1][1] + 4);
-    });
-    ctx.textAlign = "left";
-    ctx.fillText(P.s.label + (P.log ? " (log scale)" : ""), 8, 16);
-  }
+    return int(plotly.__version__.split(".")[0]) >= 6
 
-  // ---- 2-D: heat map cells, marching-squares contours, colour bar ----
-  var map = null;  // geometry of the last 2-D drawing, for hovering
 
-  // Cell edges halfway between points; the outer cells get half a grid step.
-  function edgesOf(a, half) {
-    var e = [], sign = a.length > 1 && a[1] < a[0] ? -1 : 1;
-    for (var k = 0; k <= a.length; k++) {
-      if (k === 0) e.push(a[0] - sign * half);
-      else if (k === a.length) e.push(a[k - 1] + sign * half);
-      else e.push((a[k - 1] + a[k]) / 2);
-    }
-    return e;
-  }
+def _common_series(surfaces: list[Surface], splits: list[str], values: list[str]) -> list[tuple[str, str]]:
+    """(split, value) pairs asked for and computed in every file, splits first (train loss, train acc, ...)."""
+    pairs = []
+    for split in splits:
+        for value in values:
+            name = f"{split}_{value}"
+            if all(name in s.values and not np.all(np.isnan(s.values[name])) for s in surfaces):
+                pairs.append((split, value))
+    if not pairs:
+        asked = ", ".join(f"{s}_{v}" for s in splits for v in values)
+        where = str(surfaces[0].path) if len(surfaces) == 1 else "these files together"
+        raise UserError(f"{where}: nothing is computed yet for {asked}")
+    return pairs
 
-  function ticks(lo, hi, n) {
-    var out = [];
-    for (var k = 0; k < n; k++) out.push(lo + (hi - lo) * k / (n - 1));
-    return out;
-  }
 
-  // Where the level crosses the cell edge from (xa, ya) to (xb, yb), in pixels.
-  function crossing(pts, lev, va, vb, xa, ya, xb, yb) {
-    if ((va < lev) !== (vb < lev)) {
-      var u = (lev - va) / (vb - va);
-      pts.push([xa + u * (xb - xa), ya + u * (yb - ya)]);
-    }
-  }
+# ---------------------------------------------------------------- buttons
 
-  function draw2d() {
-    var g = fitCanvas(c2), ctx = g.ctx, W = g.W, H = g.H;
-    ctx.fillStyle = "#fff";
-    ctx.fillRect(0, 0, W, H);
-    var s = P.s, nx = s.x.length, ny = s.y.length;
-    var L = 56, R = 78, T = 14, B = 44;
-    var pw = W - L - R, ph = H - T - B;
-    var hx = D.half_step[0], hy = D.half_step[1];
-    var xe = edgesOf(s.x, hx), ye = edgesOf(s.y, hy);
-    var x0 = D.extent[0] - hx, x1 = D.extent[1] + hx, y0 = D.extent[2] - hy, y1 = D.extent[3] + hy;
-    function X(v) { return L + pw * (v - x0) / (x1 - x0); }
-    function Y(v) { return T + ph * (1 - (v - y0) / (y1 - y0)); }
-    map = { X: X, Y: Y, L: L, T: T, pw: pw, ph: ph, x0: x0, x1: x1, y0: y0, y1: y1 };
-    ctx.fillStyle = "#f4f4f4";
-    ctx.fillRect(L, T, pw, ph);
-    for (var j = 0; j < ny; j++) {
-      for (var i = 0; i < nx; i++) {
-        var v = s.z[j][i];
-        if (v === null) continue;
-        var xa = X(xe[i]), xb = X(xe[i + 1]), ya = Y(ye[j]), yb = Y(ye[j + 1]);
-        ctx.fillStyle = rgb(color(P.t(v)), 1);
-        ctx.fillRect(Math.min(xa, xb), Math.min(ya, yb), Math.abs(xb - xa) + 0.6, Math.abs(yb - ya) + 0.6);
-      }
-    }
-    // Contours in the (log) colour space, on the same levels as the colour bar.
-    var nlev = D.options.levels || 12;
-    ctx.strokeStyle = "rgba(0,0,0,0.55)";
-    ctx.lineWidth = 0.8;
-    ctx.beginPath();
-    for (var k = 0; k < nlev; k++) {
-      var lev = P.flo + (k + 0.5) * (P.fhi - P.flo) / nlev;
-      for (var rj = 0; rj + 1 < s.rows.length; rj++) {
-        for (var ci = 0; ci + 1 < s.cols.length; ci++) {
-          var jj = s.rows[rj], j2 = s.rows[rj + 1], ii = s.cols[ci], i2 = s.cols[ci + 1];
-          var a = s.z[jj][ii], b = s.z[jj][i2], c = s.z[j2][i2], d = s.z[j2][ii];
-          if (a === null || b === null || c === null || d === null) continue;
-          a = P.f(a); b = P.f(b); c = P.f(c); d = P.f(d);
-          var pts = [];
-          var xA = s.x[ii], xB = s.x[i2], yA = s.y[jj], yB = s.y[j2];
-          crossing(pts, lev, a, b, X(xA), Y(yA), X(xB), Y(yA));
-          crossing(pts, lev, b, c, X(xB), Y(yA), X(xB), Y(yB));
-          crossing(pts, lev, c, d, X(xB), Y(yB), X(xA), Y(yB));
-          crossing(pts, lev, d, a, X(xA), Y(yB), X(xA), Y(yA));
-          if (pts.length >= 2) { ctx.moveTo(pts[0][0], pts[0][1]); ctx.lineTo(pts[1][0], pts[1][1]); }
-          if (pts.length === 4) { ctx.moveTo(pts[2][0], pts[2][1]); ctx.lineTo(pts[3][0], pts[3][1]); }
+
+@dataclass
+class _Series:
+    """One (split, value) of the page, with the scales it can be drawn on (the default first)."""
+
+    split: str
+    value: str
+    scales: list[str]
+    views: dict = field(default_factory=dict)  # scale -> one View2D per file (2-D only)
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}_{self.value}"
+
+    @property
+    def label(self) -> str:
+        return common.value_label(self.split, self.value)
+
+
+class _Traces:
+    """A figure's traces, each owned by a series (or none: always shown) and a scale
+    (or none: shown on either), and the layout each (series, scale) needs."""
+
+    def __init__(self, fig, series: list[_Series]):
+        self.fig, self.series = fig, series
+        self.owners: list[tuple[int | None, str | None]] = []
+        self.layouts: dict[tuple[int, str], dict] = {}
+
+    def add(self, trace, series: int | None = None, scale: str | None = None, part: str = "") -> None:
+        name = self.series[series].name if series is not None else ""
+        trace.meta = {"series": name, "scale": scale or "", "part": part}
+        self.fig.add_trace(trace)
+        self.owners.append((series, scale))
+
+    def visible(self, k: int | None, scale: str | None) -> list[bool]:
+        return [s is None or (s == k and (m is None or m == scale)) for s, m in self.owners]
+
+    def finish(self) -> None:
+        """Buttons, and the figure in its first state (the first series on its default scale)."""
+        fig, series = self.fig, self.series
+        for trace, shown in zip(fig.data, self.visible(0, series[0].scales[0])):
+            trace.visible = shown
+        for key, val in self.layouts.get((0, series[0].scales[0]), {}).items():
+            fig.layout[key] = val
+        menus = []
+        toggles = any(len(s.scales) > 1 for s in series)
+        selector, toggle = (0, 1) if len(series) > 1 else (None, 0)
+        if selector is not None:
+            buttons = []
+            for k, s in enumerate(series):
+                args = {**self.layouts.get((k, s.scales[0]), {})}
+                if toggles:
+                    args[f"updatemenus[{toggle}].buttons"] = self._scale_buttons(k)
+                    args[f"updatemenus[{toggle}].active"] = _scale_index(s.scales[0])
+                    args[f"updatemenus[{toggle}].visible"] = len(s.scales) > 1
+                buttons.append({"label": s.label, "method": "update",
+                                "args": [{"visible": self.visible(k, s.scales[0])}, args]})
+            menus.append(_menu(buttons, 0, x=0.0, xanchor="left", name="series"))
+        if toggles:
+            menu = _menu(self._scale_buttons(0), _scale_index(series[0].scales[0]), x=1.0, xanchor="right",
+                         name="scale")
+            menu["visible"] = len(series[0].scales) > 1
+            menus.append(menu)
+        fig.update_layout(updatemenus=menus)
+        fig.layout.meta = {
+            "series": [{"name": s.name, "label": s.label, "scales": s.scales} for s in series],
         }
-      }
-    }
-    ctx.stroke();
-    // Frame, ticks and labels.
-    ctx.strokeStyle = "#444";
-    ctx.lineWidth = 1;
-    ctx.strokeRect(L, T, pw, ph);
-    ctx.fillStyle = "#222";
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.textAlign = "center";
-    ticks(D.extent[0], D.extent[1], 5).forEach(function (v) {
-      ctx.beginPath(); ctx.moveTo(X(v), T + ph); ctx.lineTo(X(v), T + ph + 4); ctx.stroke();
-      ctx.fillText(fmt(v), X(v), T + ph + 16);
-    });
-    ctx.textAlign = "right";
-    ticks(D.extent[2], D.extent[3], 5).forEach(function (v) {
-      ctx.beginPath(); ctx.moveTo(L - 4, Y(v)); ctx.lineTo(L, Y(v)); ctx.stroke();
-      ctx.fillText(fmt(v), L - 6, Y(v) + 4);
-    });
-    ctx.textAlign = "center";
-    ctx.font = "12px system-ui, sans-serif";
-    ctx.fillText(D.xlabel, L + pw / 2, H - 8);
-    ctx.save();
-    ctx.translate(14, T + ph / 2);
-    ctx.rotate(-Math.PI / 2);
-    ctx.fillText(D.ylabel, 0, 0);
-    ctx.restore();
-    // Colour bar.
-    var bx = L + pw + 14, bw = 12;
-    for (var q = 0; q < ph; q++) {
-      ctx.fillStyle = rgb(color(1 - q / ph), 1);
-      ctx.fillRect(bx, T + q, bw, 1.5);
-    }
-    ctx.strokeRect(bx, T, bw, ph);
-    ctx.textAlign = "left";
-    ctx.font = "11px system-ui, sans-serif";
-    barTicks().forEach(function (u) {
-      var yy = T + ph * (1 - (u - P.flo) / (P.fhi - P.flo));
-      ctx.fillStyle = "#222";
-      ctx.fillText(fmt(P.inv(u)), bx + bw + 4, yy + 4);
-    });
-  }
 
-  // Colour-bar ticks (in the colour space): powers of ten on a log scale
-  // spanning a few decades, else five evenly spaced values.
-  function barTicks() {
-    if (P.log) {
-      var out = [];
-      for (var e = Math.ceil(P.flo - 1e-9); e <= P.fhi + 1e-9; e++) out.push(e);
-      if (out.length > 6) out = out.filter(function (e) { return e % 2 === 0; });
-      if (out.length >= 3) return out;
+    def _scale_buttons(self, k: int) -> list[dict]:
+        s = self.series[k]
+        buttons = []
+        for scale in SCALE_BUTTONS:
+            label = "log scale" if scale == LOG else "linear scale"
+            if scale in s.scales:
+                args = [{"visible": self.visible(k, scale)}, self.layouts.get((k, scale), {})]
+                buttons.append({"label": label, "method": "update", "args": args})
+            else:  # not offered for this series (the buttons are hidden then)
+                buttons.append({"label": label, "method": "skip", "args": []})
+        return buttons
+
+
+def _scale_index(scale: str) -> int:
+    return SCALE_BUTTONS.index(scale)
+
+
+def _menu(buttons: list[dict], active: int, x: float, xanchor: str, name: str) -> dict:
+    return {
+        "type": "buttons", "direction": "right", "buttons": buttons, "active": active, "name": name,
+        "x": x, "xanchor": xanchor, "y": 1.0, "yanchor": "bottom",
+        "pad": {"b": 26, "l": 0, "r": 0}, "showactive": True, "font": {"size": 12},
     }
-    return ticks(P.flo, P.fhi, 5);
-  }
 
-  function drawAll() {
-    prepare();
-    draw3d();
-    draw2d();
-  }
 
-  // ---- interaction ----
-  var drag = null;
-  c3.addEventListener("pointerdown", function (e) {
-    drag = { x: e.clientX, y: e.clientY };
-    c3.setPointerCapture(e.pointerId);
-    c3.style.cursor = "grabbing";
-  });
-  c3.addEventListener("pointermove", function (e) {
-    if (!drag) return;
-    view.az += (e.clientX - drag.x) * 0.01;
-    view.el = Math.max(-0.2, Math.min(1.55, view.el + (e.clientY - drag.y) * 0.01));
-    drag = { x: e.clientX, y: e.clientY };
-    window.requestAnimationFrame(draw3d);
-  });
-  function endDrag() { drag = null; c3.style.cursor = "grab"; }
-  c3.addEventListener("pointerup", endDrag);
-  c3.addEventListener("pointercancel", endDrag);
-  c3.addEventListener("wheel", function (e) {
-    e.preventDefault();
-    view.zoom = Math.max(0.3, Math.min(4, view.zoom * Math.exp(-e.deltaY * 0.001)));
-    window.requestAnimationFrame(draw3d);
-  }, { passive: false });
-  c2.addEventListener("mousemove", function (e) {
-    if (!map) return;
-    var r = c2.getBoundingClientRect();
-    var px = e.clientX - r.left, py = e.clientY - r.top;
-    var xv = map.x0 + (px - map.L) / map.pw * (map.x1 - map.x0);
-    var yv = map.y0 + (1 - (py - map.T) / map.ph) * (map.y1 - map.y0);
-    var s = P.s, bi = 0, bj = 0;
-    s.x.forEach(function (v, i) { if (Math.abs(v - xv) < Math.abs(s.x[bi] - xv)) bi = i; });
-    s.y.forEach(function (v, j) { if (Math.abs(v - yv) < Math.abs(s.y[bj] - yv)) bj = j; });
-    var z = s.z[bj][bi];
-    readout.textContent = "x = " + fmt(s.x[bi]) + ", y = " + fmt(s.y[bj]) + ": " + s.label + " = " +
-      (z === null ? "not computed" : fmt(z));
-  });
-  document.getElementById("reset").addEventListener("click", function () {
-    view = { az: -0.6, el: 0.6, zoom: 1.0 };
-    draw3d();
-  });
-  sel.addEventListener("change", function () { startScale(); drawAll(); });
-  logBox.addEventListener("change", drawAll);
-  window.addEventListener("resize", drawAll);
-  drawAll();
-})();
-"""
+# ---------------------------------------------------------------- 2-D
+
+
+def _series_2d(surfaces: list[Surface], pairs: list[tuple[str, str]], opts: dict) -> list[_Series]:
+    """Each (split, value) with its scales and views; the views of one value share one range
+    on each scale (train and test, and every file, get the same colours)."""
+    from losslandscape.render import plot2d
+
+    vmin, vmax, log, zmax = opts["vmin"], opts["vmax"], opts["log"], opts["zmax"]
+    ranges: dict[str, dict[str, common.Range]] = {}
+    order: dict[str, list[str]] = {}
+    for value in dict.fromkeys(v for _, v in pairs):
+        arrays = [s.values[f"{sp}_{v}"] for sp, v in pairs if v == value for s in surfaces]
+        where = f"{surfaces[0].path} {value}" if len(surfaces) == 1 else value
+        default = LOG if common.auto_log(arrays, value, vmin, vmax, log) else LINEAR
+        offered = [default]
+        if value == "loss" or log:  # accuracy is linear, unless --log asks for log everywhere
+            offered.append(LINEAR if default == LOG else LOG)
+        ranges[value], order[value] = {}, []
+        for scale in offered:
+            try:
+                if scale == LOG and zmax is not None and zmax <= 0:
+                    raise UserError(f"--zmax is {zmax}, expected a value > 0 on a log scale (or give --linear)")
+                rng = plot2d.shared_range(arrays, value, where, vmin, vmax, log=scale == LOG)
+            except UserError:
+                if scale == default:
+                    raise
+                continue  # the other scale cannot draw these values (say, no loss > 0 for log)
+            ranges[value][scale] = rng
+            order[value].append(scale)
+    series = []
+    for split, value in pairs:
+        s = _Series(split, value, order[value])
+        for scale in s.scales:
+            s.views[scale] = [plot2d.View2D(f, split, value, rng=ranges[value][scale]) for f in surfaces]
+        series.append(s)
+    return series
+
+
+@dataclass
+class _Panel:
+    """Where one file is drawn: its 3-D scene and its map's axes."""
+
+    surface: Surface
+    scene: str  # "scene", "scene2", ...
+    xaxis: str  # "x", "x2", ...
+    yaxis: str
+    prefix: str = ""  # legend labels of its best point, e.g. "a.h5: "
+    scene_x: tuple = (0.0, 0.47)  # domains, in the figure's fractions
+    scene_y: tuple = (0.0, 1.0)
+    map_x: tuple = (0.55, 0.92)
+    map_y: tuple = (0.0, 1.0)
+
+
+def _axis_key(axis: str) -> str:
+    """Trace axis id to layout key: "x" -> "xaxis", "y3" -> "yaxis3"."""
+    return f"{axis[0]}axis{axis[1:]}"
+
+
+def _scale_fn(scale: str):
+    return np.log10 if scale == LOG else (lambda a: np.asarray(a, dtype=float))
+
+
+def _ticks(rng: common.Range, top: float | None = None) -> dict:
+    """Colour-bar and z-axis ticks at round values of the value itself, for a log scale
+    (where the drawn numbers are log10 of it); {} on a linear scale (Plotly's own ticks)."""
+    if not rng.log:
+        return {}
+    ticks = common.Range(rng.low, rng.high if top is None else top, True).ticks()
+    return {"tickvals": np.log10(ticks).tolist(), "ticktext": [f"{t:g}" for t in ticks]}
+
+
+def _hover(surface: Surface, label: str, value: str) -> str:
+    xl, yl = (_text(common.axis_label(surface, a)) for a in ("x", "y"))
+    return f"{xl} %{{x:.4g}}<br>{yl} %{{y:.4g}}<br>{label} %{{{value}:.4g}}<extra></extra>"
+
+
+def _contour_levels(rng: common.Range, scale: str, n: int) -> dict:
+    f = _scale_fn(scale)
+    if scale == LINEAR:
+        lv = rng.levels(n)
+        if lv.size >= 2:
+            return {"start": float(lv[0]), "end": float(lv[-1]), "size": float(lv[1] - lv[0])}
+    lo, hi = float(f(rng.low)), float(f(rng.high))
+    size = (hi - lo) / n
+    return {"start": lo + size / 2, "end": hi - size / 2, "size": size}
+
+
+def _top(rng: common.Range, zmax: float | None) -> float:
+    """Where the 3-D heights are clipped (as plot2d.surface3d)."""
+    top = rng.high if zmax is None else min(zmax, rng.high)
+    return rng.high if top <= rng.low else top
+
+
+def _diverged_note(surfaces: list[Surface], name: str) -> str:
+    n = sum(int(np.isposinf(s.values[name]).sum()) for s in surfaces)
+    return f"\n{n} diverged point{'s' if n != 1 else ''}, drawn at the top of the range" if n else ""
+
+
+def _file_names(surfaces: list[Surface]) -> list[str]:
+    """The files' names, with their folder's where two share a name (as common.panel_titles)."""
+    names = [s.path.name for s in surfaces]
+    return [f"{s.path.resolve().parent.name}/{n}" if names.count(n) > 1 else n for s, n in zip(surfaces, names)]
+
+
+def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], opts: dict):
+    import plotly.graph_objects as go
+
+    from losslandscape.render import plot2d
+
+    series = _series_2d(surfaces, _common_series(surfaces, splits, values), opts)
+    compare = len(surfaces) > 1
+    fig = go.Figure()
+    panels = []
+    w = 0.94 / len(surfaces)
+    for i, (s, name) in enumerate(zip(surfaces, _file_names(surfaces))):
+        suffix = "" if i == 0 else str(i + 1)
+        panel = _Panel(s, f"scene{suffix}", f"x{suffix}", f"y{suffix}")
+        if compare:  # a column each: 3-D above, the map below, the panel's title on top
+            panel.prefix = f"{name}: "
+            panel.scene_x = panel.map_x = (i * w, (i + 1) * w - 0.04)
+            panel.scene_y, panel.map_y = (0.44, 0.92), (0.0, 0.38)
+        panels.append(panel)
+    traces = _Traces(fig, series)
+    levels = opts["levels"] or CONTOUR_LEVELS
+    for k, s in enumerate(series):
+        for i, panel in enumerate(panels):
+            surf, first = panel.surface, i == 0
+            view = s.views[s.scales[0]][i]
+            xy = {"xaxis": panel.xaxis, "yaxis": panel.yaxis}
+            # Marks on the map, the same on either scale (as plot2d._mark_models).
+            if surf.x.min() <= 0 <= surf.x.max() and surf.y.min() <= 0 <= surf.y.max():
+                label = plot2d.centre_label(surf)
+                traces.add(go.Scatter(
+                    x=[0.0], y=[0.0], mode="markers", marker=TRAINED_MARKER, name=label, legendgroup="trained",
+                    showlegend=first, hovertemplate=f"{label}<extra></extra>", **xy), k, part="trained")
+            best = view.best()
+            if best is not None:
+                label = panel.prefix + best[3]
+                traces.add(go.Scatter(
+                    x=[best[0]], y=[best[1]], mode="markers", marker=BEST_MARKER, name=label,
+                    legendgroup=f"best-{panel.scene}", hovertemplate=f"{_escape(label)}<extra></extra>", **xy),
+                    k, part="best")
+            if view.partial() and view.drawable:  # the lines show only whole cells: mark every computed point
+                cx, cy, _ = view.computed_points()
+                traces.add(go.Scatter(
+                    x=cx, y=cy, mode="markers", marker=COMPUTED_MARKER, name="computed point",
+                    legendgroup="computed", showlegend=first, hoverinfo="skip", **xy), k, part="computed")
+            for scale in s.scales:
+                _add_views(traces, go, k, scale, s.views[scale][i], panel, first, levels, opts["zmax"], compare)
+        if any(v.partial() for v in s.views[s.scales[0]]):  # a legend entry for the blank, not computed area
+            traces.add(go.Scatter(
+                x=[None], y=[None], mode="markers", marker=BLANK_MARKER, name="not computed yet (blank)",
+                hoverinfo="skip", xaxis=panels[0].xaxis, yaxis=panels[0].yaxis), k, part="blank")
+        for scale in s.scales:
+            traces.layouts[(k, scale)] = _layout_2d(s, scale, panels, opts["zmax"])
+    _frame_2d(fig, panels)
+    traces.finish()
+    return fig
+
+
+def _add_views(
+    traces: _Traces, go, k: int, scale: str, view, panel: _Panel, first: bool, levels: int, zmax, compare: bool
+) -> None:
+    """The 3-D surface (with its marks) and the map (heat map and contour lines) of one view on one scale."""
+    from losslandscape.render import plot2d
+
+    s, rng, surf = traces.series[k], view.range, view.surface
+    f = _scale_fn(scale)
+    top = _top(rng, zmax)
+    label = common.value_label(s.split, s.value)
+    logged = scale == LOG
+    # Hover shows the value itself: not its log10, nor a loss floored at the log scale's bottom
+    # (a diverged point shows the top of the range, where it is drawn).
+    raw = surf.values[s.name]
+    value = np.where(np.isinf(raw), view.full, raw)
+    shown = "customdata" if logged else "z"
+
+    def height(v):
+        return f(np.minimum(v, top))
+
+    colours = {"cmin": float(f(rng.low)), "cmax": float(f(top)), "colorscale": COLORSCALE}
+    # 3-D: the lattice of whole cells (all of the grid once complete), heights clipped at top;
+    # at most SURFACE_POINTS a side (as the static view's rcount/ccount), which keeps big grids light.
+    if view.drawable:
+        rows, cols = common.surface_lattice(surf.x, surf.y, view.full)  # view.x, view.y, view.z's
+        rows, cols = rows[_thin(rows.size)], cols[_thin(cols.size)]
+        z = view.full[np.ix_(rows, cols)]
+        traces.add(go.Surface(
+            x=surf.x[cols], y=surf.y[rows], z=_f32(height(z)), customdata=_f32(value[np.ix_(rows, cols)]),
+            showscale=False, name=label, scene=panel.scene, hovertemplate=_hover(surf, label, "customdata"),
+            lighting={"ambient": 0.75, "diffuse": 0.6, "specular": 0.05}, **colours,
+        ), k, scale, "surface")
+    else:  # no whole cell yet: the computed points as coloured dots
+        px, py, pz = view.computed_points()
+        traces.add(go.Scatter3d(
+            x=px, y=py, z=_f32(height(pz)), customdata=_f32(value[~np.isnan(view.full)]), mode="markers",
+            scene=panel.scene,
+            marker={"size": 3, "color": _f32(height(pz)), **colours}, name="computed point", showlegend=False,
+            hovertemplate=_hover(surf, label, "customdata"),
+        ), k, scale, "surface")
+    # The trained model, where (0, 0) is a computed grid point, and the best point, on the surface.
+    i, j = int(np.argmin(np.abs(surf.x))), int(np.argmin(np.abs(surf.y)))
+    on_grid = abs(surf.x[i]) <= 1e-9 * np.ptp(surf.x) and abs(surf.y[j]) <= 1e-9 * np.ptp(surf.y)
+    if on_grid and not np.isnan(view.full[j, i]):
+        centre = plot2d.centre_label(surf)
+        traces.add(go.Scatter3d(
+            x=[0.0], y=[0.0], z=[float(height(view.full[j, i]))], mode="markers", marker=TRAINED_MARKER_3D,
+            name=centre, legendgroup="trained", showlegend=False, scene=panel.scene,
+            hovertemplate=f"{centre}<extra></extra>"), k, scale, "trained3d")
+    best = view.best()
+    if best is not None:
+        bx, by, bv, blabel = best
+        bz = common.clip_diverged(np.array([bv]), rng)[0]
+        traces.add(go.Scatter3d(
+            x=[bx], y=[by], z=[float(height(bz))], mode="markers", marker=BEST_MARKER_3D,
+            name=panel.prefix + blabel, legendgroup=f"best-{panel.scene}", showlegend=False, scene=panel.scene,
+            hovertemplate=f"{_escape(panel.prefix + blabel)}<extra></extra>"), k, scale, "best3d")
+    # The map: one cell per computed point (rows and columns with none dropped), blank where not computed.
+    bar = {"title": {"text": _text(common.value_label(s.split, s.value, logged)), "side": "right"}, **_ticks(rng)}
+    if compare:
+        bar.update(len=0.42, y=0.0, yanchor="bottom")  # beside the maps' row
+    common_args = {
+        "zmin": float(f(rng.low)), "zmax": float(f(rng.high)), "colorscale": COLORSCALE, "showscale": first,
+        "colorbar": bar, "name": label, "xaxis": panel.xaxis, "yaxis": panel.yaxis, "hoverongaps": False,
+        "hovertemplate": _hover(surf, label, shown),
+    }
+    lines = {"color": "rgba(0,0,0,0.45)", "width": 0.8}
+    levels_at = _contour_levels(rng, scale, levels)
+    if not np.isnan(view.full).any():  # complete: one trace, heat-map cells with contour lines over them
+        traces.add(go.Contour(
+            x=surf.x, y=surf.y, z=_f32(f(view.full)), customdata=_f32(value) if logged else None,
+            contours={"coloring": "heatmap", **levels_at}, line=lines, **common_args,
+        ), k, scale, "map")
+        return
+    _, _, points_value, _, _ = common.compact_grid(surf.x, surf.y, value)  # the points of view.points_z
+    traces.add(go.Heatmap(
+        x=_cells(view.points_x, surf.x), y=_cells(view.points_y, surf.y), z=_f32(f(view.points_z)),
+        customdata=_f32(points_value) if logged else None, **common_args,
+    ), k, scale, "map")
+    if view.drawable:  # contour lines over the whole cells
+        traces.add(go.Contour(
+            x=view.x, y=view.y, z=_f32(f(view.z)), contours={"coloring": "none", **levels_at}, line=lines,
+            showscale=False, hoverinfo="skip", xaxis=panel.xaxis, yaxis=panel.yaxis, name=label, showlegend=False,
+        ), k, scale, "lines")
+
+
+def _thin(n: int) -> np.ndarray:
+    """Indices of at most about SURFACE_POINTS of n, evenly strided, the last one kept."""
+    stride = -(-n // SURFACE_POINTS)
+    idx = np.arange(0, n, stride)
+    return idx if idx[-1] == n - 1 else np.append(idx, n - 1)
+
+
+def _layout_2d(s: _Series, scale: str, panels: list[_Panel], zmax) -> dict:
+    """What changes in the layout with the series and scale: the title, the panels'
+    titles (compare) and the 3-D z axes' titles and ticks."""
+    surfaces = [p.surface for p in panels]
+    logged = scale == LOG
+    if len(panels) == 1:
+        title = common.title(surfaces[0], s.split, s.value) + _diverged_note(surfaces, s.name)
+    else:
+        title = f"{s.split} {VALUE_LABELS[s.value]}" + (" (log scale)" if logged else "")
+        title += _diverged_note(surfaces, s.name).replace("\n", ": ")
+    layout = {"title.text": _text(title)}
+    ztitle = _text(common.value_label(None, s.value, logged))
+    f = _scale_fn(scale)
+    for i, panel in enumerate(panels):
+        rng = s.views[scale][i].range
+        top = _top(rng, zmax)
+        ticks = _ticks(rng, top)
+        layout[f"{panel.scene}.zaxis.title.text"] = ztitle
+        # The same heights in every panel (the colour range's, clipped at zmax).
+        layout[f"{panel.scene}.zaxis.range"] = [float(f(rng.low)), float(f(top))]
+        layout[f"{panel.scene}.zaxis.tickvals"] = ticks.get("tickvals")
+        layout[f"{panel.scene}.zaxis.ticktext"] = ticks.get("ticktext")
+    if len(panels) > 1:
+        titles = common.panel_titles(surfaces, s.split)
+        layout["annotations"] = [_panel_title(p, t) for p, t in zip(panels, titles)]
+    return layout
+
+
+def _panel_title(panel: _Panel, text: str) -> dict:
+    return {
+        "text": _text(text), "x": sum(panel.scene_x) / 2, "y": 0.99, "xref": "paper", "yref": "paper",
+        "xanchor": "center", "yanchor": "top", "showarrow": False, "font": {"size": 12},
+    }
+
+
+def _frame_2d(fig, panels: list[_Panel]) -> None:
+    """Places the scenes and maps: one file, 3-D left and map right; several, one column
+    each, 3-D above the map."""
+    layout: dict = {}
+    for panel in panels:
+        s = panel.surface
+        hx, hy = _half_step(s.x), _half_step(s.y)
+        xl, yl = (_text(common.axis_label(s, a)) for a in ("x", "y"))
+        wx, wy = float(np.ptp(s.x)), float(np.ptp(s.y))
+        ratio = wy / wx if common.equal_aspect(s.x, s.y) else 1.0
+        layout[panel.scene] = {
+            "domain": {"x": list(panel.scene_x), "y": list(panel.scene_y)},
+            "xaxis": {"title": {"text": xl}, "range": [float(s.x.min()), float(s.x.max())]},
+            "yaxis": {"title": {"text": yl}, "range": [float(s.y.min()), float(s.y.max())]},
+            "aspectmode": "manual", "aspectratio": {"x": 1.0, "y": ratio, "z": 0.75},
+            "camera": {"eye": CAMERA_EYE},
+        }
+        xk, yk = _axis_key(panel.xaxis), _axis_key(panel.yaxis)
+        layout[xk] = {
+            "domain": list(panel.map_x), "anchor": panel.yaxis, "title": {"text": xl},
+            "range": _padded(s.x, hx), "showline": True, "mirror": True, "linecolor": "#444", "zeroline": False,
+        }
+        layout[yk] = {
+            "domain": list(panel.map_y), "anchor": panel.xaxis, "title": {"text": yl}, "range": _padded(s.y, hy),
+            "showline": True, "mirror": True, "linecolor": "#444", "zeroline": False,
+        }
+        if common.equal_aspect(s.x, s.y):
+            layout[yk].update(scaleanchor=panel.xaxis, scaleratio=1.0, constrain="domain")
+            layout[xk]["constrain"] = "domain"
+    fig.update_layout(
+        template="plotly_white",
+        margin=MARGIN,
+        title=TITLE,
+        legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.1, "yanchor": "top"},
+        hovermode="closest",
+        **layout,
+    )
+
+
+def _cells(points: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Heat-map coordinates: the points (Plotly puts the cell edges halfway between them),
+    or for a single point its cell's edges, half a grid step either side (Plotly's default is 1)."""
+    if points.size > 1:
+        return points
+    half = _half_step(axis)
+    return np.array([points[0] - half, points[0] + half])
+
+
+def _half_step(a: np.ndarray) -> float:
+    return float(np.min(np.abs(np.diff(a)))) / 2 if a.size > 1 else 0.5
+
+
+def _padded(a: np.ndarray, half: float) -> list[float]:
+    """The full grid's extent, half a step out: the map spans the whole grid however little is computed."""
+    return [float(a.min()) - half, float(a.max()) + half]
+
+
+# ---------------------------------------------------------------- 1-D
+
+
+def _figure_1d(surfaces: list[Surface], splits: list[str], values: list[str], opts: dict):
+    """Loss (left axis) and accuracy (right axis) against x; one file, or several
+    (a colour each). The scale buttons switch the loss axis between linear and log."""
+    import plotly.graph_objects as go
+    from losslandscape.render import plot1d
+
+    pairs = _common_series(surfaces, splits, values)
+    compare = len(surfaces) > 1
+    vmin, vmax, log = opts["vmin"], opts["vmax"], opts["log"]
+    has = {v for _, v in pairs}
+    series = [_Series(sp, v, [LINEAR]) for sp, v in pairs]
+    fig = go.Figure()
+    traces = _Traces(fig, series)
+    names = _file_names(surfaces)
+    loss_rng = acc_rng = None
+    if "loss" in has:
+        arrays = [s.values[f"{sp}_loss"] for sp, v in pairs if v == "loss" for s in surfaces]
+        loss_rng = common.value_range(arrays, "loss", vmin, vmax, bool(log))
+    if "acc" in has:
+        arrays = [s.values[f"{sp}_acc"] for sp, v in pairs if v == "acc" for s in surfaces]
+        acc_rng = common.value_range(arrays, "accuracy")
+    marked = set()
+    for k, (split, value) in enumerate(pairs):
+        rng = loss_rng if value == "loss" else acc_rng
+        for i, surf in enumerate(surfaces):
+            z = surf.values[f"{split}_{value}"]
+            diverged = plot1d.diverged_points(surf, split)
+            clipped = common.clip_diverged(z, rng)
+            computed = ~np.isnan(clipped)
+            keep = computed | diverged
+            y = np.where(diverged, np.nan, clipped)[keep]  # None in the JSON: the line breaks there
+            sparse = computed.sum() < 0.5 * z.size
+            if compare:
+                color = FILE_COLORS[i % len(FILE_COLORS)]
+                name = f"{names[i]}: {split} {VALUE_LABELS[value]}" + common.done_note(surf, split)
+            else:
+                color = LOSS_COLOR if value == "loss" else ACC_COLOR
+                name = f"{split} {VALUE_LABELS[value]}" + common.done_note(surf, split)
+            hover = f"{_text(common.axis_label(surf, 'x'))} %{{x:.4g}}<br>{common.value_label(split, value)} %{{y:.4g}}"
+            traces.add(go.Scatter(
+                x=surf.x[keep], y=y, mode="lines+markers" if sparse else "lines", name=name,
+                line={"color": color, "dash": SPLIT_DASH[split], "width": 1.8}, marker={"size": 5},
+                yaxis="y" if value == "loss" else "y2", connectgaps=False,
+                hovertemplate=f"{hover}<extra>{_escape(name)}</extra>",
+            ), k, part="line")
+            # Diverged points: marked at the top of the axis (once per x, on the loss if drawn).
+            if diverged.any() and (value == "loss" or "loss" not in has):
+                top = rng.high
+                traces.add(go.Scatter(
+                    x=surf.x[diverged], y=np.full(int(diverged.sum()), top), mode="markers", name="diverged",
+                    marker={"symbol": "triangle-up", "size": 9, "color": color}, legendgroup="diverged",
+                    showlegend="diverged" not in marked, yaxis="y" if value == "loss" else "y2",
+                    hovertemplate="diverged at x = %{x:.4g}<extra></extra>",
+                ), k, part="diverged")
+                marked.add("diverged")
+
+    # A fixed loss axis where --vmin or --vmax is given (as the curve), else Plotly's autorange.
+    fixed = loss_rng is not None and (vmin is not None or vmax is not None)
+    _frame_1d(fig, surfaces, pairs, loss_rng if fixed else None, bool(log), compare)
+    # The selector: one file's every series at once first (the curve's picture), then each
+    # alone; compared files one series at a time (as the static compare).
+    menus = []
+    if len(pairs) > 1:
+        buttons = [] if compare else [{"label": "all", "method": "update", "args": [
+            {"visible": [True] * len(fig.data)}, {"yaxis.visible": "loss" in has, "yaxis2.visible": "acc" in has}]}]
+        for k, s in enumerate(series):
+            vis = traces.visible(k, None)
+            buttons.append({"label": s.label, "method": "update", "args": [{"visible": vis}, {
+                "yaxis.visible": s.value == "loss", "yaxis2.visible": s.value == "acc"}]})
+        menus.append(_menu(buttons, 0, x=0.0, xanchor="left", name="series"))
+        if compare:
+            for trace, shown in zip(fig.data, traces.visible(0, None)):
+                trace.visible = shown
+            fig.layout["yaxis.visible"] = pairs[0][1] == "loss"
+            fig.layout["yaxis2.visible"] = pairs[0][1] == "acc"
+    if loss_rng is not None:
+        buttons = []
+        for scale in SCALE_BUTTONS:
+            change = {"yaxis.type": scale, "yaxis.title.text": _text(
+                "loss" + (" (log scale)" if scale == LOG else ""))}
+            if fixed:
+                lo, hi = loss_rng.low, loss_rng.high
+                change["yaxis.range"] = [float(np.log10(lo)), float(np.log10(hi))] if scale == LOG else [lo, hi]
+            else:
+                change["yaxis.autorange"] = True
+            label = "log scale" if scale == LOG else "linear scale"
+            buttons.append({"label": label, "method": "relayout", "args": [change]})
+        menus.append(_menu(buttons, _scale_index(LOG if log else LINEAR), x=1.0, xanchor="right", name="scale"))
+    fig.update_layout(updatemenus=menus)
+    scales = [LOG, LINEAR] if log else [LINEAR, LOG]  # the loss's, the first at the start
+    fig.layout.meta = {
+        "series": [{"name": s.name, "label": s.label, "scales": scales if s.value == "loss" else [LINEAR]}
+                   for s in series],
+    }
+    return fig
+
+
+def _frame_1d(fig, surfaces: list[Surface], pairs, fixed: common.Range | None, log: bool, compare: bool) -> None:
+    """Title, axes (loss left, accuracy right), legend; `fixed` the loss axis's range, if not automatic."""
+    from losslandscape.render import plot1d
+
+    s = surfaces[0]
+    has = {v for _, v in pairs}
+    if compare:
+        what = " and ".join(dict.fromkeys(VALUE_LABELS[v] for _, v in pairs))
+        title = f"{what}: " + ", ".join(t.split("\n")[0] for t in common.panel_titles(surfaces, pairs[0][0]))
+    else:
+        title = plot1d._title(s, list(dict.fromkeys(sp for sp, _ in pairs)), list(dict.fromkeys(v for _, v in pairs)))
+    yaxis = {"title": {"text": "loss" + (" (log scale)" if log else ""), "font": {"color": LOSS_COLOR}},
+             "type": LOG if log else LINEAR, "visible": "loss" in has, "tickfont": {"color": LOSS_COLOR}}
+    if fixed is not None:
+        lo, hi = fixed.low, fixed.high
+        yaxis["range"] = [float(np.log10(lo)), float(np.log10(hi))] if log else [lo, hi]
+    xs = np.concatenate([f.x for f in surfaces])
+    annotations = []
+    if not compare and common.spec_part(s, "directions").get("kind") == "interpolate":
+        # An interpolation's ends, x = 0 and x = 1, named by their checkpoints (as plot1d._name_ends).
+        for x, key in ((0.0, "checkpoint"), (1.0, "checkpoint2")):
+            name = common.checkpoint_name(s, key)
+            if name and s.x.min() <= x <= s.x.max():
+                annotations.append({"text": _escape(name), "x": x, "xref": "x", "y": 1.0, "yref": "paper",
+                                    "yanchor": "bottom", "showarrow": False, "font": {"size": 11}})
+    fig.update_layout(
+        template="plotly_white",
+        title={**TITLE, "text": _text(title)},
+        margin={**MARGIN, "l": 70, "r": 70},
+        xaxis={"title": {"text": _text(common.axis_label(s, "x"))}, "range": [float(xs.min()), float(xs.max())],
+               "showline": True, "mirror": True, "linecolor": "#444", "zeroline": False},
+        yaxis=yaxis,
+        yaxis2={"title": {"text": "accuracy (%)", "font": {"color": ACC_COLOR}}, "overlaying": "y", "side": "right",
+                "visible": "acc" in has, "showgrid": "loss" not in has, "tickfont": {"color": ACC_COLOR},
+                "tickmode": "auto", "zeroline": False},
+        legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.12, "yanchor": "top"},
+        hovermode="closest",
+        annotations=annotations,
+    )
