@@ -156,8 +156,8 @@ def test_mpirun_equals_one_process(surface_file, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "2 workers; workers write through parallel HDF5" in proc.stderr
-    for a, b in zip(maps(one), maps(many)):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+    for a, b in zip(maps(one), maps(many)):  # Lanczos to tol 1e-3: other thread counts round differently
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_the_centre_spectrum(surface_file, tmp_path):
@@ -225,3 +225,43 @@ def test_hessian_directions_are_eigenvectors(surface_file, tmp_path):
         v = torch.cat([direction[k].reshape(-1) for k in order]).numpy() / scale
         assert abs(np.linalg.norm(v) - 1) < 1e-5
         assert np.linalg.norm(H @ v - lam * v) <= 1e-3 * radius
+
+
+def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path):
+    """9x9 maps under mpirun -n 3: SIGKILL one worker midway, rerun, compare with one clean process."""
+    import signal
+    import time
+
+    from test_mpi import _rank_pids
+
+    d = tmp_path
+    (d / "tiny.py").write_text(TINY)
+    (d / "tiny.pt").write_bytes((surface_file.parent / "tiny.pt").read_bytes())
+    (d / "job.toml").write_text((surface_file.parent / "job.toml").read_text()
+                                .replace(str(surface_file.parent), str(d)).replace('"-1:1:3"', '"-1:1:9"'))
+    assert cli("surface", d / "job.toml").returncode == 0
+    clean = d / "clean.h5"
+    clean.write_bytes((d / "s.h5").read_bytes())
+    proc = subprocess.Popen(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(d / "s.h5"), "--samples",
+                                         str(SAMPLES)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            with h5py.File(d / "s.h5", "r", locking=False) as f:
+                if "eig_done" in f and f["eig_done"][...].sum() >= 5:
+                    break
+        except (OSError, KeyError):
+            pass
+    os.kill(_rank_pids(proc.pid)[-1], signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    partial = maps(d / "s.h5")[2].sum()
+    assert 5 <= partial < 81
+    again = subprocess.run(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(d / "s.h5"), "--samples",
+                                        str(SAMPLES)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{int(partial)} of 81 points done" in again.stderr
+    assert cli("hessian", clean, "--samples", SAMPLES).returncode == 0
+    for a, b in zip(maps(d / "s.h5"), maps(clean)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
