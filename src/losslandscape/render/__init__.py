@@ -14,7 +14,13 @@ Kinds of view (`KINDS`):
   vtp        2-D: ParaView XML PolyData, any nx x ny grid
   html       one self-contained interactive page (Plotly, nothing loaded from the network):
              2-D: 3-D surface and heat map with contours; 1-D: loss and accuracy curves;
-             with several files, also one page comparing them side by side
+             with several files, also one page comparing them side by side; a file with
+             Hessian eigenvalue maps also offers them, as heat maps
+  ratio      2-D, with the `hessian` verb's maps: |min_eig / max_eig| (Li et al., Fig. 8),
+             colour scale 0 to 0.5, loss contours over it
+  eigenvalues  2-D, with the maps: max_eig and min_eig side by side
+  spectrum   with `hessian --centre`: the spectral density at the centre, top and min
+             eigenvalues marked, the trace
 
 Partial surfaces draw what is computed and say how much in the title;
 diverged points (+inf) are clipped to the top of the colour range (and break
@@ -45,9 +51,11 @@ from losslandscape.render.surfacefile import SPLITS, VALUES, Surface, load_surfa
 
 __all__ = ["KINDS", "Surface", "load_surface", "render", "summarize"]
 
-KINDS = ("curve", "contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html")
+KINDS = ("curve", "contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html", "ratio", "eigenvalues",
+         "spectrum")
+HESSIAN_KINDS = ("ratio", "eigenvalues", "spectrum")  # of the `hessian` verb's results, where a file has them
 KINDS_1D = ("curve", "compare", "html")
-KINDS_2D = ("contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html")
+KINDS_2D = ("contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html", *HESSIAN_KINDS)
 DEFAULT_1D = ("curve",)
 DEFAULT_2D = ("contour", "filled", "heatmap", "surface3d", "vtp", "html")
 MATPLOTLIB_2D = ("contour", "filled", "heatmap", "surface3d")
@@ -81,6 +89,38 @@ def _splits(surface: Surface, split: str | None) -> list[str]:
     return splits
 
 
+def hessian_kinds(surface: Surface, split: str | None = None) -> list[str]:
+    """The Hessian views this file can draw (of `split`, when given): ratio and eigenvalues
+    where its maps have a computed point, spectrum where it has the centre's spectrum."""
+    from losslandscape.render import curvature
+
+    kinds = []
+    if surface.ndim == 2 and curvature.has_maps(surface) and split in (None, surface.eig_settings.get("split")):
+        kinds += ["ratio", "eigenvalues"]
+    spectrum = surface.centre_spectrum
+    if spectrum is not None and split in (None, spectrum.get("split")):
+        kinds.append("spectrum")
+    return kinds
+
+
+def _default_kinds(surface: Surface, split: str | None) -> list[str]:
+    if surface.ndim == 1:
+        return list(DEFAULT_1D)
+    extra = hessian_kinds(surface, split)
+    return [*MATPLOTLIB_2D, *extra, "vtp", "html"]
+
+
+def _check_hessian_split(surface: Surface, kind: str, split: str | None) -> str | None:
+    """The split of the Hessian a view draws; UserError where --split asks for another."""
+    if kind == "spectrum":
+        have, what = surface.centre_spectrum.get("split"), "Hessian spectrum at the centre"
+    else:
+        have, what = surface.eig_settings.get("split"), "Hessian eigenvalue maps"
+    if split is not None and have is not None and split != have:
+        raise UserError(f"--kind {kind} --split {split}: the {what} of {surface.path} are of the {have} split")
+    return have
+
+
 def _value_for(surface: Surface, split: str, value: str | None) -> str:
     """The value a single-value view draws: the one asked for, else loss (acc if no loss)."""
     if value is not None:
@@ -100,17 +140,35 @@ def _render_one(
     surface: Surface, stem: str, out_dir: Path, kinds: list[str], split, value, fmt, opts, figures
 ) -> list[Path]:
     written: list[Path] = []
-    splits = _splits(surface, split)
     vmin, vmax, levels, log, zmax = (opts[k] for k in ("vmin", "vmax", "levels", "log", "zmax"))
     for kind in kinds:
         if kind == "compare":
             continue
         allowed = KINDS_1D if surface.ndim == 1 else KINDS_2D
         if kind not in allowed:
+            fits = [k for k in allowed if k != "compare" and (k not in HESSIAN_KINDS or k in hessian_kinds(surface))]
             raise UserError(
                 f"--kind {kind} does not fit {surface.path} ({surface.shape_text()}); "
-                f"for this file use one of {', '.join(k for k in allowed if k != 'compare')}"
+                f"for this file use one of {', '.join(fits)}"
             )
+        if kind in HESSIAN_KINDS:
+            from losslandscape.render import curvature
+
+            if kind == "spectrum":
+                curvature.check_spectrum(surface)
+            else:
+                curvature.check_maps(surface, kind)
+            hsplit = _check_hessian_split(surface, kind, split)
+            out = common.output_path(out_dir, stem, hsplit, kind, ext=fmt)
+            if kind == "ratio":
+                fig = curvature.ratio(surface, vmin, vmax, levels, log)
+            elif kind == "eigenvalues":
+                fig = curvature.eigenvalues(surface)
+            else:
+                fig = curvature.spectrum(surface)
+            written.append(_save(fig, out, fmt, figures))
+            continue
+        splits = _splits(surface, split)
         if kind == "curve":
             from losslandscape.render import plot1d
 
@@ -122,7 +180,8 @@ def _render_one(
 
             values = [value] if value else list(VALUES)
             out = common.output_path(out_dir, stem, split, value, ext="html")
-            written.append(html.write_html(surface, out, splits, values, **opts))
+            maps = "ratio" in hessian_kinds(surface, split)  # the page offers them too
+            written.append(html.write_html(surface, out, splits, values, hessian=maps, **opts))
         elif kind == "vtp":
             from losslandscape.render import vtp
 
@@ -208,12 +267,14 @@ def render(
     """Draw the surface files in `paths` into `out_dir`; return the files written.
 
     kinds None draws every view that fits each file (1-D: curve; 2-D: contour,
-    filled, heatmap, surface3d, vtp, html), plus compare when there are several
+    filled, heatmap, surface3d, vtp, html, and ratio, eigenvalues, spectrum where the
+    file has the `hessian` verb's results), plus compare when there are several
     files; html (asked for, or by default for 2-D files) with several files of
     one kind sharing a computed value also writes one page comparing them,
     `<stem>_vs_<stem>_compare.html`. split None draws each split with points
     computed; value None draws the loss (and the accuracy too in curve and html). vmin/vmax/levels set the
-    colour range and contour levels; log True a logarithmic value scale, False
+    colour range and contour levels (vmin/vmax also the ratio map's colour range, 0 to
+    0.5 by default; its loss lines ignore them); log True a logarithmic value scale, False
     a linear one, None (default) log for a loss spanning more than two decades
     (see `common.auto_log`) in contour, filled, heatmap, surface3d, compare
     and html (2-D), linear elsewhere; zmax clips
@@ -249,7 +310,7 @@ def render(
     written: list[Path] = []
     for surface, stem in zip(surfaces, stems):
         if kinds is None:
-            chosen = list(DEFAULT_1D if surface.ndim == 1 else DEFAULT_2D)
+            chosen = _default_kinds(surface, split)
         else:
             chosen = list(dict.fromkeys(kinds))  # in order, each once
         if chosen == ["compare"]:

@@ -231,7 +231,11 @@ def surface_lattice(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.nda
 
 def done_note(surface: Surface, split: str) -> str:
     """'' when the split is complete, else ' (37% done)'."""
-    fraction = surface.fraction_done.get(split, 1.0)
+    return fraction_note(surface.fraction_done.get(split, 1.0))
+
+
+def fraction_note(fraction: float) -> str:
+    """'' for 1 (complete), else ' (37% done)'."""
     if fraction >= 1.0:
         return ""
     pct = 100 * fraction
@@ -315,6 +319,8 @@ def provenance(surface: Surface) -> list[str]:
         parts.append(f"interpolation to {checkpoint_name(surface, 'checkpoint2') or 'checkpoint2'}")
     elif kind == "file":
         parts.append(f"directions from {Path(str(d.get('file', ''))).name or 'a file'}")
+    elif kind == "hessian":
+        parts.append("Hessian eigenvector directions")
     elif kind:
         parts.append(f"{kind} directions")
     return [p for p in parts if p]
@@ -327,8 +333,58 @@ def coord_text(v: float, axis: np.ndarray) -> str:
     return f"{v + 0.0:.3g}"  # + 0.0 turns -0.0 into 0.0
 
 
+# Matplotlib mathtext; the HTML page writes them as λ<sub>max</sub> (html._text).
+LAMBDA_MAX = r"$\lambda_{\max}$"
+LAMBDA_MIN = r"$\lambda_{\min}$"
+RATIO_LABEL = r"$|\lambda_{\min} / \lambda_{\max}|$"
+# The Hessian's parameters (the `hessian --params` choice), in words.
+PARAMS_TEXT = {"all": "all parameters", "weights": "weight tensors only"}
+
+
+def eigen_axis(surface: Surface, axis: str) -> str | None:
+    """For a surface along Hessian eigenvectors (attribute `hessian_which`): 'eigenvector of
+    λ_max = 2.9' (x) or 'of λ_min = -0.05' (y); λ_1, λ_2 for which = "top2". None otherwise."""
+    which = surface.attrs.get("hessian_which")
+    if which is None:
+        return None
+    k = 0 if axis == "x" else 1
+    if which == "maxmin":
+        lam = (LAMBDA_MAX, LAMBDA_MIN)[k]
+    else:
+        lam = rf"$\lambda_{{{k + 1}}}$"
+    eigs = surface.attrs.get("hessian_eigenvalues")
+    eigs = eigs if isinstance(eigs, list) else [] if eigs is None else [eigs]
+    value = eigs[k] if len(eigs) > k and isinstance(eigs[k], (int, float)) else None
+    return f"eigenvector of {lam}" + ("" if value is None else f" = {value:.3g}")
+
+
+def hessian_setup(settings: dict, parameters: int | None = None) -> str:
+    """How a Hessian was taken, for titles: 'Hessian of the mean train loss, 1,000 samples,
+    all parameters' (settings: split, samples, params, as the `hessian` verb stores them)."""
+    split, samples, params = (settings.get(k) for k in ("split", "samples", "params"))
+    parts = [f"Hessian of the mean {split} loss" if split else "Hessian of the mean loss"]
+    if samples is not None:
+        parts.append(f"{samples:,} samples" if samples else "all samples")
+    if params is not None or parameters:
+        text = PARAMS_TEXT.get(params, f"{params} parameters") if params is not None else "parameters"
+        parts.append(text + (f" ({parameters:,})" if parameters else ""))
+    return ", ".join(parts)
+
+
+def hessian_title(surface: Surface, what: str, settings: dict, fraction: float = 1.0,
+                  parameters: int | None = None) -> str:
+    """'resnet56: |λmin/λmax| (37% done)', then how the Hessian was taken, then what the
+    surface was made from."""
+    lines = [f"{surface.model_name}: {what}{fraction_note(fraction)}", hessian_setup(settings, parameters)]
+    made = "; ".join(provenance(surface))
+    return "\n".join(lines + ([made] if made else []))
+
+
 def axis_label(surface: Surface, axis: str) -> str:
     """Label of the x or y axis, by how the directions were made."""
+    eigen = eigen_axis(surface, axis)
+    if eigen is not None:
+        return eigen
     kind = spec_part(surface, "directions").get("kind")
     if kind == "interpolate" and axis == "x":
         return r"interpolation $\alpha$"

@@ -25,6 +25,11 @@ legend: the trained model at (0, 0), the best point (the minimum of a loss, the
 maximum of an accuracy), and on a partial surface the computed points, with
 blanks (NaN) where nothing is computed yet; the title says how much is done.
 Diverged points are drawn at the top of the range, and the title counts them.
+A file with the `hessian` verb's eigenvalue maps also offers them in the selector,
+"|min/max| (Hessian)" (Li et al.'s Fig. 8: colour scale 0 to 0.5 as the static `ratio`
+view, the loss of the Hessian's split as contour lines over it) and the maps of the
+largest and of the smallest eigenvalue (a diverging colour scale centred at 0), each a heat
+map alone: the 3-D view's axes are hidden while one is shown.
 
 A 1-D surface gets a line chart instead: loss (left axis) and accuracy (right
 axis) against x, train solid and test dashed, with the same buttons (the scale
@@ -73,10 +78,18 @@ MARGIN = {"t": 140, "l": 60, "r": 40, "b": 90}
 # The static surface3d's view (matplotlib elev=30, azim=-60), a little farther out so that labels fit.
 CAMERA_EYE = {"x": 1.0, "y": -1.75, "z": 1.15}
 CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
+# The `hessian` verb's maps a page offers: value -> (series name, button label).
+HESSIAN_MAPS = {
+    "ratio": ("hessian_ratio", "|min/max| (Hessian)"),
+    "max": ("max_eig", "max eigenvalue (Hessian)"),
+    "min": ("min_eig", "min eigenvalue (Hessian)"),
+}
+MIN_EIG_COLORSCALE = "RdBu"  # reversed: negative blue, 0 white, positive red (curvature.MIN_CMAP)
+HESSIAN_MAP_X = (0.3, 0.92)  # the map's domain while a Hessian map is shown (the 3-D view is hidden)
 
 
 def write_html(surface: Surface, out: Path, splits: list[str], values: list[str], **options) -> Path:
-    """The page of one surface file: `figure(...)` written to `out`."""
+    """The page of one surface file: `figure(...)` written to `out` (options: those of `figure`)."""
     return _write(figure(surface, splits, values, **options), out, f"{surface.model_name}: {surface.path.name}")
 
 
@@ -95,13 +108,16 @@ def figure(
     levels: int | None = None,
     log: bool | None = None,
     zmax: float | None = None,
+    hessian: bool = False,
 ):
     """The page's Plotly figure (go.Figure) for the asked splits and values that are
-    computed; UserError if none is."""
+    computed; UserError if none is. With `hessian`, a 2-D file's eigenvalue maps (where it
+    has computed points) are offered too; vmin/vmax, where given, also set the ratio map's
+    colour scale (0 to 0.5 by default), as in the static views."""
     opts = {"vmin": vmin, "vmax": vmax, "levels": levels, "log": log, "zmax": zmax}
     if surface.ndim == 1:
         return _figure_1d([surface], splits, values, opts)
-    return _figure_2d([surface], splits, values, opts)
+    return _figure_2d([surface], splits, values, opts, hessian=hessian)
 
 
 def compare_figure(
@@ -145,8 +161,22 @@ def _escape(text: str) -> str:
 
 
 def _text(text: str) -> str:
-    """Plotly text: lines joined by <br>; no $...$ (that would ask for MathJax, which is not there)."""
-    return _escape(text.replace(r"$\alpha$", "α")).replace("\n", "<br>")
+    r"""Plotly text: lines joined by <br>; no $...$ (that would ask for MathJax, which is not there):
+    the mathtext of the static views' labels becomes Greek letters and <sub> ($\lambda_{\max}$
+    -> λ<sub>max</sub>)."""
+    import re
+
+    return re.sub(r"\$([^$]*)\$", lambda m: _math(m[1]), _escape(text)).replace("\n", "<br>")
+
+
+def _math(tex: str) -> str:
+    r"""A little of matplotlib's mathtext as Plotly's HTML subset: \alpha, \lambda, subscripts."""
+    import re
+
+    tex = tex.replace("\\alpha", "α").replace("\\lambda", "λ")
+    tex = re.sub(r"_\{\\?([^{}]*)\}", r"<sub>\1</sub>", tex)
+    tex = re.sub(r"_(\w)", r"<sub>\1</sub>", tex)
+    return tex.replace("\\", "").replace(" / ", "/")
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -189,16 +219,20 @@ class _Series:
     """One (split, value) of the page, with the scales it can be drawn on (the default first)."""
 
     split: str
-    value: str
+    value: str  # loss, acc; or one of HESSIAN_MAPS
     scales: list[str]
     views: dict = field(default_factory=dict)  # scale -> one View2D per file (2-D only)
 
     @property
     def name(self) -> str:
+        if self.value in HESSIAN_MAPS:
+            return HESSIAN_MAPS[self.value][0]
         return f"{self.split}_{self.value}"
 
     @property
     def label(self) -> str:
+        if self.value in HESSIAN_MAPS:
+            return HESSIAN_MAPS[self.value][1]
         return common.value_label(self.split, self.value)
 
 
@@ -381,13 +415,17 @@ def _file_names(surfaces: list[Surface]) -> list[str]:
     return [f"{s.path.resolve().parent.name}/{n}" if names.count(n) > 1 else n for s, n in zip(surfaces, names)]
 
 
-def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], opts: dict):
+def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], opts: dict, hessian: bool = False):
     import plotly.graph_objects as go
 
-    from losslandscape.render import plot2d
+    from losslandscape.render import curvature, plot2d
 
     series = _series_2d(surfaces, _common_series(surfaces, splits, values), opts)
     compare = len(surfaces) > 1
+    maps = hessian and not compare and curvature.has_maps(surfaces[0])
+    if maps:
+        split = surfaces[0].eig_settings.get("split") or ""
+        series += [_Series(split, value, [LINEAR]) for value in HESSIAN_MAPS]
     fig = go.Figure()
     panels = []
     w = 0.94 / len(surfaces)
@@ -402,6 +440,9 @@ def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], op
     traces = _Traces(fig, series)
     levels = opts["levels"] or CONTOUR_LEVELS
     for k, s in enumerate(series):
+        if s.value in HESSIAN_MAPS:
+            _add_hessian_map(traces, go, k, panels[0], opts, levels)
+            continue
         for i, panel in enumerate(panels):
             surf, first = panel.surface, i == 0
             view = s.views[s.scales[0]][i]
@@ -432,9 +473,69 @@ def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], op
                 hoverinfo="skip", xaxis=panels[0].xaxis, yaxis=panels[0].yaxis), k, part="blank")
         for scale in s.scales:
             traces.layouts[(k, scale)] = _layout_2d(s, scale, panels, opts["zmax"])
+    if maps:  # a Hessian map is shown alone: the 3-D view's axes hidden, the map in the middle
+        for (k, _), layout in traces.layouts.items():
+            alone = series[k].value in HESSIAN_MAPS
+            for axis in ("xaxis", "yaxis", "zaxis"):
+                layout[f"scene.{axis}.visible"] = not alone
+            layout["xaxis.domain"] = list(HESSIAN_MAP_X if alone else panels[0].map_x)
     _frame_2d(fig, panels)
     traces.finish()
     return fig
+
+
+def _add_hessian_map(traces: _Traces, go, k: int, panel: _Panel, opts: dict, levels: int) -> None:
+    """One of the `hessian` verb's maps as a heat map (one cell per computed point, blank where
+    not computed), the trained model marked; the ratio |min/max| on 0..0.5 (--vmin/--vmax) with
+    the loss of the Hessian's split as contour lines over it, min_eig on a diverging scale."""
+    from losslandscape.render import curvature, plot2d
+
+    s, surf = traces.series[k], panel.surface
+    xy = {"xaxis": panel.xaxis, "yaxis": panel.yaxis}
+    if s.value == "ratio":
+        rng = curvature.ratio_range(opts["vmin"], opts["vmax"])
+        z, what, colours = surf.eig_ratio, common.RATIO_LABEL, {"colorscale": COLORSCALE}
+    elif s.value == "max":
+        z, what = surf.eig["max"], common.LAMBDA_MAX
+        finite = z[np.isfinite(z)]
+        low, high = float(finite.min()), float(finite.max())
+        rng = common.Range(low, high if high > low else low + max(abs(low) * 0.1, 1e-12), False)
+        colours = {"colorscale": COLORSCALE}
+    else:
+        z, what = surf.eig["min"], common.LAMBDA_MIN
+        bound = np.abs(z[np.isfinite(z)])
+        bound = float(bound.max()) if bound.size and bound.max() > 0 else 1e-12
+        rng = common.Range(-bound, bound, False)
+        colours = {"colorscale": MIN_EIG_COLORSCALE, "reversescale": True, "zmid": 0.0}
+    z = np.where(np.isposinf(z), rng.high, np.where(np.isneginf(z), rng.low, z))
+    label = _text(what)
+    px, py, pz, _, _ = common.compact_grid(surf.x, surf.y, z)
+    traces.add(go.Heatmap(
+        x=_cells(px, surf.x), y=_cells(py, surf.y), z=_f32(pz), zmin=rng.low, zmax=rng.high, showscale=True,
+        colorbar={"title": {"text": label, "side": "right"}}, hoverongaps=False, name=label,
+        hovertemplate=_hover(surf, label, "z"), **colours, **xy), k, LINEAR, "map")
+    if s.value == "ratio":
+        view = curvature.loss_lines(surf, s.split, opts["log"])
+        if view is not None and view.drawable:
+            scale = LOG if view.range.log else LINEAR
+            name = f"{view.split} loss (white contour lines)"
+            traces.add(go.Contour(
+                x=view.x, y=view.y, z=_f32(_scale_fn(scale)(view.z)),
+                contours={"coloring": "none", **_contour_levels(view.range, scale, levels)},
+                line={"color": "rgba(255,255,255,0.9)", "width": 0.8}, showscale=False, hoverinfo="skip",
+                name=name, showlegend=True, **xy), k, LINEAR, "lines")
+    if surf.x.min() <= 0 <= surf.x.max() and surf.y.min() <= 0 <= surf.y.max():
+        centre = plot2d.centre_label(surf)
+        traces.add(go.Scatter(
+            x=[0.0], y=[0.0], mode="markers", marker=TRAINED_MARKER, name=centre, legendgroup="trained",
+            hovertemplate=f"{centre}<extra></extra>", **xy), k, part="trained")
+    if surf.eig_fraction_done < 1.0:
+        traces.add(go.Scatter(
+            x=[None], y=[None], mode="markers", marker=BLANK_MARKER, name="not computed yet (blank)",
+            hoverinfo="skip", **xy), k, part="blank")
+    title = common.hessian_title(surf, what if s.value == "ratio" else f"Hessian eigenvalue {what}",
+                                 surf.eig_settings, surf.eig_fraction_done)
+    traces.layouts[(k, LINEAR)] = {"title.text": _text(title)}
 
 
 def _add_views(

@@ -3,6 +3,11 @@ rises on rings around the centre, and how wide the basin is along each axis.
 
 Distances are in the grid's own coordinates (the step sizes along the
 directions), measured from the origin (0, 0).
+
+Where the file has the `hessian` verb's results, also (key "hessian"): the eigenvalue
+maps' settings, fraction done and the largest |min/max| over the computed points
+("maps"), and the spectrum at the centre: top eigenvalues, the smallest, |min/max|, the
+trace and its standard error ("centre").
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from losslandscape.errors import UserError
+from losslandscape.render import common
 from losslandscape.render.surfacefile import Surface, load_surface
 
 RING_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -140,6 +146,40 @@ def split_summary(surface: Surface, split: str, threshold: float = 1.0) -> dict:
     return out
 
 
+def _point(surface: Surface, k: tuple[int, ...]) -> dict:
+    out = {"x": float(surface.x[k[-1]])}
+    if surface.y is not None:
+        out["y"] = float(surface.y[k[0]])
+    return out
+
+
+def hessian_summary(surface: Surface) -> dict:
+    """The `hessian` verb's results: {"maps": ..., "centre": ...}, each only where the file
+    has it; {} for a file with neither. JSON-safe (None for NaN and inf)."""
+    out: dict = {}
+    if surface.eig is not None:
+        computed = surface.eig_computed
+        ratio = surface.eig_ratio
+        m: dict = {k: surface.eig_settings.get(k) for k in ("split", "samples", "params", "tol")}
+        m.update(fraction_done=surface.eig_fraction_done, points_done=int(computed.sum()), points=int(computed.size))
+        finite = computed & np.isfinite(ratio)
+        m["max_ratio"] = m["max_ratio_at"] = None
+        if finite.any():
+            k = np.unravel_index(np.argmax(np.where(finite, ratio, -np.inf)), ratio.shape)
+            m["max_ratio"], m["max_ratio_at"] = float(ratio[k]), _point(surface, k)
+        centre = _centre_index(surface)
+        m["centre"] = {**_point(surface, centre), "max_eig": _num(surface.eig["max"][centre]),
+                       "min_eig": _num(surface.eig["min"][centre]), "ratio": _num(ratio[centre])}
+        out["maps"] = m
+    c = surface.centre_spectrum
+    if c is not None:
+        keys = ("split", "samples", "params", "parameters", "min_eigenvalue", "ratio_min_max", "trace",
+                "trace_stderr", "hutchinson_samples")
+        out["centre"] = {k: (_num(c[k]) if isinstance(c.get(k), float) else c.get(k)) for k in keys}
+        out["centre"]["top_eigenvalues"] = [_num(v) for v in c["top_eigenvalues"]]
+    return out
+
+
 def summarize(path: str | Path, threshold: float = 1.0) -> dict:
     """Summary numbers per split present; JSON-serialisable (None where a value
     is not computed or diverged). Raises UserError when nothing is computed."""
@@ -161,6 +201,9 @@ def summarize(path: str | Path, threshold: float = 1.0) -> dict:
         result["y_range"] = [float(surface.y.min()), float(surface.y.max())]
     for split in surface.splits:
         result["splits"][split] = split_summary(surface, split, threshold)
+    hessian = hessian_summary(surface)
+    if hessian:
+        result["hessian"] = hessian
     return result
 
 
@@ -201,4 +244,30 @@ def format_summary(summary: dict) -> str:
             b = s["basin_radius"]
             parts = "  ".join(f"{k} {_f(v)}" for k, v in b.items())
             lines.append(f"  basin radius (loss > centre + {summary['threshold']:g}): {parts}")
+    lines += _format_hessian(summary.get("hessian") or {}, two_d)
     return "\n".join(lines)
+
+
+def _format_hessian(h: dict, two_d: bool) -> list[str]:
+    lines = []
+    m = h.get("maps")
+    if m:
+        lines += ["", f"[hessian maps] {common.hessian_setup(m)}: {100 * m['fraction_done']:.1f}% done "
+                      f"({m['points_done']} of {m['points']} points)"]
+        at = m["max_ratio_at"]
+        where = "" if at is None else f" at ({_f(at['x'])}, {_f(at['y'])})" if two_d else f" at ({_f(at['x'])})"
+        lines.append(f"  max |min/max| {_f(m['max_ratio'])}{where}  (over the computed points)")
+        c = m["centre"]
+        if c["ratio"] is not None or c["max_eig"] is not None:
+            lines.append(f"  centre: max eigenvalue {_f(c['max_eig'], '.5g')}   "
+                         f"min eigenvalue {_f(c['min_eig'], '.5g')}   |min/max| {_f(c['ratio'])}")
+    c = h.get("centre")
+    if c:
+        top = ", ".join(_f(v, ".5g") for v in c["top_eigenvalues"]) or "-"
+        probes = f" (Hutchinson, {c['hutchinson_samples']} probes)" if c.get("hutchinson_samples") else ""
+        lines += ["", f"[hessian at the centre] {common.hessian_setup(c, c.get('parameters'))}",
+                  f"  top eigenvalues   {top}",
+                  f"  min eigenvalue    {_f(c['min_eigenvalue'], '.5g')}",
+                  f"  |min/max|         {_f(c['ratio_min_max'])}",
+                  f"  trace             {_f(c['trace'], '.5g')} +- {_f(c['trace_stderr'], '.2g')}{probes}"]
+    return lines

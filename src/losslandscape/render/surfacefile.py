@@ -6,6 +6,11 @@ mark missing points with -1. Both come out of `load_surface` the same way:
 float64 arrays of shape (ny, nx) -- row j is y[j], column i is x[i] -- or (nx,)
 for a 1-D surface, with NaN wherever a point is not computed.
 
+The `hessian` verb's results load too, where a file has them: the eigenvalue
+maps (`max_eig`, `min_eig`, NaN where `eig_done` is not 1) as `Surface.eig`, with
+their settings (the `hessian_*` attributes) as `Surface.eig_settings`, and the
+spectrum at the centre (the `hessian_centre` group) as `Surface.centre_spectrum`.
+
 Files are opened read-only with HDF5 file locking off, so a surface that a
 running job is still writing can be drawn (the original code's users hit
 "unable to lock file, errno 11" exactly there).
@@ -24,6 +29,8 @@ from losslandscape.errors import UserError
 
 from losslandscape.fileformat import FORMAT, ORIGINAL_MISSING, SPLITS, VALUE_NAMES, VALUES  # noqa: F401
 VALUE_LABELS = {"loss": "loss", "acc": "accuracy"}
+HESSIAN_CENTRE = "hessian_centre"  # as hessmap.CENTRE (hessmap itself imports the torch side)
+EIG_SETTINGS = ("split", "samples", "params", "tol")  # the maps' attributes, `hessian_<name>`
 
 
 @dataclass
@@ -43,6 +50,16 @@ class Surface:
     model_name: str
     attrs: dict[str, Any] = field(default_factory=dict)
     original_format: bool = False  # the original loss-landscape code's file (-1 = missing)
+    # The `hessian` verb's maps: {"max": ..., "min": ...}, each shaped as the values, NaN where
+    # not computed (eig_done not 1); None when the file has none.
+    eig: dict[str, np.ndarray] | None = None
+    eig_computed: np.ndarray | None = None  # bool, where the maps are computed (eig_done)
+    eig_fraction_done: float = 0.0  # of the maps, in [0, 1]
+    eig_settings: dict[str, Any] = field(default_factory=dict)  # split, samples, params, tol
+    # The spectrum at the centre (`hessian --centre`): top_eigenvalues (descending),
+    # min_eigenvalue, ratio_min_max, trace, trace_stderr, parameters, split, samples, params,
+    # hutchinson_samples, density_grid and density (arrays); None when the file has none.
+    centre_spectrum: dict[str, Any] | None = None
 
     @property
     def ndim(self) -> int:
@@ -56,6 +73,15 @@ class Surface:
     def splits(self) -> list[str]:
         """Splits with at least one value dataset, in the order train, test."""
         return [s for s in SPLITS if any(f"{s}_{v}" in self.values for v in VALUES)]
+
+    @property
+    def eig_ratio(self) -> np.ndarray | None:
+        """|min_eig / max_eig| (Li et al.'s Fig. 8), NaN where not computed; +inf where the
+        largest eigenvalue is 0 and the smallest is not. None without maps."""
+        if self.eig is None:
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.abs(self.eig["min"] / self.eig["max"])
 
     def __getattr__(self, name: str) -> np.ndarray:
         """`s.train_loss`, `s.test_acc`, ...: the value arrays (NaN where not computed)."""
@@ -76,7 +102,10 @@ class Surface:
         dims = ("x",) if self.y is None else ("y", "x")
         coords = {"x": self.x} if self.y is None else {"x": self.x, "y": self.y}
         attrs = {k: v for k, v in self.attrs.items() if isinstance(v, (str, int, float))}
-        return xr.Dataset({k: (dims, v) for k, v in self.values.items()}, coords=coords, attrs=attrs)
+        data = {k: (dims, v) for k, v in self.values.items()}
+        if self.eig is not None:
+            data.update({"max_eig": (dims, self.eig["max"]), "min_eig": (dims, self.eig["min"])})
+        return xr.Dataset(data, coords=coords, attrs=attrs)
 
     def shape_text(self) -> str:
         if self.y is None:
@@ -168,6 +197,13 @@ def load_surface(path: str | Path) -> Surface:
                     raise UserError(f"{path}: dataset {flag} has shape {flags.shape}, expected {shape} (ny, nx)")
                 done[split] = flags == 1
 
+        eig = eig_computed = None
+        if not original and all(n in f and isinstance(f[n], h5py.Dataset) for n in ("max_eig", "min_eig")):
+            eig, eig_computed = _eigenvalue_maps(f, path, shape)
+        centre = None
+        if not original and HESSIAN_CENTRE in f and isinstance(f[HESSIAN_CENTRE], h5py.Group):
+            centre = _centre_spectrum(f[HESSIAN_CENTRE], path)
+
     if not values:
         raise UserError(f"{path} has none of the datasets {', '.join(VALUE_NAMES)}")
 
@@ -209,7 +245,60 @@ def load_surface(path: str | Path) -> Surface:
         model_name=_model_name(attrs, path.stem),
         attrs=attrs,
         original_format=original,
+        eig=eig,
+        eig_computed=eig_computed,
+        eig_fraction_done=0.0 if eig_computed is None else float(eig_computed.mean()),
+        eig_settings={k: attrs[f"hessian_{k}"] for k in EIG_SETTINGS if f"hessian_{k}" in attrs} if eig else {},
+        centre_spectrum=centre,
     )
+
+
+def _eigenvalue_maps(f, path: Path, shape: tuple) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The `hessian` verb's maps, NaN where eig_done is not 1 (where there are no flags,
+    the points with a value count as computed), and where they are computed."""
+    import h5py
+
+    eig = {}
+    for key, name in (("max", "max_eig"), ("min", "min_eig")):
+        data = np.array(f[name][()], dtype=np.float64)
+        if data.shape != shape:
+            raise UserError(f"{path}: dataset {name} has shape {data.shape}, expected {shape} (ny, nx)")
+        eig[key] = data
+    if "eig_done" in f and isinstance(f["eig_done"], h5py.Dataset):
+        flags = np.asarray(f["eig_done"][()])
+        if flags.shape != shape:
+            raise UserError(f"{path}: dataset eig_done has shape {flags.shape}, expected {shape} (ny, nx)")
+        computed = flags == 1
+    else:
+        computed = ~np.isnan(eig["max"]) | ~np.isnan(eig["min"])
+    for data in eig.values():
+        data[~computed] = np.nan
+    return eig, computed
+
+
+def _centre_spectrum(group, path: Path) -> dict[str, Any]:
+    """The `hessian_centre` group as a dict: its attributes (plain values), the top
+    eigenvalues as a list, the density and its grid as arrays (empty where missing)."""
+    import h5py
+
+    out: dict[str, Any] = {str(k): _plain(v) for k, v in group.attrs.items()}
+
+    def array(name: str) -> np.ndarray:
+        if name in group and isinstance(group[name], h5py.Dataset):
+            return np.asarray(group[name][()], dtype=np.float64).ravel()
+        return np.zeros(0)
+
+    out["top_eigenvalues"] = array("top_eigenvalues").tolist()
+    out["density_grid"], out["density"] = array("density_grid"), array("density")
+    if out["density_grid"].size != out["density"].size:
+        raise UserError(f"{path}: {HESSIAN_CENTRE}/density has {out['density'].size} values for "
+                        f"{out['density_grid'].size} grid points")
+    for key in ("min_eigenvalue", "ratio_min_max", "trace", "trace_stderr"):
+        out.setdefault(key, None)
+    top, low = out["top_eigenvalues"], out["min_eigenvalue"]
+    if out["ratio_min_max"] is None and top and top[0] and low is not None:
+        out["ratio_min_max"] = abs(low / top[0])
+    return out
 
 
 def check_computed(surface: Surface, name: str) -> np.ndarray:
