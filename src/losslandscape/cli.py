@@ -27,7 +27,11 @@ def _spec_from_args(args: argparse.Namespace) -> specs.Spec:
     overrides = specs.overrides_from_args(args)
     if getattr(args, "trust_checkpoint", False):
         overrides["model.trust_checkpoint"] = "true"
-    return specs.load(args.spec, overrides)
+    spec = specs.load(args.spec, overrides)
+    if getattr(args, "trajectory", False) and spec.directions.kind != "pca":
+        raise UserError(f'directions.kind: {spec.directions.kind!r} is not valid for `trajectory`; expected "pca" '
+                        '(with directions.checkpoints, a glob of the run\'s checkpoints)')
+    return spec
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -57,6 +61,12 @@ def cmd_surface(args: argparse.Namespace) -> int:
     from .distributed import agree
 
     return _under_mpi(env, lambda: run(agree(env.comm, _spec_from_args, args), env.comm))
+
+
+def cmd_trajectory(args: argparse.Namespace) -> int:
+    """`surface` for a spec whose directions are the PCA of a training run (kind = "pca")."""
+    args.trajectory = True
+    return cmd_surface(args)
 
 
 def _under_mpi(env, step) -> int:
@@ -258,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    cmd_surface, surface_tables)
     _add_spec_verb(sub, "directions", "only create the surface file and store its directions", cmd_directions,
                    surface_tables)
+    _add_spec_verb(sub, "trajectory", "PCA directions of a training run's checkpoints, the run's path on their "
+                   "plane, and the surface around the final model (directions.kind = \"pca\"); under mpirun -n N: "
+                   "distributed", cmd_trajectory, surface_tables)
     p = _add_spec_verb(sub, "submit", "submit a SLURM array of K tasks plus a dependent merge job", cmd_submit,
                        surface_tables)
     g = p.add_argument_group("SLURM")

@@ -94,6 +94,8 @@ def make_directions(spec, model: torch.nn.Module):
         return dirs.interpolation_direction(weights, dirs.target_tensors(other, d.dir_type)), None, {}
     if d.kind == "hessian":
         return hessian_directions(spec, model, two)
+    if d.kind == "pca":
+        return pca_plane(spec, model)
     if d.kind == "file":
         # an original "states" file also has entries for the integer num_batches_tracked buffers
         names = list(model.state_dict()) if d.dir_type == "states" else None
@@ -125,6 +127,49 @@ def hessian_directions(spec, model: torch.nn.Module, two: bool):
     return scaled[0], (scaled[1] if two else None), info
 
 
+def pca_plane(spec, model: torch.nn.Module):
+    """The plane of the first two principal components of the run's checkpoints minus the final
+    model (the centre), with every run's path on it (`directions.also` too), as datasets."""
+    from .trajectory import checkpoint_paths, pca_directions, pca_names, project
+
+    d = spec.directions
+    trust = spec.model.trust_checkpoint
+    targets = dirs.target_tensors(model, d.dir_type)
+    final = {k: v.detach() for k, v in targets.items()}
+    names = pca_names(final, d.dir_type, d.ignore)
+    paths = checkpoint_paths(d.checkpoints, "directions.checkpoints")
+    log.info("PCA of %d checkpoints (%s)", len(paths), d.checkpoints)
+    res = pca_directions(final, paths, names, trust, targets=list(targets), field="directions.checkpoints")
+    info: dict = {"explained_variance_ratio": np.asarray(res.explained_variance_ratio, dtype=np.float64)}
+    runs = [("/trajectory", paths, res.x, res.y, res.error, d.checkpoints)]
+    for k, pattern in enumerate(d.also):
+        field = f"directions.also[{k}]"
+        more = checkpoint_paths(pattern, field)
+        x, y, err = project(final, more, names, res.d1, res.d2, trust, field=field)
+        runs.append((f"/trajectory/also/{k}", more, x, y, err, pattern))
+    for group, ps, x, y, err, pattern in runs:
+        info[f"{group}/x"], info[f"{group}/y"], info[f"{group}/error"] = x, y, err
+        info[f"{group}/checkpoints"] = [Path(p).name for p in ps]
+        info[f"{group}@pattern"] = pattern
+    log.info("PC1 and PC2 explain %.1f%% and %.1f%% of the variance; mean distance from the plane %.2g",
+             100 * res.explained_variance_ratio[0], 100 * res.explained_variance_ratio[1], float(np.mean(res.error)))
+    return res.d1, res.d2, info
+
+
+def _files_digest(patterns: list[str], field: str) -> str:
+    """SHA-256 over the files each glob matches (names and contents), in trajectory order."""
+    import hashlib
+
+    from .trajectory import checkpoint_paths
+
+    h = hashlib.sha256()
+    for k, pattern in enumerate(patterns):
+        for path in checkpoint_paths(pattern, field if k == 0 else f"directions.also[{k - 1}]"):
+            h.update(path.name.encode())
+            h.update(file_sha256(path, field).encode())
+    return h.hexdigest()
+
+
 def run_identity(spec) -> dict:
     """What a resume must match (surface.identity), with the SHA-256 of every file the run reads."""
     m, d = spec.model, spec.directions
@@ -132,6 +177,8 @@ def run_identity(spec) -> dict:
             else f"fresh initialisation, seed {FRESH_INIT_SEED}")
     sha2 = file_sha256(m.checkpoint2, "model.checkpoint2") if (d.kind == "interpolate" and m.checkpoint2) else ""
     sha_dirs = file_sha256(d.file, "directions.file") if d.kind == "file" else ""
+    if d.kind == "pca":
+        sha_dirs = _files_digest([d.checkpoints, *d.also], "directions.checkpoints")
     return surface.identity(spec, sha1, sha2, sha_dirs)
 
 
@@ -216,7 +263,7 @@ def prepare(spec, notes: dict | None = None) -> Prepared:
 
 def _check_directions(spec, path: Path) -> None:
     """The stored directions must be the ones this spec makes (same seed, weights, norms)."""
-    if spec.directions.kind in ("file", "hessian"):
+    if spec.directions.kind in ("file", "hessian", "pca"):
         return  # identity pins the source file by its SHA-256; Hessian directions by model, data and choice
     model = base_model(spec)
     x, y, _ = make_directions(spec, model)

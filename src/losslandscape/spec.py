@@ -56,8 +56,8 @@ class Data:
 
 @dataclass
 class Directions:
-    kind: Literal["random", "interpolate", "file", "hessian"] = "random"
-    """random (Gaussian) | interpolate (checkpoint -> checkpoint2) | file (from an HDF5 file) | hessian (eigenvectors)."""
+    kind: Literal["random", "interpolate", "file", "hessian", "pca"] = "random"
+    """random (Gaussian) | interpolate (checkpoint -> checkpoint2) | file (from an HDF5 file) | hessian (eigenvectors) | pca (of a trajectory)."""
     dir_type: Literal["auto", "weights", "states"] = "auto"
     """weights: parameters only; states: also BatchNorm running statistics; auto: states for interpolate, else weights."""
     norm: Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"] = "filter"
@@ -70,6 +70,10 @@ class Directions:
     """make the y direction orthogonal to the x direction (after normalisation)."""
     file: str = ""
     """HDF5 file to take directions from (kind = "file"): a surface file or an original direction file."""
+    checkpoints: str = ""
+    """kind = "pca": a glob of the training run's checkpoints, ordered by the number in the name."""
+    also: list[str] = field(default_factory=list)
+    """kind = "pca": globs of further runs to project onto the same plane."""
     which: Literal["maxmin", "top2"] = "maxmin"
     """kind = "hessian": eigenvectors of the largest and smallest eigenvalue (maxmin) or of the two largest."""
 
@@ -273,6 +277,14 @@ def _validate(spec: Spec) -> None:
         spec.directions.dir_type = "states" if spec.directions.kind == "interpolate" else "weights"
     if spec.directions.kind == "hessian" and spec.directions.dir_type != "weights":
         raise UserError('directions.dir_type: "hessian" directions move the parameters only; use "weights"')
+    if spec.directions.kind == "pca":
+        if not spec.directions.checkpoints:
+            raise UserError('directions.checkpoints: empty; kind = "pca" needs a glob of the run\'s checkpoints, '
+                            'e.g. "out/run/model_*.pt"')
+        if not spec.model.checkpoint:
+            raise UserError('model.checkpoint: empty; kind = "pca" needs the final model (the centre of the plane)')
+        if not spec.grid.y:
+            raise UserError('grid.y: empty; the PCA plane is 2-D: give grid.y too')
     if spec.directions.kind == "file" and not spec.directions.file:
         raise UserError('directions.file: empty; kind = "file" needs the HDF5 file to read directions from')
     if not spec.evaluation.device == "auto" and not (

@@ -58,6 +58,8 @@ def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sh
         ident["directions.file (sha256)"] = directions_file_sha
     if d.kind == "hessian":
         ident["directions.which"] = d.which
+    if d.kind == "pca":
+        ident["directions.checkpoints (sha256)"] = directions_file_sha
     if spec.data.name == "cifar10":
         ident["data.root"] = str(Path(spec.data.root).resolve())
     return ident
@@ -102,7 +104,16 @@ def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
     f.attrs["import_dirs"] = json.dumps(userimport.search_dirs())  # where its model and data factories were
     f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for k, v in (extra_attrs or {}).items():
-        f.attrs[k] = v
+        if k.startswith("/") and "@" in k:  # "/group@name": an attribute of a group
+            group, _, name = k.partition("@")
+            f.require_group(group[1:]).attrs[name] = v
+        elif k.startswith("/"):  # "/group/name": a dataset (a trajectory's path)
+            strings = isinstance(v, list) and v and isinstance(v[0], str)
+            # fixed-length UTF-8 bytes: parallel HDF5 cannot write variable-length strings
+            data = np.asarray([t.encode() for t in v]) if strings else np.asarray(v)
+            f.create_dataset(k[1:], data=data)
+        else:
+            f.attrs[k] = v
 
 
 def _write_directions(f: h5py.File, x, y) -> None:

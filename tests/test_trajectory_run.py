@@ -1,0 +1,102 @@
+"""`losslandscape trajectory`: a real short training run's PCA plane, its path and the surface around
+the final model, in one process and under `mpirun`, checked against the checkpoints themselves."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from conftest import BIN
+from test_mpi import mpirun
+
+VALUES = ("train_loss", "train_acc")
+
+
+def job(tmp_path: Path, trained: dict, name: str = "t", pattern: str | None = None) -> Path:
+    run = trained["final"].parent
+    spec = tmp_path / f"{name}.toml"
+    spec.write_text(f'''
+[model]
+name = "resnet20"
+checkpoint = "{trained['final']}"
+[data]
+name = "digits"
+max_samples = 100
+[directions]
+kind = "pca"
+checkpoints = "{pattern or run / 'model_*.pt'}"
+also = ["{run / 'model_[01].pt'}"]
+[grid]
+x = "-1:1:3"
+y = "-1:1:3"
+[evaluation]
+device = "cpu"
+[output]
+surface = "{tmp_path / name}.h5"
+''')
+    return spec
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "losslandscape"), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v.double() for k, v in torch.load(path, weights_only=True)["state_dict"].items()}
+
+
+def test_the_path_lies_on_the_plane_and_reconstructs_the_checkpoints(trained, tmp_path):
+    proc = cli("trajectory", job(tmp_path, trained))
+    assert proc.returncode == 0, proc.stderr
+    assert "PC1 and PC2 explain" in proc.stderr
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        assert f["train_done"][...].all()
+        names = [n.decode() for n in f["trajectory/checkpoints"][...]]
+        x, y, err = (f[f"trajectory/{k}"][...] for k in ("x", "y", "error"))
+        dx = {k: torch.from_numpy(f["directions/x"][k][...]).double() for k in f["directions/x"]}
+        dy = {k: torch.from_numpy(f["directions/y"][k][...]).double() for k in f["directions/y"]}
+        ratio = f.attrs["explained_variance_ratio"]
+        also = {k: f[f"trajectory/also/0/{k}"][...] for k in ("x", "y")}
+    assert names == ["model_0.pt", "model_1.pt", "model_2.pt"]
+    assert ratio.shape == (2,) and 0.99 < ratio.sum() <= 1 + 1e-9  # three points: the plane holds them all
+    final = state(trained["final"])
+    assert x[-1] == 0 and y[-1] == 0 and err[-1] == 0
+    for t, ckpt in enumerate((trained["init"], trained["mid"])):
+        c = state(ckpt)
+        for k in dx:  # final + x_t dx + y_t dy is the checkpoint (the PCA ran over the weights)
+            if dx[k].abs().sum() > 0:
+                want = c[k] - final[k]
+                got = x[t] * dx[k] + y[t] * dy[k]
+                assert torch.linalg.norm(got - want) <= 1e-4 * max(float(torch.linalg.norm(want)), 1e-12)
+        assert err[t] < 1e-5
+    np.testing.assert_allclose(also["x"], x[:2], rtol=1e-6)
+    np.testing.assert_allclose(also["y"], y[:2], rtol=1e-6, atol=1e-9)
+
+
+def test_mpirun_equals_one_process_and_the_checkpoints_pin_the_file(trained, tmp_path):
+    one = cli("trajectory", job(tmp_path, trained, "one"))
+    assert one.returncode == 0, one.stderr
+    many = subprocess.run(mpirun(3) + [str(BIN / "losslandscape"), "trajectory", str(job(tmp_path, trained, "many"))],
+                          capture_output=True, text=True, timeout=300)
+    assert many.returncode == 0, many.stderr
+    with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "many.h5", "r") as b:
+        for k in VALUES:
+            np.testing.assert_allclose(a[k][...], b[k][...], rtol=1e-6)
+        np.testing.assert_array_equal(a["trajectory/x"][...], b["trajectory/x"][...])
+    other = job(tmp_path, trained, "one", pattern=trained["final"].parent / "model_[12].pt")
+    refused = cli("trajectory", other)
+    assert refused.returncode == 1
+    assert "directions.checkpoints (sha256): the surface file" in refused.stderr
+
+
+def test_trajectory_needs_pca_directions_and_checkpoints(trained, tmp_path):
+    spec = job(tmp_path, trained)
+    wrong = cli("trajectory", spec, "--directions.kind=random")
+    assert wrong.returncode == 1 and "is not valid for `trajectory`; expected \"pca\"" in wrong.stderr
+    none = cli("trajectory", spec, f"--directions.checkpoints={tmp_path / 'nothing_*.pt'}")
+    assert none.returncode == 1 and "directions.checkpoints" in none.stderr and "Traceback" not in none.stderr
+    assert not (tmp_path / "t.h5").exists()
