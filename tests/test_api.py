@@ -178,3 +178,4 @@ def test_a_notebook_gets_a_progress_bar(trained, tmp_path, monkeypatch, capsys):
                        out=tmp_path / "s.h5", device="cpu")
     err = capsys.readouterr().err
     assert "surface: 100%" in err and "3/3" in err, err
+

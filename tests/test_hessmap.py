@@ -265,3 +265,18 @@ def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path)
     assert cli("hessian", clean, "--samples", SAMPLES).returncode == 0
     for a, b in zip(maps(d / "s.h5"), maps(clean)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_python_plot_draws_the_hessian_views_or_says_what_to_run(surface_file, tmp_path):
+    import matplotlib
+
+    import losslandscape as ll
+
+    matplotlib.use("Agg")
+    path = copy_of(surface_file, tmp_path)
+    with pytest.raises(ll.UserError, match="has no Hessian maps; run `losslandscape hessian"):
+        ll.plot(path, kind="ratio")
+    assert cli("hessian", path, "--samples", SAMPLES).returncode == 0
+    fig = ll.plot(path, kind="ratio")
+    assert "|" in " ".join(ax.get_title() for ax in fig.axes)
+    assert len(ll.plot(path, kind="eigenvalues").axes) >= 2

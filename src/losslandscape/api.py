@@ -72,7 +72,10 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
     from .render import plot1d, plot2d
 
     s = surface if isinstance(surface, Surface) else load_surface(surface)
-    kinds = ("curve",) if s.ndim == 1 else ("contour", "filled", "heatmap", "surface3d")
+    if kind in ("ratio", "eigenvalues", "spectrum"):  # the `hessian` verb's results
+        return curvature_figure(s, kind, vmin, vmax, levels, log)
+    kinds = ("curve",) if s.ndim == 1 else ("contour", "filled", "heatmap", "surface3d", "ratio", "eigenvalues",
+                                               "spectrum")
     if kind not in kinds:
         raise UserError(f"kind: {kind!r} does not fit {s.path} ({s.shape_text()}); expected one of {', '.join(kinds)}")
     splits = [split] if split else [sp for sp in s.splits if s.fraction_done.get(sp, 0) > 0][:1] or s.splits[:1]
@@ -91,6 +94,18 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
     if kind == "heatmap":
         return plot2d.heatmap(view)
     return plot2d.surface3d(view, zmax)
+
+
+def curvature_figure(s: Surface, kind: str, vmin, vmax, levels, log):
+    from .render import curvature
+
+    if kind == "spectrum":
+        if s.centre_spectrum is None:
+            raise UserError(f"kind: {s.path} has no spectrum at the centre; run `losslandscape hessian {s.path} --centre`")
+        return curvature.spectrum(s)
+    if s.eig is None:
+        raise UserError(f"kind: {s.path} has no Hessian maps; run `losslandscape hessian {s.path}`")
+    return curvature.ratio(s, vmin, vmax, levels, log) if kind == "ratio" else curvature.eigenvalues(s)
 
 
 # --- the engine behind both -----------------------------------------------------------------
