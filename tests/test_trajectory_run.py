@@ -100,3 +100,28 @@ def test_trajectory_needs_pca_directions_and_checkpoints(trained, tmp_path):
     none = cli("trajectory", spec, f"--directions.checkpoints={tmp_path / 'nothing_*.pt'}")
     assert none.returncode == 1 and "directions.checkpoints" in none.stderr and "Traceback" not in none.stderr
     assert not (tmp_path / "t.h5").exists()
+
+
+def test_a_trajectory_spec_runs_as_slurm_shards(trained, tmp_path):
+    """What `submit` does without a cluster: the PCA plane once, shards computed by tasks, merged."""
+    from losslandscape import spec as specs
+    from losslandscape import surface
+    from losslandscape.fileformat import shard_dir
+    from losslandscape.grid import assign_tasks
+    from losslandscape.job import prepare
+    from losslandscape.slurm import merge, run_task
+
+    spec = specs.load(job(tmp_path, trained))
+    prep = prepare(spec)
+    d = shard_dir(prep.path)
+    d.mkdir()
+    for k, share in enumerate(assign_tasks(prep.pending, 2, 2)):
+        surface.create_shard(d / f"task_{k}.h5", prep.path, share, k, 2, spec.to_json(), [])
+        assert run_task(d, k) == 0
+    assert merge(prep.path) == 9
+    reference = cli("trajectory", job(tmp_path, trained, "ref"))
+    assert reference.returncode == 0, reference.stderr
+    with h5py.File(prep.path, "r") as a, h5py.File(tmp_path / "ref.h5", "r") as b:
+        assert a["train_done"][...].all()
+        for k in VALUES:
+            np.testing.assert_allclose(a[k][...], b[k][...], rtol=1e-6)
