@@ -179,3 +179,24 @@ def test_a_notebook_gets_a_progress_bar(trained, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "surface: 100%" in err and "3/3" in err, err
 
+
+
+def test_trajectories_and_hessian_maps_from_python(trained, tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    run = tmp_path / "run"
+    run.mkdir()
+    for t in range(4):  # a tiny run's checkpoints, as a notebook would save them
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        torch.save(net.state_dict(), run / f"model_{t}.pt")
+    s = ll.compute_trajectory(net, str(run / "model_*.pt"), train=digits("train", 40), x="-1:1:3", y="-1:1:3",
+                      out=tmp_path / "t.h5", device="cpu")
+    assert s.fraction_done["train"] == 1.0
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        assert f["trajectory/x"].shape == (4,) and f["trajectory/x"][-1] == 0.0
+    m = ll.compute_hessian(tmp_path / "t.h5", samples=40)
+    assert np.isfinite(m.eig["max"]).all() and (m.eig["max"] >= m.eig["min"]).all()
+    centre = ll.compute_hessian(tmp_path / "t.h5", samples=40, centre=True, top_k=2)
+    assert centre["top_eigenvalues"][0] == pytest.approx(m.eig["max"][1, 1], rel=1e-2)

@@ -6,7 +6,7 @@ Neural Nets", NeurIPS 2018.
 
 __version__ = "0.1.0"
 
-_API = ("compute_surface", "interpolate", "open_surface", "plot")
+_API = ("compute_surface", "interpolate", "compute_trajectory", "compute_hessian", "open_surface", "plot")
 
 
 def __getattr__(name: str):

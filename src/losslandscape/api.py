@@ -57,6 +57,32 @@ def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, train: Data 
     return _run(model_a, model_b, train, test, x, "", out, options)
 
 
+def compute_trajectory(model: torch.nn.Module, checkpoints: str, train: Data | None = None, test: Data | None = None, *,
+               x: str = "-1:1:21", y: str = "-1:1:21", out: str | Path = "trajectory.h5", **options: Any) -> Surface:
+    """The surface around `model` (the final model) on the plane of the first two principal
+    components of a run's checkpoints (`checkpoints`: a glob of files with the model's keys),
+    with the run's path stored in the file (`also=[...]`: more runs on the same plane)."""
+    return _run(model, None, train, test, x, y, out, {"kind": "pca", "checkpoints": checkpoints, **options})
+
+
+def compute_hessian(surface: str | Path, *, split: str = "train", samples: int = 0, params: str = "all",
+            tol: float = 1e-3, centre: bool = False, top_k: int = 5, device: str | None = None):
+    """The `hessian` verb on a surface file: the maps of the extreme eigenvalues over its grid
+    (returns the Surface, with `s.eig`), or with `centre=True` the spectrum at the trained
+    model (returns a dict). A surface computed in this process from a live model and tensors
+    can be used; one from another process needs its model and data as module:factory names."""
+    from .distributed import run_serial
+    from .hessmap import HessianWork, Settings, centre_spectrum
+
+    settings = Settings(split, samples, params, tol)
+    if centre:
+        return centre_spectrum(Path(surface), settings, top_k, device)
+    code = run_serial(None, work=HessianWork(Path(surface), settings, device))
+    if code != 0:
+        log.warning("stopped early: %s holds the points computed so far; call again to finish", surface)
+    return load_surface(surface)
+
+
 def open_surface(path: str | Path) -> Surface:
     """A surface file (ours, a partial one, or the original code's) as numpy arrays:
     `s.x`, `s.y`, `s.train_loss`, ... with NaN where a point is not computed."""
