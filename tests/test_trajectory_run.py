@@ -125,3 +125,25 @@ def test_a_trajectory_spec_runs_as_slurm_shards(trained, tmp_path):
         assert a["train_done"][...].all()
         for k in VALUES:
             np.testing.assert_allclose(a[k][...], b[k][...], rtol=1e-6)
+
+
+def test_an_auto_grid_covers_every_path_and_resumes(trained, tmp_path):
+    spec = job(tmp_path, trained)
+    proc = cli("trajectory", spec, "--grid.x=auto", "--grid.y=auto:5")
+    assert proc.returncode == 0, proc.stderr
+    assert "grid.x = auto: " in proc.stderr and "plus 10% on each side" in proc.stderr
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        xs, ys = f["xcoordinates"][...], f["ycoordinates"][...]
+        paths = [(f[f"{g}/x"][...], f[f"{g}/y"][...]) for g in ("trajectory", "trajectory/also/0")]
+        stored = f.attrs["spec"]
+    assert len(xs) == 21 and len(ys) == 5
+    for px, py in paths:  # every checkpoint inside the grid, with a margin of 10% of the extent
+        span_x = max(px.max(), 0) - min(px.min(), 0)
+        assert xs[0] < px.min() and px.max() < xs[-1]
+        assert abs((xs[-1] - xs[0]) - 1.2 * span_x) < 1e-3 * span_x
+        assert ys[0] <= py.min() and py.max() <= ys[-1]
+    assert '"x": "auto"' not in stored  # the file holds the resolved range
+    again = cli("trajectory", spec, "--grid.x=auto", "--grid.y=auto:5")
+    assert again.returncode == 0 and "105 of 105 points done" in again.stderr, again.stderr
+    random = cli("surface", spec, "--directions.kind=random", "--grid.x=auto")
+    assert random.returncode == 1 and 'grid.x: "auto" chooses the range from a trajectory' in random.stderr

@@ -29,6 +29,31 @@ def parse_axis(key: str, text: str) -> np.ndarray:
     return np.linspace(lo, hi, n)
 
 
+AUTO_POINTS = 21
+AUTO_MARGIN = 0.1  # of the paths' extent, on each side
+
+
+def is_auto(text: str) -> bool:
+    """ "auto" or "auto:N": the range is chosen from the data (the paths of a trajectory)."""
+    return str(text) == "auto" or str(text).startswith("auto:")
+
+
+def auto_axis(key: str, text: str, values) -> str:
+    """The "lo:hi:n" an auto axis resolves to: the extent of `values` and 0, plus a margin."""
+    n = AUTO_POINTS
+    if ":" in text:
+        try:
+            n = int(text.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 2:
+            raise UserError(f'{key}: {text!r} is not valid; expected "auto" or "auto:N" with an integer N >= 2')
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
+    pad = AUTO_MARGIN * (hi - lo) or 1.0
+    return f"{lo - pad:.6g}:{hi + pad:.6g}:{n}"
+
+
 @dataclass(frozen=True)
 class GridAxes:
     x: np.ndarray

@@ -12,6 +12,7 @@ behind that binds the file to its spec.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from . import surface
 from .checkpoints import build_and_load, file_sha256
 from .errors import UserError
 from .evaluate import PointEvaluator, use_channels_last
-from .grid import GridAxes, parse_axis
+from .grid import AUTO_MARGIN, GridAxes, auto_axis, is_auto, parse_axis
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +189,15 @@ def plan(spec) -> NewFile | None:
     A refused file is only ever opened read-only, so it is left byte-for-byte untouched.
     """
     path = Path(spec.output.surface)
-    axes = GridAxes.from_spec(spec.grid)
-    warn_off_grid(spec)
     ident = run_identity(spec)
     if not path.exists():
         x, y, info = make_directions(spec, base_model(spec))
-        return NewFile(path, axes, spec, ident, x, y, info)
+        resolve_auto_grid(spec, info)
+        warn_off_grid(spec)
+        return NewFile(path, GridAxes.from_spec(spec.grid), spec, ident, x, y, info)
+    resolve_auto_grid(spec, None)
+    axes = GridAxes.from_spec(spec.grid)
+    warn_off_grid(spec)
     with surface.open_h5(path, "r") as f:
         if surface.is_original(f):
             raise UserError(f"output.surface: {path} is a surface file of the original loss-landscape code "
@@ -205,6 +209,28 @@ def plan(spec) -> NewFile | None:
         surface.check_identity(f, path, ident, axes)
     _check_directions(spec, path)
     return None
+
+
+def resolve_auto_grid(spec, info: dict | None) -> None:
+    """Turn "auto" axes into "lo:hi:n", in place: from the paths of a new trajectory (`info`),
+    or, resuming, the file's own grid. Printed, and recorded in the file with the spec."""
+    auto = [(k, getattr(spec.grid, k)) for k in ("x", "y") if is_auto(getattr(spec.grid, k))]
+    if not auto:
+        return
+    if info is None:
+        with surface.open_h5(spec.output.surface, "r") as f:
+            stored = json.loads(f.attrs["spec"])["grid"] if surface.is_ours(f) else {}
+        for axis, text in auto:
+            if axis not in stored or is_auto(stored[axis]):
+                raise UserError(f"grid.{axis}: {text!r} cannot be resolved against {spec.output.surface}; give "
+                                "its grid as lo:hi:n")
+            setattr(spec.grid, axis, stored[axis])
+        return
+    for axis, text in auto:
+        values = np.concatenate([np.asarray(v) for k, v in info.items() if k.endswith(f"/{axis}")])
+        setattr(spec.grid, axis, auto_axis(f"grid.{axis}", text, values))
+        log.info("grid.%s = %s: %s (the paths' extent and 0, plus %d%% on each side)", axis, text,
+                 getattr(spec.grid, axis), round(100 * AUTO_MARGIN))
 
 
 def warn_off_grid(spec) -> None:

@@ -81,7 +81,7 @@ class Directions:
 @dataclass
 class Grid:
     x: str = "-1:1:51"
-    """x axis as "lo:hi:n" (n points from lo to hi, both included)."""
+    """x axis as "lo:hi:n" (n points from lo to hi, both included), or "auto"/"auto:N" for a trajectory."""
     y: str = ""
     """y axis as "lo:hi:n"; empty = a 1-D curve along x."""
 
@@ -264,9 +264,18 @@ def _validate(spec: Spec) -> None:
         raise UserError("data.splits: empty; expected one or both of train, test")
     if len(set(spec.data.splits)) != len(spec.data.splits):
         raise UserError(f"data.splits: {spec.data.splits!r} names a split twice")
-    parse_axis("grid.x", spec.grid.x)
-    if spec.grid.y:
-        parse_axis("grid.y", spec.grid.y)
+    from .grid import auto_axis, is_auto
+
+    for key, text in (("grid.x", spec.grid.x), ("grid.y", spec.grid.y)):
+        if not text:
+            continue
+        if is_auto(text):
+            if spec.directions.kind != "pca":
+                raise UserError(f'{key}: "auto" chooses the range from a trajectory\'s paths: it needs '
+                                'directions.kind = "pca"; give "lo:hi:n"')
+            auto_axis(key, text, [0.0])  # checks the form
+        else:
+            parse_axis(key, text)
     if spec.directions.kind == "interpolate":
         if not spec.model.checkpoint or not spec.model.checkpoint2:
             raise UserError('directions.kind: "interpolate" needs model.checkpoint and model.checkpoint2')
