@@ -28,6 +28,14 @@ the 1-D curve). Titles say what the surface was made from (checkpoint, kind
 of directions); 2-D views mark the trained model (0, 0) and the best point,
 with a legend; a file's train and test views share levels and colours.
 
+A PCA surface (directions.kind = "pca") has training paths on its plane: contour,
+filled, heatmap, surface3d, compare and html draw each run's path through its
+checkpoints, start and end marked, one colour per run, named with its mean projection
+error in the legend; the axes are labelled PC1 and PC2 with their share of the
+variance and stay at the grid (a path leaving it is cut at the edge, and its legend
+entry counts the checkpoints outside). Such a file with nothing computed yet still
+draws these views (html included), with the paths alone (see `paths`).
+
 Value scale: `log` True (--log) or False (--linear) forces it; None, the
 default, draws a loss whose finite positive values span more than two decades
 on a log scale (levels, colours, and log10 heights in surface3d), as a trained
@@ -40,6 +48,7 @@ This package needs numpy, h5py, matplotlib and plotly (html) only: no torch, no 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +83,29 @@ def _stems(surfaces: list[Surface]) -> list[str]:
     ]
 
 
+def _nothing_computed(surface: Surface) -> bool:
+    return all(f == 0 for f in surface.fraction_done.values())
+
+
+def _paths_only(surface: Surface) -> bool:
+    """A 2-D file with training paths and nothing computed yet: its views draw the paths alone."""
+    return surface.ndim == 2 and bool(surface.trajectories) and _nothing_computed(surface)
+
+
 def _splits(surface: Surface, split: str | None) -> list[str]:
-    """Splits to draw: the one asked for, or every split with something computed."""
+    """Splits to draw: the one asked for, or every split with something computed (with nothing
+    computed in a file with paths: the splits it was asked for, to draw the paths)."""
+    if _paths_only(surface):
+        if split is not None and split not in surface.splits:
+            present = ", ".join(surface.values)
+            raise UserError(f"{surface.path} has no {split}_loss or {split}_acc dataset (present: {present})")
+        asked = surface.attrs.get("splits")
+        try:
+            asked = json.loads(asked) if isinstance(asked, str) else common.spec_part(surface, "data").get("splits")
+        except ValueError:
+            asked = None
+        asked = [sp for sp in surface.splits if isinstance(asked, list) and sp in asked]
+        return [split] if split is not None else asked or surface.splits
     if split is not None:
         if split not in surface.splits:
             present = ", ".join(surface.values)
@@ -106,6 +136,8 @@ def hessian_kinds(surface: Surface, split: str | None = None) -> list[str]:
 def _default_kinds(surface: Surface, split: str | None) -> list[str]:
     if surface.ndim == 1:
         return list(DEFAULT_1D)
+    if _paths_only(surface):  # no surface yet, so no vtp
+        return [*MATPLOTLIB_2D, "html"]
     extra = hessian_kinds(surface, split)
     return [*MATPLOTLIB_2D, *extra, "vtp", "html"]
 

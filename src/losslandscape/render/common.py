@@ -321,6 +321,9 @@ def provenance(surface: Surface) -> list[str]:
         parts.append(f"directions from {Path(str(d.get('file', ''))).name or 'a file'}")
     elif kind == "hessian":
         parts.append("Hessian eigenvector directions")
+    elif kind == "pca":
+        glob = Path(str(d.get("checkpoints") or "")).name
+        parts.append("PCA directions" + (f" of {glob}" if glob else " of a training run"))
     elif kind:
         parts.append(f"{kind} directions")
     return [p for p in parts if p]
@@ -388,9 +391,20 @@ def axis_label(surface: Surface, axis: str) -> str:
     kind = spec_part(surface, "directions").get("kind")
     if kind == "interpolate" and axis == "x":
         return r"interpolation $\alpha$"
-    if kind == "pca":
-        return "1st PCA component" if axis == "x" else "2nd PCA component"
+    if kind == "pca" or surface.explained_variance_ratio is not None:
+        # The plane of a trajectory's principal components: "PC1 (87.2%)", its share of the variance.
+        k = 0 if axis == "x" else 1
+        ratio = surface.explained_variance_ratio
+        return f"PC{k + 1}" + ("" if ratio is None or not np.isfinite(ratio[k]) else f" ({percent(ratio[k])})")
     return f"{axis} direction"
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a percentage for labels: 0.872 -> '87.2%', 0.0004 -> '0.04%', 0 -> '0%'."""
+    p = 100 * float(fraction)
+    if p == 0:
+        return "0%"
+    return f"{p:.1f}%" if abs(p) >= 0.1 else f"{p:.1g}%"
 
 
 def output_path(out_dir: Path, stem: str, *parts: str | None, ext: str) -> Path:

@@ -30,6 +30,12 @@ A file with the `hessian` verb's eigenvalue maps also offers them in the selecto
 view, the loss of the Hessian's split as contour lines over it) and the maps of the
 largest and of the smallest eigenvalue (a diverging colour scale centred at 0), each a heat
 map alone: the 3-D view's axes are hidden while one is shown.
+A PCA surface's training paths (`paths`) are scatter traces on the map (a line through each
+run's checkpoints, its start a white circle ringed in the run's colour, its end a filled
+square; hovering names the checkpoint and its projection error) and lines on the 3-D surface,
+named in the legend with the run's mean projection error; clicking a run's legend entry hides
+its path in both. The axes stay at the grid. A PCA file with nothing computed yet gets a
+page with the paths alone.
 
 A 1-D surface gets a line chart instead: loss (left axis) and accuracy (right
 axis) against x, train solid and test dashed, with the same buttons (the scale
@@ -86,6 +92,8 @@ HESSIAN_MAPS = {
 }
 MIN_EIG_COLORSCALE = "RdBu"  # reversed: negative blue, 0 white, positive red (curvature.MIN_CMAP)
 HESSIAN_MAP_X = (0.3, 0.92)  # the map's domain while a Hessian map is shown (the 3-D view is hidden)
+PATH_LIFT = 0.015  # the 3-D paths float this share of the height range above the surface
+PATH_LEGEND_RANK = 1001  # the paths' legend entries after the marks' (Plotly's default is 1000), in run order
 
 
 def write_html(surface: Surface, out: Path, splits: list[str], values: list[str], **options) -> Path:
@@ -117,6 +125,10 @@ def figure(
     opts = {"vmin": vmin, "vmax": vmax, "levels": levels, "log": log, "zmax": zmax}
     if surface.ndim == 1:
         return _figure_1d([surface], splits, values, opts)
+    if surface.trajectories and not any(
+            f"{sp}_{v}" in surface.values and not np.all(np.isnan(surface.values[f"{sp}_{v}"]))
+            for sp in splits for v in values):
+        return _figure_paths_only(surface, splits, values)
     return _figure_2d([surface], splits, values, opts, hessian=hessian)
 
 
@@ -245,9 +257,9 @@ class _Traces:
         self.owners: list[tuple[int | None, str | None]] = []
         self.layouts: dict[tuple[int, str], dict] = {}
 
-    def add(self, trace, series: int | None = None, scale: str | None = None, part: str = "") -> None:
+    def add(self, trace, series: int | None = None, scale: str | None = None, part: str = "", **meta) -> None:
         name = self.series[series].name if series is not None else ""
-        trace.meta = {"series": name, "scale": scale or "", "part": part}
+        trace.meta = {"series": name, "scale": scale or "", "part": part, **meta}
         self.fig.add_trace(trace)
         self.owners.append((series, scale))
 
@@ -447,6 +459,7 @@ def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], op
             surf, first = panel.surface, i == 0
             view = s.views[s.scales[0]][i]
             xy = {"xaxis": panel.xaxis, "yaxis": panel.yaxis}
+            _add_paths_map(traces, go, k, panel)  # first: the marks below are drawn over them
             # Marks on the map, the same on either scale (as plot2d._mark_models).
             if surf.x.min() <= 0 <= surf.x.max() and surf.y.min() <= 0 <= surf.y.max():
                 label = plot2d.centre_label(surf)
@@ -467,6 +480,7 @@ def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], op
                     legendgroup="computed", showlegend=first, hoverinfo="skip", **xy), k, part="computed")
             for scale in s.scales:
                 _add_views(traces, go, k, scale, s.views[scale][i], panel, first, levels, opts["zmax"], compare)
+        _add_paths_legend(traces, go, k, panels)
         if any(v.partial() for v in s.views[s.scales[0]]):  # a legend entry for the blank, not computed area
             traces.add(go.Scatter(
                 x=[None], y=[None], mode="markers", marker=BLANK_MARKER, name="not computed yet (blank)",
@@ -595,6 +609,16 @@ def _add_views(
             x=[bx], y=[by], z=[float(height(bz))], mode="markers", marker=BEST_MARKER_3D,
             name=panel.prefix + blabel, legendgroup=f"best-{panel.scene}", showlegend=False, scene=panel.scene,
             hovertemplate=f"{_escape(panel.prefix + blabel)}<extra></extra>"), k, scale, "best3d")
+    # The paths on the surface as drawn (its thinned lattice), else on the floor of the box; lifted
+    # a little (PATH_LIFT of the heights' span), as WebGL draws a cell as two flat triangles and a
+    # bilinear height inside it can fall just under them.
+    if surf.trajectories:
+        if view.drawable:
+            lift = PATH_LIFT * float(f(top) - f(rng.low))
+            lattice = (surf.x[cols], surf.y[rows], height(view.full[np.ix_(rows, cols)]) + lift)
+        else:
+            lattice = None
+        _add_paths_3d(traces, go, k, scale, panel, lattice, float(f(rng.low)))
     # The map: one cell per computed point (rows and columns with none dropped), blank where not computed.
     bar = {"title": {"text": _text(common.value_label(s.split, s.value, logged)), "side": "right"}, **_ticks(rng)}
     if compare:
@@ -622,6 +646,143 @@ def _add_views(
             x=view.x, y=view.y, z=_f32(f(view.z)), contours={"coloring": "none", **levels_at}, line=lines,
             showscale=False, hoverinfo="skip", xaxis=panel.xaxis, yaxis=panel.yaxis, name=label, showlegend=False,
         ), k, scale, "lines")
+
+
+# ---------------------------------------------------------------- training paths (PCA surfaces)
+
+
+def _path_markers(color: str) -> tuple[dict, dict, dict]:
+    """Plotly markers of a path (as paths.LINE_STYLE, START_STYLE, END_STYLE): each checkpoint,
+    the start, the end."""
+    return ({"size": 5, "color": color, "line": {"color": "white", "width": 0.8}},
+            {"symbol": "circle", "size": 12, "color": "white", "line": {"color": color, "width": 2.5}},
+            {"symbol": "square", "size": 12, "color": color, "line": {"color": "black", "width": 1}})
+
+
+def _path_hover(surface: Surface, run: dict, name: str) -> tuple[list[str], list[str], str]:
+    """Per checkpoint: its name and its projection error; and the hover template."""
+    from losslandscape.render import paths
+
+    n = len(run["x"])
+    names = [_escape(paths.checkpoint_name(run, i)) for i in range(n)]
+    errors = [common.percent(e) if np.isfinite(e) else "unknown" for e in np.asarray(run["error"], dtype=float)]
+    xl, yl = (_text(common.axis_label(surface, a)) for a in ("x", "y"))
+    template = (f"%{{text}}<br>{xl} %{{x:.4g}}<br>{yl} %{{y:.4g}}<br>off the plane: %{{customdata}}"
+                f"<extra>{_escape(name)}</extra>")
+    return names, errors, template
+
+
+def _add_paths_map(traces: _Traces, go, k: int, panel: _Panel) -> None:
+    """Each run's path on the panel's map (series k, either scale): the line through its
+    checkpoints, named in the legend, then its start and end."""
+    from losslandscape.render import paths
+
+    surf = panel.surface
+    xy = {"xaxis": panel.xaxis, "yaxis": panel.yaxis}
+    for r, run in reversed(list(enumerate(surf.trajectories))):  # the run's own drawn last, on top
+        if len(run["x"]) == 0:
+            continue
+        color, name = paths.color(r), paths.label(run, surf, panel.prefix)
+        point, start, end = _path_markers(color)
+        text, errors, hover = _path_hover(surf, run, name)
+        x, y = np.asarray(run["x"], dtype=float).tolist(), np.asarray(run["y"], dtype=float).tolist()
+        group = f"path{r}-{panel.scene}"
+        traces.add(go.Scatter(
+            x=x, y=y, mode="lines+markers", line={"color": color, "width": 2}, marker=point, name=_escape(name),
+            legendgroup=group, legendrank=PATH_LEGEND_RANK + r, text=text, customdata=errors, hovertemplate=hover,
+            **xy), k, part="path", run=r)
+        for idx, marker, part in ((0, start, "path-start"), (-1, end, "path-end")):
+            traces.add(go.Scatter(
+                x=[x[idx]], y=[y[idx]], mode="markers", marker=marker, name=_escape(name), legendgroup=group,
+                showlegend=False, text=[text[idx]], customdata=[errors[idx]], hovertemplate=hover, **xy),
+                k, part=part, run=r)
+
+
+def _add_paths_legend(traces: _Traces, go, k: int, panels: list[_Panel]) -> None:
+    """Legend entries (series k) for the start and end markers, in grey: each run has its colour."""
+    from losslandscape.render import paths
+
+    if not any(p.surface.trajectories for p in panels):
+        return
+    _, start, end = _path_markers("#555555")
+    for label, marker, part in ((paths.START_LABEL, start, "path-legend-start"),
+                                (paths.END_LABEL, end, "path-legend-end")):
+        traces.add(go.Scatter(
+            x=[None], y=[None], mode="markers", marker=marker, name=label, hoverinfo="skip",
+            legendrank=PATH_LEGEND_RANK + 100, xaxis=panels[0].xaxis, yaxis=panels[0].yaxis), k, part=part)
+
+
+def _add_paths_3d(traces: _Traces, go, k: int, scale: str, panel: _Panel, lattice: tuple | None,
+                  floor: float) -> None:
+    """Each run's path on the panel's 3-D view (series k, `scale`): on the surface `lattice`
+    (x, y, heights) or at `floor` (see `paths.on_surface`); in its run's legend group."""
+    from losslandscape.render import paths
+
+    surf = panel.surface
+    for r, run in reversed(list(enumerate(surf.trajectories))):  # the run's own drawn last, on top
+        if len(run["x"]) == 0:
+            continue
+        color, name = paths.color(r), paths.label(run, surf, panel.prefix)
+        point, start, end = _path_markers(color)
+        text, errors, hover = _path_hover(surf, run, name)
+        (lx, ly, lz), (cx, cy, cz) = paths.on_surface(run, surf, lattice, floor)
+        group = f"path{r}-{panel.scene}"
+
+        def listed(a) -> list:
+            return [None if not np.isfinite(v) else float(f"{v:.7g}") for v in np.asarray(a, dtype=float)]
+
+        traces.add(go.Scatter3d(
+            x=listed(lx), y=listed(ly), z=listed(lz), mode="lines", line={"color": color, "width": 5},
+            name=_escape(name), legendgroup=group, showlegend=False, hoverinfo="skip", scene=panel.scene,
+            connectgaps=False), k, scale, "path3d", run=r)
+        on = ~np.isnan(cz)
+        # The checkpoints, then the start and the end where they are on the surface.
+        marks = [(np.flatnonzero(on), dict(point, size=3.5), "path3d-points")]
+        if on[0]:
+            marks.append((np.array([0]), dict(start, size=7), "path3d-start"))
+        if on[-1]:
+            marks.append((np.array([on.size - 1]), dict(end, size=7), "path3d-end"))
+        for idx, marker, part in marks:
+            if idx.size == 0:
+                continue
+            traces.add(go.Scatter3d(
+                x=cx[idx].tolist(), y=cy[idx].tolist(), z=cz[idx].tolist(), mode="markers", marker=marker,
+                name=_escape(name), legendgroup=group, showlegend=False, scene=panel.scene,
+                text=[text[i] for i in idx], customdata=[errors[i] for i in idx], hovertemplate=hover),
+                k, scale, part, run=r)
+
+
+def _figure_paths_only(surface: Surface, splits: list[str], values: list[str]):
+    """The page of a PCA surface with nothing computed yet: the paths alone, on the map's axes
+    (the grid's extent) and on the floor of the 3-D box; the trained model marked."""
+    import plotly.graph_objects as go
+
+    from losslandscape.render import plot2d
+
+    split = splits[0]
+    value = "loss" if "loss" in values and f"{split}_loss" in surface.values else values[0]
+    series = [_Series(split, value, [LINEAR])]
+    fig = go.Figure()
+    traces = _Traces(fig, series)
+    panel = _Panel(surface, "scene", "x", "y")
+    xy = {"xaxis": panel.xaxis, "yaxis": panel.yaxis}
+    _add_paths_map(traces, go, 0, panel)
+    if surface.x.min() <= 0 <= surface.x.max() and surface.y.min() <= 0 <= surface.y.max():
+        label = plot2d.centre_label(surface)
+        traces.add(go.Scatter(x=[0.0], y=[0.0], mode="markers", marker=TRAINED_MARKER, name=label,
+                              legendgroup="trained", hovertemplate=f"{label}<extra></extra>", **xy), 0, part="trained")
+    _add_paths_legend(traces, go, 0, [panel])
+    _add_paths_3d(traces, go, 0, LINEAR, panel, None, 0.0)
+    traces.add(go.Scatter(
+        x=[None], y=[None], mode="markers", marker=BLANK_MARKER, name="not computed yet (blank)",
+        hoverinfo="skip", **xy), 0, part="blank")
+    traces.layouts[(0, LINEAR)] = {
+        "title.text": _text(common.title(surface, split, value)), "scene.zaxis.range": [0.0, 1.0],
+        "scene.zaxis.showticklabels": False, "scene.zaxis.title.text": "not computed yet",
+    }
+    _frame_2d(fig, [panel])
+    traces.finish()
+    return fig
 
 
 def _thin(n: int) -> np.ndarray:

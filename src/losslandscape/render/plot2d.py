@@ -14,6 +14,10 @@ Every view marks the trained model at (0, 0) and the best point (the minimum
 of a loss, the maximum of an accuracy), and a partial surface's computed
 points and blank, not computed area; a legend under the figure says which is
 which. The title says what the surface was made from (`common.provenance`).
+A PCA surface's training paths are drawn over every view (`paths`): a line
+through each run's checkpoints, its start and end marked, named with its mean
+projection error in the legend; the axes stay at the grid. A PCA file with
+nothing computed yet still gets its views, with the paths alone.
 The views of one file's splits share one range per value (`split_views`):
 train and test have the same levels and colours, so they compare by eye.
 Each drawing function returns its Figure; `render` saves it.
@@ -28,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from losslandscape.errors import UserError
-from losslandscape.render import common
+from losslandscape.render import common, paths
 from losslandscape.render.surfacefile import VALUE_LABELS, Surface, check_computed
 
 CONTOUR_LEVELS = 15  # the original code: vmin=0.1, vmax=10, vlevel=0.5 -> 20 levels
@@ -36,7 +40,9 @@ FILLED_LEVELS = 25
 
 
 class View2D:
-    """One value of a 2-D surface, prepared for drawing."""
+    """One value of a 2-D surface, prepared for drawing. With `empty_ok`, a value with nothing
+    computed yet is a view too (`empty`: no surface, a placeholder range), for the paths of a
+    PCA surface that has none yet."""
 
     def __init__(
         self,
@@ -47,13 +53,19 @@ class View2D:
         vmax: float | None = None,
         log: bool | None = None,
         rng: common.Range | None = None,
+        empty_ok: bool = False,
     ):
         if surface.y is None:
             raise UserError(f"{surface.path} is a 1-D surface (no ycoordinates); 2-D views need a 2-D one")
         self.surface, self.split, self.value = surface, split, value
         self.name = f"{split}_{value}"
-        z = check_computed(surface, self.name)
-        self.range = rng or shared_range([z], value, f"{surface.path} {self.name}", vmin, vmax, log)
+        z = surface.values.get(self.name)
+        self.empty = bool(empty_ok and z is not None and np.all(np.isnan(z)))
+        if self.empty:
+            self.range = rng or common.Range(0.0, 1.0, False)
+        else:
+            z = check_computed(surface, self.name)
+            self.range = rng or shared_range([z], value, f"{surface.path} {self.name}", vmin, vmax, log)
         self.full = common.clip_diverged(z, self.range)  # (ny, nx)
         self.points_x, self.points_y, self.points_z, _, _ = common.compact_grid(surface.x, surface.y, self.full)
         rows, cols = common.surface_lattice(surface.x, surface.y, self.full)
@@ -128,12 +140,20 @@ def split_views(
     surface: Surface, pairs: list[tuple[str, str]], vmin=None, vmax=None, log: bool | None = None
 ) -> list[View2D]:
     """A view per (split, value) of one file; the views of one value share one
-    range, so train and test get the same contour levels and colour scale."""
-    ranges = {}
+    range, so train and test get the same contour levels and colour scale. A value
+    with nothing computed is refused, except in a file with training paths (a PCA
+    surface) and nothing computed at all: then its views are `empty`, to draw the
+    paths alone."""
+    ranges: dict = {}
+    paths_only = bool(surface.trajectories) and all(f == 0 for f in surface.fraction_done.values())
     for value in dict.fromkeys(v for _, v in pairs):
-        arrays = [check_computed(surface, f"{sp}_{v}") for sp, v in pairs if v == value]
+        names = [f"{sp}_{v}" for sp, v in pairs if v == value]
+        if paths_only and all(n in surface.values for n in names):
+            ranges[value] = None
+            continue
+        arrays = [check_computed(surface, n) for n in names]
         ranges[value] = shared_range(arrays, value, f"{surface.path} {value}", vmin, vmax, log)
-    return [View2D(surface, sp, v, rng=ranges[v]) for sp, v in pairs]
+    return [View2D(surface, sp, v, rng=ranges[v], empty_ok=ranges[v] is None) for sp, v in pairs]
 
 
 # The marks every 2-D view shares, kept apart from the colour map's colours.
@@ -246,15 +266,17 @@ def contour(view: View2D, levels: int | None = None):
             if len(cs.levels):
                 # Every other level: labels on all of them crowd a 4-inch figure.
                 ax.clabel(cs, cs.levels[::2], inline=True, fontsize=6.5, fmt=common.level_format)
-        else:
+        elif not view.empty:
             _dots(ax, view)
         _mark_models(ax, view)
+        paths.draw(ax, view.surface)
         if view.partial() and view.drawable:
             _mark_computed(ax, view)
         view.decorate(ax)
-        # A continuous bar: the lines' own colours read better against it.
-        _colorbar(fig, _scalar_mappable(view.range), ax, view.range, view.label())
-        _legend(fig, [ax], [_not_computed_handle()] if view.partial() else [])
+        if not view.empty:
+            # A continuous bar: the lines' own colours read better against it.
+            _colorbar(fig, _scalar_mappable(view.range), ax, view.range, view.label())
+        _legend(fig, [ax], _extra_handles(view))
         return fig
 
 
@@ -264,13 +286,15 @@ def filled(view: View2D, levels: int | None = None):
         fig = common.new_figure()
         ax = fig.add_subplot()
         lv = view.range.levels(levels or FILLED_LEVELS, cover=True)
-        mappable = _filled_into(ax, view, lv, view.extend())
+        mappable = None if view.empty else _filled_into(ax, view, lv, view.extend())
         _mark_models(ax, view)
+        paths.draw(ax, view.surface)
         if view.partial() and view.drawable:
             _mark_computed(ax, view)
         view.decorate(ax)
-        _colorbar(fig, mappable, ax, view.range, view.label(), extend=view.extend())
-        _legend(fig, [ax], [_not_computed_handle()] if view.partial() else [])
+        if mappable is not None:
+            _colorbar(fig, mappable, ax, view.range, view.label(), extend=view.extend())
+        _legend(fig, [ax], _extra_handles(view))
         return fig
 
 
@@ -282,7 +306,7 @@ def heatmap(view: View2D):
         hx, hy = _half_step(view.surface.x), _half_step(view.surface.y)
         # One cell per computed row and column, centred on its point; with
         # explicit edges this works for a single computed row or column too.
-        mesh = ax.pcolormesh(
+        mesh = None if view.empty else ax.pcolormesh(
             _edges(view.points_x, hx),
             _edges(view.points_y, hy),
             np.ma.masked_invalid(view.points_z),
@@ -291,12 +315,20 @@ def heatmap(view: View2D):
             norm=view.range.norm(),
         )
         _mark_models(ax, view)
+        paths.draw(ax, view.surface)
         view.decorate(ax)
         ax.set_xlim(view.surface.x.min() - hx, view.surface.x.max() + hx)
         ax.set_ylim(view.surface.y.min() - hy, view.surface.y.max() + hy)
-        _colorbar(fig, mesh, ax, view.range, view.label(), extend=view.extend())
-        _legend(fig, [ax], [_not_computed_handle()] if view.partial() else [])
+        if mesh is not None:
+            _colorbar(fig, mesh, ax, view.range, view.label(), extend=view.extend())
+        _legend(fig, [ax], _extra_handles(view))
         return fig
+
+
+def _extra_handles(view: View2D) -> list:
+    """Legend entries beyond the labelled marks: the paths' start and end markers, and the
+    blank area of a partial surface."""
+    return paths.legend_handles([view.surface]) + ([_not_computed_handle()] if view.partial() else [])
 
 
 def _half_step(a: np.ndarray) -> float:
@@ -342,7 +374,12 @@ def surface3d(view: View2D, zmax: float | None = None):
         # Draw in zorder: the marks stay visible on the surface, where mplot3d's
         # depth sorting would often hide them under it.
         ax.computed_zorder = False
-        if view.drawable:
+        mappable = None
+        if view.empty:  # nothing computed yet: the paths alone, on the floor, and the trained model
+            s = view.surface
+            if s.x.min() <= 0 <= s.x.max() and s.y.min() <= 0 <= s.y.max():
+                ax.plot([0.0], [0.0], [0.0], label=centre_label(s), zorder=5, **TRAINED_STYLE)
+        elif view.drawable:
             X, Y = view.grid
             ny, nx = view.z.shape
             # rcount/ccount cap the polygon count: a 201x201 grid stays fast and
@@ -362,6 +399,9 @@ def surface3d(view: View2D, zmax: float | None = None):
             x, y, z = view.computed_points()
             mappable = ax.scatter(x, y, height(z), c=height(z), cmap=common.CMAP, norm=norm, s=10, depthshade=False)
         _mark_models_3d(ax, view, height)
+        # The paths on the surface drawn (its heights, interpolated), else on the floor.
+        lattice = (view.x, view.y, height(view.z)) if view.drawable else None
+        paths.draw_3d(ax, view.surface, lattice, 0.0 if view.empty else float(norm.vmin))
         for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
             axis.set_major_locator(MaxNLocator(5))
         values = FuncFormatter(lambda v, _: f"{10.0**v:.6g}")  # 0.001, 0.2, 1000
@@ -373,12 +413,19 @@ def surface3d(view: View2D, zmax: float | None = None):
         ax.tick_params(axis="both", which="major", pad=0)
         ax.view_init(elev=30, azim=-60)
         ax.set_title(common.title(view.surface, view.split, view.value))
-        cbar = fig.colorbar(mappable, ax=ax, shrink=0.6, pad=0.12)
-        cbar.set_label(label)
-        if log_ticks is not None:
-            cbar.set_ticks(log_ticks)
-            cbar.ax.yaxis.set_major_formatter(values)
-        _legend(fig, [ax])
+        if mappable is not None:
+            cbar = fig.colorbar(mappable, ax=ax, shrink=0.6, pad=0.12)
+            cbar.set_label(label)
+            if log_ticks is not None:
+                cbar.set_ticks(log_ticks)
+                cbar.ax.yaxis.set_major_formatter(values)
+        else:  # no value to show: the box spans the grid, its heights unlabelled
+            s = view.surface
+            ax.set_xlim(s.x.min(), s.x.max())
+            ax.set_ylim(s.y.min(), s.y.max())
+            ax.set_zlim(0.0, 1.0)
+            ax.set_zticks([])
+        _legend(fig, [ax], _extra_handles(view) if view.empty else paths.legend_handles([view.surface]))
         return fig
 
 
@@ -429,6 +476,7 @@ def compare(
             mappable = _filled_into(ax, view, lv, extend)
             # Each panel's best point, named by its file: one marker style for all.
             _mark_models(ax, view, prefix=f"{view.surface.path.name}: ")
+            paths.draw(ax, view.surface, prefix=f"{view.surface.path.name}: ")
             view.decorate(ax, title=False)
             ax.set_title(panel, fontsize=8)
             if ax is not axes[0]:
@@ -437,5 +485,6 @@ def compare(
             mappable = _scalar_mappable(rng)
         _colorbar(fig, mappable, list(axes), rng, common.value_label(split, value, rng.log), extend=extend)
         fig.suptitle(f"{split} {VALUE_LABELS[value]}")
-        _legend(fig, axes, [_not_computed_handle()] if any(v.partial() for v in views) else [])
+        extra = paths.legend_handles([v.surface for v in views])
+        _legend(fig, axes, extra + ([_not_computed_handle()] if any(v.partial() for v in views) else []))
         return fig

@@ -8,6 +8,14 @@ Where the file has the `hessian` verb's results, also (key "hessian"): the eigen
 maps' settings, fraction done and the largest |min/max| over the computed points
 ("maps"), and the spectrum at the centre: top eigenvalues, the smallest, |min/max|, the
 trace and its standard error ("centre").
+
+Where the file is a PCA surface with training paths (key "trajectory"): the explained
+variance ratio of PC1 and PC2, and per run (the run's own first) its name, glob, number of
+checkpoints, mean and largest projection error (fractions: 0.031 is 3.1%), how many of its
+checkpoints lie outside the grid, and its first and last checkpoint with their coordinates;
+and the range of the paths' coordinates (paths_x_range, paths_y_range), to choose a grid
+that holds them.
+Such a file is summarised even with nothing computed yet.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from losslandscape.errors import UserError
-from losslandscape.render import common
+from losslandscape.render import common, paths
 from losslandscape.render.surfacefile import Surface, load_surface
 
 RING_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -186,7 +194,7 @@ def summarize(path: str | Path, threshold: float = 1.0) -> dict:
     if not math.isfinite(threshold) or threshold <= 0:
         raise UserError(f"threshold is {threshold}, expected a positive number")
     surface = load_surface(path)
-    if all(f == 0 for f in surface.fraction_done.values()):
+    if all(f == 0 for f in surface.fraction_done.values()) and not surface.trajectories:
         raise UserError(f"{surface.path}: nothing is computed yet (0 points done)")
     result = {
         "file": str(surface.path),
@@ -204,7 +212,42 @@ def summarize(path: str | Path, threshold: float = 1.0) -> dict:
     hessian = hessian_summary(surface)
     if hessian:
         result["hessian"] = hessian
+    trajectory = trajectory_summary(surface)
+    if trajectory:
+        result["trajectory"] = trajectory
     return result
+
+
+def trajectory_summary(surface: Surface) -> dict:
+    """A PCA surface's plane and paths: {"explained_variance_ratio": [PC1, PC2] or None, "runs":
+    [...]}; {} for a file with neither. JSON-safe (None for NaN)."""
+    ratio = surface.explained_variance_ratio
+    if not surface.trajectories and ratio is None:
+        return {}
+    runs = []
+    for run in surface.trajectories:
+        n = len(run["x"])
+        error = np.asarray(run["error"], dtype=float)
+        finite = error[np.isfinite(error)]
+
+        def at(i: int) -> dict | None:
+            if n == 0:
+                return None
+            return {"checkpoint": paths.checkpoint_name(run, i), "x": _num(run["x"][i]), "y": _num(run["y"][i])}
+
+        runs.append({
+            "name": run["name"], "pattern": run["pattern"], "checkpoints": n,
+            "mean_error": paths.mean_error(run), "max_error": float(finite.max()) if finite.size else None,
+            "outside_grid": int(paths.outside(run, surface).sum()) if surface.y is not None else None,
+            "start": at(0), "end": at(-1),
+        })
+    out = {"explained_variance_ratio": None if ratio is None else [_num(v) for v in ratio], "runs": runs}
+    # Where the paths are, to choose a grid that holds them (the axes of the pictures stay at the grid).
+    for axis in ("x", "y"):
+        values = np.concatenate([np.asarray(r[axis], dtype=float) for r in surface.trajectories] or [np.zeros(0)])
+        values = values[np.isfinite(values)]
+        out[f"paths_{axis}_range"] = [float(values.min()), float(values.max())] if values.size else None
+    return out
 
 
 def _f(v, spec: str = ".4g") -> str:
@@ -245,7 +288,33 @@ def format_summary(summary: dict) -> str:
             parts = "  ".join(f"{k} {_f(v)}" for k, v in b.items())
             lines.append(f"  basin radius (loss > centre + {summary['threshold']:g}): {parts}")
     lines += _format_hessian(summary.get("hessian") or {}, two_d)
+    grid = (summary["x_range"], summary["y_range"]) if "y_range" in summary else None
+    lines += _format_trajectory(summary.get("trajectory") or {}, grid)
     return "\n".join(lines)
+
+
+def _format_trajectory(t: dict, grid: tuple | None) -> list[str]:
+    if not t:
+        return []
+    ratio = t.get("explained_variance_ratio")
+    head = "[trajectory] PCA plane"
+    if ratio:
+        shares = [("-" if v is None else common.percent(v)) for v in ratio]
+        head += f": PC1 explains {shares[0]} of the variance, PC2 {shares[1]}"
+    lines = ["", head]
+    runs = t.get("runs") or []
+    width = max([len(r["name"]) for r in runs] + [0])
+    for r in runs:
+        err = "-" if r["mean_error"] is None else common.percent(r["mean_error"])
+        line = f"  {r['name']:<{width}}  {r['checkpoints']:>4} checkpoints   mean error {err}"
+        if r.get("outside_grid"):
+            line += f"   ({r['outside_grid']} outside the grid)"
+        lines.append(line)
+    xr, yr = t.get("paths_x_range"), t.get("paths_y_range")
+    if any(r.get("outside_grid") for r in runs) and xr and yr and grid:
+        lines.append(f"  the paths span PC1 {xr[0]:.3g} to {xr[1]:.3g}, PC2 {yr[0]:.3g} to {yr[1]:.3g}; "
+                     f"the grid PC1 {grid[0][0]:.3g} to {grid[0][1]:.3g}, PC2 {grid[1][0]:.3g} to {grid[1][1]:.3g}")
+    return lines
 
 
 def _format_hessian(h: dict, two_d: bool) -> list[str]:

@@ -11,6 +11,13 @@ maps (`max_eig`, `min_eig`, NaN where `eig_done` is not 1) as `Surface.eig`, wit
 their settings (the `hessian_*` attributes) as `Surface.eig_settings`, and the
 spectrum at the centre (the `hessian_centre` group) as `Surface.centre_spectrum`.
 
+A PCA surface (`directions.kind = "pca"`, Li et al.'s Sec. 7) also has the paths of
+training runs on its plane: the run's own (`trajectory/x`, `y`, `error`, `checkpoints`) and
+any further runs projected on the same plane (`trajectory/also/0`, `1`, ..., each with a
+`pattern` attribute); they load as `Surface.trajectories`, and the file attribute
+`explained_variance_ratio` (PC1's and PC2's share of the variance) as
+`Surface.explained_variance_ratio`.
+
 Files are opened read-only with HDF5 file locking off, so a surface that a
 running job is still writing can be drawn (the original code's users hit
 "unable to lock file, errno 11" exactly there).
@@ -60,6 +67,13 @@ class Surface:
     # min_eigenvalue, ratio_min_max, trace, trace_stderr, parameters, split, samples, params,
     # hutchinson_samples, density_grid and density (arrays); None when the file has none.
     centre_spectrum: dict[str, Any] | None = None
+    # Paths of training runs on a PCA plane, the run's own first, then the `also` runs: each a dict
+    # name ("run: model_*.pt" for the run's own, the pattern for the others, both cut to the last
+    # parts of the glob that tell the runs apart), pattern (the whole glob), x, y, error (float64
+    # (n,); error is the distance from the plane relative to the distance from the final model)
+    # and checkpoints (the n file names, in training order). [] when the file has none.
+    trajectories: list[dict[str, Any]] = field(default_factory=list)
+    explained_variance_ratio: np.ndarray | None = None  # float64 (2,): PC1's and PC2's share of the variance
 
     @property
     def ndim(self) -> int:
@@ -203,6 +217,8 @@ def load_surface(path: str | Path) -> Surface:
         centre = None
         if not original and HESSIAN_CENTRE in f and isinstance(f[HESSIAN_CENTRE], h5py.Group):
             centre = _centre_spectrum(f[HESSIAN_CENTRE], path)
+        trajectories = [] if original else _trajectories(f, path, attrs)
+        evr = None if original else _explained_variance(f, path)
 
     if not values:
         raise UserError(f"{path} has none of the datasets {', '.join(VALUE_NAMES)}")
@@ -250,6 +266,8 @@ def load_surface(path: str | Path) -> Surface:
         eig_fraction_done=0.0 if eig_computed is None else float(eig_computed.mean()),
         eig_settings={k: attrs[f"hessian_{k}"] for k in EIG_SETTINGS if f"hessian_{k}" in attrs} if eig else {},
         centre_spectrum=centre,
+        trajectories=trajectories,
+        explained_variance_ratio=evr,
     )
 
 
@@ -299,6 +317,99 @@ def _centre_spectrum(group, path: Path) -> dict[str, Any]:
     if out["ratio_min_max"] is None and top and top[0] and low is not None:
         out["ratio_min_max"] = abs(low / top[0])
     return out
+
+
+TRAJECTORY = "trajectory"  # the group of a PCA surface's paths (job.pca_plane writes it)
+
+
+def _strings(data: np.ndarray) -> list[str]:
+    """An HDF5 string dataset (fixed-length bytes, or variable-length str or bytes) as str."""
+    return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+            for v in np.asarray(data).ravel().tolist()]
+
+
+def _run(group, where: str, path: Path) -> dict[str, Any]:
+    """One path of a trajectory group: x, y, error (float64 (n,)), checkpoints (n names), pattern."""
+    import h5py
+
+    def floats(name: str, required: bool) -> np.ndarray | None:
+        if name not in group or not isinstance(group[name], h5py.Dataset):
+            if required:
+                raise UserError(f"{path}: {where} has no {name} dataset")
+            return None
+        data = np.asarray(group[name][()], dtype=np.float64)
+        if data.ndim != 1:
+            raise UserError(f"{path}: dataset {where}/{name} has shape {data.shape}, expected (n,)")
+        return data
+
+    x, y = floats("x", True), floats("y", True)
+    n = x.size
+    error = floats("error", False)
+    error = np.full(n, np.nan) if error is None else error
+    names = _strings(group["checkpoints"][()]) if isinstance(group.get("checkpoints"), h5py.Dataset) else []
+    for name, size in (("y", y.size), ("error", error.size), ("checkpoints", len(names) or n)):
+        if size != n:
+            raise UserError(f"{path}: dataset {where}/{name} has {size} values for the {n} of {where}/x")
+    pattern = _plain(group.attrs.get("pattern", ""))
+    return {"name": "", "pattern": pattern if isinstance(pattern, str) else str(pattern), "x": x, "y": y,
+            "error": error, "checkpoints": names}
+
+
+def _trajectories(f, path: Path, attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paths of a PCA surface, the run's own first (see `Surface.trajectories`); [] without."""
+    import h5py
+
+    group = f.get(TRAJECTORY)
+    if not isinstance(group, h5py.Group):
+        return []
+    spec = attrs.get("spec")
+    try:
+        directions = (json.loads(spec) if isinstance(spec, str) else {}).get("directions") or {}
+    except (ValueError, AttributeError):
+        directions = {}
+    directions = directions if isinstance(directions, dict) else {}
+    runs = [_run(group, TRAJECTORY, path)]
+    runs[0]["pattern"] = runs[0]["pattern"] or str(directions.get("checkpoints") or "")
+    also = group.get("also")
+    if isinstance(also, h5py.Group):
+        keys = sorted((k for k in also if isinstance(also[k], h5py.Group)),
+                      key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+        listed = directions.get("also") if isinstance(directions.get("also"), list) else []
+        for k in keys:
+            run = _run(also[k], f"{TRAJECTORY}/also/{k}", path)
+            if not run["pattern"] and k.isdigit() and int(k) < len(listed):
+                run["pattern"] = str(listed[int(k)])
+            run["pattern"] = run["pattern"] or f"also {k}"
+            runs.append(run)
+    names = short_patterns([r["pattern"] or "trajectory" for r in runs])
+    for i, (run, name) in enumerate(zip(runs, names)):
+        run["name"] = f"run: {name}" if i == 0 else name
+    return runs
+
+
+def short_patterns(patterns: list[str]) -> list[str]:
+    """Each glob cut to its last path parts, as few as tell the different globs apart:
+    ["out/a/model_*.pt", "out/b/model_*.pt"] -> ["a/model_*.pt", "b/model_*.pt"]."""
+    parts = [[p for p in pattern.replace("\\", "/").split("/") if p] or [pattern] for pattern in patterns]
+    wanted = len(set(patterns))
+    for k in range(1, max(len(p) for p in parts) + 1):
+        tails = ["/".join(p[-k:]) for p in parts]
+        if len(set(tails)) == wanted:
+            return tails
+    return list(patterns)
+
+
+def _explained_variance(f, path: Path) -> np.ndarray | None:
+    """The attribute explained_variance_ratio (PC1's and PC2's shares), float64 (2,); None without."""
+    if "explained_variance_ratio" not in f.attrs:
+        return None
+    try:
+        ratio = np.asarray(f.attrs["explained_variance_ratio"], dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: attribute explained_variance_ratio is not numeric") from None
+    if ratio.size < 2:
+        raise UserError(f"{path}: attribute explained_variance_ratio has {ratio.size} values, expected 2")
+    return ratio[:2].copy()
 
 
 def check_computed(surface: Surface, name: str) -> np.ndarray:
