@@ -137,11 +137,12 @@ def test_an_auto_grid_covers_every_path_and_resumes(trained, tmp_path):
         paths = [(f[f"{g}/x"][...], f[f"{g}/y"][...]) for g in ("trajectory", "trajectory/also/0")]
         stored = f.attrs["spec"]
     assert len(xs) == 21 and len(ys) == 5
-    for px, py in paths:  # every checkpoint inside the grid, with a margin of 10% of the extent
-        span_x = max(px.max(), 0) - min(px.min(), 0)
-        assert xs[0] < px.min() and px.max() < xs[-1]
-        assert abs((xs[-1] - xs[0]) - 1.2 * span_x) < 1e-3 * span_x
-        assert ys[0] <= py.min() and py.max() <= ys[-1]
+    for axis, px in ((xs, np.concatenate([p[0] for p in paths])), (ys, np.concatenate([p[1] for p in paths]))):
+        # every checkpoint inside, with 10% of the extent to spare on each side, and the final model on the grid
+        span = max(px.max(), 0) - min(px.min(), 0)
+        assert axis[0] <= min(px.min(), 0) - 0.1 * span + 1e-9 and axis[-1] >= max(px.max(), 0) + 0.1 * span - 1e-9
+        assert axis[-1] - axis[0] <= 1.2 * span * (len(axis) - 1) / (len(axis) - 2) * (1 + 1e-9)
+        assert np.isclose(axis, 0.0, rtol=0, atol=1e-12).any()
     assert '"x": "auto"' not in stored  # the file holds the resolved range
     again = cli("trajectory", spec, "--grid.x=auto", "--grid.y=auto:5")
     assert again.returncode == 0 and "105 of 105 points done" in again.stderr, again.stderr

@@ -51,7 +51,11 @@ def auto_axis(key: str, text: str, values) -> str:
     values = np.asarray(values, dtype=np.float64)
     lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
     pad = AUTO_MARGIN * (hi - lo) or 1.0
-    return f"{lo - pad:.6g}:{hi + pad:.6g}:{n}"
+    lo, hi = lo - pad, hi + pad
+    # a step that puts a point on 0 (the final model) and still reaches both ends: k steps below 0
+    step = (hi - lo) / (n - 2) if n > 2 else (hi - lo)
+    below = min(n - 1, int(np.ceil(-lo / step)))
+    return f"{-below * step!r}:{(n - 1 - below) * step!r}:{n}"
 
 
 @dataclass(frozen=True)
