@@ -19,7 +19,7 @@ from losslandscape import data as datasets
 from losslandscape import spec as specs
 
 from conftest import BIN
-from test_mpi import mpirun
+from test_mpi import launch, mpirun
 
 TINY = '''
 import torch
@@ -152,8 +152,7 @@ def test_mpirun_equals_one_process(surface_file, tmp_path):
     (tmp_path / "many").mkdir()
     one, many = copy_of(surface_file, tmp_path / "one"), copy_of(surface_file, tmp_path / "many")
     assert cli("hessian", one, "--samples", SAMPLES).returncode == 0
-    proc = subprocess.run(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(many), "--samples", str(SAMPLES)],
-                          capture_output=True, text=True, timeout=300)
+    proc = launch(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(many), "--samples", str(SAMPLES)])
     assert proc.returncode == 0, proc.stderr
     assert "2 workers; workers write through parallel HDF5" in proc.stderr
     for a, b in zip(maps(one), maps(many)):  # Lanczos to tol 1e-3: other thread counts round differently
@@ -258,8 +257,8 @@ def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path)
     assert proc.returncode != 0
     partial = maps(d / "s.h5")[2].sum()
     assert 5 <= partial < 81
-    again = subprocess.run(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(d / "s.h5"), "--samples",
-                                        str(SAMPLES)], capture_output=True, text=True, timeout=300)
+    again = launch(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(d / "s.h5"), "--samples",
+                                str(SAMPLES)])
     assert again.returncode == 0, again.stderr
     assert f"{int(partial)} of 81 points done" in again.stderr
     assert cli("hessian", clean, "--samples", SAMPLES).returncode == 0

@@ -34,6 +34,15 @@ def mpirun(n: int) -> list[str]:
     return cmd
 
 
+def launch(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run an mpirun command; once more if mpirun itself failed to launch (exit 1 with no output at
+    all: our ranks always log, and print their error line), which Open MPI very rarely does here."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 and not proc.stdout and not proc.stderr:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
 def surface_cmd(toml: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "losslandscape", "surface", str(toml), *extra]
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from conftest import BIN
-from test_mpi import mpirun
+from test_mpi import launch, mpirun
 
 VALUES = ("train_loss", "train_acc")
 
@@ -80,8 +80,7 @@ def test_the_path_lies_on_the_plane_and_reconstructs_the_checkpoints(trained, tm
 def test_mpirun_equals_one_process_and_the_checkpoints_pin_the_file(trained, tmp_path):
     one = cli("trajectory", job(tmp_path, trained, "one"))
     assert one.returncode == 0, one.stderr
-    many = subprocess.run(mpirun(3) + [str(BIN / "losslandscape"), "trajectory", str(job(tmp_path, trained, "many"))],
-                          capture_output=True, text=True, timeout=300)
+    many = launch(mpirun(3) + [str(BIN / "losslandscape"), "trajectory", str(job(tmp_path, trained, "many"))])
     assert many.returncode == 0, many.stderr
     with h5py.File(tmp_path / "one.h5", "r") as a, h5py.File(tmp_path / "many.h5", "r") as b:
         for k in VALUES:

@@ -267,8 +267,8 @@ def _validate(spec: Spec) -> None:
     from .grid import auto_axis, is_auto
 
     for key, text in (("grid.x", spec.grid.x), ("grid.y", spec.grid.y)):
-        if not text:
-            continue
+        if key == "grid.y" and not text:
+            continue  # a 1-D curve
         if is_auto(text):
             if spec.directions.kind != "pca":
                 raise UserError(f'{key}: "auto" chooses the range from a trajectory\'s paths: it needs '
