@@ -35,12 +35,11 @@ def mpirun(n: int) -> list[str]:
 
 
 def launch(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run an mpirun command; once more if mpirun itself failed to launch (exit 1 with no output at
-    all: our ranks always log, and print their error line), which Open MPI very rarely does here."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0 and not proc.stdout and not proc.stderr:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    return proc
+    """Run an mpirun command with this process's environment minus Open MPI's own variables:
+    a test that ran a task in-process initialised MPI here (a singleton), and an mpirun that
+    inherits its OMPI_/PMIX_ variables believes it is inside that job and exits 1 silently."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def surface_cmd(toml: Path, *extra: str) -> list[str]:
