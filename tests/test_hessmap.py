@@ -279,3 +279,13 @@ def test_the_python_plot_draws_the_hessian_views_or_says_what_to_run(surface_fil
     fig = ll.plot(path, kind="ratio")
     assert "|" in " ".join(ax.get_title() for ax in fig.axes)
     assert len(ll.plot(path, kind="eigenvalues").axes) >= 2
+
+
+def test_a_bad_hessian_run_under_mpirun_is_one_line(surface_file, tmp_path):
+    path = copy_of(surface_file, tmp_path)
+    before = sha(path)
+    proc = launch(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(path), "--samples", "100000"], timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("losslandscape: error:")]
+    assert len(lines) == 1 and "--samples: 100000 is more than the 200 samples" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and sha(path) == before

@@ -172,7 +172,7 @@ def _field(key: str, value: Any) -> tuple[str, str | None]:
             raise UserError(f"{key}: expected a dict of its fields, e.g. {key}={{...}}")
         return key, None
     for section in SURFACE_TABLES:
-        if key in specs.field_docs(specs.SECTIONS[section]) or key in specs.SECTIONS[section].__dataclass_fields__:
+        if key in specs.SECTIONS[section].__dataclass_fields__:
             return section, key
     names = [n for s in SURFACE_TABLES for n in specs.SECTIONS[s].__dataclass_fields__]
     close = difflib.get_close_matches(key, names, n=1)

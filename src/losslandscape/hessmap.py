@@ -118,8 +118,8 @@ class HessianWork:
                 if name in f:
                     del f[name]
             for name in ("max_eig", "min_eig"):
-                f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=surface._dcpl_early(np.nan))
-            f.create_dataset("eig_done", shape=shape, dtype="u1", fillvalue=0, dcpl=surface._dcpl_early(0))
+                f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=surface.dcpl_early(np.nan))
+            f.create_dataset("eig_done", shape=shape, dtype="u1", fillvalue=0, dcpl=surface.dcpl_early(0))
             for k, v in settings.attrs().items():
                 f.attrs[k] = v
 

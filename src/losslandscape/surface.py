@@ -73,7 +73,7 @@ def versions() -> dict[str, str]:
             "mpi4py": mpi4py.__version__}
 
 
-def _dcpl_early(fill: float | int) -> h5py.h5p.PropDCID:
+def dcpl_early(fill: float | int) -> h5py.h5p.PropDCID:
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
@@ -91,9 +91,9 @@ def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
     for split in SPLITS:
         for value in VALUES:
             f.create_dataset(value_name(split, value), shape=axes.shape, dtype="f8",
-                             fillvalue=np.nan, dcpl=_dcpl_early(np.nan))
-        f.create_dataset(f"{split}_done", shape=axes.shape, dtype="u1", fillvalue=0, dcpl=_dcpl_early(0))
-    f.create_dataset("point_seconds", shape=axes.shape, dtype="f8", fillvalue=np.nan, dcpl=_dcpl_early(np.nan))
+                             fillvalue=np.nan, dcpl=dcpl_early(np.nan))
+        f.create_dataset(f"{split}_done", shape=axes.shape, dtype="u1", fillvalue=0, dcpl=dcpl_early(0))
+    f.create_dataset("point_seconds", shape=axes.shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early(np.nan))
     _write_directions(f, x, y)
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
@@ -262,9 +262,9 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
             for split in SPLITS:
                 for value in VALUES:
                     f.create_dataset(value_name(split, value), shape=shape, dtype="f8",
-                                     fillvalue=np.nan, dcpl=_dcpl_early(np.nan))
-                f.create_dataset(f"{split}_done", shape=shape, dtype="u1", fillvalue=0, dcpl=_dcpl_early(0))
-            f.create_dataset("point_seconds", shape=shape, dtype="f8", fillvalue=np.nan, dcpl=_dcpl_early(np.nan))
+                                     fillvalue=np.nan, dcpl=dcpl_early(np.nan))
+                f.create_dataset(f"{split}_done", shape=shape, dtype="u1", fillvalue=0, dcpl=dcpl_early(0))
+            f.create_dataset("point_seconds", shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early(np.nan))
             f.create_dataset("points", data=np.asarray(points, dtype=np.int64))
             f.attrs["format"] = SHARD_FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
