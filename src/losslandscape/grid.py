@@ -34,12 +34,13 @@ AUTO_MARGIN = 0.1  # of the paths' extent, on each side
 
 
 def is_auto(text: str) -> bool:
-    """ "auto" or "auto:N": the range is chosen from the data (the paths of a trajectory)."""
+    """ "auto" or "auto:N": the range is chosen from the data (a trajectory's paths, or how fast
+    the loss grows along the direction: autorange.py)."""
     return str(text) == "auto" or str(text).startswith("auto:")
 
 
-def auto_axis(key: str, text: str, values) -> str:
-    """The "lo:hi:n" an auto axis resolves to: the extent of `values` and 0, plus a margin."""
+def auto_points(key: str, text: str) -> int:
+    """The number of points of an auto axis: AUTO_POINTS for "auto", N for "auto:N" (N >= 2)."""
     n = AUTO_POINTS
     if ":" in text:
         try:
@@ -48,6 +49,12 @@ def auto_axis(key: str, text: str, values) -> str:
             n = 0
         if n < 2:
             raise UserError(f'{key}: {text!r} is not valid; expected "auto" or "auto:N" with an integer N >= 2')
+    return n
+
+
+def auto_axis(key: str, text: str, values) -> str:
+    """The "lo:hi:n" an auto axis resolves to: the extent of `values` and 0, plus a margin."""
+    n = auto_points(key, text)
     values = np.asarray(values, dtype=np.float64)
     lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
     pad = AUTO_MARGIN * (hi - lo) or 1.0

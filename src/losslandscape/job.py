@@ -27,7 +27,7 @@ from . import surface
 from .checkpoints import build_and_load, file_sha256
 from .errors import UserError
 from .evaluate import PointEvaluator, use_channels_last
-from .grid import AUTO_MARGIN, GridAxes, auto_axis, is_auto, parse_axis
+from .grid import AUTO_MARGIN, GridAxes, auto_axis, auto_points, is_auto, parse_axis
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def plan(spec) -> NewFile | None:
     ident = run_identity(spec)
     if not path.exists():
         x, y, info = make_directions(spec, base_model(spec))
-        resolve_auto_grid(spec, info)
+        resolve_auto_grid(spec, info, (x, y))
         warn_off_grid(spec)
         return NewFile(path, GridAxes.from_spec(spec.grid), spec, ident, x, y, info)
     resolve_auto_grid(spec, None)
@@ -211,9 +211,15 @@ def plan(spec) -> NewFile | None:
     return None
 
 
-def resolve_auto_grid(spec, info: dict | None) -> None:
-    """Turn "auto" axes into "lo:hi:n", in place: from the paths of a new trajectory (`info`),
-    or, resuming, the file's own grid. Printed, and recorded in the file with the spec."""
+def resolve_auto_grid(spec, info: dict | None, directions: tuple | None = None) -> None:
+    """Turn "auto" axes into "lo:hi:n", in place: for a new file from the paths of a trajectory
+    (`info`, kind "pca") or by how far along the new `directions` (x, y) the loss grows by
+    grid.auto_factor (the other kinds; the search is added to `info`), or, resuming, the file's
+    own grid. Printed, and recorded in the file with the spec.
+
+    grid.auto_factor and grid.auto_samples are not part of the run's identity, like the grid
+    itself: what a resume must match is the resolved grid (check_grid), and a resume with
+    "auto" takes the file's grid whatever factor it gives."""
     auto = [(k, getattr(spec.grid, k)) for k in ("x", "y") if is_auto(getattr(spec.grid, k))]
     if not auto:
         return
@@ -226,11 +232,63 @@ def resolve_auto_grid(spec, info: dict | None) -> None:
                                 "its grid as lo:hi:n")
             setattr(spec.grid, axis, stored[axis])
         return
+    if spec.directions.kind != "pca":
+        search_auto_grid(spec, auto, directions, info)
+        return
     for axis, text in auto:
         values = np.concatenate([np.asarray(v) for k, v in info.items() if k.endswith(f"/{axis}")])
         setattr(spec.grid, axis, auto_axis(f"grid.{axis}", text, values))
         log.info("grid.%s = %s: %s (the paths' extent and 0, plus %d%% on each side)", axis, text,
                  getattr(spec.grid, axis), round(100 * AUTO_MARGIN))
+
+
+def search_auto_grid(spec, auto: list[tuple[str, str]], directions: tuple, info: dict) -> None:
+    """Random, Hessian and file directions: each auto axis is -reach..reach, where the loss of the
+    first split has grown by grid.auto_factor on both sides (autorange.py). The search runs here,
+    in the planning process (rank 0 under MPI), on the CPU; its numbers go into the file's
+    attribute `auto_range` (JSON, by axis)."""
+    from .autorange import auto_range
+
+    evaluator = auto_search_evaluator(spec)
+    evaluator.set_directions(*directions)
+    split = spec.data.splits[0]
+    found = {}
+    for axis, text in auto:
+        r = found[axis] = auto_range(evaluator, split, axis, spec.grid.auto_factor)
+        n = auto_points(f"grid.{axis}", text)
+        setattr(spec.grid, axis, f"{-r['reach']!r}:{r['reach']!r}:{n}")
+        log.info("grid.%s = %s: %s (%s loss %.4g at the centre grows by auto_factor %g at %s = +%.3g / -%.3g; "
+                 "%d evaluations of %d samples, %.1f s)", axis, text, getattr(spec.grid, axis), split,
+                 r["centre_loss"], r["factor"], axis, r["plus"], r["minus"], r["evaluations"], r["samples"],
+                 r["seconds"])
+        target = r["factor"] * r["centre_loss"]
+        for sign, key in (("+", "loss_plus"), ("-", "loss_minus")):
+            if r[key] < target:
+                log.warning("grid.%s: the loss at %s = %s%g is %.4g, less than auto_factor times the centre's "
+                            "(%.4g): it does not rise steadily along %s", axis, axis, sign, r["reach"], r[key],
+                            target, axis)
+    info["auto_range"] = json.dumps(found, sort_keys=True)
+
+
+def auto_search_evaluator(spec) -> PointEvaluator:
+    """A fresh model at the centre on this process's CPU with grid.auto_samples evenly spaced
+    samples (index k * N // n) of the first split of data.splits (0: all of them)."""
+    split = spec.data.splits[0]
+    inputs, targets = datasets.load_split(spec.data, split)
+    n = spec.grid.auto_samples
+    if n and n < len(targets):
+        keep = torch.arange(n, dtype=torch.long) * len(targets) // n
+        inputs, targets = inputs[keep], targets[keep]
+    device = torch.device("cpu")
+    model = base_model(spec)
+    if use_channels_last(device, inputs):
+        model = model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    tensors = dirs.target_tensors(model, spec.directions.dir_type)
+    # the spec's precision, not fp32: configure_precision sets process-wide flags that this process's
+    # own evaluator (built before the plan) runs under
+    return PointEvaluator(model, tensors, {split: (inputs, targets)}, device, spec.evaluation.loss,
+                          spec.evaluation.batch_size, spec.evaluation.precision, spec.evaluation.fold_batchnorm)
 
 
 def warn_off_grid(spec) -> None:

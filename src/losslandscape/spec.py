@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -81,9 +82,13 @@ class Directions:
 @dataclass
 class Grid:
     x: str = "-1:1:51"
-    """x axis as "lo:hi:n" (n points from lo to hi, both included), or "auto"/"auto:N" for a trajectory."""
+    """x axis as "lo:hi:n" (n points from lo to hi, both included), or "auto"/"auto:N" (21 or N points, range chosen when the file is made)."""
     y: str = ""
-    """y axis as "lo:hi:n"; empty = a 1-D curve along x."""
+    """y axis as "lo:hi:n" or "auto"/"auto:N"; empty = a 1-D curve along x."""
+    auto_factor: float = 10.0
+    """auto axes (random, hessian, file directions): step out from the centre until the loss is auto_factor times the centre's loss."""
+    auto_samples: int = 2048
+    """images of the first split in data.splits that the auto search evaluates, evenly spaced; 0 = all."""
 
 
 @dataclass
@@ -257,23 +262,27 @@ def _validate(spec: Spec) -> None:
         if value < 1:
             raise UserError(f"{key}: {value} is not valid; expected an integer >= 1")
     for key, value in {"data.max_samples": spec.data.max_samples, "evaluation.batch_size": spec.evaluation.batch_size,
-                       "evaluation.threads": spec.evaluation.threads}.items():
+                       "evaluation.threads": spec.evaluation.threads,
+                       "grid.auto_samples": spec.grid.auto_samples}.items():
         if value < 0:
             raise UserError(f"{key}: {value} is not valid; expected an integer >= 0")
     if not spec.data.splits:
         raise UserError("data.splits: empty; expected one or both of train, test")
     if len(set(spec.data.splits)) != len(spec.data.splits):
         raise UserError(f"data.splits: {spec.data.splits!r} names a split twice")
-    from .grid import auto_axis, is_auto
+    from .grid import auto_points, is_auto
 
+    if not (math.isfinite(spec.grid.auto_factor) and spec.grid.auto_factor > 1):
+        raise UserError(f"grid.auto_factor: {spec.grid.auto_factor} is not valid; expected a number > 1")
     for key, text in (("grid.x", spec.grid.x), ("grid.y", spec.grid.y)):
         if key == "grid.y" and not text:
             continue  # a 1-D curve
         if is_auto(text):
-            if spec.directions.kind != "pca":
-                raise UserError(f'{key}: "auto" chooses the range from a trajectory\'s paths: it needs '
-                                'directions.kind = "pca"; give "lo:hi:n"')
-            auto_axis(key, text, [0.0])  # checks the form
+            # pca: the paths' extent (job.resolve_auto_grid); random, hessian, file: the loss's growth (autorange.py)
+            if spec.directions.kind == "interpolate":
+                raise UserError(f'{key}: "auto" is not available for directions.kind = "interpolate" (the line '
+                                'between two models); give "lo:hi:n", e.g. "-0.5:1.5:41"')
+            auto_points(key, text)  # checks the form
         else:
             parse_axis(key, text)
     if spec.directions.kind == "interpolate":

@@ -35,7 +35,10 @@ from .fileformat import (FORMAT, FORMAT_VERSION, SHARD_FORMAT, SPLITS, VALUES, c
 log = logging.getLogger(__name__)
 
 def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sha: str = "") -> dict[str, Any]:
-    """What must be equal for two runs to fill the same surface (JSON-able, by spec key)."""
+    """What must be equal for two runs to fill the same surface (JSON-able, by spec key).
+
+    No grid fields: check_grid compares the file's axes themselves, and grid.auto_factor and
+    grid.auto_samples only choose the axes of a new file (a resume with "auto" takes the file's)."""
     d, m = spec.directions, spec.model
     ident: dict[str, Any] = {
         "model.name": m.name,
