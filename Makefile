@@ -27,7 +27,7 @@ STAMP_TORCH := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | cksum | cut 
 STAMP_H5PY := $(VENV)/.h5py-mpi-$(H5PY_VERSION)
 STAMP_DEPS := $(VENV)/.deps
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install demo test bench paper clean-venv
 install: $(STAMP_DEPS)
 
 $(PY):
@@ -76,6 +76,13 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The paper's claims at small scale (about an hour on 2 cores; PAPER_SCALE=quick: minutes);
+# PAPER_MPI=N runs the surfaces under mpirun -n N. Rerun to continue an interrupted run.
+PAPER_SCALE ?= small
+PAPER_MPI   ?= 1
+paper: install
+	$(LL) paper --scale $(PAPER_SCALE) --mpi $(PAPER_MPI) --out out/paper
 
 bench: install
 	$(PY) -m losslandscape.bench --out bench.json

@@ -117,6 +117,12 @@ def cmd_hessian(args: argparse.Namespace) -> int:
                                                                     args.device)))
 
 
+def cmd_paper(args: argparse.Namespace) -> int:
+    from .paper.run import run
+
+    return run(args.scale, args.out, args.mpi)
+
+
 def cmd_directions(args: argparse.Namespace) -> int:
     from .job import prepare
 
@@ -332,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="with --centre: how many top eigenvalues")
     p.add_argument("--json", action="store_true", help="with --centre: one JSON object on stdout")
     p.set_defaults(func=cmd_hessian)
+
+    p = sub.add_parser("paper", help="the findings of Li et al. (2018) reproduced at small scale: train, compute, "
+                       "report (out/paper/index.html, results.json)",
+                       description="Train the paper's model families on the digits data, compute their landscapes, "
+                       "Hessian maps and a training trajectory with the tool's own verbs (the specs of jobs/paper "
+                       "with the scale's overrides), and write a report with the figures, the numbers and, for "
+                       "each claim, whether it held by a stated rule. A rerun reuses trained models and finished "
+                       "surfaces and resumes partial ones.")
+    p.add_argument("--scale", default="small", help="small (about an hour on 2 CPU cores) or quick (minutes)")
+    p.add_argument("--out", type=Path, default=Path("out/paper"), help="report folder (default out/paper)")
+    p.add_argument("--mpi", type=int, default=1, metavar="N",
+                   help="run the surface, trajectory and Hessian steps under mpirun -n N (default 1: in this process)")
+    p.set_defaults(func=cmd_paper)
 
     p = sub.add_parser("render", help="plots of a finished or partial surface file",
                        description="Plots of finished or partial surface files (ours or the original code's).")

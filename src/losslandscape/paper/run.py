@@ -1,0 +1,112 @@
+"""Run every experiment of `plan` at one scale with the tool's own verbs, then write the report.
+
+Each step is a command line of the `losslandscape` CLI on a spec in jobs/paper with the scale's
+overrides. A trained model (its last checkpoint exists) is reused; surfaces, Hessian maps and
+the trajectory resume on their own (a finished file costs a second), so an interrupted
+`make paper` continues where it stopped. With `mpi` > 1 the surface, trajectory and Hessian
+steps run under `mpirun -n mpi`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .plan import SCALES, SPEC_DIR, commands
+
+log = logging.getLogger(__name__)
+
+EXIT_STOPPED = 3  # a verb stopped by a signal, its points kept
+EXIT_INTERRUPTED = 130  # Ctrl-C outside a surface (training, between steps)
+
+
+def work_dir(out: Path, scale: str) -> Path:
+    """Models and surface files of one scale (a rerun at another scale does not collide)."""
+    return out / f"work-{scale}"
+
+
+def _mpirun_env() -> dict[str, str]:
+    """This environment without the variables an MPI singleton in this process may have left
+    (with them, a child mpirun exits without a word)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+
+
+def run_step(argv: list[str], mpi: int) -> int:
+    """One verb: in this process, or under mpirun for the per-point verbs."""
+    if mpi > 1 and argv[0] in ("surface", "trajectory", "hessian"):
+        mpirun = shutil.which("mpirun")
+        if mpirun is None:
+            raise UserError("--mpi: mpirun is not on PATH; install MPI or leave --mpi out")
+        cmd = [mpirun, "-n", str(mpi), "--oversubscribe", sys.executable, "-m", "losslandscape", *argv]
+        return subprocess.run(cmd, env=_mpirun_env()).returncode
+    from ..cli import main
+
+    return main(argv)
+
+
+def step_times(work: Path) -> dict[str, float]:
+    """Seconds spent in each step, summed over every run that computed something."""
+    path = work / "step-seconds.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _add_time(work: Path, name: str, seconds: float) -> None:
+    times = step_times(work)
+    times[name] = times.get(name, 0.0) + seconds
+    tmp = work / "step-seconds.json.tmp"
+    tmp.write_text(json.dumps(times, indent=1))
+    tmp.replace(work / "step-seconds.json")
+
+
+def run(scale_name: str, out: str | Path, mpi: int = 1, report: bool = True) -> int:
+    """Every step of the paper at `scale_name`, outputs under `out`; returns an exit code."""
+    if scale_name not in SCALES:
+        raise UserError(f"--scale: {scale_name!r} is not valid; expected one of {', '.join(SCALES)}")
+    if scale_name == "full":
+        raise UserError("--scale: full is the CIFAR-10 run of a cluster: submit the specs in jobs/paper "
+                        "(see their first lines); `paper` runs small or quick")
+    if mpi < 1:
+        raise UserError(f"--mpi: {mpi} is not valid; expected an integer >= 1")
+    if not Path(SPEC_DIR).is_dir():
+        raise UserError(f"paper: no {SPEC_DIR} folder here ({Path.cwd()}); run it from the repository root "
+                        "(make paper)")
+    scale = SCALES[scale_name]
+    out = Path(out)
+    work = work_dir(out, scale_name)
+    work.mkdir(parents=True, exist_ok=True)
+    steps = commands(scale, str(work))
+    t0 = time.perf_counter()
+    log.info("paper, %s scale (%s): %d steps, outputs in %s", scale_name, scale.about, len(steps), work)
+    for k, (e, argv) in enumerate(steps, 1):
+        label = f"[{k}/{len(steps)}] claim {e.claim}: {e.verb} {e.name}"
+        if e.verb == "train" and Path(e.output()).exists():
+            log.info("%s: reused %s", label, e.output())
+            continue
+        log.info("%s: losslandscape %s", label, " ".join(argv))
+        started = time.perf_counter()
+        code = run_step(argv, mpi)
+        _add_time(work, e.name + ("/hessian" if e.verb == "hessian" else ""), time.perf_counter() - started)
+        if code in (EXIT_STOPPED, EXIT_INTERRUPTED):
+            log.warning("paper: stopped at %s; run the same command again to continue", e.name)
+            return code
+        if code != 0:
+            raise UserError(f"paper: step {e.name} ({e.verb}) failed with exit code {code}; the line above says why")
+    wall = time.perf_counter() - t0
+    log.info("paper: every step done in %.0f s (this run); %.0f s of compute in all runs", wall,
+             sum(step_times(work).values()))
+    if not report:
+        return 0
+    from .report import write_report
+
+    results = write_report(scale, work, out, mpi)
+    for c in results["claims"]:
+        print(f"claim {c['claim']}: {'HELD' if c['held'] else 'did not hold'} - {c['title']}")
+    print(f"report: {out / 'index.html'}")
+    return 0
