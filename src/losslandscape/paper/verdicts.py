@@ -8,6 +8,8 @@ is known.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .plan import CLAIM_TITLES
@@ -57,21 +59,17 @@ def local_minima(loss: np.ndarray) -> int:
 
 def basin_radius(x: np.ndarray, y: np.ndarray, loss: np.ndarray, rise: float = BASIN_RISE) -> dict:
     """The mean, over the four half-axes from the centre (x = y = 0), of the distance at which
-    the train loss first exceeds the centre's by `rise` (the `summary` verb's basin radius). A
+    the train loss first exceeds the centre's by `rise`: the `summary` verb's basin radii. A
     half-axis that never exceeds it counts as its full length (`censored` names those)."""
+    from ..render.summary import split_summary
+    from ..render.surfacefile import Surface
+
     x, y, z = (np.asarray(a, dtype=np.float64) for a in (x, y, loss))
-    i0, j0 = int(np.argmin(np.abs(x))), int(np.argmin(np.abs(y)))
-    centre = z[j0, i0]
-    sides = {"x+": (z[j0, i0 + 1:], x[i0 + 1:]), "x-": (z[j0, :i0][::-1], x[:i0][::-1]),
-             "y+": (z[j0 + 1:, i0], y[j0 + 1:]), "y-": (z[:j0, i0][::-1], y[:j0][::-1])}
-    radii, censored = {}, []
-    for side, (line, coords) in sides.items():
-        over = np.flatnonzero(~np.isnan(line) & (line > centre + rise))
-        if over.size:
-            radii[side] = float(abs(coords[over[0]]))
-        else:
-            radii[side] = float(abs(coords[-1])) if coords.size else 0.0
-            censored.append(side)
+    surface = Surface(Path("constructed"), x, y, {"train_loss": z}, {"train": 1.0}, "")
+    found = split_summary(surface, "train", rise)["basin_radius"]
+    length = {"x+": x.max(), "x-": -x.min(), "y+": y.max(), "y-": -y.min()}
+    radii = {side: float(abs(length[side]) if r is None else r) for side, r in found.items()}
+    censored = [side for side, r in found.items() if r is None]
     return {"mean": float(np.mean(list(radii.values()))), "sides": radii, "censored": censored}
 
 
