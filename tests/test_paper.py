@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # the fields a scale may change: the data, the schedule, the grids and where files go
 SCALE_FIELDS = {"data.name", "data.max_samples", "train.epochs", "train.batch_size", "train.lr_steps",
+                "train.lr", "train.warmup_epochs",
                 "train.save_every", "train.out_dir", "model.checkpoint", "model.checkpoint2",
                 "directions.checkpoints", "grid.x", "grid.y", "output.surface"}
 

@@ -131,6 +131,9 @@ class Train:
     """epochs after which the learning rate is multiplied by lr_gamma."""
     lr_gamma: float = 0.1
     """learning-rate factor at each step."""
+    warmup_epochs: int = 0
+    """epochs over which the learning rate rises linearly (per minibatch) from lr / steps to lr
+    (Goyal et al. 2017; deep networks without it can diverge in their first steps)."""
     save_every: int = 5
     """write model_<epoch>.pt every this many epochs (and the last one)."""
     out_dir: str = "out/train"

@@ -47,7 +47,8 @@ def train(spec) -> list[Path]:
     x_train, y_train = (t.to(device) for t in datasets.load_split(spec.data, "train"))
     x_test, y_test = (t.to(device) for t in datasets.load_split(spec.data, "test"))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_steps, gamma=cfg.lr_gamma)
+    steps_per_epoch = -(-len(y_train) // cfg.batch_size)
+    warmup = cfg.warmup_epochs * steps_per_epoch
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [_save(model, out_dir, 0, {})]
@@ -58,7 +59,11 @@ def train(spec) -> list[Path]:
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(len(y_train), generator=gen).to(device)
-        for start in range(0, len(order), cfg.batch_size):
+        epoch_lr = cfg.lr * cfg.lr_gamma ** sum(epoch > m for m in cfg.lr_steps)
+        for k, start in enumerate(range(0, len(order), cfg.batch_size)):
+            step = (epoch - 1) * steps_per_epoch + k
+            for group in opt.param_groups:
+                group["lr"] = epoch_lr * min(1.0, (step + 1) / warmup) if step < warmup else epoch_lr
             idx = order[start:start + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a single sample
                 continue
@@ -66,7 +71,6 @@ def train(spec) -> list[Path]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sched.step()
         train_loss, train_acc = evaluate(model, x_train, y_train)
         test_loss, test_acc = evaluate(model, x_test, y_test)
         log.info("epoch %3d  train loss %.4f acc %6.2f%%  test loss %.4f acc %6.2f%%  lr %.4g  %.1fs",
