@@ -6,7 +6,7 @@ import torch
 from losslandscape import data
 from losslandscape import spec as specs
 from losslandscape.models import build_model
-from losslandscape.train import evaluate, train
+from losslandscape.train import evaluate, learning_rate, train
 
 EPOCHS = 3
 SAVE_EVERY = 2
@@ -78,3 +78,33 @@ def test_evaluate_matches_a_hand_computation():
     log_p = logits.log_softmax(1)
     assert loss == pytest.approx(-log_p[torch.arange(10), y].mean().item(), rel=1e-5)
     assert acc == pytest.approx(100.0 * (logits.argmax(1) == y).sum().item() / 10)
+
+
+def test_the_learning_rate_warms_up_linearly_then_steps():
+    cfg = specs.Train(lr=0.1, lr_steps=[3], lr_gamma=0.1, warmup_epochs=2)
+    # 4 minibatches an epoch: 8 warm-up steps of 0.1 * (k + 1) / 8
+    lrs = [learning_rate(cfg, 1 + s // 4, s, 4) for s in range(16)]
+    assert lrs[:8] == pytest.approx([0.1 * (k + 1) / 8 for k in range(8)])
+    assert lrs[8:12] == pytest.approx([0.1] * 4)  # epoch 3
+    assert lrs[12:] == pytest.approx([0.01] * 4)  # epoch 4, after the step at 3
+    assert learning_rate(specs.Train(lr=0.1, warmup_epochs=0, lr_steps=[]), 1, 0, 4) == 0.1
+
+
+def test_training_uses_the_warm_up(tmp_path, monkeypatch):
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    spec = specs.from_dict({
+        "model": {"name": "resnet20"},
+        "data": {"name": "digits", "max_samples": 256},
+        "evaluation": {"device": "cpu"},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "lr_steps": [], "warmup_epochs": 1,
+                  "out_dir": str(tmp_path), "seed": 0},
+    })
+    train(spec)
+    assert seen == pytest.approx([0.0125, 0.025, 0.0375, 0.05, 0.05, 0.05, 0.05, 0.05])

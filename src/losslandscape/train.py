@@ -38,6 +38,15 @@ def evaluate(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     return total_loss / len(targets), 100.0 * correct / len(targets)
 
 
+def learning_rate(cfg, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """SGD's learning rate in minibatch `step` (0-based, counted from the start) of `epoch`
+    (1-based): lr times lr_gamma for every lr_steps epoch already finished, and in the first
+    warmup_epochs epochs a linear rise, lr * (step + 1) / (warmup_epochs * steps_per_epoch)."""
+    lr = cfg.lr * cfg.lr_gamma ** sum(epoch > m for m in cfg.lr_steps)
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    return lr * (step + 1) / warmup if step < warmup else lr
+
+
 def train(spec) -> list[Path]:
     """Train spec.model on spec.data's train split; returns the checkpoints written."""
     cfg = spec.train
@@ -48,7 +57,6 @@ def train(spec) -> list[Path]:
     x_test, y_test = (t.to(device) for t in datasets.load_split(spec.data, "test"))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(y_train) // cfg.batch_size)
-    warmup = cfg.warmup_epochs * steps_per_epoch
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [_save(model, out_dir, 0, {})]
@@ -59,11 +67,9 @@ def train(spec) -> list[Path]:
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(len(y_train), generator=gen).to(device)
-        epoch_lr = cfg.lr * cfg.lr_gamma ** sum(epoch > m for m in cfg.lr_steps)
         for k, start in enumerate(range(0, len(order), cfg.batch_size)):
-            step = (epoch - 1) * steps_per_epoch + k
             for group in opt.param_groups:
-                group["lr"] = epoch_lr * min(1.0, (step + 1) / warmup) if step < warmup else epoch_lr
+                group["lr"] = learning_rate(cfg, epoch, (epoch - 1) * steps_per_epoch + k, steps_per_epoch)
             idx = order[start:start + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a single sample
                 continue
