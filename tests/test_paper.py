@@ -100,12 +100,23 @@ def test_make_paper_runs_the_paper_verb_with_its_scale_and_ranks(tmp_path):
 def test_sharpness_is_the_curvature_of_a_parabola():
     x = np.linspace(-0.5, 1.5, 41)
     loss = 3.0 * (x - 1.0) ** 2 + 0.2 * (x - 1.0) + 0.1
-    assert verdicts.sharpness(x, loss, 1.0) == pytest.approx(6.0)
-    # past the end of an interpolation the loss may be NaN: the nearest computed points serve
-    loss[x > 1.0 + 1e-9] = np.nan
-    assert verdicts.sharpness(x, loss, 1.0) == pytest.approx(6.0)
-    with pytest.raises(ValueError):
+    assert verdicts.sharpness(x, loss, 1.0) == pytest.approx(6.0)  # both sides: the linear term cancels
+    # past the end of an interpolation the loss may be NaN: the computed side serves
+    even = 3.0 * (x - 1.0) ** 2 + 0.1
+    even[x > 1.0 + 1e-9] = np.nan
+    assert verdicts.sharpness(x, even, 1.0) == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="not computed"):
         verdicts.sharpness(x, np.full_like(x, np.nan), 0.0)
+
+
+def test_sharpness_of_a_narrow_dip_between_high_walls_is_large():
+    # the end of a real interpolation (VGG-9, large batch, at x = 1): the loss climbs towards the
+    # end, then drops into a narrow minimum; beyond it nothing is computed
+    x = np.array([0.8, 0.85, 0.9, 0.95, 1.0, 1.05])
+    loss = np.array([4.28, 4.46, 4.63, 4.36, 0.0117, np.nan])
+    assert verdicts.sharpness(x, loss, 1.0) == pytest.approx(2 * (4.36 - 0.0117) / 0.05 ** 2)
+    flat = np.array([0.1, 0.08, 0.06, 0.05, 0.045, np.nan])
+    assert verdicts.sharpness(x, flat, 1.0) < verdicts.sharpness(x, loss, 1.0)
 
 
 def bowl(n: int = 17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,26 +14,27 @@ import numpy as np
 
 from .plan import CLAIM_TITLES
 
-FIT_HALF_WIDTH = 0.25  # of the 1-D sharpness fit, in grid coordinates
 BASIN_RISE = 1.0  # basin radius: where the train loss exceeds the centre's by this much
 PATH_VARIANCE = 0.40  # claim 5: PC1 + PC2 explain at least this much
 
 
-def sharpness(x: np.ndarray, loss: np.ndarray, at: float, half_width: float = FIT_HALF_WIDTH) -> float:
-    """Curvature of a 1-D loss curve at `at`: 2a of the least-squares parabola a t^2 + b t + c
-    (t = x - at) through the computed points with |x - at| <= half_width, or the 3 computed
-    points nearest to `at` where fewer lie that close (e.g. past the end of an interpolation
-    whose BatchNorm variances turned negative). Larger = sharper."""
+def sharpness(x: np.ndarray, loss: np.ndarray, at: float) -> float:
+    """Curvature of a 1-D loss curve at the grid point `at`, from its neighbours: the mean over
+    the sides whose neighbouring grid point is computed of 2 (L(at +- h) - L(at)) / h^2, h that
+    point's distance. For a parabola a t^2 + b t + c around `at` the two sides give 2a exactly
+    and one side 2a +- 2b/h (b is ~0 at a minimiser); one side serves where the other is not
+    computed (past the end of an interpolation whose BatchNorm variances turned negative).
+    Larger = sharper. (A parabola fitted over a wider window turns negative on a narrow dip
+    between high walls, e.g. the end of an interpolation.)"""
     x, loss = np.asarray(x, dtype=np.float64), np.asarray(loss, dtype=np.float64)
-    finite = np.flatnonzero(np.isfinite(loss))
-    if finite.size < 3:
-        raise ValueError(f"sharpness at {at}: {finite.size} computed points; need 3")
-    dist = np.abs(x[finite] - at)
-    near = finite[dist <= half_width + 1e-9]
-    if near.size < 3:
-        near = finite[np.argsort(dist, kind="stable")[:3]]
-    a = np.polyfit(x[near] - at, loss[near], 2)[0]
-    return float(2 * a)
+    k = int(np.argmin(np.abs(x - at)))
+    if not np.isfinite(loss[k]):
+        raise ValueError(f"sharpness at {at}: the loss there is not computed")
+    sides = [2 * (loss[j] - loss[k]) / (x[j] - x[k]) ** 2 for j in (k - 1, k + 1)
+             if 0 <= j < x.size and np.isfinite(loss[j])]
+    if not sides:
+        raise ValueError(f"sharpness at {at}: neither neighbour is computed")
+    return float(np.mean(sides))
 
 
 def local_minima(loss: np.ndarray) -> int:
@@ -106,8 +107,9 @@ def claim1(interp: dict[str, float], line: dict[str, float], norm: dict[str, flo
         ("filter-normalised, the small-batch minimiser is the flatter one with and without weight decay", filt),
         ("and it has the lower test error in both", generalise),
     ]
-    rule = (f"sharpness = 2a of a parabola fitted to the train loss within {FIT_HALF_WIDTH} of the minimiser "
-            "(on the interpolation line, and along a filter-normalised random direction); held when all four parts hold")
+    rule = ("sharpness = 2 (L(x +- h) - L(x)) / h^2 of the train loss at the minimiser x, h one grid step, averaged "
+            "over the computed sides (the curvature of a parabola through the neighbours; on the interpolation "
+            "line, and along a filter-normalised random direction); held when all four parts hold")
     numbers = {"interpolation_sharpness": interp, "filter_normalised_sharpness": line, "weight_norm": norm,
                "test_error": test_error, "looks_flatter": looks_flatter}
     return _claim(1, rule, parts, numbers)
