@@ -281,6 +281,7 @@ def quick_paper(tmp_path_factory):
             "log3": (third.returncode, log3)}
 
 
+@pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 6 min here)
 def test_quick_paper_runs_end_to_end_and_resumes(quick_paper):
     code, log = quick_paper["interrupted"]
     assert code in (3, 130), log[-2000:]
@@ -299,6 +300,7 @@ def test_quick_paper_runs_end_to_end_and_resumes(quick_paper):
     assert "0 to compute" in log3
 
 
+@pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 6 min here)
 def test_quick_paper_report(quick_paper):
     out = quick_paper["out"]
     results = json.loads((out / "results.json").read_text())
@@ -322,6 +324,7 @@ def test_quick_paper_report(quick_paper):
     assert results["compute_seconds"] > 0 and results["held"] == sum(c["held"] for c in results["claims"])
 
 
+@pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 6 min here)
 def test_quick_paper_page_opens_offline_in_chromium(quick_paper, chromium, tmp_path):  # noqa: F811
     out = quick_paper["out"]
     page = out / "index.html"
