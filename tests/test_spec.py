@@ -57,6 +57,7 @@ momentum = 0.5
 weight_decay = 0.0
 lr_steps = [1, 2]
 lr_gamma = 0.5
+warmup_epochs = 1
 save_every = 2
 out_dir = "out/t"
 seed = 9
@@ -86,7 +87,8 @@ def test_every_table_and_key_is_read(tmp_path):
     assert s.grid == specs.Grid("-0.5:1.5:21", "-1:1:11")
     assert s.evaluation == specs.Evaluation("mse", 256, "bf16", False, "cpu", 2, 8)
     assert s.output == specs.Output("out/s.h5")
-    assert s.train == specs.Train(3, 32, 1.0, 0.5, 0.0, [1, 2], 0.5, 2, "out/t", 9)
+    assert s.train == specs.Train(epochs=3, batch_size=32, lr=1.0, momentum=0.5, weight_decay=0.0, lr_steps=[1, 2],
+                                  lr_gamma=0.5, warmup_epochs=1, save_every=2, out_dir="out/t", seed=9)
     # a TOML integer where a number is expected becomes a float
     assert isinstance(s.train.lr, float)
 
