@@ -345,3 +345,12 @@ def test_quick_paper_page_opens_offline_in_chromium(quick_paper, chromium, tmp_p
     assert non_blank_png(shot)
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if re.search(r"Uncaught|Error|Failed to load|net::ERR", line)], console
+
+
+def test_a_failing_step_under_mpirun_ends_within_seconds_with_its_exit_code(tmp_path, monkeypatch):
+    from losslandscape.paper.run import run_step
+
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    code = run_step(["surface", "missing.toml"], 3)  # real mpirun, 3 ranks, each refusing the spec
+    assert code == 1 and time.perf_counter() - started < 60

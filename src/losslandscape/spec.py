@@ -132,7 +132,8 @@ class Train:
     lr_gamma: float = 0.1
     """learning-rate factor at each step."""
     warmup_epochs: int = 0
-    """epochs over which the learning rate rises linearly (per minibatch) from lr / steps to lr
+    """epochs over which the learning rate rises linearly, minibatch by minibatch, from lr / (their
+    number of minibatches) to lr
     (Goyal et al. 2017; deep networks without it can diverge in their first steps)."""
     save_every: int = 5
     """write model_<epoch>.pt every this many epochs (and the last one)."""
