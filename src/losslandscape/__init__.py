@@ -4,7 +4,7 @@ After Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of
 Neural Nets", NeurIPS 2018.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = ("compute_surface", "interpolate", "compute_trajectory", "compute_hessian", "open_surface", "plot")
 

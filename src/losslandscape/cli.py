@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import UserError
 from . import spec as specs
 from .render import cli as render_cli  # light: no torch, no matplotlib until it renders
