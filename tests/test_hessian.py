@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from losslandscape import hessian as hs
-from losslandscape.evaluate import batch_sums
+from losslandscape.losses import get_loss
 
 N = 64
 
@@ -111,13 +111,14 @@ def cnn() -> Case:
 
 
 def test_reference_loss_is_evaluates_loss(case):
-    """The dense reference's loss is evaluate.batch_sums's (which computes in float32)."""
+    """The dense reference's loss is the evaluator's (which computes in float32)."""
     case.model.eval()
     with torch.no_grad():
         out = case.model(case.inputs)
-        total, _ = batch_sums(out, case.targets, case.loss)
+        total, count, _ = get_loss(case.loss)(out.float(), case.targets)
+        assert count == N
         assert total.item() / N == pytest.approx(mean_loss(out, case.targets, case.loss).item(), rel=1e-5)
-        assert hs.loss_sum(out, case.targets, case.loss).dtype == torch.float64
+        assert hs.loss_sum(out, case.targets, get_loss(case.loss))[0].dtype == torch.float64
     case.model.train()
 
 

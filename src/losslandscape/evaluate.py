@@ -12,25 +12,11 @@ import contextlib
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from .fold import fold
+from .losses import get_loss
 
 Split = tuple[torch.Tensor, torch.Tensor]  # inputs (N, ...), targets (N,)
-
-
-def batch_sums(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed loss, number correct) of one batch, as device tensors."""
-    outputs = outputs.float()
-    if loss == "cross_entropy":
-        total = F.cross_entropy(outputs, targets, reduction="sum")
-    elif loss == "mse":
-        # the original code's MSE: softmax outputs against one-hot targets, mean over classes
-        onehot = F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
-        total = (outputs.softmax(dim=1) - onehot).pow(2).mean(dim=1).sum()
-    else:
-        raise ValueError(f"unknown loss {loss!r}")
-    return total, (outputs.argmax(dim=1) == targets).sum()
 
 
 def batch_size_for(device: torch.device, requested: int = 0) -> int:
@@ -62,6 +48,7 @@ class PointEvaluator:
         self.model = model.eval()
         self.device = torch.device(device)
         self.loss = loss
+        self.loss_fn = get_loss(loss)
         self.batch_size = batch_size_for(self.device, batch_size)
         self.precision = precision
         self.names = list(tensors)
@@ -106,18 +93,24 @@ class PointEvaluator:
 
     @torch.inference_mode()
     def measure(self, split: str) -> tuple[float, float]:
-        """(mean loss, accuracy in percent) over the whole split at the current weights."""
+        """(mean loss, accuracy in percent; NaN for a loss without one) over the whole split at the
+        current weights."""
         inputs, targets = self.splits[split]
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count, scored = 0, False
         with self._autocast():
             for start in range(0, len(targets), self.batch_size):
-                s, c = batch_sums(self.net(inputs[start:start + self.batch_size]),
-                                  targets[start:start + self.batch_size], self.loss)
+                # the loss in float32 whatever the autocast; the sums over batches in float64
+                s, k, c = self.loss_fn(self.net(inputs[start:start + self.batch_size]).float(),
+                                       targets[start:start + self.batch_size])
                 loss_sum += s.double()
-                correct += c
-        n = len(targets)
-        return loss_sum.item() / n, 100.0 * correct.item() / n
+                count += k
+                if c is not None:
+                    correct += c
+                    scored = True
+        n = int(count)
+        return loss_sum.item() / n, 100.0 * correct.item() / n if scored else float("nan")
 
     def evaluate(self, a: float, b: float, splits: list[str]) -> dict[str, tuple[float, float]]:
         self.move_to(a, b)

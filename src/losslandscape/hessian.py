@@ -6,54 +6,22 @@ Everything here is about the Hessian of the MEAN loss over a data set,
 
 with the model in eval mode (BatchNorm uses its running statistics, dropout is
 off), with respect to a chosen set of the model's parameters, the others held
-fixed. The loss is `evaluate.batch_sums`'s: "cross_entropy", or the original
-code's "mse" (softmax outputs against one-hot targets, mean over classes). The
-Hessian is never formed: a `HessianOperator` gives H v, and every spectral
-quantity is computed from products with it (Lanczos, Hutchinson, stochastic
-Lanczos quadrature). Serial and pure: tensors in, numbers out.
+fixed. The loss is the evaluator's, from `losses.py`; N is the count the loss
+reports. The Hessian is never formed: a `HessianOperator` gives H v, and every
+spectral quantity is computed from products with it (Lanczos, Hutchinson,
+stochastic Lanczos quadrature). Serial and pure: tensors in, numbers out.
 
 Hessian-vector products: double backward (`torch.autograd.grad` with
-create_graph=True, then the gradient of <g, v>), chosen by measurement over
-forward-over-reverse (`torch.func.jvp` of `torch.func.grad` of the loss
-through `torch.func.functional_call`), which stays available as
-method="forward_over_reverse". `python -m losslandscape.hessian` measures:
-`build_model("resnet20", in_channels=1)` (272,474 parameters, all of them),
-256 random 1x8x8 images in one batch, float32, CPU, 1 thread, best of 6
-interleaved rounds, on a 2-core machine shared with other jobs (three runs):
-
-    plain forward pass (no_grad, eval)    8.4-8.5 ms   ~118 per second   1
-    gradient (for scale)                 30-31   ms    ~32 per second   3.6-3.7 forwards
-    HVP, double backward (kept)         127-129  ms   ~7.8 per second   15 forwards
-    HVP, forward-over-reverse           154-160  ms   ~6.4 per second   18 forwards
-
-(an earlier, quieter run: 8.9 ms, 32 ms, 106 ms = 12 forwards, 135 ms = 15).
-Double backward was the faster in every run, by 15-25 %; on the CPU, torch's
-forward-mode rules for convolution_backward and batch_norm_backward do more
-work than the reverse-mode double-backward rules. The goal of ~4 forward
-passes per HVP is not reachable for an exact HVP of a convolutional network:
-per convolution, the gradient alone costs 3 convolutions (forward, input
-gradient, weight gradient; measured 3.6 forward passes) and its directional
-derivative 6 more (each of the three is bilinear in two perturbed
-arguments), so about 9 convolutions per HVP against 1 per forward pass; we
-measure 12-15, the rest being elementwise and BatchNorm work and autograd
-overhead at these small 8x8 activations. (Caching the first forward/backward
-across products, e.g. `torch.func.linearize`, measured about 7 forward passes
-but keeps every activation of the whole data set alive between calls.)
-The products are accumulated over batches as (sum of per-batch HVPs of the
-summed loss) / N, exact whatever the batch size; no autograd graph outlives
-a call.
+create_graph=True, then the gradient of <g, v>), measured faster than
+forward-over-reverse (`torch.func.jvp` of `torch.func.grad`), which stays
+available as method="forward_over_reverse"; docs/hessian-benchmarks.md has the
+numbers, and `python -m losslandscape.hessian` measures them again. The
+products are accumulated over batches as (sum of per-batch HVPs of the summed
+loss) / N, exact whatever the batch size; no autograd graph outlives a call.
 
 Eigenvalues: scipy's ARPACK (`scipy.sparse.linalg.eigsh`, implicitly restarted
 Lanczos) on `HessianOperator.as_linear_operator()`, with a seeded starting
-vector so results are reproducible. `curvlinops-for-pytorch` (3.0.1) was
-considered and not used: its Hessian operator is forward-over-reverse
-(`jvp` of `jacrev`), the slower product above, and its spectral functions
-(Papyan's SLQ density, `lanczos_approximate_spectrum`) run on the same scipy
-and torch primitives; but it brings in backpack-for-pytorch, linear_operator,
-einconv, einops and opt-einsum, wants the loss as an `nn.Module` with a
-`reduction` attribute (our "mse" is not one), and traverses the data set extra
-times at construction (to count it and to check determinism). The few
-functions below are simpler to own than that dependency tree.
+vector so results are reproducible.
 
 The smallest eigenvalue is taken with which="SA" on the shifted operator
 H - lam_max*I (the same Krylov spaces as H, as Lanczos is shift-invariant), so
@@ -73,11 +41,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from .evaluate import batch_size_for
+from .losses import LossFunction, cross_entropy, get_loss
 
 __all__ = [
     "HessianOperator",
@@ -90,7 +58,6 @@ __all__ = [
     "hessian_eigen_directions",
 ]
 
-Loss = Literal["cross_entropy", "mse"]
 Op = "HessianOperator | LinearOperator"  # what the spectral functions take
 
 
@@ -109,20 +76,16 @@ def hessian_params(model: torch.nn.Module,
     raise ValueError(f"unknown parameter set {which!r}; choose 'all' or 'weights'")
 
 
-def loss_sum(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """The summed loss of one batch, as `evaluate.batch_sums` defines it, differentiably.
+def loss_sum(outputs: torch.Tensor, targets: torch.Tensor, loss: LossFunction) -> tuple[torch.Tensor, int | torch.Tensor]:
+    """(summed loss, count) of one batch, differentiably.
 
-    Unlike `batch_sums`, float64 outputs stay float64 (only lower precisions are
+    Unlike the evaluator, float64 outputs stay float64 (only lower precisions are
     raised to float32), so that curvature can be computed in double precision.
     """
     if outputs.dtype not in (torch.float32, torch.float64):
         outputs = outputs.float()
-    if loss == "cross_entropy":
-        return F.cross_entropy(outputs, targets, reduction="sum")
-    if loss == "mse":
-        onehot = F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
-        return (outputs.softmax(dim=1) - onehot).pow(2).mean(dim=1).sum()
-    raise ValueError(f"unknown loss {loss!r}")
+    total, count, _ = loss(outputs, targets)
+    return total, count
 
 
 @contextlib.contextmanager
@@ -153,11 +116,10 @@ class HessianOperator:
 
     def __init__(self, model: torch.nn.Module,
                  params: Mapping[str, torch.nn.Parameter] | Sequence[torch.nn.Parameter] | Literal["all", "weights"],
-                 inputs: torch.Tensor, targets: torch.Tensor, loss: Loss = "cross_entropy",
+                 inputs: torch.Tensor, targets: torch.Tensor, loss: str = "cross_entropy",
                  batch_size: int = 0,
                  method: Literal["double_backward", "forward_over_reverse"] = "double_backward"):
-        if loss not in ("cross_entropy", "mse"):
-            raise ValueError(f"unknown loss {loss!r}")
+        self.loss_fn = get_loss(loss)
         if method not in ("forward_over_reverse", "double_backward"):
             raise ValueError(f"unknown method {method!r}")
         if len(inputs) != len(targets) or len(targets) == 0:
@@ -219,12 +181,15 @@ class HessianOperator:
             raise ValueError(f"vector of length {v.numel()}, expected {self.dim}")
         tangents = self.split(v)
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        count: int | torch.Tensor = 0
         product = self._hvp_double if self.method == "double_backward" else self._hvp_func
         with _eval_mode(self.model):
             for x, y in self._batches():
-                out += torch.cat([h.reshape(-1) for h in product(x, y, tangents)])
+                hv, k = product(x, y, tangents)
+                out += torch.cat([h.reshape(-1) for h in hv])
+                count += k
         self.matvecs += 1
-        return out.div_(self.n)
+        return out.div_(int(count))
 
     def _arguments(self) -> dict[str, torch.Tensor]:
         """Every parameter for functional_call: the chosen ones as fresh leaves requiring grad
@@ -236,30 +201,32 @@ class HessianOperator:
         args = self._arguments()
         leaves = [args[name] for name in self.names]
         with torch.enable_grad():
-            total = loss_sum(torch.func.functional_call(self.model, args, (x,)), y, self.loss)
+            total, count = loss_sum(torch.func.functional_call(self.model, args, (x,)), y, self.loss_fn)
             grads = torch.autograd.grad(total, leaves, create_graph=True, allow_unused=True)
             dot = sum((g * t).sum() for g, t in zip(grads, tangents) if g is not None and g.requires_grad)
             if not isinstance(dot, torch.Tensor):  # the loss is at most linear in the parameters
-                return [torch.zeros_like(t) for t in tangents]
+                return [torch.zeros_like(t) for t in tangents], count
             hv = torch.autograd.grad(dot, leaves, allow_unused=True)
         # the graph of `grads` is freed here: nothing outlives the call
-        return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tangents)]
+        return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tangents)], count
 
     def _hvp_func(self, x, y, tangents):
         args = {name: t.detach() for name, t in self._arguments().items()}
         primals = {name: args.pop(name) for name in self.names}
         tangent = dict(zip(self.names, tangents))
-        model, loss = self.model, self.loss
+        model, loss = self.model, self.loss_fn
 
         def batch_loss(ps):
-            return loss_sum(torch.func.functional_call(model, {**args, **ps}, (x,)), y, loss)
+            total, count = loss_sum(torch.func.functional_call(model, {**args, **ps}, (x,)), y, loss)
+            return total, torch.as_tensor(count)  # torch.func carries only tensors out as aux
 
         # torch.func's transforms ignore an outer no_grad, which keeps ordinary autograd out;
         # torch's forward-AD decompositions warn once about torch.jit.script, which is theirs
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.script", category=DeprecationWarning)
-            _, hv = torch.func.jvp(torch.func.grad(batch_loss), (primals,), (tangent,))
-        return [hv[name] for name in self.names]
+            _, hv, count = torch.func.jvp(torch.func.grad(batch_loss, has_aux=True), (primals,), (tangent,),
+                                          has_aux=True)
+        return [hv[name] for name in self.names], count
 
     def as_linear_operator(self) -> LinearOperator:
         """The operator for scipy: float64 numpy vectors in and out."""
@@ -460,7 +427,7 @@ def hessian_eigen_directions(op: HessianOperator, which: Literal["extremes", "to
 
 def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: int = 6) -> dict[str, float]:
     """Milliseconds per call of a plain forward pass, a gradient and an HVP by each method,
-    on `samples` random 1x8x8 images in one batch (the module docstring's numbers).
+    on `samples` random 1x8x8 images in one batch (docs/hessian-benchmarks.md).
     Best of `rounds` interleaved rounds, which is robust to other loads on the machine."""
     if model is None:
         from .models import build_model
@@ -473,10 +440,10 @@ def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: 
 
     def forward():
         with torch.no_grad():
-            loss_sum(model(inputs), targets, "cross_entropy").item()
+            loss_sum(model(inputs), targets, cross_entropy)[0].item()
 
     def gradient():
-        torch.autograd.grad(loss_sum(model(inputs), targets, "cross_entropy"), list(model.parameters()))
+        torch.autograd.grad(loss_sum(model(inputs), targets, cross_entropy)[0], list(model.parameters()))
 
     calls = {"forward": forward, "gradient": gradient}
     for method in ("double_backward", "forward_over_reverse"):
