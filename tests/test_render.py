@@ -26,7 +26,7 @@ import pytest
 from losslandscape.errors import UserError
 from losslandscape.render import HESSIAN_KINDS, KINDS, load_surface, render, summarize
 from losslandscape.render import cli as render_cli
-from losslandscape.render import common
+from losslandscape.render import mplfigure, ranges
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -602,14 +602,14 @@ def level_labels(texts: list[str], title: str) -> list[float]:
 def test_auto_log_scale_choice():
     wide = [np.array([[1e-3, 1.0], [50.0, np.inf]])]
     narrow = [np.array([[0.5, 1.0], [40.0, np.nan]])]  # 80x: less than two decades
-    assert common.auto_log(wide, "loss")
-    assert not common.auto_log(narrow, "loss")
-    assert not common.auto_log(wide, "acc")  # accuracy stays linear
-    assert not common.auto_log(wide, "loss", vmax=10.0)  # a given range is a linear one
-    assert not common.auto_log(wide, "loss", vmin=0.1)
-    assert not common.auto_log(wide, "loss", log=False)
-    assert common.auto_log(narrow, "acc", log=True)
-    assert not common.auto_log([np.array([0.0, 0.0, 5.0])], "loss")  # one positive value
+    assert ranges.auto_log(wide, "loss")
+    assert not ranges.auto_log(narrow, "loss")
+    assert not ranges.auto_log(wide, "acc")  # accuracy stays linear
+    assert not ranges.auto_log(wide, "loss", vmax=10.0)  # a given range is a linear one
+    assert not ranges.auto_log(wide, "loss", vmin=0.1)
+    assert not ranges.auto_log(wide, "loss", log=False)
+    assert ranges.auto_log(narrow, "acc", log=True)
+    assert not ranges.auto_log([np.array([0.0, 0.0, 5.0])], "loss")  # one positive value
 
 
 def test_wide_loss_gets_log_contours_by_default(wide, tmp_path):
@@ -1165,7 +1165,7 @@ def test_paper_style_is_scoped():
     import matplotlib
 
     before = matplotlib.rcParams["font.size"]
-    with common.paper_style():
+    with mplfigure.paper_style():
         assert matplotlib.rcParams["font.size"] == 9
     assert matplotlib.rcParams["font.size"] == before
 
@@ -1180,7 +1180,7 @@ def test_a_partial_surface_in_the_bisection_order_draws_its_whole_coarse_grid():
     assert first_two == 9
     z = np.full(51 * 51, np.nan)
     z[order[:first_two + 5]] = 1.0  # and a few points of the next level
-    rows, cols = common.surface_lattice(x, y, z.reshape(51, 51))
+    rows, cols = ranges.surface_lattice(x, y, z.reshape(51, 51))
     assert rows.tolist() == [0, 25, 50] and cols.tolist() == [0, 25, 50]
 
 

@@ -95,13 +95,14 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
     """A matplotlib Figure of one view of a surface, for a notebook or a paper: `kind` is curve
     (1-D), contour, filled, heatmap or surface3d (2-D); `split` train or test (default: the
     first computed), `value` loss or acc (default loss). `render` writes the same views to files."""
-    from .render import plot1d, plot2d
+    from .render.kinds import FIGURES, HESSIAN_KINDS
+    from .render.view import Options
 
     s = surface if isinstance(surface, Surface) else load_surface(surface)
-    if kind in ("ratio", "eigenvalues", "spectrum"):  # the `hessian` verb's results
-        return curvature_figure(s, kind, vmin, vmax, levels, log)
-    kinds = ("curve",) if s.ndim == 1 else ("contour", "filled", "heatmap", "surface3d", "ratio", "eigenvalues",
-                                               "spectrum")
+    opts = Options(vmin, vmax, levels, log, zmax)
+    if kind in HESSIAN_KINDS:  # the `hessian` verb's results
+        return curvature_figure(s, kind, opts)
+    kinds = ("curve",) if s.ndim == 1 else ("contour", "filled", "heatmap", "surface3d", *HESSIAN_KINDS)
     if kind not in kinds:
         raise UserError(f"kind: {kind!r} does not fit {s.path} ({s.shape_text()}); expected one of {', '.join(kinds)}")
     splits = [split] if split else [sp for sp in s.splits if s.fraction_done.get(sp, 0) > 0][:1] or s.splits[:1]
@@ -110,28 +111,21 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
     value = value or "loss"
     if value not in ("loss", "acc"):
         raise UserError(f"value: {value!r} is not valid; expected loss or acc")
-    if kind == "curve":
-        return plot1d.curve(s, splits, [value], vmin, vmax, bool(log))
-    (view,) = plot2d.split_views(s, [(splits[0], value)], vmin, vmax, log)
-    if kind == "contour":
-        return plot2d.contour(view, levels)
-    if kind == "filled":
-        return plot2d.filled(view, levels)
-    if kind == "heatmap":
-        return plot2d.heatmap(view)
-    return plot2d.surface3d(view, zmax)
+    ((_, _, fig),) = FIGURES[kind](s, splits, value, opts)
+    return fig
 
 
-def curvature_figure(s: Surface, kind: str, vmin, vmax, levels, log):
-    from .render import curvature
+def curvature_figure(s: Surface, kind: str, opts):
+    """The Figure of one of the `hessian` verb's views (ratio, eigenvalues, spectrum) of `s`."""
+    from .render.kinds import FIGURES
 
     if kind == "spectrum":
         if s.centre_spectrum is None:
             raise UserError(f"kind: {s.path} has no spectrum at the centre; run `losslandscape hessian {s.path} --centre`")
-        return curvature.spectrum(s)
-    if s.eig is None:
+    elif s.eig is None:
         raise UserError(f"kind: {s.path} has no Hessian maps; run `losslandscape hessian {s.path}`")
-    return curvature.ratio(s, vmin, vmax, levels, log) if kind == "ratio" else curvature.eigenvalues(s)
+    ((_, _, fig),) = FIGURES[kind](s, [], None, opts)
+    return fig
 
 
 # --- the engine behind both -----------------------------------------------------------------

@@ -11,8 +11,9 @@ import json
 import logging
 from pathlib import Path
 
-from losslandscape.render import KINDS, render
-from losslandscape.render.common import FORMATS
+from losslandscape.render.kinds import KINDS
+from losslandscape.render.mplfigure import FORMATS
+from losslandscape.render.output import render
 from losslandscape.render.summary import format_summary, summarize
 from losslandscape.render.surfacefile import SPLITS, VALUES
 

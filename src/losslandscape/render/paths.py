@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from losslandscape.render import common
+from losslandscape.render import labels
 from losslandscape.render.surfacefile import Surface
 
 # Colours that stand out on viridis (dark blue to yellow) and from the red star of the best point.
@@ -71,7 +71,7 @@ def outside(run: dict[str, Any], surface: Surface) -> np.ndarray:
 def label(run: dict[str, Any], surface: Surface, prefix: str = "") -> str:
     """'run: model_*.pt (mean error 3.1%)', and '; 2 of 20 checkpoints outside the grid' where some are."""
     err = mean_error(run)
-    parts = ["mean error " + ("unknown" if err is None else common.percent(err))]
+    parts = ["mean error " + ("unknown" if err is None else labels.percent(err))]
     out = int(outside(run, surface).sum())
     if out:
         n = len(run["x"])

@@ -13,42 +13,23 @@ from __future__ import annotations
 import numpy as np
 
 from losslandscape.errors import UserError
-from losslandscape.render import common
+from losslandscape.render import labels, mplfigure, ranges
 from losslandscape.render.surfacefile import VALUE_LABELS, Surface
+from losslandscape.render.view import Options, computed_pairs, diverged_points
 
 LOSS_COLOR = "tab:blue"
 ACC_COLOR = "tab:red"
 SPLIT_STYLE = {"train": "-", "test": "--"}
 
 
-def _series(surface: Surface, splits: list[str], values: list[str]) -> list[tuple[str, str, np.ndarray]]:
-    series = []
-    for split in splits:
-        for value in values:
-            name = f"{split}_{value}"
-            data = surface.values.get(name)
-            if data is not None and not np.all(np.isnan(data)):
-                series.append((split, value, data))
-    if not series:
-        asked = ", ".join(f"{s}_{v}" for s in splits for v in values)
-        raise UserError(f"{surface.path}: nothing is computed yet for {asked}")
-    return series
-
-
-def diverged_points(surface: Surface, split: str) -> np.ndarray:
-    """Where the split's loss diverged (+-inf; the loader turns a computed NaN into +inf)."""
-    loss = surface.values.get(f"{split}_loss")
-    return np.zeros(surface.x.shape, dtype=bool) if loss is None else np.isinf(loss)
-
-
 def _draw_line(
-    ax, x: np.ndarray, z: np.ndarray, rng: common.Range, color: str, style: str, label: str,
+    ax, x: np.ndarray, z: np.ndarray, rng: ranges.Range, color: str, style: str, label: str,
     diverged: np.ndarray, mark: bool = True,
 ) -> list:
     """Draw one series; returns its legend handles (the line, and with `mark` a
     "diverged" marker). The line joins the computed points and breaks at the
     `diverged` ones, which are marked at the top edge of the axes instead."""
-    z = common.clip_diverged(z, rng)
+    z = ranges.clip_diverged(z, rng)
     computed = ~np.isnan(z)
     # Partial files: join the computed points (coarse-to-fine order leaves a
     # regular subset), and mark them so the sparse sampling is visible.
@@ -67,23 +48,13 @@ def _draw_line(
 
 def _name_ends(ax, surface: Surface) -> None:
     """An interpolation's ends, x = 0 and x = 1, named by their checkpoints on a top axis."""
-    if common.spec_part(surface, "directions").get("kind") != "interpolate":
+    if labels.spec_part(surface, "directions").get("kind") != "interpolate":
         return
-    names = [common.checkpoint_name(surface, key) for key in ("checkpoint", "checkpoint2")]
+    names = [labels.checkpoint_name(surface, key) for key in ("checkpoint", "checkpoint2")]
     ends = [(x, n) for x, n in zip((0.0, 1.0), names) if n and surface.x.min() <= x <= surface.x.max()]
     if ends:
         top = ax.secondary_xaxis("top")
         top.set_xticks([x for x, _ in ends], labels=[n for _, n in ends], fontsize=7)
-
-
-def _title(surface: Surface, splits: list[str], values: list[str]) -> str:
-    what = " and ".join(VALUE_LABELS[v] for v in values)
-    if len(splits) == 1:
-        what = f"{splits[0]} {what}"
-    partial = [f"{s} {common.done_note(surface, s).strip(' ()')}" for s in splits if common.done_note(surface, s)]
-    head = f"{surface.model_name}: {what}" + (f" ({', '.join(partial)})" if partial else "")
-    made = "; ".join(common.provenance(surface))
-    return f"{head}\n{made}" if made else head
 
 
 def draw_curve(
@@ -94,18 +65,18 @@ def draw_curve(
     vmin: float | None = None,
     vmax: float | None = None,
     log: bool = False,
-    loss_range: common.Range | None = None,
+    loss_range: ranges.Range | None = None,
 ) -> list:
     """Draw loss (left axis) and accuracy (right, twin axis) curves into `ax`.
     Returns the line handles, for a legend."""
-    series = _series(surface, splits, values)
+    series = [(sp, v, surface.values[f"{sp}_{v}"]) for sp, v in computed_pairs([surface], splits, values)]
     loss = [(s, z) for s, v, z in series if v == "loss"]
     acc = [(s, z) for s, v, z in series if v == "acc"]
     handles = []
-    ax.set_xlabel(common.axis_label(surface, "x"))
+    ax.set_xlabel(labels.axis_label(surface, "x"))
     ax.set_xlim(surface.x.min(), surface.x.max())
     if loss:
-        rng = loss_range or common.value_range(
+        rng = loss_range or ranges.value_range(
             [z for _, z in loss], f"{surface.path} loss", vmin, vmax, log
         )
         for split, z in loss:
@@ -122,7 +93,7 @@ def draw_curve(
     twin = None
     if acc:
         twin = ax.twinx() if loss else ax
-        rng = common.value_range([z for _, z in acc], f"{surface.path} accuracy")
+        rng = ranges.value_range([z for _, z in acc], f"{surface.path} accuracy")
         for split, z in acc:
             label = f"{split} {VALUE_LABELS['acc']}"
             # No accuracy where the loss diverged; marked there already if the loss is drawn.
@@ -134,58 +105,46 @@ def draw_curve(
     return handles
 
 
-def curve(
-    surface: Surface,
-    splits: list[str],
-    values: list[str],
-    vmin: float | None = None,
-    vmax: float | None = None,
-    log: bool = False,
-):
-    """One picture of the 1-D surface: every requested split and value; returns the Figure."""
-    with common.paper_style():
-        fig = common.new_figure(common.WIDTH_IN, 3.2)
+def curve(surface: Surface, splits: list[str], values: list[str], opts: Options = Options()):
+    """One picture of the 1-D surface: every requested split and value (linear unless opts.log);
+    returns the Figure."""
+    with mplfigure.paper_style():
+        fig = mplfigure.new_figure(mplfigure.WIDTH_IN, 3.2)
         ax = fig.add_subplot()
-        handles = draw_curve(ax, surface, splits, values, vmin, vmax, log)
+        handles = draw_curve(ax, surface, splits, values, opts.vmin, opts.vmax, bool(opts.log))
         unique: dict = {}
         for h in handles:  # one "diverged" entry however many series have them
             unique.setdefault(h.get_label(), h)
         handles = list(unique.values())
-        ax.set_title(_title(surface, splits, values))
+        ax.set_title(labels.curve_title(surface, splits, values))
         if len(handles) > 1:
             # Below the axes: inside, it would hide the curves somewhere.
             fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
         return fig
 
 
-def compare_curves(
-    surfaces: list[Surface],
-    split: str,
-    value: str,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    log: bool = False,
-):
+def compare_curves(surfaces: list[Surface], split: str, value: str, opts: Options = Options()):
     """1-D surfaces side by side, sharing the value axis, each panel titled by its file; returns the Figure."""
     name = f"{split}_{value}"
     arrays = [s.values[name] for s in surfaces]
-    rng = common.value_range(arrays, name, vmin, vmax, log)
-    with common.paper_style():
-        fig = common.new_figure(min(2.4 * len(surfaces) + 0.4, 10.0), 3.2)
+    log = bool(opts.log)
+    rng = ranges.value_range(arrays, name, opts.vmin, opts.vmax, log)
+    with mplfigure.paper_style():
+        fig = mplfigure.new_figure(min(2.4 * len(surfaces) + 0.4, 10.0), 3.2)
         axes = fig.subplots(1, len(surfaces), sharey=True, squeeze=False)[0]
         color = LOSS_COLOR if value == "loss" else ACC_COLOR
         handles = []
-        for i, (ax, surface, title) in enumerate(zip(axes, surfaces, common.panel_titles(surfaces, split))):
+        for i, (ax, surface, head) in enumerate(zip(axes, surfaces, labels.panel_titles(surfaces, split))):
             diverged = diverged_points(surface, split)
             handles += _draw_line(ax, surface.x, surface.values[name], rng, color, "-", name, diverged)
             _name_ends(ax, surface)
-            ax.set_title(title, fontsize=8)
-            ax.set_xlabel(common.axis_label(surface, "x"))
+            ax.set_title(head, fontsize=8)
+            ax.set_xlabel(labels.axis_label(surface, "x"))
             if log:
                 ax.set_yscale("log")
             ax.set_ylim(rng.low, rng.high)
             if i == 0:
-                ax.set_ylabel(common.value_label(split, value, log))
+                ax.set_ylabel(labels.value_label(split, value, log))
         fig.suptitle(f"{split} {VALUE_LABELS[value]}")
         marks = [h for h in handles if h.get_label() == "diverged"]
         if marks:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from losslandscape.errors import UserError
-from losslandscape.render import common, paths
+from losslandscape.render import labels, paths
 from losslandscape.render.surfacefile import Surface, load_surface
 
 RING_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -299,13 +299,13 @@ def _format_trajectory(t: dict, grid: tuple | None) -> list[str]:
     ratio = t.get("explained_variance_ratio")
     head = "[trajectory] PCA plane"
     if ratio:
-        shares = [("-" if v is None else common.percent(v)) for v in ratio]
+        shares = [("-" if v is None else labels.percent(v)) for v in ratio]
         head += f": PC1 explains {shares[0]} of the variance, PC2 {shares[1]}"
     lines = ["", head]
     runs = t.get("runs") or []
     width = max([len(r["name"]) for r in runs] + [0])
     for r in runs:
-        err = "-" if r["mean_error"] is None else common.percent(r["mean_error"])
+        err = "-" if r["mean_error"] is None else labels.percent(r["mean_error"])
         line = f"  {r['name']:<{width}}  {r['checkpoints']:>4} checkpoints   mean error {err}"
         if r.get("outside_grid"):
             line += f"   ({r['outside_grid']} outside the grid)"
@@ -321,7 +321,7 @@ def _format_hessian(h: dict, two_d: bool) -> list[str]:
     lines = []
     m = h.get("maps")
     if m:
-        lines += ["", f"[hessian maps] {common.hessian_setup(m)}: {100 * m['fraction_done']:.1f}% done "
+        lines += ["", f"[hessian maps] {labels.hessian_setup(m)}: {100 * m['fraction_done']:.1f}% done "
                       f"({m['points_done']} of {m['points']} points)"]
         at = m["max_ratio_at"]
         where = "" if at is None else f" at ({_f(at['x'])}, {_f(at['y'])})" if two_d else f" at ({_f(at['x'])})"
@@ -334,7 +334,7 @@ def _format_hessian(h: dict, two_d: bool) -> list[str]:
     if c:
         top = ", ".join(_f(v, ".5g") for v in c["top_eigenvalues"]) or "-"
         probes = f" (Hutchinson, {c['hutchinson_samples']} probes)" if c.get("hutchinson_samples") else ""
-        lines += ["", f"[hessian at the centre] {common.hessian_setup(c, c.get('parameters'))}",
+        lines += ["", f"[hessian at the centre] {labels.hessian_setup(c, c.get('parameters'))}",
                   f"  top eigenvalues   {top}",
                   f"  min eigenvalue    {_f(c['min_eigenvalue'], '.5g')}",
                   f"  |min/max|         {_f(c['ratio_min_max'])}",

@@ -5,7 +5,7 @@ z the value, and the grid cells are quadrilaterals -- here for any rectangular
 nx x ny grid. Points that are not computed yet are still written (so point ids
 are j * nx + i on every file) but no polygon uses them, and the point array
 `computed` is 0 there; a partial coarse-to-fine surface gets the cells of
-its last complete pass (`common.surface_lattice`). Diverged values are
+its last complete pass (`ranges.surface_lattice`). Diverged values are
 clipped to `zmax`, or to the largest finite value; `log` stores log10 of the
 values (non-positive values become the smallest positive one).
 """
@@ -18,7 +18,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from losslandscape.errors import UserError
-from losslandscape.render import common
+from losslandscape.render import ranges
 from losslandscape.render.surfacefile import Surface, check_computed
 
 
@@ -32,7 +32,7 @@ def _ascii(values: np.ndarray, fmt: str, per_line: int) -> str:
 
 def quads(computed: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """(n_quads, 4) point ids of the cells to draw: cells of the sub-grid
-    `rows` x `cols` (see `common.surface_lattice`) whose four corners are computed."""
+    `rows` x `cols` (see `ranges.surface_lattice`) whose four corners are computed."""
     nx = computed.shape[1]
     if rows.size < 2 or cols.size < 2:
         return np.zeros((0, 4), dtype=np.int64)
@@ -57,11 +57,11 @@ def write_vtp(
     name = f"{split}_{value}"
     z = check_computed(surface, name)
     computed = ~np.isnan(z)
-    lattice = common.surface_lattice(surface.x, surface.y, z)
-    rng = common.value_range([z], f"{surface.path} {name}", None, None, log)
+    lattice = ranges.surface_lattice(surface.x, surface.y, z)
+    rng = ranges.value_range([z], f"{surface.path} {name}", None, None, log)
     if zmax is not None and log and zmax <= 0:
         raise UserError(f"--zmax is {zmax}, expected a value > 0 with --log")
-    z = common.clip_diverged(z, rng, zmax)
+    z = ranges.clip_diverged(z, rng, zmax)
     if log:
         z = np.log10(z)
     z = np.where(computed, z, np.nanmin(z))  # placeholders, used by no polygon
