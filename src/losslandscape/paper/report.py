@@ -17,6 +17,7 @@ import torch
 from ..render.surfacefile import Surface, load_surface
 from . import verdicts
 from .plan import PATH_RUN, Scale, final
+from .steps import step_times
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,6 @@ CLAIMS = (claim1, claim2, claim3, claim4, claim5)
 
 
 def write_report(scale: Scale, work: Path, out: Path, mpi: int = 1) -> dict:
-    from .run import step_times
-
     out.mkdir(parents=True, exist_ok=True)
     claims, figures = [], {}
     for make in CLAIMS:

@@ -9,7 +9,6 @@ steps run under `mpirun -n mpi`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -18,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from .. import verbs
 from ..errors import UserError
 from .plan import SCALES, SPEC_DIR, commands
+from .steps import add_time, step_times
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +49,7 @@ def run_step(argv: list[str], mpi: int) -> int:
         cmd = [mpirun, *root, "-n", str(mpi), "--oversubscribe", sys.executable, "-m", "losslandscape", *argv]
         log.info("under %s -n %d", mpirun, mpi)
         return subprocess.run(cmd, env=_mpirun_env()).returncode
-    from ..cli import main
-
-    return main(argv)
-
-
-def step_times(work: Path) -> dict[str, float]:
-    """Seconds spent in each step, summed over every run that computed something."""
-    path = work / "step-seconds.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _add_time(work: Path, name: str, seconds: float) -> None:
-    times = step_times(work)
-    times[name] = times.get(name, 0.0) + seconds
-    tmp = work / "step-seconds.json.tmp"
-    tmp.write_text(json.dumps(times, indent=1))
-    tmp.replace(work / "step-seconds.json")
+    return verbs.run(verbs.build_parser(), argv)
 
 
 def run(scale_name: str, out: str | Path, mpi: int = 1, report: bool = True) -> int:
@@ -94,7 +79,7 @@ def run(scale_name: str, out: str | Path, mpi: int = 1, report: bool = True) -> 
         log.info("%s: losslandscape %s", label, " ".join(argv))
         started = time.perf_counter()
         code = run_step(argv, mpi)
-        _add_time(work, e.name + ("/hessian" if e.verb == "hessian" else ""), time.perf_counter() - started)
+        add_time(work, e.name + ("/hessian" if e.verb == "hessian" else ""), time.perf_counter() - started)
         if code in (EXIT_STOPPED, EXIT_INTERRUPTED):
             log.warning("paper: stopped at %s; run the same command again to continue", e.name)
             return code
@@ -105,7 +90,7 @@ def run(scale_name: str, out: str | Path, mpi: int = 1, report: bool = True) -> 
              sum(step_times(work).values()))
     if not report:
         return 0
-    from .report import write_report
+    from .report import write_report  # torch and matplotlib: not for `losslandscape --help`, which imports this
 
     results = write_report(scale, work, out, mpi)
     for c in results["claims"]:
