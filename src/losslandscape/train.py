@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from . import data as datasets
 from .checkpoints import build_and_load
 from .environment import pick_device
+from .losses import cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,9 @@ def evaluate(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(targets), batch_size):
-        out = model(inputs[start:start + batch_size])
-        y = targets[start:start + batch_size]
-        total_loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
+        total, _, right = cross_entropy(model(inputs[start:start + batch_size]), targets[start:start + batch_size])
+        total_loss += total.item()
+        correct += right.item()
     return total_loss / len(targets), 100.0 * correct / len(targets)
 
 

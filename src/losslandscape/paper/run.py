@@ -1,10 +1,10 @@
 """Run every experiment of `plan` at one scale with the tool's own verbs, then write the report.
 
 Each step is a command line of the `losslandscape` CLI on a spec in jobs/paper with the scale's
-overrides. A trained model (its last checkpoint exists) is reused; surfaces, Hessian maps and
-the trajectory resume on their own (a finished file costs a second), so an interrupted
-`make paper` continues where it stopped. With `mpi` > 1 the surface, trajectory and Hessian
-steps run under `mpirun -n mpi`.
+overrides, run in this process by `verbs.run`; with `mpi` > 1 the surface, trajectory and
+Hessian steps run under `mpirun -n mpi` instead. A trained model (its last checkpoint exists)
+is reused; surfaces, Hessian maps and the trajectory resume on their own (a finished file
+costs a second), so an interrupted `make paper` continues where it stopped.
 """
 
 from __future__ import annotations
