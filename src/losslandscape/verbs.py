@@ -275,6 +275,7 @@ SURFACE_TABLES = ("model", "data", "directions", "grid", "evaluation", "output")
 
 
 def _add_spec_verbs(sub) -> None:
+    """`models`, then the verbs that run one spec: train, surface, directions, trajectory."""
     p = sub.add_parser("models", help="list the model zoo with parameter counts",
                        description="List the model zoo with parameter counts.")
     p.set_defaults(func=cmd_models)
