@@ -46,7 +46,6 @@ pages share are `htmlparts`'.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +54,7 @@ from losslandscape.errors import UserError
 from losslandscape.render import html1d, labels, paths, ranges
 from losslandscape.render.htmlparts import (
     BEST_MARKER, BEST_MARKER_3D, BLANK_MARKER, COLORSCALE, COMPUTED_MARKER, HESSIAN_MAPS, LINEAR, LOG, MARGIN,
-    TITLE, TRAINED_MARKER, TRAINED_MARKER_3D, Series, Traces, escape, f32, hover_xy, text, write,
+    TITLE, TRAINED_MARKER, TRAINED_MARKER_3D, Panel, Series, Traces, escape, f32, hover_xy, text, write,
 )
 from losslandscape.render.surfacefile import VALUE_LABELS, Surface
 from losslandscape.render.view import (
@@ -70,7 +69,6 @@ CAMERA_EYE = {"x": 1.0, "y": -1.75, "z": 1.15}
 MIN_EIG_COLORSCALE = "RdBu"  # reversed: negative blue, 0 white, positive red (curvature.MIN_CMAP)
 HESSIAN_MAP_X = (0.3, 0.92)  # the map's domain while a Hessian map is shown (the 3-D view is hidden)
 PATH_LIFT = 0.015  # the 3-D paths float this share of the height range above the surface
-PATH_LEGEND_RANK = 1001  # the paths' legend entries after the marks' (Plotly's default is 1000), in run order
 LINES = {"color": "rgba(0,0,0,0.45)", "width": 0.8}  # the contour lines over a map
 
 
@@ -114,18 +112,6 @@ def compare_figure(surfaces: list[Surface], splits: list[str], values: list[str]
 # ---------------------------------------------------------------- layout
 
 
-@dataclass
-class _Panel:
-    """One file's place on the page: its 3-D scene's and its map's (row, column) of the subplots."""
-
-    surface: Surface
-    scene_cell: tuple[int, int]
-    map_cell: tuple[int, int]
-    scene: str  # the scene's layout key: "scene", "scene2", ...
-    prefix: str = ""  # legend labels of its best point and paths, e.g. "a.h5: "
-    domains: tuple = ()  # scene x, scene y, map x, map y, in the figure's fractions
-
-
 def _subplots(surfaces: list[Surface]):
     """The figure and its panels: one file, 3-D left and map right; several, one column each,
     3-D above the map (a column's title on top); the domains leave room for the colour bar."""
@@ -141,12 +127,12 @@ def _subplots(surfaces: list[Surface]):
         cells = [((1, i + 1), (2, i + 1), ((i * w, (i + 1) * w - 0.04), (0.44, 0.92),
                                            (i * w, (i + 1) * w - 0.04), (0.0, 0.38))) for i in range(n)]
     prefixes = [f"{name}: " for name in labels.file_names(surfaces)] if n > 1 else [""]
-    panels = [_Panel(s, sc, mc, fig.get_subplot(*sc).plotly_name, prefix, dom)
+    panels = [Panel(s, sc, mc, fig.get_subplot(*sc).plotly_name, prefix, dom)
               for s, (sc, mc, dom), prefix in zip(surfaces, cells, prefixes)]
     return fig, panels
 
 
-def _frame(fig, panels: list[_Panel]) -> None:
+def _frame(fig, panels: list[Panel]) -> None:
     """Each panel's scene and map axes: titles, the grid's extent (the map's half a cell out),
     equal scales where the directions span comparable ranges."""
     for p in panels:
@@ -172,7 +158,7 @@ def _frame(fig, panels: list[_Panel]) -> None:
     )
 
 
-def _layout(s: Series, scale: str, panels: list[_Panel], zmax) -> dict:
+def _layout(s: Series, scale: str, panels: list[Panel], zmax) -> dict:
     """What changes in the layout with the series and scale: the title, the panels'
     titles (compare) and the 3-D z axes' titles and ticks."""
     surfaces = [p.surface for p in panels]
@@ -288,12 +274,12 @@ def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], op
             _add_hessian_map(traces, go, k, panels[0], opts, levels)
             continue
         for i, panel in enumerate(panels):
-            _add_paths_map(traces, go, k, panel)  # first: the marks below are drawn over them
+            paths.add_to_map(traces, go, k, panel)  # first: the marks below are drawn over them
             _add_marks(traces, go, k, panel, s.views[s.scales[0]][i], first=i == 0)
             for scale in s.scales:
                 _add_surface(traces, go, k, scale, s.views[scale][i], panel, opts.zmax)
                 _add_map(traces, go, k, scale, s.views[scale][i], panel, i == 0, levels)
-        _add_paths_legend(traces, go, k, panels)
+        paths.add_legend(traces, go, k, panels)
         if any(v.partial() for v in s.views[s.scales[0]]):  # a legend entry for the blank, not computed area
             _add_blank(traces, go, k, panels[0])
         for scale in s.scales:
@@ -309,7 +295,7 @@ def _figure_2d(surfaces: list[Surface], splits: list[str], values: list[str], op
     return fig
 
 
-def _add_marks(traces: Traces, go, k: int, panel: _Panel, view: View2D, first: bool) -> None:
+def _add_marks(traces: Traces, go, k: int, panel: Panel, view: View2D, first: bool) -> None:
     """Marks on the map, the same on either scale (as plot2d._mark_models): the trained model, the
     best point, and on a partial surface every computed point (the lines show only whole cells)."""
     surf = panel.surface
@@ -329,14 +315,14 @@ def _add_marks(traces: Traces, go, k: int, panel: _Panel, view: View2D, first: b
             legendgroup="computed", showlegend=first, hoverinfo="skip"), k, part="computed", cell=panel.map_cell)
 
 
-def _add_centre(traces: Traces, go, k: int, panel: _Panel, showlegend: bool | None = None) -> None:
+def _add_centre(traces: Traces, go, k: int, panel: Panel, showlegend: bool | None = None) -> None:
     label = labels.centre_label(panel.surface)
     traces.add(go.Scatter(
         x=[0.0], y=[0.0], mode="markers", marker=TRAINED_MARKER, name=label, legendgroup="trained",
         showlegend=showlegend, hovertemplate=f"{label}<extra></extra>"), k, part="trained", cell=panel.map_cell)
 
 
-def _add_blank(traces: Traces, go, k: int, panel: _Panel) -> None:
+def _add_blank(traces: Traces, go, k: int, panel: Panel) -> None:
     traces.add(go.Scatter(
         x=[None], y=[None], mode="markers", marker=BLANK_MARKER, name="not computed yet (blank)",
         hoverinfo="skip"), k, part="blank", cell=panel.map_cell)
@@ -349,7 +335,7 @@ def _shown(view: View2D) -> np.ndarray:
     return np.where(np.isinf(raw), view.full, raw)
 
 
-def _add_surface(traces: Traces, go, k: int, scale: str, view: View2D, panel: _Panel, zmax) -> None:
+def _add_surface(traces: Traces, go, k: int, scale: str, view: View2D, panel: Panel, zmax) -> None:
     """The 3-D surface of one view on one scale, its marks and the paths on it. The lattice of
     whole cells (all of the grid once complete), heights clipped at the top, at most
     SURFACE_POINTS a side (as the static view's rcount/ccount), which keeps big grids light."""
@@ -398,10 +384,10 @@ def _add_surface(traces: Traces, go, k: int, scale: str, view: View2D, panel: _P
         if view.drawable:
             lift = PATH_LIFT * float(f(top) - f(rng.low))
             lattice = (surf.x[cols], surf.y[rows], height(view.full[np.ix_(rows, cols)]) + lift)
-        _add_paths_3d(traces, go, k, scale, panel, lattice, float(f(rng.low)))
+        paths.add_to_scene(traces, go, k, scale, panel, lattice, float(f(rng.low)))
 
 
-def _add_map(traces: Traces, go, k: int, scale: str, view: View2D, panel: _Panel, first: bool, levels: int) -> None:
+def _add_map(traces: Traces, go, k: int, scale: str, view: View2D, panel: Panel, first: bool, levels: int) -> None:
     """The map of one view on one scale: one cell per computed point (rows and columns with none
     dropped), blank where not computed, with contour lines over the whole cells."""
     s, rng, surf = traces.series[k], view.range, view.surface
@@ -431,7 +417,7 @@ def _add_map(traces: Traces, go, k: int, scale: str, view: View2D, panel: _Panel
             showscale=False, hoverinfo="skip", name=label, showlegend=False), k, scale, "lines", cell=panel.map_cell)
 
 
-def _add_hessian_map(traces: Traces, go, k: int, panel: _Panel, opts: Options, levels: int) -> None:
+def _add_hessian_map(traces: Traces, go, k: int, panel: Panel, opts: Options, levels: int) -> None:
     """One of the `hessian` verb's maps as a heat map (one cell per computed point, blank where
     not computed), the trained model marked; the ratio |min/max| on 0..0.5 (--vmin/--vmax) with
     the loss of the Hessian's split as contour lines over it, min_eig on a diverging scale."""
@@ -479,11 +465,11 @@ def _figure_paths_only(surface: Surface, splits: list[str], values: list[str]):
     value = "loss" if "loss" in values and f"{split}_loss" in surface.values else values[0]
     fig, (panel,) = _subplots([surface])
     traces = Traces(fig, [Series(split, value, [LINEAR])])
-    _add_paths_map(traces, go, 0, panel)
+    paths.add_to_map(traces, go, 0, panel)
     if centre_inside(surface):
         _add_centre(traces, go, 0, panel)
-    _add_paths_legend(traces, go, 0, [panel])
-    _add_paths_3d(traces, go, 0, LINEAR, panel, None, 0.0)
+    paths.add_legend(traces, go, 0, [panel])
+    paths.add_to_scene(traces, go, 0, LINEAR, panel, None, 0.0)
     _add_blank(traces, go, 0, panel)
     traces.layouts[(0, LINEAR)] = {
         "title.text": text(labels.title(surface, split, value)), "scene.zaxis.range": [0.0, 1.0],
@@ -492,93 +478,3 @@ def _figure_paths_only(surface: Surface, splits: list[str], values: list[str]):
     _frame(fig, [panel])
     traces.finish()
     return fig
-
-
-# ---------------------------------------------------------------- training paths (PCA surfaces)
-
-
-def _path_markers(color: str) -> tuple[dict, dict, dict]:
-    """Plotly markers of a path (as paths.POINT_STYLE, START_STYLE, END_STYLE): each checkpoint,
-    the start, the end."""
-    return ({"size": 5, "color": color, "line": {"color": "white", "width": 0.8}},
-            {"symbol": "circle", "size": 12, "color": "white", "line": {"color": color, "width": 2.5}},
-            {"symbol": "square", "size": 12, "color": color, "line": {"color": "black", "width": 1}})
-
-
-def _runs(panel: _Panel):
-    """Each run of the panel's file, its own drawn last (on top): its index, the run, and what
-    its traces share (colour, legend group, name, hover text per checkpoint)."""
-    surf = panel.surface
-    xl, yl = (text(labels.axis_label(surf, a)) for a in ("x", "y"))
-    for r, run in reversed(list(enumerate(surf.trajectories))):
-        if len(run["x"]) == 0:
-            continue
-        name = escape(paths.label(run, surf, panel.prefix))
-        errors = [labels.percent(e) if np.isfinite(e) else "unknown" for e in np.asarray(run["error"], dtype=float)]
-        yield r, run, {
-            "color": paths.color(r), "legendgroup": f"path{r}-{panel.scene}", "name": name,
-            "text": [escape(paths.checkpoint_name(run, i)) for i in range(len(run["x"]))], "customdata": errors,
-            "hovertemplate": (f"%{{text}}<br>{xl} %{{x:.4g}}<br>{yl} %{{y:.4g}}<br>off the plane: %{{customdata}}"
-                              f"<extra>{name}</extra>"),
-        }
-
-
-def _add_paths_map(traces: Traces, go, k: int, panel: _Panel) -> None:
-    """Each run's path on the panel's map (series k, either scale): the line through its
-    checkpoints, named in the legend, then its start and end."""
-    for r, run, shared in _runs(panel):
-        color, hover, errors = shared.pop("color"), shared.pop("text"), shared.pop("customdata")
-        point, start, end = _path_markers(color)
-        x, y = np.asarray(run["x"], dtype=float).tolist(), np.asarray(run["y"], dtype=float).tolist()
-        traces.add(go.Scatter(
-            x=x, y=y, mode="lines+markers", line={"color": color, "width": 2}, marker=point,
-            legendrank=PATH_LEGEND_RANK + r, text=hover, customdata=errors, **shared),
-            k, part="path", cell=panel.map_cell, run=r)
-        for idx, marker, part in ((0, start, "path-start"), (-1, end, "path-end")):
-            traces.add(go.Scatter(
-                x=[x[idx]], y=[y[idx]], mode="markers", marker=marker, showlegend=False, text=[hover[idx]],
-                customdata=[errors[idx]], **shared), k, part=part, cell=panel.map_cell, run=r)
-
-
-def _add_paths_legend(traces: Traces, go, k: int, panels: list[_Panel]) -> None:
-    """Legend entries (series k) for the start and end markers, in grey: each run has its colour."""
-    if not any(p.surface.trajectories for p in panels):
-        return
-    _, start, end = _path_markers("#555555")
-    for label, marker, part in ((paths.START_LABEL, start, "path-legend-start"),
-                                (paths.END_LABEL, end, "path-legend-end")):
-        traces.add(go.Scatter(
-            x=[None], y=[None], mode="markers", marker=marker, name=label, hoverinfo="skip",
-            legendrank=PATH_LEGEND_RANK + 100), k, part=part, cell=panels[0].map_cell)
-
-
-def _add_paths_3d(traces: Traces, go, k: int, scale: str, panel: _Panel, lattice: tuple | None,
-                  floor: float) -> None:
-    """Each run's path on the panel's 3-D view (series k, `scale`): on the surface `lattice`
-    (x, y, heights) or at `floor` (see `paths.on_surface`); in its run's legend group."""
-
-    def listed(a) -> list:
-        return [None if not np.isfinite(v) else float(f"{v:.7g}") for v in np.asarray(a, dtype=float)]
-
-    for r, run, shared in _runs(panel):
-        color, hover, errors = shared.pop("color"), shared.pop("text"), shared.pop("customdata")
-        point, start, end = _path_markers(color)
-        (lx, ly, lz), (cx, cy, cz) = paths.on_surface(run, panel.surface, lattice, floor)
-        traces.add(go.Scatter3d(
-            x=listed(lx), y=listed(ly), z=listed(lz), mode="lines", line={"color": color, "width": 5},
-            name=shared["name"], legendgroup=shared["legendgroup"], showlegend=False, hoverinfo="skip",
-            scene=panel.scene, connectgaps=False), k, scale, "path3d", run=r)
-        on = ~np.isnan(cz)
-        # The checkpoints, then the start and the end where they are on the surface.
-        marks = [(np.flatnonzero(on), dict(point, size=3.5), "path3d-points")]
-        if on[0]:
-            marks.append((np.array([0]), dict(start, size=7), "path3d-start"))
-        if on[-1]:
-            marks.append((np.array([on.size - 1]), dict(end, size=7), "path3d-end"))
-        for idx, marker, part in marks:
-            if idx.size == 0:
-                continue
-            traces.add(go.Scatter3d(
-                x=cx[idx].tolist(), y=cy[idx].tolist(), z=cz[idx].tolist(), mode="markers", marker=marker,
-                showlegend=False, scene=panel.scene, text=[hover[i] for i in idx],
-                customdata=[errors[i] for i in idx], **shared), k, scale, part, run=r)

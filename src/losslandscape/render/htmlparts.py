@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from losslandscape.render import labels
+from losslandscape.render.surfacefile import Surface
 
 COLORSCALE = "Viridis"  # plotly's viridis is matplotlib's (mplfigure.CMAP), the static views' colours
 LOG, LINEAR = "log", "linear"
@@ -105,6 +106,19 @@ def menu(buttons: list[dict], active: int, x: float, xanchor: str, name: str) ->
 
 def scale_label(scale: str) -> str:
     return "log scale" if scale == LOG else "linear scale"
+
+
+@dataclass
+class Panel:
+    """One file's place on a 2-D page: its 3-D scene's and its map's (row, column) among the
+    subplots (`plotly.subplots.make_subplots`)."""
+
+    surface: Surface
+    scene_cell: tuple[int, int]
+    map_cell: tuple[int, int]
+    scene: str  # the scene's layout key: "scene", "scene2", ...
+    prefix: str = ""  # legend labels of its best point and paths, e.g. "a.h5: "
+    domains: tuple = ()  # scene x, scene y, map x, map y, in the figure's fractions
 
 
 @dataclass

@@ -19,6 +19,9 @@ the line follows the surface between checkpoints) is the drawn surface's, biline
 interpolated; where no surface is drawn (outside the grid, or over cells not computed yet)
 the line breaks. While no cell is whole, or nothing is computed at all, the paths lie on
 the floor of the 3-D box instead.
+
+Both back ends draw them here: `draw` and `draw_3d` on matplotlib axes, `add_to_map`,
+`add_to_scene` and `add_legend` as traces of the html page (`htmlparts.Traces`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from losslandscape.render import labels
+from losslandscape.render.htmlparts import Panel, Traces, escape, text
 from losslandscape.render.surfacefile import Surface
 
 # Colours that stand out on viridis (dark blue to yellow) and from the red star of the best point.
@@ -45,6 +49,7 @@ ZORDER = 3.5  # above the surface and the computed points' dots, below the best 
 def zorder(k: int) -> float:
     """Run k's base zorder: the run's own path (k = 0) on top of the others."""
     return ZORDER - 0.01 * min(k, 40)
+PATH_LEGEND_RANK = 1001  # html: the paths' legend entries after the marks' (Plotly's default is 1000), in run order
 SAMPLES_PER_STEP = 4  # 3-D: points of the line per grid step, so that it follows the surface
 MAX_SAMPLES = 4000  # 3-D: at most this many points per path
 
@@ -215,3 +220,93 @@ def legend_handles(surfaces: list[Surface]) -> list:
         return []
     return [Line2D([], [], mec="0.3", label=START_LABEL, **START_STYLE),
             Line2D([], [], mfc="0.55", label=END_LABEL, **END_STYLE)]
+
+
+# ---------------------------------------------------------------- Plotly (the html page)
+
+
+def _path_markers(color: str) -> tuple[dict, dict, dict]:
+    """Plotly markers of a path (as POINT_STYLE, START_STYLE, END_STYLE): each checkpoint,
+    the start, the end."""
+    return ({"size": 5, "color": color, "line": {"color": "white", "width": 0.8}},
+            {"symbol": "circle", "size": 12, "color": "white", "line": {"color": color, "width": 2.5}},
+            {"symbol": "square", "size": 12, "color": color, "line": {"color": "black", "width": 1}})
+
+
+def _runs(panel: Panel):
+    """Each run of the panel's file, its own drawn last (on top): its index, the run, and what
+    its traces share (colour, legend group, name, hover text per checkpoint)."""
+    surf = panel.surface
+    xl, yl = (text(labels.axis_label(surf, a)) for a in ("x", "y"))
+    for r, run in reversed(list(enumerate(surf.trajectories))):
+        if len(run["x"]) == 0:
+            continue
+        name = escape(label(run, surf, panel.prefix))
+        errors = [labels.percent(e) if np.isfinite(e) else "unknown" for e in np.asarray(run["error"], dtype=float)]
+        yield r, run, {
+            "color": color(r), "legendgroup": f"path{r}-{panel.scene}", "name": name,
+            "text": [escape(checkpoint_name(run, i)) for i in range(len(run["x"]))], "customdata": errors,
+            "hovertemplate": (f"%{{text}}<br>{xl} %{{x:.4g}}<br>{yl} %{{y:.4g}}<br>off the plane: %{{customdata}}"
+                              f"<extra>{name}</extra>"),
+        }
+
+
+def add_to_map(traces: Traces, go, k: int, panel: Panel) -> None:
+    """Each run's path on the panel's map (series k, either scale): the line through its
+    checkpoints, named in the legend, then its start and end."""
+    for r, run, shared in _runs(panel):
+        color, hover, errors = shared.pop("color"), shared.pop("text"), shared.pop("customdata")
+        point, start, end = _path_markers(color)
+        x, y = np.asarray(run["x"], dtype=float).tolist(), np.asarray(run["y"], dtype=float).tolist()
+        traces.add(go.Scatter(
+            x=x, y=y, mode="lines+markers", line={"color": color, "width": 2}, marker=point,
+            legendrank=PATH_LEGEND_RANK + r, text=hover, customdata=errors, **shared),
+            k, part="path", cell=panel.map_cell, run=r)
+        for idx, marker, part in ((0, start, "path-start"), (-1, end, "path-end")):
+            traces.add(go.Scatter(
+                x=[x[idx]], y=[y[idx]], mode="markers", marker=marker, showlegend=False, text=[hover[idx]],
+                customdata=[errors[idx]], **shared), k, part=part, cell=panel.map_cell, run=r)
+
+
+def add_legend(traces: Traces, go, k: int, panels: list[Panel]) -> None:
+    """Legend entries (series k) for the start and end markers, in grey: each run has its colour."""
+    if not any(p.surface.trajectories for p in panels):
+        return
+    _, start, end = _path_markers("#555555")
+    for label, marker, part in ((START_LABEL, start, "path-legend-start"),
+                                (END_LABEL, end, "path-legend-end")):
+        traces.add(go.Scatter(
+            x=[None], y=[None], mode="markers", marker=marker, name=label, hoverinfo="skip",
+            legendrank=PATH_LEGEND_RANK + 100), k, part=part, cell=panels[0].map_cell)
+
+
+def add_to_scene(traces: Traces, go, k: int, scale: str, panel: Panel, lattice: tuple | None,
+                  floor: float) -> None:
+    """Each run's path on the panel's 3-D view (series k, `scale`): on the surface `lattice`
+    (x, y, heights) or at `floor` (see `on_surface`); in its run's legend group."""
+
+    def listed(a) -> list:
+        return [None if not np.isfinite(v) else float(f"{v:.7g}") for v in np.asarray(a, dtype=float)]
+
+    for r, run, shared in _runs(panel):
+        color, hover, errors = shared.pop("color"), shared.pop("text"), shared.pop("customdata")
+        point, start, end = _path_markers(color)
+        (lx, ly, lz), (cx, cy, cz) = on_surface(run, panel.surface, lattice, floor)
+        traces.add(go.Scatter3d(
+            x=listed(lx), y=listed(ly), z=listed(lz), mode="lines", line={"color": color, "width": 5},
+            name=shared["name"], legendgroup=shared["legendgroup"], showlegend=False, hoverinfo="skip",
+            scene=panel.scene, connectgaps=False), k, scale, "path3d", run=r)
+        on = ~np.isnan(cz)
+        # The checkpoints, then the start and the end where they are on the surface.
+        marks = [(np.flatnonzero(on), dict(point, size=3.5), "path3d-points")]
+        if on[0]:
+            marks.append((np.array([0]), dict(start, size=7), "path3d-start"))
+        if on[-1]:
+            marks.append((np.array([on.size - 1]), dict(end, size=7), "path3d-end"))
+        for idx, marker, part in marks:
+            if idx.size == 0:
+                continue
+            traces.add(go.Scatter3d(
+                x=cx[idx].tolist(), y=cy[idx].tolist(), z=cz[idx].tolist(), mode="markers", marker=marker,
+                showlegend=False, scene=panel.scene, text=[hover[i] for i in idx],
+                customdata=[errors[i] for i in idx], **shared), k, scale, part, run=r)
