@@ -1,0 +1,267 @@
+"""README claims about real `mpirun` jobs and SLURM merges, each checked by what it promises.
+
+The model is a linear classifier of the 8x8 digits (`probe:build`, written beside the job
+spec) that counts its forward passes per rank in files and, as the test's plan.json says,
+sleeps on a rank or stops inside a chosen pass: so a test can signal a job at a known
+moment and know which points were evaluated. With one split and fewer samples than a batch,
+one forward pass is one grid point (the model has no BatchNorm to fold, so the fold check
+runs no pass).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from losslandscape import data as datasets
+from losslandscape import spec as specs
+
+from test_mpi import mpirun
+
+PROBE = '''
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+
+
+class Probe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        self.passes = 0
+
+    def forward(self, x):
+        out = self.body(x)
+        if isinstance(x, torch.Tensor):  # a real pass, not torch.fx tracing the model
+            plan = json.loads((HERE / "plan.json").read_text()) if (HERE / "plan.json").exists() else {}
+            rank = os.environ.get("OMPI_COMM_WORLD_RANK", "0")
+            self.passes += 1
+            time.sleep(plan.get("sleep", {}).get(rank, 0.0))
+            if plan.get("pause") == [rank, self.passes]:
+                (HERE / f"paused.{rank}").write_text(str(os.getpid()))
+                time.sleep(600)
+            with open(HERE / f"passes.{rank}", "a") as f:
+                f.write("1\\n")
+        return out
+
+
+def build():
+    rank = os.environ.get("OMPI_COMM_WORLD_RANK", "0")  # called after the evaluator set its threads
+    (HERE / f"threads.{rank}").write_text(json.dumps({"threads": torch.get_num_threads(),
+                                                      "cores": len(os.sched_getaffinity(0))}))
+    return Probe()
+'''
+SAMPLES = 48
+
+
+def write_probe_job(d: Path, grid: tuple[str, str] = ("-1:1:3", "-1:1:3"), unit: int = 2) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "probe.py").write_text(PROBE)
+    (d / "job.toml").write_text(f'''
+[model]
+name = "probe:build"
+[data]
+name = "digits"
+splits = ["train"]
+max_samples = {SAMPLES}
+[grid]
+x = "{grid[0]}"
+y = "{grid[1]}"
+[evaluation]
+device = "cpu"
+unit_size = {unit}
+[output]
+surface = "{d / 's.h5'}"
+''')
+    return d / "job.toml"
+
+
+def plan(d: Path, **what) -> None:
+    (d / "plan.json").write_text(json.dumps(what))
+
+
+def clean_env() -> dict:
+    """This environment minus Open MPI's own variables (see test_mpi.launch), one thread a rank."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def surface_cmd(toml: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "losslandscape", "surface", str(toml), *extra]
+
+
+def run(cmd: list[str], timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=clean_env())
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+
+
+def wait_for(what, proc: subprocess.Popen, timeout: float = 120.0):
+    """Poll `what()` until it is truthy; fail with the job's output if the job ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the job ended (exit {proc.returncode}) before the test could act:\n{err[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"timed out waiting:\n{proc.communicate()[1][-3000:]}")
+
+
+def done_mask(path: Path) -> np.ndarray | None:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return f["train_done"][...].astype(bool)
+    except (OSError, KeyError):
+        return None
+
+
+def read_values(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {"loss": f["train_loss"][...], "acc": f["train_acc"][...], "done": f["train_done"][...].astype(bool),
+                "x": f["xcoordinates"][...], "y": f["ycoordinates"][...],
+                "dx": {k: torch.from_numpy(f["directions/x"][k][...]) for k in f["directions/x"]},
+                "dy": {k: torch.from_numpy(f["directions/y"][k][...]) for k in f["directions/y"]}}
+
+
+def passes(d: Path) -> dict[str, int]:
+    return {p.name.split(".")[1]: len(p.read_text().split()) for p in d.glob("passes.*")}
+
+
+def plain_values(d: Path, surf: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy at every grid point from plain forward passes of the moved model."""
+    sys.path.insert(0, str(d))
+    try:
+        import probe
+    finally:
+        sys.path.remove(str(d))
+    sys.modules.pop("probe", None)
+    model = probe.build().eval()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = datasets.load_split(specs.from_dict({"data": {"max_samples": SAMPLES}}).data, "train")
+    loss = np.full((len(surf["y"]), len(surf["x"])), np.nan)
+    acc = loss.copy()
+    for j, b in enumerate(surf["y"]):
+        for i, a in enumerate(surf["x"]):
+            model.load_state_dict({k: v + a * surf["dx"][k] + b * surf["dy"][k] if k in surf["dx"] else v
+                                   for k, v in base.items()})
+            with torch.no_grad():
+                out = model.body(x).double()
+            loss[j, i] = F.cross_entropy(out, y).item()
+            acc[j, i] = 100.0 * (out.argmax(1) == y).double().mean().item()
+    return loss, acc
+
+
+# --- 8. a SIGKILLed worker loses at most its current unit -----------------------------------
+
+def test_a_sigkilled_worker_loses_at_most_its_unit_and_a_rerun_completes(tmp_path):
+    """README (MPI, Failure behaviour): "A killed worker loses at most its current unit; run the
+    same command again to finish." Rank 2 does one unit of 2 points, then evaluates one point
+    of its next unit and is SIGKILLed inside the second while rank 1 (slowed down) takes the
+    rest. After the job: every point evaluated outside that unit is in the file, the points
+    not done are that unit's, and a rerun completes the file with plain forward passes' values."""
+    unit = 2
+    toml = write_probe_job(tmp_path, unit=unit)
+    surf = tmp_path / "s.h5"
+    plan(tmp_path, sleep={"1": 0.3}, pause=["2", unit + 2])
+    proc = start(mpirun(3) + surface_cmd(toml))
+    pid = int(wait_for(lambda: (tmp_path / "paused.2").exists() and (tmp_path / "paused.2").read_text(), proc))
+    # rank 1 now takes every other unit; kill rank 2 once they are in the file
+    wait_for(lambda: (m := done_mask(surf)) is not None and m.sum() >= 9 - unit, proc, timeout=60)
+    os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err
+    counted = passes(tmp_path)
+    assert counted.get("2") == unit + 1, counted  # one unit written, one point of the next evaluated
+    done = done_mask(surf)
+    assert done is not None, "the file is not readable after the kill"
+    lost = 9 - int(done.sum())
+    assert 1 <= lost <= unit, (lost, err[-2000:])
+    evaluated = sum(counted.values())
+    assert evaluated - int(done.sum()) <= unit - 1  # only the killed unit's finished point is gone
+
+    plan(tmp_path)  # no pauses, no sleeps
+    again = run(mpirun(3) + surface_cmd(toml))
+    assert again.returncode == 0, again.stderr
+    assert f"{9 - lost} of 9 points done" in again.stderr, again.stderr  # resumed, not restarted
+    assert sum(passes(tmp_path).values()) == evaluated + lost  # only the lost points were computed
+    got = read_values(surf)
+    assert got["done"].all()
+    loss, acc = plain_values(tmp_path, got)
+    np.testing.assert_allclose(got["loss"], loss, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(got["acc"], acc, rtol=0, atol=1e-9)
+
+
+# --- 2. a signal to mpirun itself -------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_mpirun_exits_1_and_the_file_resumes(tmp_path, signum):
+    """README (MPI): "if you signal `mpirun` itself, Open MPI's `mpirun` forwards the signal and
+    exits 1, but the file is just as resumable". Both workers are slowed down so that the
+    signal arrives mid-run; a rerun computes only the missing points, and the surface equals
+    plain forward passes of the moved model."""
+    toml = write_probe_job(tmp_path)
+    surf = tmp_path / "s.h5"
+    plan(tmp_path, sleep={"1": 1.0, "2": 1.0})
+    proc = start(mpirun(3) + surface_cmd(toml))
+    wait_for(lambda: (m := done_mask(surf)) is not None and m.sum() >= 2, proc)
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err[-3000:]
+    done = done_mask(surf)
+    assert done is not None, "the file is not readable after the signal"
+    assert 2 <= done.sum() < 9, done
+    partial = read_values(surf)
+
+    plan(tmp_path)
+    again = run(surface_cmd(toml))  # in one process: the file does not remember how it was run
+    assert again.returncode == 0, again.stderr
+    assert f"{int(done.sum())} of 9 points done" in again.stderr, again.stderr
+    got = read_values(surf)
+    assert got["done"].all()
+    np.testing.assert_array_equal(got["loss"][done], partial["loss"][done])  # kept, not recomputed
+    loss, acc = plain_values(tmp_path, got)
+    np.testing.assert_allclose(got["loss"], loss, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(got["acc"], acc, rtol=0, atol=1e-9)
+
+
+# --- 5. threads per worker ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_each_worker_gets_cores_over_workers_threads(tmp_path, ranks):
+    """README (MPI): "On CPUs each worker uses `cores / workers` threads", reported in each
+    worker's "evaluating on ... with N CPU thread(s)" line. Unbound ranks (--bind-to none) see
+    every core; the coordinator is no worker, so 2 ranks give 1 worker all of them."""
+    toml = write_probe_job(tmp_path, grid=("-1:1:2", ""))
+    proc = run(mpirun(ranks)[:1] + ["--bind-to", "none"] + mpirun(ranks)[1:] + surface_cmd(toml))
+    assert proc.returncode == 0, proc.stderr
+    workers = ranks - 1
+    for rank in range(1, ranks):
+        seen = json.loads((tmp_path / f"threads.{rank}").read_text())
+        want = max(1, seen["cores"] // workers)
+        assert seen["threads"] == want, (rank, seen)
+        assert re.search(rf"\[rank {rank}\] evaluating on cpu with {want} CPU thread\(s\)", proc.stderr), proc.stderr
