@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-BatchSums = tuple[torch.Tensor, "int | torch.Tensor", "torch.Tensor | None"]  # (sum, count, correct)
+BatchSums = tuple[torch.Tensor, int | torch.Tensor, torch.Tensor | None]  # (sum, count, correct)
 LossFunction = Callable[[torch.Tensor, torch.Tensor], BatchSums]
 
 
