@@ -48,8 +48,9 @@ This package needs numpy, h5py, matplotlib and plotly (html) only: no torch, no 
 Modules: `view` (what both back ends draw from: options, splits, View2D, marks), `ranges`
 (value ranges, clipping, grid cells), `labels` (titles, labels, file names), `kinds` (the
 table from a kind of view to its drawing function), `output` (`render`: the files); the
-matplotlib back end `mplfigure`, `plot1d`, `plot2d`, `curvature`, `paths`; the Plotly
-back end `html`; `vtp`, `summary`, `surfacefile` (reading), `cli`.
+matplotlib back end `mplfigure`, `plot1d`, `plot2d`, `curvature`; the Plotly back end
+`html` (2-D pages), `html1d` (1-D pages), `htmlparts` (writing, buttons); `paths` (training
+paths, both back ends); `vtp`, `summary`, `surfacefile` (reading), `cli`.
 """
 
 from __future__ import annotations

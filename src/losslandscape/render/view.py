@@ -8,6 +8,7 @@ and the data of the `hessian` verb's maps. Nothing here imports matplotlib or Pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -56,12 +57,8 @@ def paths_only(surface: Surface) -> bool:
 def _requested_splits(surface: Surface) -> list[str]:
     """The splits the file's runs asked for (fileformat.requested_splits, on the loaded attributes);
     [] where the file does not say."""
-
-    class _Attrs:  # what requested_splits reads of an open file
-        attrs = surface.attrs
-
-    try:
-        return fileformat.requested_splits(_Attrs)
+    try:  # requested_splits reads nothing but the attributes of the open file
+        return fileformat.requested_splits(SimpleNamespace(attrs=surface.attrs))
     except (KeyError, TypeError, ValueError):
         return []
 
