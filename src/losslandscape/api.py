@@ -95,14 +95,14 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
     """A matplotlib Figure of one view of a surface, for a notebook or a paper: `kind` is curve
     (1-D), contour, filled, heatmap or surface3d (2-D); `split` train or test (default: the
     first computed), `value` loss or acc (default loss). `render` writes the same views to files."""
-    from .render.kinds import FIGURES, HESSIAN_KINDS
+    from .render.kinds import FIGURES, HESSIAN_KINDS, KINDS_1D, KINDS_2D
     from .render.view import Options
 
     s = surface if isinstance(surface, Surface) else load_surface(surface)
     opts = Options(vmin, vmax, levels, log, zmax)
     if kind in HESSIAN_KINDS:  # the `hessian` verb's results
         return curvature_figure(s, kind, opts)
-    kinds = ("curve",) if s.ndim == 1 else ("contour", "filled", "heatmap", "surface3d", *HESSIAN_KINDS)
+    kinds = [k for k in (KINDS_1D if s.ndim == 1 else KINDS_2D) if k in FIGURES]  # those drawing one Figure
     if kind not in kinds:
         raise UserError(f"kind: {kind!r} does not fit {s.path} ({s.shape_text()}); expected one of {', '.join(kinds)}")
     splits = [split] if split else [sp for sp in s.splits if s.fraction_done.get(sp, 0) > 0][:1] or s.splits[:1]
