@@ -16,7 +16,7 @@ from test_mpi import launch, mpirun
 VALUES = ("train_loss", "train_acc")
 
 
-def job(tmp_path: Path, trained: dict, name: str = "t", pattern: str | None = None) -> Path:
+def job(tmp_path: Path, trained: dict, name: str = "t", pattern: str | None = None, ignore: str = "biasbn") -> Path:
     run = trained["final"].parent
     spec = tmp_path / f"{name}.toml"
     spec.write_text(f'''
@@ -28,6 +28,7 @@ name = "digits"
 max_samples = 100
 [directions]
 kind = "pca"
+ignore = "{ignore}"
 checkpoints = "{pattern or run / 'model_*.pt'}"
 also = ["{run / 'model_[01].pt'}"]
 [grid]
@@ -75,6 +76,16 @@ def test_the_path_lies_on_the_plane_and_reconstructs_the_checkpoints(trained, tm
         assert err[t] < 1e-5
     np.testing.assert_allclose(also["x"], x[:2], rtol=1e-6)
     np.testing.assert_allclose(also["y"], y[:2], rtol=1e-6, atol=1e-9)
+
+
+def test_ignore_none_runs_over_every_entry(trained, tmp_path):
+    """directions.ignore = "none" (a value the spec accepts) moves the biases and BatchNorm too."""
+    proc = cli("trajectory", job(tmp_path, trained, ignore="none"))
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        assert f["train_done"][...].all()
+        one_d = [k for k in f["directions/x"] if f["directions/x"][k].ndim == 1]
+        assert one_d and any(np.abs(f["directions/x"][k][...]).sum() > 0 for k in one_d)
 
 
 def test_mpirun_equals_one_process_and_the_checkpoints_pin_the_file(trained, tmp_path):

@@ -126,7 +126,8 @@ def pca_names(model_or_state: torch.nn.Module | dict[str, torch.Tensor], dir_typ
     ("states"). A dict is taken to be those targets already (e.g. a state dict
     for "states"); its non-floating entries are dropped. ignore = "biasbn" drops
     the entries of at most one dimension (biases, BatchNorm), which the
-    directions zero, as the original code's `ignore_biasbn` does.
+    directions zero, as the original code's `ignore_biasbn` does; "none" (the spec's word) and ""
+    keep every entry.
     """
     if isinstance(model_or_state, torch.nn.Module):
         from .directions import target_tensors
@@ -139,7 +140,7 @@ def pca_names(model_or_state: torch.nn.Module | dict[str, torch.Tensor], dir_typ
     names = [k for k, t in targets.items() if torch.is_tensor(t) and t.is_floating_point()]
     if ignore == "biasbn":
         names = [k for k in names if targets[k].dim() > 1]
-    elif ignore:
+    elif ignore not in ("", "none"):
         raise ValueError(f"unknown ignore {ignore!r}")
     return names
 
