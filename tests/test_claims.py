@@ -1,0 +1,300 @@
+"""README claims that had no test, and strong versions of tests that claimed more than they checked.
+
+Each test names the claim it backs and checks it against something computed here: the
+model's own state dict, plain forward passes of the moved model, a dense Hessian, what
+argparse prints, what `make` runs. Models are tiny CNNs on the 8x8 digits, grids 3x3 or less.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import losslandscape as ll
+from losslandscape import data as datasets
+from losslandscape import spec as specs
+from losslandscape.cli import main as cli_main
+from losslandscape.models import build_model
+
+from conftest import BIN
+
+SAMPLES = 40
+
+
+def digits(split: str = "train", n: int = SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
+    return datasets.load_split(specs.from_dict({"data": {"max_samples": n}}).data, split)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class TinyBN(nn.Module):
+    """conv -> BatchNorm -> ReLU -> pool -> linear, with running statistics that are not the identity."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(4 * channels, 10)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.2, 0.2)
+            self.bn.running_var.uniform_(0.5, 1.5)
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.uniform_(-0.2, 0.2)
+
+    def forward(self, x):
+        return self.head(self.pool(F.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def directions(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    with h5py.File(path, "r") as f:
+        return ({k: torch.from_numpy(f["directions/x"][k][...]) for k in f["directions/x"]},
+                {k: torch.from_numpy(f["directions/y"][k][...]) for k in f["directions/y"]})
+
+
+def moved_state(model: nn.Module, dx: dict, dy: dict, a: float, b: float) -> dict[str, torch.Tensor]:
+    """The model's state dict with every entry the directions name moved to theta + a*dx + b*dy."""
+    return {k: v + a * dx[k] + b * dy[k] if k in dx else v for k, v in model.state_dict().items()}
+
+
+# --- 1. the Python interface keeps the weights it was given beside the surface ----------------
+
+def test_compute_surface_stores_exactly_the_given_weights_and_refuses_others(tmp_path):
+    """README, "In a notebook": "the weights it was given are stored beside it as `s.h5.model.pt`,
+    so the file's identity pins them ... a call with other weights ... is refused"."""
+    model = TinyBN()
+    out = tmp_path / "s.h5"
+    s = ll.compute_surface(model, train=digits(), x="-1:1:3", out=out, device="cpu")
+    assert s.fraction_done["train"] == 1.0
+    stored = tmp_path / "s.h5.model.pt"
+    assert stored.is_file()
+    saved = torch.load(stored, map_location="cpu", weights_only=True)
+    want = model.state_dict()
+    assert list(saved) == list(want)  # every parameter and buffer, num_batches_tracked included
+    for k, v in want.items():
+        assert saved[k].dtype == v.dtype and torch.equal(saved[k], v), k
+    before = {p: sha(p) for p in (out, stored)}
+
+    for change in ("conv.weight", "bn.running_mean"):  # a parameter, and a buffer only the state dict has
+        other = TinyBN()
+        with torch.no_grad():
+            other.state_dict()[change].view(-1)[0] += 1e-3
+        with pytest.raises(ll.UserError, match=rf"^model: these weights are not the ones {out} was computed"):
+            ll.compute_surface(other, train=digits(), x="-1:1:3", out=out, device="cpu")
+        assert {p: sha(p) for p in before} == before, change  # neither the surface nor the weights touched
+
+    again = ll.compute_surface(TinyBN(), train=digits(), x="-1:1:3", out=out, device="cpu")  # the same weights
+    np.testing.assert_array_equal(again.train_loss, s.train_loss)
+
+
+# --- 4. a BatchNorm fold that does not check out is evaluated unfolded -------------------------
+
+class AliasedReLU(nn.Module):
+    """conv -> BatchNorm, then the ReLU of a view of that output, added to the output itself.
+
+    The fold's twin makes a ReLU in place when nothing else reads its input; here its input is
+    a view, so in the twin the ReLU also overwrites the BatchNorm output that is added to it:
+    the twin computes relu(h) + relu(h) instead of relu(h) + h. The fold check must catch it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.3, 0.3)
+            self.bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        r = F.relu(h[:, :])
+        return self.head(self.pool(r + h).flatten(1))
+
+    def twin_forward(self, x):
+        """What the broken twin computes."""
+        r = F.relu(self.bn(self.conv(x)))
+        return self.head(self.pool(r + r).flatten(1))
+
+
+def test_a_fold_that_fails_its_check_is_evaluated_unfolded(tmp_path):
+    """README, Performance: "the fold is checked against the unfolded model in fp32 ... and a model
+    whose fold does not check out is evaluated unfolded; the log and the file's
+    `batchnorm_folding` attribute say which". The values equal plain forward passes of the
+    moved model, and not what the broken twin computes."""
+    model = AliasedReLU().eval()
+    out = tmp_path / "s.h5"
+    x, y = digits()
+    s = ll.compute_surface(model, train=(x, y), x="-1:1:3", y="-1:1:3", out=out, device="cpu")
+    with h5py.File(out, "r") as f:
+        folding = f.attrs["batchnorm_folding"]
+    assert folding.startswith("BatchNorm not folded: the folded twin changed the outputs"), folding
+    assert "evaluated unfolded" in folding
+    dx, dy = directions(out)
+    probe = AliasedReLU().eval()
+    for j, b in enumerate(s.y):
+        for i, a in enumerate(s.x):
+            probe.load_state_dict(moved_state(model, dx, dy, float(a), float(b)))
+            with torch.no_grad():
+                plain = probe(x).double()
+                twin = probe.twin_forward(x).double()
+            want = F.cross_entropy(plain, y).item()
+            assert s.train_loss[j, i] == pytest.approx(want, rel=1e-5, abs=0), (a, b)
+            assert s.train_acc[j, i] == pytest.approx(100.0 * (plain.argmax(1) == y).double().mean().item())
+            assert abs(F.cross_entropy(twin, y).item() - want) > 1e-3 * want  # folded values would fail
+
+
+# --- 6. the verbs hessian, trajectory and paper describe themselves ------------------------------
+
+@pytest.mark.parametrize("verb, word", [("hessian", "eigenvalue"), ("trajectory", "PCA"), ("paper", "paper")])
+def test_hessian_trajectory_and_paper_describe_themselves(capsys, verb, word):
+    """`losslandscape VERB --help` (the README's table of verbs): a description under the usage
+    line, as the other verbs have (tests/test_cli.py::test_every_verb_describes_itself)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([verb, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: losslandscape {verb}"), text
+    description = text.split("\n\n")[1]
+    assert len(description.split()) >= 5, text
+    assert not description.lstrip().startswith(("positional", "options", "usage")), text
+    assert word.lower() in description.lower(), description
+
+
+# --- 7. make demo resumes -------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on PATH")
+def test_make_demo_trains_once_and_keeps_an_interrupted_surface(tmp_path):
+    """README: `make demo` "can be interrupted and rerun: finished work is never recomputed".
+    The real Makefile runs with a venv whose `losslandscape` only records its arguments (the
+    verbs' own resume is tested with real runs elsewhere): a rerun after a finished training
+    does not train again and keeps the partial surface file for `surface` to resume."""
+    from test_install import fake_venv, make
+
+    venv = fake_venv(tmp_path)
+    calls = venv / "calls.log"
+    ll_bin = venv / "bin" / "losslandscape"
+    ll_bin.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\nexit 0\n')
+    ll_bin.chmod(0o755)
+    demo = tmp_path / "demo"
+
+    make(venv, f"DEMO={demo}", "demo")
+    first = calls.read_text().splitlines()
+    assert first[0] == "train jobs/demo-train.toml", first
+    assert "surface jobs/demo-surface.toml" in first and "surface jobs/demo-interp.toml" in first
+
+    # interrupted during the surface: the training finished, the surface is partial
+    (demo / "train").mkdir(parents=True)
+    (demo / "train" / "model_10.pt").write_bytes(b"trained")
+    (demo / "surface.h5").write_bytes(b"partial surface")
+    calls.unlink()
+    make(venv, f"DEMO={demo}", "demo")
+    second = calls.read_text().splitlines()
+    assert not any(c.startswith("train") for c in second), second
+    assert second[:2] == ["surface jobs/demo-surface.toml", "surface jobs/demo-interp.toml"], second
+    assert (demo / "surface.h5").read_bytes() == b"partial surface"
+
+
+# --- 9. points an original file did not have equal plain forward passes ----------------------------
+
+def test_points_not_adopted_from_an_original_file_equal_plain_forward_passes(tmp_path):
+    """Strong version of tests/test_original.py::test_adopted_values_stay_and_the_rest_equals_a_fresh_computation,
+    which compares the points computed after adoption with another run of the same code. Here
+    the original file (written as the original code writes it) is resumed with the `surface`
+    verb, and every point it did not have is checked against a plain forward pass of the model
+    moved along the original direction file; the adopted points keep the original's values."""
+    from test_original import (GRID, SAMPLES as ORIGINAL_SAMPLES, axes_of, moved_model, original_values, tables,
+                               write_original_directions, write_original_surface, write_toml)
+    from test_surface import fresh_model, plain_pass
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"state_dict": build_model("resnet20", in_channels=1).state_dict()}, ckpt)
+    d = write_original_directions(tmp_path / "dirs.h5", fresh_model(ckpt), "weights")
+    xs, ys = axes_of(GRID)
+    computed = {"train": [0, 2, 4], "test": [1, 4]}
+    values = original_values(ckpt, d, xs, ys, computed)
+    surf = tmp_path / "orig.h5"
+    write_original_surface(surf, str(tmp_path / "dirs.h5"), xs, ys, values)
+    toml = write_toml(tmp_path / "job.toml", tables(ckpt, surf, tmp_path / "dirs.h5"))
+    proc = subprocess.run([str(BIN / "losslandscape"), "surface", str(toml)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "adopted" in proc.stderr, proc.stderr
+    n = len(xs) * len(ys)
+    with h5py.File(surf, "r") as f:
+        got = {k: f[k][...].ravel() for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+        assert f["train_done"][...].all() and f["test_done"][...].all()
+    checked = 0
+    for split in ("train", "test"):
+        for k in range(n):
+            if k in computed[split]:  # adopted: the original's values, exactly
+                assert got[f"{split}_loss"][k] == values[f"{split}_loss"].flat[k]
+                assert got[f"{split}_acc"][k] == values[f"{split}_acc"].flat[k]
+                continue
+            loss, acc = plain_pass(moved_model(ckpt, d, xs[k % len(xs)], ys[k // len(xs)]), split,
+                                   ORIGINAL_SAMPLES)
+            assert got[f"{split}_loss"][k] == pytest.approx(loss, rel=1e-5, abs=0), (split, k)
+            assert got[f"{split}_acc"][k] == pytest.approx(acc, abs=1e-9), (split, k)
+            checked += 1
+    assert checked == 2 * n - 5
+
+
+# --- 10. the Hessian maps against dense Hessians --------------------------------------------------
+
+def dense_hessian(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """The dense float64 Hessian of the mean cross-entropy over (x, y) with respect to every
+    parameter, at the state `state`, BatchNorm in eval mode."""
+    model = model.double().eval()
+    model.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in state.items()})
+    params = dict(model.named_parameters())
+    names = list(params)
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+    buffers = dict(model.named_buffers())
+
+    def loss(flat):
+        tensors = {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
+        return F.cross_entropy(torch.func.functional_call(model, {**buffers, **tensors}, (x.double(),)), y)
+
+    flat = torch.cat([params[n].detach().reshape(-1) for n in names])
+    return torch.autograd.functional.hessian(loss, flat, vectorize=True).numpy()
+
+
+def test_hessian_maps_equal_the_extreme_eigenvalues_of_dense_hessians(tmp_path):
+    """Strong version of the Hessian-map check in
+    tests/test_api.py::test_trajectories_and_hessian_maps_from_python (finite, max >= min):
+    `ll.compute_hessian`'s max_eig and min_eig at grid points against the extreme eigenvalues
+    of the dense Hessian of the mean loss at the moved model, computed here."""
+    model = TinyBN(channels=2)  # 114 parameters
+    out = tmp_path / "s.h5"
+    x, y = digits()
+    ll.compute_surface(model, train=(x, y), x="0:1:2", y="-1:0:2", out=out, device="cpu")
+    m = ll.compute_hessian(out, tol=1e-6)
+    assert m.eig["max"].shape == (2, 2)
+    dx, dy = directions(out)
+    extremes = []
+    for i, j in ((0, 1), (1, 0)):  # the centre, and the corner x = 1, y = -1
+        a, b = float(m.x[i]), float(m.y[j])
+        eig = np.linalg.eigvalsh(dense_hessian(TinyBN(channels=2), moved_state(model, dx, dy, a, b), x, y))
+        scale = np.abs(eig).max()
+        assert m.eig["max"][j, i] == pytest.approx(eig[-1], abs=1e-4 * scale), (a, b, eig[[0, -1]])
+        assert m.eig["min"][j, i] == pytest.approx(eig[0], abs=1e-4 * scale), (a, b, eig[[0, -1]])
+        extremes.append((eig[0], eig[-1], scale))
+    (lo0, hi0, s0), (lo1, hi1, s1) = extremes  # the points differ: a map of one value would fail
+    assert abs(hi0 - hi1) > 1e-2 * max(s0, s1) and abs(lo0 - lo1) > 1e-2 * max(s0, s1), extremes
