@@ -10,6 +10,7 @@ runs no pass).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from losslandscape import spec as specs
 from test_mpi import mpirun
 
 PROBE = '''
+import hashlib
 import json
 import os
 import time
@@ -265,3 +267,54 @@ def test_each_worker_gets_cores_over_workers_threads(tmp_path, ranks):
         want = max(1, seen["cores"] // workers)
         assert seen["threads"] == want, (rank, seen)
         assert re.search(rf"\[rank {rank}\] evaluating on cpu with {want} CPU thread\(s\)", proc.stderr), proc.stderr
+
+
+# --- 3. merge --force -------------------------------------------------------------------------------
+
+def test_merge_refuses_while_the_array_is_queued_and_force_merges_what_is_there(tmp_path):
+    """README (SLURM): `merge` "refuses to run while the submission's array tasks are still queued
+    or running (the merge job runs after them; `merge --force` merges what is there now)". On a
+    real one-node cluster the array is submitted held (queued, never started); task 0 is run
+    here as its array task would run it. `merge` is refused and leaves the file as it was;
+    `merge --force` copies task 0's points, whose values equal plain forward passes, and exits 4
+    naming the points task 1 has not computed."""
+    from slurmcluster import LocalSlurm
+
+    toml = write_probe_job(tmp_path / "job", unit=1)
+    surf = tmp_path / "job" / "s.h5"
+    with LocalSlurm(tmp_path / "c") as slurm:
+        ll = [sys.executable, "-m", "losslandscape"]
+        env = {**slurm.env, "OMP_NUM_THREADS": "1"}
+        sub = subprocess.run([*ll, "submit", str(toml), "--tasks", "2", "--ranks-per-task", "2",
+                              "--sbatch-arg=--hold"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                             timeout=120)
+        assert sub.returncode == 0, sub.stderr + slurm.logs()
+        array = re.search(r"array job (\d+)", sub.stdout).group(1)
+        shards = tmp_path / "job" / "s.h5.shards"
+        task = subprocess.run([*ll, "task", str(shards), "--task", "0"], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert task.returncode == 0, task.stderr
+        with h5py.File(shards / "task_0.h5", "r") as f:
+            assert f["train_done"][...].any()
+        assert array in slurm.run(["squeue", "-h", "-o", "%F"])  # still queued
+
+        before = hashlib.sha256(surf.read_bytes()).hexdigest()
+        refused = subprocess.run([*ll, "merge", str(surf)], capture_output=True, text=True, env=env, timeout=60)
+        assert refused.returncode == 1, refused.stderr
+        assert f"merge: array job {array} of {surf} is still queued or running" in refused.stderr
+        assert "--force" in refused.stderr
+        assert hashlib.sha256(surf.read_bytes()).hexdigest() == before
+
+        forced = subprocess.run([*ll, "merge", str(surf), "--force"], capture_output=True, text=True, env=env,
+                                timeout=60)
+    with h5py.File(shards / "task_0.h5", "r") as f:
+        task0 = np.sort(f["points"][...])
+    got = read_values(surf)
+    done = got["done"].ravel()
+    np.testing.assert_array_equal(np.flatnonzero(done), task0)  # task 0's points, and only those
+    assert 0 < done.sum() < 9, done
+    assert forced.returncode == 4, forced.stderr
+    assert f"missing points: train {9 - int(done.sum())}" in forced.stderr, forced.stderr
+    loss, acc = plain_values(tmp_path / "job", got)
+    np.testing.assert_allclose(got["loss"].ravel()[done], loss.ravel()[done], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(got["acc"].ravel()[done], acc.ravel()[done], rtol=0, atol=1e-9)
