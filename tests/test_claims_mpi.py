@@ -189,7 +189,7 @@ def test_a_sigkilled_worker_loses_at_most_its_unit_and_a_rerun_completes(tmp_pat
     unit = 2
     toml = write_probe_job(tmp_path, unit=unit)
     surf = tmp_path / "s.h5"
-    plan(tmp_path, sleep={"1": 0.3}, pause=["2", unit + 2])
+    plan(tmp_path, sleep={"1": 0.5}, pause=["2", unit + 2])
     proc = start(mpirun(3) + surface_cmd(toml))
     pid = int(wait_for(lambda: (tmp_path / "paused.2").exists() and (tmp_path / "paused.2").read_text(), proc))
     # rank 1 now takes every other unit; kill rank 2 once they are in the file
@@ -228,7 +228,7 @@ def test_a_signal_to_mpirun_exits_1_and_the_file_resumes(tmp_path, signum):
     plain forward passes of the moved model."""
     toml = write_probe_job(tmp_path)
     surf = tmp_path / "s.h5"
-    plan(tmp_path, sleep={"1": 1.0, "2": 1.0})
+    plan(tmp_path, sleep={"1": 1.5, "2": 1.5})
     proc = start(mpirun(3) + surface_cmd(toml))
     wait_for(lambda: (m := done_mask(surf)) is not None and m.sum() >= 2, proc)
     os.kill(proc.pid, signum)
@@ -258,7 +258,7 @@ def test_each_worker_gets_cores_over_workers_threads(tmp_path, ranks):
     """README (MPI): "On CPUs each worker uses `cores / workers` threads", reported in each
     worker's "evaluating on ... with N CPU thread(s)" line. Unbound ranks (--bind-to none) see
     every core; the coordinator is no worker, so 2 ranks give 1 worker all of them."""
-    toml = write_probe_job(tmp_path, grid=("-1:1:2", ""))
+    toml = write_probe_job(tmp_path, grid=("-1:1:3", ""))
     proc = run(mpirun(ranks)[:1] + ["--bind-to", "none"] + mpirun(ranks)[1:] + surface_cmd(toml))
     assert proc.returncode == 0, proc.stderr
     workers = ranks - 1
