@@ -78,7 +78,7 @@ def test_compute_surface_stores_exactly_the_given_weights_and_refuses_others(tmp
     so the file's identity pins them ... a call with other weights ... is refused"."""
     model = TinyBN()
     out = tmp_path / "s.h5"
-    s = ll.compute_surface(model, train=digits(), x="-1:1:3", out=out, device="cpu")
+    s = ll.compute_surface(model, train=digits(), x="-1:1:3", out=out, device="cpu", threads=1)
     assert s.fraction_done["train"] == 1.0
     stored = tmp_path / "s.h5.model.pt"
     assert stored.is_file()
@@ -94,10 +94,10 @@ def test_compute_surface_stores_exactly_the_given_weights_and_refuses_others(tmp
         with torch.no_grad():
             other.state_dict()[change].view(-1)[0] += 1e-3
         with pytest.raises(ll.UserError, match=rf"^model: these weights are not the ones {out} was computed"):
-            ll.compute_surface(other, train=digits(), x="-1:1:3", out=out, device="cpu")
+            ll.compute_surface(other, train=digits(), x="-1:1:3", out=out, device="cpu", threads=1)
         assert {p: sha(p) for p in before} == before, change  # neither the surface nor the weights touched
 
-    again = ll.compute_surface(TinyBN(), train=digits(), x="-1:1:3", out=out, device="cpu")  # the same weights
+    again = ll.compute_surface(TinyBN(), train=digits(), x="-1:1:3", out=out, device="cpu", threads=1)  # the same weights
     np.testing.assert_array_equal(again.train_loss, s.train_loss)
 
 
@@ -140,7 +140,7 @@ def test_a_fold_that_fails_its_check_is_evaluated_unfolded(tmp_path):
     model = AliasedReLU().eval()
     out = tmp_path / "s.h5"
     x, y = digits()
-    s = ll.compute_surface(model, train=(x, y), x="-1:1:3", y="-1:1:3", out=out, device="cpu")
+    s = ll.compute_surface(model, train=(x, y), x="-1:1:3", y="-1:1:3", out=out, device="cpu", threads=1)
     with h5py.File(out, "r") as f:
         folding = f.attrs["batchnorm_folding"]
     assert folding.startswith("BatchNorm not folded: the folded twin changed the outputs"), folding
@@ -316,7 +316,7 @@ def test_hessian_maps_equal_the_extreme_eigenvalues_of_dense_hessians(tmp_path):
     model = TinyBN(channels=2)  # 114 parameters
     out = tmp_path / "s.h5"
     x, y = digits()
-    ll.compute_surface(model, train=(x, y), x="0:1:2", y="-1:0:2", out=out, device="cpu")
+    ll.compute_surface(model, train=(x, y), x="0:1:2", y="-1:0:2", out=out, device="cpu", threads=1)
     m = ll.compute_hessian(out, tol=1e-6)
     assert m.eig["max"].shape == (2, 2)
     dx, dy = directions(out)
