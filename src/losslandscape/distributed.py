@@ -1,7 +1,9 @@
-"""Running a surface job: one process, or an MPI coordinator with workers.
+"""Driving a per-point job (job.Work: a surface, a shard, the Hessian maps): one process, or an
+MPI coordinator with workers.
 
-This module moves work and results; the numerics live in evaluate.py. Exit
-codes: 0 complete, 3 stopped by a signal with a resumable file.
+This module moves work and results between ranks and into the file; what a step does is the
+work's (job.py), the numerics are evaluate.py's. Exit codes: 0 complete, 3 stopped by a
+signal with a resumable file.
 """
 
 from __future__ import annotations
@@ -13,17 +15,16 @@ import sys
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import surface
-from .environment import MPIEnvironment, describe_device, mpi_environment, pick_device, set_threads
+from .environment import MPIEnvironment, mpi_environment
 from .errors import UserError
+from .fileformat import open_h5
 from .grid import split_units
-from .job import Prepared, attach_directions, create, endpoint_report, load_evaluator, pending, plan, shard_prepared
+from .job import Finished, SurfaceWork, Work, begin
 
 log = logging.getLogger(__name__)
 
@@ -87,115 +88,31 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold: bool | None = None):
-    """This process's device (checked usable), threads, model and data: the `load` step's first
-    half, done before the surface file is created or touched."""
-    threads = set_threads(spec.evaluation.threads, workers_on_node)
-    device = pick_device(spec.evaluation.device, worker_index)
-    evaluator = load_evaluator(spec, device, fold=fold)
-    log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
-             threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
-    return evaluator
-
-
-class SurfaceWork:
-    """The steps of a surface job, driven by `run_serial` (one process) or `run_mpi`: loss and
-    accuracy at each pending point of the spec's surface file, or of one SLURM shard.
-    Another kind of per-point work (the Hessian maps) provides the same methods."""
-
-    label = "surface"
-
-    def __init__(self, spec, shard: Path | None = None):
-        self.spec, self.shard = spec, shard
-        self.splits = list(spec.data.splits)
-        self.unit_size = spec.evaluation.unit_size
-
-    def check(self) -> None:
-        """Before anything loads (rank 0): a damaged or foreign shard fails here, once."""
-        if self.shard is not None:
-            shard_prepared(self.shard, self.splits)
-
-    def load(self, worker_index: int = 0, workers_on_node: int = 1):
-        return start_evaluator(self.spec, worker_index, workers_on_node)
-
-    def plan(self):
-        """Rank 0: convert an original file, check the file or describe a new one (None: exists)."""
-        if self.shard is not None:
-            return None
-        from .original import adopt_if_original
-
-        adopt_if_original(self.spec)
-        return plan(self.spec)
-
-    def create(self, new, comm=None) -> None:
-        create(new, comm)
-
-    def pending(self, created: bool, notes: dict) -> Prepared:
-        """Rank 0: record the run and find the points still to compute."""
-        if self.shard is not None:
-            prep = shard_prepared(self.shard, self.splits)
-        else:
-            surface.record_run(Path(self.spec.output.surface), self.splits, notes)
-            prep = pending(self.spec)
-        prep.created = created
-        _announce(prep, self.splits)
-        return prep
-
-    def attach(self, evaluator, prep, first: bool = True) -> None:
-        attach_directions(evaluator, prep.directions_file)
-        if self.spec.directions.kind == "interpolate" and first:
-            endpoint_report(self.spec, evaluator)
-
-    def done(self, f) -> dict[str, np.ndarray]:
-        return surface.done_masks(f)
-
-    def point(self, evaluator, p: int, a: float, b: float, done) -> dict:
-        """The values of one point: loss and accuracy of the splits it still lacks."""
-        return evaluator.evaluate(a, b, [s for s in self.splits if not done[s][p]])
-
-    def writer(self, f, flush: bool = True):
-        return surface.PointWriter(f, flush)
-
-    def finished(self, path: Path) -> None:
-        log.info("surface complete: %s", path)
-
-
-def run_serial(spec, shard: Path | None = None, work=None) -> int:
-    """Compute every pending point of the spec's surface (or of one shard) in this process."""
+def run_serial(spec=None, shard: Path | None = None, work: Work | None = None) -> int:
+    """Compute every pending point in this process: of `work`, or else of the spec's surface
+    (or of one of its shards). The file is opened once for the whole evaluation."""
     work = work or SurfaceWork(spec, shard)
-    work.check()
+    plan = work.plan()
     evaluator = work.load()
-    new = work.plan()
-    if new is not None:
-        work.create(new)
-    prep = work.pending(new is not None, {"batchnorm_folding": evaluator.folding})
+    prep = begin(work, plan, {"batchnorm_folding": evaluator.folding})
     if len(prep.pending) == 0:
         return EXIT_DONE
-    work.attach(evaluator, prep)
     stop = StopFlag()
     progress = Progress(prep.total, prep.total - len(prep.pending), work.label)
-    with stop.installed(), surface.open_h5(prep.path, "r+") as f:
+    with open_h5(prep.path, "r+") as f:
+        work.attach(evaluator, prep, f)
         writer = work.writer(f)
         done = work.done(f)
-        for unit in split_units(prep.pending, work.unit_size):
-            finished = evaluate_unit(work, evaluator, prep.axes, unit, done, stop)
-            if finished.points:
-                writer.write(*finished)
-                progress.update(len(finished.points))
-            if stop:
-                break
+        with stop.installed():
+            for unit in split_units(prep.pending, work.unit_size):
+                finished = evaluate_unit(work, evaluator, prep.axes, unit, done, stop)
+                if finished.points:
+                    writer.write(finished)
+                    progress.update(len(finished.points))
+                if stop:
+                    break
     progress.close()
     return _finish(stop, prep.path, work)
-
-
-def _announce(prep, splits: list[str]) -> None:
-    if prep.directions_path is not None:
-        log.info("shard %s: %d of %d points done, %d to compute", prep.path, prep.total - len(prep.pending),
-                 prep.total, len(prep.pending))
-        return
-    with surface.open_h5(prep.path, "r") as f:
-        log.info("%s %s", "created" if prep.created else "resuming",
-                 surface.summary_line(prep.path, f, splits, len(prep.pending)))
 
 
 def _finish(stopped, path, work) -> int:
@@ -204,17 +121,6 @@ def _finish(stopped, path, work) -> int:
         return EXIT_STOPPED
     work.finished(path)
     return EXIT_DONE
-
-
-@dataclass
-class Finished:
-    points: list[int]
-    results: list[dict[str, tuple[float, float]]] | None
-    seconds: list[float]
-    stopped: bool = False  # the worker was signalled and will take no more work
-
-    def __iter__(self):
-        return iter((self.points, self.results, self.seconds))
 
 
 def evaluate_unit(work, evaluator, axes, unit, done, stop) -> Finished:
@@ -315,57 +221,63 @@ def _abort(comm, line: str) -> None:
     comm.Abort(1)
 
 
-def run(spec, comm=None, shard: Path | None = None, work=None) -> int:
+def run(spec=None, comm=None, shard: Path | None = None, work: Work | None = None) -> int:
     """The `surface` verb (or a SLURM task's shard, or another kind of per-point `work`): one
     process, or a coordinator and workers under mpirun/srun."""
     work = work or SurfaceWork(spec, shard)
     env = mpi_environment(comm)
     if env.comm is None:
-        return run_serial(spec, shard, work)
+        return run_serial(work=work)
     return run_mpi(work, env)
 
 
-def run_mpi(work, env: MPIEnvironment) -> int:
-    """Plan -> create -> load -> evaluate over the ranks of `env.comm`; raises JobFailed on
-    every rank when any rank failed."""
-    comm = env.comm
-    lead = env.is_coordinator
+def run_mpi(work: Work, env: MPIEnvironment) -> int:
+    """The job's steps over the ranks of `env.comm` (job.py: plan, load, make + create, prepare,
+    attach, evaluate); raises JobFailed on every rank when any rank failed."""
+    comm, lead = env.comm, env.is_coordinator
 
-    # 1. each worker takes its device, model and data; rank 0 checks what it can (nothing written)
-    loaded = agree(comm, work.check if lead else lambda: work.load(env.worker_index, env.workers_on_node))
-    evaluator = None if lead else loaded
+    # 1. rank 0 plans and makes what a new file holds (nothing written); each worker loads
+    def lead_step():
+        plan = work.plan()
+        return None if plan is None else work.make(plan)
+
+    loaded = agree(comm, lead_step if lead else lambda: work.load(env.worker_index, env.workers_on_node))
+    made, evaluator = (loaded, None) if lead else (None, loaded)
     folding = comm.gather(None if lead else evaluator.folding, root=0)
-    folding = "; ".join(sorted(set(filter(None, folding)))) if lead else ""
+    notes = {"batchnorm_folding": "; ".join(sorted(set(filter(None, folding)))) if lead else ""}
 
-    # 2. rank 0 plans; everyone learns whether a file (or a part of one) is to be made
-    new = agree(comm, work.plan if lead else lambda: None)
-    creating = comm.bcast(new is not None, root=0)
-    if creating:
-        if env.parallel_hdf5:
-            new = comm.bcast(new, root=0)
-            _or_abort(comm, work.create, new, comm)
-        elif lead:
-            _or_abort(comm, work.create, new)
+    # 2. the file (or the maps) is created by every rank together, or by rank 0 alone
+    how = comm.bcast(None if made is None else "all" if env.parallel_hdf5 and work.collective(made) else "one",
+                     root=0)
+    if how == "all":
+        made, notes = comm.bcast((made, notes), root=0)
+        _or_abort(comm, work.create, made, notes, comm)
+    elif how == "one" and lead:
+        _or_abort(comm, work.create, made, notes)
 
     # 3. rank 0 records the run and finds the pending points; workers read the directions
-    def pending_step():
-        prep = work.pending(creating, {"batchnorm_folding": folding})
+    def prepare_step():
+        prep = work.prepare(how is not None, notes)
         log.info("%d workers; %s", env.size - 1,
                  "workers write through parallel HDF5" if env.parallel_hdf5 else "rank 0 writes (no parallel HDF5)")
         return prep
 
-    prep = comm.bcast(agree(comm, pending_step if lead else lambda: None), root=0)
+    prep = comm.bcast(agree(comm, prepare_step if lead else lambda: None), root=0)
     if len(prep.pending) == 0:
         return EXIT_DONE
-    agree(comm, (lambda: None) if lead else (lambda: work.attach(evaluator, prep, first=comm.rank == 1)))
+    agree(comm, (lambda: None) if lead else (lambda: work.attach(evaluator, prep, None, first=comm.rank == 1)))
+    return _evaluate_mpi(work, env, evaluator, prep)
 
-    # 4. open once on every rank that writes (collective with mpio), evaluate, close
+
+def _evaluate_mpi(work: Work, env: MPIEnvironment, evaluator, prep) -> int:
+    """Open the file once on every rank that writes (collective with mpio), evaluate, close."""
+    comm, lead = env.comm, env.is_coordinator
     stop = StopFlag()
     with stop.installed():
         if env.parallel_hdf5:
-            f = _or_abort(comm, surface.open_h5, prep.path, "r+", comm)
+            f = _or_abort(comm, open_h5, prep.path, "r+", comm)
         elif lead:
-            f = _or_abort(comm, surface.open_h5, prep.path, "r+")
+            f = _or_abort(comm, open_h5, prep.path, "r+")
         else:
             f = None
         error = None
@@ -424,7 +336,7 @@ def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag, label: str = 
         try:
             if message is not None and message.points:
                 if message.results is not None and writer is not None:
-                    writer.write(*message)  # the worker could not write itself
+                    writer.write(message)  # the worker could not write itself
                 progress.update(len(message.points))
             if message is not None and message.stopped and not stop:
                 stop.signum = signal.SIGTERM  # a signalled worker means the job is being stopped
@@ -446,7 +358,7 @@ def serve(comm, work, evaluator, prep, writer, stop: StopFlag) -> str | None:
     """A worker: evaluate units until told to stop. On an error, report it to the coordinator
     and wait to be released (then the file is closed with everyone), or abort the job."""
     try:
-        with surface.open_h5(prep.path, "r") if writer is None else contextlib.nullcontext(writer.f) as f:
+        with open_h5(prep.path, "r") if writer is None else contextlib.nullcontext(writer.f) as f:
             done = work.done(f)
         report = None
         while True:
@@ -457,7 +369,7 @@ def serve(comm, work, evaluator, prep, writer, stop: StopFlag) -> str | None:
             finished = evaluate_unit(work, evaluator, prep.axes, unit, done, stop)
             finished.stopped = bool(stop)
             if writer is not None and finished.points:
-                writer.write(*finished)
+                writer.write(finished)
                 finished.results = None  # counts only: the values are in the file
             report = finished
     except Exception as exc:

@@ -4,6 +4,9 @@
 every other exception is a bug and keeps its traceback.
 """
 
+import os
+from pathlib import Path
+
 
 class UserError(Exception):
     """Bad input: a spec value, a missing file, a model that does not fit its checkpoint."""
@@ -11,9 +14,6 @@ class UserError(Exception):
 
 def readable_file(path, field: str, expected: str = "a file") -> None:
     """Raise a one-line UserError unless `path` is a non-empty file this process can read."""
-    import os
-    from pathlib import Path
-
     path = Path(path)
     if not path.exists():
         raise UserError(f"{field}: no such file {str(path)!r}")

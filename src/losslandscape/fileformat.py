@@ -1,13 +1,17 @@
-"""The surface file's format, in one torch-free place: names, layout, attributes, and the
-original loss-landscape code's conventions. Used by the writer (surface.py), the reader
-(render/surfacefile.py, the Python interface's open_surface), merge and status.
+"""The surface file's format, in one torch-free place: every dataset, group and attribute
+name, the one opener, the one atomic create, the reading of the `spec` attribute, and the
+original loss-landscape code's format. Used by the writer (surface.py), the file's life
+(lifecycle.py), the reader (render/surfacefile.py, the Python interface's open_surface),
+the conversion (original.py), the Hessian maps (hessmap.py), merge and status.
 
 Layout: `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D; `{train,test}_{loss,acc}`
 float64 (ny, nx) or (nx,), NaN where not computed, +inf kept for diverged losses;
 `{train,test}_done` uint8, 1 only after that point's values are written; `point_seconds`
 float64, the wall time of each point; `directions/x/<name>`, `directions/y/<name>`
-float32; attributes `format`, `format_version`, `spec` (JSON), `identity` (JSON),
-`directions_sha256`, `versions`, `created`, `splits`, `batchnorm_folding`.
+float32; `max_eig`, `min_eig`, `eig_done` (the Hessian maps) and the group
+`hessian_centre`; the group `trajectory` (a PCA surface's paths); attributes `format`,
+`format_version`, `spec` (JSON), `identity` (JSON), `directions_sha256`, `versions`,
+`import_dirs`, `created`, `splits`, `batchnorm_folding`, `hessian_*`.
 
 The original code's files have no `format` attribute and no done flags: -1 marks a
 point not computed, their arrays are allocated (nx, ny) but filled in the flat order of
@@ -21,8 +25,11 @@ SLURM array tasks write shard files (`<surface>.shards/task_<k>.h5`, `format =
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -37,54 +44,171 @@ VALUE_NAMES = tuple(f"{split}_{value}" for split in SPLITS for value in VALUES)
 ORIGINAL_MISSING = -1.0  # the original code's mark for a point not computed
 SUBMISSION = "submission.json"  # what `submit` sent to SLURM, beside the shards
 
+X, Y = "xcoordinates", "ycoordinates"
+POINT_SECONDS = "point_seconds"
+DIRECTIONS = "directions"  # group: directions/x/<name>, directions/y/<name>
+POINTS = "points"  # a shard's share (flat indices)
+EIG_MAPS = ("max_eig", "min_eig")
+EIG_DONE = "eig_done"
+HESSIAN_CENTRE = "hessian_centre"  # group: the spectrum at the centre
+TRAJECTORY = "trajectory"  # group: a PCA surface's paths (trajectory/also/<k> for more runs)
+DIR_FILE = "dir_file"  # the original code's name of its direction file
+
+# attributes
+A_FORMAT, A_VERSION, A_SPEC, A_IDENTITY = "format", "format_version", "spec", "identity"
+A_DIGEST, A_VERSIONS, A_IMPORT_DIRS, A_CREATED, A_SPLITS = (
+    "directions_sha256", "versions", "import_dirs", "created", "splits")
+A_SURFACE, A_TASK, A_TASKS = "surface", "task", "tasks"  # a shard's
+A_AUTO_RANGE = "auto_range"
+HESSIAN_ATTRS = ("hessian_split", "hessian_samples", "hessian_params", "hessian_tol")
+
 
 def value_name(split: str, value: str) -> str:
     return f"{split}_{value}"
 
 
-def open_h5(path: str | Path, mode: str, comm=None) :
+def done_name(split: str) -> str:
+    return f"{split}_done"
+
+
+def open_h5(path: str | Path, mode: str, comm=None, field: str = "output.surface"):
     """h5py.File with file locking off (readers of a file being written must not block),
-    through the mpio driver when a communicator is given (collective: every rank calls it)."""
+    through the mpio driver when a communicator is given (collective: every rank calls it).
+    A missing, foreign or damaged file is one UserError naming `field` (the option that gave
+    the path: output.surface, shard, or the verb's SURFACE argument)."""
     import h5py
 
     kwargs: dict[str, Any] = {"locking": False}
     if comm is not None:
         kwargs.update(driver="mpio", comm=comm)
     if Path(path).is_dir():
-        raise UserError(f"output.surface: {str(path)!r} is a folder; expected a surface file (HDF5)")
+        raise UserError(f"{field}: {str(path)!r} is a folder; expected a surface file (HDF5)")
     try:
         return h5py.File(path, mode, **kwargs)
     except FileNotFoundError:
-        raise UserError(f"output.surface: no such file {str(path)!r}") from None
+        raise UserError(f"{field}: no such file {str(path)!r}") from None
     except OSError as exc:
-        raise UserError(f"output.surface: {path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{field}: {path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+
+
+@contextmanager
+def creating(path: str | Path, comm=None, converting: Path | None = None, durable: bool = False) -> Iterator:
+    """An open, empty HDF5 file under a temporary name beside `path`, renamed onto `path` when
+    the block ends without an error: a crash never leaves a half-made file under the real name.
+    With a communicator every rank enters (collective) and nobody leaves before the rename.
+    `converting`: the file being replaced (its permissions are kept; a failure to write names
+    it); `durable`: fsync the file and the folder, so the rename survives a power loss."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{'converting' if converting else 'creating'}")
+    lead = comm is None or comm.rank == 0
+    try:
+        if converting is not None:
+            try:
+                f = open_h5(tmp, "w", comm)
+            except UserError as exc:
+                why = str(exc).rsplit(" (", 1)[-1].rstrip(")")
+                raise UserError(f"output.surface: cannot write {tmp} to convert {converting} ({why})") from None
+        else:
+            f = open_h5(tmp, "w", comm)
+        with f:
+            yield f
+        if lead:
+            if converting is not None:
+                import shutil
+
+                shutil.copymode(converting, tmp)
+            if durable:
+                _fsync(tmp)
+            os.replace(tmp, path)
+            if durable:
+                _fsync(path.parent)
+    except BaseException:
+        if comm is None:
+            tmp.unlink(missing_ok=True)  # whatever was there before is untouched; no half-made file
+        raise
+    if comm is not None:
+        comm.barrier()  # nobody opens the file before it has its real name
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_spec(f: "h5py.File") -> dict:
+    """The `spec` attribute (JSON) of a surface or shard file, as a table."""
+    return json.loads(f.attrs[A_SPEC])
+
+
+def import_dirs(f: "h5py.File") -> list[str]:
+    """The folders the file's model and data factories were found in."""
+    return json.loads(f.attrs.get(A_IMPORT_DIRS, "[]"))
+
+
+def axes_arrays(f: "h5py.File") -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, y or None) coordinates of a surface or shard file."""
+    return np.asarray(f[X]), (np.asarray(f[Y]) if Y in f else None)
+
+
+@dataclass
+class Original:
+    """What a surface file of the original code holds: its axes, the value datasets it has
+    ({name: float64 as stored, -1 where not computed}) and the direction file it names."""
+    x: np.ndarray
+    y: np.ndarray | None
+    values: dict[str, np.ndarray]
+    dir_file: str | None
+
+
+def read_original(f: "h5py.File") -> Original:
+    """The original code's surface file, as stored (the one reader of that format)."""
+    x, y = axes_arrays(f)
+    values = {name: np.asarray(f[name], dtype=np.float64) for name in VALUE_NAMES if name in f}
+    return Original(x, y, values, original_dir_file(f))
+
+
+def original_dir_file(f: "h5py.File") -> str | None:
+    """The `dir_file` string dataset of an original surface file, if it has one."""
+    import h5py
+
+    obj = f.get(DIR_FILE)
+    if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "OSU":
+        return None
+    value = obj[()]
+    if isinstance(value, np.ndarray):  # a 1-element array rather than a scalar
+        value = value.ravel()[0] if value.size else b""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text or None
 
 
 def is_ours(f: "h5py.File") -> bool:
-    return f.attrs.get("format") == FORMAT
+    return f.attrs.get(A_FORMAT) == FORMAT
 
 
 def is_original(f: "h5py.File") -> bool:
     """A surface file of Li et al.'s loss-landscape code: no format attribute, -1 for missing."""
-    return not is_ours(f) and "xcoordinates" in f and "format" not in f.attrs
+    return not is_ours(f) and X in f and A_FORMAT not in f.attrs
 
 
 def done_masks(f: "h5py.File") -> dict[str, np.ndarray]:
     """{split: flat bool array}: points whose values are in the file."""
-    return {split: np.asarray(f[f"{split}_done"]).ravel() == 1 for split in SPLITS}
+    return {split: np.asarray(f[done_name(split)]).ravel() == 1 for split in SPLITS}
 
 
 def requested_splits(f: "h5py.File") -> list[str]:
     """Every split any run or submission of this surface has asked for, in SPLITS order."""
-    if "splits" in f.attrs:
-        asked = set(json.loads(f.attrs["splits"]))
+    if A_SPLITS in f.attrs:
+        asked = set(json.loads(f.attrs[A_SPLITS]))
     else:
-        asked = set(json.loads(f.attrs["spec"])["data"]["splits"])
+        asked = set(read_spec(f)["data"]["splits"])
     return [s for s in SPLITS if s in asked]
 
 
 def check_shard(f: "h5py.File", path: Path) -> None:
-    if f.attrs.get("format") != SHARD_FORMAT or "points" not in f:
+    if f.attrs.get(A_FORMAT) != SHARD_FORMAT or POINTS not in f:
         raise UserError(f"shard: {path} is not a shard file of losslandscape")
 
 

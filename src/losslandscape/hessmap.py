@@ -2,34 +2,40 @@
 (Li et al., Sec. 6 and Fig. 8: the ratio |min/max| shows where a 2-D projection hides
 non-convexity), and the spectrum at the centre.
 
-The maps are computed with the surface's own machinery (`distributed.run`): one process, or
-a coordinator handing points to MPI workers that write through parallel HDF5; resumable,
-coarse to fine. They are stored in the surface file as `max_eig`, `min_eig` (float64, the
-layout of the losses, NaN where not computed) and `eig_done` (uint8), with the settings as
-attributes (`hessian_split`, `hessian_samples`, `hessian_params`, `hessian_tol`). The
-Hessian is that of the MEAN loss over the split (or a fixed, seeded subset of it), BatchNorm
-in eval mode; the numerics are in hessian.py.
+The maps are a per-point job (job.Work) driven like a surface by distributed.py: one
+process, or a coordinator handing points to MPI workers that write through parallel HDF5;
+resumable, coarse to fine. They are stored in the surface file as `max_eig`, `min_eig`
+(float64, the layout of the losses, NaN where not computed) and `eig_done` (uint8), with
+the settings as attributes (`hessian_split`, `hessian_samples`, `hessian_params`,
+`hessian_tol`; the names are fileformat.py's). The Hessian is that of the MEAN loss over
+the split (or a fixed, seeded subset of it), BatchNorm in eval mode; the numerics are in
+hessian.py.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from . import data as datasets
 from . import fileformat as ff
-from . import spec as specs
-from . import surface, userimport
+from . import surface
 from .errors import UserError
+from .evaluate import PointEvaluator
 from .grid import GridAxes, coarse_to_fine
+from .hessian import HessianOperator, extreme_eigenvalues, hutchinson_trace, spectral_density, top_eigenvalues
+from .job import Done, Finished, Notes
+from .lifecycle import Prepared
+from .loading import attach_directions, start_evaluator
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("max_eig", "min_eig", "eig_done")
-CENTRE = "hessian_centre"  # the group with the spectrum at the centre
+CENTRE = ff.HESSIAN_CENTRE
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,12 @@ class Settings:
     params: str = "all"  # all | weights (tensors of more than one dimension, as the original code)
     tol: float = 1e-3
 
+    def check(self) -> None:
+        if self.params not in ("all", "weights"):
+            raise UserError(f"--params: {self.params!r} is not valid; expected all or weights")
+
     def attrs(self) -> dict:
-        return {"hessian_split": self.split, "hessian_samples": self.samples, "hessian_params": self.params,
-                "hessian_tol": self.tol}
+        return dict(zip(ff.HESSIAN_ATTRS, (self.split, self.samples, self.params, self.tol)))
 
 
 def surface_spec(path: Path, settings: Settings, device: str | None = None):
@@ -50,13 +59,9 @@ def surface_spec(path: Path, settings: Settings, device: str | None = None):
         if not ff.is_ours(f):
             raise UserError(f"hessian: {path} is not a losslandscape surface file (convert an original file first "
                             "by resuming it with `losslandscape surface`)")
-        if "ycoordinates" not in f:
+        if ff.Y not in f:
             raise UserError(f"hessian: {path} is a 1-D surface; the eigenvalue maps need a 2-D surface (grid.y)")
-        table = json.loads(f.attrs["spec"])
-        folders = json.loads(f.attrs.get("import_dirs", "[]"))
-    for folder in [*folders, path.resolve().parent]:  # the model and data factories of the surface
-        userimport.remember(folder)
-    spec = specs.from_dict(table)
+        spec = surface.file_spec(f, also_from=path.resolve().parent)  # the model and data factories too
     spec.data.splits = [settings.split]
     if settings.samples:
         if spec.data.max_samples and settings.samples > spec.data.max_samples:
@@ -70,7 +75,8 @@ def surface_spec(path: Path, settings: Settings, device: str | None = None):
 
 
 class HessianWork:
-    """The steps of the Hessian maps, driven like a surface (see distributed.SurfaceWork)."""
+    """The steps of the Hessian maps (job.Work): plan and make give the maps' Settings when
+    their datasets are to be (re)created."""
 
     label = "hessian"
 
@@ -79,28 +85,15 @@ class HessianWork:
         self.spec = surface_spec(self.path, settings, device)
         self.unit_size = 1  # a point is many forward passes: hand them out one by one
 
-    def check(self) -> None:
-        if self.settings.params not in ("all", "weights"):
-            raise UserError(f"--params: {self.settings.params!r} is not valid; expected all or weights")
-
-    def load(self, worker_index: int = 0, workers_on_node: int = 1):
-        from . import data as datasets
-        from .distributed import start_evaluator
-
-        s = self.settings
-        available = len(datasets.load_split(_without_subset(self.spec), s.split)[1])
-        if s.samples > available:
-            raise UserError(f"--samples: {s.samples} is more than the {available} samples of the {s.split} split")
-        return start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
-
-    def plan(self):
-        """Rank 0: the maps' datasets to create (their settings), or None when they exist with
-        the same settings; other settings on a map with computed points are refused."""
+    def plan(self) -> Settings | None:
+        """Rank 0: the maps' settings when their datasets are to be created, or None when they
+        exist with the same settings; other settings on a map with computed points are refused."""
+        self.settings.check()
         with ff.open_h5(self.path, "r") as f:
-            if "eig_done" not in f:
+            if ff.EIG_DONE not in f:
                 return self.settings
             stored = {k: f.attrs.get(k) for k in self.settings.attrs()}
-            computed = int(np.asarray(f["eig_done"]).sum())
+            computed = int(np.asarray(f[ff.EIG_DONE]).sum())
         for key, want in self.settings.attrs().items():
             have = stored[key]
             have = have.item() if isinstance(have, np.generic) else have
@@ -110,25 +103,38 @@ class HessianWork:
                                 f"{want!r}; resume with {option} {have} or compute them into a copy of the surface")
         return None
 
-    def create(self, settings: Settings, comm=None) -> None:
+    def make(self, plan: Settings) -> Settings:
+        return plan
+
+    def collective(self, made: Settings) -> bool:
+        return True
+
+    def create(self, settings: Settings, notes: Notes, comm=None) -> None:
         """Add the maps' datasets (structure: collective under MPI)."""
         with ff.open_h5(self.path, "r+", comm) as f:
-            shape = f["train_done"].shape
-            for name in DATASETS:
+            shape = f[ff.done_name(ff.SPLITS[0])].shape
+            for name in (*ff.EIG_MAPS, ff.EIG_DONE):
                 if name in f:
                     del f[name]
-            for name in ("max_eig", "min_eig"):
-                f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=surface.dcpl_early(np.nan))
-            f.create_dataset("eig_done", shape=shape, dtype="u1", fillvalue=0, dcpl=surface.dcpl_early(0))
+            for name in ff.EIG_MAPS:
+                f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=surface.dcpl_early())
+            f.create_dataset(ff.EIG_DONE, shape=shape, dtype="u1", fillvalue=0, dcpl=surface.dcpl_early())
             for k, v in settings.attrs().items():
                 f.attrs[k] = v
 
-    def pending(self, created: bool, notes: dict):
-        from .job import Prepared
+    def load(self, worker_index: int = 0, workers_on_node: int = 1) -> PointEvaluator:
+        s = self.settings
+        full = copy.deepcopy(self.spec.data)
+        full.max_samples = 0
+        available = len(datasets.load_split(full, s.split)[1])
+        if s.samples > available:
+            raise UserError(f"--samples: {s.samples} is more than the {available} samples of the {s.split} split")
+        return start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
 
-        axes = GridAxes(*_axes(self.path))
+    def prepare(self, created: bool, notes: Notes) -> Prepared:
         with ff.open_h5(self.path, "r") as f:
-            done = np.asarray(f["eig_done"]).ravel() == 1
+            axes = GridAxes(*ff.axes_arrays(f))
+            done = np.asarray(f[ff.EIG_DONE]).ravel() == 1
         order = coarse_to_fine(axes.shape)
         todo = order[~done[order]]
         log.info("hessian maps of %s (%s split, %s samples, %s parameters): %d of %d points done, %d to compute",
@@ -136,25 +142,21 @@ class HessianWork:
                  int(done.sum()), axes.size, len(todo))
         return Prepared(self.path, axes, todo, axes.size, created)
 
-    def attach(self, evaluator, prep, first: bool = True) -> None:
-        from .job import attach_directions
+    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
+        attach_directions(evaluator, f if f is not None else prep.directions_file)
 
-        attach_directions(evaluator, prep.directions_file)
+    def done(self, f) -> Done:
+        return {"eig": np.asarray(f[ff.EIG_DONE]).ravel() == 1}
 
-    def done(self, f) -> np.ndarray:
-        return np.asarray(f["eig_done"]).ravel() == 1
-
-    def point(self, evaluator, p: int, a: float, b: float, done) -> dict:
+    def point(self, evaluator: PointEvaluator, p: int, a: float, b: float, done: Done) -> dict[str, Any]:
         """(largest, smallest) eigenvalue of the mean-loss Hessian at theta + a*dx + b*dy."""
-        from .hessian import HessianOperator, extreme_eigenvalues
-
         evaluator.move_to(a, b)
         inputs, targets = evaluator.splits[self.settings.split]
         op = HessianOperator(evaluator.model, self.settings.params, inputs, targets, evaluator.loss,
                              evaluator.batch_size)
         return {"eig": extreme_eigenvalues(op, tol=self.settings.tol)}
 
-    def writer(self, f, flush: bool = True):
+    def writer(self, f, flush: bool = True) -> "EigenWriter":
         return EigenWriter(f, flush)
 
     def finished(self, path: Path) -> None:
@@ -166,32 +168,20 @@ class EigenWriter:
 
     def __init__(self, f, flush: bool = True):
         self.f, self.flush = f, flush
-        self.ds = {name: f[name] for name in DATASETS}
-        self.shape = self.ds["eig_done"].shape
+        self.ds = {name: f[name] for name in (*ff.EIG_MAPS, ff.EIG_DONE)}
+        self.shape = self.ds[ff.EIG_DONE].shape
 
-    def write(self, points, results, seconds) -> None:
-        index = [np.unravel_index(int(p), self.shape) for p in points]
-        for idx, res in zip(index, results):
-            self.ds["max_eig"][idx], self.ds["min_eig"][idx] = res["eig"]
+    def write(self, unit: Finished) -> None:
+        index = [np.unravel_index(int(p), self.shape) for p in unit.points]
+        for idx, res in zip(index, unit.results):
+            for name, value in zip(ff.EIG_MAPS, res["eig"]):
+                self.ds[name][idx] = value
         if self.flush:
             self.f.flush()
         for idx in index:
-            self.ds["eig_done"][idx] = 1
+            self.ds[ff.EIG_DONE][idx] = 1
         if self.flush:
             self.f.flush()
-
-
-def _axes(path: Path):
-    with ff.open_h5(path, "r") as f:
-        return np.asarray(f["xcoordinates"]), np.asarray(f["ycoordinates"])
-
-
-def _without_subset(spec):
-    import copy
-
-    full = copy.deepcopy(spec)
-    full.data.max_samples = 0
-    return full.data
 
 
 def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str | None = None,
@@ -199,10 +189,8 @@ def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str 
     """At the surface's centre (the trained model): the top-k eigenvalues (descending), the
     smallest, a Hutchinson trace with its standard error and the spectral density (stochastic
     Lanczos quadrature). Stored in the file's `hessian_centre` group; returned as a dict."""
-    from .hessian import HessianOperator, extreme_eigenvalues, hutchinson_trace, spectral_density, top_eigenvalues
-
     work = HessianWork(path, settings, device)
-    work.check()
+    settings.check()
     evaluator = work.load()
     inputs, targets = evaluator.splits[settings.split]
     op = HessianOperator(evaluator.model, settings.params, inputs, targets, evaluator.loss, evaluator.batch_size)

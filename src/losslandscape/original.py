@@ -1,38 +1,48 @@
 """Surface files of the original loss-landscape code (Li et al.), converted into ours.
 
-The original code's surface file has no `format` attribute; it holds
-`xcoordinates`, `ycoordinates` (2-D), `{train,test}_{loss,acc}` as
-(len(x), len(y)) arrays whose flat order is that of `np.meshgrid(x, y)` (the
-same flat order as our (ny, nx)), -1 where a point was not computed, and a
-string dataset `dir_file` naming the direction file it was made with.
+The original code's surface file (read by fileformat.read_original) has no `format`
+attribute; it holds `xcoordinates`, `ycoordinates` (2-D), `{train,test}_{loss,acc}` as
+(len(x), len(y)) arrays whose flat order is that of `np.meshgrid(x, y)` (the same flat
+order as our (ny, nx)), -1 where a point was not computed, and a string dataset
+`dir_file` naming the direction file it was made with.
 
-Its values only mean something together with those directions, so a file is
-adopted only when the spec reads its directions from that file
-(`directions.kind = "file"`), and the conversion is all or nothing: the new
-file is built completely beside the original, synced, and renamed onto it.
-A kill at any moment leaves either the untouched original or the converted file.
+Its values only mean something together with those directions, so a file is adopted only
+when the spec reads its directions from that file (`directions.kind = "file"`). Planning
+(`plan_conversion`) checks that and reads the file, read-only; `make_conversion` builds the
+new file's contents, which are written all or nothing (surface.NewFile.write: built beside
+the original, synced, renamed onto it). A kill at any moment leaves either the untouched
+original or the converted file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from . import directions as dirs
+from . import fileformat as ff
 from . import surface
 from .checkpoints import file_sha256
 from .errors import UserError
 from .grid import GridAxes
 from .fileformat import ORIGINAL_MISSING, SPLITS
+from .makedirections import base_model, make_directions, run_identity
 
 log = logging.getLogger(__name__)
 
-MISSING = ORIGINAL_MISSING
+
+@dataclass(frozen=True)
+class Conversion:
+    """An original surface file the spec may adopt: its grid and its flat values."""
+    spec: object
+    path: Path
+    axes: GridAxes
+    values: dict[str, np.ndarray]  # {name: flat float64}, -1 where not computed
+    dir_file: str | None
 
 
 def adopt_if_original(spec) -> bool:
@@ -46,40 +56,41 @@ def adopt_if_original(spec) -> bool:
     path = Path(spec.output.surface)
     if not path.exists():
         return False
-    with surface.open_h5(path, "r") as f:
-        if not surface.is_original(f):
+    with ff.open_h5(path, "r") as f:
+        if not ff.is_original(f):
             return False
-        dir_file = _dir_file(f)
-        _check_directions_source(spec, path, dir_file)
-        axes = GridAxes.from_spec(spec.grid)
-        surface.check_grid(f, path, axes)
-        values = _read_values(f, path, axes)
-
-    # imported here: job imports this module
-    from .job import base_model, make_directions, run_identity
-
-    x, y, info = make_directions(spec, base_model(spec))
-    ident = run_identity(spec)
-    done = {split: _done(values, split, axes.size) for split in SPLITS}
-    extra = {"adopted_from": f"{path.name}, a surface file of the original loss-landscape code (Li et al.)",
-             "original_dir_file": dir_file or "", **info}
-    _write_converted(path, axes, spec, ident, x, y, extra, values, done)
-    counts = " and ".join(f"{split} {int(done[split].sum())}" for split in SPLITS)
-    log.info("adopted %s, a surface file of the original loss-landscape code made along %s: %s of %d points "
-             "done, the rest to compute", path, spec.directions.file, counts, axes.size)
+        conversion = plan_conversion(spec, path, f)
+    make_conversion(conversion).write()
     return True
 
 
-def _dir_file(f: h5py.File) -> str | None:
-    """The `dir_file` string dataset of an original surface file, if it has one."""
-    obj = f.get("dir_file")
-    if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "OSU":
-        return None
-    value = obj[()]
-    if isinstance(value, np.ndarray):  # a 1-element array rather than a scalar
-        value = value.ravel()[0] if value.size else b""
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return text or None
+def plan_conversion(spec, path: Path, f: h5py.File) -> Conversion:
+    """Check that the spec may adopt the open original file `f` and read it (nothing written)."""
+    original = ff.read_original(f)
+    _check_directions_source(spec, path, original.dir_file)
+    axes = GridAxes.from_spec(spec.grid)
+    surface.check_grid(f, path, axes)
+    values = {}
+    for name, v in original.values.items():
+        if v.size != axes.size:
+            raise UserError(f"output.surface: {path}: {name} has {v.size} values, the grid {axes.size}")
+        values[name] = v.ravel()
+    return Conversion(spec, path, axes, values, original.dir_file)
+
+
+def make_conversion(c: Conversion) -> surface.NewFile:
+    """The converted file's contents: the directions of the spec's direction file and the
+    original's computed points (the rest NaN, to compute)."""
+    spec = c.spec
+    x, y, info = make_directions(spec, base_model(spec))
+    ident = run_identity(spec)
+    done = {split: _done(c.values, split, c.axes.size) for split in SPLITS}
+    extra = {"adopted_from": f"{c.path.name}, a surface file of the original loss-landscape code (Li et al.)",
+             "original_dir_file": c.dir_file or "", **info}
+    counts = " and ".join(f"{split} {int(done[split].sum())}" for split in SPLITS)
+    line = (f"adopted {c.path}, a surface file of the original loss-landscape code made along "
+            f"{spec.directions.file}: {counts} of {c.axes.size} points done, the rest to compute")
+    return surface.NewFile(c.path, c.axes, spec, ident, x, y, extra, c.values, done, line)
 
 
 def _existing_dir_file(path: Path, dir_file: str) -> Path | None:
@@ -128,63 +139,10 @@ def _check_directions_source(spec, path: Path, dir_file: str | None) -> None:
             f"{dir_file!r} is {found}, whose SHA-256 differs; set directions.file = \"{found}\" to adopt it")
 
 
-def _read_values(f: h5py.File, path: Path, axes: GridAxes) -> dict[str, np.ndarray]:
-    """{name: flat float64 values} of the value datasets the file has (flat order = ours)."""
-    values = {}
-    for split in SPLITS:
-        for value in surface.VALUES:
-            name = surface.value_name(split, value)
-            if name not in f:
-                continue
-            v = np.asarray(f[name], dtype=np.float64).ravel()
-            if v.size != axes.size:
-                raise UserError(f"output.surface: {path}: {name} has {v.size} values, the grid {axes.size}")
-            values[name] = v
-    return values
-
-
 def _done(values: dict[str, np.ndarray], split: str, size: int) -> np.ndarray:
     """Flat bool: points whose loss and accuracy are both in the file (not -1). A split without
     both datasets was never computed. NaN is a computed value (a diverged point), so it is done."""
-    loss, acc = values.get(surface.value_name(split, "loss")), values.get(surface.value_name(split, "acc"))
+    loss, acc = values.get(ff.value_name(split, "loss")), values.get(ff.value_name(split, "acc"))
     if loss is None or acc is None:
         return np.zeros(size, dtype=bool)
-    return (loss != MISSING) & (acc != MISSING)
-
-
-def _write_converted(path: Path, axes: GridAxes, spec, ident: dict, x, y, extra: dict,
-                     values: dict[str, np.ndarray], done: dict[str, np.ndarray]) -> None:
-    """Build the converted file completely under a temporary name beside `path`, sync it, then
-    rename it onto `path` (atomic): `path` is the original until the rename, the result after.
-    A temporary file left by a killed conversion is overwritten."""
-    tmp = path.with_name(f".{path.name}.converting")
-    try:
-        try:
-            f = h5py.File(tmp, "w", locking=False)
-        except OSError as exc:
-            raise UserError(f"output.surface: cannot write {tmp} to convert {path} "
-                            f"({str(exc).splitlines()[0]})") from None
-        with f:
-            surface.create(f, axes, spec, ident, x, y, dirs.digest(x, y), extra)
-            for split in SPLITS:
-                for value in surface.VALUES:
-                    name = surface.value_name(split, value)
-                    if name in values:
-                        # values kept exactly where done; NaN (our "not computed") elsewhere
-                        f[name][...] = np.where(done[split], values[name], np.nan).reshape(axes.shape)
-                f[f"{split}_done"][...] = done[split].astype(np.uint8).reshape(axes.shape)
-        shutil.copymode(path, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the original is untouched; leave no half-made file behind
-        raise
-    _fsync(path.parent)  # the rename itself survives a power loss
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return (loss != ORIGINAL_MISSING) & (acc != ORIGINAL_MISSING)

@@ -25,12 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from . import data as datasets
+from . import fileformat as ff
 from . import surface, userimport
-from .fileformat import SUBMISSION, read_submission, shard_dir, shard_files
-from .status import queued
+from .distributed import run
 from .environment import SlurmEnvironment
 from .errors import UserError
-from .grid import assign_tasks
+from .fileformat import SUBMISSION, read_submission, shard_dir, shard_files
+from .grid import GridAxes, assign_tasks, coarse_to_fine
+from .job import prepare
+from .lifecycle import with_grid
+from .status import queued
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +129,6 @@ def _sbatch(script: Path, env: dict | None = None) -> str:
 def submit(spec, opts: SubmitOptions) -> dict:
     """Create the surface and its directions, share out the pending points, sbatch the
     array and the merge job. Returns what was submitted (also in <shards>/submission.json)."""
-    from .job import prepare
-
     opts.check()
     path = Path(spec.output.surface)
     shards = shard_dir(path)
@@ -137,14 +139,12 @@ def submit(spec, opts: SubmitOptions) -> dict:
             raise UserError(f"submit: jobs {', '.join(busy)} of the previous submission for {path} are still "
                             "queued or running; wait for them or scancel them first")
     if opts.dry_run and not path.exists():  # a dry run writes nothing, not even the surface file
-        from .grid import GridAxes, coarse_to_fine
-
         return _dry_run(path, opts, coarse_to_fine(GridAxes.from_spec(spec.grid).shape), spec)
     for split in spec.data.splits:  # data that cannot load fails here, before the file is bound to the spec
         datasets.load_split(spec.data, split)
     prep = prepare(spec)  # creates the file and its directions once, before anything runs
     if shard_files(path) and not opts.dry_run:
-        new = merge(path, report_missing=False)  # earlier shards' points count before sharing out again
+        new = merge(path)  # earlier shards' points count before sharing out again
         if new:
             prep = prepare(spec)
     pending = prep.pending
@@ -162,8 +162,9 @@ def submit(spec, opts: SubmitOptions) -> dict:
     shards.mkdir(exist_ok=True)
     for old in shard_files(path):  # merged above; the new assignment replaces them
         old.unlink()
+    task_spec_json = with_grid(spec, prep.grid).to_json()  # "auto" axes as the file has them
     for k, share in enumerate(shares):
-        surface.create_shard(shards / f"task_{k}.h5", path, share, k, tasks, spec.to_json(),
+        surface.create_shard(shards / f"task_{k}.h5", path, share, k, tasks, task_spec_json,
                              userimport.search_dirs())
     (shards / "array.sbatch").write_text(array_script)
     array_job = _sbatch(shards / "array.sbatch")
@@ -196,8 +197,6 @@ def _dry_run(path: Path, opts: SubmitOptions, pending: np.ndarray, spec) -> dict
 
 def task_spec(shards: Path, task: int | None = None) -> tuple[object, Path]:
     """(the spec `submit` was given, the shard file) of one array task."""
-    from . import spec as specs
-
     if task is None:
         task = SlurmEnvironment.from_environ().array_task_id
         if task is None:
@@ -205,24 +204,20 @@ def task_spec(shards: Path, task: int | None = None) -> tuple[object, Path]:
     shard = Path(shards) / f"task_{task}.h5"
     if not shard.is_file():
         raise UserError(f"task: no shard file {shard} (was `losslandscape submit` run for this folder?)")
-    with surface.open_h5(shard, "r") as f:
-        surface.check_shard(f, shard)
-        for folder in json.loads(f.attrs.get("import_dirs", "[]")):
-            userimport.remember(folder)
-        spec = specs.from_dict(json.loads(f.attrs["spec"]))  # what `submit` was given, overrides included
+    with ff.open_h5(shard, "r", field="shard") as f:
+        ff.check_shard(f, shard)
+        spec = surface.file_spec(f)  # what `submit` was given, overrides included
     return spec, shard
 
 
 def run_task(shards: Path, task: int | None = None, comm=None, agree=None) -> int:
     """One array task: compute its shard (under MPI when launched so; `agree` then reads the
     shard on every rank as one agreed step, so a bad shard is one line, not a hang)."""
-    from .distributed import run
-
     spec, shard = agree(comm, task_spec, shards, task) if agree is not None else task_spec(shards, task)
     return run(spec, comm, shard=shard)
 
 
-def merge(surface_path: Path, report_missing: bool = True, force: bool = False) -> int:
+def merge(surface_path: Path, force: bool = False) -> int:
     """Copy finished shard points into the surface file. Returns the number of points
     copied; a second run copies nothing and leaves the file untouched.
 
@@ -236,13 +231,13 @@ def merge(surface_path: Path, report_missing: bool = True, force: bool = False) 
         if busy:
             raise UserError(f"merge: array job {busy[0]} of {surface_path} is still queued or running; its merge "
                             f"job {sub.get('merge_job')} merges when it ends (--force merges what is there now)")
-    with surface.open_h5(surface_path, "r") as surf:
-        if not surface.is_ours(surf):
+    with ff.open_h5(surface_path, "r") as surf:
+        if not ff.is_ours(surf):
             raise UserError(f"merge: {surface_path} is not a losslandscape surface file")
         todo = []
         for path in shards:
-            with surface.open_h5(path, "r") as shard:
-                surface.check_shard(shard, path)
+            with ff.open_h5(path, "r", field="shard") as shard:
+                ff.check_shard(shard, path)
                 if not surface.shard_belongs(shard, surf):
                     raise UserError(f"merge: shard {path} belongs to another surface (its identity or "
                                     f"directions differ from {surface_path}'s); move it away")
@@ -254,9 +249,9 @@ def merge(surface_path: Path, report_missing: bool = True, force: bool = False) 
                     todo.append((path, new))
     copied = 0
     if todo:
-        with surface.open_h5(surface_path, "r+") as surf:
+        with ff.open_h5(surface_path, "r+") as surf:
             for path, new in todo:
-                with surface.open_h5(path, "r") as shard:
+                with ff.open_h5(path, "r", field="shard") as shard:
                     n = surface.copy_points(shard, surf, new)
                 log.info("merged %d points from %s", n, path.name)
                 copied += n

@@ -61,14 +61,14 @@ def status(surface_path: Path) -> dict:
             raise UserError(f"status: {surface_path} is not a losslandscape surface file")
         splits = ff.requested_splits(f)
         done = ff.done_masks(f)
-        total = int(np.prod(f["train_done"].shape))
-        seconds = np.asarray(f["point_seconds"]).ravel()
+        total = int(np.prod(f[ff.done_name(ff.SPLITS[0])].shape))
+        seconds = np.asarray(f[ff.POINT_SECONDS]).ravel()
         hessian = None
-        if "eig_done" in f:  # the `hessian` verb's maps
-            eig = int(np.asarray(f["eig_done"]).sum())
+        if ff.EIG_DONE in f:  # the `hessian` verb's maps
+            eig = int(np.asarray(f[ff.EIG_DONE]).sum())
             hessian = {"done": eig, "pending": total - eig,
-                       **{k.removeprefix("hessian_"): _plain(f.attrs.get(k)) for k in
-                          ("hessian_split", "hessian_samples", "hessian_params")}}
+                       **{k.removeprefix("hessian_"): _plain(f.attrs.get(k)) for k in ff.HESSIAN_ATTRS
+                          if k != "hessian_tol"}}
     complete = np.logical_and.reduce([done[s] for s in splits])
     report = {"surface": str(surface_path), "points": total,
               "splits": {s: {"done": int(done[s].sum()), "pending": int((~done[s]).sum())} for s in splits},
@@ -78,11 +78,11 @@ def status(surface_path: Path) -> dict:
     timings = list(seconds[np.isfinite(seconds)])
     in_shards = np.zeros(total, dtype=bool)
     for path in shard_files(surface_path):
-        with ff.open_h5(path, "r") as sh:
-            points = np.asarray(sh["points"])
+        with ff.open_h5(path, "r", field="shard") as sh:
+            points = np.asarray(sh[ff.POINTS])
             sd = ff.done_masks(sh)
             sh_complete = np.logical_and.reduce([sd[s] for s in splits])
-            sec = np.asarray(sh["point_seconds"]).ravel()
+            sec = np.asarray(sh[ff.POINT_SECONDS]).ravel()
         timings.extend(sec[np.isfinite(sec)])
         unmerged = sh_complete & ~complete
         in_shards |= unmerged

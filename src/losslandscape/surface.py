@@ -1,11 +1,8 @@
-"""The surface file (HDF5): create, check, resume, write points, read directions.
+"""Writing and checking the surface file's contents (HDF5): its structure, the run's identity,
+the points, the shards' values; reading its directions and the spec it was made with.
 
-Layout (the README's "The surface file"): `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D;
-`{train,test}_{loss,acc}` float64 (ny, nx) or (nx,), NaN where not computed;
-`{train,test}_done` uint8, 1 only after that point's values are written;
-`point_seconds` float64, wall time of each point's last evaluation;
-`directions/x/<name>`, `directions/y/<name>` float32; attributes with the
-resolved spec, the identity of the run (hashes) and library versions.
+The names and the layout are fileformat.py's; when a file is opened, created or renamed is
+lifecycle.py's.
 
 Every dataset is created once, contiguous and fully allocated, before any
 value is written: after that writing a point changes no HDF5 metadata, so a
@@ -18,7 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +23,15 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__, userimport
+from . import fileformat as ff
+from . import spec as specs
+from . import userimport
+from ._version import __version__
+from .directions import digest
 from .errors import UserError
 from .grid import GridAxes, coarse_to_fine
 from .fileformat import (FORMAT, FORMAT_VERSION, SHARD_FORMAT, SPLITS, VALUES, check_shard, done_masks,  # noqa: F401
-                         is_original, is_ours, open_h5, requested_splits, value_name)
+                         done_name, is_original, is_ours, open_h5, requested_splits, value_name)
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,58 @@ def versions() -> dict[str, str]:
             "mpi4py": mpi4py.__version__}
 
 
-def dcpl_early(fill: float | int) -> h5py.h5p.PropDCID:
+def dcpl_early() -> h5py.h5p.PropDCID:
+    """Allocated and filled at creation: writing a point later changes no HDF5 metadata."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
     return dcpl
+
+
+@dataclass
+class NewFile:
+    """Everything a new surface file holds, computed once (rank 0), then written by one process
+    or by every rank together (`collective`). `values` and `done` ({name or split: flat array})
+    carry the points of a converted original-code file; `announce` is logged once written."""
+    path: Path
+    axes: GridAxes
+    spec: Any  # the spec with its grid resolved ("auto" replaced by the axes' "lo:hi:n")
+    ident: dict
+    x: dict
+    y: dict | None
+    info: dict
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    done: dict[str, np.ndarray] | None = None
+    announce: str = ""
+
+    @property
+    def collective(self) -> bool:
+        """A converted file is written by rank 0 alone, like the original it replaces."""
+        return self.done is None
+
+    def write(self, notes: dict[str, str] | None = None, comm=None) -> None:
+        """Create the file under a temporary name, then rename it (fileformat.creating); with a
+        communicator every rank calls this. `notes` (how the run evaluates) go into the attributes."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        splits = json.dumps(sorted(set(self.spec.data.splits), key=SPLITS.index))
+        attrs = {**self.info, ff.A_SPLITS: splits, **(notes or {})}
+        converting = self.path if self.done is not None else None
+        with ff.creating(self.path, comm, converting=converting, durable=converting is not None) as f:
+            create(f, self.axes, self.spec, self.ident, self.x, self.y, digest(self.x, self.y), attrs)
+            if self.done is not None:
+                _write_points(f, self.axes.shape, self.values, self.done)
+        if self.announce:
+            log.info("%s", self.announce)
+
+
+def _write_points(f: h5py.File, shape: tuple, values: dict[str, np.ndarray], done: dict[str, np.ndarray]) -> None:
+    """Values kept exactly where done; NaN (our "not computed") elsewhere."""
+    for split in SPLITS:
+        for value in VALUES:
+            name = value_name(split, value)
+            if name in values:
+                f[name][...] = np.where(done[split], values[name], np.nan).reshape(shape)
+        f[done_name(split)][...] = done[split].astype(np.uint8).reshape(shape)
 
 
 def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
@@ -88,24 +136,19 @@ def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
            extra_attrs: dict[str, Any] | None = None) -> None:
     """Write the whole structure of a new surface file. Structure only: under MPI every rank
     calls this with the same arguments (HDF5 metadata operations are collective)."""
-    f.create_dataset("xcoordinates", data=axes.x)
+    f.create_dataset(ff.X, data=axes.x)
     if axes.y is not None:
-        f.create_dataset("ycoordinates", data=axes.y)
-    for split in SPLITS:
-        for value in VALUES:
-            f.create_dataset(value_name(split, value), shape=axes.shape, dtype="f8",
-                             fillvalue=np.nan, dcpl=dcpl_early(np.nan))
-        f.create_dataset(f"{split}_done", shape=axes.shape, dtype="u1", fillvalue=0, dcpl=dcpl_early(0))
-    f.create_dataset("point_seconds", shape=axes.shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early(np.nan))
+        f.create_dataset(ff.Y, data=axes.y)
+    create_values(f, axes.shape)
     _write_directions(f, x, y)
-    f.attrs["format"] = FORMAT
-    f.attrs["format_version"] = FORMAT_VERSION
-    f.attrs["spec"] = spec.to_json()
-    f.attrs["identity"] = json.dumps(ident, sort_keys=True)
-    f.attrs["directions_sha256"] = digest
-    f.attrs["versions"] = json.dumps(versions(), sort_keys=True)
-    f.attrs["import_dirs"] = json.dumps(userimport.search_dirs())  # where its model and data factories were
-    f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    f.attrs[ff.A_FORMAT] = FORMAT
+    f.attrs[ff.A_VERSION] = FORMAT_VERSION
+    f.attrs[ff.A_SPEC] = spec.to_json()
+    f.attrs[ff.A_IDENTITY] = json.dumps(ident, sort_keys=True)
+    f.attrs[ff.A_DIGEST] = digest
+    f.attrs[ff.A_VERSIONS] = json.dumps(versions(), sort_keys=True)
+    f.attrs[ff.A_IMPORT_DIRS] = json.dumps(userimport.search_dirs())  # where its model and data factories were
+    f.attrs[ff.A_CREATED] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for k, v in (extra_attrs or {}).items():
         if k.startswith("/") and "@" in k:  # "/group@name": an attribute of a group
             group, _, name = k.partition("@")
@@ -119,8 +162,17 @@ def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
             f.attrs[k] = v
 
 
+def create_values(f: h5py.File, shape: tuple[int, ...]) -> None:
+    """The value, done and timing datasets of a surface or shard, allocated and empty."""
+    for split in SPLITS:
+        for value in VALUES:
+            f.create_dataset(value_name(split, value), shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early())
+        f.create_dataset(done_name(split), shape=shape, dtype="u1", fillvalue=0, dcpl=dcpl_early())
+    f.create_dataset(ff.POINT_SECONDS, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early())
+
+
 def _write_directions(f: h5py.File, x, y) -> None:
-    group = f.require_group("directions")
+    group = f.require_group(ff.DIRECTIONS)
     for axis, d in (("x", x), ("y", y)):
         if d is None:
             continue
@@ -132,7 +184,7 @@ def _write_directions(f: h5py.File, x, y) -> None:
 def check_identity(f: h5py.File, path: str | Path, ident: dict[str, Any], axes: GridAxes) -> None:
     """Refuse (one line, file untouched) to fill a file made by a different run."""
     check_grid(f, path, axes)
-    stored = json.loads(f.attrs["identity"])
+    stored = json.loads(f.attrs[ff.A_IDENTITY])
     for key in sorted(set(stored) | set(ident)):
         if stored.get(key) != ident.get(key):
             raise UserError(
@@ -141,8 +193,7 @@ def check_identity(f: h5py.File, path: str | Path, ident: dict[str, Any], axes: 
 
 
 def check_grid(f: h5py.File, path: str | Path, axes: GridAxes) -> None:
-    fx = np.asarray(f["xcoordinates"])
-    fy = np.asarray(f["ycoordinates"]) if "ycoordinates" in f else None
+    fx, fy = ff.axes_arrays(f)
     for key, have, want in (("grid.x", fx, axes.x), ("grid.y", fy, axes.y)):
         if not _same_axis(have, want):
             raise UserError(f"{key}: the surface file {path} has {_axis_text(have)}, this spec gives "
@@ -163,17 +214,17 @@ def _axis_text(axis: np.ndarray | None) -> str:
 
 def check_structure(f: h5py.File, path: str | Path) -> None:
     """A file that claims our format must have every dataset (a corrupt one does not)."""
-    shape = f["xcoordinates"].shape if "ycoordinates" not in f else (len(f["ycoordinates"]), len(f["xcoordinates"]))
+    shape = f[ff.X].shape if ff.Y not in f else (len(f[ff.Y]), len(f[ff.X]))
     for split in SPLITS:
-        for name in (value_name(split, "loss"), value_name(split, "acc"), f"{split}_done"):
+        for name in (value_name(split, "loss"), value_name(split, "acc"), done_name(split)):
             if name not in f or f[name].shape != shape:
                 raise UserError(f"output.surface: {path} is damaged: dataset {name!r} is missing or not {shape}")
-    if "directions" not in f or "x" not in f["directions"]:
+    if ff.DIRECTIONS not in f or "x" not in f[ff.DIRECTIONS]:
         raise UserError(f"output.surface: {path} is damaged: it holds no directions")
 
 
 def read_directions(f: h5py.File, names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    g = f["directions"]
+    g = f[ff.DIRECTIONS]
     read = lambda grp: {k: torch.from_numpy(np.asarray(grp[k], dtype=np.float32)) for k in names}
     return read(g["x"]), (read(g["y"]) if "y" in g else None)
 
@@ -181,7 +232,7 @@ def read_directions(f: h5py.File, names: list[str]) -> tuple[dict[str, torch.Ten
 def pending_points(f: h5py.File, splits: list[str]) -> np.ndarray:
     """Flat indices with any of `splits` not done, in coarse-to-fine order."""
     done = done_masks(f)
-    shape = f[f"{splits[0]}_done"].shape
+    shape = f[done_name(splits[0])].shape
     missing = np.zeros(int(np.prod(shape)), dtype=bool)
     for split in splits:
         missing |= ~done[split]
@@ -203,47 +254,48 @@ class PointWriter:
     def __init__(self, f: h5py.File, flush: bool = True):
         self.f, self.flush = f, flush
         self.ds = {name: f[name] for name in
-                   [value_name(s, v) for s in SPLITS for v in VALUES] + [f"{s}_done" for s in SPLITS]
-                   + ["point_seconds"]}
-        self.shape = self.ds["train_done"].shape
+                   [value_name(s, v) for s in SPLITS for v in VALUES] + [done_name(s) for s in SPLITS]
+                   + [ff.POINT_SECONDS]}
+        self.shape = self.ds[done_name(SPLITS[0])].shape
 
-    def write(self, points, results: list[dict[str, tuple[float, float]]], seconds: list[float]) -> None:
-        index = [np.unravel_index(int(p), self.shape) for p in points]
-        for idx, res, sec in zip(index, results, seconds):
+    def write(self, unit) -> None:
+        """`unit` (job.Finished): its results are {split: (loss, accuracy)} per point."""
+        index = [np.unravel_index(int(p), self.shape) for p in unit.points]
+        for idx, res, sec in zip(index, unit.results, unit.seconds):
             for split, (loss, acc) in res.items():
                 self.ds[value_name(split, "loss")][idx] = loss
                 self.ds[value_name(split, "acc")][idx] = acc
-            self.ds["point_seconds"][idx] = sec
+            self.ds[ff.POINT_SECONDS][idx] = sec
         if self.flush:
             self.f.flush()
-        for idx, res in zip(index, results):
+        for idx, res in zip(index, unit.results):
             for split in res:
-                self.ds[f"{split}_done"][idx] = 1
+                self.ds[done_name(split)][idx] = 1
         if self.flush:
             self.f.flush()
 
 
-def record_run(path: Path, splits: list[str], notes: dict[str, str] | None = None) -> None:
-    """Remember the splits asked for (status and merge report them) and notes on how the run
-    evaluates. One process, before any other opens the file for this run."""
-    with open_h5(path, "r") as f:
-        if not is_ours(f):
-            return
-        want = sorted(set(requested_splits(f)) | set(splits), key=SPLITS.index)
-        changed = json.dumps(want) != f.attrs.get("splits") or any(
-            f.attrs.get(k) != v for k, v in (notes or {}).items())
-    if changed:
-        with open_h5(path, "r+") as f:
-            f.attrs["splits"] = json.dumps(want)
-            for k, v in (notes or {}).items():
-                f.attrs[k] = v
+def run_notes(f: h5py.File, splits: list[str], notes: dict[str, str] | None = None) -> dict[str, str]:
+    """The attributes a run must add: the splits asked for (status and merge report them) and
+    notes on how it evaluates; {} when the file already says so."""
+    want = json.dumps(sorted(set(requested_splits(f)) | set(splits), key=SPLITS.index))
+    new = {ff.A_SPLITS: want, **(notes or {})}
+    return new if any(f.attrs.get(k) != v for k, v in new.items()) else {}
 
 
 def summary_line(path: str | Path, f: h5py.File, splits: list[str], pending: int) -> str:
-    total = int(np.prod(f["train_done"].shape))
+    total = int(np.prod(f[done_name(SPLITS[0])].shape))
     done = done_masks(f)
     complete = int(np.logical_and.reduce([done[s] for s in splits]).sum())
     return (f"{path}: {complete} of {total} points done ({', '.join(splits)}), {pending} to compute")
+
+
+def file_spec(f: h5py.File, also_from: Path | None = None):
+    """The spec a surface or shard file holds, with its model and data factories findable: the
+    folders they were found in (and `also_from`) are remembered for the user's imports."""
+    for folder in [*ff.import_dirs(f), *([also_from] if also_from is not None else [])]:
+        userimport.remember(folder)
+    return specs.from_dict(ff.read_spec(f))
 
 
 # --- shards: one file per SLURM array task --------------------------------------------------
@@ -255,37 +307,29 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
     to `submit`, command-line overrides included (`spec_json`), with the folders its model
     and data factories are found in. No directions: tasks read them from the surface
     file, which nobody writes while tasks run (merge runs after)."""
-    with open_h5(surface_path, "r") as src:
-        shape = src["train_done"].shape
-        tmp = path.with_name(f".{path.name}.creating")
-        with open_h5(tmp, "w") as f:
-            for name in ("xcoordinates", "ycoordinates"):
-                if name in src:
-                    f.create_dataset(name, data=np.asarray(src[name]))
-            for split in SPLITS:
-                for value in VALUES:
-                    f.create_dataset(value_name(split, value), shape=shape, dtype="f8",
-                                     fillvalue=np.nan, dcpl=dcpl_early(np.nan))
-                f.create_dataset(f"{split}_done", shape=shape, dtype="u1", fillvalue=0, dcpl=dcpl_early(0))
-            f.create_dataset("point_seconds", shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early(np.nan))
-            f.create_dataset("points", data=np.asarray(points, dtype=np.int64))
-            f.attrs["format"] = SHARD_FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["surface"] = str(Path(surface_path).resolve())
-            for key in ("identity", "directions_sha256"):
-                f.attrs[key] = src.attrs[key]
-            f.attrs["spec"] = spec_json
-            f.attrs["import_dirs"] = json.dumps(import_dirs)
-            f.attrs["task"] = task
-            f.attrs["tasks"] = tasks
-    os.replace(tmp, path)
+    with open_h5(surface_path, "r") as src, ff.creating(path) as f:
+        for name in (ff.X, ff.Y):
+            if name in src:
+                f.create_dataset(name, data=np.asarray(src[name]))
+        create_values(f, src[done_name(SPLITS[0])].shape)
+        f.create_dataset(ff.POINTS, data=np.asarray(points, dtype=np.int64))
+        f.attrs[ff.A_FORMAT] = SHARD_FORMAT
+        f.attrs[ff.A_VERSION] = FORMAT_VERSION
+        f.attrs[ff.A_SURFACE] = str(Path(surface_path).resolve())
+        for key in (ff.A_IDENTITY, ff.A_DIGEST):
+            f.attrs[key] = src.attrs[key]
+        f.attrs[ff.A_SPEC] = spec_json
+        f.attrs[ff.A_IMPORT_DIRS] = json.dumps(import_dirs)
+        f.attrs[ff.A_TASK] = task
+        f.attrs[ff.A_TASKS] = tasks
 
 
 def shard_belongs(shard: h5py.File, surf: h5py.File) -> bool:
     """Same identity and the same directions: the shard's values are points of this surface."""
-    return (shard.attrs.get("identity") == surf.attrs.get("identity")
-            and shard.attrs.get("directions_sha256") == surf.attrs.get("directions_sha256")
-            and shard["train_done"].shape == surf["train_done"].shape)
+    first = done_name(SPLITS[0])
+    return (shard.attrs.get(ff.A_IDENTITY) == surf.attrs.get(ff.A_IDENTITY)
+            and shard.attrs.get(ff.A_DIGEST) == surf.attrs.get(ff.A_DIGEST)
+            and shard[first].shape == surf[first].shape)
 
 
 def shard_new_points(shard: h5py.File, surf: h5py.File) -> tuple[dict[str, np.ndarray], int]:
@@ -308,7 +352,7 @@ def shard_new_points(shard: h5py.File, surf: h5py.File) -> tuple[dict[str, np.nd
 
 def copy_points(shard: h5py.File, surf: h5py.File, new: dict[str, np.ndarray]) -> int:
     """Copy shard values into the surface, values first and done flags last. Returns points copied."""
-    shape = surf["train_done"].shape
+    shape = surf[done_name(SPLITS[0])].shape
     copied = set()
     for split, points in new.items():
         if len(points) == 0:
@@ -319,15 +363,15 @@ def copy_points(shard: h5py.File, surf: h5py.File, new: dict[str, np.ndarray]) -
             target = np.asarray(surf[name])
             target[idx] = np.asarray(shard[name])[idx]
             surf[name][...] = target
-        seconds = np.asarray(surf["point_seconds"])
-        seconds[idx] = np.asarray(shard["point_seconds"])[idx]
-        surf["point_seconds"][...] = seconds
+        seconds = np.asarray(surf[ff.POINT_SECONDS])
+        seconds[idx] = np.asarray(shard[ff.POINT_SECONDS])[idx]
+        surf[ff.POINT_SECONDS][...] = seconds
         copied.update(points.tolist())
     surf.flush()
     for split, points in new.items():
         if len(points):
-            flags = np.asarray(surf[f"{split}_done"])
+            flags = np.asarray(surf[done_name(split)])
             flags[np.unravel_index(points, shape)] = 1
-            surf[f"{split}_done"][...] = flags
+            surf[done_name(split)][...] = flags
     surf.flush()
     return len(copied)

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from .checkpoints import load_state_dict
+from .directions import target_tensors
 from .errors import UserError
 
 Direction = dict[str, torch.Tensor]
@@ -130,8 +131,6 @@ def pca_names(model_or_state: torch.nn.Module | dict[str, torch.Tensor], dir_typ
     keep every entry.
     """
     if isinstance(model_or_state, torch.nn.Module):
-        from .directions import target_tensors
-
         targets = target_tensors(model_or_state, dir_type)  # type: ignore[arg-type]
     elif isinstance(model_or_state, dict):
         targets = model_or_state

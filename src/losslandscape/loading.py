@@ -1,0 +1,99 @@
+"""Loading the evaluator: this process's device, threads, model at its base point and data set
+(evaluate.PointEvaluator), then the directions stored in a surface file. Also the small CPU
+evaluator of the auto range search and the interpolation's report on its end points.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from . import data as datasets
+from . import directions as dirs
+from . import fileformat as ff
+from . import surface
+from .checkpoints import build_and_load
+from .environment import describe_device, pick_device, set_threads
+from .evaluate import PointEvaluator, use_channels_last
+from .makedirections import base_model
+
+log = logging.getLogger(__name__)
+
+
+def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold: bool | None = None):
+    """This process's device (checked usable), threads, model and data, before the surface
+    file is created or touched: a run that cannot start leaves nothing behind."""
+    threads = set_threads(spec.evaluation.threads, workers_on_node)
+    device = pick_device(spec.evaluation.device, worker_index)
+    evaluator = load_evaluator(spec, device, fold=fold)
+    log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
+             threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
+    return evaluator
+
+
+def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
+                   field: str = "model.checkpoint", fold: bool | None = None) -> PointEvaluator:
+    """The model at its base point on `device` (or at another `checkpoint`), with the data set
+    there too (no directions yet)."""
+    splits = {split: datasets.load_split(spec.data, split) for split in spec.data.splits}
+    model = base_model(spec) if checkpoint is None else build_and_load(
+        spec.model, datasets.input_channels(spec.data), checkpoint=checkpoint, field=field)
+    if use_channels_last(device, next(iter(splits.values()))[0]):
+        # before the live tensors are collected: .to(memory_format) replaces the weights' storage
+        model = model.to(memory_format=torch.channels_last)
+        splits = {k: (x.contiguous(memory_format=torch.channels_last), y) for k, (x, y) in splits.items()}
+    model = model.to(device)
+    tensors = dirs.target_tensors(model, spec.directions.dir_type)
+    return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
+                          spec.evaluation.precision, spec.evaluation.fold_batchnorm if fold is None else fold)
+
+
+def attach_directions(evaluator: PointEvaluator, f_or_path) -> None:
+    """Give the evaluator the directions stored in a surface file (an open one, or a path)."""
+    if isinstance(f_or_path, (str, Path)):
+        with ff.open_h5(f_or_path, "r") as f:
+            evaluator.set_directions(*surface.read_directions(f, evaluator.names))
+    else:
+        evaluator.set_directions(*surface.read_directions(f_or_path, evaluator.names))
+
+
+def auto_search_evaluator(spec) -> PointEvaluator:
+    """A fresh model at the centre on this process's CPU with grid.auto_samples evenly spaced
+    samples (index k * N // n) of the first split of data.splits (0: all of them)."""
+    split = spec.data.splits[0]
+    inputs, targets = datasets.load_split(spec.data, split)
+    n = spec.grid.auto_samples
+    if n and n < len(targets):
+        keep = torch.arange(n, dtype=torch.long) * len(targets) // n
+        inputs, targets = inputs[keep], targets[keep]
+    device = torch.device("cpu")
+    model = base_model(spec)
+    if use_channels_last(device, inputs):
+        model = model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    tensors = dirs.target_tensors(model, spec.directions.dir_type)
+    # the spec's precision, not fp32: configure_precision sets process-wide flags that this process's
+    # own evaluator (built before the directions) runs under
+    return PointEvaluator(model, tensors, {split: (inputs, targets)}, device, spec.evaluation.loss,
+                          spec.evaluation.batch_size, spec.evaluation.precision, spec.evaluation.fold_batchnorm)
+
+
+def endpoint_report(spec, evaluator: PointEvaluator) -> None:
+    """For an interpolation: log the values at x = 0 and x = 1 next to each checkpoint's own
+    values, and warn when x = 1 is not the second model (BatchNorm statistics left behind)."""
+    other = load_evaluator(spec, evaluator.device, checkpoint=spec.model.checkpoint2, field="model.checkpoint2")
+    worst = 0.0
+    for split in spec.data.splits:
+        ends = [evaluator.evaluate(a, 0.0, [split])[split] for a in (0.0, 1.0)]
+        own = [evaluator.evaluate(0.0, 0.0, [split])[split], other.measure(split)]
+        for a, (loss, acc), (own_loss, own_acc), key in zip((0, 1), ends, own,
+                                                            ("model.checkpoint", "model.checkpoint2")):
+            log.info("interpolation %s x = %d: loss %.6g, accuracy %.2f%%; %s itself: loss %.6g, accuracy %.2f%%",
+                     split, a, loss, acc, key, own_loss, own_acc)
+            worst = max(worst, abs(loss - own_loss) / max(abs(own_loss), 1e-12))
+    if worst > 1e-3:
+        log.warning("x = 1 is not the second model (loss off by %.0f%%): with directions.dir_type = %r the "
+                    "BatchNorm running statistics stay those of model.checkpoint; use dir_type = \"states\"",
+                    100 * worst, spec.directions.dir_type)

@@ -1,0 +1,168 @@
+"""Directions and identity: the model at the centre of a surface, the directions a spec makes
+(random, interpolation, Hessian eigenvectors, the PCA of a trajectory, a direction file), and
+the identity a resume must match (surface.identity, with the SHA-256 of every file read).
+
+Everything here runs in one process on the CPU and writes nothing: lifecycle.py decides when
+it runs (rank 0, before a new file is created) and stores what it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as datasets
+from . import directions as dirs
+from . import fileformat as ff
+from . import surface
+from .checkpoints import build_and_load, file_sha256
+from .hessian import HessianOperator, hessian_eigen_directions
+from .trajectory import checkpoint_paths, pca_directions, pca_names, project
+
+log = logging.getLogger(__name__)
+
+FRESH_INIT_SEED = 0
+
+
+def base_model(spec) -> torch.nn.Module:
+    """The model at the centre of the surface, on the CPU. Without a checkpoint it is a
+    fresh initialisation from a fixed seed, so every rank and every resume builds the same one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FRESH_INIT_SEED)
+        return build_and_load(spec.model, datasets.input_channels(spec.data))
+
+
+def make_directions(spec, model: torch.nn.Module):
+    """(x, y or None, info) for the spec, against the model at its base point (CPU). `info`
+    holds extra attributes and datasets of the new file ("/group/name", "/group@attr")."""
+    d = spec.directions
+    weights = dirs.target_tensors(model, d.dir_type)
+    two = bool(spec.grid.y)
+    if d.kind == "random":
+        return dirs.random_directions(weights, two, d.norm, d.ignore, d.seed, d.orthogonal)
+    if d.kind == "interpolate":
+        other = build_and_load(spec.model, datasets.input_channels(spec.data), checkpoint=spec.model.checkpoint2,
+                               field="model.checkpoint2")
+        return dirs.interpolation_direction(weights, dirs.target_tensors(other, d.dir_type)), None, {}
+    if d.kind == "hessian":
+        return hessian_directions(spec, model, two)
+    if d.kind == "pca":
+        return pca_plane(spec, model)
+    if d.kind == "file":
+        # an original "states" file also has entries for the integer num_batches_tracked buffers
+        names = list(model.state_dict()) if d.dir_type == "states" else None
+        x, y = dirs.read_direction_file(d.file, weights, two, all_names=names)
+        return x, y, {"directions_from": str(d.file)}
+    raise ValueError(d.kind)
+
+
+def hessian_directions(spec, model: torch.nn.Module, two: bool):
+    """Eigenvectors of the Hessian of the mean loss at the trained model (first split of
+    data.splits, data.max_samples of it), on this process's CPU. Each unit eigenvector is
+    scaled to the norm of the weights it moves, the length of a filter-normalised random
+    direction, so that a grid of -1:1 reaches as far as a random-direction surface does."""
+    inputs, targets = datasets.load_split(spec.data, spec.data.splits[0])
+    op = HessianOperator(model.eval(), "all", inputs, targets, spec.evaluation.loss, spec.evaluation.batch_size)
+    pairs = hessian_eigen_directions(op, "extremes" if spec.directions.which == "maxmin" else "top2")
+    weights = dirs.target_tensors(model, "weights")
+    norm = float(torch.sqrt(sum(weights[k].detach().double().pow(2).sum() for k in op.names)))
+    scaled = [{k: v * norm for k, v in d.items()} for _, d in pairs]
+    for d in scaled:  # parameters outside the operator (none with "all") do not move
+        for k, w in weights.items():
+            d.setdefault(k, torch.zeros(w.shape))
+    info = {"hessian_eigenvalues": [lam for lam, _ in pairs], "hessian_which": spec.directions.which,
+            "hessian_direction_scale": norm}
+    log.info("Hessian directions (%s): eigenvalues %s, scaled to the weights' norm %.4g", spec.directions.which,
+             ", ".join(f"{lam:.5g}" for lam, _ in pairs), norm)
+    return scaled[0], (scaled[1] if two else None), info
+
+
+def pca_plane(spec, model: torch.nn.Module):
+    """The plane of the first two principal components of the run's checkpoints minus the final
+    model (the centre), with every run's path on it (`directions.also` too), as datasets."""
+    d = spec.directions
+    trust = spec.model.trust_checkpoint
+    targets = dirs.target_tensors(model, d.dir_type)
+    final = {k: v.detach() for k, v in targets.items()}
+    names = pca_names(final, d.dir_type, d.ignore)
+    paths = checkpoint_paths(d.checkpoints, "directions.checkpoints")
+    log.info("PCA of %d checkpoints (%s)", len(paths), d.checkpoints)
+    res = pca_directions(final, paths, names, trust, targets=list(targets), field="directions.checkpoints")
+    info: dict = {"explained_variance_ratio": np.asarray(res.explained_variance_ratio, dtype=np.float64)}
+    runs = [(f"/{ff.TRAJECTORY}", paths, res.x, res.y, res.error, d.checkpoints)]
+    for k, pattern in enumerate(d.also):
+        field = f"directions.also[{k}]"
+        more = checkpoint_paths(pattern, field)
+        x, y, err = project(final, more, names, res.d1, res.d2, trust, field=field)
+        runs.append((f"/{ff.TRAJECTORY}/also/{k}", more, x, y, err, pattern))
+    for group, ps, x, y, err, pattern in runs:
+        info[f"{group}/x"], info[f"{group}/y"], info[f"{group}/error"] = x, y, err
+        info[f"{group}/checkpoints"] = [Path(p).name for p in ps]
+        info[f"{group}@pattern"] = pattern
+    log.info("PC1 and PC2 explain %.1f%% and %.1f%% of the variance; mean distance from the plane %.2g",
+             100 * res.explained_variance_ratio[0], 100 * res.explained_variance_ratio[1], float(np.mean(res.error)))
+    return res.d1, res.d2, info
+
+
+_HASHED: dict[tuple, str] = {}
+
+
+def sha256_once(path: str | Path, field: str) -> str:
+    """file_sha256, computed once per process for a file that has not changed since (a
+    conversion and a resume in one run read the same checkpoints)."""
+    try:
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return file_sha256(path, field)  # its one-line error
+    if key not in _HASHED:
+        _HASHED[key] = file_sha256(path, field)
+    return _HASHED[key]
+
+
+def _files_digest(patterns: list[str], field: str) -> str:
+    """SHA-256 over the files each glob matches (names and contents), in trajectory order."""
+    h = hashlib.sha256()
+    for k, pattern in enumerate(patterns):
+        for path in checkpoint_paths(pattern, field if k == 0 else f"directions.also[{k - 1}]"):
+            h.update(path.name.encode())
+            h.update(sha256_once(path, field).encode())
+    return h.hexdigest()
+
+
+def run_identity(spec) -> dict:
+    """What a resume must match (surface.identity), with the SHA-256 of every file the run reads."""
+    m, d = spec.model, spec.directions
+    sha1 = (sha256_once(m.checkpoint, "model.checkpoint") if m.checkpoint
+            else f"fresh initialisation, seed {FRESH_INIT_SEED}")
+    sha2 = sha256_once(m.checkpoint2, "model.checkpoint2") if (d.kind == "interpolate" and m.checkpoint2) else ""
+    sha_dirs = sha256_once(d.file, "directions.file") if d.kind == "file" else ""
+    if d.kind == "pca":
+        sha_dirs = _files_digest([d.checkpoints, *d.also], "directions.checkpoints")
+    return surface.identity(spec, sha1, sha2, sha_dirs)
+
+
+def identity_pins_directions(spec, stored_versions: str | None) -> bool:
+    """Whether an identity that matches also fixes the directions, so that a resume need not
+    rebuild them to compare digests: a direction file, checkpoints or a choice of Hessian
+    eigenvectors are pinned by their hashes; random and interpolation directions are pinned
+    when the centre is a checkpoint of a zoo model (a user's factory may change under the same
+    name) and torch and losslandscape are the versions that made the file (the random stream)."""
+    if spec.directions.kind in ("file", "hessian", "pca"):
+        return True
+    if not spec.model.checkpoint or ":" in spec.model.name or not stored_versions:
+        return False
+    have, now = json.loads(stored_versions), surface.versions()
+    return all(have.get(k) == now[k] for k in ("losslandscape", "torch"))
+
+
+def directions_digest(spec) -> str:
+    """The digest of the directions this spec makes (rebuilt on the CPU)."""
+    x, y, _ = make_directions(spec, base_model(spec))
+    return dirs.digest(x, y)
