@@ -10,6 +10,7 @@ runs no pass).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from losslandscape import spec as specs
 from test_mpi import mpirun
 
 PROBE = '''
+import contextlib
 import hashlib
 import json
 import os
@@ -130,6 +132,10 @@ def wait_for(what, proc: subprocess.Popen, timeout: float = 120.0):
             out, err = proc.communicate()
             pytest.fail(f"the job ended (exit {proc.returncode}) before the test could act:\n{err[-3000:]}")
         time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    for pid in ranks:  # ours, by pid: a paused rank would otherwise outlive its mpirun
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
     proc.kill()
     pytest.fail(f"timed out waiting:\n{proc.communicate()[1][-3000:]}")
 
