@@ -50,7 +50,8 @@ DIRECTIONS = "directions"  # group: directions/x/<name>, directions/y/<name>
 POINTS = "points"  # a shard's share (flat indices)
 EIG_MAPS = ("max_eig", "min_eig")
 EIG_DONE = "eig_done"
-HESSIAN_CENTRE = "hessian_centre"  # group: the spectrum at the centre
+HESSIAN_CENTRE = "hessian_centre"  # group: the spectrum at the centre, with its numbers as attributes
+CENTRE_TOP, CENTRE_GRID, CENTRE_DENSITY = "top_eigenvalues", "density_grid", "density"  # its datasets
 TRAJECTORY = "trajectory"  # group: a PCA surface's paths (trajectory/also/<k> for more runs)
 DIR_FILE = "dir_file"  # the original code's name of its direction file
 
@@ -138,9 +139,35 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def write_centre_spectrum(f: "h5py.File", top: list[float], grid: np.ndarray, density: np.ndarray,
+                          attrs: dict[str, Any]) -> None:
+    """(Re)write the `hessian_centre` group: the top eigenvalues, the spectral density on its
+    grid, and `attrs` (None values left out)."""
+    if HESSIAN_CENTRE in f:
+        del f[HESSIAN_CENTRE]
+    g = f.create_group(HESSIAN_CENTRE)
+    g.create_dataset(CENTRE_TOP, data=np.asarray(top, dtype=np.float64))
+    g.create_dataset(CENTRE_GRID, data=grid)
+    g.create_dataset(CENTRE_DENSITY, data=density)
+    for k, v in attrs.items():
+        if v is not None:
+            g.attrs[k] = v
+
+
 def read_spec(f: "h5py.File") -> dict:
     """The `spec` attribute (JSON) of a surface or shard file, as a table."""
     return json.loads(f.attrs[A_SPEC])
+
+
+def spec_table(value: Any) -> dict | None:
+    """A `spec` attribute already read (JSON text, or a table), as a table; None where it is
+    missing or not JSON (a reader that draws what it can)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
 
 
 def import_dirs(f: "h5py.File") -> list[str]:
@@ -155,19 +182,21 @@ def axes_arrays(f: "h5py.File") -> tuple[np.ndarray, np.ndarray | None]:
 
 @dataclass
 class Original:
-    """What a surface file of the original code holds: its axes, the value datasets it has
-    ({name: float64 as stored, -1 where not computed}) and the direction file it names."""
-    x: np.ndarray
-    y: np.ndarray | None
+    """What a surface file of the original code holds beside its axes: the value datasets it
+    has ({name: float64 as stored, (nx, ny) or (nx,), -1 where not computed}) and the direction
+    file it names."""
     values: dict[str, np.ndarray]
     dir_file: str | None
 
 
 def read_original(f: "h5py.File") -> Original:
-    """The original code's surface file, as stored (the one reader of that format)."""
-    x, y = axes_arrays(f)
-    values = {name: np.asarray(f[name], dtype=np.float64) for name in VALUE_NAMES if name in f}
-    return Original(x, y, values, original_dir_file(f))
+    """The original code's surface file, as stored: the one reader of that format (conversion
+    and rendering)."""
+    import h5py
+
+    values = {name: np.array(f[name][()], dtype=np.float64) for name in VALUE_NAMES
+              if isinstance(f.get(name), h5py.Dataset)}
+    return Original(values, original_dir_file(f))
 
 
 def original_dir_file(f: "h5py.File") -> str | None:

@@ -203,15 +203,8 @@ def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str 
               "ratio_min_max": abs(smallest / top[0]) if top and top[0] else None,
               "trace": trace, "trace_stderr": stderr, "hutchinson_samples": trace_samples}
     with ff.open_h5(path, "r+") as f:
-        if CENTRE in f:
-            del f[CENTRE]
-        g = f.create_group(CENTRE)
-        g.create_dataset("top_eigenvalues", data=np.asarray(top, dtype=np.float64))
-        g.create_dataset("density_grid", data=grid)
-        g.create_dataset("density", data=density)
-        for k, v in result.items():
-            if k not in ("top_eigenvalues", "file") and v is not None:
-                g.attrs[k] = v
+        ff.write_centre_spectrum(f, top, grid, density,
+                                 {k: v for k, v in result.items() if k not in ("top_eigenvalues", "file")})
     result["density"] = {"grid": grid.tolist(), "density": density.tolist()}
     return result
 

@@ -34,9 +34,11 @@ import numpy as np
 
 from losslandscape.errors import UserError
 
-from losslandscape.fileformat import FORMAT, ORIGINAL_MISSING, SPLITS, VALUE_NAMES, VALUES  # noqa: F401
+from losslandscape import fileformat as ff
+from losslandscape.fileformat import (FORMAT, HESSIAN_CENTRE, ORIGINAL_MISSING, SPLITS, TRAJECTORY,  # noqa: F401
+                                      VALUE_NAMES, VALUES)
+
 VALUE_LABELS = {"loss": "loss", "acc": "accuracy"}
-HESSIAN_CENTRE = "hessian_centre"  # as hessmap.CENTRE (hessmap itself imports the torch side)
 EIG_SETTINGS = ("split", "samples", "params", "tol")  # the maps' attributes, `hessian_<name>`
 
 
@@ -139,12 +141,7 @@ def _plain(value: Any) -> Any:
 
 
 def _model_name(attrs: dict[str, Any], stem: str) -> str:
-    spec = attrs.get("spec")
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except ValueError:
-            return stem
+    spec = ff.spec_table(attrs.get(ff.A_SPEC))
     if isinstance(spec, dict):
         model = spec.get("model")
         if isinstance(model, dict) and isinstance(model.get("name"), str) and model["name"]:
@@ -163,66 +160,119 @@ def _coordinates(f, name: str, path: Path) -> np.ndarray:
 
 def load_surface(path: str | Path) -> Surface:
     """Read a surface file; raise UserError naming the file if it is not one."""
+    path = Path(path)
+    with _open(path) as f:
+        attrs = {str(k): _plain(v) for k, v in f.attrs.items()}
+        fmt = attrs.get(ff.A_FORMAT)
+        if fmt is not None and fmt != FORMAT:
+            raise UserError(f"{path}: attribute format is {fmt!r}, expected {FORMAT!r}")
+        original = fmt is None
+        x, y = _axes(f, path)
+        shape = (x.size,) if y is None else (y.size, x.size)
+        values = _values(f, path, x, y, original)
+        done = _done_flags(f, path, shape)
+        hessian = {} if original else _hessian(f, path, shape)
+        trajectories = [] if original else _trajectories(f, path, attrs)
+        evr = None if original else _explained_variance(f, path)
+    if not values:
+        raise UserError(f"{path} has none of the datasets {', '.join(VALUE_NAMES)}")
+    eig, eig_computed = hessian.get("eig"), hessian.get("eig_computed")
+    return Surface(
+        path=path,
+        x=x,
+        y=y,
+        values=values,
+        fraction_done=_fraction_done(values, done, shape, original),
+        model_name=_model_name(attrs, path.stem),
+        attrs=attrs,
+        original_format=original,
+        eig=eig,
+        eig_computed=eig_computed,
+        eig_fraction_done=0.0 if eig_computed is None else float(eig_computed.mean()),
+        eig_settings={k: attrs[f"hessian_{k}"] for k in EIG_SETTINGS if f"hessian_{k}" in attrs} if eig else {},
+        centre_spectrum=hessian.get("centre"),
+        trajectories=trajectories,
+        explained_variance_ratio=evr,
+    )
+
+
+def _open(path: Path):
+    """The file, read-only and without locking (a running job may be writing it)."""
     import h5py
 
-    path = Path(path)
     if not path.exists():
         raise UserError(f"surface file {path} does not exist")
     if path.is_dir():
         raise UserError(f"surface file {path} is a directory, expected an HDF5 file")
     try:
-        f = h5py.File(path, "r", locking=False)
+        return h5py.File(path, "r", locking=False)
     except OSError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path} is not a readable HDF5 surface file ({reason})") from None
-    with f:
-        attrs = {str(k): _plain(v) for k, v in f.attrs.items()}
-        fmt = attrs.get("format")
-        if fmt is not None and fmt != FORMAT:
-            raise UserError(f"{path}: attribute format is {fmt!r}, expected {FORMAT!r}")
-        original = fmt is None
-        if "xcoordinates" not in f or not isinstance(f["xcoordinates"], h5py.Dataset):
-            raise UserError(f"{path} has no xcoordinates dataset, expected a loss-landscape surface file")
-        x = _coordinates(f, "xcoordinates", path)
-        y = None
-        if "ycoordinates" in f and isinstance(f["ycoordinates"], h5py.Dataset):
-            y = _coordinates(f, "ycoordinates", path)
-        shape = (x.size,) if y is None else (y.size, x.size)
 
-        values: dict[str, np.ndarray] = {}
-        for name in VALUE_NAMES:
-            if name not in f or not isinstance(f[name], h5py.Dataset):
-                continue
-            data = np.array(f[name][()], dtype=np.float64)
-            if original and y is not None and data.shape == (x.size, y.size) and data.shape != shape:
-                # The original code allocates (nx, ny) but fills it through the
-                # flat index of meshgrid(x, y), i.e. in (ny, nx) order.
-                data = data.reshape(shape)
-            if data.shape != shape:
-                raise UserError(f"{path}: dataset {name} has shape {data.shape}, expected {shape} (ny, nx)")
-            values[name] = data
 
-        done: dict[str, np.ndarray] = {}
-        for split in SPLITS:
-            flag = f"{split}_done"
-            if flag in f and isinstance(f[flag], h5py.Dataset):
-                flags = np.asarray(f[flag][()])
-                if flags.shape != shape:
-                    raise UserError(f"{path}: dataset {flag} has shape {flags.shape}, expected {shape} (ny, nx)")
-                done[split] = flags == 1
+def _axes(f, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    import h5py
 
-        eig = eig_computed = None
-        if not original and all(n in f and isinstance(f[n], h5py.Dataset) for n in ("max_eig", "min_eig")):
-            eig, eig_computed = _eigenvalue_maps(f, path, shape)
-        centre = None
-        if not original and HESSIAN_CENTRE in f and isinstance(f[HESSIAN_CENTRE], h5py.Group):
-            centre = _centre_spectrum(f[HESSIAN_CENTRE], path)
-        trajectories = [] if original else _trajectories(f, path, attrs)
-        evr = None if original else _explained_variance(f, path)
+    if not isinstance(f.get(ff.X), h5py.Dataset):
+        raise UserError(f"{path} has no xcoordinates dataset, expected a loss-landscape surface file")
+    x = _coordinates(f, ff.X, path)
+    return x, (_coordinates(f, ff.Y, path) if isinstance(f.get(ff.Y), h5py.Dataset) else None)
 
-    if not values:
-        raise UserError(f"{path} has none of the datasets {', '.join(VALUE_NAMES)}")
 
+def _values(f, path: Path, x: np.ndarray, y: np.ndarray | None, original: bool) -> dict[str, np.ndarray]:
+    """The value datasets as float64 (ny, nx) or (nx,), as stored (-1 still marks a point the
+    original code did not compute)."""
+    import h5py
+
+    shape = (x.size,) if y is None else (y.size, x.size)
+    if original:
+        raw = ff.read_original(f).values
+    else:
+        raw = {name: np.array(f[name][()], dtype=np.float64) for name in VALUE_NAMES
+               if isinstance(f.get(name), h5py.Dataset)}
+    values = {}
+    for name, data in raw.items():
+        if original and y is not None and data.shape == (x.size, y.size) and data.shape != shape:
+            # The original code allocates (nx, ny) but fills it through the
+            # flat index of meshgrid(x, y), i.e. in (ny, nx) order.
+            data = data.reshape(shape)
+        if data.shape != shape:
+            raise UserError(f"{path}: dataset {name} has shape {data.shape}, expected {shape} (ny, nx)")
+        values[name] = data
+    return values
+
+
+def _done_flags(f, path: Path, shape: tuple) -> dict[str, np.ndarray]:
+    import h5py
+
+    done: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        flag = ff.done_name(split)
+        if isinstance(f.get(flag), h5py.Dataset):
+            flags = np.asarray(f[flag][()])
+            if flags.shape != shape:
+                raise UserError(f"{path}: dataset {flag} has shape {flags.shape}, expected {shape} (ny, nx)")
+            done[split] = flags == 1
+    return done
+
+
+def _hessian(f, path: Path, shape: tuple) -> dict[str, Any]:
+    """The `hessian` verb's results that the file has: {"eig", "eig_computed", "centre"}."""
+    import h5py
+
+    out: dict[str, Any] = {}
+    if all(isinstance(f.get(n), h5py.Dataset) for n in ff.EIG_MAPS):
+        out["eig"], out["eig_computed"] = _eigenvalue_maps(f, path, shape)
+    if isinstance(f.get(HESSIAN_CENTRE), h5py.Group):
+        out["centre"] = _centre_spectrum(f[HESSIAN_CENTRE], path)
+    return out
+
+
+def _fraction_done(values: dict[str, np.ndarray], done: dict[str, np.ndarray], shape: tuple,
+                   original: bool) -> dict[str, float]:
+    """Per split present: the share of points computed. Sets NaN where a point is not computed,
+    in place, and +inf where an evaluated loss came out NaN (the point diverged)."""
     fraction_done: dict[str, float] = {}
     for split in SPLITS:
         names = [f"{split}_{v}" for v in VALUES if f"{split}_{v}" in values]
@@ -251,24 +301,7 @@ def load_surface(path: str | Path) -> Surface:
             for name in names:
                 computed |= ~np.isnan(values[name])
         fraction_done[split] = float(computed.mean())
-
-    return Surface(
-        path=path,
-        x=x,
-        y=y,
-        values=values,
-        fraction_done=fraction_done,
-        model_name=_model_name(attrs, path.stem),
-        attrs=attrs,
-        original_format=original,
-        eig=eig,
-        eig_computed=eig_computed,
-        eig_fraction_done=0.0 if eig_computed is None else float(eig_computed.mean()),
-        eig_settings={k: attrs[f"hessian_{k}"] for k in EIG_SETTINGS if f"hessian_{k}" in attrs} if eig else {},
-        centre_spectrum=centre,
-        trajectories=trajectories,
-        explained_variance_ratio=evr,
-    )
+    return fraction_done
 
 
 def _eigenvalue_maps(f, path: Path, shape: tuple) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -277,13 +310,13 @@ def _eigenvalue_maps(f, path: Path, shape: tuple) -> tuple[dict[str, np.ndarray]
     import h5py
 
     eig = {}
-    for key, name in (("max", "max_eig"), ("min", "min_eig")):
+    for key, name in zip(("max", "min"), ff.EIG_MAPS):
         data = np.array(f[name][()], dtype=np.float64)
         if data.shape != shape:
             raise UserError(f"{path}: dataset {name} has shape {data.shape}, expected {shape} (ny, nx)")
         eig[key] = data
-    if "eig_done" in f and isinstance(f["eig_done"], h5py.Dataset):
-        flags = np.asarray(f["eig_done"][()])
+    if isinstance(f.get(ff.EIG_DONE), h5py.Dataset):
+        flags = np.asarray(f[ff.EIG_DONE][()])
         if flags.shape != shape:
             raise UserError(f"{path}: dataset eig_done has shape {flags.shape}, expected {shape} (ny, nx)")
         computed = flags == 1
@@ -306,8 +339,8 @@ def _centre_spectrum(group, path: Path) -> dict[str, Any]:
             return np.asarray(group[name][()], dtype=np.float64).ravel()
         return np.zeros(0)
 
-    out["top_eigenvalues"] = array("top_eigenvalues").tolist()
-    out["density_grid"], out["density"] = array("density_grid"), array("density")
+    out["top_eigenvalues"] = array(ff.CENTRE_TOP).tolist()
+    out["density_grid"], out["density"] = array(ff.CENTRE_GRID), array(ff.CENTRE_DENSITY)
     if out["density_grid"].size != out["density"].size:
         raise UserError(f"{path}: {HESSIAN_CENTRE}/density has {out['density'].size} values for "
                         f"{out['density_grid'].size} grid points")
@@ -317,9 +350,6 @@ def _centre_spectrum(group, path: Path) -> dict[str, Any]:
     if out["ratio_min_max"] is None and top and top[0] and low is not None:
         out["ratio_min_max"] = abs(low / top[0])
     return out
-
-
-TRAJECTORY = "trajectory"  # the group of a PCA surface's paths (job.pca_plane writes it)
 
 
 def _strings(data: np.ndarray) -> list[str]:
@@ -362,11 +392,7 @@ def _trajectories(f, path: Path, attrs: dict[str, Any]) -> list[dict[str, Any]]:
     group = f.get(TRAJECTORY)
     if not isinstance(group, h5py.Group):
         return []
-    spec = attrs.get("spec")
-    try:
-        directions = (json.loads(spec) if isinstance(spec, str) else {}).get("directions") or {}
-    except (ValueError, AttributeError):
-        directions = {}
+    directions = (ff.spec_table(attrs.get(ff.A_SPEC)) or {}).get("directions") or {}
     directions = directions if isinstance(directions, dict) else {}
     runs = [_run(group, TRAJECTORY, path)]
     runs[0]["pattern"] = runs[0]["pattern"] or str(directions.get("checkpoints") or "")
