@@ -4,6 +4,10 @@ MPI coordinator with workers.
 This module moves work and results between ranks and into the file; what a step does is the
 work's (job.py), the numerics are evaluate.py's. Exit codes: 0 complete, 3 stopped by a
 signal with a resumable file.
+
+Rank 0 (or the one process) opens a surface file three times on a new run (create, prepare,
+evaluate) and three times on a resume (plan, prepare, evaluate), once more when the run adds
+a split or a note to the file (lifecycle.py).
 """
 
 from __future__ import annotations

@@ -61,6 +61,13 @@ A_DIGEST, A_VERSIONS, A_IMPORT_DIRS, A_CREATED, A_SPLITS = (
     "directions_sha256", "versions", "import_dirs", "created", "splits")
 A_SURFACE, A_TASK, A_TASKS = "surface", "task", "tasks"  # a shard's
 A_AUTO_RANGE = "auto_range"
+A_EXPLAINED = "explained_variance_ratio"  # a PCA surface's: PC1's and PC2's shares of the variance
+A_DIRECTIONS_FROM = "directions_from"  # kind "file": the direction file read
+A_HESSIAN_EIGENVALUES, A_HESSIAN_WHICH, A_HESSIAN_SCALE = (  # kind "hessian": the directions' eigenvalues
+    "hessian_eigenvalues", "hessian_which", "hessian_direction_scale")
+A_ADOPTED_FROM, A_ORIGINAL_DIR_FILE = "adopted_from", "original_dir_file"  # a converted original file
+PATH_DATASETS = ("x", "y", "error", "checkpoints")  # of a trajectory group; its attribute "pattern"
+PATH_PATTERN, ALSO = "pattern", "also"
 HESSIAN_ATTRS = ("hessian_split", "hessian_samples", "hessian_params", "hessian_tol")
 
 
@@ -152,6 +159,15 @@ def write_centre_spectrum(f: "h5py.File", top: list[float], grid: np.ndarray, de
     for k, v in attrs.items():
         if v is not None:
             g.attrs[k] = v
+
+
+def path_entries(k: int | None, x, y, error, checkpoints: list[str], pattern: str) -> dict[str, Any]:
+    """A training path on a PCA plane as surface.create's extra entries ("/group/name" datasets,
+    "/group@name" attributes): the run's own (k None) in `trajectory`, more in `trajectory/also/<k>`."""
+    group = f"/{TRAJECTORY}" if k is None else f"/{TRAJECTORY}/{ALSO}/{k}"
+    out = {f"{group}/{name}": v for name, v in zip(PATH_DATASETS, (x, y, error, checkpoints))}
+    out[f"{group}@{PATH_PATTERN}"] = pattern
+    return out
 
 
 def read_spec(f: "h5py.File") -> dict:

@@ -58,7 +58,7 @@ def make_directions(spec, model: torch.nn.Module):
         # an original "states" file also has entries for the integer num_batches_tracked buffers
         names = list(model.state_dict()) if d.dir_type == "states" else None
         x, y = dirs.read_direction_file(d.file, weights, two, all_names=names)
-        return x, y, {"directions_from": str(d.file)}
+        return x, y, {ff.A_DIRECTIONS_FROM: str(d.file)}
     raise ValueError(d.kind)
 
 
@@ -76,8 +76,8 @@ def hessian_directions(spec, model: torch.nn.Module, two: bool):
     for d in scaled:  # parameters outside the operator (none with "all") do not move
         for k, w in weights.items():
             d.setdefault(k, torch.zeros(w.shape))
-    info = {"hessian_eigenvalues": [lam for lam, _ in pairs], "hessian_which": spec.directions.which,
-            "hessian_direction_scale": norm}
+    info = {ff.A_HESSIAN_EIGENVALUES: [lam for lam, _ in pairs], ff.A_HESSIAN_WHICH: spec.directions.which,
+            ff.A_HESSIAN_SCALE: norm}
     log.info("Hessian directions (%s): eigenvalues %s, scaled to the weights' norm %.4g", spec.directions.which,
              ", ".join(f"{lam:.5g}" for lam, _ in pairs), norm)
     return scaled[0], (scaled[1] if two else None), info
@@ -94,17 +94,13 @@ def pca_plane(spec, model: torch.nn.Module):
     paths = checkpoint_paths(d.checkpoints, "directions.checkpoints")
     log.info("PCA of %d checkpoints (%s)", len(paths), d.checkpoints)
     res = pca_directions(final, paths, names, trust, targets=list(targets), field="directions.checkpoints")
-    info: dict = {"explained_variance_ratio": np.asarray(res.explained_variance_ratio, dtype=np.float64)}
-    runs = [(f"/{ff.TRAJECTORY}", paths, res.x, res.y, res.error, d.checkpoints)]
+    info: dict = {ff.A_EXPLAINED: np.asarray(res.explained_variance_ratio, dtype=np.float64)}
+    info.update(ff.path_entries(None, res.x, res.y, res.error, [Path(p).name for p in paths], d.checkpoints))
     for k, pattern in enumerate(d.also):
         field = f"directions.also[{k}]"
         more = checkpoint_paths(pattern, field)
         x, y, err = project(final, more, names, res.d1, res.d2, trust, field=field)
-        runs.append((f"/{ff.TRAJECTORY}/also/{k}", more, x, y, err, pattern))
-    for group, ps, x, y, err, pattern in runs:
-        info[f"{group}/x"], info[f"{group}/y"], info[f"{group}/error"] = x, y, err
-        info[f"{group}/checkpoints"] = [Path(p).name for p in ps]
-        info[f"{group}@pattern"] = pattern
+        info.update(ff.path_entries(k, x, y, err, [Path(p).name for p in more], pattern))
     log.info("PC1 and PC2 explain %.1f%% and %.1f%% of the variance; mean distance from the plane %.2g",
              100 * res.explained_variance_ratio[0], 100 * res.explained_variance_ratio[1], float(np.mean(res.error)))
     return res.d1, res.d2, info

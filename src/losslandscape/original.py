@@ -85,8 +85,8 @@ def make_conversion(c: Conversion) -> surface.NewFile:
     x, y, info = make_directions(spec, base_model(spec))
     ident = run_identity(spec)
     done = {split: _done(c.values, split, c.axes.size) for split in SPLITS}
-    extra = {"adopted_from": f"{c.path.name}, a surface file of the original loss-landscape code (Li et al.)",
-             "original_dir_file": c.dir_file or "", **info}
+    extra = {ff.A_ADOPTED_FROM: f"{c.path.name}, a surface file of the original loss-landscape code (Li et al.)",
+             ff.A_ORIGINAL_DIR_FILE: c.dir_file or "", **info}
     counts = " and ".join(f"{split} {int(done[split].sum())}" for split in SPLITS)
     line = (f"adopted {c.path}, a surface file of the original loss-landscape code made along "
             f"{spec.directions.file}: {counts} of {c.axes.size} points done, the rest to compute")

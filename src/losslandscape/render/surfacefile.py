@@ -25,7 +25,6 @@ running job is still writing can be drawn (the original code's users hit
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,15 +371,16 @@ def _run(group, where: str, path: Path) -> dict[str, Any]:
             raise UserError(f"{path}: dataset {where}/{name} has shape {data.shape}, expected (n,)")
         return data
 
-    x, y = floats("x", True), floats("y", True)
+    nx, ny, nerr, nckpt = ff.PATH_DATASETS
+    x, y = floats(nx, True), floats(ny, True)
     n = x.size
-    error = floats("error", False)
+    error = floats(nerr, False)
     error = np.full(n, np.nan) if error is None else error
-    names = _strings(group["checkpoints"][()]) if isinstance(group.get("checkpoints"), h5py.Dataset) else []
-    for name, size in (("y", y.size), ("error", error.size), ("checkpoints", len(names) or n)):
+    names = _strings(group[nckpt][()]) if isinstance(group.get(nckpt), h5py.Dataset) else []
+    for name, size in ((ny, y.size), (nerr, error.size), (nckpt, len(names) or n)):
         if size != n:
-            raise UserError(f"{path}: dataset {where}/{name} has {size} values for the {n} of {where}/x")
-    pattern = _plain(group.attrs.get("pattern", ""))
+            raise UserError(f"{path}: dataset {where}/{name} has {size} values for the {n} of {where}/{nx}")
+    pattern = _plain(group.attrs.get(ff.PATH_PATTERN, ""))
     return {"name": "", "pattern": pattern if isinstance(pattern, str) else str(pattern), "x": x, "y": y,
             "error": error, "checkpoints": names}
 
@@ -396,13 +396,13 @@ def _trajectories(f, path: Path, attrs: dict[str, Any]) -> list[dict[str, Any]]:
     directions = directions if isinstance(directions, dict) else {}
     runs = [_run(group, TRAJECTORY, path)]
     runs[0]["pattern"] = runs[0]["pattern"] or str(directions.get("checkpoints") or "")
-    also = group.get("also")
+    also = group.get(ff.ALSO)
     if isinstance(also, h5py.Group):
         keys = sorted((k for k in also if isinstance(also[k], h5py.Group)),
                       key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
         listed = directions.get("also") if isinstance(directions.get("also"), list) else []
         for k in keys:
-            run = _run(also[k], f"{TRAJECTORY}/also/{k}", path)
+            run = _run(also[k], f"{TRAJECTORY}/{ff.ALSO}/{k}", path)
             if not run["pattern"] and k.isdigit() and int(k) < len(listed):
                 run["pattern"] = str(listed[int(k)])
             run["pattern"] = run["pattern"] or f"also {k}"
@@ -427,10 +427,10 @@ def short_patterns(patterns: list[str]) -> list[str]:
 
 def _explained_variance(f, path: Path) -> np.ndarray | None:
     """The attribute explained_variance_ratio (PC1's and PC2's shares), float64 (2,); None without."""
-    if "explained_variance_ratio" not in f.attrs:
+    if ff.A_EXPLAINED not in f.attrs:
         return None
     try:
-        ratio = np.asarray(f.attrs["explained_variance_ratio"], dtype=np.float64).ravel()
+        ratio = np.asarray(f.attrs[ff.A_EXPLAINED], dtype=np.float64).ravel()
     except (TypeError, ValueError):
         raise UserError(f"{path}: attribute explained_variance_ratio is not numeric") from None
     if ratio.size < 2:
