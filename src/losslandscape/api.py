@@ -26,7 +26,9 @@ import torch
 
 from . import spec as specs
 from . import userimport
+from .distributed import run_serial
 from .errors import UserError
+from .hessmap import HessianWork, Settings, centre_spectrum
 from .render.surfacefile import Surface, load_surface
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,6 @@ def compute_hessian(surface: str | Path, *, split: str = "train", samples: int =
     (returns the Surface, with `s.eig`), or with `centre=True` the spectrum at the trained
     model (returns a dict). A surface computed in this process from a live model and tensors
     can be used; one from another process needs its model and data as module:factory names."""
-    from .distributed import run_serial
-    from .hessmap import HessianWork, Settings, centre_spectrum
-
     settings = Settings(split, samples, params, tol)
     if centre:
         return centre_spectrum(Path(surface), settings, top_k, device)
@@ -131,8 +130,6 @@ def curvature_figure(s: Surface, kind: str, opts):
 # --- the engine behind both -----------------------------------------------------------------
 
 def _run(model, model_b, train, test, x, y, out, options) -> Surface:
-    from .distributed import run_serial
-
     out = Path(out)
     splits = {name: _tensors(name, data) for name, data in (("train", train), ("test", test)) if data is not None}
     if not splits:

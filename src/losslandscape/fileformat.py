@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +123,6 @@ def creating(path: str | Path, comm=None, converting: Path | None = None, durabl
             yield f
         if lead:
             if converting is not None:
-                import shutil
-
                 shutil.copymode(converting, tmp)
             if durable:
                 _fsync(tmp)
