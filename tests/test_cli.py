@@ -1,5 +1,8 @@
 """The installed `losslandscape` console script: the zoo listing and one-line errors with exit status 1."""
 
+import contextlib
+import io
+import logging
 import os
 import shutil
 import subprocess
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from losslandscape import cli
 from losslandscape.models import build_model
 
 SCRIPT = Path(sys.executable).with_name("losslandscape")
@@ -25,10 +29,24 @@ ZOO_NAMES = [
 ]
 
 
-def losslandscape(*args, cwd) -> subprocess.CompletedProcess:
+def launch(*args, cwd) -> subprocess.CompletedProcess:
+    """The installed console script in a process of its own."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def losslandscape(*args, cwd) -> subprocess.CompletedProcess:
+    """`cli.main` in this process (the console script calls it; `launch` checks that path), with what
+    it prints and its exit status, as a launch would give them, without starting Python and torch anew."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    logging.getLogger().handlers.clear()  # the handler cli.main installed writes to `err`
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
@@ -43,7 +61,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> s
 
 
 def test_models_lists_the_zoo(tmp_path):
-    result = losslandscape("models", cwd=tmp_path)
+    result = launch("models", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
     assert [row[0] for row in rows] == ZOO_NAMES
@@ -62,7 +80,7 @@ def pickled_model(tmp_path_factory):
 
 
 def test_missing_spec_file(tmp_path):
-    assert_one_line_error(losslandscape("train", tmp_path / "absent.toml", cwd=tmp_path), "absent.toml")
+    assert_one_line_error(launch("train", tmp_path / "absent.toml", cwd=tmp_path), "absent.toml")
 
 
 def test_unknown_model(tmp_path):
@@ -100,7 +118,7 @@ def test_pickled_checkpoint_needs_trust(tmp_path, pickled_model):
     out = tmp_path / "out"
     common = [f"--model.checkpoint={path}", "--train.epochs=1", "--train.batch_size=32", "--data.max_samples=64",
               f"--train.out_dir={out}"]
-    assert_one_line_error(losslandscape("train", *common, cwd=tmp_path), str(path), "--trust-checkpoint")
+    assert_one_line_error(launch("train", *common, cwd=tmp_path), str(path), "--trust-checkpoint")
     assert not out.exists()
 
     result = losslandscape("train", "--trust-checkpoint", *common, cwd=tmp_path)
@@ -128,8 +146,19 @@ CASES = {  # verb and options with {f} for the file a user names
 }
 
 
-@pytest.mark.parametrize("what", ["missing", "folder", "empty"])
-@pytest.mark.parametrize("case", list(CASES))
+def test_a_surface_file_that_does_not_exist_yet_is_made(tmp_path):
+    result = losslandscape("surface", f"--output.surface={tmp_path / 'named'}", "--grid.x=0:0:1",
+                           "--data.max_samples=16", "--evaluation.device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import h5py
+
+    with h5py.File(tmp_path / "named", "r") as f:
+        assert f["train_done"][...].all()
+
+
+# a surface file that does not exist yet is made (the test above)
+@pytest.mark.parametrize("case, what", [(c, w) for c in CASES for w in ("missing", "folder", "empty")
+                                        if (c, w) != ("output.surface", "missing")])
 def test_every_file_a_user_names_is_one_line_without_traceback(tmp_path, case, what):
     target = tmp_path / "named"
     if what == "folder":
@@ -139,8 +168,6 @@ def test_every_file_a_user_names_is_one_line_without_traceback(tmp_path, case, w
     ok = tmp_path / "ok.pt"
     torch.save({"state_dict": build_model("resnet20", in_channels=1).state_dict()}, ok)
     args = [a.format(f=target, ok=ok) for a in CASES[case]]
-    if case == "output.surface" and what == "missing":
-        return  # a surface file that does not exist yet is made
     if args[0] == "surface" and case != "output.surface":
         args.append(f"--output.surface={tmp_path / 's.h5'}")
     result = losslandscape(*args, cwd=tmp_path)
@@ -152,7 +179,7 @@ def test_every_file_a_user_names_is_one_line_without_traceback(tmp_path, case, w
 
 def test_a_negative_value_after_a_space_is_a_value(tmp_path):
     out = tmp_path / "s.h5"
-    result = losslandscape("surface", "--grid.x", "-1:1:3", "--data.max_samples", "20", "--output.surface", out,
+    result = launch("surface", "--grid.x", "-1:1:3", "--data.max_samples", "20", "--output.surface", out,
                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     import h5py
@@ -172,7 +199,7 @@ def test_command_line_mistakes_are_one_line_exit_1(tmp_path, args, words):
 
 
 @pytest.mark.parametrize("verb", ["models", "train", "surface", "directions", "submit", "task", "merge", "status",
-                                  "render", "summary"])
+                                  "render", "summary", "hessian", "trajectory", "paper"])
 def test_every_verb_describes_itself(tmp_path, verb):
     result = losslandscape(verb, "--help", cwd=tmp_path)
     assert result.returncode == 0
