@@ -111,15 +111,7 @@ def creating(path: str | Path, comm=None, converting: Path | None = None, durabl
     tmp = path.with_name(f".{path.name}.{'converting' if converting else 'creating'}")
     lead = comm is None or comm.rank == 0
     try:
-        if converting is not None:
-            try:
-                f = open_h5(tmp, "w", comm)
-            except UserError as exc:
-                why = str(exc).rsplit(" (", 1)[-1].rstrip(")")
-                raise UserError(f"output.surface: cannot write {tmp} to convert {converting} ({why})") from None
-        else:
-            f = open_h5(tmp, "w", comm)
-        with f:
+        with _new_file(tmp, comm, converting) as f:
             yield f
         if lead:
             if converting is not None:
@@ -135,6 +127,18 @@ def creating(path: str | Path, comm=None, converting: Path | None = None, durabl
         raise
     if comm is not None:
         comm.barrier()  # nobody opens the file before it has its real name
+
+
+def _new_file(tmp: Path, comm, converting: Path | None):
+    if converting is None:
+        return open_h5(tmp, "w", comm)
+    import h5py
+
+    try:
+        return h5py.File(tmp, "w", locking=False)
+    except OSError as exc:
+        raise UserError(f"output.surface: cannot write {tmp} to convert {converting} "
+                        f"({str(exc).splitlines()[0]})") from None
 
 
 def _fsync(path: Path) -> None:
