@@ -56,3 +56,21 @@ unit_size = {unit}
 surface = "{surface}"
 """.replace("'", '"'))
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """One real local SLURM cluster for the whole session (tests/slurmcluster.py), stopped at its end.
+
+    When SLURM cannot be installed or started, the tests that need it fail with the reason."""
+    from slurmcluster import LocalSlurm
+
+    cluster = LocalSlurm(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+    except RuntimeError as err:
+        pytest.fail(f"could not start a local SLURM cluster: {err}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

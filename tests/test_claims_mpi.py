@@ -285,42 +285,42 @@ def test_each_worker_gets_cores_over_workers_threads(tmp_path, ranks):
 
 # --- 3. merge --force -------------------------------------------------------------------------------
 
-def test_merge_refuses_while_the_array_is_queued_and_force_merges_what_is_there(tmp_path):
+def test_merge_refuses_while_the_array_is_queued_and_force_merges_what_is_there(slurm, tmp_path):
     """README (SLURM): `merge` "refuses to run while the submission's array tasks are still queued
     or running (the merge job runs after them; `merge --force` merges what is there now)". On a
     real one-node cluster the array is submitted held (queued, never started); task 0 is run
-    here as its array task would run it. `merge` is refused and leaves the file as it was;
+    here as its array task would run it (the session's cluster; both jobs are cancelled after).
+    `merge` is refused and leaves the file as it was;
     `merge --force` copies task 0's points, whose values equal plain forward passes, and exits 4
     naming the points task 1 has not computed."""
-    from slurmcluster import LocalSlurm
-
     toml = write_probe_job(tmp_path / "job", unit=1)
     surf = tmp_path / "job" / "s.h5"
-    with LocalSlurm(tmp_path / "c") as slurm:
-        ll = [sys.executable, "-m", "losslandscape"]
-        env = {**slurm.env, "OMP_NUM_THREADS": "1"}
-        sub = subprocess.run([*ll, "submit", str(toml), "--tasks", "2", "--ranks-per-task", "2",
-                              "--sbatch-arg=--hold"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                             timeout=120)
-        assert sub.returncode == 0, sub.stderr + slurm.logs()
-        array = re.search(r"array job (\d+)", sub.stdout).group(1)
-        shards = tmp_path / "job" / "s.h5.shards"
-        task = subprocess.run([*ll, "task", str(shards), "--task", "0"], capture_output=True, text=True, env=env,
-                              timeout=120)
-        assert task.returncode == 0, task.stderr
-        with h5py.File(shards / "task_0.h5", "r") as f:
-            assert f["train_done"][...].any()
-        assert array in slurm.run(["squeue", "-h", "-o", "%F"])  # still queued
+    ll = [sys.executable, "-m", "losslandscape"]
+    env = {**slurm.env, "OMP_NUM_THREADS": "1"}
+    sub = subprocess.run([*ll, "submit", str(toml), "--tasks", "2", "--ranks-per-task", "2",
+                          "--sbatch-arg=--hold"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert sub.returncode == 0, sub.stderr + slurm.logs()
+    array = re.search(r"array job (\d+)", sub.stdout).group(1)
+    shards = tmp_path / "job" / "s.h5.shards"
+    task = subprocess.run([*ll, "task", str(shards), "--task", "0"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert task.returncode == 0, task.stderr
+    with h5py.File(shards / "task_0.h5", "r") as f:
+        assert f["train_done"][...].any()
+    assert array in slurm.run(["squeue", "-h", "-o", "%F"])  # still queued
 
-        before = hashlib.sha256(surf.read_bytes()).hexdigest()
-        refused = subprocess.run([*ll, "merge", str(surf)], capture_output=True, text=True, env=env, timeout=60)
-        assert refused.returncode == 1, refused.stderr
-        assert f"merge: array job {array} of {surf} is still queued or running" in refused.stderr
-        assert "--force" in refused.stderr
-        assert hashlib.sha256(surf.read_bytes()).hexdigest() == before
+    before = hashlib.sha256(surf.read_bytes()).hexdigest()
+    refused = subprocess.run([*ll, "merge", str(surf)], capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    assert f"merge: array job {array} of {surf} is still queued or running" in refused.stderr
+    assert "--force" in refused.stderr
+    assert hashlib.sha256(surf.read_bytes()).hexdigest() == before
 
-        forced = subprocess.run([*ll, "merge", str(surf), "--force"], capture_output=True, text=True, env=env,
-                                timeout=60)
+    forced = subprocess.run([*ll, "merge", str(surf), "--force"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    # the held array (and the merge job after it) would stay queued on the session's cluster
+    slurm.run(["scancel", array, *re.findall(r"merge job (\d+)", sub.stdout + sub.stderr)[:1]])
     with h5py.File(shards / "task_0.h5", "r") as f:
         task0 = np.sort(f["points"][...])
     got = read_values(surf)

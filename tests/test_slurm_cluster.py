@@ -1,7 +1,7 @@
 """The local SLURM test cluster itself: arrays, dependencies, MPI in an allocation, scancel.
 
-Real sbatch against a one-node cluster that this module starts (tests/slurmcluster.py)
-and stops at its end. When SLURM cannot be installed or started, these tests fail
+Real sbatch against the one-node cluster of the session (conftest's `slurm`, tests/slurmcluster.py);
+one test starts a second beside it. When SLURM cannot be installed or started, these tests fail
 with the reason: they are never skipped.
 """
 
@@ -16,19 +16,6 @@ from pathlib import Path
 import pytest
 
 from slurmcluster import LocalSlurm
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    cluster = LocalSlurm(tmp_path_factory.mktemp("cluster"))
-    try:
-        cluster.start()
-    except RuntimeError as err:
-        pytest.fail(f"could not start a local SLURM cluster: {err}", pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def wait_for_file(path: Path, timeout: float, slurm: LocalSlurm) -> None:
