@@ -1200,6 +1200,22 @@ def test_summary_does_not_call_another_point_the_centre(tmp_path):
     assert "\n  centre (0, 0)" in format_summary(summarize(on))
 
 
+def test_summary_leaves_out_a_split_no_run_asked_for(tmp_path):
+    # the writer allocates both splits; a run on the train split leaves the test split NaN and not done
+    L = paraboloid()
+    nan = np.full_like(L, np.nan)
+    values = {"train_loss": L, "train_acc": 100 - L, "test_loss": nan, "test_acc": nan}
+    done = {"train_done": np.ones_like(L), "test_done": np.zeros_like(L)}
+    spec = {"model": {"name": "resnet56"}, "data": {"splits": ["train"]}}
+    path = write_surface(tmp_path / "train.h5", PX, PY, values, done, spec=spec)
+    assert list(summarize(path)["splits"]) == ["train"]
+    # a split asked for and not begun yet (a job still running) is shown, at 0% done
+    both = write_surface(tmp_path / "both.h5", PX, PY, values, done,
+                         spec={**spec, "data": {"splits": ["train", "test"]}})
+    summary = summarize(both)
+    assert list(summary["splits"]) == ["train", "test"] and summary["splits"]["test"]["fraction_done"] == 0
+
+
 # ---------------------------------------------------------------- Hessian: ratio map, eigenvalue maps, spectrum
 
 # What the `hessian` verb writes (hessmap.py), by hand: the maps on the paraboloid's grid, their

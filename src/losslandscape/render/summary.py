@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from losslandscape.errors import UserError
-from losslandscape.render import labels, paths
+from losslandscape.render import labels, paths, view
 from losslandscape.render.surfacefile import Surface, load_surface
 
 RING_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -207,8 +207,11 @@ def summarize(path: str | Path, threshold: float = 1.0) -> dict:
     }
     if surface.y is not None:
         result["y_range"] = [float(surface.y.min()), float(surface.y.max())]
+    # a split no run asked for and with nothing computed is not part of this surface
+    asked = view.requested_splits(surface)
     for split in surface.splits:
-        result["splits"][split] = split_summary(surface, split, threshold)
+        if split in asked or surface.fraction_done[split] > 0 or not asked:
+            result["splits"][split] = split_summary(surface, split, threshold)
     hessian = hessian_summary(surface)
     if hessian:
         result["hessian"] = hessian

@@ -54,7 +54,7 @@ def paths_only(surface: Surface) -> bool:
     return surface.ndim == 2 and bool(surface.trajectories) and nothing_computed(surface)
 
 
-def _requested_splits(surface: Surface) -> list[str]:
+def requested_splits(surface: Surface) -> list[str]:
     """The splits the file's runs asked for (fileformat.requested_splits, on the loaded attributes);
     [] where the file does not say."""
     try:  # requested_splits reads nothing but the attributes of the open file
@@ -70,7 +70,7 @@ def splits_to_draw(surface: Surface, split: str | None) -> list[str]:
         present = ", ".join(surface.values)
         raise UserError(f"{surface.path} has no {split}_loss or {split}_acc dataset (present: {present})")
     if paths_only(surface):
-        asked = [sp for sp in _requested_splits(surface) if sp in surface.splits]
+        asked = [sp for sp in requested_splits(surface) if sp in surface.splits]
         return [split] if split is not None else asked or surface.splits
     if split is not None:
         if surface.fraction_done[split] == 0:
