@@ -282,7 +282,7 @@ def _validate(spec: Spec) -> None:
         if key == "grid.y" and not text:
             continue  # a 1-D curve
         if is_auto(text):
-            # pca: the paths' extent (job.resolve_auto_grid); random, hessian, file: the loss's growth (autorange.py)
+            # pca: the paths' extent (lifecycle.resolve_new_grid); random, hessian, file: the loss's growth (autorange.py)
             if spec.directions.kind == "interpolate":
                 raise UserError(f'{key}: "auto" is not available for directions.kind = "interpolate" (the line '
                                 'between two models); give "lo:hi:n", e.g. "-0.5:1.5:41"')

@@ -30,10 +30,9 @@ coefficients in G: accurate to ~1e-8 relative; the stored float32 directions
 differ from the exact ones by ~1e-7). Peak memory beyond the caller's final
 model: one loaded checkpoint, one difference row (pass 1), one column block,
 and the two float32 directions, i.e. about five checkpoints' worth; disk: n
-checkpoints' worth. Time is dominated by loading (torch.load(weights_only=True)):
-200 checkpoints of a ResNet-56 (0.85M parameters), one CPU thread: 9 s, of
-which 6.7 s loading, 1.5 s for G and the directions; +25 MiB peak RSS.
-`project` streams the checkpoints once (n loads, 5 s there), without a temporary file.
+checkpoints' worth. Time is dominated by loading (torch.load(weights_only=True)).
+`project` streams the checkpoints once (n loads), without a temporary file. The
+README's measurement (200 ResNet-56 checkpoints) gives the time and memory.
 
 Signs: each direction's sign puts the earliest checkpoint (off its axis) at a
 positive coordinate, so a trajectory starts in the upper-right quadrant and

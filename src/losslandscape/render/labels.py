@@ -5,11 +5,11 @@ the files written.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from losslandscape import fileformat as ff
 from losslandscape.render.surfacefile import VALUE_LABELS, Surface
 
 
@@ -77,12 +77,8 @@ def value_label(split: str | None, value: str, log: bool = False) -> str:
 def spec_part(surface: Surface, part: str) -> dict:
     """One table of the file's job spec (the `spec` attribute, JSON), e.g. "model";
     {} when the file records none (the original code's files)."""
-    spec = surface.attrs.get("spec")
-    try:
-        spec = json.loads(spec) if isinstance(spec, str) else spec
-    except ValueError:
-        return {}
-    table = spec.get(part) if isinstance(spec, dict) else None
+    spec = ff.spec_table(surface.attrs.get(ff.A_SPEC))
+    table = spec.get(part) if spec else None
     return table if isinstance(table, dict) else {}
 
 
