@@ -1,4 +1,4 @@
-# losslandscape: `make install`, `make demo`, `make test`, `make bench`.
+# losslandscape: `make install`, `make demo`, `make test`, `make check`, `make bench`.
 #
 # Everything the project needs is installed here, into $(VENV). On a cluster,
 # load your MPI and parallel-HDF5 modules first; they are used as they are.
@@ -27,7 +27,7 @@ STAMP_TORCH := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | cksum | cut 
 STAMP_H5PY := $(VENV)/.h5py-mpi-$(H5PY_VERSION)
 STAMP_DEPS := $(VENV)/.deps
 
-.PHONY: install demo test bench paper clean-venv
+.PHONY: install demo test check bench paper clean-venv
 install: $(STAMP_DEPS)
 
 $(PY):
@@ -74,8 +74,15 @@ demo: install
 	@echo
 	@echo "demo pictures: $(DEMO)/plots/ (open $(DEMO)/plots/surface.html in a browser)"
 
+# The suite on TEST_WORKERS processes (pytest-xdist), a test file to a process: a file's
+# fixtures (trained models, the SLURM cluster, the quick paper run) are built once per process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The fast tier for the inner loop: everything but real mpirun, SLURM and end-to-end runs.
+check: install
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 # The paper's claims at small scale (about an hour on 2 cores; PAPER_SCALE=quick: minutes);
 # PAPER_MPI=N runs the surfaces under mpirun -n N. Rerun to continue an interrupted run.

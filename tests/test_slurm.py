@@ -166,7 +166,7 @@ def test_dry_run_submits_nothing(slurm, trained, tmp_path):
 def test_requeued_task_resumes_its_shard(slurm, trained, tmp_path):
     """A preempted task (`scontrol requeue`, as preemption with --requeue does) reruns and resumes."""
     surf = tmp_path / "surf.h5"
-    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:11", "-1:1:11", 60, 1)
+    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:9", "-1:1:9", 60, 1)
     ref = reference(toml, tmp_path / "ref.h5")
     array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "2", "--ranks-per-task", "2")
     shards = tmp_path / "surf.h5.shards"
