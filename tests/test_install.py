@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -145,3 +146,20 @@ def test_the_torch_stamp_follows_torch_spec_and_a_second_install_does_nothing(tm
     assert len(installs) == 2 and all(DEFAULT_TORCH in line for line in installs), new
     assert OTHER_TORCH not in new
     assert [p.read_text().strip() for p in venv.glob(".torch*")] == [DEFAULT_TORCH]
+
+
+@needs_make
+def test_make_test_runs_two_processes_and_make_check_leaves_the_slow_tier_out(tmp_path):
+    venv = fake_venv(tmp_path)
+    make(venv, "install")
+    make(venv, "test")
+    make(venv, "check")
+    runs = [line for line in log(venv).splitlines() if line.startswith("-m pytest")]
+    assert runs == ["-m pytest -n 2 --dist loadfile", "-m pytest -n 2 --dist loadfile -m not slow"], runs
+    # the fast tier: no test that starts mpirun, a SLURM cluster or the quick paper run
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow",
+                           "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    fast = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert len(fast) > 300, proc.stdout[-2000:]
+    for word in ("test_mpi.py", "test_slurm", "test_claims_mpi.py", "mpirun", "quick_paper", "killed"):
+        assert not [t for t in fast if word in t], word

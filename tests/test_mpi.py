@@ -105,7 +105,7 @@ def test_without_parallel_hdf5_rank0_writes(trained, reference, tmp_path):
 
 
 def test_coordinator_sleeps_while_it_waits(trained, tmp_path):
-    toml = write_spec(tmp_path / "s.toml", trained["final"], tmp_path / "s.h5", "-1:1:25", "-1:1:25", 200)
+    toml = write_spec(tmp_path / "s.toml", trained["final"], tmp_path / "s.h5", "-1:1:11", "-1:1:11", 200)
     proc = run(mpirun(3) + surface_cmd(toml))
     assert proc.returncode == 0, proc.stderr
     m = re.search(r"coordinator CPU use: ([\d.]+) s in ([\d.]+) s \(([\d.]+)% of a core\)", proc.stderr)
