@@ -29,6 +29,7 @@ from losslandscape import original
 from losslandscape import spec as specs
 from losslandscape import surface
 from losslandscape.distributed import run_serial
+from losslandscape.job import SurfaceWork
 from losslandscape.errors import UserError
 
 from test_surface import fresh_model, plain_pass, sha
@@ -179,7 +180,7 @@ def test_original_surface_without_its_direction_file_is_refused_untouched(traine
     assert repr(str(weights_case["dir_file"])) in msg and "dir_file" in msg
     assert sha(path) == before
     with pytest.raises(UserError, match="directions.kind"):
-        run_serial(spec)
+        run_serial(SurfaceWork(spec))
     assert sha(path) == before
 
     # another direction file than the surface's dir_file: refused by SHA-256
@@ -356,7 +357,7 @@ def test_original_states_direction_file_with_num_batches_tracked(trained, tmp_pa
     path = tmp_path / "orig.h5"
     write_original_surface(path, str(dir_file), xs, ys, {k: v for k, v in values.items() if k.startswith("test")})
     spec = specs.from_dict(tables(trained["final"], path, dir_file, "states", grid, splits=("test",)))
-    assert run_serial(spec) == 0
+    assert run_serial(SurfaceWork(spec)) == 0
     with h5py.File(path, "r") as f:
         loss, acc = f["test_loss"][...], f["test_acc"][...]
         stored = f["directions/x"]

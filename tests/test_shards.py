@@ -15,6 +15,7 @@ import pytest
 from losslandscape import spec as specs
 from losslandscape import surface
 from losslandscape.distributed import run_serial
+from losslandscape.job import SurfaceWork
 from losslandscape.errors import UserError
 from losslandscape.grid import assign_tasks
 from losslandscape.job import prepare
@@ -69,7 +70,7 @@ def test_sbatch_scripts_match_the_record():
 
 def test_shards_computed_and_merged_equal_one_process(trained, tmp_path):
     ref = make_spec(tmp_path / "ref", trained["final"])
-    assert run_serial(ref) == 0
+    assert run_serial(SurfaceWork(ref)) == 0
     spec = make_spec(tmp_path, trained["final"])
     shards = make_shards(spec, 3)
     points = [len(h5py.File(p, "r")["points"]) for p in shards]

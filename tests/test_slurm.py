@@ -20,6 +20,7 @@ import pytest
 
 from losslandscape import spec as specs
 from losslandscape.distributed import run_serial
+from losslandscape.job import SurfaceWork
 
 from conftest import write_job
 from slurmcluster import LocalSlurm
@@ -33,7 +34,7 @@ def write_spec(path: Path, ckpt: Path, surface: Path, x: str, y: str, samples: i
 
 def reference(toml: Path, out: Path) -> dict[str, np.ndarray]:
     spec = specs.load(toml, {"output.surface": str(out)})
-    assert run_serial(spec) == 0
+    assert run_serial(SurfaceWork(spec)) == 0
     with h5py.File(out, "r") as f:
         return {k: f[k][...] for k in VALUES}
 
@@ -189,9 +190,9 @@ def test_tasks_run_the_overrides_given_to_submit(slurm, trained, tmp_path):
     surf = tmp_path / "surf.h5"
     toml = write_job(tmp_path / "job.toml", trained["final"], surf, "-1:1:5", "-1:1:4", 100, 2,
                      splits=("train",), threads=1)
-    assert run_serial(specs.load(toml)) == 0
+    assert run_serial(SurfaceWork(specs.load(toml))) == 0
     spec = specs.load(toml, {"output.surface": str(tmp_path / "ref.h5"), "data.splits": "train,test"})
-    assert run_serial(spec) == 0
+    assert run_serial(SurfaceWork(spec)) == 0
     with h5py.File(tmp_path / "ref.h5", "r") as f:
         ref = {k: f[k][...] for k in VALUES}
     before = sha(surf)

@@ -22,6 +22,7 @@ from losslandscape import data as datasets
 from losslandscape import directions as dirs
 from losslandscape import spec as specs
 from losslandscape.distributed import run_serial
+from losslandscape.job import SurfaceWork
 from losslandscape.errors import UserError
 from losslandscape.job import prepare
 from losslandscape.models import build_model
@@ -112,7 +113,7 @@ def test_orthogonal_second_direction():
 def test_states_direction_moves_batchnorm_statistics(trained, tmp_path):
     spec = make_spec(tmp_path, trained["mid"], directions={"kind": "interpolate", "dir_type": "states"},
                      model={"checkpoint2": str(trained["final"])}, grid={"x": "0:1:2", "y": ""})
-    assert run_serial(spec) == 0
+    assert run_serial(SurfaceWork(spec)) == 0
     x, _ = read_file_directions(tmp_path / "surf.h5")
     mid = torch.load(trained["mid"], weights_only=True)["state_dict"]
     final = torch.load(trained["final"], weights_only=True)["state_dict"]
@@ -125,7 +126,7 @@ def test_states_direction_moves_batchnorm_statistics(trained, tmp_path):
 
 def test_grid_points_equal_plain_forward_passes(trained, tmp_path):
     spec = make_spec(tmp_path, trained["final"], grid={"x": "-0.5:0.5:3", "y": "-0.5:0.5:3"})
-    assert run_serial(spec) == 0
+    assert run_serial(SurfaceWork(spec)) == 0
     path = tmp_path / "surf.h5"
     x, y = read_file_directions(path)
     with h5py.File(path, "r") as f:
@@ -153,7 +154,7 @@ def test_mse_loss_and_partial_last_batch(trained, tmp_path):
     # 300 samples in batches of 128: the last batch has 44 and must weigh 44/300
     spec = make_spec(tmp_path, trained["final"], grid={"x": "0:0:1", "y": ""},
                      evaluation={"loss": "mse", "batch_size": 128}, data={"splits": ["test"]})
-    assert run_serial(spec) == 0
+    assert run_serial(SurfaceWork(spec)) == 0
     model = fresh_model(trained["final"])
     datasets._load.cache_clear()
     xs, ys = datasets._load("digits", "", "test", 300, 0)
@@ -171,7 +172,7 @@ def test_interpolation_end_points_are_the_two_models(trained, tmp_path, caplog):
                      model={"checkpoint2": str(trained["final"])}, grid={"x": "0:1:3", "y": ""})
     assert spec.directions.dir_type == "states"
     with caplog.at_level("INFO"):
-        assert run_serial(spec) == 0
+        assert run_serial(SurfaceWork(spec)) == 0
     assert "interpolation test x = 1: loss" in caplog.text and "model.checkpoint2 itself: loss" in caplog.text
     assert "is not the second model" not in caplog.text
     with h5py.File(tmp_path / "surf.h5", "r") as f:
@@ -188,7 +189,7 @@ def test_interpolating_weights_only_warns_that_x_1_is_not_the_second_model(train
     spec = make_spec(tmp_path, trained["init"], directions={"kind": "interpolate", "dir_type": "weights"},
                      model={"checkpoint2": str(trained["final"])}, grid={"x": "0:1:2", "y": ""})
     with caplog.at_level("INFO"):
-        assert run_serial(spec) == 0
+        assert run_serial(SurfaceWork(spec)) == 0
     assert "x = 1 is not the second model" in caplog.text and 'use dir_type = "states"' in caplog.text
     with h5py.File(tmp_path / "surf.h5", "r") as f:
         far = f["test_loss"][1]
@@ -200,13 +201,13 @@ def test_interpolating_weights_only_warns_that_x_1_is_not_the_second_model(train
 
 def test_resume_computes_only_missing_points_with_identical_values(trained, tmp_path):
     clean = make_spec(tmp_path / "clean", trained["final"])
-    assert run_serial(clean) == 0
+    assert run_serial(SurfaceWork(clean)) == 0
     spec = make_spec(tmp_path, trained["final"])
     prepare(spec)  # the file with directions, nothing computed
     path = tmp_path / "surf.h5"
     # compute only the train split first, then the rest
     first = make_spec(tmp_path, trained["final"], data={"splits": ["train"]})
-    assert run_serial(first) == 0
+    assert run_serial(SurfaceWork(first)) == 0
     with h5py.File(path, "r") as f:
         assert f["train_done"][...].all() and not f["test_done"][...].any()
     with h5py.File(path, "r+") as f:
@@ -214,7 +215,7 @@ def test_resume_computes_only_missing_points_with_identical_values(trained, tmp_
         f["train_loss"][0, 0] = np.nan
         f["train_loss"][2, 2] = 123.0  # a sentinel: a done value must never be recomputed
     assert len(prepare(spec).pending) == 9  # every test point, one of them also train
-    assert run_serial(spec) == 0
+    assert run_serial(SurfaceWork(spec)) == 0
     with h5py.File(path, "r") as f, h5py.File(tmp_path / "clean" / "surf.h5", "r") as g:
         assert f["train_loss"][2, 2] == 123.0
         for name in ("train_loss", "train_acc", "test_loss", "test_acc"):
@@ -227,7 +228,7 @@ def test_resume_computes_only_missing_points_with_identical_values(trained, tmp_
 
 def test_refused_resume_leaves_the_file_untouched(trained, tmp_path):
     spec = make_spec(tmp_path, trained["final"])
-    assert run_serial(spec) == 0
+    assert run_serial(SurfaceWork(spec)) == 0
     path = tmp_path / "surf.h5"
     before = sha(path)
     for change, key in (({"directions": {"seed": 1}}, "directions.seed"),
@@ -237,7 +238,7 @@ def test_refused_resume_leaves_the_file_untouched(trained, tmp_path):
                         ({"evaluation": {"loss": "mse"}}, "evaluation.loss")):
         other = make_spec(tmp_path, trained["final"], **change)
         with pytest.raises(UserError, match=key) as err:
-            run_serial(other)
+            run_serial(SurfaceWork(other))
         assert "\n" not in str(err.value)
         assert sha(path) == before
 
@@ -354,7 +355,7 @@ def test_the_file_says_how_batchnorm_was_evaluated(trained, tmp_path, caplog, pr
     spec = make_spec(tmp_path, trained["final"], grid={"x": "0:0:1", "y": ""},
                      evaluation={"precision": precision, "fold_batchnorm": fold})
     with caplog.at_level("INFO"):
-        assert run_serial(spec) == 0
+        assert run_serial(SurfaceWork(spec)) == 0
     assert expected in caplog.text
     with h5py.File(tmp_path / "surf.h5", "r") as f:
         assert expected in f.attrs["batchnorm_folding"]

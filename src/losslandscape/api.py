@@ -29,6 +29,7 @@ from . import userimport
 from .distributed import run_serial
 from .errors import UserError
 from .hessmap import HessianWork, Settings, centre_spectrum
+from .job import SurfaceWork
 from .render.surfacefile import Surface, load_surface
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def compute_hessian(surface: str | Path, *, split: str = "train", samples: int =
     settings = Settings(split, samples, params, tol)
     if centre:
         return centre_spectrum(Path(surface), settings, top_k, device)
-    code = run_serial(None, work=HessianWork(Path(surface), settings, device))
+    code = run_serial(HessianWork(Path(surface), settings, device))
     if code != 0:
         log.warning("stopped early: %s holds the points computed so far; call again to finish", surface)
     return load_surface(surface)
@@ -150,7 +151,7 @@ def _run(model, model_b, train, test, x, y, out, options) -> Surface:
     if model_b is not None:
         table["model"]["checkpoint2"] = str(_save_weights(model_b, out, "model2"))
     spec = specs.from_dict(table)
-    code = run_serial(spec)
+    code = run_serial(SurfaceWork(spec))
     if code != 0:
         log.warning("stopped early: %s holds the points computed so far; call again to finish", out)
     return load_surface(out)

@@ -92,10 +92,9 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def run_serial(spec=None, shard: Path | None = None, work: Work | None = None) -> int:
-    """Compute every pending point in this process: of `work`, or else of the spec's surface
-    (or of one of its shards). The file is opened once for the whole evaluation."""
-    work = work or SurfaceWork(spec, shard)
+def run_serial(work: Work) -> int:
+    """Compute every pending point of `work` (a surface, a shard, the Hessian maps) in this
+    process. The file is opened once for the whole evaluation."""
     plan = work.plan()
     evaluator = work.load()
     prep = begin(work, plan, {"batchnorm_folding": evaluator.folding})
@@ -225,13 +224,12 @@ def _abort(comm, line: str) -> None:
     comm.Abort(1)
 
 
-def run(spec=None, comm=None, shard: Path | None = None, work: Work | None = None) -> int:
-    """The `surface` verb (or a SLURM task's shard, or another kind of per-point `work`): one
-    process, or a coordinator and workers under mpirun/srun."""
-    work = work or SurfaceWork(spec, shard)
+def run(work: Work, comm=None) -> int:
+    """Compute every pending point of `work` (a surface, a SLURM task's shard, the Hessian maps):
+    one process, or a coordinator and workers under mpirun/srun."""
     env = mpi_environment(comm)
     if env.comm is None:
-        return run_serial(work=work)
+        return run_serial(work)
     return run_mpi(work, env)
 
 

@@ -32,7 +32,7 @@ from .environment import SlurmEnvironment
 from .errors import UserError
 from .fileformat import SUBMISSION, read_submission, shard_dir, shard_files
 from .grid import GridAxes, assign_tasks, coarse_to_fine
-from .job import prepare
+from .job import SurfaceWork, prepare
 from .lifecycle import with_grid
 from .status import queued
 
@@ -214,7 +214,7 @@ def run_task(shards: Path, task: int | None = None, comm=None, agree=None) -> in
     """One array task: compute its shard (under MPI when launched so; `agree` then reads the
     shard on every rank as one agreed step, so a bad shard is one line, not a hang)."""
     spec, shard = agree(comm, task_spec, shards, task) if agree is not None else task_spec(shards, task)
-    return run(spec, comm, shard=shard)
+    return run(SurfaceWork(spec, shard), comm)
 
 
 def merge(surface_path: Path, force: bool = False) -> int:

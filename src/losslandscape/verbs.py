@@ -55,14 +55,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_surface(args: argparse.Namespace) -> int:
     from .distributed import run
     from .environment import mpi_environment
+    from .job import SurfaceWork
 
     env = mpi_environment()
     if env.comm is None:
-        return run(_spec_from_args(args))
+        return run(SurfaceWork(_spec_from_args(args)))
     setup_logging(args.verbose, env.rank)
     from .distributed import agree
 
-    return _under_mpi(env, lambda: run(agree(env.comm, _spec_from_args, args), env.comm))
+    return _under_mpi(env, lambda: run(SurfaceWork(agree(env.comm, _spec_from_args, args)), env.comm))
 
 
 def cmd_trajectory(args: argparse.Namespace) -> int:
@@ -111,12 +112,12 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     env = mpi_environment()
     if env.comm is None:
-        return run(None, work=HessianWork(args.surface, settings, args.device))
+        return run(HessianWork(args.surface, settings, args.device))
     setup_logging(args.verbose, env.rank)
     from .distributed import agree
 
-    return _under_mpi(env, lambda: run(None, env.comm, work=agree(env.comm, HessianWork, args.surface, settings,
-                                                                    args.device)))
+    return _under_mpi(env, lambda: run(agree(env.comm, HessianWork, args.surface, settings, args.device),
+                                       env.comm))
 
 
 def cmd_directions(args: argparse.Namespace) -> int:
