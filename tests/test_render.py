@@ -225,7 +225,7 @@ def test_load_original_format(files, tmp_path):
 
 @pytest.mark.parametrize(
     "key, words",
-    [("not_hdf5", "not a readable HDF5"), ("no_x", "no xcoordinates"), ("missing", "does not exist")],
+    [("not_hdf5", "not a readable HDF5"), ("no_x", "no xcoordinates"), ("missing", "surface file: no such file")],
 )
 def test_bad_files_are_user_errors(files, tmp_path, key, words):
     path = files.get(key, tmp_path / "missing.h5")

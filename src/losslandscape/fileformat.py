@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, readable_file
 
 FORMAT = "losslandscape-surface"
 FORMAT_VERSION = 1
@@ -90,12 +90,12 @@ def open_h5(path: str | Path, mode: str, comm=None, field: str = "output.surface
     kwargs: dict[str, Any] = {"locking": False}
     if comm is not None:
         kwargs.update(driver="mpio", comm=comm)
-    if Path(path).is_dir():
+    if mode in ("r", "r+"):
+        readable_file(path, field, "a surface file (HDF5)")
+    elif Path(path).is_dir():
         raise UserError(f"{field}: {str(path)!r} is a folder; expected a surface file (HDF5)")
     try:
         return h5py.File(path, mode, **kwargs)
-    except FileNotFoundError:
-        raise UserError(f"{field}: no such file {str(path)!r}") from None
     except OSError as exc:
         raise UserError(f"{field}: {path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
 

@@ -197,17 +197,7 @@ def load_surface(path: str | Path) -> Surface:
 
 def _open(path: Path):
     """The file, read-only and without locking (a running job may be writing it)."""
-    import h5py
-
-    if not path.exists():
-        raise UserError(f"surface file {path} does not exist")
-    if path.is_dir():
-        raise UserError(f"surface file {path} is a directory, expected an HDF5 file")
-    try:
-        return h5py.File(path, "r", locking=False)
-    except OSError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path} is not a readable HDF5 surface file ({reason})") from None
+    return ff.open_h5(path, "r", field="surface file")
 
 
 def _axes(f, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
