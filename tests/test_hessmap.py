@@ -249,8 +249,10 @@ def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path)
     assert cli("surface", d / "job.toml").returncode == 0
     clean = d / "clean.h5"
     clean.write_bytes((d / "s.h5").read_bytes())
+    # env: Python's copy of the environment, without what an MPI singleton in this process set (launch)
     proc = subprocess.Popen(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(d / "s.h5"), "--samples",
-                                         str(SAMPLES)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                         str(SAMPLES)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.2)
