@@ -34,6 +34,12 @@ def target_tensors(model: torch.nn.Module, dir_type: Literal["weights", "states"
     return {name: t for name, t in model.state_dict(keep_vars=False).items() if t.is_floating_point()}
 
 
+def moved_tensors(model: torch.nn.Module, d) -> dict[str, torch.Tensor]:
+    """The tensors the spec's `[directions]` table `d` moves: target_tensors(model, d.dir_type),
+    narrowed by d.include / d.exclude / d.trainable_only."""
+    return target_tensors(model, d.dir_type)
+
+
 def random_direction(weights: dict[str, torch.Tensor], generator: torch.Generator) -> Direction:
     return {name: torch.randn(w.shape, generator=generator, dtype=torch.float32) for name, w in weights.items()}
 

@@ -45,7 +45,7 @@ def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
         model = model.to(memory_format=torch.channels_last)
         splits = {k: (x.contiguous(memory_format=torch.channels_last), y) for k, (x, y) in splits.items()}
     model = model.to(device)
-    tensors = dirs.target_tensors(model, spec.directions.dir_type)
+    tensors = dirs.moved_tensors(model, spec.directions)
     return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
                           spec.evaluation.precision, spec.evaluation.fold_batchnorm if fold is None else fold)
 
@@ -73,7 +73,7 @@ def auto_search_evaluator(spec) -> PointEvaluator:
     if use_channels_last(device, inputs):
         model = model.to(memory_format=torch.channels_last)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    tensors = dirs.target_tensors(model, spec.directions.dir_type)
+    tensors = dirs.moved_tensors(model, spec.directions)
     # the spec's precision, not fp32: configure_precision sets process-wide flags that this process's
     # own evaluator (built before the directions) runs under
     return PointEvaluator(model, tensors, {split: (inputs, targets)}, device, spec.evaluation.loss,

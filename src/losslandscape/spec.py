@@ -25,6 +25,8 @@ from . import userimport
 from .fileformat import SPLITS  # noqa: F401 (the splits a spec may name)
 from .errors import UserError, readable_file
 
+LOSS_NAMES = ("cross_entropy", "mse", "model")
+
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Data:
     """0 = every sample; else a fixed, seeded subset of this many samples per split."""
     seed: int = 0
     """seed of the max_samples subset (and of the synthetic data)."""
+    workers: int = 0
+    """loader worker processes when the data factory gives a Dataset (0 = read in the evaluating process)."""
 
 
 @dataclass
@@ -77,6 +81,12 @@ class Directions:
     """kind = "pca": globs of further runs to project onto the same plane."""
     which: Literal["maxmin", "top2"] = "maxmin"
     """kind = "hessian": eigenvectors of the largest and smallest eigenvalue (maxmin) or of the two largest."""
+    include: list[str] = field(default_factory=list)
+    """glob patterns on tensor names: only matching tensors move (empty = all)."""
+    exclude: list[str] = field(default_factory=list)
+    """glob patterns on tensor names: matching tensors stay fixed."""
+    trainable_only: bool = False
+    """move only parameters with requires_grad (LoRA adapters, an unfrozen head)."""
 
 
 @dataclass
@@ -93,8 +103,8 @@ class Grid:
 
 @dataclass
 class Evaluation:
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
-    """loss function (mse compares softmax outputs with one-hot targets)."""
+    loss: str = "cross_entropy"
+    """cross_entropy | mse | model (the model's own outputs.loss) | "package.module:function" (README: the loss contract)."""
     batch_size: int = 0
     """images per forward pass; 0 = 1024 on a GPU, 128 on a CPU (cache-sized batches are faster there)."""
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
@@ -309,6 +319,11 @@ def _validate(spec: Spec) -> None:
             raise UserError('grid.y: empty; the PCA plane is 2-D: give grid.y too')
     if spec.directions.kind == "file" and not spec.directions.file:
         raise UserError('directions.file: empty; kind = "file" needs the HDF5 file to read directions from')
+    if spec.evaluation.loss not in LOSS_NAMES and ":" not in spec.evaluation.loss:
+        raise UserError(f"evaluation.loss: {spec.evaluation.loss!r} is not valid; expected one of "
+                        f"{', '.join(LOSS_NAMES)} or \"package.module:function\"")
+    if spec.data.workers < 0:
+        raise UserError(f"data.workers: {spec.data.workers} is not valid; expected an integer >= 0")
     if not spec.evaluation.device == "auto" and not (
             spec.evaluation.device == "cpu" or spec.evaluation.device.startswith("cuda")):
         raise UserError(f"evaluation.device: {spec.evaluation.device!r} is not valid; "
