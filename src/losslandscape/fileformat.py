@@ -11,7 +11,12 @@ float64, the wall time of each point; `directions/x/<name>`, `directions/y/<name
 float32; `max_eig`, `min_eig`, `eig_done` (the Hessian maps) and the group
 `hessian_centre`; the group `trajectory` (a PCA surface's paths); attributes `format`,
 `format_version`, `spec` (JSON), `identity` (JSON), `directions_sha256`, `versions`,
-`import_dirs`, `created`, `splits`, `batchnorm_folding`, `hessian_*`.
+`import_dirs`, `created`, `splits`, `values`, `batchnorm_folding`, `hessian_*`.
+
+The attribute `values` (JSON) names the values the run's loss defines: ["loss", "acc"], or
+["loss"] for a loss where accuracy means nothing (a regression, a language model's own loss, a
+user's loss that counts nothing correct); such a file has no `{train,test}_acc` datasets. A
+file without the attribute (every file before it, the original code's) has both.
 
 The original code's files have no `format` attribute and no done flags: -1 marks a
 point not computed, their arrays are allocated (nx, ny) but filled in the flat order of
@@ -61,6 +66,7 @@ A_FORMAT, A_VERSION, A_SPEC, A_IDENTITY = "format", "format_version", "spec", "i
 A_DIGEST, A_VERSIONS, A_IMPORT_DIRS, A_CREATED, A_SPLITS = (
     "directions_sha256", "versions", "import_dirs", "created", "splits")
 A_SURFACE, A_TASK, A_TASKS = "surface", "task", "tasks"  # a shard's
+A_VALUES = "values"  # JSON: the values the run's loss defines, ["loss", "acc"] or ["loss"]
 A_AUTO_RANGE = "auto_range"
 A_EXPLAINED = "explained_variance_ratio"  # a PCA surface's: PC1's and PC2's shares of the variance
 A_DIRECTIONS_FROM = "directions_from"  # kind "file": the direction file read
@@ -78,6 +84,33 @@ def value_name(split: str, value: str) -> str:
 
 def done_name(split: str) -> str:
     return f"{split}_done"
+
+
+def parse_values(text: Any) -> tuple[str, ...]:
+    """The `values` attribute (JSON text, or None where a file or a run's notes lack it) as a
+    tuple in VALUES order: ("loss", "acc") without it. UserError where it names no loss or
+    something else than loss and acc."""
+    if text is None:
+        return VALUES
+    try:
+        given = json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (TypeError, ValueError):
+        given = None
+    if not isinstance(given, list) or "loss" not in given or any(v not in VALUES for v in given):
+        raise UserError(f"attribute {A_VALUES}: {text!r} is not valid; expected {json.dumps(list(VALUES))} "
+                        'or ["loss"]')
+    return tuple(v for v in VALUES if v in given)
+
+
+def file_values(f: "h5py.File") -> tuple[str, ...]:
+    """The values a surface or shard file holds per split: ("loss", "acc"), or ("loss",) for a
+    run whose loss defines no accuracy (its attribute `values`)."""
+    return parse_values(f.attrs.get(A_VALUES))
+
+
+def value_names(values: tuple[str, ...] = VALUES) -> list[str]:
+    """The value datasets of a file holding `values`: train_loss, train_acc, test_loss, ..."""
+    return [value_name(split, value) for split in SPLITS for value in values]
 
 
 def open_h5(path: str | Path, mode: str, comm=None, field: str = "output.surface"):

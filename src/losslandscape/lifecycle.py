@@ -44,6 +44,7 @@ class Prepared:
     created: bool
     directions_path: Path | None = None  # where the directions are (default: path itself)
     grid: Grid | None = None  # the resolved grid of the spec (None for a shard)
+    values: tuple[str, ...] = ff.VALUES  # what the file holds per split: loss and acc, or loss alone
 
     @property
     def directions_file(self) -> Path:
@@ -191,12 +192,28 @@ def create(new: surface.NewFile, notes: dict[str, str] | None = None, comm=None)
     new.write(notes, comm)
 
 
+def check_values(path: Path, have: tuple[str, ...], notes: dict[str, str] | None) -> None:
+    """Refuse (one line) a run whose loss defines other values than the file holds: accuracy
+    where the file has none, or none where it has. Notes without ff.A_VALUES (a caller that
+    evaluates nothing, such as `submit`) are not checked."""
+    if not notes or ff.A_VALUES not in notes:
+        return
+    want = ff.parse_values(notes[ff.A_VALUES])
+    if want != have:
+        said = {ff.VALUES: "loss and accuracy", ("loss",): "loss only (no accuracy)"}
+        raise UserError(f"evaluation.loss: the surface file {path} holds {said[have]}, this run's loss gives "
+                        f"{said[want]}; resume with the file's loss or choose another output.surface")
+
+
 def prepare(path: Path, splits: list[str], created: bool, notes: dict[str, str] | None,
             grid: Grid | None = None) -> Prepared:
     """Rank 0: record the splits asked for and how the run evaluates (status and merge report
     them), find the points still to compute and say so in one line. One read-only open, and one
-    read-write open only when the file does not say so already."""
+    read-write open only when the file does not say so already. A run whose values (notes'
+    ff.A_VALUES) differ from the file's is refused (check_values), the file untouched."""
     with ff.open_h5(path, "r") as f:
+        values = ff.file_values(f)
+        check_values(path, values, notes)
         todo = surface.pending_points(f, splits)
         axes = GridAxes(*ff.axes_arrays(f))
         attrs = surface.run_notes(f, splits, notes)
@@ -205,7 +222,7 @@ def prepare(path: Path, splits: list[str], created: bool, notes: dict[str, str] 
         with ff.open_h5(path, "r+") as f:
             f.attrs.update(attrs)
     log.info("%s %s", "created" if created else "resuming", line)
-    return Prepared(path, axes, todo, axes.size, created, grid=grid)
+    return Prepared(path, axes, todo, axes.size, created, grid=grid, values=values)
 
 
 def read_shard(shard: Path, splits: list[str]) -> Prepared:
@@ -216,12 +233,15 @@ def read_shard(shard: Path, splits: list[str]) -> Prepared:
         done = ff.done_masks(f)
         axes = GridAxes(*ff.axes_arrays(f))
         main = Path(f.attrs[ff.A_SURFACE])
+        values = ff.file_values(f)
     missing = np.zeros(len(points), dtype=bool)
     for split in splits:
         missing |= ~done[split][points]
-    return Prepared(shard, axes, points[missing], len(points), False, main)
+    return Prepared(shard, axes, points[missing], len(points), False, main, values=values)
 
 
-def announce_shard(prep: Prepared) -> None:
+def announce_shard(prep: Prepared, notes: dict[str, str] | None = None) -> None:
+    """Say what the task computes; a task whose values (notes) differ from its shard's is refused."""
+    check_values(prep.path, prep.values, notes)
     log.info("shard %s: %d of %d points done, %d to compute", prep.path, prep.total - len(prep.pending),
              prep.total, len(prep.pending))

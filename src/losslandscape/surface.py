@@ -124,7 +124,7 @@ class NewFile:
 def _write_points(f: h5py.File, shape: tuple, values: dict[str, np.ndarray], done: dict[str, np.ndarray]) -> None:
     """Values kept exactly where done; NaN (our "not computed") elsewhere."""
     for split in SPLITS:
-        for value in VALUES:
+        for value in ff.file_values(f):
             name = value_name(split, value)
             if name in values:
                 f[name][...] = np.where(done[split], values[name], np.nan).reshape(shape)
@@ -135,11 +135,13 @@ def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
            x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None, digest: str,
            extra_attrs: dict[str, Any] | None = None) -> None:
     """Write the whole structure of a new surface file. Structure only: under MPI every rank
-    calls this with the same arguments (HDF5 metadata operations are collective)."""
+    calls this with the same arguments (HDF5 metadata operations are collective).
+    `extra_attrs` may name the values the run's loss defines (ff.A_VALUES, JSON): without
+    "acc" there, the file gets no accuracy datasets."""
     f.create_dataset(ff.X, data=axes.x)
     if axes.y is not None:
         f.create_dataset(ff.Y, data=axes.y)
-    create_values(f, axes.shape)
+    create_values(f, axes.shape, ff.parse_values((extra_attrs or {}).get(ff.A_VALUES)))
     _write_directions(f, x, y)
     f.attrs[ff.A_FORMAT] = FORMAT
     f.attrs[ff.A_VERSION] = FORMAT_VERSION
@@ -162,10 +164,14 @@ def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
             f.attrs[k] = v
 
 
-def create_values(f: h5py.File, shape: tuple[int, ...]) -> None:
-    """The value, done and timing datasets of a surface or shard, allocated and empty."""
+def create_values(f: h5py.File, shape: tuple[int, ...], values: tuple[str, ...] = VALUES) -> None:
+    """The value, done and timing datasets of a surface or shard, allocated and empty: `values`
+    per split (no `_acc` datasets for a loss that defines no accuracy), recorded as the
+    attribute ff.A_VALUES where accuracy is left out (a file without it has both)."""
+    if values != VALUES:
+        f.attrs[ff.A_VALUES] = json.dumps(list(values))
     for split in SPLITS:
-        for value in VALUES:
+        for value in values:
             f.create_dataset(value_name(split, value), shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early())
         f.create_dataset(done_name(split), shape=shape, dtype="u1", fillvalue=0, dcpl=dcpl_early())
     f.create_dataset(ff.POINT_SECONDS, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early())
@@ -215,8 +221,9 @@ def _axis_text(axis: np.ndarray | None) -> str:
 def check_structure(f: h5py.File, path: str | Path) -> None:
     """A file that claims our format must have every dataset (a corrupt one does not)."""
     shape = f[ff.X].shape if ff.Y not in f else (len(f[ff.Y]), len(f[ff.X]))
+    values = ff.file_values(f)
     for split in SPLITS:
-        for name in (value_name(split, "loss"), value_name(split, "acc"), done_name(split)):
+        for name in [value_name(split, v) for v in values] + [done_name(split)]:
             if name not in f or f[name].shape != shape:
                 raise UserError(f"output.surface: {path} is damaged: dataset {name!r} is missing or not {shape}")
     if ff.DIRECTIONS not in f or "x" not in f[ff.DIRECTIONS]:
@@ -253,18 +260,20 @@ class PointWriter:
 
     def __init__(self, f: h5py.File, flush: bool = True):
         self.f, self.flush = f, flush
+        self.acc = "acc" in ff.file_values(f)
         self.ds = {name: f[name] for name in
-                   [value_name(s, v) for s in SPLITS for v in VALUES] + [done_name(s) for s in SPLITS]
-                   + [ff.POINT_SECONDS]}
+                   ff.value_names(ff.file_values(f)) + [done_name(s) for s in SPLITS] + [ff.POINT_SECONDS]}
         self.shape = self.ds[done_name(SPLITS[0])].shape
 
     def write(self, unit) -> None:
-        """`unit` (job.Finished): its results are {split: (loss, accuracy)} per point."""
+        """`unit` (job.Finished): its results are {split: (loss, accuracy)} per point, the
+        accuracy NaN where the loss defines none (then the file has no accuracy to write)."""
         index = [np.unravel_index(int(p), self.shape) for p in unit.points]
         for idx, res, sec in zip(index, unit.results, unit.seconds):
             for split, (loss, acc) in res.items():
                 self.ds[value_name(split, "loss")][idx] = loss
-                self.ds[value_name(split, "acc")][idx] = acc
+                if self.acc:
+                    self.ds[value_name(split, "acc")][idx] = acc
             self.ds[ff.POINT_SECONDS][idx] = sec
         if self.flush:
             self.f.flush()
@@ -311,7 +320,7 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
         for name in (ff.X, ff.Y):
             if name in src:
                 f.create_dataset(name, data=np.asarray(src[name]))
-        create_values(f, src[done_name(SPLITS[0])].shape)
+        create_values(f, src[done_name(SPLITS[0])].shape, ff.file_values(src))
         f.create_dataset(ff.POINTS, data=np.asarray(points, dtype=np.int64))
         f.attrs[ff.A_FORMAT] = SHARD_FORMAT
         f.attrs[ff.A_VERSION] = FORMAT_VERSION
@@ -325,10 +334,12 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
 
 
 def shard_belongs(shard: h5py.File, surf: h5py.File) -> bool:
-    """Same identity and the same directions: the shard's values are points of this surface."""
+    """Same identity, the same directions and the same values (with or without accuracy): the
+    shard's values are points of this surface."""
     first = done_name(SPLITS[0])
     return (shard.attrs.get(ff.A_IDENTITY) == surf.attrs.get(ff.A_IDENTITY)
             and shard.attrs.get(ff.A_DIGEST) == surf.attrs.get(ff.A_DIGEST)
+            and ff.file_values(shard) == ff.file_values(surf)
             and shard[first].shape == surf[first].shape)
 
 
@@ -337,12 +348,14 @@ def shard_new_points(shard: h5py.File, surf: h5py.File) -> tuple[dict[str, np.nd
 
     A point is taken only with its values: a done flag whose accuracy is missing (NaN; a
     computed accuracy is always a number, even where the loss diverged) is skipped, so the
-    surface never marks a point done that has no values."""
+    surface never marks a point done that has no values. A shard without accuracy has no
+    such check (its loss may be NaN, a diverged point)."""
     sd, fd = done_masks(shard), done_masks(surf)
     new, skipped = {}, 0
+    acc = "acc" in ff.file_values(shard)
     for split in SPLITS:
         candidates = np.flatnonzero(sd[split] & ~fd[split])
-        if len(candidates):
+        if len(candidates) and acc:
             acc = np.asarray(shard[value_name(split, "acc")]).ravel()[candidates]
             skipped += int((~np.isfinite(acc)).sum())
             candidates = candidates[np.isfinite(acc)]
@@ -358,7 +371,7 @@ def copy_points(shard: h5py.File, surf: h5py.File, new: dict[str, np.ndarray]) -
         if len(points) == 0:
             continue
         idx = np.unravel_index(points, shape)
-        for value in VALUES:
+        for value in ff.file_values(surf):
             name = value_name(split, value)
             target = np.asarray(surf[name])
             target[idx] = np.asarray(shard[name])[idx]
