@@ -1,7 +1,9 @@
-"""Data sets as whole tensors: (inputs (N, C, H, W) float32, targets (N,) int64).
+"""The built-in data sets and a user's data factory, one split at a time.
 
-A split is read once per process and kept (the evaluation moves it to its
-device once); nothing streams per grid point.
+A split in memory is (inputs, targets) tensors, read once per process and kept (the
+evaluation moves it to its device once). A factory may instead give a Dataset, a DataLoader or
+a re-iterable of batches: `load_source` then returns a batches.Stream, read once per work unit
+(batches.py says what each form becomes).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .batches import Stream, stream_of, subset_indices
 from .errors import UserError
 from .userimport import import_factory
 
@@ -26,9 +29,40 @@ DIGITS_TEST_FRACTION = 0.2
 SYNTHETIC_SIZE = 2000
 
 
-def load_split(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inputs and targets of one split of the spec's `[data]` table."""
+Source = tuple[torch.Tensor, torch.Tensor] | Stream
+
+
+def load_source(data, split: str, batch_size: int = 128, pin: bool = False) -> Source:
+    """One split of the spec's `[data]` table: (inputs, targets) tensors, or a Stream of batches
+    when the factory gives a Dataset, a DataLoader or an iterable (`batch_size`: a Dataset's loader's)."""
+    if ":" in data.name:
+        result = _factory_result(data.name, split)
+        if not _is_pair(result):
+            return stream_of(result, f"{data.name}({split!r})", batch_size_=batch_size, workers=data.workers,
+                             pin=pin, max_samples=data.max_samples, seed=data.seed)
     return _load(data.name, data.root, split, data.max_samples, data.seed)
+
+
+def load_split(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and targets of one split of the spec's `[data]` table, as whole tensors (training,
+    the Hessian's data): a factory that gives a stream is one line."""
+    source = load_source(data, split)
+    if isinstance(source, Stream):
+        raise UserError(f"data.name: {data.name}({split!r}) gives a stream of batches; this step needs the "
+                        "split as (inputs, targets) tensors")
+    return source
+
+
+@functools.lru_cache(maxsize=8)
+def _factory_result(name: str, split: str):
+    """What a user's data factory returns for `split` (called once per process)."""
+    return import_factory(name, "data.name")(split)
+
+
+def _is_pair(result) -> bool:
+    """(inputs, targets) as tensors or arrays: the in-memory fast path."""
+    return (isinstance(result, tuple) and len(result) == 2
+            and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in result))
 
 
 @functools.lru_cache(maxsize=8)
@@ -46,9 +80,9 @@ def _load(name: str, root: str, split: str, max_samples: int, seed: int) -> tupl
     else:
         raise UserError(f"data.name: unknown data set {name!r}; choose one of "
                         f"{', '.join(BUILTIN)} or give \"package.module:factory\"")
-    if max_samples and max_samples < len(targets):
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(len(targets), generator=gen)[:max_samples].sort().values
+    keep = subset_indices(len(targets), max_samples, seed)
+    if keep is not None:
+        keep = torch.tensor(keep, dtype=torch.long)
         inputs, targets = inputs[keep], targets[keep]
     log.debug("data %s/%s: %s inputs", name, split, tuple(inputs.shape))
     return inputs.contiguous(), targets.contiguous()
@@ -117,13 +151,15 @@ def _synthetic(split: str, size: int, seed: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _factory(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    result = import_factory(name, "data.name")(split)
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise UserError(f"data.name: {name}({split!r}) must return (inputs, targets) tensors")
-    inputs, targets = (torch.as_tensor(t) for t in result)
+    """A factory's (inputs, targets): floating inputs as float32, integer inputs (token ids) kept;
+    integer targets as int64 (classes, tokens), floating targets as float32 (regression)."""
+    inputs, targets = (torch.as_tensor(t) for t in _factory_result(name, split))
     if len(inputs) != len(targets):
         raise UserError(f"data.name: {name}({split!r}) gave {len(inputs)} inputs but {len(targets)} targets")
-    return inputs.float(), targets.long()
+    if inputs.is_floating_point() or inputs.dtype == torch.bool:
+        inputs = inputs.float()
+    targets = targets.float() if targets.is_floating_point() else targets.long()
+    return inputs, targets
 
 
 def input_channels(data) -> int:
@@ -132,4 +168,6 @@ def input_channels(data) -> int:
         return 1
     if data.name in ("cifar10", "synthetic"):
         return 3
-    return int(load_split(data, data.splits[0])[0].shape[1])
+    source = load_source(data, data.splits[0])
+    first = source.first().first_input if isinstance(source, Stream) else source[0]
+    return int(first.shape[1]) if first is not None and first.dim() > 1 else 1

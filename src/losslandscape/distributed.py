@@ -28,7 +28,7 @@ from .environment import MPIEnvironment, mpi_environment
 from .errors import UserError
 from .fileformat import open_h5
 from .grid import split_units
-from .job import Finished, SurfaceWork, Work, begin
+from .job import Finished, SurfaceWork, Work, begin, evaluator_notes
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run_serial(work: Work) -> int:
     process. The file is opened once for the whole evaluation."""
     plan = work.plan()
     evaluator = work.load()
-    prep = begin(work, plan, {"batchnorm_folding": evaluator.folding})
+    prep = begin(work, plan, evaluator_notes([evaluator]))
     if len(prep.pending) == 0:
         return EXIT_DONE
     stop = StopFlag()
@@ -127,9 +127,18 @@ def _finish(stopped, path, work) -> int:
 
 
 def evaluate_unit(work, evaluator, axes, unit, done, stop) -> Finished:
-    """Evaluate the points of a unit (what each still lacks); stop early on a signal."""
+    """Evaluate the points of a unit (what each still lacks); stop early on a signal. Streamed
+    data is read once for the whole unit (a signal during it loses the unit)."""
     out = Finished([], [], [])
     coords = axes.coordinates(unit)
+    if getattr(evaluator, "streamed", False) and hasattr(work, "unit_values"):
+        t0 = time.perf_counter()
+        results = work.unit_values(evaluator, unit.tolist(), [(float(a), float(b)) for a, b in coords], done,
+                                   lambda: bool(stop))
+        if results is None:
+            return out
+        seconds = (time.perf_counter() - t0) / max(len(results), 1)
+        return Finished(unit.tolist(), results, [seconds] * len(results))
     for p, (a, b) in zip(unit.tolist(), coords):
         if stop:
             break
@@ -245,8 +254,8 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
 
     loaded = agree(comm, lead_step if lead else lambda: work.load(env.worker_index, env.workers_on_node))
     made, evaluator = (loaded, None) if lead else (None, loaded)
-    folding = comm.gather(None if lead else evaluator.folding, root=0)
-    notes = {"batchnorm_folding": "; ".join(sorted(set(filter(None, folding)))) if lead else ""}
+    evaluators = comm.gather(None if lead else evaluator_notes([evaluator]), root=0)
+    notes = evaluator_notes(evaluators[1:], merged=True) if lead else {}
 
     # 2. the file (or the maps) is created by every rank together, or by rank 0 alone
     how = comm.bcast(None if made is None else "all" if env.parallel_hdf5 and work.collective(made) else "one",

@@ -1,22 +1,37 @@
 """Loss and accuracy of a model moved to grid points `theta + a*dx + b*dy`.
 
-Performance design: the data set sits on the device once; the weights are moved
+Performance design: a split in memory sits on the device once; the weights are moved
 in place on the device (base + a*dx + b*dy) instead of rebuilding the model or
 copying weights from the host per point; no autograd; large batches; the loss
 is summed on the device and read back once per point and split.
+
+A streamed split (batches.Stream: a Dataset, DataLoader or iterable) is read once per work
+unit, data outer and points inner: each batch is moved to the device once and evaluated at
+every point of the unit, with per-point sums (`evaluate_unit`). The original code's way, a
+full pass over the data per point, reads it once per point.
+
+Weights stored in bf16/fp16 keep a float32 base and float32 directions: a point's weights are
+computed in float32 and rounded once, never `bf16 weight + small step`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 
+from .batches import Batch, Stream, to_device
+from .errors import UserError
 from .fold import fold
 from .losses import get_loss
 
-Split = tuple[torch.Tensor, torch.Tensor]  # inputs (N, ...), targets (N,)
+log = logging.getLogger(__name__)
+
+Split = tuple[torch.Tensor, torch.Tensor] | Stream  # inputs (N, ...), targets (N, ...); or a stream
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def batch_size_for(device: torch.device, requested: int = 0) -> int:
@@ -34,55 +49,115 @@ def use_channels_last(device: torch.device, example: torch.Tensor) -> bool:
 class PointEvaluator:
     """Owns one model on one device and evaluates it at grid points.
 
-    Built before the surface file exists (so a model, data set or device that
-    fails is found before anything is written); `set_directions` then gives it
-    the stored directions, {name: tensor} over the entries of `tensors` (the live
-    parameters or state entries the directions move, from
-    `directions.target_tensors`). The model's current values are the base point.
+    Built before the surface file exists (so a model, data set, loss or device that fails is
+    found before anything is written: `probe` runs the first batch of each split through the
+    model and the loss at the centre); `set_directions` then gives it the stored directions,
+    {name: tensor} over the entries of `tensors` (the live parameters or state entries the
+    directions move, from `directions.moved_tensors`). The model's current values are the base
+    point; every other tensor of the model is never written.
     """
 
     def __init__(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor],
                  splits: dict[str, Split], device: torch.device, loss: str = "cross_entropy",
                  batch_size: int = 0, precision: Literal["fp32", "tf32", "bf16"] = "fp32",
-                 fold_batchnorm: bool = True):
+                 fold_batchnorm: bool = True, channels_last: bool = False):
         self.model = model.eval()
         self.device = torch.device(device)
         self.loss = loss
-        self.loss_fn = get_loss(loss)
+        self.loss_fn = get_loss(loss, model)
         self.batch_size = batch_size_for(self.device, batch_size)
         self.precision = precision
+        self.channels_last = channels_last
         self.names = list(tensors)
         self.live = [tensors[k] for k in self.names]
         with torch.no_grad():
-            self.base = [t.detach().clone() for t in self.live]
+            # a float32 base for bf16/fp16 weights: each point is computed in float32, rounded once
+            self.base = [t.detach().float() if t.dtype in LOW_PRECISION else t.detach().clone() for t in self.live]
+        self.low = [t.dtype in LOW_PRECISION for t in self.live]
         self.dx: list[torch.Tensor] | None = None
         self.dy: list[torch.Tensor] | None = None
-        self.splits = {name: (xs.to(self.device, non_blocking=True), ys.to(self.device, non_blocking=True))
-                       for name, (xs, ys) in splits.items()}
+        self.splits = {name: src if isinstance(src, Stream) else
+                       (src[0].to(self.device, non_blocking=True), src[1].to(self.device, non_blocking=True))
+                       for name, src in splits.items()}
+        self.streamed = any(isinstance(src, Stream) for src in self.splits.values())
         # the network that runs the forward passes: the model, or its BatchNorm-folded twin. The fold
         # is checked in fp32, before the precision is lowered, so a check never fails for rounding.
         self.net = self.model
         self.folding = "BatchNorm folding off (evaluation.fold_batchnorm = false)"
-        if fold_batchnorm and self.splits:
-            configure_precision("fp32")
-            example = next(iter(self.splits.values()))[0][:8]
-            self.net, self.folding = fold(self.model, example)
+        first = {name: self._first_batch(name) for name in self.splits}
+        example = next(iter(first.values()), None)
+        if fold_batchnorm and example is not None:
+            if example.kwargs or len(example.args) != 1 or not isinstance(example.args[0], torch.Tensor):
+                self.folding = "BatchNorm not folded: the batches are not a single input tensor"
+            else:
+                configure_precision("fp32")
+                self.net, self.folding = fold(self.model, example.args[0][:8])
         configure_precision(precision)
+        self.values = self.probe(first)
+
+    def _first_batch(self, split: str) -> Batch:
+        """The split's first batch on the device (a stream's read twice: it must not change)."""
+        src = self.splits[split]
+        if isinstance(src, Stream):
+            return to_device(src.check_repeatable(), self.device, self.channels_last)
+        return Batch((src[0][:self.batch_size],), {}, src[1][:self.batch_size])
+
+    def probe(self, first: dict[str, Batch]) -> tuple[str, ...]:
+        """The loss at the centre on each split's first batch: a shape, dtype or loss that does not
+        fit is one line before anything is written. Returns the values a point has: ("loss", "acc")
+        where the loss gives accuracy, else ("loss",)."""
+        values = None
+        for split, batch in first.items():
+            s, k, c = self._sums(batch, f"the first batch of {split} at the centre")
+            if not torch.isfinite(torch.as_tensor(s)).all() and not torch.isnan(torch.as_tensor(s)).all():
+                log.warning("the loss on the first batch of %s at the centre is %s", split, float(s))
+            if int(k) <= 0:
+                raise UserError(f"evaluation.loss: the first batch of {split} has nothing to score (count {int(k)})")
+            has = ("loss", "acc") if c is not None else ("loss",)
+            if values is not None and has != values:
+                raise UserError("evaluation.loss: gives accuracy on one split and not on the other")
+            values = has
+        return values or ("loss", "acc")
+
+    def _sums(self, batch: Batch, where: str):
+        """(loss sum, count, correct) of one batch at the current weights; every failure is one line."""
+        try:
+            with self._autocast():
+                return self.loss_fn(batch.call(self.net), batch.targets)
+        except UserError:
+            raise
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"evaluation: out of GPU memory on {where}; lower evaluation.batch_size "
+                            f"(now {self.batch_size})") from None
+        except Exception as exc:
+            log.debug("evaluation failed on %s", where, exc_info=True)
+            text = " ".join(str(exc).split())[:300]
+            raise UserError(f"evaluation: {where} failed: {type(exc).__name__}: {text} (-v for the traceback)") from None
 
     def set_directions(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None) -> None:
         with torch.no_grad():
             # empty_like keeps each tensor's memory format, so the in-place update stays cheap
-            self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(self.names, self.live)]
-            self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(self.names, self.live)] if y is not None else None
+            self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(self.names, self.base)]
+            self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(self.names, self.base)] if y is not None else None
 
     @torch.no_grad()
     def move_to(self, a: float, b: float = 0.0) -> None:
         """Set the weights to base + a*dx + b*dy, in place on the device."""
-        torch._foreach_copy_(self.live, self.base)
-        if a != 0.0:
-            torch._foreach_add_(self.live, self.dx, alpha=a)
-        if self.dy is not None and b != 0.0:
-            torch._foreach_add_(self.live, self.dy, alpha=b)
+        if not any(self.low):
+            torch._foreach_copy_(self.live, self.base)
+            if a != 0.0:
+                torch._foreach_add_(self.live, self.dx, alpha=a)
+            if self.dy is not None and b != 0.0:
+                torch._foreach_add_(self.live, self.dy, alpha=b)
+        else:
+            for i, (live, base) in enumerate(zip(self.live, self.base)):
+                w = base.clone() if self.low[i] else live.copy_(base)
+                if a != 0.0:
+                    w.add_(self.dx[i], alpha=a)
+                if self.dy is not None and b != 0.0:
+                    w.add_(self.dy[i], alpha=b)
+                if self.low[i]:
+                    live.copy_(w)  # float32 -> bf16/fp16: one rounding
         if self.net is not self.model:
             self.net.refresh()
 
@@ -95,26 +170,74 @@ class PointEvaluator:
     def measure(self, split: str) -> tuple[float, float]:
         """(mean loss, accuracy in percent; NaN for a loss without one) over the whole split at the
         current weights."""
-        inputs, targets = self.splits[split]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        count, scored = 0, False
-        with self._autocast():
-            for start in range(0, len(targets), self.batch_size):
-                # the loss in float32 whatever the autocast; the sums over batches in float64
-                s, k, c = self.loss_fn(self.net(inputs[start:start + self.batch_size]).float(),
-                                       targets[start:start + self.batch_size])
-                loss_sum += s.double()
-                count += k
-                if c is not None:
-                    correct += c
-                    scored = True
-        n = int(count)
-        return loss_sum.item() / n, 100.0 * correct.item() / n if scored else float("nan")
+        src = self.splits[split]
+        total = Totals(self.device)
+        if isinstance(src, Stream):
+            for batch in src:
+                total.add(*self._sums(to_device(batch, self.device, self.channels_last), f"a batch of {split}"))
+            return total.result()
+        inputs, targets = src
+        for start in range(0, len(targets), self.batch_size):
+            batch = Batch((inputs[start:start + self.batch_size],), {}, targets[start:start + self.batch_size])
+            total.add(*self._sums(batch, f"a batch of {split}"))
+        return total.result()
 
     def evaluate(self, a: float, b: float, splits: list[str]) -> dict[str, tuple[float, float]]:
         self.move_to(a, b)
         return {split: self.measure(split) for split in splits}
+
+    @torch.inference_mode()
+    def evaluate_unit(self, coords: list[tuple[float, float]], wanted: list[list[str]],
+                      stop: Callable[[], bool] = lambda: False) -> list[dict[str, tuple[float, float]]] | None:
+        """The values of several points ({split: (loss, acc)} for the splits each wants). In-memory
+        splits: point by point. Streamed splits: data outer, points inner, each batch read once for
+        the whole unit. None if `stop()` turned true during a stream (the unit's values are lost)."""
+        out: list[dict[str, tuple[float, float]]] = [{} for _ in coords]
+        for split, src in self.splits.items():
+            idx = [i for i, w in enumerate(wanted) if split in w]
+            if not idx:
+                continue
+            if not isinstance(src, Stream):
+                for i in idx:
+                    self.move_to(*coords[i])
+                    out[i][split] = self.measure(split)
+                continue
+            totals = {i: Totals(self.device) for i in idx}
+            for batch in src:
+                if stop():
+                    return None
+                batch = to_device(batch, self.device, self.channels_last)
+                for i in idx:
+                    self.move_to(*coords[i])
+                    totals[i].add(*self._sums(batch, f"a batch of {split}"))
+            for i in idx:
+                out[i][split] = totals[i].result()
+        return out
+
+
+class Totals:
+    """Sums of one point over batches: the loss in float64, counts and correct as integers, on
+    the device (read back once)."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.scored = False
+
+    def add(self, s, k, c) -> None:
+        # the loss in float32 (or the model's float64) whatever the autocast; the sums in float64
+        self.loss += torch.as_tensor(s).double()
+        self.count += k
+        if c is not None:
+            self.correct += c
+            self.scored = True
+
+    def result(self) -> tuple[float, float]:
+        n = int(self.count)
+        if n <= 0:
+            raise UserError("evaluation: a split had nothing to score (no examples, or every target ignored)")
+        return self.loss.item() / n, 100.0 * self.correct.item() / n if self.scored else float("nan")
 
 
 def configure_precision(precision: str) -> None:

@@ -21,6 +21,7 @@ evaluating. The steps themselves live where their concern does: makedirections.p
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,11 +148,32 @@ class SurfaceWork:
         """The values of one point: loss and accuracy of the splits it still lacks."""
         return evaluator.evaluate(a, b, [s for s in self.splits if not done[s][p]])
 
+    def unit_values(self, evaluator: PointEvaluator, points: list[int], coords: list[tuple[float, float]],
+                    done: Done, stop) -> list[dict[str, Any]] | None:
+        """The values of a unit's points at once (streamed data: one read of it for the unit)."""
+        return evaluator.evaluate_unit(coords, [[s for s in self.splits if not done[s][p]] for p in points], stop)
+
     def writer(self, f, flush: bool = True) -> Writer:
         return PointWriter(f, flush)
 
     def finished(self, path: Path) -> None:
         log.info("surface complete: %s", path)
+
+
+VALUES_NOTE = "values"  # fileformat.A_VALUES: the values each point has, as JSON
+
+
+def evaluator_notes(notes_or_evaluators: list, merged: bool = False) -> Notes:
+    """The attributes that record how the evaluating processes ran: BatchNorm folding (each
+    distinct line) and the values a point has. `merged`: combine the notes of several workers."""
+    if not merged:
+        e = notes_or_evaluators[0]
+        values = getattr(e, "values", None)  # a surface's evaluator; the Hessian maps' has none
+        return {"batchnorm_folding": e.folding, **({VALUES_NOTE: json.dumps(list(values))} if values else {})}
+    folding = sorted({n["batchnorm_folding"] for n in notes_or_evaluators if n})
+    # every worker runs the same model, data and loss: the first one's values stand for all
+    values = next((n[VALUES_NOTE] for n in notes_or_evaluators if n and VALUES_NOTE in n), None)
+    return {"batchnorm_folding": "; ".join(folding), **({VALUES_NOTE: values} if values else {})}
 
 
 def begin(work: Work, plan, notes: Notes) -> Prepared:

@@ -16,7 +16,8 @@ from . import fileformat as ff
 from . import surface
 from .checkpoints import build_and_load
 from .environment import describe_device, pick_device, set_threads
-from .evaluate import PointEvaluator, use_channels_last
+from .batches import Stream
+from .evaluate import PointEvaluator, batch_size_for, use_channels_last
 from .makedirections import base_model
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,32 @@ def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
                    field: str = "model.checkpoint", fold: bool | None = None) -> PointEvaluator:
     """The model at its base point on `device` (or at another `checkpoint`), with the data set
     there too (no directions yet)."""
-    splits = {split: datasets.load_split(spec.data, split) for split in spec.data.splits}
+    batch = batch_size_for(device, spec.evaluation.batch_size)
+    splits = {split: datasets.load_source(spec.data, split, batch, pin=device.type == "cuda")
+              for split in spec.data.splits}
     model = base_model(spec) if checkpoint is None else build_and_load(
         spec.model, datasets.input_channels(spec.data), checkpoint=checkpoint, field=field)
-    if use_channels_last(device, next(iter(splits.values()))[0]):
+    return _evaluator(spec, model, splits, device, spec.evaluation.fold_batchnorm if fold is None else fold)
+
+
+def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device, fold: bool) -> PointEvaluator:
+    """Channels-last where it is faster, the model on `device`, its moved tensors, the evaluator."""
+    first = next(iter(splits.values()))
+    example = first.first().first_input if isinstance(first, Stream) else first[0]
+    channels_last = example is not None and use_channels_last(device, example) and _has_conv(model)
+    if channels_last:
         # before the live tensors are collected: .to(memory_format) replaces the weights' storage
         model = model.to(memory_format=torch.channels_last)
-        splits = {k: (x.contiguous(memory_format=torch.channels_last), y) for k, (x, y) in splits.items()}
+        splits = {k: v if isinstance(v, Stream) else (v[0].contiguous(memory_format=torch.channels_last), v[1])
+                  for k, v in splits.items()}
     model = model.to(device)
     tensors = dirs.moved_tensors(model, spec.directions)
     return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
-                          spec.evaluation.precision, spec.evaluation.fold_batchnorm if fold is None else fold)
+                          spec.evaluation.precision, fold, channels_last=channels_last)
+
+
+def _has_conv(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
 def attach_directions(evaluator: PointEvaluator, f_or_path) -> None:
@@ -61,23 +77,22 @@ def attach_directions(evaluator: PointEvaluator, f_or_path) -> None:
 
 def auto_search_evaluator(spec) -> PointEvaluator:
     """A fresh model at the centre on this process's CPU with grid.auto_samples evenly spaced
-    samples (index k * N // n) of the first split of data.splits (0: all of them)."""
+    samples (index k * N // n) of the first split of data.splits (0: all of them); of a
+    streamed split, its first batches up to grid.auto_samples examples."""
     split = spec.data.splits[0]
-    inputs, targets = datasets.load_split(spec.data, split)
-    n = spec.grid.auto_samples
-    if n and n < len(targets):
-        keep = torch.arange(n, dtype=torch.long) * len(targets) // n
-        inputs, targets = inputs[keep], targets[keep]
     device = torch.device("cpu")
-    model = base_model(spec)
-    if use_channels_last(device, inputs):
-        model = model.to(memory_format=torch.channels_last)
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    tensors = dirs.moved_tensors(model, spec.directions)
+    source = datasets.load_source(spec.data, split, batch_size_for(device, spec.evaluation.batch_size))
+    n = spec.grid.auto_samples
+    if isinstance(source, Stream):
+        source = source.limited(n) if n else source
+    else:
+        inputs, targets = source
+        if n and n < len(targets):
+            keep = torch.arange(n, dtype=torch.long) * len(targets) // n
+            source = inputs[keep], targets[keep]
     # the spec's precision, not fp32: configure_precision sets process-wide flags that this process's
     # own evaluator (built before the directions) runs under
-    return PointEvaluator(model, tensors, {split: (inputs, targets)}, device, spec.evaluation.loss,
-                          spec.evaluation.batch_size, spec.evaluation.precision, spec.evaluation.fold_batchnorm)
+    return _evaluator(spec, base_model(spec), {split: source}, device, spec.evaluation.fold_batchnorm)
 
 
 def endpoint_report(spec, evaluator: PointEvaluator) -> None:

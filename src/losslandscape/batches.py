@@ -1,0 +1,183 @@
+"""Data as users have it: a split is either whole tensors in memory (the fast path: moved to
+the device once) or a stream of batches read again for every work unit.
+
+What a data factory (or the Python interface's `data=`) may give, and what becomes of it:
+
+- `(inputs, targets)` tensors or arrays: in memory. Floating inputs become float32, integer
+  inputs (token ids) stay integers; integer targets become int64, floating targets float32.
+- a map-style `Dataset` (`__getitem__` and `__len__`): the tool builds the loader with
+  `evaluation.batch_size`, `data.workers` processes, pinned memory on CUDA, no shuffling;
+  `data.max_samples` keeps a fixed, seeded subset of the items (only those are read).
+- a `DataLoader`: used as it is (its batch size and workers); one that shuffles is refused;
+  `data.max_samples` rebuilds it over the same seeded subset of its data set.
+- any re-iterable of batches (a list, an object whose `__iter__` starts over); a one-shot
+  iterator or generator is refused (it can be read once only).
+
+A batch is a tuple or list `(inputs..., targets)`, called as `model(*inputs)` and scored
+against the last element; or a dict of tensors (Hugging Face style), called as
+`model(**batch)` (every key, `labels` too) and scored against `batch["labels"]`. The batch is
+moved to the device as a whole structure, dtypes kept.
+
+A stream whose first batch differs between two readings (a shuffling sampler, random
+augmentation) is refused: the surface would be noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One batch, ready to call the model with: `model(*args, **kwargs)`, scored against `targets`."""
+    args: tuple
+    kwargs: dict
+    targets: Any  # a tensor, or None (a dict batch without labels)
+
+    def call(self, model: torch.nn.Module):
+        return model(*self.args, **self.kwargs)
+
+    @property
+    def first_input(self) -> torch.Tensor | None:
+        values = list(self.args) + list(self.kwargs.values())
+        return next((v for v in values if isinstance(v, torch.Tensor)), None)
+
+
+def as_batch(obj, field: str = "data.name") -> Batch:
+    """The Batch of one item a loader yields; one line for a shape the tool cannot call a model with."""
+    if isinstance(obj, Mapping):
+        return Batch((), dict(obj), obj.get("labels"))
+    if isinstance(obj, (tuple, list)):
+        if len(obj) < 2:
+            raise UserError(f"{field}: a batch of {len(obj)} element(s); expected (inputs, ..., targets) "
+                            "or a dict of tensors")
+        return Batch(tuple(obj[:-1]), {}, obj[-1])
+    raise UserError(f"{field}: a batch is a {type(obj).__name__}; expected a tuple (inputs, ..., targets) "
+                    "or a dict of tensors")
+
+
+def to_device(obj, device: torch.device, channels_last: bool = False):
+    """The same structure with every tensor on `device` (dtypes kept)."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.to(device, non_blocking=True)
+        if channels_last and obj.dim() == 4 and obj.is_floating_point():
+            obj = obj.contiguous(memory_format=torch.channels_last)
+        return obj
+    if isinstance(obj, Batch):
+        return Batch(to_device(obj.args, device, channels_last), to_device(obj.kwargs, device, channels_last),
+                     to_device(obj.targets, device))
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device, channels_last) for v in obj)
+    return obj
+
+
+def same(a, b) -> bool:
+    """Whether two batch structures hold equal tensors."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and bool(torch.equal(a, b)))
+    if isinstance(a, Mapping):
+        return isinstance(b, Mapping) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class Stream:
+    """One split as a re-iterable of batches (never held whole): yields `Batch`es on the CPU."""
+
+    streamed = True
+
+    def __init__(self, iterable: Iterable, what: str, field: str = "data.name", limit: int = 0):
+        self.iterable, self.what, self.field, self.limit = iterable, what, field, limit
+
+    def __iter__(self) -> Iterator[Batch]:
+        seen = 0
+        for raw in self.iterable:
+            batch = as_batch(raw, self.field)
+            yield batch
+            seen += batch_size(batch)
+            if self.limit and seen >= self.limit:
+                return
+
+    def limited(self, examples: int) -> "Stream":
+        """The same stream, stopping after the batch that reaches `examples` examples."""
+        return Stream(self.iterable, f"the first {examples} examples of {self.what}", self.field, examples)
+
+    def first(self) -> Batch:
+        try:
+            return next(iter(self))
+        except StopIteration:
+            raise UserError(f"{self.field}: {self.what} gave no batch") from None
+
+    def check_repeatable(self) -> Batch:
+        """The first batch, read twice: a stream that changes between readings is refused."""
+        one, two = self.first(), self.first()
+        if not same(one, two):
+            raise UserError(f"{self.field}: {self.what} gives different batches on two readings (shuffling or "
+                            "random augmentation); a surface needs the same data at every point: turn off "
+                            "shuffling and random transforms")
+        return one
+
+
+def batch_size(batch: Batch) -> int:
+    t = batch.targets if isinstance(batch.targets, torch.Tensor) else batch.first_input
+    return len(t) if isinstance(t, torch.Tensor) and t.dim() > 0 else 1
+
+
+def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, max_samples: int, seed: int,
+              field: str = "data.name") -> Stream:
+    """A Stream over a factory's Dataset, DataLoader or re-iterable (see the module's docstring)."""
+    from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
+
+    if isinstance(result, DataLoader):
+        if isinstance(result.sampler, RandomSampler) or (
+                result.batch_sampler is not None and isinstance(result.batch_sampler.sampler, RandomSampler)):
+            raise UserError(f"{field}: {what} is a DataLoader that shuffles; a surface needs the same data at "
+                            "every point: give shuffle=False")
+        if max_samples:
+            if isinstance(result.dataset, IterableDataset):
+                raise UserError(f"data.max_samples: {what} is a DataLoader over an IterableDataset, which has no "
+                                "fixed subset; set data.max_samples = 0 and limit the data yourself")
+            keep = subset_indices(len(result.dataset), max_samples, seed)
+            if keep is not None:
+                result = DataLoader(Subset(result.dataset, keep), batch_size=result.batch_size,
+                                    num_workers=result.num_workers, collate_fn=result.collate_fn,
+                                    pin_memory=result.pin_memory, drop_last=result.drop_last)
+        return Stream(result, what, field)
+    if hasattr(result, "__getitem__") and hasattr(result, "__len__") and (
+            isinstance(result, Dataset) or not hasattr(result, "__iter__") or isinstance(result, Subset)):
+        keep = subset_indices(len(result), max_samples, seed) if max_samples else None
+        dataset = Subset(result, keep) if keep is not None else result
+        loader = DataLoader(dataset, batch_size=batch_size_, shuffle=False, num_workers=workers, pin_memory=pin)
+        return Stream(loader, what, field)
+    if isinstance(result, Iterable):
+        if iter(result) is result:
+            raise UserError(f"{field}: {what} is a one-shot iterator ({type(result).__name__}); give a "
+                            "re-iterable: a list of batches, a DataLoader, a Dataset or a class whose __iter__ "
+                            "starts over")
+        if max_samples:
+            raise UserError(f"data.max_samples: {what} is a plain iterable of batches, which has no fixed subset; "
+                            "give a Dataset or a DataLoader, or set data.max_samples = 0")
+        return Stream(result, what, field)
+    raise UserError(f"{field}: {what} gave a {type(result).__name__}; expected (inputs, targets) tensors, a "
+                    "Dataset, a DataLoader or a re-iterable of batches")
+
+
+def subset_indices(n: int, max_samples: int, seed: int) -> list[int] | None:
+    """The fixed, seeded subset `data.max_samples` keeps (sorted indices), or None for all."""
+    if not max_samples or max_samples >= n:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:max_samples].sort().values.tolist()
