@@ -85,7 +85,10 @@ def compute_hessian(surface: str | Path, *, split: str = "train", samples: int =
 
 def open_surface(path: str | Path) -> Surface:
     """A surface file (ours, a partial one, or the original code's) as numpy arrays:
-    `s.x`, `s.y`, `s.train_loss`, ... with NaN where a point is not computed."""
+    `s.x`, `s.y`, `s.train_loss`, ... with NaN where a point is not computed. Where the run's
+    loss defines no accuracy (a regression, a language model's own loss, a user's loss that
+    counts nothing correct) `s.has_accuracy` is False, `s.values` has no `_acc` keys and
+    `s.train_acc` is None."""
     return load_surface(path)
 
 
@@ -94,9 +97,9 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
          levels: int | None = None, log: bool | None = None, zmax: float | None = None):
     """A matplotlib Figure of one view of a surface, for a notebook or a paper: `kind` is curve
     (1-D), contour, filled, heatmap or surface3d (2-D); `split` train or test (default: the
-    first computed), `value` loss or acc (default loss). `render` writes the same views to files."""
+    first computed), `value` loss or acc (default loss; acc only where the file holds an accuracy). `render` writes the same views to files."""
     from .render.kinds import FIGURES, HESSIAN_KINDS, KINDS_1D, KINDS_2D
-    from .render.view import Options
+    from .render.view import Options, check_value
 
     s = surface if isinstance(surface, Surface) else load_surface(surface)
     opts = Options(vmin, vmax, levels, log, zmax)
@@ -108,9 +111,10 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
     splits = [split] if split else [sp for sp in s.splits if s.fraction_done.get(sp, 0) > 0][:1] or s.splits[:1]
     if not splits or splits[0] not in s.splits:
         raise UserError(f"split: {split!r} is not in {s.path} (it holds {', '.join(s.splits) or 'nothing'})")
-    value = value or "loss"
-    if value not in ("loss", "acc"):
+    if value not in (None, "loss", "acc"):
         raise UserError(f"value: {value!r} is not valid; expected loss or acc")
+    check_value([s], value, "value")
+    value = value or "loss"
     ((_, _, fig),) = FIGURES[kind](s, splits, value, opts)
     return fig
 

@@ -239,8 +239,9 @@ def merge(surface_path: Path, force: bool = False) -> int:
             with ff.open_h5(path, "r", field="shard") as shard:
                 ff.check_shard(shard, path)
                 if not surface.shard_belongs(shard, surf):
-                    raise UserError(f"merge: shard {path} belongs to another surface (its identity or "
-                                    f"directions differ from {surface_path}'s); move it away")
+                    raise UserError(f"merge: shard {path} belongs to another surface (its identity, "
+                                    f"directions or values (with or without accuracy) differ from "
+                                    f"{surface_path}'s); move it away")
                 new, skipped = surface.shard_new_points(shard, surf)
                 if skipped:
                     log.warning("shard %s: %d point(s) flagged done without values are left to compute",

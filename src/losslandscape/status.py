@@ -1,5 +1,6 @@
 """Progress of a surface file and of its SLURM submission, torch-free: points done and
-pending per split, shard files not merged yet, jobs still queued, an ETA.
+pending per split, the values it holds (loss and accuracy, or loss alone where the run's loss
+defines no accuracy), shard files not merged yet, jobs still queued, an ETA.
 
 It reads files read-only without locking, so it works on a file a job is writing.
 """
@@ -60,6 +61,7 @@ def status(surface_path: Path) -> dict:
         if not ff.is_ours(f):
             raise UserError(f"status: {surface_path} is not a losslandscape surface file")
         splits = ff.requested_splits(f)
+        values = ff.file_values(f)
         done = ff.done_masks(f)
         total = int(np.prod(f[ff.done_name(ff.SPLITS[0])].shape))
         seconds = np.asarray(f[ff.POINT_SECONDS]).ravel()
@@ -70,7 +72,7 @@ def status(surface_path: Path) -> dict:
                        **{k.removeprefix("hessian_"): _plain(f.attrs.get(k)) for k in ff.HESSIAN_ATTRS
                           if k != "hessian_tol"}}
     complete = np.logical_and.reduce([done[s] for s in splits])
-    report = {"surface": str(surface_path), "points": total,
+    report = {"surface": str(surface_path), "points": total, "values": list(values),
               "splits": {s: {"done": int(done[s].sum()), "pending": int((~done[s]).sum())} for s in splits},
               "shards": []}
     if hessian is not None:
@@ -104,7 +106,8 @@ def status(surface_path: Path) -> dict:
 
 
 def format_status(report: dict) -> str:
-    lines = [f"{report['surface']}: {report['points']} grid points"]
+    lines = [f"{report['surface']}: {report['points']} grid points"
+             + ("" if "acc" in report.get("values", ["acc"]) else " (loss only: the loss defines no accuracy)")]
     for split, c in report["splits"].items():
         lines.append(f"  {split:<5} {c['done']:>7} done  {c['pending']:>7} pending")
     if report.get("hessian"):

@@ -44,7 +44,8 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", choices=SPLITS, help="data split (default: each split computed)")
     parser.add_argument(
-        "--value", choices=VALUES, help="value to draw (default: loss; curve and html also show accuracy)"
+        "--value", choices=VALUES,
+        help="value to draw (default: loss; curve and html also show accuracy where the file holds it)"
     )
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="output folder (default: the first surface file's folder)"

@@ -96,16 +96,20 @@ def _series_menu(traces: Traces, pairs, compare: bool) -> list[dict]:
     """The selector: one file's every series at once first (the curve's picture), then each
     alone; compared files one series at a time (as the static compare), the first shown."""
     fig, has = traces.fig, {v for _, v in pairs}
+
+    def axes(loss: bool, acc: bool) -> dict:  # the accuracy axis exists only where a file holds accuracy
+        return {"yaxis.visible": loss, **({"yaxis2.visible": acc} if "acc" in has else {})}
+
     buttons = [] if compare else [{"label": "all", "method": "update", "args": [
-        {"visible": [True] * len(fig.data)}, {"yaxis.visible": "loss" in has, "yaxis2.visible": "acc" in has}]}]
+        {"visible": [True] * len(fig.data)}, axes("loss" in has, "acc" in has)]}]
     for k, s in enumerate(traces.series):
-        buttons.append({"label": s.label, "method": "update", "args": [{"visible": traces.visible(k, None)}, {
-            "yaxis.visible": s.value == "loss", "yaxis2.visible": s.value == "acc"}]})
+        buttons.append({"label": s.label, "method": "update", "args": [{"visible": traces.visible(k, None)},
+                                                                       axes(s.value == "loss", s.value == "acc")]})
     if compare:
         for trace, shown in zip(fig.data, traces.visible(0, None)):
             trace.visible = shown
-        fig.layout["yaxis.visible"] = pairs[0][1] == "loss"
-        fig.layout["yaxis2.visible"] = pairs[0][1] == "acc"
+        for key, shown in axes(pairs[0][1] == "loss", pairs[0][1] == "acc").items():
+            fig.layout[key] = shown
     return [menu(buttons, 0, x=0.0, xanchor="left", name="series")]
 
 
@@ -150,6 +154,11 @@ def _frame(fig, surfaces: list[Surface], pairs, fixed: ranges.Range | None, log:
     if fixed is not None:
         yaxis["range"] = _loss_axis(LOG if log else LINEAR, fixed)["yaxis.range"]
     xs = np.concatenate([f.x for f in surfaces])
+    if "acc" in has:  # no accuracy axis at all where no file holds an accuracy
+        fig.update_layout(yaxis2={
+            "title": {"text": "accuracy (%)", "font": {"color": ACC_COLOR}}, "overlaying": "y", "side": "right",
+            "visible": True, "showgrid": "loss" not in has, "tickfont": {"color": ACC_COLOR}, "tickmode": "auto",
+            "zeroline": False})
     fig.update_layout(
         template="plotly_white",
         title={**TITLE, "text": text(title)},
@@ -157,9 +166,6 @@ def _frame(fig, surfaces: list[Surface], pairs, fixed: ranges.Range | None, log:
         xaxis={"title": {"text": text(labels.axis_label(s, "x"))}, "range": [float(xs.min()), float(xs.max())],
                "showline": True, "mirror": True, "linecolor": "#444", "zeroline": False},
         yaxis=yaxis,
-        yaxis2={"title": {"text": "accuracy (%)", "font": {"color": ACC_COLOR}}, "overlaying": "y", "side": "right",
-                "visible": "acc" in has, "showgrid": "loss" not in has, "tickfont": {"color": ACC_COLOR},
-                "tickmode": "auto", "zeroline": False},
         legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.12, "yanchor": "top"},
         hovermode="closest",
         annotations=[] if len(surfaces) > 1 else _ends(s),

@@ -14,8 +14,8 @@ from typing import Callable
 
 from losslandscape.errors import UserError
 from losslandscape.render import curvature, plot1d, plot2d
-from losslandscape.render.surfacefile import VALUES, Surface
-from losslandscape.render.view import Options, has_maps, paths_only, split_views, value_for
+from losslandscape.render.surfacefile import Surface
+from losslandscape.render.view import Options, has_maps, held_values, paths_only, split_views, value_for
 
 KINDS = ("curve", "contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html", "ratio", "eigenvalues",
          "spectrum")
@@ -29,7 +29,7 @@ Drawn = tuple[str | None, str | None, object]  # split, value, matplotlib Figure
 
 
 def _curve(surface: Surface, splits: list[str], value: str | None, opts: Options) -> list[Drawn]:
-    return [(None, None, plot1d.curve(surface, splits, [value] if value else list(VALUES), opts))]
+    return [(None, None, plot1d.curve(surface, splits, held_values([surface], value), opts))]
 
 
 def _per_view(draw: Callable) -> Callable:

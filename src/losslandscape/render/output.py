@@ -15,7 +15,7 @@ from losslandscape.render.kinds import (
     FIGURES, HESSIAN_KINDS, KINDS, check_fits, check_hessian, default_kinds, hessian_kinds,
 )
 from losslandscape.render.surfacefile import SPLITS, VALUES, Surface, load_surface
-from losslandscape.render.view import Options, compare_splits, splits_to_draw, value_for
+from losslandscape.render.view import Options, check_value, compare_splits, held_values, splits_to_draw, value_for
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -61,7 +61,7 @@ class _Writer:
         else:
             splits = splits_to_draw(surface, split)
         if kind == "html":
-            values = [value] if value else list(VALUES)
+            values = held_values([surface], value)
             maps = "ratio" in hessian_kinds(surface, split)  # the page offers them too
             out = self.path(stem, split, value, ext="html")
             return [html.write_html(surface, out, splits, values, self.opts, hessian=maps)]
@@ -104,7 +104,7 @@ class _Writer:
         """One page with every file side by side, `<stem>_vs_<stem>_compare.html`, if some
         split and value is computed in every file; else none."""
         splits = [split] if split else [sp for sp in SPLITS if all(s.fraction_done.get(sp, 0) > 0 for s in surfaces)]
-        values = [value] if value else list(VALUES)
+        values = held_values(surfaces, value)
         names = [f"{sp}_{v}" for sp in splits for v in values]
         if not any(all(n in s.values and not np.all(np.isnan(s.values[n])) for s in surfaces) for n in names):
             return []
@@ -134,7 +134,9 @@ def render(
     files; html (asked for, or by default for 2-D files) with several files of
     one kind sharing a computed value also writes one page comparing them,
     `<stem>_vs_<stem>_compare.html`. split None draws each split with points
-    computed; value None draws the loss (and the accuracy too in curve and html). vmin/vmax/levels set the
+    computed; value None draws the loss (and the accuracy too in curve and html, where the file
+    holds one: a file whose loss defines no accuracy has no accuracy views, and value "acc"
+    for it is a UserError). vmin/vmax/levels set the
     colour range and contour levels (vmin/vmax also the ratio map's colour range, 0 to
     0.5 by default; its loss lines ignore them); log True a logarithmic value scale, False
     a linear one, None (default) log for a loss spanning more than two decades
@@ -159,6 +161,7 @@ def render(
     opts.check()
 
     surfaces = [load_surface(p) for p in paths]
+    check_value(surfaces, value)
     if asked is not None and "compare" in asked:
         _check_compare(surfaces)  # before drawing anything else, so that a refused compare writes nothing
     stems = labels.stems(surfaces)

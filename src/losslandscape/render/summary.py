@@ -102,7 +102,8 @@ def split_summary(surface: Surface, split: str, threshold: float = 1.0) -> dict:
     # the trained model is (0, 0); a grid without 0 on an axis only has a point near it
     c["on_grid"] = all(abs(v) <= 1e-12 for k, v in c.items() if k in ("x", "y"))
     c["loss"] = None if loss is None else _num(loss[centre])
-    c["acc"] = None if acc is None else _num(acc[centre])
+    if surface.has_accuracy:  # a file whose loss defines no accuracy has no "acc" keys
+        c["acc"] = None if acc is None else _num(acc[centre])
     out["centre"] = c
     if loss is None:
         return out
@@ -267,16 +268,17 @@ def format_summary(summary: dict) -> str:
         lines.append(f"[{split}] {100 * s['fraction_done']:.1f}% done")
         c = s["centre"]
         at = f"({_f(c['x'])}, {_f(c['y'])})" if two_d else f"({_f(c['x'])})"
+        acc = "acc" in c  # absent where the file's loss defines no accuracy
         if c.get("on_grid", True):
-            lines.append(f"  centre {at:<18} loss {_f(c['loss'])}   acc {_f(c['acc'])}")
+            lines.append(f"  centre {at:<18} loss {_f(c['loss'])}" + (f"   acc {_f(c['acc'])}" if acc else ""))
         else:
             lines.append("  the centre (the trained model, at 0) is not on this grid; rings and basin radii are "
                          "measured from the point nearest to it")
-            lines.append(f"  nearest {at:<17} loss {_f(c['loss'])}   acc {_f(c['acc'])}")
+            lines.append(f"  nearest {at:<17} loss {_f(c['loss'])}" + (f"   acc {_f(c['acc'])}" if acc else ""))
         m = s.get("minimum")
         if m:
             at = f"({_f(m['x'])}, {_f(m['y'])})" if two_d else f"({_f(m['x'])})"
-            lines.append(f"  minimum {at:<17} loss {_f(m['loss'])}   acc {_f(m.get('acc'))}")
+            lines.append(f"  minimum {at:<17} loss {_f(m['loss'])}" + (f"   acc {_f(m.get('acc'))}" if acc else ""))
         if s.get("diverged_points"):
             lines.append(f"  diverged points: {s['diverged_points']}")
         if s.get("rings"):

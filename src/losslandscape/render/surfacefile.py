@@ -47,7 +47,9 @@ class Surface:
 
     `values` maps dataset names ("train_loss", "test_acc", ...) to float64
     arrays of shape (ny, nx), or (nx,) for 1-D, with NaN where the point is
-    not computed; diverged losses stay +inf.
+    not computed; diverged losses stay +inf. A file whose loss defines no
+    accuracy (attribute `values` = ["loss"]) has no `_acc` entries: then
+    `has_accuracy` is False and `s.train_acc` is None, never an array of NaN.
     """
 
     path: Path
@@ -90,6 +92,16 @@ class Surface:
         return [s for s in SPLITS if any(f"{s}_{v}" in self.values for v in VALUES)]
 
     @property
+    def held_values(self) -> list[str]:
+        """The values the file holds, in the order loss, acc: ["loss"] where its loss defines
+        no accuracy."""
+        return [v for v in VALUES if any(f"{s}_{v}" in self.values for s in SPLITS)]
+
+    @property
+    def has_accuracy(self) -> bool:
+        return "acc" in self.held_values
+
+    @property
     def eig_ratio(self) -> np.ndarray | None:
         """|min_eig / max_eig| (Li et al.'s Fig. 8), NaN where not computed; +inf where the
         largest eigenvalue is 0 and the smallest is not. None without maps."""
@@ -99,11 +111,14 @@ class Surface:
             return np.abs(self.eig["min"] / self.eig["max"])
 
     def __getattr__(self, name: str) -> np.ndarray:
-        """`s.train_loss`, `s.test_acc`, ...: the value arrays (NaN where not computed)."""
+        """`s.train_loss`, `s.test_acc`, ...: the value arrays (NaN where not computed); an
+        accuracy is None in a file that holds none (its loss defines no accuracy)."""
         if name in VALUE_NAMES:
             values = self.__dict__.get("values", {})
             if name in values:
                 return values[name]
+            if name.endswith("_acc") and values and not any(k.endswith("_acc") for k in values):
+                return None
             raise AttributeError(f"{self.__dict__.get('path')} holds no {name}")
         raise AttributeError(name)
 

@@ -82,6 +82,22 @@ def splits_to_draw(surface: Surface, split: str | None) -> list[str]:
     return splits
 
 
+def check_value(surfaces: list[Surface], value: str | None, field: str = "--value") -> None:
+    """UserError (one line, naming `field`) where the value asked for is accuracy and a file holds none."""
+    for s in surfaces:
+        if value == "acc" and not s.has_accuracy:
+            raise UserError(f"{field} acc: {s.path} holds no accuracy (its loss defines none, so the file "
+                            "has no _acc datasets); draw its loss")
+
+
+def held_values(surfaces: list[Surface], value: str | None) -> list[str]:
+    """The values a view of every value draws: the one asked for, else those some file holds
+    (loss alone where no file holds an accuracy)."""
+    if value is not None:
+        return [value]
+    return [v for v in ("loss", "acc") if any(v in s.held_values for s in surfaces)]
+
+
 def value_for(surface: Surface, split: str, value: str | None) -> str:
     """The value a single-value view draws: the one asked for, else loss (acc if no loss)."""
     if value is not None:
