@@ -5,7 +5,9 @@ containers only. A file that needs full unpickling (a pickled nn.Module, an
 optimizer object) is refused unless the user says they trust it.
 Accepted layouts: a plain state dict, `{"state_dict": ...}` (the original
 loss-landscape code's .t7/.pt files), `{"model_state_dict": ...}`, and keys
-prefixed by `module.` (DataParallel / DistributedDataParallel).
+prefixed by `module.` (DataParallel / DistributedDataParallel). A `.safetensors`
+file (Hugging Face) loads with `safetensors.torch.load_file`: tensors only, safe
+by construction, so it never needs trust.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.checkpoint") -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, keys without any `module.` prefix."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return normalise(_load_safetensors(path, field), field, path)
     readable_file(path, field, "a PyTorch checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
@@ -39,6 +43,19 @@ def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.c
     except Exception as exc:  # garbage bytes make the unpicklers fail in many ways (KeyError, IndexError, ...)
         raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
     return normalise(obj, field, path)
+
+
+def _load_safetensors(path: Path, field: str) -> dict[str, torch.Tensor]:
+    readable_file(path, field, "a safetensors file")
+    try:
+        from safetensors.torch import load_file  # noqa: PLC0415 (needed for .safetensors files only)
+    except ImportError:
+        raise UserError(f"{field}: {path} is a safetensors file and the safetensors package is not installed; "
+                        "pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError, for a bad file
+        raise UserError(f"{field}: {path} is not a valid safetensors file ({_first_line(exc)})") from None
 
 
 def normalise(obj, field: str = "model.checkpoint", path: Path | str = "") -> dict[str, torch.Tensor]:

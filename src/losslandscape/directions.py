@@ -7,13 +7,29 @@ the landscape is comparable across networks and scale-invariant layers.
 1-D entries (biases, BatchNorm) are zeroed with ignore = "biasbn"; otherwise
 their direction is the entry's own value, as in the original code.
 
-A direction is a dict {name: float32 tensor} over the model's parameters
-(dir_type "weights", `named_parameters` order) or over the floating-point
-entries of its state dict (dir_type "states": BatchNorm running statistics too).
+A "filter" is a tensor's slice along dim 0, whatever the layer (`normalize`):
+- convolutions, weight (C_out, C_in, kh, kw): one norm per output channel, as in the paper;
+- Linear, weight (out, in): one norm per output row (a neuron's incoming weights);
+- Embedding, weight (V, D): one norm per row, i.e. per token's vector (dim 0 is the
+  vocabulary, so rows are tokens, not features);
+- 1-D tensors (biases; BatchNorm, LayerNorm and RMSNorm weights and biases; BatchNorm
+  running statistics with dir_type "states"): no filters; directions.ignore decides
+  ("biasbn": zero, so they stay fixed; "none": the tensor's own values).
+
+A direction is a dict {name: float32 tensor} over the tensors it moves: the
+model's parameters (dir_type "weights", `named_parameters` order) or the
+floating-point entries of its state dict (dir_type "states": BatchNorm running
+statistics too), narrowed by the spec's directions.include / exclude /
+trainable_only (`moved_tensors`). Every other tensor stays as it is at every
+grid point. trainable_only keeps the parameters with requires_grad; with
+dir_type "states" that means the state-dict entries that are such parameters:
+buffers (running statistics) have no requires_grad and stay fixed.
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import hashlib
 from typing import Literal
 
@@ -35,9 +51,48 @@ def target_tensors(model: torch.nn.Module, dir_type: Literal["weights", "states"
 
 
 def moved_tensors(model: torch.nn.Module, d) -> dict[str, torch.Tensor]:
-    """The tensors the spec's `[directions]` table `d` moves: target_tensors(model, d.dir_type),
-    narrowed by d.include / d.exclude / d.trainable_only."""
-    return target_tensors(model, d.dir_type)
+    """The tensors the spec's `[directions]` table `d` moves, by name (live, in target order):
+    target_tensors(model, d.dir_type), then only those matching a d.include pattern (if any),
+    minus those matching a d.exclude pattern, then (d.trainable_only) only parameters with
+    requires_grad. Patterns are fnmatch globs on the whole name ("layer3.*", "*.bias").
+    A pattern that matches no target, or a selection left empty, is a one-line UserError."""
+    targets = target_tensors(model, d.dir_type)
+    names = list(targets)
+    include, exclude = list(d.include or []), list(d.exclude or [])
+    for field, patterns in (("directions.include", include), ("directions.exclude", exclude)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise UserError(f"{field}: {pattern!r} matches none of the model's {len(names)} "
+                                f"{_kind(d.dir_type)}; closest: {', '.join(_closest(pattern, names))}")
+    chosen = [n for n in names if not include or any(fnmatch.fnmatchcase(n, p) for p in include)]
+    chosen = [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    if d.trainable_only:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        chosen = [n for n in chosen if n in trainable]
+    if not chosen:
+        field = "directions.trainable_only" if d.trainable_only else (
+            "directions.exclude" if exclude else "directions.include")
+        raise UserError(f"{field}: no tensor left to move (of {len(names)} {_kind(d.dir_type)}: "
+                        f"include {include}, exclude {exclude}, trainable_only {str(d.trainable_only).lower()})")
+    return {n: targets[n] for n in chosen}
+
+
+def moved_summary(tensors: dict[str, torch.Tensor], d) -> dict:
+    """The moved set in a few numbers, for the log and the surface file: the count of tensors,
+    of their values ("parameters"; buffer entries too with dir_type "states") and the filters."""
+    return {"tensors": len(tensors), "parameters": int(sum(t.numel() for t in tensors.values())),
+            "include": list(d.include or []), "exclude": list(d.exclude or []),
+            "trainable_only": bool(d.trainable_only)}
+
+
+def _kind(dir_type: str) -> str:
+    return "parameters" if dir_type == "weights" else "floating-point state-dict entries"
+
+
+def _closest(pattern: str, names: list[str], n: int = 3) -> list[str]:
+    """The names (and module prefixes as "prefix.*") nearest to a pattern, for a did-you-mean."""
+    prefixes = {name.rsplit(".", k)[0] + ".*" for name in names for k in range(1, name.count(".") + 1)}
+    return difflib.get_close_matches(pattern, [*names, *sorted(prefixes)], n=n, cutoff=0.0)
 
 
 def random_direction(weights: dict[str, torch.Tensor], generator: torch.Generator) -> Direction:
@@ -45,7 +100,10 @@ def random_direction(weights: dict[str, torch.Tensor], generator: torch.Generato
 
 
 def normalize(direction: Direction, weights: dict[str, torch.Tensor], norm: str, ignore: str) -> Direction:
-    """Rescale a direction against the weights it will move, in place; returns it."""
+    """Rescale a direction against the weights it will move, in place; returns it.
+
+    "filter": one norm per slice along dim 0 (a convolution's output channel, a Linear
+    layer's output row, an Embedding's token row); 1-D tensors follow `ignore` (module docstring)."""
     for name, d in direction.items():
         w = weights[name].detach().to(torch.float32).cpu()
         if d.dim() <= 1:
@@ -108,9 +166,10 @@ def interpolation_direction(start: dict[str, torch.Tensor], end: dict[str, torch
 
 
 def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
-                        field: str = "directions.file",
-                        all_names: list[str] | None = None) -> tuple[Direction, Direction | None]:
-    """Directions over `weights` from one of our surface files or an original loss-landscape direction file.
+                        field: str = "directions.file", all_names: list[str] | None = None,
+                        only: list[str] | None = None) -> tuple[Direction, Direction | None]:
+    """Directions over `weights` (or over its entries `only`, the moved subset) from one of our
+    surface files or an original loss-landscape direction file.
 
     Ours: groups directions/x and directions/y, one dataset per name. The
     original code's: groups xdirection / ydirection with datasets "0", "1", ...
@@ -119,7 +178,10 @@ def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
     BatchNorm's num_batches_tracked included. `all_names`, the model's full
     state-dict key list, lets such a states file be matched by position and its
     non-floating entries dropped (we never move them; in eval mode they change nothing).
+    An original file is matched by position against all of `weights` and then narrowed to
+    `only`; ours is read by name, so it needs entries for `only` alone.
     """
+    wanted = list(weights) if only is None else list(only)
     readable_file(path, field, "an HDF5 file with directions")
     try:
         f = h5py.File(path, "r", locking=False)
@@ -130,10 +192,10 @@ def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
     with f:
         if "directions" in f:
             groups = [f["directions"].get("x"), f["directions"].get("y")]
-            read = lambda g: {k: torch.from_numpy(np.asarray(g[k], dtype=np.float32)) for k in weights if k in g}
+            read = lambda g: {k: torch.from_numpy(np.asarray(g[k], dtype=np.float32)) for k in wanted if k in g}
         elif "xdirection" in f:
             groups = [f.get("xdirection"), f.get("ydirection")]
-            read = lambda g: _read_original_group(g, path, field, list(weights), all_names)
+            read = lambda g: _select(_read_original_group(g, path, field, list(weights), all_names), wanted)
         else:
             raise UserError(f"{field}: {path} holds no directions (expected group 'directions' or 'xdirection')")
         if groups[0] is None or (two and groups[1] is None):
@@ -142,13 +204,18 @@ def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
     for d in result:
         if d is None:
             continue
-        missing = [k for k in weights if k not in d]
+        missing = [k for k in wanted if k not in d]
         if missing:
             raise UserError(f"{field}: {path} has no direction for {len(missing)} entries, e.g. {missing[0]!r}")
-        for k, w in weights.items():
+        for k in wanted:
+            w = weights[k]
             if tuple(d[k].shape) != tuple(w.shape):
                 raise UserError(f"{field}: direction {k!r} has shape {tuple(d[k].shape)}, the model {tuple(w.shape)}")
     return result[0], result[1]
+
+
+def _select(direction: Direction, names: list[str]) -> Direction:
+    return {k: direction[k] for k in names}
 
 
 def _read_original_group(g: h5py.Group, path: str, field: str, names: list[str],

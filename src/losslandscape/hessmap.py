@@ -9,7 +9,9 @@ resumable, coarse to fine. They are stored in the surface file as `max_eig`, `mi
 the settings as attributes (`hessian_split`, `hessian_samples`, `hessian_params`,
 `hessian_tol`; the names are fileformat.py's). The Hessian is that of the MEAN loss over
 the split (or a fixed, seeded subset of it), BatchNorm in eval mode; the numerics are in
-hessian.py.
+hessian.py. It is taken with respect to the parameters the surface moves (its spec's
+directions.include / exclude / trainable_only; all of them by default), the others held
+fixed: the sub-Hessian of the moved set, of its tensors of 2+ dimensions with --params weights.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from . import surface
 from .errors import UserError
 from .evaluate import PointEvaluator
 from .grid import GridAxes, coarse_to_fine
-from .hessian import HessianOperator, extreme_eigenvalues, hutchinson_trace, spectral_density, top_eigenvalues
+from .hessian import (HessianOperator, extreme_eigenvalues, hessian_params, hutchinson_trace, spectral_density,
+                      top_eigenvalues)
 from .job import Done, Finished, Notes
 from .lifecycle import Prepared
 from .loading import attach_directions, start_evaluator
@@ -129,7 +132,9 @@ class HessianWork:
         available = len(datasets.load_split(full, s.split)[1])
         if s.samples > available:
             raise UserError(f"--samples: {s.samples} is more than the {available} samples of the {s.split} split")
-        return start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
+        evaluator = start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
+        moved_params(evaluator, s.params)  # a choice that leaves nothing fails here, before any point
+        return evaluator
 
     def prepare(self, created: bool, notes: Notes) -> Prepared:
         with ff.open_h5(self.path, "r") as f:
@@ -152,8 +157,8 @@ class HessianWork:
         """(largest, smallest) eigenvalue of the mean-loss Hessian at theta + a*dx + b*dy."""
         evaluator.move_to(a, b)
         inputs, targets = evaluator.splits[self.settings.split]
-        op = HessianOperator(evaluator.model, self.settings.params, inputs, targets, evaluator.loss,
-                             evaluator.batch_size)
+        op = HessianOperator(evaluator.model, moved_params(evaluator, self.settings.params), inputs, targets,
+                             evaluator.loss, evaluator.batch_size)
         return {"eig": extreme_eigenvalues(op, tol=self.settings.tol)}
 
     def writer(self, f, flush: bool = True) -> "EigenWriter":
@@ -161,6 +166,18 @@ class HessianWork:
 
     def finished(self, path: Path) -> None:
         log.info("hessian maps complete: %s", path)
+
+
+def moved_params(evaluator: PointEvaluator, which: str) -> dict:
+    """The parameters the Hessian is taken with respect to: those of the surface's moved set
+    (`evaluator.names`; with dir_type "states" its buffers are not parameters) that
+    `which` keeps ("all", or "weights": 2+ dimensions)."""
+    moved = set(evaluator.names)
+    params = {name: p for name, p in hessian_params(evaluator.model, which).items() if name in moved}
+    if not params:
+        raise UserError(f"--params: {which!r} leaves no parameter of the {len(moved)} tensors the surface moves "
+                        "(directions.include / exclude / trainable_only of its spec)")
+    return params
 
 
 class EigenWriter:
@@ -193,7 +210,8 @@ def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str 
     settings.check()
     evaluator = work.load()
     inputs, targets = evaluator.splits[settings.split]
-    op = HessianOperator(evaluator.model, settings.params, inputs, targets, evaluator.loss, evaluator.batch_size)
+    op = HessianOperator(evaluator.model, moved_params(evaluator, settings.params), inputs, targets, evaluator.loss,
+                         evaluator.batch_size)
     top = top_eigenvalues(op, top_k, tol=settings.tol)
     _, smallest = extreme_eigenvalues(op, tol=settings.tol)
     trace, stderr = hutchinson_trace(op, samples=trace_samples)

@@ -28,6 +28,7 @@ from .trajectory import checkpoint_paths, pca_directions, pca_names, project
 log = logging.getLogger(__name__)
 
 FRESH_INIT_SEED = 0
+A_MOVED = "moved_tensors"  # the new file's attribute: JSON of directions.moved_summary (counts and filters)
 
 
 def base_model(spec) -> torch.nn.Module:
@@ -42,40 +43,57 @@ def make_directions(spec, model: torch.nn.Module):
     """(x, y or None, info) for the spec, against the model at its base point (CPU). `info`
     holds extra attributes and datasets of the new file ("/group/name", "/group@attr")."""
     d = spec.directions
-    weights = dirs.target_tensors(model, d.dir_type)
+    weights = dirs.moved_tensors(model, d)
+    moved = dirs.moved_summary(weights, d)
+    log.info("moving %d tensors, %s parameters (%s)", moved["tensors"], f"{moved['parameters']:,}",
+             _filters(moved) or f"every {'parameter' if d.dir_type == 'weights' else 'floating-point state entry'}")
+    x, y, info = _directions(spec, model, weights)
+    return x, y, {**info, A_MOVED: json.dumps(moved)}
+
+
+def _filters(moved: dict) -> str:
+    parts = [f"{k} {moved[k]}" for k in ("include", "exclude") if moved[k]]
+    return ", ".join(parts + (["trainable_only"] if moved["trainable_only"] else []))
+
+
+def _directions(spec, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
+    d = spec.directions
     two = bool(spec.grid.y)
     if d.kind == "random":
         return dirs.random_directions(weights, two, d.norm, d.ignore, d.seed, d.orthogonal)
     if d.kind == "interpolate":
         other = build_and_load(spec.model, datasets.input_channels(spec.data), checkpoint=spec.model.checkpoint2,
                                field="model.checkpoint2")
-        return dirs.interpolation_direction(weights, dirs.target_tensors(other, d.dir_type)), None, {}
+        end = dirs.target_tensors(other, d.dir_type)
+        return dirs.interpolation_direction(weights, {k: end[k] for k in weights}), None, {}
     if d.kind == "hessian":
-        return hessian_directions(spec, model, two)
+        return hessian_directions(spec, model, two, weights)
     if d.kind == "pca":
-        return pca_plane(spec, model)
+        return pca_plane(spec, model, weights)
     if d.kind == "file":
         # an original "states" file also has entries for the integer num_batches_tracked buffers
         names = list(model.state_dict()) if d.dir_type == "states" else None
-        x, y = dirs.read_direction_file(d.file, weights, two, all_names=names)
+        x, y = dirs.read_direction_file(d.file, dirs.target_tensors(model, d.dir_type), two, all_names=names,
+                                        only=list(weights))
         return x, y, {ff.A_DIRECTIONS_FROM: str(d.file)}
     raise ValueError(d.kind)
 
 
-def hessian_directions(spec, model: torch.nn.Module, two: bool):
+def hessian_directions(spec, model: torch.nn.Module, two: bool, weights: dict[str, torch.Tensor] | None = None):
     """Eigenvectors of the Hessian of the mean loss at the trained model (first split of
-    data.splits, data.max_samples of it), on this process's CPU. Each unit eigenvector is
-    scaled to the norm of the weights it moves, the length of a filter-normalised random
-    direction, so that a grid of -1:1 reaches as far as a random-direction surface does."""
+    data.splits, data.max_samples of it), on this process's CPU, with respect to the moved
+    parameters `weights` (default: the spec's moved set), the others held fixed: the
+    sub-Hessian of those parameters. Each unit eigenvector is scaled to the norm of the
+    weights it moves, the length of a filter-normalised random direction, so that a grid of
+    -1:1 reaches as far as a random-direction surface does."""
+    if weights is None:
+        weights = dirs.moved_tensors(model, spec.directions)
     inputs, targets = datasets.load_split(spec.data, spec.data.splits[0])
-    op = HessianOperator(model.eval(), "all", inputs, targets, spec.evaluation.loss, spec.evaluation.batch_size)
+    params = {name: p for name, p in model.named_parameters() if name in weights}  # dir_type is "weights"
+    op = HessianOperator(model.eval(), params, inputs, targets, spec.evaluation.loss, spec.evaluation.batch_size)
     pairs = hessian_eigen_directions(op, "extremes" if spec.directions.which == "maxmin" else "top2")
-    weights = dirs.target_tensors(model, "weights")
     norm = float(torch.sqrt(sum(weights[k].detach().double().pow(2).sum() for k in op.names)))
     scaled = [{k: v * norm for k, v in d.items()} for _, d in pairs]
-    for d in scaled:  # parameters outside the operator (none with "all") do not move
-        for k, w in weights.items():
-            d.setdefault(k, torch.zeros(w.shape))
     info = {ff.A_HESSIAN_EIGENVALUES: [lam for lam, _ in pairs], ff.A_HESSIAN_WHICH: spec.directions.which,
             ff.A_HESSIAN_SCALE: norm}
     log.info("Hessian directions (%s): eigenvalues %s, scaled to the weights' norm %.4g", spec.directions.which,
@@ -83,12 +101,14 @@ def hessian_directions(spec, model: torch.nn.Module, two: bool):
     return scaled[0], (scaled[1] if two else None), info
 
 
-def pca_plane(spec, model: torch.nn.Module):
+def pca_plane(spec, model: torch.nn.Module, targets: dict[str, torch.Tensor] | None = None):
     """The plane of the first two principal components of the run's checkpoints minus the final
-    model (the centre), with every run's path on it (`directions.also` too), as datasets."""
+    model (the centre), over the moved tensors `targets` (default: the spec's moved set), with
+    every run's path on it (`directions.also` too), as datasets."""
     d = spec.directions
     trust = spec.model.trust_checkpoint
-    targets = dirs.target_tensors(model, d.dir_type)
+    if targets is None:
+        targets = dirs.moved_tensors(model, d)
     final = {k: v.detach() for k, v in targets.items()}
     names = pca_names(final, d.dir_type, d.ignore)
     paths = checkpoint_paths(d.checkpoints, "directions.checkpoints")

@@ -66,6 +66,13 @@ def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sh
         ident["directions.checkpoints (sha256)"] = directions_file_sha
     if spec.data.name == "cifar10":
         ident["data.root"] = str(Path(spec.data.root).resolve())
+    # the moved set, only when narrowed: files made before these fields (all tensors moved) resume unchanged
+    if d.include:
+        ident["directions.include"] = list(d.include)
+    if d.exclude:
+        ident["directions.exclude"] = list(d.exclude)
+    if d.trainable_only:
+        ident["directions.trainable_only"] = True
     return ident
 
 

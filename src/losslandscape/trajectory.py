@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from .checkpoints import load_state_dict
-from .directions import target_tensors
+from .directions import moved_tensors, target_tensors
 from .errors import UserError
 
 Direction = dict[str, torch.Tensor]
@@ -118,19 +118,23 @@ def checkpoint_paths(pattern: str, field: str = FIELD) -> list[Path]:
 
 
 def pca_names(model_or_state: torch.nn.Module | dict[str, torch.Tensor], dir_type: str = "weights",
-              ignore: str = "") -> list[str]:
+              ignore: str = "", directions=None) -> list[str]:
     """The names of the entries the PCA runs over: the direction's targets minus those `ignore` zeroes.
 
     A model gives its targets as `directions.target_tensors(model, dir_type)`:
     the parameters ("weights") or the floating-point state-dict entries
-    ("states"). A dict is taken to be those targets already (e.g. a state dict
-    for "states"); its non-floating entries are dropped. ignore = "biasbn" drops
+    ("states"); given the spec's `[directions]` table `directions`, as
+    `directions.moved_tensors(model, directions)` (its include / exclude /
+    trainable_only subset; its dir_type, not `dir_type`). A dict is taken to be
+    those targets already (e.g. a state dict for "states", or the moved subset);
+    its non-floating entries are dropped. ignore = "biasbn" drops
     the entries of at most one dimension (biases, BatchNorm), which the
     directions zero, as the original code's `ignore_biasbn` does; "none" (the spec's word) and ""
     keep every entry.
     """
     if isinstance(model_or_state, torch.nn.Module):
-        targets = target_tensors(model_or_state, dir_type)  # type: ignore[arg-type]
+        targets = (moved_tensors(model_or_state, directions) if directions is not None
+                   else target_tensors(model_or_state, dir_type))  # type: ignore[arg-type]
     elif isinstance(model_or_state, dict):
         targets = model_or_state
     else:
@@ -149,10 +153,11 @@ def pca_directions(final: dict[str, torch.Tensor], paths: list[str | Path], name
                    progress: Callable[[int, int], None] | None = None) -> PCAResult:
     """The first two principal components of the checkpoints' differences from `final`, over `names`.
 
-    final: the final model's tensors (a state dict, or the targets); paths: the
-    checkpoints in trajectory order (the final model may be one of them);
-    names: the entries the PCA runs over; targets: the entries the returned
-    directions have (default: names), zero where not in names; trust: passed to
+    final: the final model's tensors (a state dict, the targets, or only the moved
+    subset of them); paths: the checkpoints in trajectory order (the final model
+    may be one of them; a checkpoint needs the entries in `names` only, and its
+    others are never read); names: the entries the PCA runs over; targets: the
+    entries the returned directions have (default: names), zero where not in names; trust: passed to
     `checkpoints.load_state_dict`; tmpdir: where the temporary n x P float32
     file goes (default $TMPDIR); progress(done, total) is called after each load.
     See the module docstring for the convention, the memory and the time.
@@ -223,6 +228,9 @@ def project(final: dict[str, torch.Tensor], paths: list[str | Path], names: list
             d1: Direction, d2: Direction, trust: bool = False, *,
             field: str = FIELD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each checkpoint on the plane final + a d1 + b d2, over `names`: (x, y, error), streaming.
+
+    `names` may be any subset of the entries (the moved ones): the rest of each checkpoint
+    is neither read nor counted in the error.
 
     x, y are the coordinates of the point of the plane nearest to the
     checkpoint (least squares); for orthonormal directions, such as
