@@ -339,3 +339,21 @@ def test_a_safetensors_checkpoint_loads(net, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # as if the package were not installed
     with pytest.raises(UserError, match="the safetensors package is not installed"):
         load_state_dict(tmp_path / "net.safetensors")
+
+
+def test_filter_normalisation_per_layer_kind():
+    """Convolutions per output channel, Linear and Embedding per row (dim 0), 1-D tensors
+    (LayerNorm, biases) by `ignore`: the directions.py docstring's table."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"emb": torch.nn.Embedding(7, 5), "conv": torch.nn.Conv2d(2, 3, 3),
+                                 "fc": torch.nn.Linear(5, 4), "ln": torch.nn.LayerNorm(5)})
+    with torch.no_grad():
+        model["ln"].bias.uniform_(-1, 1)
+    weights = dirs.target_tensors(model, "weights")
+    for ignore in ("biasbn", "none"):
+        d = dirs.normalize(dirs.random_direction(weights, torch.Generator().manual_seed(1)), weights,
+                           "filter", ignore)
+        for name in ("emb.weight", "conv.weight", "fc.weight"):  # (V, D): one norm per token's row
+            torch.testing.assert_close(d[name].flatten(1).norm(dim=1), weights[name].flatten(1).norm(dim=1))
+        for name in ("ln.weight", "ln.bias", "conv.bias", "fc.bias"):
+            assert torch.equal(d[name], torch.zeros_like(d[name]) if ignore == "biasbn" else weights[name])
