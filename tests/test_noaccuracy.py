@@ -305,3 +305,14 @@ def test_a_resume_whose_values_differ_is_refused(loss_only, tmp_path):
     with pytest.raises(UserError, match="holds loss and accuracy, this run's loss gives loss only"):
         lifecycle.prepare(old, SPLITS, False, LOSS_ONLY)
     assert lifecycle.prepare(old, SPLITS, False, BOTH).values == ("loss", "acc")
+
+
+def test_python_interface_keeps_a_regressions_float_targets():
+    import torch
+
+    x, y = torch.zeros(4, 3, dtype=torch.float64), torch.tensor([0.5, 1.5, 2.0, -1.0])
+    assert api._tensors("train", (x, y), "mypkg.losses:huber")[1].dtype == torch.float32
+    assert api._tensors("train", (x, y), "model")[1].dtype == torch.float32
+    inputs, labels = api._tensors("train", (x, torch.tensor([0.0, 1.0, 2.0, 1.0])), "cross_entropy")
+    assert inputs.dtype == torch.float32 and labels.dtype == torch.int64
+    assert api._tensors("train", (x, torch.tensor([0, 1, 2, 1], dtype=torch.int32)), "mse")[1].dtype == torch.int64

@@ -136,18 +136,20 @@ def curvature_figure(s: Surface, kind: str, opts):
 
 def _run(model, model_b, train, test, x, y, out, options) -> Surface:
     out = Path(out)
-    splits = {name: _tensors(name, data) for name, data in (("train", train), ("test", test)) if data is not None}
-    if not splits:
+    given = [(name, data) for name, data in (("train", train), ("test", test)) if data is not None]
+    if not given:
         raise UserError("compute_surface: no data; give train=(inputs, targets) and/or test=..., "
                         "tensors or a DataLoader")
     table: dict[str, dict[str, Any]] = {"grid": {"x": x, "y": y}, "output": {"surface": str(out)},
-                                        "data": {"splits": list(splits)}}
+                                        "data": {"splits": [name for name, _ in given]}}
     for key, value in options.items():
         section, name = _field(key, value)
         if name is None:
             table.setdefault(section, {}).update(value)
         else:
             table.setdefault(section, {})[name] = value
+    loss = table.get("evaluation", {}).get("loss", "cross_entropy")
+    splits = {name: _tensors(name, data, loss) for name, data in given}
     table["model"] = {**table.get("model", {}), "name": _register_model(model)}
     table["data"]["name"] = _register_data(splits)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,8 +178,10 @@ def _field(key: str, value: Any) -> tuple[str, str | None]:
                                                                      "; see `losslandscape surface --help`"))
 
 
-def _tensors(split: str, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) on the CPU from tensors or from an iterable of batches."""
+def _tensors(split: str, data: Data, loss: str = "cross_entropy") -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) on the CPU from tensors or from an iterable of batches. Integer targets
+    become int64 class indices, and so do float ones for cross_entropy; other losses keep float
+    targets as given (a regression's, where accuracy means nothing)."""
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         inputs, targets = data
     else:
@@ -191,7 +195,9 @@ def _tensors(split: str, data: Data) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = torch.cat([a for a, _ in batches]), torch.cat([b for _, b in batches])
     if len(inputs) != len(targets):
         raise UserError(f"{split}: {len(inputs)} inputs but {len(targets)} targets")
-    return inputs.detach().cpu().float(), targets.detach().cpu().long()
+    targets = targets.detach().cpu()
+    classes = not targets.is_floating_point() or loss == "cross_entropy"
+    return inputs.detach().cpu().float(), targets.long() if classes else targets
 
 
 def _digest(tensors: Iterable[torch.Tensor]) -> str:

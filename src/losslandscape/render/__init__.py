@@ -5,7 +5,8 @@
     summarize(path)               -> dict of summary numbers (JSON-serialisable)
 
 Kinds of view (`KINDS`):
-  curve      1-D: loss and accuracy, train and test, on twin axes (Li et al., Figs. 2-3)
+  curve      1-D: loss and accuracy, train and test, on twin axes (Li et al., Figs. 2-3);
+             the loss alone for a file whose loss defines no accuracy (no `_acc` datasets)
   contour    2-D: labelled contour lines (the original code's vmin/vmax/vlevel)
   filled     2-D: filled contours
   heatmap    2-D: one cell per grid point
