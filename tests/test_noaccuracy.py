@@ -274,6 +274,21 @@ def test_shards_without_accuracy_merge(tmp_path):
     assert s.fraction_done == {"train": 1.0, "test": 1.0}
 
 
+def test_shards_with_accuracy_merge_as_before(tmp_path):
+    """Both splits, accuracy in the shard: a point flagged done without its accuracy is skipped."""
+    spec = make_spec(tmp_path)
+    prep = create_file(spec, {})
+    d = ff.shard_dir(prep.path)
+    d.mkdir()
+    shard = d / "task_0.h5"
+    surface.create_shard(shard, prep.path, prep.pending, 0, 1, spec.to_json(), [])
+    write_points(shard, prep, prep.pending[:-1], acc=80.0)
+    write_points(shard, prep, prep.pending[-1:])  # done, but its accuracy missing
+    assert merge(prep.path, force=True) == 34
+    s = load_surface(prep.path)
+    assert s.has_accuracy and np.nanmin(s.train_acc) == 80.0 and np.isnan(s.test_acc).sum() == 1
+
+
 def test_a_shard_of_other_values_is_refused_by_merge(tmp_path):
     spec = make_spec(tmp_path)
     prep = create_file(spec, LOSS_ONLY)

@@ -359,10 +359,10 @@ def shard_new_points(shard: h5py.File, surf: h5py.File) -> tuple[dict[str, np.nd
     such check (its loss may be NaN, a diverged point)."""
     sd, fd = done_masks(shard), done_masks(surf)
     new, skipped = {}, 0
-    acc = "acc" in ff.file_values(shard)
+    scored = "acc" in ff.file_values(shard)
     for split in SPLITS:
         candidates = np.flatnonzero(sd[split] & ~fd[split])
-        if len(candidates) and acc:
+        if len(candidates) and scored:
             acc = np.asarray(shard[value_name(split, "acc")]).ravel()[candidates]
             skipped += int((~np.isfinite(acc)).sum())
             candidates = candidates[np.isfinite(acc)]
