@@ -8,6 +8,15 @@
          batch size, no tool at all.
 All three in one run, on the same machine, ResNet-20 on 2,000 CIFAR-shaped
 images, a 5x5 grid, CPU fp32, 2 threads. Results go to bench.json.
+
+Streamed data (`streamed`): the same 2,000 images stored as PNG files and decoded by a
+Dataset each time they are read; our surface verb (data outer, points inner, a unit of 8
+points: the data read once per unit) against the original code's way (a full loader pass per
+point) and against the same images as in-memory tensors, 4x4 grid.
+
+Memory (`memory`): peak resident memory of a surface run on a GPT-2-small-sized model
+(about 124M parameters, random init, a few short sequences, CPU) as a multiple of its
+weights' bytes.
 """
 
 from __future__ import annotations
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--mpi", choices=("auto", "off"), default="auto",
                         help="also time 1 and 2 MPI workers (needs mpirun)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the ~124M-parameter memory run (needs transformers, ~2 GB)")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory(prefix="ll-bench-") as tmp:
@@ -157,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append((f"MPI, {k} worker(s) x 1 thread, compute phase", results["mpi"][k]))
                     rows.append((f"MPI, {k} worker(s) x 1 thread, whole command", results["mpi"][f"{k}_whole_command"]))
         results["hessian"] = bench_hessian()
+        results["streamed"] = bench_streamed(work, ckpt, model)
+        if not args.no_memory:
+            results["memory"] = bench_memory(work)
     print(f"\n{'program':<42} {'points/s':>9}")
     for name, rate in rows:
         print(f"{name:<42} {rate:9.3f}")
@@ -171,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Hessian (ResNet-20, 256 digit-sized images, 1 thread): forward {h['forward_per_s']:.1f}/s, "
           f"HVP {h['hvp_per_s']:.2f}/s: one HVP = {h['hvp_in_forward_passes']:.1f} forward passes "
           f"(forward-over-reverse: {h['forward_over_reverse_in_forward_passes']:.1f})")
+    st = results["streamed"]
+    print(f"Streamed PNGs (ResNet-20, 2,000 images, 4x4 grid, unit of 8): ours {st['ours']:.3f} points/s, "
+          f"a loader pass per point {st['per_point_pass']:.3f}, in-memory tensors {st['in_memory']:.3f}: "
+          f"ours/per-point pass = {st['ours_over_per_point_pass']:.2f} (goal >= 4), "
+          f"streamed/in-memory = {st['streamed_over_in_memory']:.2f} (goal >= 0.7)")
+    if "memory" in results:
+        m = results["memory"]
+        print(f"Memory: {m['parameters'] / 1e6:.0f}M parameters ({m['weights_mib']:.0f} MiB of weights): peak "
+              f"resident {m['peak_rss_mib']:.0f} MiB = {m['peak_over_weights']:.2f}x the weights "
+              f"(the Python, torch and transformers floor alone: {m['floor_rss_mib']:.0f} MiB; "
+              f"above it: {m['above_floor_over_weights']:.2f}x; goal <= 4)")
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
@@ -216,3 +241,129 @@ def bench_mpi(work: Path, ckpt: Path) -> dict:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+PNG_DATASET = """
+import numpy as np, torch
+from pathlib import Path
+from PIL import Image
+from torch.utils.data import Dataset
+
+ROOT = Path(__file__).parent / "png"
+MEAN, STD = np.array({mean}, dtype=np.float32), np.array({std}, dtype=np.float32)
+
+
+class Folder(Dataset):
+    def __init__(self):
+        self.files = sorted(ROOT.glob("*/*.png"))
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        path = self.files[i]
+        x = (np.asarray(Image.open(path), dtype=np.float32) / 255.0 - MEAN) / STD
+        return torch.from_numpy(x.transpose(2, 0, 1).copy()), int(path.parent.name)
+
+
+def dataset(split):
+    return Folder()
+
+
+def tensors(split):
+    items = [Folder()[i] for i in range(len(Folder()))]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+"""
+
+
+def write_pngs(folder: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The images as 8-bit PNG files, one sub-folder per class (an image folder)."""
+    from PIL import Image
+
+    mean = torch.tensor(datasets.CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(datasets.CIFAR_STD).view(1, 3, 1, 1)
+    pixels = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i, (img, label) in enumerate(zip(pixels, y.tolist())):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / str(label) / f"{i:05d}.png")
+
+
+def bench_streamed(work: Path, ckpt: Path, model: torch.nn.Module, grid: str = "-1:1:4", unit: int = 8) -> dict:
+    """Points/s on PNG files: ours streamed, a loader pass per point, in-memory tensors."""
+    from torch.utils.data import DataLoader
+
+    x, y = datasets.load_split(specs.from_dict({"data": {"name": "synthetic", "max_samples": IMAGES}}).data, "train")
+    write_pngs(work / "png", x, y)
+    (work / "pngdata.py").write_text(PNG_DATASET.format(mean=list(datasets.CIFAR_MEAN), std=list(datasets.CIFAR_STD)))
+    extra = [f"--data.name=pngdata:dataset", f"--evaluation.unit_size={unit}", f"--grid.x={grid}", f"--grid.y={grid}"]
+    ours = bench_ours(work, ckpt, surface="streamed.h5", extra=extra)
+    extra[0] = "--data.name=pngdata:tensors"
+    memory = bench_ours(work, ckpt, surface="inmemory.h5", extra=extra)
+    sys.path.insert(0, str(work))
+    import pngdata  # noqa: PLC0415 (written above)
+
+    loader = DataLoader(pngdata.Folder(), batch_size=BATCH, shuffle=False)
+    points = int(grid.rsplit(":", 1)[1]) ** 2
+    gen = torch.Generator().manual_seed(0)
+    host = [p.detach().clone() for p in model.parameters()]
+    dx = [torch.randn(p.shape, generator=gen) * 0.01 for p in host]
+    model.eval()
+    t0 = time.perf_counter()
+    for k in range(points):
+        for p, w, d in zip(model.parameters(), host, dx):
+            p.data = w + (k / points) * d
+        total = 0.0
+        with torch.no_grad():
+            for xb, yb in loader:
+                total += F.cross_entropy(model(xb), yb, reduction="sum").item()
+    per_pass = points / (time.perf_counter() - t0)
+    return {"ours": ours["points_per_s"], "per_point_pass": per_pass, "in_memory": memory["points_per_s"],
+            "ours_over_per_point_pass": ours["points_per_s"] / per_pass,
+            "streamed_over_in_memory": ours["points_per_s"] / memory["points_per_s"], "unit_size": unit,
+            "grid": f"{grid} x {grid}"}
+
+
+GPT2_FACTORY = """
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+def model():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config())  # GPT-2 small's shape: 124M parameters
+
+def data(split):
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 50257, (4, 32), generator=gen)
+    return [{"input_ids": ids[i:i + 2], "labels": ids[i:i + 2]} for i in (0, 2)]
+
+def idle():
+    import transformers  # the floor: interpreter, torch and transformers, no model
+"""
+
+
+def _peak_rss_mib(cmd: list[str], env: dict) -> tuple[float, str]:
+    """The peak resident memory of a command (its own process), MiB, and its stderr."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    _, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{stderr[-2000:]}")
+    import resource  # noqa: PLC0415
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, stderr
+
+
+def bench_memory(work: Path) -> dict:
+    """Peak resident memory of a 2x2 surface on a ~124M-parameter GPT-2, against its weights."""
+    (work / "gpt2big.py").write_text(GPT2_FACTORY)
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), PYTHONPATH=str(work))
+    # the floor first: RUSAGE_CHILDREN keeps the largest child so far
+    floor, _ = _peak_rss_mib([sys.executable, "-c", "import torch, losslandscape.cli, gpt2big; gpt2big.idle()"], env)
+    cmd = [sys.executable, "-m", "losslandscape", "surface", "--model.name=gpt2big:model", "--data.name=gpt2big:data",
+           "--evaluation.loss=model", "--grid.x=-1:1:2", "--grid.y=-1:1:2", "--evaluation.device=cpu",
+           f"--output.surface={work / 'gpt2.h5'}", "--directions.ignore=biasbn"]
+    peak, _ = _peak_rss_mib(cmd, env)
+    with h5py.File(work / "gpt2.h5", "r") as f:
+        params = sum(int(np.prod(d.shape)) for d in f["directions/x"].values())
+    weights = params * 4 / 2**20
+    return {"parameters": params, "weights_mib": weights, "peak_rss_mib": peak, "floor_rss_mib": floor,
+            "peak_over_weights": peak / weights, "above_floor_over_weights": (peak - floor) / weights}

@@ -70,9 +70,7 @@ class PointEvaluator:
         self.channels_last = channels_last
         self.names = list(tensors)
         self.live = [tensors[k] for k in self.names]
-        with torch.no_grad():
-            # a float32 base for bf16/fp16 weights: each point is computed in float32, rounded once
-            self.base = [t.detach().float() if t.dtype in LOW_PRECISION else t.detach().clone() for t in self.live]
+        self.base: list[torch.Tensor] | None = None  # copied when the directions come (less memory meanwhile)
         self.low = [t.dtype in LOW_PRECISION for t in self.live]
         self.dx: list[torch.Tensor] | None = None
         self.dy: list[torch.Tensor] | None = None
@@ -135,7 +133,12 @@ class PointEvaluator:
             raise UserError(f"evaluation: {where} failed: {type(exc).__name__}: {text} (-v for the traceback)") from None
 
     def set_directions(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None) -> None:
+        """Take the directions ({name: tensor}, read one name at a time) and copy the base point:
+        the model must be at its base point (it is until the first move)."""
         with torch.no_grad():
+            if self.base is None:
+                # a float32 base for bf16/fp16 weights: each point is computed in float32, rounded once
+                self.base = [t.detach().float() if low else t.detach().clone() for t, low in zip(self.live, self.low)]
             # empty_like keeps each tensor's memory format, so the in-place update stays cheap
             self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(self.names, self.base)]
             self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(self.names, self.base)] if y is not None else None

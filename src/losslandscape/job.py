@@ -21,6 +21,7 @@ evaluating. The steps themselves live where their concern does: makedirections.p
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from dataclasses import dataclass
@@ -180,6 +181,7 @@ def begin(work: Work, plan, notes: Notes) -> Prepared:
     """One process: make and create what `plan` says (if anything), then prepare."""
     if plan is not None:
         work.create(work.make(plan), notes)
+        gc.collect()  # the model and directions `make` built (a large model's are GBs) go now
     return work.prepare(plan is not None, notes)
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import data as datasets
 from . import directions as dirs
 from . import fileformat as ff
-from . import surface
 from .checkpoints import build_and_load
 from .environment import describe_device, pick_device, set_threads
 from .batches import Stream
@@ -67,12 +67,24 @@ def _has_conv(model: torch.nn.Module) -> bool:
 
 
 def attach_directions(evaluator: PointEvaluator, f_or_path) -> None:
-    """Give the evaluator the directions stored in a surface file (an open one, or a path)."""
+    """Give the evaluator the directions stored in a surface file (an open one, or a path),
+    read tensor by tensor: the host never holds a whole direction besides the evaluator's."""
     if isinstance(f_or_path, (str, Path)):
         with ff.open_h5(f_or_path, "r") as f:
-            evaluator.set_directions(*surface.read_directions(f, evaluator.names))
-    else:
-        evaluator.set_directions(*surface.read_directions(f_or_path, evaluator.names))
+            attach_directions(evaluator, f)
+        return
+    g = f_or_path[ff.DIRECTIONS]
+    evaluator.set_directions(_Lazy(g["x"]), _Lazy(g["y"]) if "y" in g else None)
+
+
+class _Lazy:
+    """{name: float32 tensor} over a directions group, each read when asked for."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.group[name], dtype=np.float32))
 
 
 def auto_search_evaluator(spec) -> PointEvaluator:

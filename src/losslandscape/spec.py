@@ -86,7 +86,7 @@ class Directions:
     exclude: list[str] = field(default_factory=list)
     """glob patterns on tensor names: matching tensors stay fixed."""
     trainable_only: bool = False
-    """move only parameters with requires_grad (LoRA adapters, an unfrozen head)."""
+    """move only parameters with requires_grad (LoRA adapters, an unfrozen head); with dir_type "states" the buffers (running statistics) have no requires_grad and stay fixed."""
 
 
 @dataclass
