@@ -9,7 +9,10 @@ What a data factory (or the Python interface's `data=`) may give, and what becom
   `evaluation.batch_size`, `data.workers` processes, pinned memory on CUDA, no shuffling;
   `data.max_samples` keeps a fixed, seeded subset of the items (only those are read).
 - a `DataLoader`: used as it is (its batch size and workers); one that shuffles is refused;
-  `data.max_samples` rebuilds it over the same seeded subset of its data set.
+  `data.max_samples` rebuilds it, with its settings, over the same seeded subset of its data set.
+- an `IterableDataset` (yields examples): batched by the tool's loader like a map-style Dataset;
+  with `data.workers` > 0 each worker must read its own share (torch's `get_worker_info`).
+  `data.max_samples` is refused (no fixed subset).
 - any re-iterable of batches (a list, an object whose `__iter__` starts over); a one-shot
   iterator or generator is refused (it can be read once only).
 
@@ -87,6 +90,8 @@ def same(a, b) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
                 and a.dtype == b.dtype and bool(torch.equal(a, b)))
+    if isinstance(a, Batch):
+        return isinstance(b, Batch) and same(a.args, b.args) and same(a.kwargs, b.kwargs) and same(a.targets, b.targets)
     if isinstance(a, Mapping):
         return isinstance(b, Mapping) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, (tuple, list)):
@@ -104,7 +109,12 @@ class Stream:
 
     def __iter__(self) -> Iterator[Batch]:
         seen = 0
-        for raw in self.iterable:
+        # a DataLoader's iterator draws its workers' base seed from the global RNG: reading the
+        # data must not move it (a fresh model is initialised from that RNG after a first read,
+        # so the same spec would give another model with a Dataset than with tensors)
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.iterable)
+        for raw in batches:
             batch = as_batch(raw, self.field)
             yield batch
             seen += batch_size(batch)
@@ -152,10 +162,15 @@ def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, m
                                 "fixed subset; set data.max_samples = 0 and limit the data yourself")
             keep = subset_indices(len(result.dataset), max_samples, seed)
             if keep is not None:
-                result = DataLoader(Subset(result.dataset, keep), batch_size=result.batch_size,
-                                    num_workers=result.num_workers, collate_fn=result.collate_fn,
-                                    pin_memory=result.pin_memory, drop_last=result.drop_last)
+                result = _over(result, Subset(result.dataset, keep))
         return Stream(result, what, field)
+    if isinstance(result, IterableDataset):
+        # it yields examples, not batches: batched here like a map-style Dataset's
+        if max_samples:
+            raise UserError(f"data.max_samples: {what} is an IterableDataset, which has no fixed subset; set "
+                            "data.max_samples = 0 and limit the data yourself")
+        loader = DataLoader(result, batch_size=batch_size_, num_workers=workers, pin_memory=pin)
+        return Stream(loader, what, field)
     if hasattr(result, "__getitem__") and hasattr(result, "__len__") and (
             isinstance(result, Dataset) or not hasattr(result, "__iter__") or isinstance(result, Subset)):
         keep = subset_indices(len(result), max_samples, seed) if max_samples else None
@@ -173,6 +188,21 @@ def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, m
         return Stream(result, what, field)
     raise UserError(f"{field}: {what} gave a {type(result).__name__}; expected (inputs, targets) tensors, a "
                     "Dataset, a DataLoader or a re-iterable of batches")
+
+
+def _over(loader, dataset):
+    """`loader`'s settings (batching, collation, workers and their start-up) over another data set."""
+    from torch.utils.data import DataLoader
+
+    # a loader built with a batch_sampler has batch_size None; its sampler's batch size is the one
+    batch_size = loader.batch_size
+    if batch_size is None:
+        batch_size = getattr(loader.batch_sampler, "batch_size", None)
+    workers = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers,
+               "multiprocessing_context": loader.multiprocessing_context} if loader.num_workers else {}
+    return DataLoader(dataset, batch_size=batch_size, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      pin_memory=loader.pin_memory, drop_last=loader.drop_last, timeout=loader.timeout,
+                      worker_init_fn=loader.worker_init_fn, **workers)
 
 
 def subset_indices(n: int, max_samples: int, seed: int) -> list[int] | None:

@@ -1,0 +1,323 @@
+"""Streamed data end to end: an image folder given as a Dataset, a DataLoader or tensors.
+
+torchvision does not import beside our CPU torch, so the images are a folder of our own: 200
+PNGs (3x16x16) in 4 class folders, decoded with PIL by a Dataset written into a module next
+to the test's files, as a user would write one. The model is the zoo's resnet20 at its fixed
+fresh initialisation; the grid 3x3 with units of 4 points.
+
+Each __getitem__ appends its index to the file named by $STREAM_READS (a file, so the reads of
+DataLoader worker processes and of subprocesses are counted too) and sleeps $STREAM_DELAY
+seconds (so that a signal lands in the middle of a unit).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from losslandscape import spec as specs
+from losslandscape.batches import subset_indices
+from losslandscape.distributed import run_serial
+from losslandscape.fileformat import shard_dir
+from losslandscape.grid import assign_tasks
+from losslandscape.job import SurfaceWork, prepare
+
+IMAGES, CLASSES, SIDE = 200, 4, 16
+TEST_EVERY = 4  # the "test" split: every 4th image
+VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
+MODULE = "streamimgs"
+
+FACTORY = '''
+"""An image folder as users have one: a map-style Dataset of PNG files, one folder per class."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+ROOT = Path(__file__).parent / "images"
+
+
+class ImageFolder(Dataset):
+    def __init__(self, split):
+        classes = sorted(d.name for d in ROOT.iterdir() if d.is_dir())
+        items = [(p, k) for k, c in enumerate(classes) for p in sorted((ROOT / c).glob("*.png"))]
+        self.items = items[::TEST_EVERY] if split == "test" else items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        reads = os.environ.get("STREAM_READS")
+        if reads:
+            with open(reads, "a") as fh:
+                fh.write(f"{i}\\n")
+        time.sleep(float(os.environ.get("STREAM_DELAY", "0")))
+        path, label = self.items[i]
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        return torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0, label  # (3, H, W)
+
+
+def dataset(split):
+    return ImageFolder(split)
+
+
+def loader(split):
+    return DataLoader(ImageFolder(split), batch_size=48, shuffle=False, num_workers=2)
+
+
+class Examples(IterableDataset):
+    """The same images as an IterableDataset: examples one by one, in order."""
+
+    def __init__(self, split):
+        self.folder = ImageFolder(split)
+
+    def __iter__(self):
+        return (self.folder[i] for i in range(len(self.folder)))
+
+
+def iterable(split):
+    return Examples(split)
+
+
+OPENED = False
+
+
+def _open(worker_id):
+    global OPENED  # in the worker process
+    OPENED = True
+
+
+class NeedsOpening(ImageFolder):
+    """A data set whose loader workers must be started by its worker_init_fn (opening files, say)."""
+
+    def __getitem__(self, i):
+        if get_worker_info() is not None and not OPENED:
+            raise RuntimeError("read in a worker that its worker_init_fn did not start")
+        return super().__getitem__(i)
+
+
+def opened_loader(split):
+    return DataLoader(NeedsOpening(split), batch_size=48, num_workers=2, worker_init_fn=_open)
+
+
+def tensors(split):
+    items = [ImageFolder(split)[i] for i in range(len(ImageFolder(split)))]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+'''.replace("TEST_EVERY", str(TEST_EVERY))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """The folder of the factory module `streamimgs` and its images; on sys.path for the module."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("streamimgs")
+    rng = np.random.default_rng(0)
+    for k in range(CLASSES):
+        (root / "images" / f"class{k}").mkdir(parents=True)
+    for i in range(IMAGES):
+        k = i % CLASSES
+        # a class-dependent mean colour, so the classes are not all alike
+        pixels = np.clip(rng.normal(64 * k + 32, 40, (SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(root / "images" / f"class{k}" / f"{i:04d}.png")
+    (root / f"{MODULE}.py").write_text(FACTORY)
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+    sys.modules.pop(MODULE, None)
+
+
+def job(out: Path, factory: str = "dataset", x: str = "-1:1:3", y: str = "-1:1:3", **data) -> dict:
+    return {
+        "model": {"name": "resnet20"},
+        "data": {"name": f"{MODULE}:{factory}", "splits": ["train", "test"], **data},
+        "grid": {"x": x, "y": y},
+        "evaluation": {"device": "cpu", "unit_size": 4, "batch_size": 64, "threads": 1},
+        "output": {"surface": str(out)},
+    }
+
+
+def surface_of(job_: dict) -> dict[str, np.ndarray]:
+    """Computed in this process (run_serial); the file's values."""
+    assert run_serial(SurfaceWork(specs.from_dict(job_))) == 0
+    return read(Path(job_["output"]["surface"]))
+
+
+def read(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r", locking=False) as f:
+        out = {k: f[k][...] for k in VALUES}
+        out["done"] = (f["train_done"][...] & f["test_done"][...]).astype(bool)
+    return out
+
+
+def assert_same(got: dict, want: dict, rtol: float = 1e-5) -> None:
+    assert got["done"].all()
+    for k in VALUES:
+        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=0, err_msg=k)
+
+
+def write_toml(path: Path, job_: dict) -> Path:
+    lines = []
+    for table, values in job_.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in values.items()]
+    path.write_text("\n".join(lines).replace("True", "true").replace("False", "false") + "\n")
+    return path
+
+
+def env(**extra: str) -> dict[str, str]:
+    """This process's environment without Open MPI's own variables (an in-process MPI singleton
+    would make a child mpirun believe it runs inside that job), plus `extra`."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    return {**out, "OMP_NUM_THREADS": "1", **extra}
+
+
+def surface_cmd(toml: Path) -> list[str]:
+    return [sys.executable, "-m", "losslandscape", "surface", str(toml)]
+
+
+def reads(path: Path) -> Counter:
+    return Counter(int(line) for line in path.read_text().split()) if path.exists() else Counter()
+
+
+@pytest.fixture(scope="module")
+def reference(images, tmp_path_factory) -> dict[str, np.ndarray]:
+    """The surface from in-memory (inputs, targets) tensors: the fast path, unchanged by streaming."""
+    return surface_of(job(tmp_path_factory.mktemp("ref") / "tensors.h5", "tensors"))
+
+
+# --- 1. one surface, whatever form the data comes in ------------------------------------------
+
+def test_dataset_dataloader_and_tensors_give_one_surface(images, reference, tmp_path):
+    assert reference["done"].all() and np.isfinite(reference["train_loss"]).all()
+    assert_same(surface_of(job(tmp_path / "dataset.h5", "dataset")), reference)
+    assert_same(surface_of(job(tmp_path / "loader.h5", "loader")), reference)  # 2 worker processes
+
+
+def test_an_iterable_dataset_is_batched_like_a_dataset(images, reference, tmp_path):
+    assert_same(surface_of(job(tmp_path / "iterable.h5", "iterable")), reference)
+
+
+def test_max_samples_keeps_the_settings_of_a_given_dataloader(images, tmp_path):
+    """Its subset is read by a loader rebuilt with the given one's worker_init_fn, batch size, workers."""
+    one_d = {"x": "-1:1:3", "y": "", "max_samples": 60}
+    want = surface_of(job(tmp_path / "tensors.h5", "tensors", **one_d))
+    got = surface_of(job(tmp_path / "loader.h5", "opened_loader", **one_d))
+    assert_same(got, want)
+
+
+# --- 5. max_samples reads only the chosen items ----------------------------------------------
+
+def test_max_samples_reads_only_the_chosen_items(images, tmp_path, monkeypatch):
+    log = tmp_path / "reads.txt"
+    monkeypatch.setenv("STREAM_READS", str(log))
+    job_ = job(tmp_path / "s.h5", "dataset", x="-1:1:3", y="", max_samples=30)
+    job_["data"]["splits"] = ["train"]
+    surface_of(job_)
+    keep = subset_indices(IMAGES, 30, 0)
+    assert set(reads(log)) == set(keep)
+
+
+# --- 6. a unit reads the data once, not once per point ---------------------------------------
+
+def test_a_unit_reads_each_item_once_for_all_its_points(images, tmp_path, monkeypatch):
+    log = tmp_path / "reads.txt"
+    monkeypatch.setenv("STREAM_READS", str(log))
+    job_ = job(tmp_path / "s.h5", "dataset", x="-1:1:8", y="", workers=0)  # 8 points: 2 units of 4
+    job_["data"]["splits"] = ["train"]
+    surface_of(job_)
+    # Start-up reads first batches only: data.input_channels reads one batch of its own loader
+    # (batch 128, not the spec's 64) each time makedirections.base_model builds the model, once
+    # in `load` and once in `make` (items 0..127, twice); loading._evaluator reads the first batch
+    # for its channels-last test and PointEvaluator reads it twice more, checking that it does
+    # not change (items 0..63, three times). Then each of the 2 units reads every item once
+    # for all its 4 points; a read per point would be 8 per item.
+    want = Counter({i: 2 + 2 * (i < 128) + 3 * (i < 64) for i in range(IMAGES)})
+    assert reads(log) == want
+
+
+# --- 2. mpirun: coordinator and workers, each streaming its units ------------------------------
+
+def mpirun(n: int) -> list[str]:
+    exe = shutil.which("mpirun")
+    if exe is None:
+        pytest.fail("mpirun is not on PATH: `make install` installs Open MPI")
+    return [exe, "--oversubscribe", "-n", str(n)] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+
+
+def test_mpirun_with_a_dataset_equals_one_process(images, reference, tmp_path):
+    toml = write_toml(tmp_path / "s.toml", job(tmp_path / "s.h5", "dataset", workers=2))
+    proc = subprocess.run(mpirun(3) + surface_cmd(toml), capture_output=True, text=True, env=env(), cwd=images,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 workers" in proc.stderr
+    assert_same(read(tmp_path / "s.h5"), reference)
+
+
+# --- 3. SLURM array tasks, each computing its shard of streamed data ---------------------------
+
+def test_mpirun_shard_tasks_then_merge_equal_one_process(images, reference, tmp_path):
+    from losslandscape import surface
+    from losslandscape.slurm import merge
+
+    spec = specs.from_dict(job(tmp_path / "s.h5", "dataset"))
+    prep = prepare(spec)  # what `submit` does before it calls sbatch
+    shards = shard_dir(prep.path)
+    shards.mkdir()
+    for k, share in enumerate(assign_tasks(prep.pending, 2, spec.evaluation.unit_size)):
+        surface.create_shard(shards / f"task_{k}.h5", prep.path, share, k, 2, spec.to_json(), [str(images)])
+    task = [sys.executable, "-m", "losslandscape", "task", str(shards)]
+    # as the array's tasks start: the task id from SLURM, task 1 with two ranks
+    for k, launcher in ((0, []), (1, mpirun(2))):
+        proc = subprocess.run(launcher + task, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                              env=env(SLURM_ARRAY_TASK_ID=str(k), SLURM_ARRAY_JOB_ID="7"))
+        assert proc.returncode == 0, proc.stderr
+    assert merge(prep.path) == 9
+    assert_same(read(prep.path), reference)
+
+
+# --- 4. SIGTERM in the middle of a unit --------------------------------------------------------
+
+def test_killed_mid_unit_loses_that_unit_only_and_resumes(images, reference, tmp_path):
+    surf = tmp_path / "s.h5"
+    toml = write_toml(tmp_path / "s.toml", job(surf, "dataset"))
+    slow = env(STREAM_DELAY="0.004")  # a unit (250 items) reads for about a second
+    proc = subprocess.Popen(surface_cmd(toml), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=slow, cwd=images)
+    deadline, written = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and proc.poll() is None and written < 4:
+        time.sleep(0.05)
+        try:
+            written = int(read(surf)["done"].sum())
+        except (OSError, KeyError):
+            pass
+    if written < 4:
+        proc.kill()
+        pytest.fail(f"the run ended or stalled before its first unit was written:\n{proc.communicate()[1]}")
+    proc.send_signal(signal.SIGTERM)  # while the second unit reads its batches
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "resumable" in err
+    partial = read(surf)
+    done = partial["done"]
+    assert written <= done.sum() < 9  # the units written stay; the one being read is lost
+    for k in VALUES:
+        np.testing.assert_allclose(partial[k][done], reference[k][done], rtol=1e-5, atol=0)
+    again = subprocess.run(surface_cmd(toml), capture_output=True, text=True, env=env(), cwd=images, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert_same(read(surf), reference)
