@@ -331,3 +331,20 @@ def test_python_interface_keeps_a_regressions_float_targets():
     inputs, labels = api._tensors("train", (x, torch.tensor([0.0, 1.0, 2.0, 1.0])), "cross_entropy")
     assert inputs.dtype == torch.float32 and labels.dtype == torch.int64
     assert api._tensors("train", (x, torch.tensor([0, 1, 2, 1], dtype=torch.int32)), "mse")[1].dtype == torch.int64
+
+
+def test_submit_knows_the_values_before_the_tasks_run(tmp_path):
+    """`submit` makes the surface and its shards before any task evaluates: the values come
+    from the loss (cross_entropy: both; otherwise the first batch at the centre, on the CPU)."""
+    from losslandscape import userimport
+    from losslandscape.slurm import run_values
+
+    (tmp_path / "meanloss.py").write_text(
+        "import torch.nn.functional as F\n\n\n"
+        "def ce(outputs, targets):\n"
+        "    return F.cross_entropy(outputs, targets)  # a batch mean, no correct count: no accuracy\n")
+    userimport.remember(tmp_path)
+    assert run_values(make_spec(tmp_path)) == ("loss", "acc")
+    spec = make_spec(tmp_path)
+    spec.evaluation.loss = "meanloss:ce"
+    assert run_values(spec) == ("loss",)

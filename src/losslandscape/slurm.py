@@ -142,11 +142,13 @@ def submit(spec, opts: SubmitOptions) -> dict:
         return _dry_run(path, opts, coarse_to_fine(GridAxes.from_spec(spec.grid).shape), spec)
     for split in spec.data.splits:  # data that cannot load fails here, before the file is bound to the spec
         datasets.load_split(spec.data, split)
-    prep = prepare(spec)  # creates the file and its directions once, before anything runs
+    # the file holds accuracy only where the loss defines one; a resubmit with a loss that differs is refused
+    notes = {ff.A_VALUES: json.dumps(list(run_values(spec)))}
+    prep = prepare(spec, notes)  # creates the file and its directions once, before anything runs
     if shard_files(path) and not opts.dry_run:
         new = merge(path)  # earlier shards' points count before sharing out again
         if new:
-            prep = prepare(spec)
+            prep = prepare(spec, notes)
     pending = prep.pending
     if len(pending) == 0:
         log.info("%s is complete: nothing to submit", path)
@@ -180,6 +182,19 @@ def submit(spec, opts: SubmitOptions) -> dict:
              array_job, tasks, opts.ranks_per_task, len(pending), ",".join(spec.data.splits), merge_job)
     log.info("watch: losslandscape status %s   (squeue -j %s,%s)", path, array_job, merge_job)
     return record
+
+
+def run_values(spec) -> tuple[str, ...]:
+    """The values the array tasks' points will have: ("loss", "acc") for cross_entropy, else as
+    the loss gives them on the first batch at the centre (evaluate.PointEvaluator.probe), with
+    the model and data loaded here on the CPU: the shards are made before any task runs."""
+    if spec.evaluation.loss == "cross_entropy":
+        return ff.VALUES
+    import torch
+
+    from .loading import load_evaluator
+
+    return tuple(load_evaluator(spec, torch.device("cpu")).values)
 
 
 def _dry_run(path: Path, opts: SubmitOptions, pending: np.ndarray, spec) -> dict:
