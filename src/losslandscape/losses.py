@@ -13,7 +13,8 @@ Outputs may be a tensor, an object with `.logits` (a Hugging Face ModelOutput), 
 
 - cross_entropy: logits `(N, C)`, `(N, C, ...)` as torch lays them out (segmentation) or
   `(N, ..., C)` as language models give them, told apart by the targets' shape `(N, ...)`;
-  targets are class or token indices; entries equal to -100 are ignored (not counted).
+  targets are class or token indices of any integer type (a Dataset's int32 or uint8 labels
+  are read as int64); entries equal to -100 are ignored (not counted).
   Accuracy: the fraction of counted targets whose index is the logits' arg-max.
 - mse: with floating targets, the plain mean squared error of regression over every target
   element (no accuracy); with class indices, the original code's softmax outputs against
@@ -21,15 +22,18 @@ Outputs may be a tensor, an object with `.logits` (a Hugging Face ModelOutput), 
 - model: the model's own `outputs.loss` (a Hugging Face model given `labels`), a batch mean,
   weighted by its number of labels that are not -100 (one fewer per sequence for a causal
   language model, whose class name ends in ForCausalLM or LMHeadModel, as it scores each
-  position against the next label); floating labels weight by examples. No accuracy.
+  position against the next label); floating labels weight by examples. A batch with no label
+  to score adds nothing (the model's 0/0 is not let through). No accuracy.
 - "package.module:function": `function(outputs, targets)` returns either a scalar tensor, the
   mean over the batch's examples (weighted by the number of examples: len(targets)), or a
   tuple `(sum, count)` or `(sum, count, correct)`: exact for any weighting. Accuracy only
-  with `correct`.
+  with `correct`. Counts are whole numbers: ints or tensors, floating ones if whole (checked,
+  at one device synchronisation per batch that only a floating count pays).
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 
 import torch
@@ -40,6 +44,7 @@ from .errors import UserError
 BatchSums = tuple[torch.Tensor, int | torch.Tensor, torch.Tensor | None]  # (sum, count, correct)
 LossFunction = Callable[[object, torch.Tensor], BatchSums]
 IGNORE_INDEX = -100
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def logits_of(outputs) -> torch.Tensor:
@@ -55,7 +60,12 @@ def logits_of(outputs) -> torch.Tensor:
     else:
         raise UserError(f"evaluation.loss: the model returned a {type(outputs).__name__}; expected a tensor, "
                         "outputs with .logits, a dict with 'logits' or a tuple starting with the logits")
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+    return _scored_dtype(t)
+
+
+def _scored_dtype(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 raised to float32; float32 and float64 kept."""
+    return t.float() if t.dtype in LOW_PRECISION else t
 
 
 def _need_targets(targets, loss: str) -> torch.Tensor:
@@ -63,6 +73,12 @@ def _need_targets(targets, loss: str) -> torch.Tensor:
         raise UserError(f"evaluation.loss: {loss} needs targets (the last element of a batch tuple, or "
                         "'labels' in a dict batch); the batch has none")
     return targets
+
+
+def _indices(targets: torch.Tensor) -> torch.Tensor:
+    # batches keep a Dataset's dtypes: numpy int32 or uint8 labels arrive as such, and torch's
+    # cross_entropy and one_hot take int64 only
+    return targets if targets.dtype == torch.int64 else targets.long()
 
 
 def class_layout(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -86,6 +102,7 @@ def cross_entropy(outputs, targets) -> BatchSums:
     if targets.is_floating_point():
         raise UserError(f"evaluation.loss: cross_entropy needs class indices, the targets are {targets.dtype}; "
                         "for regression use mse, or give a loss function")
+    targets = _indices(targets)
     logits = class_layout(logits_of(outputs), targets)
     scored = targets != IGNORE_INDEX
     total = F.cross_entropy(logits, targets, reduction="sum", ignore_index=IGNORE_INDEX)
@@ -104,6 +121,7 @@ def mse(outputs, targets) -> BatchSums:
             out = out.reshape(targets.shape)
         return (out - targets.to(out.dtype)).pow(2).sum(), targets.numel(), None
     # the original code's MSE: softmax outputs (N, C) against one-hot targets (N,), mean over classes
+    targets = _indices(targets)
     onehot = F.one_hot(targets, out.shape[1]).to(out.dtype)
     total = (out.softmax(dim=1) - onehot).pow(2).mean(dim=1).sum()
     return total, len(targets), (out.argmax(dim=1) == targets).sum()
@@ -117,12 +135,13 @@ def model_loss(causal: bool) -> LossFunction:
             raise UserError('evaluation.loss: "model": the model\'s outputs have no scalar `loss`; give it its '
                             "labels (a dict batch with 'labels') or choose another loss")
         labels = _need_targets(targets, '"model"')
+        value = _scored_dtype(value.reshape(()))
         if labels.is_floating_point():
-            count = len(labels)
-        else:
-            scored = labels[..., 1:] if causal else labels
-            count = (scored != IGNORE_INDEX).sum()
-        return value.reshape(()).float() * count, count, None
+            return value * len(labels), len(labels), None
+        scored = labels[..., 1:] if causal else labels
+        count = (scored != IGNORE_INDEX).sum()
+        # a batch whose labels are all ignored has the mean 0/0 = NaN: it adds nothing (no sync)
+        return torch.where(count > 0, value * count, torch.zeros_like(value)), count, None
     return loss
 
 
@@ -139,16 +158,41 @@ def user_loss(name: str) -> LossFunction:
                 raise UserError(f"evaluation.loss: {name} returned a tensor of shape {tuple(result.shape)}; "
                                 "expected a scalar (the batch mean) or (sum, count[, correct])")
             n = len(targets) if isinstance(targets, torch.Tensor) and targets.dim() > 0 else 1
-            return result.reshape(()) * n, n, None
-        if isinstance(result, tuple) and len(result) in (2, 3):
+            return _scored_dtype(result.reshape(())) * n, n, None
+        if isinstance(result, (tuple, list)) and len(result) in (2, 3):
             total = torch.as_tensor(result[0])
             if total.numel() != 1:
                 raise UserError(f"evaluation.loss: {name} returned a sum of shape {tuple(total.shape)}; "
                                 "expected a scalar")
-            return total.reshape(()), result[1], (result[2] if len(result) == 3 else None)
+            count = _whole(result[1], "count", name)
+            correct = _whole(result[2], "number correct", name) if len(result) == 3 and result[2] is not None \
+                else None
+            return _scored_dtype(total.reshape(())), count, correct
         raise UserError(f"evaluation.loss: {name} returned a {type(result).__name__}; expected a scalar tensor "
                         "(the batch mean) or (sum, count[, correct])")
     return loss
+
+
+def _whole(value, what: str, name: str) -> int | torch.Tensor:
+    """A user's count (or number correct) as an int or an int64 tensor: the evaluator adds them up
+    in int64, which a floating tensor cannot be added to."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex() \
+            and value.dtype != torch.bool:
+        value = value.reshape(())
+        if not value.is_floating_point():
+            return value.long()
+        if bool(value == value.round()):
+            return value.round().long()
+        shown = float(value)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if float(value).is_integer():
+            return int(value)
+        shown = value
+    else:
+        shown = f"a {type(value).__name__}" + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                                              else "")
+    raise UserError(f"evaluation.loss: {name} returned the {what} {shown}; expected a whole number (an int "
+                    "or a one-element tensor)")
 
 
 LOSSES: dict[str, LossFunction] = {"cross_entropy": cross_entropy, "mse": mse}
