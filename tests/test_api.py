@@ -75,7 +75,10 @@ surface = "{tmp_path / 'cli.h5'}"
     assert proc.returncode == 0, proc.stderr
     with h5py.File(tmp_path / "cli.h5", "r") as f:
         for k in VALUES:
-            np.testing.assert_allclose(getattr(s, k), f[k][...], rtol=1e-12, atol=0)
+            # the test split streams from the DataLoader in its batches of 32, the command line's in
+            # batches of 128: the float32 sums differ in their last bits only
+            np.testing.assert_allclose(getattr(s, k), f[k][...], rtol=1e-12 if k.startswith("train") else 1e-6,
+                                       atol=0)
         np.testing.assert_array_equal(s.x, f["xcoordinates"][...])
         np.testing.assert_array_equal(s.y, f["ycoordinates"][...])
         cli_dirs = {k: f["directions/x"][k][...] for k in f["directions/x"]}

@@ -178,34 +178,60 @@ def _field(key: str, value: Any) -> tuple[str, str | None]:
                                                                      "; see `losslandscape surface --help`"))
 
 
-def _tensors(split: str, data: Data, loss: str = "cross_entropy") -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) on the CPU from tensors or from an iterable of batches. Integer targets
-    become int64 class indices, and so do float ones for cross_entropy; other losses keep float
-    targets as given (a regression's, where accuracy means nothing)."""
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        inputs, targets = data
-    else:
-        try:
-            batches = [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in data]
-        except (TypeError, ValueError):
-            raise UserError(f"{split}: expected (inputs, targets) tensors or a DataLoader of (inputs, targets) "
-                            "batches") from None
-        if not batches:
-            raise UserError(f"{split}: the DataLoader gave no batch")
-        inputs, targets = torch.cat([a for a, _ in batches]), torch.cat([b for _, b in batches])
+def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
+    """(inputs, targets) on the CPU from tensors (the in-memory path), or the data as given (a
+    Dataset, a DataLoader or a re-iterable of batches: streamed, batches.py). Floating inputs
+    become float32, integer inputs (token ids) stay integers; integer targets become int64
+    class indices, and so do float ones for cross_entropy; other losses keep float targets as
+    given (a regression's, where accuracy means nothing)."""
+    if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        if isinstance(data, (str, bytes)) or not (isinstance(data, Iterable) or hasattr(data, "__getitem__")):
+            raise UserError(f"{split}: expected (inputs, targets) tensors, a Dataset, a DataLoader or an iterable "
+                            f"of batches, not {type(data).__name__}")
+        return data
+    inputs, targets = data
     if len(inputs) != len(targets):
         raise UserError(f"{split}: {len(inputs)} inputs but {len(targets)} targets")
-    targets = targets.detach().cpu()
+    inputs, targets = inputs.detach().cpu(), targets.detach().cpu()
     classes = not targets.is_floating_point() or loss == "cross_entropy"
-    return inputs.detach().cpu().float(), targets.long() if classes else targets
+    return (inputs.float() if inputs.is_floating_point() else inputs), (targets.long() if classes else targets.float())
 
 
 def _digest(tensors: Iterable[torch.Tensor]) -> str:
     h = hashlib.sha256()
     for t in tensors:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _leaves(obj) -> Iterable[torch.Tensor]:
+    """The tensors of a batch or an item, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj):
+            yield from _leaves(obj[k])
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _leaves(v)
+
+
+def _data_tensors(splits: dict) -> Iterable[torch.Tensor]:
+    """What identifies the data: the tensors of in-memory splits; of a stream, its length (where
+    it has one) and its first batch or item, so that a resume with other data is refused."""
+    for name in sorted(splits):
+        data = splits[name]
+        if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            yield from data
+            continue
+        if hasattr(data, "__len__"):
+            yield torch.tensor([len(data)])
+        first = data[0] if hasattr(data, "__getitem__") and not isinstance(data, Iterable) else None
+        if first is None:
+            with torch.random.fork_rng(devices=[]):  # a DataLoader's iterator draws from the global RNG
+                first = next(iter(data), None)
+        yield from _leaves(first)
 
 
 def _register_model(model: torch.nn.Module) -> str:
@@ -223,9 +249,9 @@ def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
     return clone.cpu()
 
 
-def _register_data(splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str:
-    """A data name for the spec that identifies the tensors (a resume with other data is refused)."""
-    name = "python:data-" + _digest(t for pair in splits.values() for t in pair)
+def _register_data(splits: dict) -> str:
+    """A data name for the spec that identifies the data (a resume with other data is refused)."""
+    name = "python:data-" + _digest(_data_tensors(splits))
     userimport.register(name, lambda split: _split(splits, split))
     return name
 

@@ -44,6 +44,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from .batches import Batch, Stream, to_device
 from .evaluate import batch_size_for
 from .losses import LossFunction, cross_entropy, get_loss
 
@@ -76,14 +77,12 @@ def hessian_params(model: torch.nn.Module,
     raise ValueError(f"unknown parameter set {which!r}; choose 'all' or 'weights'")
 
 
-def loss_sum(outputs: torch.Tensor, targets: torch.Tensor, loss: LossFunction) -> tuple[torch.Tensor, int | torch.Tensor]:
+def loss_sum(outputs, targets, loss: LossFunction) -> tuple[torch.Tensor, int | torch.Tensor]:
     """(summed loss, count) of one batch, differentiably.
 
-    Unlike the evaluator, float64 outputs stay float64 (only lower precisions are
-    raised to float32), so that curvature can be computed in double precision.
+    Float64 outputs stay float64 (the losses raise only bf16/fp16 to float32), so that
+    curvature can be computed in double precision.
     """
-    if outputs.dtype not in (torch.float32, torch.float64):
-        outputs = outputs.float()
     total, count, _ = loss(outputs, targets)
     return total, count
 
@@ -116,13 +115,14 @@ class HessianOperator:
 
     def __init__(self, model: torch.nn.Module,
                  params: Mapping[str, torch.nn.Parameter] | Sequence[torch.nn.Parameter] | Literal["all", "weights"],
-                 inputs: torch.Tensor, targets: torch.Tensor, loss: str = "cross_entropy",
+                 inputs: "torch.Tensor | Stream", targets: torch.Tensor | None, loss: str = "cross_entropy",
                  batch_size: int = 0,
                  method: Literal["double_backward", "forward_over_reverse"] = "double_backward"):
-        self.loss_fn = get_loss(loss)
+        self.loss_fn = get_loss(loss, model)
         if method not in ("forward_over_reverse", "double_backward"):
             raise ValueError(f"unknown method {method!r}")
-        if len(inputs) != len(targets) or len(targets) == 0:
+        self.stream = inputs if isinstance(inputs, Stream) else None
+        if self.stream is None and (len(inputs) != len(targets) or len(targets) == 0):
             raise ValueError(f"need as many targets as inputs, at least one: got {len(inputs)} and {len(targets)}")
         self.model = model
         self.params = self._named(model, params)
@@ -137,9 +137,10 @@ class HessianOperator:
         self.dim = sum(self.sizes)
         self.loss = loss
         self.method = method
-        self.inputs = inputs.to(self.device)
-        self.targets = targets.to(self.device)
-        self.n = len(self.targets)
+        if self.stream is None:
+            self.inputs = inputs.to(self.device)
+            self.targets = targets.to(self.device)
+            self.n = len(self.targets)
         self.batch_size = batch_size_for(self.device, batch_size)
         self.matvecs = 0  # products computed so far
 
@@ -160,9 +161,13 @@ class HessianOperator:
             named[by_id[id(p)]] = p
         return named
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self) -> Iterator[Batch]:
+        if self.stream is not None:
+            for batch in self.stream:
+                yield to_device(batch, self.device)
+            return
         for start in range(0, self.n, self.batch_size):
-            yield self.inputs[start:start + self.batch_size], self.targets[start:start + self.batch_size]
+            yield Batch((self.inputs[start:start + self.batch_size],), {}, self.targets[start:start + self.batch_size])
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
         """A flat vector as a list of tensors shaped like the parameters (views)."""
@@ -184,8 +189,8 @@ class HessianOperator:
         count: int | torch.Tensor = 0
         product = self._hvp_double if self.method == "double_backward" else self._hvp_func
         with _eval_mode(self.model):
-            for x, y in self._batches():
-                hv, k = product(x, y, tangents)
+            for batch in self._batches():
+                hv, k = product(batch, tangents)
                 out += torch.cat([h.reshape(-1) for h in hv])
                 count += k
         self.matvecs += 1
@@ -197,11 +202,12 @@ class HessianOperator:
         records only what the Hessian needs."""
         return {name: p.detach().requires_grad_(name in self.params) for name, p in self.model.named_parameters()}
 
-    def _hvp_double(self, x, y, tangents):
+    def _hvp_double(self, batch: Batch, tangents):
         args = self._arguments()
         leaves = [args[name] for name in self.names]
         with torch.enable_grad():
-            total, count = loss_sum(torch.func.functional_call(self.model, args, (x,)), y, self.loss_fn)
+            outputs = torch.func.functional_call(self.model, args, batch.args, batch.kwargs)
+            total, count = loss_sum(outputs, batch.targets, self.loss_fn)
             grads = torch.autograd.grad(total, leaves, create_graph=True, allow_unused=True)
             dot = sum((g * t).sum() for g, t in zip(grads, tangents) if g is not None and g.requires_grad)
             if not isinstance(dot, torch.Tensor):  # the loss is at most linear in the parameters
@@ -210,14 +216,15 @@ class HessianOperator:
         # the graph of `grads` is freed here: nothing outlives the call
         return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tangents)], count
 
-    def _hvp_func(self, x, y, tangents):
+    def _hvp_func(self, batch: Batch, tangents):
         args = {name: t.detach() for name, t in self._arguments().items()}
         primals = {name: args.pop(name) for name in self.names}
         tangent = dict(zip(self.names, tangents))
         model, loss = self.model, self.loss_fn
 
         def batch_loss(ps):
-            total, count = loss_sum(torch.func.functional_call(model, {**args, **ps}, (x,)), y, loss)
+            outputs = torch.func.functional_call(model, {**args, **ps}, batch.args, batch.kwargs)
+            total, count = loss_sum(outputs, batch.targets, loss)
             return total, torch.as_tensor(count)  # torch.func carries only tensors out as aux
 
         # torch.func's transforms ignore an outer no_grad, which keeps ordinary autograd out;

@@ -27,6 +27,7 @@ import numpy as np
 from . import data as datasets
 from . import fileformat as ff
 from . import surface
+from .batches import Stream
 from .errors import UserError
 from .evaluate import PointEvaluator
 from .grid import GridAxes, coarse_to_fine
@@ -129,8 +130,9 @@ class HessianWork:
         s = self.settings
         full = copy.deepcopy(self.spec.data)
         full.max_samples = 0
-        available = len(datasets.load_split(full, s.split)[1])
-        if s.samples > available:
+        source = datasets.load_source(full, s.split)
+        available = None if isinstance(source, Stream) else len(source[1])
+        if available is not None and s.samples > available:
             raise UserError(f"--samples: {s.samples} is more than the {available} samples of the {s.split} split")
         evaluator = start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
         moved_params(evaluator, s.params)  # a choice that leaves nothing fails here, before any point
@@ -156,7 +158,7 @@ class HessianWork:
     def point(self, evaluator: PointEvaluator, p: int, a: float, b: float, done: Done) -> dict[str, Any]:
         """(largest, smallest) eigenvalue of the mean-loss Hessian at theta + a*dx + b*dy."""
         evaluator.move_to(a, b)
-        inputs, targets = evaluator.splits[self.settings.split]
+        inputs, targets = _data(evaluator, self.settings.split)
         op = HessianOperator(evaluator.model, moved_params(evaluator, self.settings.params), inputs, targets,
                              evaluator.loss, evaluator.batch_size)
         return {"eig": extreme_eigenvalues(op, tol=self.settings.tol)}
@@ -201,6 +203,12 @@ class EigenWriter:
             self.f.flush()
 
 
+def _data(evaluator: PointEvaluator, split: str):
+    """(inputs, targets) of an in-memory split, or (the Stream, None)."""
+    src = evaluator.splits[split]
+    return (src, None) if isinstance(src, Stream) else src
+
+
 def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str | None = None,
                     probes: int = 4, steps: int = 30, trace_samples: int = 100) -> dict:
     """At the surface's centre (the trained model): the top-k eigenvalues (descending), the
@@ -209,7 +217,7 @@ def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str 
     work = HessianWork(path, settings, device)
     settings.check()
     evaluator = work.load()
-    inputs, targets = evaluator.splits[settings.split]
+    inputs, targets = _data(evaluator, settings.split)
     op = HessianOperator(evaluator.model, moved_params(evaluator, settings.params), inputs, targets, evaluator.loss,
                          evaluator.batch_size)
     top = top_eigenvalues(op, top_k, tol=settings.tol)

@@ -133,7 +133,7 @@ class SurfaceWork:
 
     def prepare(self, created: bool, notes: Notes) -> Prepared:
         if self._shard is not None:
-            lifecycle.announce_shard(self._shard)
+            lifecycle.announce_shard(self._shard, notes)
             return self._shard
         return lifecycle.prepare(Path(self.spec.output.surface), self.splits, created, notes, self.grid)
 

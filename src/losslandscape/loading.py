@@ -18,7 +18,7 @@ from .checkpoints import build_and_load
 from .environment import describe_device, pick_device, set_threads
 from .batches import Stream
 from .evaluate import PointEvaluator, batch_size_for, use_channels_last
-from .makedirections import base_model
+from .makedirections import base_model, model_channels
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
     splits = {split: datasets.load_source(spec.data, split, batch, pin=device.type == "cuda")
               for split in spec.data.splits}
     model = base_model(spec) if checkpoint is None else build_and_load(
-        spec.model, datasets.input_channels(spec.data), checkpoint=checkpoint, field=field)
+        spec.model, model_channels(spec), checkpoint=checkpoint, field=field)
     return _evaluator(spec, model, splits, device, spec.evaluation.fold_batchnorm if fold is None else fold)
 
 

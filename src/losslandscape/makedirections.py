@@ -21,6 +21,7 @@ from . import data as datasets
 from . import directions as dirs
 from . import fileformat as ff
 from . import surface
+from .batches import Stream
 from .checkpoints import build_and_load, file_sha256
 from .hessian import HessianOperator, hessian_eigen_directions
 from .trajectory import checkpoint_paths, pca_directions, pca_names, project
@@ -34,9 +35,16 @@ A_MOVED = "moved_tensors"  # the new file's attribute: JSON of directions.moved_
 def base_model(spec) -> torch.nn.Module:
     """The model at the centre of the surface, on the CPU. Without a checkpoint it is a
     fresh initialisation from a fixed seed, so every rank and every resume builds the same one."""
+    channels = model_channels(spec)  # before the seed: reading data may draw from the global RNG
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(FRESH_INIT_SEED)
-        return build_and_load(spec.model, datasets.input_channels(spec.data))
+        return build_and_load(spec.model, channels)
+
+
+def model_channels(spec) -> int:
+    """The input channels a zoo model is built for (from the data); a user's factory decides its
+    own (nothing is read)."""
+    return 3 if ":" in spec.model.name else datasets.input_channels(spec.data)
 
 
 def make_directions(spec, model: torch.nn.Module):
@@ -62,7 +70,7 @@ def _directions(spec, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
     if d.kind == "random":
         return dirs.random_directions(weights, two, d.norm, d.ignore, d.seed, d.orthogonal)
     if d.kind == "interpolate":
-        other = build_and_load(spec.model, datasets.input_channels(spec.data), checkpoint=spec.model.checkpoint2,
+        other = build_and_load(spec.model, model_channels(spec), checkpoint=spec.model.checkpoint2,
                                field="model.checkpoint2")
         end = dirs.target_tensors(other, d.dir_type)
         return dirs.interpolation_direction(weights, {k: end[k] for k in weights}), None, {}
@@ -88,7 +96,8 @@ def hessian_directions(spec, model: torch.nn.Module, two: bool, weights: dict[st
     -1:1 reaches as far as a random-direction surface does."""
     if weights is None:
         weights = dirs.moved_tensors(model, spec.directions)
-    inputs, targets = datasets.load_split(spec.data, spec.data.splits[0])
+    source = datasets.load_source(spec.data, spec.data.splits[0], spec.evaluation.batch_size or 128)
+    inputs, targets = (source, None) if isinstance(source, Stream) else source
     params = {name: p for name, p in model.named_parameters() if name in weights}  # dir_type is "weights"
     op = HessianOperator(model.eval(), params, inputs, targets, spec.evaluation.loss, spec.evaluation.batch_size)
     pairs = hessian_eigen_directions(op, "extremes" if spec.directions.which == "maxmin" else "top2")

@@ -141,7 +141,7 @@ def submit(spec, opts: SubmitOptions) -> dict:
     if opts.dry_run and not path.exists():  # a dry run writes nothing, not even the surface file
         return _dry_run(path, opts, coarse_to_fine(GridAxes.from_spec(spec.grid).shape), spec)
     for split in spec.data.splits:  # data that cannot load fails here, before the file is bound to the spec
-        datasets.load_split(spec.data, split)
+        datasets.load_source(spec.data, split)  # tensors, or a Stream (not read here)
     # the file holds accuracy only where the loss defines one; a resubmit with a loss that differs is refused
     notes = {ff.A_VALUES: json.dumps(list(run_values(spec)))}
     prep = prepare(spec, notes)  # creates the file and its directions once, before anything runs
