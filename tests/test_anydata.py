@@ -16,6 +16,7 @@ tool's factory cache keep a module for the whole session.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import h5py
@@ -257,6 +258,26 @@ def test_gpt2_in_bf16_moves_by_a_step_smaller_than_its_rounding(lm, tmp_path):
         # so the tolerance is far below bf16's rounding and ten times below the step's effect
         assert at(got, "train_loss", a) == pytest.approx(want, rel=1e-6), a
     assert abs(moved - centre) > 1e-5 * abs(centre)
+
+
+def test_a_step_below_the_bf16_resolution_is_a_warning_naming_a_range_that_resolves(lm, tmp_path):
+    result = run_surface(lm, tmp_path / "tiny.h5", "--model.name=anylm:model_bf16", "--data.name=anylm:data",
+                         "--evaluation.loss=model", "--grid.x=-1e-6:1e-6:3")
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stderr.splitlines() if "below the resolution" in l)
+    reach = float(re.search(r'"-([\d.e+-]+):', line).group(1))
+    assert reach > 1e-6
+    # the range it names does resolve: no warning there, and the points differ
+    again = run_surface(lm, tmp_path / "wide.h5", "--model.name=anylm:model_bf16", "--data.name=anylm:data",
+                        "--evaluation.loss=model", f"--grid.x=-{reach}:{reach}:3")
+    assert again.returncode == 0 and "below the resolution" not in again.stderr
+    with h5py.File(tmp_path / "wide.h5", "r") as f:
+        loss = f["train_loss"][...]
+    assert loss[0] != loss[1] and loss[2] != loss[1]
+    # float32 weights never warn
+    plain = run_surface(lm, tmp_path / "fp32.h5", "--model.name=anylm:model", "--data.name=anylm:data",
+                        "--evaluation.loss=model", "--grid.x=-1e-6:1e-6:3")
+    assert plain.returncode == 0 and "below the resolution" not in plain.stderr
 
 
 def test_gpt2_own_loss_with_a_batch_whose_labels_are_all_ignored(lm, tmp_path):

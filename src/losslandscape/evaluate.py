@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -142,6 +143,34 @@ class PointEvaluator:
             # empty_like keeps each tensor's memory format, so the in-place update stays cheap
             self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(self.names, self.base)]
             self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(self.names, self.base)] if y is not None else None
+
+    @torch.no_grad()
+    def check_resolution(self, steps: dict[str, float], sample: int = 1 << 20) -> None:
+        """Warn when an axis's step between grid points is below the resolution of bf16/fp16
+        weights for most of them (the step would round away), naming a range that resolves.
+        `steps`: {axis: (the grid's smallest spacing, its number of points)}."""
+        for axis, (step, n), d in (("x", steps.get("x", (0, 0)), self.dx), ("y", steps.get("y", (0, 0)), self.dy)):
+            if not step or d is None or not any(self.low):
+                continue
+            needed = []  # per sampled weight: the step that moves it by half its spacing
+            for base, di, low, live in zip(self.base, d, self.low, self.live):
+                if not low:
+                    continue
+                w, v = base.reshape(-1), di.reshape(-1)
+                stride = max(1, w.numel() // sample)
+                w, v = w[::stride].abs().float(), v[::stride].abs().float()
+                keep = v > 0
+                needed.append((0.5 * torch.finfo(live.dtype).eps * w[keep] / v[keep]).cpu())
+            if not needed or not sum(len(t) for t in needed):
+                continue
+            median = float(torch.cat(needed).median())
+            if step < median:
+                scale = 10.0 ** (math.floor(math.log10(median * (n - 1) / 2)) - 2)
+                reach = math.ceil(median * (n - 1) / 2 / scale) * scale  # rounded up to 3 digits: it resolves
+                log.warning("grid.%s: its step %.3g is below the resolution of most %s weights (half of them "
+                            "need a step of at least %.3g): the points would round to the same weights; a "
+                            "range that resolves with %d points: \"-%.3g:%.3g:%d\"", axis, step,
+                            next(t.dtype for t, low in zip(self.live, self.low) if low), median, n, reach, reach, n)
 
     @torch.no_grad()
     def move_to(self, a: float, b: float = 0.0) -> None:

@@ -139,6 +139,9 @@ class SurfaceWork:
 
     def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
         attach_directions(evaluator, f if f is not None and prep.directions_path is None else prep.directions_file)
+        if first:
+            evaluator.check_resolution({k: _spacing(v) for k, v in (("x", prep.axes.x), ("y", prep.axes.y))
+                                        if v is not None and len(v) > 1})
         if self.spec.directions.kind == "interpolate" and first:
             endpoint_report(self.spec, evaluator)
 
@@ -175,6 +178,11 @@ def evaluator_notes(notes_or_evaluators: list, merged: bool = False) -> Notes:
     # every worker runs the same model, data and loss: the first one's values stand for all
     values = next((n[VALUES_NOTE] for n in notes_or_evaluators if n and VALUES_NOTE in n), None)
     return {"batchnorm_folding": "; ".join(folding), **({VALUES_NOTE: values} if values else {})}
+
+
+def _spacing(coords) -> tuple[float, int]:
+    """(the smallest distance between neighbouring points of an axis, its number of points)."""
+    return float(np.min(np.abs(np.diff(np.asarray(coords, dtype=np.float64))))), len(coords)
 
 
 def begin(work: Work, plan, notes: Notes) -> Prepared:
