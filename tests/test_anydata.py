@@ -588,3 +588,44 @@ def test_class_labels_of_any_integer_type_and_a_users_floating_counts(bad, tmp_p
         loss, acc = F.cross_entropy(out, y).item(), 100.0 * (out.argmax(1) == y).double().mean().item()
         assert at(ref["cross_entropy"], "train_loss", a) == pytest.approx(loss, rel=1e-5), a
         assert at(ref["cross_entropy"], "train_acc", a) == pytest.approx(acc), a
+
+
+def test_a_failed_python_call_leaves_nothing_and_the_corrected_call_works(tmp_path):
+    """The probe runs before anything is written: a regression given to cross_entropy is one
+    UserError, with no surface file and no weights file left; the corrected call to the same
+    `out` then computes (it used to be refused: 'these weights are not the ones ...')."""
+    import losslandscape as ll
+    from losslandscape.errors import UserError
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 5), torch.randn(40, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    out = tmp_path / "reg.h5"
+    with pytest.raises(UserError, match="cross_entropy needs class indices"):
+        ll.compute_surface(model, (x, y), x="-1:1:3", out=out, threads=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with torch.no_grad():  # another model now: the earlier call must not have pinned its weights
+        model[0].weight.mul_(2)
+    s = ll.compute_surface(model, (x, y), x="-1:1:3", out=out, threads=1, loss="mse")
+    with torch.no_grad():
+        want = F.mse_loss(model(x).double(), y.double()).item()
+    assert s.train_loss[1] == pytest.approx(want, rel=1e-5)
+    assert s.train_acc is None
+
+
+def test_a_hugging_face_safetensors_file_is_a_checkpoint(lm, tmp_path):
+    """model.checkpoint = the model.safetensors of a save_pretrained folder: read without
+    unpickling; the output weights it leaves out (tied to the embedding) come from their twin.
+    The centre equals the model loaded by from_pretrained; a fresh model moved away from it
+    by its checkpoint gives the same surface as the folder's model itself."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    (lm / "fresh.py").write_text("from anylm import *\nfrom transformers import GPT2Config, GPT2LMHeadModel\n\n"
+                                 "def other():\n    torch.manual_seed(5)\n"
+                                 "    return GPT2LMHeadModel(GPT2Config.from_pretrained(HERE / 'gpt2-tiny'))\n")
+    ckpt = lm / "gpt2-tiny" / "model.safetensors"
+    a = surface(lm, tmp_path / "a.h5", "--model.name=anylm:model", "--data.name=anylm:data",
+                "--evaluation.loss=model", "--grid.x=-1:1:3")
+    b = surface(lm, tmp_path / "b.h5", "--model.name=fresh:other", f"--model.checkpoint={ckpt}",
+                "--data.name=anylm:data", "--evaluation.loss=model", "--grid.x=-1:1:3")
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-6)

@@ -321,3 +321,57 @@ def test_killed_mid_unit_loses_that_unit_only_and_resumes(images, reference, tmp
     again = subprocess.run(surface_cmd(toml), capture_output=True, text=True, env=env(), cwd=images, timeout=300)
     assert again.returncode == 0, again.stderr
     assert_same(read(surf), reference)
+
+
+SMALL = '''
+import torch
+from torch import nn
+
+
+def small():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 4))
+'''
+
+
+def test_hessian_auto_axes_and_interpolation_stream_like_tensors(images, tmp_path):
+    """The other verbs that evaluate the loss take the Dataset too, with the values of tensors:
+    "auto" axes (the range search), an interpolation between two checkpoints, the Hessian maps
+    and the spectrum at the centre."""
+    import json
+
+    import torch
+    from test_cli import losslandscape
+
+    (images / "streamsmall.py").write_text(SMALL)
+    torch.manual_seed(1)
+    for k in (1, 2):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(4 * 4 * 4, 4))
+        torch.save(model.state_dict(), tmp_path / f"m{k}.pt")
+    common = ["--model.name=streamsmall:small", f"--model.checkpoint={tmp_path / 'm1.pt'}",
+              "--evaluation.device=cpu", "--evaluation.threads=1", "--evaluation.batch_size=64"]
+    got = {}
+    for factory in ("dataset", "tensors"):
+        auto = tmp_path / f"auto-{factory}.h5"
+        r = losslandscape("surface", *common, f"--data.name={MODULE}:{factory}", "--grid.x=auto:3", "--grid.y=auto:3",
+                          "--grid.auto_samples=0", f"--output.surface={auto}", cwd=images)
+        assert r.returncode == 0, r.stderr
+        line = losslandscape("hessian", auto, "--centre", "--top-k", "2", "--samples", "40", "--json", cwd=images)
+        assert line.returncode == 0, line.stderr
+        maps = losslandscape("hessian", auto, "--samples", "40", cwd=images)
+        assert maps.returncode == 0, maps.stderr
+        inter = tmp_path / f"inter-{factory}.h5"
+        r = losslandscape("surface", *common, f"--data.name={MODULE}:{factory}", "--directions.kind=interpolate",
+                          f"--model.checkpoint2={tmp_path / 'm2.pt'}", "--grid.x=-0.5:1.5:3",
+                          f"--output.surface={inter}", cwd=images)
+        assert r.returncode == 0, r.stderr
+        with h5py.File(auto, "r") as f, h5py.File(inter, "r") as g:
+            got[factory] = {"x": f["xcoordinates"][...], "auto": f["train_loss"][...],
+                            "eig": np.stack([f[k][...] for k in ("max_eig", "min_eig")]),
+                            "top": json.loads(line.stdout)["top_eigenvalues"], "inter": g["train_loss"][...]}
+    s, t = got["dataset"], got["tensors"]
+    np.testing.assert_array_equal(s["x"], t["x"])
+    np.testing.assert_allclose(s["auto"], t["auto"], rtol=1e-5)
+    np.testing.assert_allclose(s["inter"], t["inter"], rtol=1e-5)
+    np.testing.assert_allclose(s["eig"], t["eig"], rtol=1e-3)
+    np.testing.assert_allclose(s["top"], t["top"], rtol=1e-3)

@@ -153,11 +153,19 @@ def _run(model, model_b, train, test, x, y, out, options) -> Surface:
     table["model"] = {**table.get("model", {}), "name": _register_model(model)}
     table["data"]["name"] = _register_data(splits)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table["model"]["checkpoint"] = str(_save_weights(model, out, "model"))
-    if model_b is not None:
-        table["model"]["checkpoint2"] = str(_save_weights(model_b, out, "model2"))
-    spec = specs.from_dict(table)
-    code = run_serial(SurfaceWork(spec))
+    existed = out.exists()
+    written: list[Path] = []
+    try:
+        table["model"]["checkpoint"] = str(_save_weights(model, out, "model", written))
+        if model_b is not None:
+            table["model"]["checkpoint2"] = str(_save_weights(model_b, out, "model2", written))
+        spec = specs.from_dict(table)
+        code = run_serial(SurfaceWork(spec))
+    except BaseException:
+        if not existed and not out.exists():  # nothing computed: leave nothing behind
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise
     if code != 0:
         log.warning("stopped early: %s holds the points computed so far; call again to finish", out)
     return load_surface(out)
@@ -193,7 +201,9 @@ def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
     if len(inputs) != len(targets):
         raise UserError(f"{split}: {len(inputs)} inputs but {len(targets)} targets")
     inputs, targets = inputs.detach().cpu(), targets.detach().cpu()
-    classes = not targets.is_floating_point() or loss == "cross_entropy"
+    # float class ids (0.0, 1.0, ...) are class indices for cross_entropy; other floats stay floats
+    # (a regression's targets: cross_entropy then refuses them in one line)
+    classes = not targets.is_floating_point() or (loss == "cross_entropy" and bool((targets == targets.round()).all()))
     return (inputs.float() if inputs.is_floating_point() else inputs), (targets.long() if classes else targets.float())
 
 
@@ -262,7 +272,7 @@ def _split(splits, split: str):
     return splits[split]
 
 
-def _save_weights(model: torch.nn.Module, out: Path, tag: str) -> Path:
+def _save_weights(model: torch.nn.Module, out: Path, tag: str, written: list[Path]) -> Path:
     """The model's state dict beside the surface file. Never replaced under an existing surface:
     other weights there mean another surface, which is refused in one line."""
     path = out.with_name(f"{out.name}.{tag}.pt")
@@ -279,4 +289,5 @@ def _save_weights(model: torch.nn.Module, out: Path, tag: str) -> Path:
             raise UserError(f"model: these weights are not the ones {out} was computed around (kept in {path}); "
                             "give that model, or choose another out")
     torch.save(state, path)
+    written.append(path)
     return path

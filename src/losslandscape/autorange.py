@@ -89,7 +89,7 @@ def auto_range(evaluator, split: str, axis: str, factor: float, start: float = S
     plus, _ = reach(lambda t: loss(t), centre, factor, start, limit, rel_tol, axis, 1)
     minus, _ = reach(lambda t: loss(-t), centre, factor, start, limit, rel_tol, axis, -1)
     end = round_up(max(plus, minus))
-    result = {"axis": axis, "split": split, "samples": len(evaluator.splits[split][1]), "factor": factor,
+    result = {"axis": axis, "split": split, "samples": evaluator.examples(split), "factor": factor,
               "centre_loss": centre, "plus": plus, "minus": minus, "reach": end,
               "loss_plus": loss(end), "loss_minus": loss(-end), "rel_tol": rel_tol}
     result["evaluations"] = len(losses)

@@ -80,6 +80,7 @@ def normalise(obj, field: str = "model.checkpoint", path: Path | str = "") -> di
 def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], field: str = "model.checkpoint") -> None:
     """Load `state` into `model`, or say in one line which keys do not fit."""
     own = model.state_dict()
+    state = _tied_filled(own, state)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
@@ -93,6 +94,22 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], fie
             parts.append("wrong shape " + _few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]))
         raise UserError(f"{field}: does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+def _tied_filled(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the tied entries it leaves out (a Hugging Face checkpoint stores a language
+    model's output weights once, as the input embedding they share) taken from their twin."""
+    by_storage: dict[tuple, list[str]] = {}
+    for k, t in own.items():
+        if t.numel():
+            by_storage.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []).append(k)
+    filled = dict(state)
+    for names in by_storage.values():
+        present = [k for k in names if k in state]
+        for k in names:
+            if k not in filled and present:
+                filled[k] = state[present[0]]
+    return filled
 
 
 def file_sha256(path: str | Path, field: str = "model.checkpoint") -> str:

@@ -214,6 +214,14 @@ class PointEvaluator:
             total.add(*self._sums(batch, f"a batch of {split}"))
         return total.result()
 
+    def examples(self, split: str) -> int:
+        """The number of examples of a split (of a stream: counted by reading it once)."""
+        src = self.splits[split]
+        if not isinstance(src, Stream):
+            return len(src[1])
+        from .batches import batch_size as examples_in
+        return sum(examples_in(batch) for batch in src)
+
     def evaluate(self, a: float, b: float, splits: list[str]) -> dict[str, tuple[float, float]]:
         self.move_to(a, b)
         return {split: self.measure(split) for split in splits}

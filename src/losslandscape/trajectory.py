@@ -60,7 +60,7 @@ from .directions import moved_tensors, target_tensors
 from .errors import UserError
 
 Direction = dict[str, torch.Tensor]
-FIELD = "trajectory.checkpoints"
+FIELD = "directions.checkpoints"  # the spec field the paths come from, named in errors
 MIN_BLOCK_BYTES = 4 << 20   # a column block may use this much even for a tiny model
 MAX_BLOCK_BYTES = 64 << 20  # and never more than this, however large the model
 RANK_TOL = 1e-10            # eigenvalues below RANK_TOL * the largest are zero
