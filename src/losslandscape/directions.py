@@ -129,8 +129,17 @@ def normalize(direction: Direction, weights: dict[str, torch.Tensor], norm: str,
     return direction
 
 
+DOT_CHUNK = 1 << 20  # elements per float64 slice: a large embedding never needs a whole float64 copy
+
+
 def dot(a: Direction, b: Direction) -> float:
-    return float(sum(torch.dot(a[k].flatten().double(), b[k].flatten().double()) for k in a))
+    """The float64 dot product of two directions over all their tensors."""
+    total = torch.zeros((), dtype=torch.float64)
+    for k in a:
+        x, y = a[k].reshape(-1), b[k].reshape(-1)
+        for s in range(0, x.numel(), DOT_CHUNK):
+            total += torch.dot(x[s:s + DOT_CHUNK].double(), y[s:s + DOT_CHUNK].double()).cpu()
+    return float(total)
 
 
 def orthogonalize(y: Direction, x: Direction) -> Direction:
@@ -249,5 +258,5 @@ def digest(*directions: Direction | None) -> str:
             continue
         for k in sorted(d):
             h.update(k.encode())
-            h.update(d[k].detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+            h.update(d[k].detach().to(torch.float32).cpu().contiguous().numpy())  # its buffer, not a copy
     return h.hexdigest()

@@ -97,7 +97,11 @@ def run_serial(work: Work) -> int:
     process. The file is opened once for the whole evaluation."""
     plan = work.plan()
     evaluator = work.load()
+    if hasattr(work, "centre") and evaluator.device.type == "cpu":
+        work.centre = evaluator.model
     prep = begin(work, plan, evaluator_notes([evaluator]))
+    if hasattr(work, "centre"):
+        work.centre = None
     if len(prep.pending) == 0:
         return EXIT_DONE
     stop = StopFlag()

@@ -106,6 +106,9 @@ class SurfaceWork:
         self.unit_size = spec.evaluation.unit_size
         self.grid: lifecycle.Grid | None = None
         self._shard: Prepared | None = None
+        # one process on the CPU: its evaluator's model (at its base point) makes the directions,
+        # so a large model is not held twice while they are made (distributed.run_serial sets it)
+        self.centre = None
 
     def plan(self) -> lifecycle.NewSurface | Conversion | None:
         if self.shard is not None:  # a damaged or foreign shard fails here, once, before anything loads
@@ -118,7 +121,7 @@ class SurfaceWork:
         return p
 
     def make(self, plan: lifecycle.NewSurface | Conversion) -> NewFile:
-        new = lifecycle.make(plan)
+        new = lifecycle.make(plan, self.centre)
         self.grid = (new.spec.grid.x, new.spec.grid.y)
         return new
 

@@ -118,13 +118,16 @@ def _stored_grid(spec, f) -> Grid:
     return grid["x"], grid["y"]
 
 
-def make(p: NewSurface | Conversion) -> surface.NewFile:
+def make(p: NewSurface | Conversion, centre=None) -> surface.NewFile:
     """Rank 0, on the CPU: the directions of a new file and its grid ("auto" resolved, recorded
-    in the file's spec), or the contents of a converted one. Nothing is written."""
+    in the file's spec), or the contents of a converted one. Nothing is written. `centre`: this
+    process's model at its base point on the CPU, used for directions that depend on its
+    weights alone (random, interpolate, file) instead of building another copy."""
     if isinstance(p, Conversion):
         return make_conversion(p)
     spec = p.spec
-    x, y, info = make_directions(spec, base_model(spec))
+    reuse = centre is not None and spec.directions.kind in ("random", "interpolate", "file")
+    x, y, info = make_directions(spec, centre if reuse else base_model(spec))
     grid = resolve_new_grid(spec, info, (x, y))
     warn_off_grid(grid)
     spec = with_grid(spec, grid)
