@@ -75,6 +75,7 @@ def build():
     return Probe()
 '''
 SAMPLES = 48
+PROBED = 1  # passes each worker makes before its first point: the first batch at the centre (evaluate.probe)
 
 
 def write_probe_job(d: Path, grid: tuple[str, str] = ("-1:1:3", "-1:1:3"), unit: int = 2) -> Path:
@@ -200,7 +201,8 @@ def test_a_sigkilled_worker_loses_at_most_its_unit_and_a_rerun_completes(tmp_pat
     unit = 2
     toml = write_probe_job(tmp_path, unit=unit)
     surf = tmp_path / "s.h5"
-    plan(tmp_path, sleep={"1": 0.5}, pause=["2", unit + 2])
+    # each worker's first pass is the start-up check of the first batch at the centre (PROBED)
+    plan(tmp_path, sleep={"1": 0.5}, pause=["2", PROBED + unit + 2])
     proc = start(mpirun(3) + surface_cmd(toml))
     pid = int(wait_for(lambda: (tmp_path / "paused.2").exists() and (tmp_path / "paused.2").read_text(), proc))
     if others == "finished":  # rank 1 takes every other unit; kill rank 2 once they are in the file
@@ -209,7 +211,7 @@ def test_a_sigkilled_worker_loses_at_most_its_unit_and_a_rerun_completes(tmp_pat
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0, err
     counted = passes(tmp_path)
-    assert counted.get("2") == unit + 1, counted  # one unit written, one point of the next evaluated
+    assert counted.get("2") == PROBED + unit + 1, counted  # one unit written, one point of the next evaluated
     done = done_mask(surf)
     assert done is not None, "the file is not readable after the kill"
     missing = 9 - int(done.sum())
@@ -217,14 +219,15 @@ def test_a_sigkilled_worker_loses_at_most_its_unit_and_a_rerun_completes(tmp_pat
         assert 1 <= missing <= unit, (missing, err[-2000:])
     else:
         assert missing > unit, (missing, counted)  # rank 1 was ended before it had done the rest
-    evaluated = sum(counted.values())
+    evaluated = sum(counted.values()) - PROBED * len(counted)  # grid points, not the start-up checks
     assert evaluated - int(done.sum()) == 1, (counted, int(done.sum()))  # only the killed unit's finished point
 
     plan(tmp_path)  # no pauses, no sleeps
     again = run(mpirun(3) + surface_cmd(toml))
     assert again.returncode == 0, again.stderr
     assert f"{9 - missing} of 9 points done" in again.stderr, again.stderr  # resumed, not restarted
-    assert sum(passes(tmp_path).values()) == evaluated + missing  # only the missing points were computed
+    # only the missing points were computed (after each run's start-up checks on 2 workers)
+    assert sum(passes(tmp_path).values()) == evaluated + PROBED * len(counted) + missing + PROBED * 2
     got = read_values(surf)
     assert got["done"].all()
     loss, acc = plain_values(tmp_path, got)

@@ -48,7 +48,8 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C means now
         self.signum = signum
-        log.warning("received %s: finishing the current point, then stopping", signal.Signals(signum).name)
+        log.warning("received %s: finishing the current point (streamed data: dropping the current unit), then "
+                    "stopping", signal.Signals(signum).name)
 
     @contextmanager
     def installed(self):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from pathlib import Path
 from collections.abc import Callable
 from typing import Literal
 
@@ -131,7 +132,12 @@ class PointEvaluator:
         except Exception as exc:
             log.debug("evaluation failed on %s", where, exc_info=True)
             text = " ".join(str(exc).split())[:300]
-            raise UserError(f"evaluation: {where} failed: {type(exc).__name__}: {text} (-v for the traceback)") from None
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            at = f"at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}; " if tb is not None else ""
+            raise UserError(f"evaluation: {where} failed: {type(exc).__name__}: {text} ({at}-v for the traceback)"
+                            ) from None
 
     def set_directions(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None) -> None:
         """Take the directions ({name: tensor}, read one name at a time) and copy the base point:
