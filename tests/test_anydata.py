@@ -629,3 +629,53 @@ def test_a_hugging_face_safetensors_file_is_a_checkpoint(lm, tmp_path):
     b = surface(lm, tmp_path / "b.h5", "--model.name=fresh:other", f"--model.checkpoint={ckpt}",
                 "--data.name=anylm:data", "--evaluation.loss=model", "--grid.x=-1:1:3")
     np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-6)
+
+
+class _Seg(torch.nn.Module):
+    """A tiny segmentation net: logits (N, C, H, W) for targets (N, H, W), given back as `how`."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x):
+        logits = self.conv(x)
+        if self.how == "dict":
+            return {"logits": logits, "extra": logits.sum()}
+        if self.how == "tuple":
+            return logits, logits.mean()
+        return logits
+
+
+@pytest.mark.parametrize("how", ["tensor", "dict", "tuple"])
+def test_cross_entropy_of_a_segmentation_layout_and_of_each_output_form(tmp_path, how):
+    """cross_entropy on (N, C, H, W) logits against (N, H, W) targets with some pixels -100, the
+    logits given as a tensor, a dict with "logits" or a tuple: mean over the counted pixels,
+    pixel accuracy, against F.cross_entropy of the plain model."""
+    import losslandscape as ll
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 2, 5, 5), torch.randint(0, 3, (12, 5, 5))
+    y[:, 0, :] = -100  # an unlabelled row of every image
+    model = _Seg(how)
+    s = ll.compute_surface(model, (x, y), x="-1:1:3", out=tmp_path / "seg.h5", threads=1, batch_size=5)
+    with torch.no_grad():
+        logits = model.conv(x)
+        want = F.cross_entropy(logits.double(), y, ignore_index=-100).item()
+        scored = y != -100
+        acc = 100.0 * ((logits.argmax(1) == y) & scored).sum().item() / scored.sum().item()
+    assert s.train_loss[1] == pytest.approx(want, rel=1e-6)
+    assert s.train_acc[1] == pytest.approx(acc, abs=1e-9)
+
+
+def test_logits_that_fit_both_layouts_are_refused_in_one_line(tmp_path):
+    """(N, 4, 4) logits against (N, 4) targets could be (N, C, L) or (N, L, C): one line, no file."""
+    import losslandscape as ll
+    from losslandscape.errors import UserError
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 16), torch.nn.Unflatten(1, (4, 4)))
+    with pytest.raises(UserError, match="could be"):
+        ll.compute_surface(model, (torch.randn(6, 8), torch.randint(0, 4, (6, 4))), x="-1:1:3",
+                           out=tmp_path / "amb.h5", threads=1)
+    assert list(tmp_path.iterdir()) == []

@@ -375,3 +375,20 @@ def test_hessian_auto_axes_and_interpolation_stream_like_tensors(images, tmp_pat
     np.testing.assert_allclose(s["inter"], t["inter"], rtol=1e-5)
     np.testing.assert_allclose(s["eig"], t["eig"], rtol=1e-3)
     np.testing.assert_allclose(s["top"], t["top"], rtol=1e-3)
+
+
+def test_the_loader_the_tool_builds_for_a_dataset(images):
+    """README: a Dataset's loader has evaluation.batch_size, data.workers, pinned memory on CUDA
+    (the evaluator asks for it only there) and no shuffling."""
+    import torch
+
+    from losslandscape.data import load_source
+    from losslandscape.loading import load_evaluator
+
+    spec = specs.from_dict(job(Path("unused.h5"), "dataset", workers=2))
+    for pin in (True, False):
+        loader = load_source(spec.data, "train", 64, pin=pin).iterable
+        assert (loader.batch_size, loader.num_workers, loader.pin_memory) == (64, 2, pin)
+        assert isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    evaluator = load_evaluator(spec, torch.device("cpu"))
+    assert evaluator.splits["train"].iterable.pin_memory is False  # no CUDA here: nothing to pin for
