@@ -243,11 +243,11 @@ def test_a_unit_reads_each_item_once_for_all_its_points(images, tmp_path, monkey
     surface_of(job_)
     # Start-up reads first batches only: data.input_channels reads one batch of its own loader
     # (batch 128, not the spec's 64) when makedirections.base_model builds the model in `load`
-    # (items 0..127, once: `make` takes that model, one process on the CPU); loading._evaluator reads the first batch
-    # for its channels-last test and PointEvaluator reads it twice more, checking that it does
-    # not change (items 0..63, three times). Then each of the 2 units reads every item once
-    # for all its 4 points; a read per point would be 8 per item.
-    want = Counter({i: 2 + 1 * (i < 128) + 3 * (i < 64) for i in range(IMAGES)})
+    # (items 0..127, once: `make` takes that model, one process on the CPU); the first batch is
+    # read twice, checking that it does not change, and kept for the channels-last test and the
+    # start-up probe (items 0..63, twice). Then each of the 2 units reads every item once for
+    # all its 4 points; a read per point would be 8 per item.
+    want = Counter({i: 2 + 1 * (i < 128) + 2 * (i < 64) for i in range(IMAGES)})
     assert reads(log) == want
 
 

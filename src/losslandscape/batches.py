@@ -106,6 +106,7 @@ class Stream:
 
     def __init__(self, iterable: Iterable, what: str, field: str = "data.name", limit: int = 0):
         self.iterable, self.what, self.field, self.limit = iterable, what, field, limit
+        self._checked: Batch | None = None  # the first batch, once check_repeatable has read it twice
 
     def __iter__(self) -> Iterator[Batch]:
         seen = 0
@@ -132,12 +133,16 @@ class Stream:
             raise UserError(f"{self.field}: {self.what} gave no batch") from None
 
     def check_repeatable(self) -> Batch:
-        """The first batch, read twice: a stream that changes between readings is refused."""
+        """The first batch, read twice: a stream that changes between readings is refused.
+        Kept once checked, so that later callers read nothing."""
+        if self._checked is not None:
+            return self._checked
         one, two = self.first(), self.first()
         if not same(one, two):
             raise UserError(f"{self.field}: {self.what} gives different batches on two readings (shuffling or "
                             "random augmentation); a surface needs the same data at every point: turn off "
                             "shuffling and random transforms")
+        self._checked = one
         return one
 
 

@@ -49,7 +49,7 @@ def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
 def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device, fold: bool) -> PointEvaluator:
     """Channels-last where it is faster, the model on `device`, its moved tensors, the evaluator."""
     first = next(iter(splits.values()))
-    example = first.first().first_input if isinstance(first, Stream) else first[0]
+    example = first.check_repeatable().first_input if isinstance(first, Stream) else first[0]
     channels_last = example is not None and use_channels_last(device, example) and _has_conv(model)
     if channels_last:
         # before the live tensors are collected: .to(memory_format) replaces the weights' storage
