@@ -32,7 +32,7 @@ import numpy as np
 
 from . import lifecycle
 from .evaluate import PointEvaluator
-from .fileformat import done_masks
+from .fileformat import A_VALUES, done_masks
 from .lifecycle import Prepared  # noqa: F401 (part of this module's interface)
 from .loading import attach_directions, auto_search_evaluator, endpoint_report, start_evaluator  # noqa: F401
 from .original import Conversion
@@ -167,20 +167,17 @@ class SurfaceWork:
         log.info("surface complete: %s", path)
 
 
-VALUES_NOTE = "values"  # fileformat.A_VALUES: the values each point has, as JSON
-
-
 def evaluator_notes(notes_or_evaluators: list, merged: bool = False) -> Notes:
     """The attributes that record how the evaluating processes ran: BatchNorm folding (each
     distinct line) and the values a point has. `merged`: combine the notes of several workers."""
     if not merged:
         e = notes_or_evaluators[0]
         values = getattr(e, "values", None)  # a surface's evaluator; the Hessian maps' has none
-        return {"batchnorm_folding": e.folding, **({VALUES_NOTE: json.dumps(list(values))} if values else {})}
+        return {"batchnorm_folding": e.folding, **({A_VALUES: json.dumps(list(values))} if values else {})}
     folding = sorted({n["batchnorm_folding"] for n in notes_or_evaluators if n})
     # every worker runs the same model, data and loss: the first one's values stand for all
-    values = next((n[VALUES_NOTE] for n in notes_or_evaluators if n and VALUES_NOTE in n), None)
-    return {"batchnorm_folding": "; ".join(folding), **({VALUES_NOTE: values} if values else {})}
+    values = next((n[A_VALUES] for n in notes_or_evaluators if n and A_VALUES in n), None)
+    return {"batchnorm_folding": "; ".join(folding), **({A_VALUES: values} if values else {})}
 
 
 def _spacing(coords) -> tuple[float, int]:
