@@ -41,14 +41,16 @@ class Model:
     """allow checkpoints that need full unpickling (can run code: trusted files only)."""
     num_classes: int = 10
     """number of classes of the classifier."""
+    checkpoint3: str = ""
+    """third model's weights: with kind = "interpolate" and a y axis, the plane through three models (x = checkpoint2 - checkpoint, y = checkpoint3 - checkpoint; the original --model_file3)."""
 
 
 @dataclass
 class Data:
     name: str = "digits"
-    """cifar10 | digits | synthetic | "package.module:factory" (called with the split name)."""
+    """cifar10 | digits | synthetic | imagefolder | "package.module:factory" (called with the split name)."""
     root: str = "data/cifar-10-batches-py"
-    """folder of the data set's files (cifar10: the python pickle batches)."""
+    """folder of the data set's files (cifar10: the python pickle batches; imagefolder: one folder per split, train and val or test, each with one sub-folder per class)."""
     splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["train"])
     """which splits to evaluate: any of train, test."""
     max_samples: int = 0
@@ -57,6 +59,14 @@ class Data:
     """seed of the max_samples subset (and of the synthetic data)."""
     workers: int = 0
     """loader worker processes when the data factory gives a Dataset (0 = read in the evaluating process)."""
+    transform: Literal["standard", "original", "raw"] = "standard"
+    """cifar10 and imagefolder: standard = normalised (README: data sets); original = the original code's normalisation; raw = pixels in [0, 1] (the original --raw_data)."""
+    image_size: int = 224
+    """imagefolder: side of the centre crop, after the shorter side is resized to image_size * 8 / 7 (256 for 224)."""
+    parts: int = 1
+    """evaluate one of this many equal, contiguous parts of each split (the original --data_split); 1 = the whole split."""
+    part: int = 0
+    """which part, 0 to parts - 1 (the original --split_idx)."""
 
 
 @dataclass
@@ -87,6 +97,8 @@ class Directions:
     """glob patterns on tensor names: matching tensors stay fixed."""
     trainable_only: bool = False
     """move only parameters with requires_grad (LoRA adapters, an unfrozen head); with dir_type "states" the buffers (running statistics) have no requires_grad and stay fixed."""
+    same_dir: bool = False
+    """use the x direction on the y axis too (the original --same_dir)."""
 
 
 @dataclass
