@@ -103,7 +103,7 @@ def test_plane_is_recovered(setup, plane):
     out, u, v, _ = plane
     paths = checkpoint_paths(str(out / "model_*.pt"), "f")
     seen = []
-    res = pca_directions(final, paths, names, targets=params(model), progress=lambda i, n: seen.append((i, n)))
+    res = pca_directions(final, paths, names, field='f', targets=params(model), progress=lambda i, n: seen.append((i, n)))
     assert seen == [(i + 1, len(STEPS)) for i in range(len(STEPS))]
     assert res.paths == paths and list(res.d1) == params(model)
     for d in (res.d1, res.d2):
@@ -125,7 +125,7 @@ def test_plane_is_recovered(setup, plane):
     # the earliest checkpoint sits in the positive quadrant (our sign convention)
     assert res.x[0] > 0 and res.y[0] > 0
     # project() on the same plane gives the same numbers
-    x, y, err = project(final, paths, names, res.d1, res.d2)
+    x, y, err = project(final, paths, names, res.d1, res.d2, field='f')
     np.testing.assert_allclose(x, res.x, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(y, res.y, rtol=1e-5, atol=1e-8)
     assert err.max() < 1e-5
@@ -141,7 +141,7 @@ def test_off_plane_error_and_final_in_trajectory(setup, plane, tmp_path):
         save(tmp_path / f"model_{t}.pt", final, unvec(f + a * u + c * v + w, final, names), seed=t)
     save(tmp_path / "model_12.pt", final, {k: final[k] for k in names}, seed=12)  # the final model itself
     paths = checkpoint_paths(str(tmp_path / "model_*.pt"), "f")
-    res = pca_directions(final, paths, names)
+    res = pca_directions(final, paths, names, field='f')
     # independently: sklearn's plane, residuals in float64
     diffs = load_diffs(paths, final, names)
     comps = PCA(n_components=2).fit(diffs).components_
@@ -151,7 +151,7 @@ def test_off_plane_error_and_final_in_trajectory(setup, plane, tmp_path):
     np.testing.assert_allclose(res.error, expected, atol=1e-6)
     assert res.error[STEPS.index(3)] > 0.01  # it is off the plane ...
     assert res.x[-1] == 0 and res.y[-1] == 0 and res.error[-1] == 0  # ... the final model at the origin
-    x, y, err = project(final, paths, names, res.d1, res.d2)
+    x, y, err = project(final, paths, names, res.d1, res.d2, field='f')
     np.testing.assert_allclose(err, expected, atol=1e-6)
 
 
@@ -164,7 +164,7 @@ def test_matches_sklearn_pca(setup, tmp_path):
     for t, w in enumerate(walk):
         save(tmp_path / f"model_{t}.pt", final, unvec(w, final, names), seed=t)
     paths = checkpoint_paths(str(tmp_path / "model_*.pt"), "f")
-    res = pca_directions(final, paths, names)
+    res = pca_directions(final, paths, names, field='f')
     diffs = load_diffs(paths, final, names)
     pca = PCA(n_components=2).fit(diffs)
     for k, d in enumerate((res.d1, res.d2)):
@@ -184,7 +184,7 @@ def test_two_checkpoints_span_the_plane_with_the_final_model(setup, tmp_path):
     f = vec(final, names)
     for t in (0, 1):
         save(tmp_path / f"model_{t}.pt", final, unvec(f + rng.normal(size=f.size), final, names), seed=t)
-    res = pca_directions(final, checkpoint_paths(str(tmp_path / "*.pt"), "f"), names)
+    res = pca_directions(final, checkpoint_paths(str(tmp_path / "*.pt"), "f"), names, field='f')
     assert res.error.max() < 1e-5
     assert res.explained_variance_ratio[1] == 0
     d1, d2 = vec(res.d1, names), vec(res.d2, names)
@@ -226,7 +226,7 @@ def test_memory_one_checkpoint_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(trajectory, "load_state_dict", load)
     tracemalloc.start()
     try:
-        res = pca_directions(final, paths, names, tmpdir=tmp_path)
+        res = pca_directions(final, paths, names, field='f', tmpdir=tmp_path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -234,7 +234,7 @@ def test_memory_one_checkpoint_at_a_time(tmp_path, monkeypatch):
     assert peak < 2 * ckpt_bytes, (peak, ckpt_bytes)  # numpy buffers: a row, then a column block (~1.2 measured)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # temp file gone
     counts.update(loads=0, peak=0)
-    project(final, paths, names, res.d1, res.d2)
+    project(final, paths, names, res.d1, res.d2, field='f')
     assert counts["loads"] == 20 and counts["peak"] == 1
 
 
@@ -279,7 +279,7 @@ def test_bad_checkpoints(setup, plane, tmp_path):
         pca_directions(final, good + [tmp_path / "model_8.pt"], names, field="traj")
     assert "model_8.pt" in one_line(e) and "no entry '4.weight'" in one_line(e)
     with pytest.raises(UserError) as e:
-        res = pca_directions(final, good, names)
+        res = pca_directions(final, good, names, field='f')
         project(final, [tmp_path / "model_8.pt"], names, res.d1, res.d2, field="traj")
     assert "no entry '4.weight'" in one_line(e)
 

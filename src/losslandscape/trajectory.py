@@ -60,7 +60,6 @@ from .directions import moved_tensors, target_tensors
 from .errors import UserError
 
 Direction = dict[str, torch.Tensor]
-FIELD = "directions.checkpoints"  # the spec field the paths come from, named in errors
 MIN_BLOCK_BYTES = 4 << 20   # a column block may use this much even for a tiny model
 MAX_BLOCK_BYTES = 64 << 20  # and never more than this, however large the model
 RANK_TOL = 1e-10            # eigenvalues below RANK_TOL * the largest are zero
@@ -93,7 +92,7 @@ class PCAResult:
     paths: list[Path] = dc_field(default_factory=list)
 
 
-def checkpoint_paths(pattern: str, field: str = FIELD) -> list[Path]:
+def checkpoint_paths(pattern: str, field: str) -> list[Path]:
     """The files `pattern` (a glob; ~ and ** work) matches, by the last number in their names.
 
     model_2.pt comes before model_10.pt. Fewer than two matches, or a match
@@ -148,7 +147,7 @@ def pca_names(model_or_state: torch.nn.Module | dict[str, torch.Tensor], dir_typ
 
 
 def pca_directions(final: dict[str, torch.Tensor], paths: list[str | Path], names: list[str],
-                   trust: bool = False, *, targets: list[str] | None = None, field: str = FIELD,
+                   trust: bool = False, *, targets: list[str] | None = None, field: str,
                    tmpdir: str | Path | None = None,
                    progress: Callable[[int, int], None] | None = None) -> PCAResult:
     """The first two principal components of the checkpoints' differences from `final`, over `names`.
@@ -226,7 +225,7 @@ def pca_directions(final: dict[str, torch.Tensor], paths: list[str | Path], name
 
 def project(final: dict[str, torch.Tensor], paths: list[str | Path], names: list[str],
             d1: Direction, d2: Direction, trust: bool = False, *,
-            field: str = FIELD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each checkpoint on the plane final + a d1 + b d2, over `names`: (x, y, error), streaming.
 
     `names` may be any subset of the entries (the moved ones): the rest of each checkpoint
