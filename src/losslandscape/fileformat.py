@@ -70,6 +70,7 @@ A_VALUES = "values"  # JSON: the values the run's loss defines, ["loss", "acc"] 
 A_AUTO_RANGE = "auto_range"
 A_EXPLAINED = "explained_variance_ratio"  # a PCA surface's: PC1's and PC2's shares of the variance
 A_DIRECTIONS_FROM = "directions_from"  # kind "file": the direction file read
+A_FILE_HASHES = "file_sha256"  # JSON {resolved path: {size, mtime_ns, sha256}} of the files hashed for the identity
 A_HESSIAN_EIGENVALUES, A_HESSIAN_WHICH, A_HESSIAN_SCALE = (  # kind "hessian": the directions' eigenvalues
     "hessian_eigenvalues", "hessian_which", "hessian_direction_scale")
 A_ADOPTED_FROM, A_ORIGINAL_DIR_FILE = "adopted_from", "original_dir_file"  # a converted original file
