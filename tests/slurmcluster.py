@@ -18,6 +18,10 @@ so `sacct` does not work; `scontrol show job` keeps finished jobs for MinJobAge
 
 The daemons run in the foreground as children of this process: this process holds
 their pids and reaps them, and none of them is left as an orphan when it stops.
+
+`TwoNodeSlurm(workdir)` is the same with two compute nodes, node1 and node2, each slurmd in
+a network and UTS namespace of its own (see its docstring); `pids` then names
+'slurmd.node1' and 'slurmd.node2'.
 """
 
 from __future__ import annotations
@@ -351,3 +355,171 @@ def _descendants(root: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+class TwoNodeSlurm(LocalSlurm):
+    """A SLURM cluster of two compute nodes on this machine, each `slurmd` in its own network
+    and UTS namespace with its own host name (`node1`, `node2`).
+
+    The namespaces are made with `unshare --net --uts` (root); each gets one end of a veth pair
+    whose other end is on a bridge of this (the host's) namespace, where slurmctld listens: the
+    bridge has 10.A.B.1/24 and the nodes .2 and .3, with A.B taken from the controller's port, so
+    two clusters do not share a subnet. The mount tree is shared (no `--mount`): both nodes see the
+    same files (a shared file system), and the munge socket under `workdir` serves both slurmd (a
+    Unix socket bound to a path is reached through the file system, whatever the network
+    namespace). Client commands run here, in the host's namespace, through `self.env` as with
+    `LocalSlurm`. The partition places a job on the least loaded node (LLN), so two one-CPU jobs
+    land on two nodes. `stop()` also deletes the bridge and the veth pairs.
+    """
+
+    NODES = ("node1", "node2")
+
+    def __init__(self, workdir: Path, *, start_timeout: float = 30.0):
+        super().__init__(workdir, start_timeout=start_timeout)
+        self._links: list[str] = []
+        self.addresses: dict[str, str] = {}
+
+    def _start(self) -> None:
+        if os.geteuid() != 0:
+            raise RuntimeError("TwoNodeSlurm needs root: network namespaces, a bridge, slurmd as root")
+        for tool in ("unshare", "ip", "nsenter", "hostname"):
+            if shutil.which(tool, path=self.env["PATH"]) is None:
+                raise RuntimeError(f"TwoNodeSlurm: {tool} is not on PATH (util-linux, iproute2)")
+        done = subprocess.run(["bash", str(ENSURE)], env=self.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+            raise RuntimeError(f"SLURM is not available: {reason[0]}")
+        socket_path = self.dir / "munge" / "munge.socket.2"
+        if len(str(socket_path)) > _MAX_SOCKET_PATH:
+            raise RuntimeError(f"TwoNodeSlurm: workdir {self.workdir} is too long for a unix socket path "
+                               f"({socket_path}); use a shorter one")
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        munge = self.dir / "munge"
+        for sub in (munge, self.dir / "state", self.dir / "spool"):
+            sub.mkdir(parents=True)
+        munge.chmod(0o700)
+        self._start_munged(munge)
+
+        port_ctld, port_d = _free_ports(2)
+        net = f"10.{port_ctld >> 8}.{port_ctld & 255}"
+        bridge = f"llbr{port_ctld}"
+        self._ip(["link", "add", bridge, "type", "bridge"])
+        self._links.append(bridge)
+        self._ip(["addr", "add", f"{net}.1/24", "dev", bridge])
+        self._ip(["link", "set", bridge, "up"])
+        self.controller_address = f"{net}.1"
+        self.addresses = {node: f"{net}.{i + 2}" for i, node in enumerate(self.NODES)}
+
+        host = socket.gethostname().split(".")[0]
+        cpus = os.cpu_count() or 1
+        text = _fill(TEMPLATE.read_text(), {
+            "NAME": f"two{port_ctld}", "HOST": host, "CPUS": str(cpus), "MEM": str(_real_memory_mb()),
+            "DIR": str(self.dir), "PORT_CTLD": str(port_ctld), "PORT_D": str(port_d),
+        })
+        self.conf.write_text(_two_node_conf(text, self.dir, host, self.controller_address, self.addresses, cpus))
+        self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
+        for i, node in enumerate(self.NODES):
+            (self.dir / "spool" / node).mkdir()
+            (self.dir / "tmp" / node).mkdir(parents=True)
+            go = self.dir / f"{node}.go"
+            # The namespace exists once unshare has exec'd sh; sh names the node, waits for its
+            # network (configured from here), then becomes slurmd: the pid stays the daemon's.
+            self._spawn(f"slurmd.{node}", [
+                "unshare", "--net", "--uts", "--", "sh", "-c",
+                'hostname "$1" && while [ ! -e "$2" ]; do sleep 0.05; done && shift 2 && exec "$@"',
+                "sh", node, str(go), "slurmd", "-D", "-N", node, "-f", str(self.conf)])
+            self._connect(self._procs[f"slurmd.{node}"].pid, bridge, f"llv{port_ctld}{i}",
+                          self.addresses[node])
+            go.touch()
+        self._wait_until_idle()
+
+    def _ip(self, args: list[str], netns_pid: int | None = None) -> None:
+        argv = ["ip", *args] if netns_pid is None else ["nsenter", "-t", str(netns_pid), "-n", "ip", *args]
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"TwoNodeSlurm: `{' '.join(argv)}` failed: {done.stderr.strip()}")
+
+    def _connect(self, pid: int, bridge: str, link: str, address: str) -> None:
+        """Give the network namespace of `pid` an eth0 at `address`, the other end of which is on `bridge`."""
+        deadline = time.monotonic() + 10.0
+        while Path(f"/proc/{pid}/ns/net").resolve() == Path("/proc/self/ns/net").resolve():
+            if time.monotonic() > deadline:  # unshare has not yet made the namespace
+                raise RuntimeError(f"TwoNodeSlurm: process {pid} did not enter a new network namespace")
+            time.sleep(0.02)
+        self._ip(["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", str(pid)])
+        self._links.append(link)
+        self._ip(["link", "set", link, "master", bridge, "up"])
+        self._ip(["addr", "add", f"{address}/24", "dev", "eth0"], pid)
+        self._ip(["link", "set", "eth0", "up"], pid)
+        self._ip(["link", "set", "lo", "up"], pid)
+
+    def _wait_until_idle(self) -> None:
+        last = ""
+        want = sorted(f"{node} idle" for node in self.NODES)
+
+        def idle() -> bool:
+            nonlocal last
+            done = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True,
+                                  text=True)
+            last = (done.stdout + done.stderr).strip()
+            return done.returncode == 0 and sorted(last.splitlines()) == want
+
+        self._poll(idle, self.start_timeout, lambda: f"the nodes did not become idle (sinfo: {last!r})")
+
+    def stop(self) -> None:
+        """Cancel all jobs, end both slurmd, slurmctld and munged, delete the bridge and veth pairs."""
+        atexit.unregister(self.stop)
+        procs, self._procs = self._procs, {}
+        try:
+            if _alive(procs.get("slurmctld")):
+                self._cancel_all()
+            for name in [*(f"slurmd.{n}" for n in self.NODES), "slurmctld", "munged"]:
+                if name in procs:
+                    _terminate(procs[name])
+            self._kill_leftover_steps()
+        finally:
+            for out in self._outs:
+                out.close()
+            self._outs = []
+            links, self._links = self._links, []
+            for link in reversed(links):  # deleting one end of a veth pair deletes both
+                subprocess.run(["ip", "link", "del", link], env=self.env, capture_output=True)
+
+    def logs(self, lines: int = 40) -> str:
+        parts = [super().logs(lines)]
+        for node in self.NODES:
+            for path in (self.dir / f"slurmd.{node}.log", self.dir / f"slurmd.{node}.out"):
+                if path.exists() and path.stat().st_size:
+                    text = path.read_text(errors="replace").splitlines()[-lines:]
+                    parts.append(f"--- {path} ---\n" + "\n".join(text))
+                    break
+        return "\n".join(parts)
+
+
+def _two_node_conf(text: str, directory: Path, host: str, controller: str, addresses: dict[str, str],
+                   cpus: int) -> str:
+    """The one-node slurm.conf made into a two-node one: the controller on the bridge's address,
+    per-node spool, pid and log files (%n: the node's name), one NodeName line per node, and a
+    partition over both that places jobs on the least loaded node."""
+    out = []
+    for line in text.splitlines():
+        key = line.split("=", 1)[0]
+        if key == "SlurmctldHost":
+            line = f"SlurmctldHost={host}({controller})"
+        elif key == "SlurmdSpoolDir":
+            # and a node-local TmpFS: Slurm's PMIx plugin makes spmix_appdir_<job>.<step> there,
+            # which two nodes sharing /tmp would both try to create
+            line = f"{line}/%n\nTmpFS={directory}/tmp/%n"
+        elif key in ("SlurmdPidFile", "SlurmdLogFile"):
+            stem, ext = line.rsplit(".", 1)
+            line = f"{stem}.%n.{ext}"
+        elif key == "NodeName":
+            memory = line.split("RealMemory=")[1].split()[0]
+            line = "\n".join(f"NodeName={node} NodeAddr={address} CPUs={cpus} RealMemory={memory} State=UNKNOWN"
+                             for node, address in addresses.items())
+        elif key == "PartitionName":
+            line = (f"PartitionName=debug Nodes={','.join(addresses)} Default=YES MaxTime=INFINITE State=UP "
+                    "OverSubscribe=FORCE LLN=YES")
+        out.append(line)
+    return "\n".join(out) + "\n"

@@ -251,6 +251,11 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
     """The job's steps over the ranks of `env.comm` (job.py: plan, load, make + create, prepare,
     attach, evaluate); raises JobFailed on every rank when any rank failed."""
     comm, lead = env.comm, env.is_coordinator
+    from mpi4py import MPI
+
+    # where each rank runs: the node-local worker index picks a worker's GPU (environment.device_for)
+    log.info("on node %s: %s", MPI.Get_processor_name(), "coordinator" if lead else
+             f"worker {env.worker_index} of {env.workers_on_node} on this node")
 
     # 1. rank 0 plans and makes what a new file holds (nothing written); each worker loads
     def lead_step():
