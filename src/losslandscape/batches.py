@@ -7,14 +7,17 @@ What a data factory (or the Python interface's `data=`) may give, and what becom
   inputs (token ids) stay integers; integer targets become int64, floating targets float32.
 - a map-style `Dataset` (`__getitem__` and `__len__`): the tool builds the loader with
   `evaluation.batch_size`, `data.workers` processes, pinned memory on CUDA, no shuffling;
-  `data.max_samples` keeps a fixed, seeded subset of the items (only those are read).
+  `data.max_samples` keeps a fixed, seeded subset of the items (only those are read), and
+  `data.parts` / `data.part` one contiguous part of them (`kept_indices`).
 - a `DataLoader`: used as it is (its batch size and workers); one that shuffles is refused;
-  `data.max_samples` rebuilds it, with its settings, over the same seeded subset of its data set.
+  `data.max_samples` and `data.parts` rebuild it, with its settings, over the items they keep
+  of its data set.
 - an `IterableDataset` (yields examples): batched by the tool's loader like a map-style Dataset;
   with `data.workers` > 0 each worker must read its own share (torch's `get_worker_info`).
-  `data.max_samples` is refused (no fixed subset).
+  `data.max_samples` and `data.parts` are refused (no fixed subset).
 - any re-iterable of batches (a list, an object whose `__iter__` starts over); a one-shot
-  iterator or generator is refused (it can be read once only).
+  iterator or generator is refused (it can be read once only); so are `data.max_samples` and
+  `data.parts`.
 
 A batch is a tuple or list `(inputs..., targets)`, called as `model(*inputs)` and scored
 against the last element; or a dict of tensors (Hugging Face style), called as
@@ -152,33 +155,36 @@ def batch_size(batch: Batch) -> int:
 
 
 def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, max_samples: int, seed: int,
-              field: str = "data.name") -> Stream:
+              field: str = "data.name", parts: int = 1, part: int = 0) -> Stream:
     """A Stream over a factory's Dataset, DataLoader or re-iterable (see the module's docstring)."""
     from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
 
+    # the field that narrows the data, if any: a stream without fixed items cannot honour it
+    narrowing = "data.max_samples" if max_samples else "data.parts" if parts > 1 else ""
+    undo = "data.max_samples = 0" if max_samples else "data.parts = 1"
     if isinstance(result, DataLoader):
         if isinstance(result.sampler, RandomSampler) or (
                 result.batch_sampler is not None and isinstance(result.batch_sampler.sampler, RandomSampler)):
             raise UserError(f"{field}: {what} is a DataLoader that shuffles; a surface needs the same data at "
                             "every point: give shuffle=False")
-        if max_samples:
+        if narrowing:
             if isinstance(result.dataset, IterableDataset):
-                raise UserError(f"data.max_samples: {what} is a DataLoader over an IterableDataset, which has no "
-                                "fixed subset; set data.max_samples = 0 and limit the data yourself")
-            keep = subset_indices(len(result.dataset), max_samples, seed)
+                raise UserError(f"{narrowing}: {what} is a DataLoader over an IterableDataset, which has no "
+                                f"fixed subset; set {undo} and limit the data yourself")
+            keep = kept_indices(len(result.dataset), max_samples, seed, parts, part)
             if keep is not None:
                 result = _over(result, Subset(result.dataset, keep))
         return Stream(result, what, field)
     if isinstance(result, IterableDataset):
         # it yields examples, not batches: batched here like a map-style Dataset's
-        if max_samples:
-            raise UserError(f"data.max_samples: {what} is an IterableDataset, which has no fixed subset; set "
-                            "data.max_samples = 0 and limit the data yourself")
+        if narrowing:
+            raise UserError(f"{narrowing}: {what} is an IterableDataset, which has no fixed subset; set "
+                            f"{undo} and limit the data yourself")
         loader = DataLoader(result, batch_size=batch_size_, num_workers=workers, pin_memory=pin)
         return Stream(loader, what, field)
     if hasattr(result, "__getitem__") and hasattr(result, "__len__") and (
             isinstance(result, Dataset) or not hasattr(result, "__iter__") or isinstance(result, Subset)):
-        keep = subset_indices(len(result), max_samples, seed) if max_samples else None
+        keep = kept_indices(len(result), max_samples, seed, parts, part)
         dataset = Subset(result, keep) if keep is not None else result
         loader = DataLoader(dataset, batch_size=batch_size_, shuffle=False, num_workers=workers, pin_memory=pin)
         return Stream(loader, what, field)
@@ -187,9 +193,9 @@ def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, m
             raise UserError(f"{field}: {what} is a one-shot iterator ({type(result).__name__}); give a "
                             "re-iterable: a list of batches, a DataLoader, a Dataset or a class whose __iter__ "
                             "starts over")
-        if max_samples:
-            raise UserError(f"data.max_samples: {what} is a plain iterable of batches, which has no fixed subset; "
-                            "give a Dataset or a DataLoader, or set data.max_samples = 0")
+        if narrowing:
+            raise UserError(f"{narrowing}: {what} is a plain iterable of batches, which has no fixed subset; "
+                            f"give a Dataset or a DataLoader, or set {undo}")
         return Stream(result, what, field)
     raise UserError(f"{field}: {what} gave a {type(result).__name__}; expected (inputs, targets) tensors, a "
                     "Dataset, a DataLoader or a re-iterable of batches")
@@ -216,3 +222,25 @@ def subset_indices(n: int, max_samples: int, seed: int) -> list[int] | None:
         return None
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=gen)[:max_samples].sort().values.tolist()
+
+
+def part_range(n: int, parts: int, part: int) -> tuple[int, int]:
+    """[start, stop) of part `part` of `parts` equal contiguous parts of n items (data.py's
+    docstring: len // parts items each, the last n % parts items in none)."""
+    if parts == 1:
+        return 0, n
+    size = n // parts
+    if size == 0:
+        raise UserError(f"data.parts: {parts} parts of {n} items leave none in a part; expected at most {n} parts")
+    return part * size, (part + 1) * size
+
+
+def kept_indices(n: int, max_samples: int, seed: int, parts: int = 1, part: int = 0) -> list[int] | None:
+    """The items of n that a split keeps (sorted indices), or None for all: the data.max_samples
+    subset, then part `part` of it."""
+    keep = subset_indices(n, max_samples, seed)
+    if parts == 1:
+        return keep
+    items = keep if keep is not None else range(n)
+    start, stop = part_range(len(items), parts, part)
+    return list(items[start:stop])

@@ -3,7 +3,22 @@
 A split in memory is (inputs, targets) tensors, read once per process and kept (the
 evaluation moves it to its device once). A factory may instead give a Dataset, a DataLoader or
 a re-iterable of batches: `load_source` then returns a batches.Stream, read once per work unit
-(batches.py says what each form becomes).
+(batches.py says what each form becomes). An image folder (imagefolder.py) is a Dataset too.
+
+data.transform (cifar10 and imagefolder): "standard" normalises with CIFAR_MEAN / CIFAR_STD
+(cifar10) or the ImageNet statistics (imagefolder); "original" with the original code's
+CIFAR-10 constants, ORIGINAL_CIFAR_MEAN / ORIGINAL_CIFAR_STD (its cifar10/dataloader.py and
+dataloader.py: [125.3, 123.0, 113.9] / 255 and [63.0, 62.1, 66.7] / 255, which differ from
+ours by up to 2e-4), and for imagefolder the same as "standard" (the original has no ImageNet
+loader); "raw" leaves the pixels in [0, 1] (the original --raw_data).
+
+data.parts / data.part (the original --data_split / --split_idx): each split (after the
+data.max_samples subset) is cut into `parts` contiguous parts of len // parts items, and part
+`part` is evaluated: items [part * m, (part + 1) * m) with m = len // parts; the last
+len % parts items belong to no part. The original keeps len // data_split items too (the
+remainder dropped), but of the train split only (it evaluated no test split) and drawn at
+random with numpy's seed 0 whatever --split_idx says, so that all its parts are one and the
+same subset; here the parts are disjoint and together cover the split.
 """
 
 from __future__ import annotations
@@ -16,15 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batches import Stream, stream_of, subset_indices
+from .batches import Stream, kept_indices, stream_of
 from .errors import UserError
 from .userimport import import_factory
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("cifar10", "digits", "synthetic")
+BUILTIN = ("cifar10", "digits", "synthetic", "imagefolder")
+TRANSFORMED = ("cifar10", "imagefolder")  # the data sets data.transform applies to
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+ORIGINAL_CIFAR_MEAN = tuple(v / 255.0 for v in (125.3, 123.0, 113.9))
+ORIGINAL_CIFAR_STD = tuple(v / 255.0 for v in (63.0, 62.1, 66.7))
 DIGITS_TEST_FRACTION = 0.2
 SYNTHETIC_SIZE = 2000
 
@@ -32,15 +50,55 @@ SYNTHETIC_SIZE = 2000
 Source = tuple[torch.Tensor, torch.Tensor] | Stream
 
 
+def check(data) -> None:
+    """The `[data]` fields that depend on each other (one line naming the field otherwise)."""
+    if data.transform != "standard" and data.name not in TRANSFORMED:
+        raise UserError(f"data.transform: {data.transform!r} applies to the cifar10 and imagefolder data sets only, "
+                        f"not to {data.name!r}; leave it \"standard\"")
+    if data.parts < 1:
+        raise UserError(f"data.parts: {data.parts} is not valid; expected an integer >= 1")
+    if not 0 <= data.part < data.parts:
+        raise UserError(f"data.part: {data.part} is not valid; expected 0 to {data.parts - 1} "
+                        f"(data.parts = {data.parts})")
+    if data.name == "imagefolder" and data.image_size < 1:
+        raise UserError(f"data.image_size: {data.image_size} is not valid; expected an integer >= 1")
+
+
+def check_classes(spec) -> None:
+    """A zoo model's model.num_classes against the class folders of an image folder (one line
+    naming both otherwise); other data sets are not inspected."""
+    if spec.data.name != "imagefolder" or ":" in spec.model.name:
+        return
+    from .imagefolder import ImageFolder
+
+    for split in spec.data.splits:
+        classes = ImageFolder(spec.data.root, split, spec.data.image_size, spec.data.transform).classes
+        if len(classes) != spec.model.num_classes:
+            raise UserError(f"model.num_classes: {spec.model.num_classes}, but data.root {spec.data.root!r} has "
+                            f"{len(classes)} class folders in its {split} split; set model.num_classes = "
+                            f"{len(classes)}")
+
+
 def load_source(data, split: str, batch_size: int = 128, pin: bool = False) -> Source:
     """One split of the spec's `[data]` table: (inputs, targets) tensors, or a Stream of batches
-    when the factory gives a Dataset, a DataLoader or an iterable (`batch_size`: a Dataset's loader's)."""
+    when the factory gives a Dataset, a DataLoader or an iterable, and for an image folder
+    (`batch_size`: a Dataset's loader's)."""
+    check(data)
+    if data.name == "imagefolder":
+        from .imagefolder import ImageFolder
+
+        _check_split(split)
+        dataset = ImageFolder(data.root, split, data.image_size, data.transform)
+        return stream_of(dataset, f"the image folder {data.root!r} ({split})", batch_size_=batch_size,
+                         workers=data.workers, pin=pin, max_samples=data.max_samples, seed=data.seed,
+                         parts=data.parts, part=data.part)
     if ":" in data.name:
         result = _factory_result(data.name, split)
         if not _is_pair(result):
             return stream_of(result, f"{data.name}({split!r})", batch_size_=batch_size, workers=data.workers,
-                             pin=pin, max_samples=data.max_samples, seed=data.seed)
-    return _load(data.name, data.root, split, data.max_samples, data.seed)
+                             pin=pin, max_samples=data.max_samples, seed=data.seed, parts=data.parts,
+                             part=data.part)
+    return _load(data.name, data.root, split, data.max_samples, data.seed, data.transform, data.parts, data.part)
 
 
 def load_split(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,12 +123,17 @@ def _is_pair(result) -> bool:
             and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in result))
 
 
-@functools.lru_cache(maxsize=8)
-def _load(name: str, root: str, split: str, max_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_split(split: str) -> None:
     if split not in ("train", "test"):
         raise UserError(f"data.splits: {split!r} is not valid; expected train or test")
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, root: str, split: str, max_samples: int, seed: int, transform: str = "standard",
+          parts: int = 1, part: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_split(split)
     if name == "cifar10":
-        inputs, targets = _cifar10(Path(root), split)
+        inputs, targets = _cifar10(Path(root), split, transform)
     elif name == "digits":
         inputs, targets = _digits(split)
     elif name == "synthetic":
@@ -80,7 +143,7 @@ def _load(name: str, root: str, split: str, max_samples: int, seed: int) -> tupl
     else:
         raise UserError(f"data.name: unknown data set {name!r}; choose one of "
                         f"{', '.join(BUILTIN)} or give \"package.module:factory\"")
-    keep = subset_indices(len(targets), max_samples, seed)
+    keep = kept_indices(len(targets), max_samples, seed, parts, part)
     if keep is not None:
         keep = torch.tensor(keep, dtype=torch.long)
         inputs, targets = inputs[keep], targets[keep]
@@ -105,7 +168,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _cifar10(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _cifar10(root: Path, split: str, transform: str = "standard") -> tuple[torch.Tensor, torch.Tensor]:
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     expected = "a cifar-10-batches-py folder with data_batch_1..5 and test_batch"
     if not root.is_dir():
@@ -125,9 +188,11 @@ def _cifar10(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         images.append(data)
         labels.append(lab)
     x = torch.from_numpy(np.concatenate(images)).float().div_(255.0)
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    return (x - mean) / std, torch.from_numpy(np.concatenate(labels))
+    y = torch.from_numpy(np.concatenate(labels))
+    if transform == "raw":
+        return x, y
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if transform == "standard" else (ORIGINAL_CIFAR_MEAN, ORIGINAL_CIFAR_STD)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1), y
 
 
 def _digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,9 +229,10 @@ def _factory(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def input_channels(data) -> int:
     """Channels of the data set's inputs, so that a zoo model can be built to fit."""
+    check(data)
     if data.name == "digits":
         return 1
-    if data.name in ("cifar10", "synthetic"):
+    if data.name in ("cifar10", "synthetic", "imagefolder"):
         return 3
     source = load_source(data, data.splits[0])
     first = source.first().first_input if isinstance(source, Stream) else source[0]
