@@ -53,11 +53,12 @@ def compute_surface(model: torch.nn.Module, train: Data | None = None, test: Dat
 
 def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, train: Data | None = None,
                 test: Data | None = None, *, x: str = "-0.5:1.5:41", out: str | Path = "interpolation.h5",
-                **options: Any) -> Surface:
+                model_c: torch.nn.Module | None = None, y: str = "", **options: Any) -> Surface:
     """Loss and accuracy along the line from `model_a` (x = 0) to `model_b` (x = 1); BatchNorm
-    running statistics move along by default, so x = 1 is `model_b`."""
+    running statistics move along by default, so x = 1 is `model_b`. With `model_c` and a `y`
+    axis: the plane through the three models, (x, y) = (0, 1) is `model_c`."""
     options = {"kind": "interpolate", **options}
-    return _run(model_a, model_b, train, test, x, "", out, options)
+    return _run(model_a, model_b, train, test, x, y, out, options, model_c)
 
 
 def compute_trajectory(model: torch.nn.Module, checkpoints: str, train: Data | None = None, test: Data | None = None, *,
@@ -134,7 +135,7 @@ def curvature_figure(s: Surface, kind: str, opts):
 
 # --- the engine behind both -----------------------------------------------------------------
 
-def _run(model, model_b, train, test, x, y, out, options) -> Surface:
+def _run(model, model_b, train, test, x, y, out, options, model_c=None) -> Surface:
     out = Path(out)
     given = [(name, data) for name, data in (("train", train), ("test", test)) if data is not None]
     if not given:
@@ -159,6 +160,8 @@ def _run(model, model_b, train, test, x, y, out, options) -> Surface:
         table["model"]["checkpoint"] = str(_save_weights(model, out, "model", written))
         if model_b is not None:
             table["model"]["checkpoint2"] = str(_save_weights(model_b, out, "model2", written))
+        if model_c is not None:
+            table["model"]["checkpoint3"] = str(_save_weights(model_c, out, "model3", written))
         spec = specs.from_dict(table)
         code = run_serial(SurfaceWork(spec))
     except BaseException:

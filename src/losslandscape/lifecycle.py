@@ -87,7 +87,7 @@ def plan(spec) -> Plan:
     with ff.open_h5(path, "r") as f:
         if ff.is_original(f):
             return plan_conversion(spec, path, f)
-        ident = run_identity(spec)
+        ident = run_identity(spec, f.attrs.get(ff.A_FILE_HASHES))  # unchanged files are not read again
         grid = _stored_grid(spec, f)
         axes = GridAxes.from_spec(with_grid(spec, grid).grid)
         warn_off_grid(grid)

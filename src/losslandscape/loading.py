@@ -108,19 +108,24 @@ def auto_search_evaluator(spec) -> PointEvaluator:
 
 
 def endpoint_report(spec, evaluator: PointEvaluator) -> None:
-    """For an interpolation: log the values at x = 0 and x = 1 next to each checkpoint's own
-    values, and warn when x = 1 is not the second model (BatchNorm statistics left behind)."""
-    other = load_evaluator(spec, evaluator.device, checkpoint=spec.model.checkpoint2, field="model.checkpoint2")
-    worst = 0.0
-    for split in spec.data.splits:
-        ends = [evaluator.evaluate(a, 0.0, [split])[split] for a in (0.0, 1.0)]
-        own = [evaluator.evaluate(0.0, 0.0, [split])[split], other.measure(split)]
-        for a, (loss, acc), (own_loss, own_acc), key in zip((0, 1), ends, own,
-                                                            ("model.checkpoint", "model.checkpoint2")):
-            log.info("interpolation %s x = %d: loss %.6g, accuracy %.2f%%; %s itself: loss %.6g, accuracy %.2f%%",
-                     split, a, loss, acc, key, own_loss, own_acc)
-            worst = max(worst, abs(loss - own_loss) / max(abs(own_loss), 1e-12))
-    if worst > 1e-3:
-        log.warning("x = 1 is not the second model (loss off by %.0f%%): with directions.dir_type = %r the "
-                    "BatchNorm running statistics stay those of model.checkpoint; use dir_type = \"states\"",
-                    100 * worst, spec.directions.dir_type)
+    """For an interpolation: log the values at x = 0 and x = 1 (and y = 1 with model.checkpoint3)
+    next to each checkpoint's own values, and warn when x = 1 is not the second model (or y = 1
+    the third: BatchNorm statistics left behind)."""
+    far = [("x", (1.0, 0.0), "model.checkpoint2", spec.model.checkpoint2, "second")]
+    if spec.model.checkpoint3:
+        far.append(("y", (0.0, 1.0), "model.checkpoint3", spec.model.checkpoint3, "third"))
+    for axis, (a, b), field, path, nth in far:
+        other = load_evaluator(spec, evaluator.device, checkpoint=path, field=field)
+        worst = 0.0
+        for split in spec.data.splits:
+            centre = evaluator.evaluate(0.0, 0.0, [split])[split]
+            rows = [(0, centre, centre, "model.checkpoint")] if axis == "x" else []
+            rows.append((1, evaluator.evaluate(a, b, [split])[split], other.measure(split), field))
+            for at, (loss, acc), (own_loss, own_acc), key in rows:
+                log.info("interpolation %s %s = %d: loss %.6g, accuracy %.2f%%; %s itself: loss %.6g, "
+                         "accuracy %.2f%%", split, axis, at, loss, acc, key, own_loss, own_acc)
+                worst = max(worst, abs(loss - own_loss) / max(abs(own_loss), 1e-12))
+        if worst > 1e-3:
+            log.warning("%s = 1 is not the %s model (loss off by %.0f%%): with directions.dir_type = %r the "
+                        "BatchNorm running statistics stay those of model.checkpoint; use dir_type = \"states\"",
+                        axis, nth, 100 * worst, spec.directions.dir_type)

@@ -8,6 +8,7 @@ it runs (rank 0, before a new file is created) and stores what it returns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,7 +57,7 @@ def make_directions(spec, model: torch.nn.Module):
     log.info("moving %d tensors, %s parameters (%s)", moved["tensors"], f"{moved['parameters']:,}",
              _filters(moved) or f"every {'parameter' if d.dir_type == 'weights' else 'floating-point state entry'}")
     x, y, info = _directions(spec, model, weights)
-    return x, y, {**info, A_MOVED: json.dumps(moved)}
+    return x, y, {**info, A_MOVED: json.dumps(moved), ff.A_FILE_HASHES: hash_record(spec)}
 
 
 def _filters(moved: dict) -> str:
@@ -65,15 +66,23 @@ def _filters(moved: dict) -> str:
 
 
 def _directions(spec, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
+    """(x, y or None, info); with directions.same_dir, y is a copy of x (the original --same_dir)."""
+    x, y, info = _made(spec, model, weights, bool(spec.grid.y) and not spec.directions.same_dir)
+    if spec.directions.same_dir:
+        y = {k: v.clone() for k, v in x.items()}
+    return x, y, info
+
+
+def _made(spec, model: torch.nn.Module, weights: dict[str, torch.Tensor], two: bool):
     d = spec.directions
-    two = bool(spec.grid.y)
     if d.kind == "random":
         return dirs.random_directions(weights, two, d.norm, d.ignore, d.seed, d.orthogonal)
     if d.kind == "interpolate":
-        other = build_and_load(spec.model, model_channels(spec), checkpoint=spec.model.checkpoint2,
-                               field="model.checkpoint2")
-        end = dirs.target_tensors(other, d.dir_type)
-        return dirs.interpolation_direction(weights, {k: end[k] for k in weights}), None, {}
+        # x to checkpoint2; with a y axis, y to checkpoint3: the plane through three models
+        ends = [("model.checkpoint2", spec.model.checkpoint2)] + (
+            [("model.checkpoint3", spec.model.checkpoint3)] if two else [])
+        x, y = [_towards(spec, weights, path, field) for field, path in ends] + [None] * (2 - len(ends))
+        return x, y, {}
     if d.kind == "hessian":
         return hessian_directions(spec, model, two, weights)
     if d.kind == "pca":
@@ -85,6 +94,13 @@ def _directions(spec, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
                                         only=list(weights))
         return x, y, {ff.A_DIRECTIONS_FROM: str(d.file)}
     raise ValueError(d.kind)
+
+
+def _towards(spec, weights: dict[str, torch.Tensor], path: str, field: str) -> dirs.Direction:
+    """The interpolation direction from the centre's moved tensors to the model at `path`."""
+    other = build_and_load(spec.model, model_channels(spec), checkpoint=path, field=field)
+    end = dirs.target_tensors(other, spec.directions.dir_type)
+    return dirs.interpolation_direction(weights, {k: end[k] for k in weights})
 
 
 def hessian_directions(spec, model: torch.nn.Module, two: bool, weights: dict[str, torch.Tensor] | None = None):
@@ -138,17 +154,61 @@ def pca_plane(spec, model: torch.nn.Module, targets: dict[str, torch.Tensor] | N
 _HASHED: dict[tuple, str] = {}
 
 
+def _stat_key(path: str | Path) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
+
+
 def sha256_once(path: str | Path, field: str) -> str:
     """file_sha256, computed once per process for a file that has not changed since (a
-    conversion and a resume in one run read the same checkpoints)."""
+    conversion and a resume in one run read the same checkpoints), or taken from a surface
+    file's record of it (remember_hashes)."""
     try:
-        st = os.stat(path)
-        key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+        key = _stat_key(path)
     except OSError:
         return file_sha256(path, field)  # its one-line error
     if key not in _HASHED:
         _HASHED[key] = file_sha256(path, field)
     return _HASHED[key]
+
+
+def remember_hashes(record: str | None) -> None:
+    """Take the SHA-256 of each file in a surface file's ff.A_FILE_HASHES record whose size and
+    mtime_ns are still the recorded ones, so that a resume does not read its checkpoints (GBs)
+    again to compare them; a file since changed, touched or moved is hashed anew."""
+    for path, known in (json.loads(record) if record else {}).items():
+        try:
+            key = _stat_key(path)
+        except OSError:
+            continue  # gone: the spec names other files, or hashing it gives its one-line error
+        if key[1:] == (known["size"], known["mtime_ns"]):
+            _HASHED.setdefault(key, known["sha256"])
+
+
+def hash_record(spec) -> str:
+    """ff.A_FILE_HASHES of a new surface file: size, mtime_ns and SHA-256 of each file that
+    run_identity hashes for this spec (taken from this process's hashes; not read again)."""
+    record = {}
+    for path, field in _hashed_files(spec):
+        with contextlib.suppress(OSError):
+            key = _stat_key(path)
+            record[key[0]] = {"size": key[1], "mtime_ns": key[2], "sha256": sha256_once(path, field)}
+    return json.dumps(record, sort_keys=True)
+
+
+def _hashed_files(spec) -> list[tuple[str | Path, str]]:
+    """(path, spec field) of every file whose SHA-256 is part of the spec's identity."""
+    m, d = spec.model, spec.directions
+    files = [(m.checkpoint, "model.checkpoint")] if m.checkpoint else []
+    if d.kind == "interpolate":
+        files += [(p, f) for p, f in ((m.checkpoint2, "model.checkpoint2"), (m.checkpoint3, "model.checkpoint3")) if p]
+    if d.kind == "file":
+        files.append((d.file, "directions.file"))
+    if d.kind == "pca":
+        for k, pattern in enumerate([d.checkpoints, *d.also]):
+            field = "directions.checkpoints" if k == 0 else f"directions.also[{k - 1}]"
+            files += [(p, "directions.checkpoints") for p in checkpoint_paths(pattern, field)]
+    return files
 
 
 def _files_digest(patterns: list[str], field: str) -> str:
@@ -161,8 +221,10 @@ def _files_digest(patterns: list[str], field: str) -> str:
     return h.hexdigest()
 
 
-def run_identity(spec) -> dict:
-    """What a resume must match (surface.identity), with the SHA-256 of every file the run reads."""
+def run_identity(spec, known: str | None = None) -> dict:
+    """What a resume must match (surface.identity), with the SHA-256 of every file the run reads.
+    `known`: the ff.A_FILE_HASHES record of the surface file being resumed (remember_hashes)."""
+    remember_hashes(known)
     m, d = spec.model, spec.directions
     sha1 = (sha256_once(m.checkpoint, "model.checkpoint") if m.checkpoint
             else f"fresh initialisation, seed {FRESH_INIT_SEED}")
@@ -170,7 +232,13 @@ def run_identity(spec) -> dict:
     sha_dirs = sha256_once(d.file, "directions.file") if d.kind == "file" else ""
     if d.kind == "pca":
         sha_dirs = _files_digest([d.checkpoints, *d.also], "directions.checkpoints")
-    return surface.identity(spec, sha1, sha2, sha_dirs)
+    ident = surface.identity(spec, sha1, sha2, sha_dirs)
+    # only when set: files made before these fields resume unchanged
+    if d.kind == "interpolate" and m.checkpoint3:
+        ident["model.checkpoint3 (sha256)"] = sha256_once(m.checkpoint3, "model.checkpoint3")
+    if d.same_dir:
+        ident["directions.same_dir"] = True
+    return ident
 
 
 def identity_pins_directions(spec, stored_versions: str | None) -> bool:

@@ -314,8 +314,16 @@ def _validate(spec: Spec) -> None:
     if spec.directions.kind == "interpolate":
         if not spec.model.checkpoint or not spec.model.checkpoint2:
             raise UserError('directions.kind: "interpolate" needs model.checkpoint and model.checkpoint2')
-        if spec.grid.y:
-            raise UserError('grid.y: "interpolate" is a 1-D line; leave grid.y empty')
+        if spec.grid.y and not (spec.model.checkpoint3 or spec.directions.same_dir):
+            raise UserError('grid.y: "interpolate" is a 1-D line unless model.checkpoint3 gives a y direction (the '
+                            'plane through three models); leave grid.y empty or set model.checkpoint3')
+        if spec.model.checkpoint3 and not spec.grid.y:
+            raise UserError('grid.y: empty; model.checkpoint3 spans the plane through three models (y = checkpoint3 - '
+                            'checkpoint): give grid.y too, e.g. "-0.5:1.5:21"')
+    elif spec.model.checkpoint3:
+        raise UserError(f'model.checkpoint3: only with directions.kind = "interpolate" (the plane through three '
+                        f'models), not {spec.directions.kind!r}; leave it empty')
+    _validate_same_dir(spec)
     if spec.directions.dir_type == "auto":
         # the line between two models ends at the second model only if BatchNorm statistics move too
         spec.directions.dir_type = "states" if spec.directions.kind == "interpolate" else "weights"
@@ -340,6 +348,23 @@ def _validate(spec: Spec) -> None:
             spec.evaluation.device == "cpu" or spec.evaluation.device.startswith("cuda")):
         raise UserError(f"evaluation.device: {spec.evaluation.device!r} is not valid; "
                         "expected auto, cpu, cuda or cuda:N")
+
+
+def _validate_same_dir(spec: Spec) -> None:
+    """directions.same_dir: y = x, where the spec has a y axis that x can stand for."""
+    d = spec.directions
+    if not d.same_dir:
+        return
+    if not spec.grid.y:
+        raise UserError("directions.same_dir: a 1-D curve has no y axis; give grid.y or leave same_dir false")
+    if d.orthogonal:
+        raise UserError("directions.same_dir: with directions.orthogonal the y direction would be zero; "
+                        "use one or the other")
+    if spec.model.checkpoint3:
+        raise UserError("directions.same_dir: model.checkpoint3 gives the y direction already; use one or the other")
+    if d.kind == "pca":
+        raise UserError('directions.same_dir: kind = "pca" takes y from the second principal component (the '
+                        "paths are projected on it); leave same_dir false")
 
 
 def from_dict(table: dict[str, Any], overrides: dict[str, str] | None = None) -> Spec:
