@@ -58,13 +58,13 @@ class Data:
     seed: int = 0
     """seed of the max_samples subset (and of the synthetic data)."""
     workers: int = 0
-    """loader worker processes when the data factory gives a Dataset (0 = read in the evaluating process)."""
+    """loader worker processes when the data is a Dataset (imagefolder, or a factory's) (0 = read in the evaluating process)."""
     transform: Literal["standard", "original", "raw"] = "standard"
-    """cifar10 and imagefolder: standard = normalised (README: data sets); original = the original code's normalisation; raw = pixels in [0, 1] (the original --raw_data)."""
+    """cifar10 and imagefolder: standard = normalised (cifar10: our CIFAR-10 statistics; imagefolder: ImageNet's); original = the original code's CIFAR-10 constants, mean (125.3, 123.0, 113.9) / 255 and std (63.0, 62.1, 66.7) / 255 (imagefolder: as standard); raw = pixels in [0, 1] (the original --raw_data)."""
     image_size: int = 224
-    """imagefolder: side of the centre crop, after the shorter side is resized to image_size * 8 / 7 (256 for 224)."""
+    """imagefolder: side of the centre crop, after the shorter side is resized to round(image_size * 8 / 7) (256 for 224), bilinear: torchvision's Resize + CenterCrop."""
     parts: int = 1
-    """evaluate one of this many equal, contiguous parts of each split (the original --data_split); 1 = the whole split."""
+    """evaluate one of this many equal, contiguous parts of each split (after max_samples), len // parts items each, the rest in none (the original --data_split, which drew one random subset of the train split instead); 1 = the whole split."""
     part: int = 0
     """which part, 0 to parts - 1 (the original --split_idx)."""
 
