@@ -429,7 +429,7 @@ class TwoNodeSlurm(LocalSlurm):
                 "unshare", "--net", "--uts", "--", "sh", "-c",
                 'hostname "$1" && while [ ! -e "$2" ]; do sleep 0.05; done && shift 2 && exec "$@"',
                 "sh", node, str(go), "slurmd", "-D", "-N", node, "-f", str(self.conf)])
-            self._connect(self._procs[f"slurmd.{node}"].pid, bridge, f"llv{port_ctld}{i}",
+            self._connect(self._procs[f"slurmd.{node}"], bridge, f"llv{port_ctld}{i}",
                           self.addresses[node])
             go.touch()
         self._wait_until_idle()
@@ -440,13 +440,17 @@ class TwoNodeSlurm(LocalSlurm):
         if done.returncode != 0:
             raise RuntimeError(f"TwoNodeSlurm: `{' '.join(argv)}` failed: {done.stderr.strip()}")
 
-    def _connect(self, pid: int, bridge: str, link: str, address: str) -> None:
-        """Give the network namespace of `pid` an eth0 at `address`, the other end of which is on `bridge`."""
+    def _connect(self, proc: subprocess.Popen, bridge: str, link: str, address: str) -> None:
+        """Give the network namespace of `proc` an eth0 at `address`, the other end of which is on
+        `bridge`. Waits until unshare has made the namespace: the peer must never land in ours."""
+        pid, ours = proc.pid, os.readlink("/proc/self/ns/net")
         deadline = time.monotonic() + 10.0
-        while Path(f"/proc/{pid}/ns/net").resolve() == Path("/proc/self/ns/net").resolve():
-            if time.monotonic() > deadline:  # unshare has not yet made the namespace
+        while proc.poll() is None and os.readlink(f"/proc/{pid}/ns/net") == ours:
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"TwoNodeSlurm: process {pid} did not enter a new network namespace")
             time.sleep(0.02)
+        if proc.poll() is not None:
+            raise RuntimeError(f"TwoNodeSlurm: unshare exited with status {proc.returncode}\n" + self.logs())
         self._ip(["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", str(pid)])
         self._links.append(link)
         self._ip(["link", "set", link, "master", bridge, "up"])

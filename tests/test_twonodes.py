@@ -3,8 +3,9 @@
 The cluster (tests/slurmcluster.py `TwoNodeSlurm`) runs each slurmd in its own network and UTS
 namespace (host names node1 and node2, addresses on a bridge), shares the file system, and is
 started once for this module and stopped by pid at its end. A tiny model (a factory beside the
-job spec) marks, once per process, where it ran a forward pass: its host name and SLURM's rank
-and node-local rank for it, the independent account the job's own log lines are checked against.
+job spec) marks where it ran forward passes at moved weights (grid points, not the start-up probe):
+its host name and SLURM's rank and node-local rank there, the independent account the job's own
+log lines are checked against.
 When the cluster cannot be started, the tests fail with the reason: they are never skipped.
 """
 
@@ -46,21 +47,21 @@ import torch
 from torch import nn
 
 MARKS = Path(__file__).resolve().parent / "marks"
-_marked = False
 
 
 class Tiny(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+        self.start = self.body[1].weight.detach().clone()  # not a parameter: directions leave it
+        self.moved = 0
 
     def forward(self, x):
-        global _marked
-        if not _marked:  # once per process: where forward passes ran, by SLURM's account
-            _marked = True
-            MARKS.mkdir(exist_ok=True)
+        if not torch.equal(self.body[1].weight, self.start):  # a grid point's pass, not the start-up probe
+            self.moved += 1
+            MARKS.mkdir(exist_ok=True)  # where it ran, by SLURM's account, and how many such passes
             (MARKS / f"{socket.gethostname()}.{os.getpid()}").write_text(
-                f"{os.environ.get('SLURM_PROCID', '')} {os.environ.get('SLURM_LOCALID', '')}")
+                f"{os.environ.get('SLURM_PROCID', '')} {os.environ.get('SLURM_LOCALID', '')} {self.moved}")
         time.sleep(0.02)  # a point takes long enough that every worker gets units
         return self.body(x)
 
@@ -200,12 +201,13 @@ def test_one_mpi_job_over_both_nodes_writes_one_file(cluster, job):
     assert places == {0: ("node1", "coordinator"), 1: ("node1", "worker 0 of 1 on this node"),
                       2: ("node2", "worker 0 of 2 on this node"), 3: ("node2", "worker 1 of 2 on this node")}, text
     assert "3 workers; workers write through parallel HDF5" in text
-    # SLURM's account of where each evaluating process ran (the model's marks) agrees with theirs
+    # SLURM's account of where each process that evaluated grid points ran (the model's marks)
     marks = {}
     for mark in set((d / "marks").iterdir()) - before:
-        rank, local = map(int, mark.read_text().split())
+        rank, local, passes = map(int, mark.read_text().split())
         marks[rank] = (mark.name.split(".")[0], local)
-    assert sorted(marks) == [1, 2, 3], marks  # every worker evaluated; the coordinator did not
+        assert passes > 0
+    assert sorted(marks) == [1, 2, 3], marks  # every worker evaluated (and wrote) points; rank 0 none
     for rank, (node, local) in marks.items():
         assert places[rank][0] == node
         index = local - (1 if node == places[0][0] else 0)  # the coordinator's node: it is not a worker
