@@ -383,6 +383,8 @@ def _directions(t: _Toml, a: dict, given: dict) -> None:
         elif a["same_dir"]:
             unused.append("same_dir")
         unused.append("model_file3")  # without --y, or with --same_dir, the original does not read it
+        if not two or a["same_dir"]:
+            unused += ["ynorm", "yignore"]
         if "idx" in given:
             t.set("directions.seed", a["idx"], _arg("idx", a) + ": another draw per seed (the original always "
                   "seeds 123: its --idx only names another file)")
