@@ -5,7 +5,12 @@ containers only. A file that needs full unpickling (a pickled nn.Module, an
 optimizer object) is refused unless the user says they trust it.
 Accepted layouts: a plain state dict, `{"state_dict": ...}` (the original
 loss-landscape code's .t7/.pt files), `{"model_state_dict": ...}`, and keys
-prefixed by `module.` (DataParallel / DistributedDataParallel). A `.safetensors`
+prefixed by `module.` (DataParallel / DistributedDataParallel); the original code's
+`{"state_dict", "acc", "epoch"}` files load in either of torch.save's formats (the zip
+one, and the older one of PyTorch < 1.6), with `acc` a float or a tensor. Checkpoints
+saved before PyTorch 0.4.1 have no BatchNorm `num_batches_tracked` counters: the
+model keeps its own (eval-mode outputs never read them), as PyTorch does for them.
+A `.safetensors`
 file (Hugging Face) loads with `safetensors.torch.load_file`: tensors only, safe
 by construction, so it never needs trust.
 """
@@ -80,7 +85,7 @@ def normalise(obj, field: str = "model.checkpoint", path: Path | str = "") -> di
 def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], field: str = "model.checkpoint") -> None:
     """Load `state` into `model`, or say in one line which keys do not fit."""
     own = model.state_dict()
-    state = _tied_filled(own, state)
+    state = _bn_counters_filled(model, _tied_filled(own, state))
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
@@ -112,6 +117,19 @@ def _tied_filled(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
     return filled
 
 
+def _bn_counters_filled(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the `num_batches_tracked` counters it lacks taken from `model`, for every
+    BatchNorm whose running statistics it has (PyTorch < 0.4.1 saved none)."""
+    filled = dict(state)
+    for prefix, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.num_batches_tracked is not None:
+            key = f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"
+            stats = f"{prefix}.running_mean" if prefix else "running_mean"
+            if key not in filled and stats in filled:
+                filled[key] = m.num_batches_tracked
+    return filled
+
+
 def file_sha256(path: str | Path, field: str = "model.checkpoint") -> str:
     readable_file(path, field)
     digest = hashlib.sha256()
@@ -139,5 +157,29 @@ def build_and_load(model_spec, in_channels: int, checkpoint: str | None = None,
     model = build_model(model_spec.name, num_classes=model_spec.num_classes, in_channels=in_channels)
     path = model_spec.checkpoint if checkpoint is None else checkpoint
     if path:
-        apply_state_dict(model, load_state_dict(path, model_spec.trust_checkpoint, field), field)
+        state = load_state_dict(path, model_spec.trust_checkpoint, field)
+        try:
+            apply_state_dict(model, state, field)
+        except UserError as exc:
+            hint = _original_hint(model_spec.name, state, model_spec.num_classes, in_channels)
+            if not hint:
+                raise
+            raise UserError(f"{exc}; {hint}") from None
     return model
+
+
+def _original_hint(name: str, state: dict[str, torch.Tensor], num_classes: int, in_channels: int) -> str:
+    """What to write instead when `state`, refused by zoo model `name`, fits the original
+    loss-landscape code's network of that name (its ResNets have other shortcuts); else ""."""
+    from .models import ZOO
+
+    original = f"original_{name}"
+    if original not in ZOO:
+        return ""
+    with torch.device("meta"):  # keys and shapes only: no memory, no init
+        model = ZOO[original](num_classes=num_classes, in_channels=in_channels)
+    own = model.state_dict()
+    state = _bn_counters_filled(model, state)
+    if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
+        return ""
+    return (f'it fits {original}, the original loss-landscape code\'s {name}: set model.name = "{original}"')

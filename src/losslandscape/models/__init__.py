@@ -6,8 +6,17 @@ must return a `torch.nn.Module`.
 
 The zoo holds the networks of Li et al., "Visualizing the Loss Landscape of
 Neural Nets" (NeurIPS 2018): CIFAR ResNets with and without skip connections,
-wide ResNets, VGG-9 and DenseNet-121. Every factory takes `num_classes` and
-`in_channels` and accepts any input of at least 8x8 pixels.
+wide ResNets, VGG-9 and DenseNet-121. Its CIFAR ResNets have He et al.'s
+parameter-free shortcuts (option A), so their parameter counts are the paper's.
+
+A user of the original code (tomgoldstein/loss-landscape) wants the `original_*`
+models (models/original.py): every name of that code's CIFAR-10 model loader as
+`original_<name>` (`original_resnet56`, `original_wrn56_2`, `original_vgg9`, ...),
+with its 1x1-conv shortcuts and its parameter names, so that its checkpoints load
+and compute what they computed there.
+
+Every factory takes `num_classes` and `in_channels` and accepts any input of at
+least 8x8 pixels.
 """
 
 from collections.abc import Callable
@@ -19,6 +28,7 @@ import torch.nn as nn
 from losslandscape.errors import UserError
 from losslandscape.userimport import import_factory
 from losslandscape.models.densenet import densenet121
+from losslandscape.models.original import ORIGINAL
 from losslandscape.models.resnet import cifar_resnet
 from losslandscape.models.vgg import vgg9
 
@@ -35,6 +45,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     **{f"wrn56_{k}_noshort": partial(cifar_resnet, 56, k, shortcut=False) for k in _WIDTHS},
     "vgg9": vgg9,
     "densenet121": densenet121,
+    **ORIGINAL,
 }
 
 
@@ -58,9 +69,14 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Mo
         return ZOO[name](num_classes=num_classes, in_channels=in_channels)
     if ":" in name:
         return _from_factory(name)
+    if f"original_{name}" in ZOO:
+        raise UserError(f"model.name: unknown model {name!r}; the original loss-landscape code's {name} "
+                        f'is "original_{name}"')
+    ours = [n for n in ZOO if n not in ORIGINAL]
     raise UserError(
-        f"model.name: unknown model {name!r}; choose one of {', '.join(ZOO)}"
-        ' or give "package.module:factory"'
+        f"model.name: unknown model {name!r}; choose one of {', '.join(ours)}"
+        ' or give "package.module:factory"; the original loss-landscape code\'s networks are'
+        " original_<its name>, e.g. original_resnet56 (`losslandscape models` lists them all)"
     )
 
 

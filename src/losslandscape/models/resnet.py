@@ -103,6 +103,8 @@ class CifarResNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """He et al.'s initialisation ("Delving Deep into Rectifiers", ICCV 2015)."""
+        if self.conv1.weight.is_meta:
+            return  # nothing to draw (list_models counts on the meta device, where drawing is slow)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
