@@ -10,6 +10,7 @@ out here with torch.nn.functional, and a surface's centre against a plain forwar
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -165,18 +166,24 @@ def test_outputs_equal_the_original_resnets(name):
 
 # --- the original code's checkpoint files -------------------------------------------------------
 
-def original_layout(state: dict[str, torch.Tensor], kind: str):
-    """What the original code's cifar10/main.py and its users saved."""
+def original_layout(model: torch.nn.Module, kind: str):
+    """What the original code's cifar10/main.py and its users saved of `model`."""
     if kind == "bare":
-        return state
+        return model.state_dict()
     if kind == "state_dict":
-        return {"acc": 93.08, "epoch": 300, "state_dict": state}
-    if kind == "data_parallel":  # saved from a DataParallel net; acc a 0-dim tensor (PyTorch 0.4 era)
-        return {"acc": torch.tensor(93.08), "epoch": 300, "state_dict": {f"module.{k}": v for k, v in state.items()}}
-    if kind == "before_0.4.1":  # BatchNorm had no num_batches_tracked counter then
-        return {"acc": 93.08, "epoch": 300,
-                "state_dict": {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}}
+        return {"acc": 93.08, "epoch": 300, "state_dict": model.state_dict()}
+    if kind == "data_parallel":  # trained on several GPUs; acc a 0-dim tensor (PyTorch 0.4 era)
+        return {"acc": torch.tensor(93.08), "epoch": 300, "state_dict": torch.nn.DataParallel(model).state_dict()}
+    if kind == "before_0.4.1":  # BatchNorm had no num_batches_tracked counter then, state dicts no metadata
+        return {"acc": 93.08, "epoch": 300, "state_dict": collections.OrderedDict(
+            (k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))}
     raise AssertionError(kind)
+
+
+def loaded(name: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    model = build_model(f"original_{name}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +195,7 @@ def resnet56_state():
 @pytest.mark.parametrize("kind", ["bare", "state_dict", "data_parallel", "before_0.4.1"])
 def test_original_checkpoint_files_load_and_give_their_outputs(tmp_path, resnet56_state, kind, zipped):
     path = tmp_path / "model_300.t7"
-    torch.save(original_layout(resnet56_state, kind), path, _use_new_zipfile_serialization=zipped)
+    torch.save(original_layout(loaded("resnet56", resnet56_state), kind), path, _use_new_zipfile_serialization=zipped)
     torch.load(path, weights_only=True)  # tensors, floats and ints only: no trust needed
     model = build_model("original_resnet56").eval()
     apply_state_dict(model, load_state_dict(path))
@@ -198,8 +205,8 @@ def test_original_checkpoint_files_load_and_give_their_outputs(tmp_path, resnet5
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     counters = {k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
     assert len(counters) == 57
-    if kind != "before_0.4.1":
-        assert all(v.item() == 300 * 391 for v in counters.values())
+    # the file's counters, or where it has none the fresh model's own
+    assert all(v.item() == (0 if kind == "before_0.4.1" else 300 * 391) for v in counters.values())
 
 
 @pytest.mark.slow  # a whole surface job: about 3 s of CPU each
@@ -207,7 +214,7 @@ def test_original_checkpoint_files_load_and_give_their_outputs(tmp_path, resnet5
 def test_a_surface_from_an_original_checkpoint_centres_on_its_loss(tmp_path, name, kind):
     state = random_state(name, seed=5)
     ckpt = tmp_path / "model_300.t7"
-    torch.save(original_layout(state, kind), ckpt)
+    torch.save(original_layout(loaded(name, state), kind), ckpt)
     spec = specs.from_dict({
         "model": {"name": f"original_{name}", "checkpoint": str(ckpt)},
         "data": {"name": "synthetic", "splits": ["train"], "max_samples": 4},
@@ -220,9 +227,7 @@ def test_a_surface_from_an_original_checkpoint_centres_on_its_loss(tmp_path, nam
         assert f["xcoordinates"][0] == 0.0 and f["train_done"][0] == 1
         centre = f["train_loss"][0]
     inputs, targets = datasets.load_split(spec.data, "train")
-    model = build_model(f"original_{name}")
-    model.load_state_dict(state, strict=True)
-    model.eval()
+    model = loaded(name, state)
     with torch.no_grad():
         plain = F.cross_entropy(model(inputs), targets).item()
     assert abs(plain - 2.302585) > 0.05  # not the uniform guess a wrong load could also give
@@ -233,7 +238,7 @@ def test_a_surface_from_an_original_checkpoint_centres_on_its_loss(tmp_path, nam
 
 def test_an_original_checkpoint_for_our_resnet56_names_the_model_to_use(tmp_path, resnet56_state):
     path = tmp_path / "model_300.t7"
-    torch.save(original_layout(resnet56_state, "before_0.4.1"), path)
+    torch.save(original_layout(loaded("resnet56", resnet56_state), "before_0.4.1"), path)
     with pytest.raises(UserError) as info:
         build_and_load(specs.Model(name="resnet56", checkpoint=str(path)), in_channels=3)
     message = str(info.value)
