@@ -219,6 +219,20 @@ def test_same_dir_interpolation_puts_the_second_model_on_both_axes(three, tmp_pa
     assert loss[1, 1] == pytest.approx(plain_loss(module, far), rel=1e-5)
 
 
+def test_same_dir_from_a_one_direction_file(three, tmp_path):
+    """kind "file": a file with an x direction only (a 1-D surface) gives both axes."""
+    no_ends = {"checkpoint2": "", "checkpoint3": ""}
+    prepare(make_spec(three, tmp_path / "line.h5", model=no_ends, directions={"kind": "random", "seed": 5},
+                      grid={"x": "-1:1:3", "y": ""}))
+    with h5py.File(tmp_path / "line.h5", "r") as f:
+        assert "y" not in f["directions"]
+        line = {k: torch.from_numpy(f["directions/x"][k][...]) for k in f["directions/x"]}
+    prepare(make_spec(three, tmp_path / "both.h5", model=no_ends, grid={"x": "-1:1:3", "y": "-1:1:3"},
+                      directions={"kind": "file", "file": str(tmp_path / "line.h5"), "same_dir": True}))
+    x, y, *_ = stored(tmp_path / "both.h5")
+    assert set(x) == set(line) and all(torch.equal(x[k], line[k]) and torch.equal(y[k], line[k]) for k in line)
+
+
 # --- refusals ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("overrides, words", [

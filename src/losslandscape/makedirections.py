@@ -1,6 +1,11 @@
 """Directions and identity: the model at the centre of a surface, the directions a spec makes
-(random, interpolation, Hessian eigenvectors, the PCA of a trajectory, a direction file), and
+(random, interpolation: the line to a second model or the plane through three, Hessian
+eigenvectors, the PCA of a trajectory, a direction file; with directions.same_dir, y = x), and
 the identity a resume must match (surface.identity, with the SHA-256 of every file read).
+
+A new file records the size, mtime_ns and SHA-256 of each file hashed (ff.A_FILE_HASHES); a
+resume takes the SHA-256 of a file whose size and mtime_ns are unchanged from that record
+instead of reading it again (a checkpoint can be GBs; the same rule as make's and rsync's).
 
 Everything here runs in one process on the CPU and writes nothing: lifecycle.py decides when
 it runs (rank 0, before a new file is created) and stores what it returns.
@@ -79,10 +84,8 @@ def _made(spec, model: torch.nn.Module, weights: dict[str, torch.Tensor], two: b
         return dirs.random_directions(weights, two, d.norm, d.ignore, d.seed, d.orthogonal)
     if d.kind == "interpolate":
         # x to checkpoint2; with a y axis, y to checkpoint3: the plane through three models
-        ends = [("model.checkpoint2", spec.model.checkpoint2)] + (
-            [("model.checkpoint3", spec.model.checkpoint3)] if two else [])
-        x, y = [_towards(spec, weights, path, field) for field, path in ends] + [None] * (2 - len(ends))
-        return x, y, {}
+        x = _towards(spec, weights, spec.model.checkpoint2, "model.checkpoint2")
+        return x, (_towards(spec, weights, spec.model.checkpoint3, "model.checkpoint3") if two else None), {}
     if d.kind == "hessian":
         return hessian_directions(spec, model, two, weights)
     if d.kind == "pca":
