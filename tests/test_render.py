@@ -463,12 +463,24 @@ def test_titles_name_the_checkpoint_and_the_directions(files, tmp_path):
          "fresh initialisation; random directions, layer-normalised"),
         ({"checkpoint": "a/b.pt"}, {"kind": "file", "file": "dirs/pca.h5"}, "b.pt; directions from pca.h5"),
         ({"checkpoint": "m0.pt", "checkpoint2": "m9.pt"}, {"kind": "interpolate"}, "m0.pt; interpolation to m9.pt"),
+        ({"checkpoint": "m0.pt", "checkpoint2": "m9.pt", "checkpoint3": "runs/m5.pt"}, {"kind": "interpolate"},
+         "m0.pt; plane through m9.pt and m5.pt"),
     ]
     for i, (model, directions, words) in enumerate(cases):
         spec = {"model": {"name": "resnet56", **model}, "directions": directions}
         path = write_surface(tmp_path / f"s{i}.h5", PX, PY, values, done, spec=spec)
         for fig in draw([path], tmp_path, kinds=["contour", "surface3d"]).values():
             assert fig.axes[0].get_title() == f"resnet56: train loss\n{words}"
+    # axes of the plane through three models, and of one direction used twice
+    plane = write_surface(tmp_path / "plane.h5", PX, PY, values, done, spec={
+        "model": {"name": "vgg9", "checkpoint": "m0.pt", "checkpoint2": "m9.pt", "checkpoint3": "m5.pt"},
+        "directions": {"kind": "interpolate"}})
+    twice = write_surface(tmp_path / "twice.h5", PX, PY, values, done, spec={
+        "model": {"name": "vgg9"}, "directions": {"kind": "random", "same_dir": True}})
+    for path, xlabel, ylabel in ((plane, "towards m9.pt", "towards m5.pt"),
+                                 (twice, "x direction", "y direction (= x direction)")):
+        (fig,) = draw([path], tmp_path, kinds=["contour"]).values()
+        assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == (xlabel, ylabel)
     spec = {"model": {"name": "vgg9", "checkpoint": "m0.pt", "checkpoint2": "out/m9.pt"},
             "directions": {"kind": "interpolate"}}
     values = {"train_loss": PX**2, "train_acc": 90 - PX**2}

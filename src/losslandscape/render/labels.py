@@ -122,7 +122,9 @@ def provenance(surface: Surface) -> list[str]:
         norm = d.get("norm")
         parts.append("random directions" + (f", {NORM_TEXT.get(norm, f'{norm} norm')}" if norm else ""))
     elif kind == "interpolate":
-        parts.append(f"interpolation to {checkpoint_name(surface, 'checkpoint2') or 'checkpoint2'}")
+        second = checkpoint_name(surface, "checkpoint2") or "checkpoint2"
+        third = _third(surface)
+        parts.append(f"plane through {second} and {third}" if third else f"interpolation to {second}")
     elif kind == "file":
         parts.append(f"directions from {Path(str(d.get('file', ''))).name or 'a file'}")
     elif kind == "hessian":
@@ -197,14 +199,26 @@ def axis_label(surface: Surface, axis: str) -> str:
     if eigen is not None:
         return eigen
     kind = spec_part(surface, "directions").get("kind")
+    if kind == "interpolate" and _third(surface):
+        # the plane through three models: x runs to model2, y to model3
+        key = "checkpoint2" if axis == "x" else "checkpoint3"
+        return f"towards {checkpoint_name(surface, key)}"
     if kind == "interpolate" and axis == "x":
         return r"interpolation $\alpha$"
+    if axis == "y" and spec_part(surface, "directions").get("same_dir"):
+        return "y direction (= x direction)"
     if kind == "pca" or surface.explained_variance_ratio is not None:
         # The plane of a trajectory's principal components: "PC1 (87.2%)", its share of the variance.
         k = 0 if axis == "x" else 1
         ratio = surface.explained_variance_ratio
         return f"PC{k + 1}" + ("" if ratio is None or not np.isfinite(ratio[k]) else f" ({percent(ratio[k])})")
     return f"{axis} direction"
+
+
+def _third(surface: Surface) -> str | None:
+    """File name of `model.checkpoint3` (the plane through three models), None when unset."""
+    path = spec_part(surface, "model").get("checkpoint3")
+    return Path(path).name if isinstance(path, str) and path else None
 
 
 def percent(fraction: float) -> str:
