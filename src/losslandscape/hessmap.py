@@ -26,7 +26,8 @@ import numpy as np
 
 from . import data as datasets
 from . import fileformat as ff
-from . import surface
+from . import spec as specs
+from . import surface, userimport
 from .batches import Stream
 from .errors import UserError
 from .evaluate import PointEvaluator
@@ -57,15 +58,31 @@ class Settings:
         return dict(zip(ff.HESSIAN_ATTRS, (self.split, self.samples, self.params, self.tol)))
 
 
-def surface_spec(path: Path, settings: Settings, device: str | None = None):
-    """The spec the surface was made with, narrowed to the Hessian's split and samples."""
+@dataclass
+class _Read:
+    """What rank 0 needs of the surface file before the maps' datasets exist, read in one open."""
+    spec: Any
+    axes: GridAxes
+    stored: dict  # the maps' settings attributes, None where absent
+    done: np.ndarray | None  # flat bool of eig_done; None when the maps do not exist yet
+
+
+def _read(path: Path, settings: Settings, device: str | None, trust_file: bool) -> _Read:
+    """The spec the surface was made with, narrowed to the Hessian's split and samples (its
+    factories findable where the file is the user's own, or `trust_file`: userimport.from_file),
+    its axes and the state of its maps."""
     with ff.open_h5(path, "r") as f:
         if not ff.is_ours(f):
             raise UserError(f"hessian: {path} is not a losslandscape surface file (convert an original file first "
                             "by resuming it with `losslandscape surface`)")
         if ff.Y not in f:
             raise UserError(f"hessian: {path} is a 1-D surface; the eigenvalue maps need a 2-D surface (grid.y)")
-        spec = surface.file_spec(f, also_from=path.resolve().parent)  # the model and data factories too
+        spec = specs.from_dict(ff.read_spec(f))
+        folders = ff.import_dirs(f)
+        axes = GridAxes(*ff.axes_arrays(f))
+        stored = {k: f.attrs.get(k) for k in settings.attrs()}
+        done = np.asarray(f[ff.EIG_DONE]).ravel() == 1 if ff.EIG_DONE in f else None
+    userimport.from_file(path, folders, spec, trust_file)
     spec.data.splits = [settings.split]
     if settings.samples:
         if spec.data.max_samples and settings.samples > spec.data.max_samples:
@@ -75,31 +92,33 @@ def surface_spec(path: Path, settings: Settings, device: str | None = None):
     if device:
         spec.evaluation.device = device
     spec.output.surface = str(path)
-    return spec
+    return _Read(spec, axes, stored, done)
 
 
 class HessianWork:
     """The steps of the Hessian maps (job.Work): plan and make give the maps' Settings when
-    their datasets are to be (re)created."""
+    their datasets are to be (re)created.
+
+    Rank 0 opens the file three times on a new run (read here; create; evaluate) and twice on a
+    resume (read; evaluate): plan and prepare use what was read here."""
 
     label = "hessian"
 
-    def __init__(self, path: Path, settings: Settings, device: str | None = None):
+    def __init__(self, path: Path, settings: Settings, device: str | None = None, trust_file: bool = False):
         self.path, self.settings = Path(path), settings
-        self.spec = surface_spec(self.path, settings, device)
+        self._read = _read(self.path, settings, device, trust_file)
+        self.spec = self._read.spec
         self.unit_size = 1  # a point is many forward passes: hand them out one by one
 
     def plan(self) -> Settings | None:
         """Rank 0: the maps' settings when their datasets are to be created, or None when they
         exist with the same settings; other settings on a map with computed points are refused."""
         self.settings.check()
-        with ff.open_h5(self.path, "r") as f:
-            if ff.EIG_DONE not in f:
-                return self.settings
-            stored = {k: f.attrs.get(k) for k in self.settings.attrs()}
-            computed = int(np.asarray(f[ff.EIG_DONE]).sum())
+        if self._read.done is None:
+            return self.settings
+        computed = int(self._read.done.sum())
         for key, want in self.settings.attrs().items():
-            have = stored[key]
+            have = self._read.stored[key]
             have = have.item() if isinstance(have, np.generic) else have
             if have != want and computed:
                 option = "--" + key.removeprefix("hessian_")
@@ -139,9 +158,8 @@ class HessianWork:
         return evaluator
 
     def prepare(self, created: bool, notes: Notes) -> Prepared:
-        with ff.open_h5(self.path, "r") as f:
-            axes = GridAxes(*ff.axes_arrays(f))
-            done = np.asarray(f[ff.EIG_DONE]).ravel() == 1
+        axes = self._read.axes
+        done = np.zeros(axes.size, bool) if created or self._read.done is None else self._read.done
         order = coarse_to_fine(axes.shape)
         todo = order[~done[order]]
         log.info("hessian maps of %s (%s split, %s samples, %s parameters): %d of %d points done, %d to compute",
@@ -210,11 +228,12 @@ def _data(evaluator: PointEvaluator, split: str):
 
 
 def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str | None = None,
-                    probes: int = 4, steps: int = 30, trace_samples: int = 100) -> dict:
+                    probes: int = 4, steps: int = 30, trace_samples: int = 100, trust_file: bool = False) -> dict:
     """At the surface's centre (the trained model): the top-k eigenvalues (descending), the
     smallest, a Hutchinson trace with its standard error and the spectral density (stochastic
-    Lanczos quadrature). Stored in the file's `hessian_centre` group; returned as a dict."""
-    work = HessianWork(path, settings, device)
+    Lanczos quadrature). Stored in the file's `hessian_centre` group; returned as a dict. The file
+    is opened twice: read, then written."""
+    work = HessianWork(path, settings, device, trust_file)
     settings.check()
     evaluator = work.load()
     inputs, targets = _data(evaluator, settings.split)

@@ -101,7 +101,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     if args.centre:
         if args.top_k < 1:
             raise UserError(f"--top-k: {args.top_k} is not valid; expected an integer >= 1")
-        result = centre_spectrum(args.surface, settings, args.top_k, args.device)
+        result = centre_spectrum(args.surface, settings, args.top_k, args.device, trust_file=args.trust_file)
         if args.json:
             print(json.dumps(result))
         else:
@@ -112,11 +112,12 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     env = mpi_environment()
     if env.comm is None:
-        return run(HessianWork(args.surface, settings, args.device))
+        return run(HessianWork(args.surface, settings, args.device, args.trust_file))
     setup_logging(args.verbose, env.rank)
     from .distributed import agree
 
-    return _under_mpi(env, lambda: run(agree(env.comm, HessianWork, args.surface, settings, args.device),
+    return _under_mpi(env, lambda: run(agree(env.comm, HessianWork, args.surface, settings, args.device,
+                                             args.trust_file),
                                        env.comm))
 
 
@@ -357,6 +358,10 @@ def _add_hessian_verb(sub) -> None:
     p.add_argument("--centre", action="store_true", help="the spectrum at the centre instead of the maps")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="with --centre: how many top eigenvalues")
     p.add_argument("--json", action="store_true", help="with --centre: one JSON object on stdout")
+    p.add_argument("--trust-file", action="store_true",
+                   help="import the file's model and data factories from every folder it names and honour its "
+                   "model.trust_checkpoint (runs code its maker chose: files you trust only; without it, only the "
+                   "file's own folder and the working directory are looked in)")
     p.set_defaults(func=cmd_hessian)
 
 
