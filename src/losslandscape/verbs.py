@@ -179,6 +179,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_from_original(args: argparse.Namespace) -> int:
+    from .fromoriginal import translate
+
+    if args.original in (["-h"], ["--help"]):
+        args.verb_parser.print_help()
+        return 0
+    sys.stdout.write(translate(args.original))
+    return 0
+
+
 def _add_spec_verb(sub, name: str, help: str, func, sections=None) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("spec", nargs="?", help="job spec (TOML); omitted = all defaults")
@@ -270,7 +280,23 @@ def build_parser(run_paper: Callable[[argparse.Namespace], int] | None = None) -
     if run_paper is not None:
         _add_paper_verb(sub, run_paper)
     _add_render_verbs(sub)
+    _add_from_original_verb(sub)
     return parser
+
+
+def _add_from_original_verb(sub) -> None:
+    # "+" for options: every word after the verb, "--" or not, is the original's
+    p = sub.add_parser("from-original", prefix_chars="+", add_help=False,
+                       help="print the job spec (TOML) of a plot_surface.py command line of the original code",
+                       description="Translate a command line of the original loss-landscape code's "
+                       "plot_surface.py (its arguments, or the whole pasted line, e.g. mpirun -n 4 python "
+                       "plot_surface.py --model resnet56 ...) into the equivalent job spec, printed as TOML with "
+                       "a comment per line naming the argument it came from, and where our meaning differs. An "
+                       "argument that cannot be expressed is one line on stderr (exit 1) and nothing is printed. "
+                       "Save it and run: losslandscape surface job.toml.")
+    p.add_argument("original", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                   help="plot_surface.py's arguments (-h alone: this help)")
+    p.set_defaults(func=cmd_from_original, verb_parser=p)
 
 
 SURFACE_TABLES = ("model", "data", "directions", "grid", "evaluation", "output")
