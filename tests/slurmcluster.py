@@ -369,7 +369,10 @@ class TwoNodeSlurm(LocalSlurm):
     Unix socket bound to a path is reached through the file system, whatever the network
     namespace). Client commands run here, in the host's namespace, through `self.env` as with
     `LocalSlurm`. The partition places a job on the least loaded node (LLN), so two one-CPU jobs
-    land on two nodes. `stop()` also deletes the bridge and the veth pairs.
+    land on two nodes; `jobs()` gives each job's `NodeList` (no accounting: no sacct). Each node
+    has its own spool folder and TmpFS under `workdir`: Slurm's PMIx plugin makes
+    `spmix_appdir_<job>.<step>` in TmpFS, and two nodes sharing /tmp would both make it (the
+    second step fails with "File exists"). `stop()` also deletes the bridge and the veth pairs.
     """
 
     NODES = ("node1", "node2")
