@@ -136,7 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time 1 and 2 MPI workers (needs mpirun)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the ~124M-parameter memory run (needs transformers, ~2 GB)")
+    parser.add_argument("--coordinator", choices=("on", "off", "only"), default="on",
+                        help="the MPI coordinator with 16, 64 and 256 stand-in workers (coordsim.py; needs mpirun; "
+                        "minutes: 257 processes start); only: nothing else")
     args = parser.parse_args(argv)
+    if args.coordinator == "only":
+        results = {"coordinator": bench_coordinator()}
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory(prefix="ll-bench-") as tmp:
         work = Path(tmp)
@@ -168,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append((f"MPI, {k} worker(s) x 1 thread, compute phase", results["mpi"][k]))
                     rows.append((f"MPI, {k} worker(s) x 1 thread, whole command", results["mpi"][f"{k}_whole_command"]))
         results["hessian"] = bench_hessian()
+        if args.coordinator == "on":
+            results["coordinator"] = bench_coordinator()
         results["streamed"] = bench_streamed(work, ckpt, model)
         if not args.no_memory:
             results["memory"] = bench_memory(work)
@@ -201,6 +211,43 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+COORDINATOR_RUNS = ("1:0:40", "4:0:40", "auto:0:40", "1:0.05:8", "4:0.05:8", "auto:0.05:8")
+
+
+def bench_coordinator(sizes: tuple[int, ...] = (16, 64, 256), runs: tuple[str, ...] = COORDINATOR_RUNS) -> dict:
+    """The real coordinator with N stand-in workers (coordsim.py) under mpirun --oversubscribe:
+    each run "UNIT:SECONDS:PER_WORKER" flat out (0 s a point) and with 50 ms points; requests/s,
+    its CPU per request, the workers' waits and busy share, and 0 points lost or doubled."""
+    import shutil
+
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        return {}
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="ll-coordsim-") as tmp:
+        for n in sizes:
+            cmd = [mpirun, "--oversubscribe", "-n", str(n + 1), sys.executable, "-m", "losslandscape.coordsim",
+                   "--record", str(Path(tmp) / str(n)), "--out", str(Path(tmp) / f"{n}.json")]
+            if os.geteuid() == 0:
+                cmd.insert(1, "--allow-run-as-root")
+            for run in runs:
+                cmd += ["--run", run]
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+            if proc.returncode != 0:
+                raise RuntimeError(f"coordsim with {n} workers failed: {proc.stderr[-2000:]}")
+            out[str(n)] = {"whole_command_s": round(time.perf_counter() - t0, 1),
+                           "runs": json.loads((Path(tmp) / f"{n}.json").read_text())}
+            for r in out[str(n)]["runs"]:
+                print(f"coordinator, {n:3d} workers, unit {r['unit_size']!s:>4}, {1e3 * r['point_seconds']:3.0f} ms a "
+                      f"point: {r['requests_per_s']:8.1f} requests/s, {r['cpu_us_per_request']:6.1f} us CPU a request "
+                      f"({100 * r['cpu_share']:4.1f}% of a core), wait median {r['wait_median_ms']:6.1f} ms, "
+                      f"max {r['wait_max_ms']:6.1f} ms, workers busy {100 * r['worker_busy_share']:4.1f}%, "
+                      f"lost {r['lost']}, twice {r['duplicated']}", flush=True)
+    return out
 
 
 def bench_hessian() -> dict:

@@ -17,7 +17,6 @@ import logging
 import signal
 import sys
 import time
-from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from .environment import MPIEnvironment, mpi_environment
 from .errors import UserError
 from .fileformat import open_h5
 from .grid import split_units
-from .job import Finished, SurfaceWork, Work, begin, evaluator_notes
+from .job import SurfaceWork, Work, begin, evaluator_notes
+from .protocol import POLL_MIN_SECONDS, POLL_SECONDS, TAG_ERROR, TAG_REQUEST, TAG_UNIT, Finished
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def run_serial(work: Work) -> int:
         writer = work.writer(f)
         done = work.done(f)
         with stop.installed():
-            for unit in split_units(prep.pending, work.unit_size):
+            for unit in split_units(prep.pending, resolve_unit_size(work.unit_size)):
                 finished = evaluate_unit(work, evaluator, prep.axes, unit, done, stop)
                 if finished.points:
                     writer.write(finished)
@@ -163,8 +163,6 @@ def evaluate_unit(work, evaluator, axes, unit, done, stop) -> Finished:
 # finish their unit, and otherwise ends the job with MPI_Abort. A step that is itself
 # collective (creating or opening the file under parallel HDF5) aborts the job at once.
 
-TAG_REQUEST, TAG_UNIT, TAG_ERROR = 11, 12, 13
-POLL_SECONDS = 0.005
 DRAIN_SECONDS = 10.0  # how long the coordinator waits for busy workers after an error
 RELEASE_SECONDS = 30.0  # how long a failed worker waits for the coordinator before it aborts
 
@@ -323,29 +321,91 @@ def _evaluate_mpi(work: Work, env: MPIEnvironment, evaluator, prep) -> int:
     return _finish(stopped, prep.path, work)
 
 
-def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag, label: str = "surface") -> tuple[bool, str | None]:
+# evaluation.unit_size = "auto" (issue #22; the figures: coordsim.py, `make bench`). The
+# coordinator serves a request in about 25-50 us of CPU and answers within POLL_SECONDS of
+# its arrival, so a unit should last much longer than that wait and come rarely enough for
+# one core; and the last units should be small, so that workers finish together.
+AUTO_UNITS_PER_WORKER = 4  # guided self-scheduling: a unit is the pending points / (this x workers)
+AUTO_MAX_UNIT = 16  # points a SIGKILLed worker can lose, and the largest unit early in a run
+AUTO_SERIAL_UNIT = 4  # one process or SLURM array tasks: no load to balance; the unit is the flush
+AUTO_WAIT_SHARE = 0.02  # a worker's wait for its next unit: at most this share of the unit's time
+AUTO_LOAD = 0.25  # the coordinator's busy share at most (REQUEST_SECONDS per request)
+REQUEST_SECONDS = 50e-6  # coordinator CPU per request, rounded up from 23-48 us measured at 16-256 workers
+
+
+def resolve_unit_size(unit_size: int | str) -> int:
+    """The points per unit of one process or of a SLURM array's static split: `unit_size`, or
+    AUTO_SERIAL_UNIT for "auto" (the coordinator sizes "auto" units as it goes: `Units`)."""
+    return AUTO_SERIAL_UNIT if unit_size == "auto" else int(unit_size)
+
+
+class Units:
+    """The units still to hand out, in the order of `pending`: of `unit_size` points, or for
+    "auto" (guided self-scheduling) the pending points / (AUTO_UNITS_PER_WORKER x workers),
+    at most AUTO_MAX_UNIT and at least what keeps a worker's wait (POLL_SECONDS) within
+    AUTO_WAIT_SHARE of its unit and the coordinator within AUTO_LOAD of a core, given the
+    seconds per point the workers report (`observe`); but never more than an equal share of
+    what is left, so that near the end the units shrink to single points and workers finish
+    together."""
+
+    def __init__(self, pending: np.ndarray, unit_size: int | str, workers: int):
+        self.pending, self.next = np.asarray(pending, dtype=np.int64), 0
+        self.size = None if unit_size == "auto" else int(unit_size)
+        if self.size is not None and self.size < 1:
+            raise ValueError("unit_size must be >= 1")
+        self.workers, self.floor, self.point_seconds = max(workers, 1), 1, None
+
+    def __len__(self) -> int:
+        return len(self.pending) - self.next
+
+    def observe(self, seconds: list[float]) -> None:
+        """A finished unit's seconds per point (a moving average sets the smallest auto unit)."""
+        if self.size is not None or not seconds:
+            return
+        t = float(np.mean(seconds))
+        self.point_seconds = t if self.point_seconds is None else 0.8 * self.point_seconds + 0.2 * t
+        t = max(self.point_seconds, 1e-9)
+        need = max(POLL_SECONDS / (AUTO_WAIT_SHARE * t), self.workers * REQUEST_SECONDS / (AUTO_LOAD * t))
+        self.floor = int(min(max(np.ceil(need), 1), AUTO_MAX_UNIT))
+
+    def popleft(self) -> np.ndarray:
+        size = self.size
+        if size is None:
+            guided = int(np.ceil(len(self) / (AUTO_UNITS_PER_WORKER * self.workers)))
+            share = int(np.ceil(len(self) / self.workers))  # near the end: no more than an equal share
+            size = min(max(guided, self.floor), share, AUTO_MAX_UNIT)
+        unit = self.pending[self.next:self.next + size]
+        self.next += len(unit)
+        return unit
+
+
+def coordinate(comm, prep, unit_size: int | str, writer, stop: StopFlag, label: str = "surface") -> tuple[bool, str | None]:
     """Rank 0: hand out units on request until none are left. Returns (stopped by a signal,
     the error line if some rank failed). After an error no more work is handed out; workers
     still busy after DRAIN_SECONDS are ended with MPI_Abort.
 
-    Waiting is Iprobe + a short sleep: a blocking receive in Open MPI spins a whole core.
+    Waiting is Iprobe + a short sleep: a blocking receive in Open MPI spins a whole core. The
+    sleep starts at POLL_MIN_SECONDS after a message and doubles up to POLL_SECONDS while none
+    comes: a busy coordinator answers at once, an idle one costs nothing.
     """
     from mpi4py import MPI
 
-    units = deque(split_units(prep.pending, unit_size))
+    units = Units(prep.pending, unit_size, comm.size - 1)
     active = set(range(1, comm.size))
     progress = Progress(prep.total, prep.total - len(prep.pending), label)
     status = MPI.Status()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    error, deadline = None, None
+    error, deadline, nap = None, None, POLL_MIN_SECONDS
     while active:
         if error is not None and time.monotonic() > deadline:
             progress.close()
             _abort(comm, f"{error} (ranks {', '.join(map(str, sorted(active)))} did not finish their unit "
                          f"within {DRAIN_SECONDS:g} s and were ended)")
         if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-            time.sleep(POLL_SECONDS)
+            time.sleep(nap)
+            nap = min(2 * nap, POLL_SECONDS)
             continue
+        nap = POLL_MIN_SECONDS
         worker, tag = status.Get_source(), status.Get_tag()
         message = comm.recv(source=worker, tag=tag)
         if tag == TAG_ERROR:
@@ -359,6 +419,7 @@ def coordinate(comm, prep, unit_size: int, writer, stop: StopFlag, label: str = 
                 if message.results is not None and writer is not None:
                     writer.write(message)  # the worker could not write itself
                 progress.update(len(message.points))
+                units.observe(message.seconds)
             if message is not None and message.stopped and not stop:
                 stop.signum = signal.SIGTERM  # a signalled worker means the job is being stopped
         except Exception as exc:  # the coordinator's own failure ends the job like a worker's

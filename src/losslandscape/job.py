@@ -24,7 +24,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -36,6 +35,7 @@ from .fileformat import A_VALUES, done_masks
 from .lifecycle import Prepared  # noqa: F401 (part of this module's interface)
 from .loading import attach_directions, auto_search_evaluator, endpoint_report, start_evaluator  # noqa: F401
 from .original import Conversion
+from .protocol import Finished  # noqa: F401 (a unit's report; torch-free, for stand-in workers)
 from .surface import NewFile, PointWriter
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,6 @@ PlanT = TypeVar("PlanT")
 MadeT = TypeVar("MadeT")
 Done = dict[str, np.ndarray]  # {name: flat bool}: what each point already has
 Notes = dict[str, str]  # attributes on how this run evaluates (recorded in the file)
-
-
-@dataclass
-class Finished:
-    """The points of a unit evaluated so far, their values (None once the worker has written
-    them itself) and the seconds each took."""
-    points: list[int]
-    results: list[dict[str, Any]] | None
-    seconds: list[float]
-    stopped: bool = False  # the worker was signalled and will take no more work
 
 
 class Writer(Protocol):

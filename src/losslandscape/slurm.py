@@ -27,7 +27,7 @@ import numpy as np
 from . import data as datasets
 from . import fileformat as ff
 from . import surface, userimport
-from .distributed import run
+from .distributed import resolve_unit_size, run
 from .environment import SlurmEnvironment
 from .errors import UserError
 from .fileformat import SUBMISSION, read_submission, shard_dir, shard_files
@@ -159,7 +159,7 @@ def submit(spec, opts: SubmitOptions) -> dict:
         opts.tasks = tasks
     if opts.dry_run:
         return _dry_run(path, opts, pending, spec)
-    shares = assign_tasks(pending, tasks, spec.evaluation.unit_size)
+    shares = assign_tasks(pending, tasks, resolve_unit_size(spec.evaluation.unit_size))
     array_script, _ = render_scripts(path, opts)
     shards.mkdir(exist_ok=True)
     for old in shard_files(path):  # merged above; the new assignment replaces them
@@ -200,7 +200,7 @@ def run_values(spec) -> tuple[str, ...]:
 def _dry_run(path: Path, opts: SubmitOptions, pending: np.ndarray, spec) -> dict:
     tasks = min(opts.tasks, len(pending))
     opts.tasks = max(tasks, 1)
-    shares = assign_tasks(pending, opts.tasks, spec.evaluation.unit_size)
+    shares = assign_tasks(pending, opts.tasks, resolve_unit_size(spec.evaluation.unit_size))
     array_script, merge_script = render_scripts(path, opts)
     shards = shard_dir(path)
     print(f"# dry run: {len(pending)} pending points of {path} over {tasks} array tasks "

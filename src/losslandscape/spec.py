@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,8 +128,8 @@ class Evaluation:
     """auto (cuda if present, else cpu) | cpu | cuda | cuda:N."""
     threads: int = 0
     """CPU threads per process; 0 = cores / processes on this node."""
-    unit_size: int = 4
-    """grid points per work unit (and per flush of the surface file)."""
+    unit_size: int | Literal["auto"] = 4
+    """grid points per work unit (and per flush of the surface file); auto = sized by the MPI coordinator from its number of workers, the points left and the seconds a point takes (4 in one process)."""
 
 
 @dataclass
@@ -200,8 +201,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        return f'"{args[0]}"' if len(args) == 1 else "one of " + ", ".join(str(a) for a in args)
     if origin is list:
         return "a list of " + _describe(typing.get_args(tp)[0])
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
@@ -211,6 +215,13 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
     """Check (and, for command-line text, parse) one value against its annotation."""
     origin = typing.get_origin(tp)
     bad = UserError(f"{key}: {value!r} is not valid; expected {_describe(tp)}")
+    if origin in (typing.Union, types.UnionType):  # e.g. an integer or "auto": the first that fits
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(key, value, option, from_text)
+            except UserError:
+                pass
+        raise bad
     if origin is list:
         (item,) = typing.get_args(tp)
         if from_text:
@@ -277,8 +288,10 @@ def _validate(spec: Spec) -> None:
     """Constraints beyond types; the grid axes are checked by grid.py."""
     from .grid import parse_axis
 
+    if spec.evaluation.unit_size != "auto" and spec.evaluation.unit_size < 1:
+        raise UserError(f'evaluation.unit_size: {spec.evaluation.unit_size} is not valid; expected an integer >= 1 '
+                        'or "auto"')
     positive = {
-        "evaluation.unit_size": spec.evaluation.unit_size,
         "train.epochs": spec.train.epochs,
         "train.batch_size": spec.train.batch_size,
         "train.save_every": spec.train.save_every,
@@ -415,6 +428,8 @@ def add_override_arguments(parser: argparse.ArgumentParser, sections: tuple[str,
 
 def _metavar(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return "|".join(_metavar(a).strip("{}") for a in typing.get_args(tp))
     if origin is Literal:
         return "{" + ",".join(str(a) for a in typing.get_args(tp)) + "}"
     if origin is list:
