@@ -4,8 +4,8 @@ The cluster (tests/slurmcluster.py `TwoNodeSlurm`) runs each slurmd in its own n
 namespace (host names node1 and node2, addresses on a bridge), shares the file system, and is
 started once for this module and stopped by pid at its end. A tiny model (a factory beside the
 job spec) marks where it ran forward passes at moved weights (grid points, not the start-up probe):
-its host name and SLURM's rank and node-local rank there, the independent account the job's own
-log lines are checked against.
+its host name and the rank and node-local rank its launcher (srun or mpirun) gave it, the
+independent account the job's own log lines are checked against.
 When the cluster cannot be started, the tests fail with the reason: they are never skipped.
 """
 
@@ -59,9 +59,10 @@ class Tiny(nn.Module):
     def forward(self, x):
         if not torch.equal(self.body[1].weight, self.start):  # a grid point's pass, not the start-up probe
             self.moved += 1
-            MARKS.mkdir(exist_ok=True)  # where it ran, by SLURM's account, and how many such passes
+            MARKS.mkdir(exist_ok=True)  # where it ran, by the launchers' account, and how many such passes
+            keys = ("SLURM_PROCID", "SLURM_LOCALID", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK")
             (MARKS / f"{socket.gethostname()}.{os.getpid()}").write_text(
-                f"{os.environ.get('SLURM_PROCID', '')} {os.environ.get('SLURM_LOCALID', '')} {self.moved}")
+                " ".join(os.environ.get(k, "-") for k in keys) + f" {self.moved}")
         time.sleep(0.02)  # a point takes long enough that every worker gets units
         return self.body(x)
 
@@ -180,16 +181,22 @@ def test_array_tasks_land_on_both_nodes_and_the_merge_equals_one_process(cluster
     assert_equals_reference(surf, job["ref"])
 
 
-def test_one_mpi_job_over_both_nodes_writes_one_file(cluster, job):
-    """`srun --mpi=pmix` over 2 nodes x 2 ranks: rank 0 coordinates on node1, worker 0 of 1 beside it,
-    workers 0 and 1 of 2 on node2; each worker evaluates and writes its points through parallel
-    HDF5 into the one file, equal to one process."""
+@pytest.mark.parametrize("launcher", ["srun", "mpirun"])
+def test_one_mpi_job_over_both_nodes_writes_one_file(cluster, job, launcher):
+    """One job over 2 nodes x 2 ranks (`srun --mpi=pmix`, or Open MPI's mpirun in the allocation):
+    rank 0 coordinates on node1, worker 0 of 1 beside it, workers 0 and 1 of 2 on node2; each
+    worker evaluates and writes its points through parallel HDF5 into the one file, equal to one
+    process."""
     d = job["dir"]
-    srun = subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, env=cluster.env)
-    assert "pmix" in srun.stdout + srun.stderr, "this Slurm has no PMIx plugin: " + srun.stdout + srun.stderr
-    surf, out = d / "mpi.h5", d / "mpi.out"
-    script = d / "mpi.sh"
-    script.write_text(f"#!/bin/bash\nsrun --mpi=pmix {sys.executable} -m losslandscape surface {job['toml']} "
+    if launcher == "srun":
+        plugins = subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, env=cluster.env)
+        assert "pmix" in plugins.stdout + plugins.stderr, f"this Slurm has no PMIx plugin: {plugins.stdout}"
+        start = "srun --mpi=pmix"
+    else:
+        start = "mpirun --allow-run-as-root -n 4"  # 4 slots: the allocation's, 2 per node
+    surf, out = d / f"{launcher}.h5", d / f"{launcher}.out"
+    script = d / f"{launcher}.sh"
+    script.write_text(f"#!/bin/bash\n{start} {sys.executable} -m losslandscape surface {job['toml']} "
                       f"--output.surface={surf}\n")
     before = set((d / "marks").iterdir()) if (d / "marks").exists() else set()
     run = cluster.sbatch(["--nodes=2", "--ntasks-per-node=2", "-o", str(out), str(script)], cwd=d)
@@ -201,12 +208,14 @@ def test_one_mpi_job_over_both_nodes_writes_one_file(cluster, job):
     assert places == {0: ("node1", "coordinator"), 1: ("node1", "worker 0 of 1 on this node"),
                       2: ("node2", "worker 0 of 2 on this node"), 3: ("node2", "worker 1 of 2 on this node")}, text
     assert "3 workers; workers write through parallel HDF5" in text
-    # SLURM's account of where each process that evaluated grid points ran (the model's marks)
+    # the launcher's account of where each process that evaluated grid points ran (the model's marks)
     marks = {}
     for mark in set((d / "marks").iterdir()) - before:
-        rank, local, passes = map(int, mark.read_text().split())
-        marks[rank] = (mark.name.split(".")[0], local)
-        assert passes > 0
+        slurm_rank, slurm_local, mpi_rank, mpi_local, passes = mark.read_text().split()
+        # under mpirun, SLURM's ids are those of the per-node daemon srun started, not the ranks'
+        rank, local = (slurm_rank, slurm_local) if launcher == "srun" else (mpi_rank, mpi_local)
+        marks[int(rank)] = (mark.name.split(".")[0], int(local))
+        assert int(passes) > 0
     assert sorted(marks) == [1, 2, 3], marks  # every worker evaluated (and wrote) points; rank 0 none
     for rank, (node, local) in marks.items():
         assert places[rank][0] == node
