@@ -210,7 +210,9 @@ surface = "{surf}"
         proc.stderr.close()
         assert proc.returncode != 0, f"round {len(seen)} ({stage}) finished before it was killed:\n{err[-2000:]}"
         seen.append((stage, state))
-        log.info("round %d: %s, killed after %.2f s, left %s", len(seen), stage, time.monotonic() - started, state)
+        beside = sorted(p.name for p in d.iterdir() if p.name.startswith((".", "s.h5.")))
+        log.info("round %d: %s, killed after %.2f s, left %s; beside the surface: %s", len(seen), stage,
+                 time.monotonic() - started, state, beside)
     log.info("chaos rounds (stage, file at the kill): %s", seen)
     assert ("creating", "creating") in seen, f"no kill landed while the file was being created: {seen}"
     assert any(isinstance(s, int) and 0 < s < N for _, s in seen), f"no kill while points were written: {seen}"
@@ -224,5 +226,6 @@ surface = "{surf}"
     assert got["done"].all()
     for k in VALUES:
         np.testing.assert_allclose(got[k], clean[k], rtol=1e-6, atol=1e-6)
-    # nothing a killed run made is left beside the surface (temporary files, locks)
-    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []
+    # nothing a killed run made is left beside the surface (temporary files, probes, write locks)
+    assert sorted(p.name for p in d.iterdir() if p.name != "__pycache__") == [
+        "chaos_tiny.py", "clean.h5", "job.toml", "s.h5"]
