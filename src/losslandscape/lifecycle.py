@@ -7,6 +7,11 @@ a new run opens it twice before the evaluation (create, under a temporary name; 
 read-only), a resume twice too (plan and prepare, read-only), plus once read-write when the
 run asks for a split or evaluates in a way the file does not record yet; the evaluation then
 opens it once more. A converted original file adds the plan's read of the original.
+
+The plan takes the file's write lock (writelock.py: one writer per file; a shard's task takes
+its shard's), released when the run ends. `make` reserves the room the new file needs before
+any rank writes (fileformat.check_room): no room, a quota or a read-only folder is one line
+naming the path, the cause and the room, not a traceback and a half-made file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import fileformat as ff
-from . import surface
+from . import surface, writelock
 from .autorange import auto_range
 from .errors import UserError
 from .grid import AUTO_MARGIN, GridAxes, auto_axis, auto_points, is_auto, parse_axis
@@ -32,6 +37,7 @@ from .original import Conversion, make_conversion, plan_conversion
 log = logging.getLogger(__name__)
 
 Grid = tuple[str, str]  # (grid.x, grid.y) as "lo:hi:n" ("" for no y axis)
+NOTES_ROOM = 256 << 10  # bytes reserved before notes are added to a file (they take a few KiB)
 
 
 @dataclass
@@ -82,6 +88,7 @@ def plan(spec) -> Plan:
     one, or resume one that fits the spec (anything else is refused: one line, and the file,
     only ever opened read-only, stays byte-for-byte untouched). Rank 0 opens it once."""
     path = Path(spec.output.surface)
+    take_lock(path)
     if not path.exists():
         return NewSurface(spec, path, run_identity(spec))
     with ff.open_h5(path, "r") as f:
@@ -101,6 +108,18 @@ def plan(spec) -> Plan:
         raise UserError(f"directions: the surface file {path} holds other directions than this spec makes "
                         "(a different seed, checkpoint or library version); choose another output.surface")
     return Resume(path, grid)
+
+
+def take_lock(path: Path, what: str = "computing the surface") -> None:
+    """This process becomes the one writer of the surface file (writelock.py): refused, one line
+    naming the other, while another job writes it or an array task writes one of its shards."""
+    writelock.acquire(path, what)
+    for shard in ff.shard_files(path):
+        holder = writelock.busy(shard)
+        if holder is not None:
+            writelock.release(path)
+            raise UserError(f"output.surface: {path} has an array task at work on its shard {shard.name}: "
+                            f"{writelock.describe(holder)}; wait for the array job and its merge, or scancel it")
 
 
 def _stored_grid(spec, f) -> Grid:
@@ -124,14 +143,18 @@ def make(p: NewSurface | Conversion, centre=None) -> surface.NewFile:
     process's model at its base point on the CPU, used for directions that depend on its
     weights alone (random, interpolate, file) instead of building another copy."""
     if isinstance(p, Conversion):
-        return make_conversion(p)
+        new = make_conversion(p)
+        ff.check_new_file(new)
+        return new
     spec = p.spec
     reuse = centre is not None and spec.directions.kind in ("random", "interpolate", "file")
     x, y, info = make_directions(spec, centre if reuse else base_model(spec))
     grid = resolve_new_grid(spec, info, (x, y))
     warn_off_grid(grid)
     spec = with_grid(spec, grid)
-    return surface.NewFile(p.path, GridAxes.from_spec(spec.grid), spec, p.ident, x, y, info)
+    new = surface.NewFile(p.path, GridAxes.from_spec(spec.grid), spec, p.ident, x, y, info)
+    ff.check_new_file(new)  # here, on rank 0 before any rank writes: a full disk is one line, not an abort
+    return new
 
 
 def resolve_new_grid(spec, info: dict, directions: tuple) -> Grid:
@@ -222,14 +245,15 @@ def prepare(path: Path, splits: list[str], created: bool, notes: dict[str, str] 
         attrs = surface.run_notes(f, splits, notes)
         line = surface.summary_line(path, f, splits, len(todo))
     if attrs:
-        with ff.open_h5(path, "r+") as f:
+        with ff.writing(path, room=NOTES_ROOM) as f:
             f.attrs.update(attrs)
     log.info("%s %s", "created" if created else "resuming", line)
     return Prepared(path, axes, todo, axes.size, created, grid=grid, values=values)
 
 
 def read_shard(shard: Path, splits: list[str]) -> Prepared:
-    """The points of a SLURM array task's shard file that are not done yet (one open)."""
+    """The points of a SLURM array task's shard file that are not done yet (one open). The
+    task becomes the shard's one writer (writelock.py)."""
     with ff.open_h5(shard, "r", field="shard") as f:
         ff.check_shard(f, shard)
         points = np.asarray(f[ff.POINTS], dtype=np.int64)
@@ -237,6 +261,7 @@ def read_shard(shard: Path, splits: list[str]) -> Prepared:
         axes = GridAxes(*ff.axes_arrays(f))
         main = Path(f.attrs[ff.A_SURFACE])
         values = ff.file_values(f)
+    writelock.acquire(shard, "an array task", field="shard")
     missing = np.zeros(len(points), dtype=bool)
     for split in splits:
         missing |= ~done[split][points]

@@ -60,7 +60,9 @@ def adopt_if_original(spec) -> bool:
         if not ff.is_original(f):
             return False
         conversion = plan_conversion(spec, path, f)
-    make_conversion(conversion).write()
+    new = make_conversion(conversion)
+    ff.check_new_file(new)
+    new.write()
     return True
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import data as datasets
 from . import fileformat as ff
-from . import surface, userimport
+from . import surface, userimport, writelock
 from .distributed import resolve_unit_size, run
 from .environment import SlurmEnvironment
 from .errors import UserError
@@ -239,6 +239,13 @@ def merge(surface_path: Path, force: bool = False) -> int:
     Refused while the submission's array tasks are still queued or running (they are still
     writing their shards; the merge job runs after them), unless `force`."""
     surface_path = Path(surface_path)
+    if not surface_path.is_file():
+        return _merge(surface_path, force)  # refused there, one line
+    with writelock.holding(surface_path, "merging shards", "merge"):
+        return _merge(surface_path, force)
+
+
+def _merge(surface_path: Path, force: bool) -> int:
     shards = shard_files(surface_path)
     sub = read_submission(surface_path)
     if not force and sub.get("array_job"):
@@ -265,7 +272,7 @@ def merge(surface_path: Path, force: bool = False) -> int:
                     todo.append((path, new))
     copied = 0
     if todo:
-        with ff.open_h5(surface_path, "r+") as surf:
+        with ff.writing(surface_path, "merge") as surf:  # a full disk: one line, the points merged before kept
             for path, new in todo:
                 with ff.open_h5(path, "r", field="shard") as shard:
                     n = surface.copy_points(shard, surf, new)
