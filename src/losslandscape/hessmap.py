@@ -12,6 +12,10 @@ the split (or a fixed, seeded subset of it), BatchNorm in eval mode; the numeric
 hessian.py. It is taken with respect to the parameters the surface moves (its spec's
 directions.include / exclude / trainable_only; all of them by default), the others held
 fixed: the sub-Hessian of the moved set, of its tensors of 2+ dimensions with --params weights.
+
+Writing the maps takes the surface file's write lock (writelock.py), and adding their datasets
+or the centre's spectrum first reserves their room (fileformat.check_room): a full disk is one
+line, the surface untouched.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ from .hessian import (HessianOperator, extreme_eigenvalues, hessian_params, hutc
 from .job import Done, Finished, Notes
 from .lifecycle import Prepared
 from .loading import attach_directions, start_evaluator
+from . import writelock
 
 log = logging.getLogger(__name__)
 
 CENTRE = ff.HESSIAN_CENTRE
+CENTRE_ROOM = 256 << 10  # bytes reserved before the maps or the centre's spectrum are added to the file
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,10 @@ class HessianWork:
 
     def plan(self) -> Settings | None:
         """Rank 0: the maps' settings when their datasets are to be created, or None when they
-        exist with the same settings; other settings on a map with computed points are refused."""
+        exist with the same settings; other settings on a map with computed points are refused.
+        Takes the surface file's write lock (writelock.py) for as long as this object lives."""
         self.settings.check()
+        writelock.acquire(self.path, "computing the Hessian maps", "hessian", owner=self)
         if self._read.done is None:
             return self.settings
         computed = int(self._read.done.sum())
@@ -133,8 +141,12 @@ class HessianWork:
         return True
 
     def create(self, settings: Settings, notes: Notes, comm=None) -> None:
-        """Add the maps' datasets (structure: collective under MPI)."""
-        with ff.open_h5(self.path, "r+", comm) as f:
+        """Add the maps' datasets (structure: collective under MPI), after rank 0 has reserved
+        their room: a full disk is one line, the surface file untouched (ff.check_room)."""
+        if comm is None or comm.rank == 0:
+            ff.check_room(self.path, maps_nbytes(self._read.axes.size), field="hessian",
+                          what="the eigenvalue maps of")
+        with ff.writing(self.path, "hessian", comm=comm) as f:
             shape = f[ff.done_name(ff.SPLITS[0])].shape
             for name in (*ff.EIG_MAPS, ff.EIG_DONE):
                 if name in f:
@@ -209,6 +221,15 @@ class EigenWriter:
         self.shape = self.ds[ff.EIG_DONE].shape
 
     def write(self, unit: Finished) -> None:
+        """A write the file system refuses ends the process with one line (ff.write_failed)."""
+        try:
+            self._write(unit)
+        except Exception as exc:
+            if ff.failed_write(exc):
+                ff.write_failed(self.f.filename, exc, "hessian")
+            raise
+
+    def _write(self, unit: Finished) -> None:
         index = [np.unravel_index(int(p), self.shape) for p in unit.points]
         for idx, res in zip(index, unit.results):
             for name, value in zip(ff.EIG_MAPS, res["eig"]):
@@ -219,6 +240,13 @@ class EigenWriter:
             self.ds[ff.EIG_DONE][idx] = 1
         if self.flush:
             self.f.flush()
+
+
+def maps_nbytes(points: int) -> int:
+    """About the bytes the maps of a grid of `points` points add to the surface file: two float64
+    maps and a uint8 flag per point, their headers and attributes (the grid's size is known from
+    HessianWork's one read: no extra open of the file)."""
+    return points * 17 + CENTRE_ROOM
 
 
 def _data(evaluator: PointEvaluator, split: str):
@@ -247,7 +275,8 @@ def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str 
               "parameters": op.dim, "top_eigenvalues": top, "min_eigenvalue": smallest,
               "ratio_min_max": abs(smallest / top[0]) if top and top[0] else None,
               "trace": trace, "trace_stderr": stderr, "hutchinson_samples": trace_samples}
-    with ff.open_h5(path, "r+") as f:
+    with writelock.holding(path, "computing the Hessian spectrum", "hessian"), \
+            ff.writing(path, "hessian", room=CENTRE_ROOM + 16 * len(grid)) as f:
         ff.write_centre_spectrum(f, top, grid, density,
                                  {k: v for k, v in result.items() if k not in ("top_eigenvalues", "file")})
     result["density"] = {"grid": grid.tolist(), "density": density.tolist()}

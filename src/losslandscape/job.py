@@ -102,9 +102,9 @@ class SurfaceWork:
 
     def plan(self) -> lifecycle.NewSurface | Conversion | None:
         if self.shard is not None:  # a damaged or foreign shard fails here, once, before anything loads
-            self._shard = lifecycle.read_shard(self.shard, self.splits)
+            self._shard = lifecycle.read_shard(self.shard, self.splits, owner=self)
             return None
-        p = lifecycle.plan(self.spec)
+        p = lifecycle.plan(self.spec, owner=self)  # the file's write lock lasts as long as this object
         if isinstance(p, lifecycle.Resume):
             self.grid = p.grid
             return None

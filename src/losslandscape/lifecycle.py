@@ -9,7 +9,7 @@ run asks for a split or evaluates in a way the file does not record yet; the eva
 opens it once more. A converted original file adds the plan's read of the original.
 
 The plan takes the file's write lock (writelock.py: one writer per file; a shard's task takes
-its shard's), released when the run ends. `make` reserves the room the new file needs before
+its shard's), released when the job's Work object is dropped (the run is over) or at exit. `make` reserves the room the new file needs before
 any rank writes (fileformat.check_room): no room, a quota or a read-only folder is one line
 naming the path, the cause and the room, not a traceback and a half-made file.
 """
@@ -83,12 +83,12 @@ def with_grid(spec, grid: Grid):
     return out
 
 
-def plan(spec) -> Plan:
+def plan(spec, owner: object = None) -> Plan:
     """What the run does with its surface file, read-only: make a new one, convert an original
     one, or resume one that fits the spec (anything else is refused: one line, and the file,
     only ever opened read-only, stays byte-for-byte untouched). Rank 0 opens it once."""
     path = Path(spec.output.surface)
-    take_lock(path)
+    take_lock(path, owner=owner)
     if not path.exists():
         return NewSurface(spec, path, run_identity(spec))
     with ff.open_h5(path, "r") as f:
@@ -110,10 +110,11 @@ def plan(spec) -> Plan:
     return Resume(path, grid)
 
 
-def take_lock(path: Path, what: str = "computing the surface") -> None:
+def take_lock(path: Path, what: str = "computing the surface", owner: object = None) -> None:
     """This process becomes the one writer of the surface file (writelock.py): refused, one line
-    naming the other, while another job writes it or an array task writes one of its shards."""
-    writelock.acquire(path, what)
+    naming the other, while another job writes it or an array task writes one of its shards.
+    Held until `owner` (the job's Work) is dropped, or the process ends."""
+    writelock.acquire(path, what, owner=owner)
     for shard in ff.shard_files(path):
         holder = writelock.busy(shard)
         if holder is not None:
@@ -251,7 +252,7 @@ def prepare(path: Path, splits: list[str], created: bool, notes: dict[str, str] 
     return Prepared(path, axes, todo, axes.size, created, grid=grid, values=values)
 
 
-def read_shard(shard: Path, splits: list[str]) -> Prepared:
+def read_shard(shard: Path, splits: list[str], owner: object = None) -> Prepared:
     """The points of a SLURM array task's shard file that are not done yet (one open). The
     task becomes the shard's one writer (writelock.py)."""
     with ff.open_h5(shard, "r", field="shard") as f:
@@ -261,7 +262,7 @@ def read_shard(shard: Path, splits: list[str]) -> Prepared:
         axes = GridAxes(*ff.axes_arrays(f))
         main = Path(f.attrs[ff.A_SURFACE])
         values = ff.file_values(f)
-    writelock.acquire(shard, "an array task", field="shard")
+    writelock.acquire(shard, "an array task", field="shard", owner=owner)
     missing = np.zeros(len(points), dtype=bool)
     for split in splits:
         missing |= ~done[split][points]

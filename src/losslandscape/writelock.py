@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import socket
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,13 +161,20 @@ def _alive(info: dict | None, record_lock: bool | None) -> bool | None:
     return _slurm_job_running(info.get("slurm_job_id"))
 
 
-def acquire(path: str | Path, what: str, field: str = "output.surface") -> None:
+def acquire(path: str | Path, what: str, field: str = "output.surface", owner: object = None) -> None:
     """Hold the write lock of `path` (re-entrant within this process): a live holder elsewhere is
-    a UserError naming it; a stale lock is taken over. Released by `release` or at exit."""
+    a UserError naming it; a stale lock is taken over. Released by `release`, when `owner` (the
+    job's Work object) is garbage-collected (a finished run drops it), or at exit."""
     key = _key(path)
-    if key in _held:
+    if key not in _held:
+        _take(path, key, what, field)
+    else:
         _held[key].count += 1
-        return
+    if owner is not None:
+        weakref.finalize(owner, release, path)
+
+
+def _take(path, key: str, what: str, field: str) -> None:
     lock = Path(key)
     me = _me(what)
     try:
