@@ -199,7 +199,7 @@ def test_command_line_mistakes_are_one_line_exit_1(tmp_path, args, words):
 
 
 @pytest.mark.parametrize("verb", ["models", "train", "surface", "directions", "submit", "task", "merge", "status",
-                                  "render", "summary", "hessian", "trajectory", "paper"])
+                                  "render", "summary", "hessian", "trajectory", "paper", "from-original"])
 def test_every_verb_describes_itself(tmp_path, verb):
     result = losslandscape(verb, "--help", cwd=tmp_path)
     assert result.returncode == 0

@@ -39,8 +39,10 @@ def _spec_from_args(args: argparse.Namespace) -> specs.Spec:
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import list_models
 
-    for name, count in list_models():
-        print(f"{name:<20} {count / 1e6:8.2f}M  ({count:,} parameters)")
+    rows = list_models()
+    width = max(len(name) for name, _ in rows)
+    for name, count in rows:
+        print(f"{name:<{width}} {count / 1e6:8.2f}M  ({count:,} parameters)")
     return 0
 
 
