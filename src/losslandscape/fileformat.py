@@ -290,6 +290,15 @@ def fs_cause(code: int | None, folder: Path, need: int = 0) -> str:
     return text
 
 
+def sweep_probes(path: str | Path) -> None:
+    """Remove the room probes beside `path` that a killed process left (its pid is gone)."""
+    path = Path(path)
+    for probe in path.parent.glob(f".{path.name}.room-*"):
+        pid = probe.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            probe.unlink(missing_ok=True)
+
+
 def check_room(path: str | Path, nbytes: int, field: str = "output.surface", what: str = "") -> None:
     """Reserve `nbytes` beside `path` (a probe file, posix_fallocate, removed at once): one
     UserError naming the path, the cause and the room needed where they cannot be written there

@@ -168,6 +168,7 @@ def acquire(path: str | Path, what: str, field: str = "output.surface", owner: o
     key = _key(path)
     if key not in _held:
         _take(path, key, what, field)
+        _sweep(Path(key), path)
     else:
         _held[key].count += 1
     if owner is not None:
@@ -239,6 +240,20 @@ def _create(lock: Path, me: dict, field: str, path) -> int | None:
     finally:
         tmp.unlink(missing_ok=True)
     return fd
+
+
+def _sweep(lock: Path, path) -> None:
+    """The writer, now alone, removes what a process killed at the wrong moment left beside the
+    file: the temporary of a lock (.<file>.lock.<host>.<pid>) and a room probe, where that pid is
+    gone from this host."""
+    from .fileformat import sweep_probes
+
+    host = socket.gethostname()
+    for tmp in lock.parent.glob(f".{lock.name}.{host}.*"):
+        pid = tmp.name.rsplit(".", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and _start_time(int(pid)) is None:
+            tmp.unlink(missing_ok=True)
+    sweep_probes(path)
 
 
 def _same_file(lock: Path, fd: int) -> bool:
