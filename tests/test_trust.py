@@ -179,8 +179,7 @@ def test_reading_verbs_import_nothing_from_a_file(made, tmp_path, capsys, monkey
 
 def test_hessian_opens_its_file_three_times_then_twice(made, tmp_path, monkeypatch, capsys):
     """Rank 0 of the maps: read, create, evaluate on a new run; read, evaluate on a resume
-    (five and four before #19); read alone when nothing is left; --centre: read, write.
-    Counted by wrapping h5py.File."""
+    (five and four before #19); read alone when nothing is left. Counted by wrapping h5py.File."""
     from losslandscape import cli as main
 
     path = received(made, tmp_path / "inbox")
@@ -205,9 +204,6 @@ def test_hessian_opens_its_file_three_times_then_twice(made, tmp_path, monkeypat
         f["eig_done"][0, 0] = 0
     opened.clear()
     assert main.main(["hessian", str(path), *quick]) == 0  # a resume
-    assert opened == [str(path)] * 2
-    opened.clear()
-    assert main.main(["hessian", str(path), *quick, "--centre", "--top-k", "1"]) == 0
     assert opened == [str(path)] * 2
     with h5py.File(path, "r") as f:
         assert f["eig_done"][...].all()

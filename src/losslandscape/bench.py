@@ -17,6 +17,10 @@ point) and against the same images as in-memory tensors, 4x4 grid.
 Memory (`memory`): peak resident memory of a surface run on a GPT-2-small-sized model
 (about 124M parameters, random init, a few short sequences, CPU) as a multiple of its
 weights' bytes.
+
+The coordinator (`coordinator`): the real MPI coordinator with 16, 64 and 256 stand-in workers
+without a model (coordsim.py) under mpirun --oversubscribe: requests/s, its CPU per request,
+the workers' waits and busy share for unit sizes 1, 4 and auto, and no point lost or doubled.
 """
 
 from __future__ import annotations
@@ -213,13 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COORDINATOR_RUNS = ("1:0:40", "4:0:40", "auto:0:40", "1:0.05:8", "4:0.05:8", "auto:0.05:8")
+# UNIT:SECONDS:PER_WORKER: flat out (the coordinator's limit), then 2 s of work per worker in
+# 50 ms points (unit 1 waits too often) and in 200 ms points, 10 a worker (unit 4 ends unevenly)
+COORDINATOR_RUNS = ("1:0:40", "4:0:40", "auto:0:40", "1:0.05:40", "4:0.05:40", "auto:0.05:40",
+                    "1:0.2:10", "4:0.2:10", "auto:0.2:10")
 
 
 def bench_coordinator(sizes: tuple[int, ...] = (16, 64, 256), runs: tuple[str, ...] = COORDINATOR_RUNS) -> dict:
     """The real coordinator with N stand-in workers (coordsim.py) under mpirun --oversubscribe:
-    each run "UNIT:SECONDS:PER_WORKER" flat out (0 s a point) and with 50 ms points; requests/s,
-    its CPU per request, the workers' waits and busy share, and 0 points lost or doubled."""
+    each run of COORDINATOR_RUNS: requests/s, its CPU per request, the workers' waits and busy
+    share, and 0 points lost or doubled."""
     import shutil
 
     mpirun = shutil.which("mpirun")
