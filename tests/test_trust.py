@@ -115,6 +115,23 @@ def test_a_received_file_is_refused_unless_trusted(made, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_python_interface_trusts_a_file_only_when_told(made, tmp_path):
+    path = with_maps(received(made, tmp_path / "inbox"))
+    code = ("import sys, losslandscape as ll\n"
+            "try:\n"
+            f"    ll.compute_hessian({str(path)!r}, samples=20, trust_file=sys.argv[1] == 'yes')\n"
+            "except ll.UserError as e:\n"
+            "    print(e); sys.exit(3)\n")
+    run = lambda answer: subprocess.run([str(BIN / "python"), "-c", code, answer], capture_output=True, text=True,
+                                        timeout=300, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run("no")
+    assert proc.returncode == 3 and "--trust-file" in proc.stdout and not (made / "MARKER").exists(), proc
+    proc = run("yes")
+    assert proc.returncode == 0, proc.stderr
+    assert (made / "MARKER").exists()
+
+
+@pytest.mark.slow
 def test_the_files_own_folder_and_the_working_directory_are_the_users(made, tmp_path):
     path = with_maps(received(made, tmp_path / "inbox"))
     proc = cli("hessian", path, "--samples", "20", cwd=made)  # the factory in the working directory

@@ -70,15 +70,18 @@ def compute_trajectory(model: torch.nn.Module, checkpoints: str, train: Data | N
 
 
 def compute_hessian(surface: str | Path, *, split: str = "train", samples: int = 0, params: str = "all",
-            tol: float = 1e-3, centre: bool = False, top_k: int = 5, device: str | None = None):
+            tol: float = 1e-3, centre: bool = False, top_k: int = 5, device: str | None = None,
+            trust_file: bool = False):
     """The `hessian` verb on a surface file: the maps of the extreme eigenvalues over its grid
     (returns the Surface, with `s.eig`), or with `centre=True` the spectrum at the trained
     model (returns a dict). A surface computed in this process from a live model and tensors
-    can be used; one from another process needs its model and data as module:factory names."""
+    can be used; one from another process needs its model and data as module:factory names,
+    imported from the file's own folder or the working directory, or, with `trust_file=True`,
+    from the folders the file names (runs code its maker chose: files you trust only)."""
     settings = Settings(split, samples, params, tol)
     if centre:
-        return centre_spectrum(Path(surface), settings, top_k, device)
-    code = run_serial(HessianWork(Path(surface), settings, device))
+        return centre_spectrum(Path(surface), settings, top_k, device, trust_file=trust_file)
+    code = run_serial(HessianWork(Path(surface), settings, device, trust_file))
     if code != 0:
         log.warning("stopped early: %s holds the points computed so far; call again to finish", surface)
     return load_surface(surface)
