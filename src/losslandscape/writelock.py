@@ -63,6 +63,10 @@ class _Held:
     fd: int
     path: Path  # the lock file
     count: int = 1
+    generation: int = 0  # tells this hold from a later one of the same file
+
+
+_generations = iter(range(1, 1 << 62))
 
 
 _held: dict[str, _Held] = {}
@@ -171,8 +175,8 @@ def acquire(path: str | Path, what: str, field: str = "output.surface", owner: o
         _sweep(Path(key), path)
     else:
         _held[key].count += 1
-    if owner is not None:
-        weakref.finalize(owner, release, path)
+    if owner is not None:  # released with the owner, unless this hold has ended (and another begun) by then
+        weakref.finalize(owner, _release_hold, path, _held[key].generation)
 
 
 def _take(path, key: str, what: str, field: str) -> None:
@@ -186,7 +190,7 @@ def _take(path, key: str, what: str, field: str) -> None:
     for _ in range(20):
         fd = _create(lock, me, field, path)
         if fd is not None:
-            _held[key] = _Held(fd, lock)
+            _held[key] = _Held(fd, lock, generation=next(_generations))
             return
         try:
             fd = os.open(lock, os.O_RDWR)
@@ -203,7 +207,7 @@ def _take(path, key: str, what: str, field: str) -> None:
         if alive is False:
             if state is True:  # ours now, in place: nobody else can take it over meanwhile
                 _write(fd, me)
-                _held[key] = _Held(fd, lock)
+                _held[key] = _Held(fd, lock, generation=next(_generations))
             else:  # no record locks: remove it and make ours
                 os.close(fd)
                 Path(lock).unlink(missing_ok=True)
@@ -300,6 +304,12 @@ def release(path: str | Path) -> None:
     except OSError:
         pass
     os.close(held.fd)
+
+
+def _release_hold(path: str | Path, generation: int) -> None:
+    held = _held.get(_key(path))
+    if held is not None and held.generation == generation:
+        release(path)
 
 
 def release_all() -> None:
