@@ -127,7 +127,7 @@ def test_a_surface_run_is_refused_while_an_array_task_writes_its_shard(tmp_path)
         task.send_signal(signal.SIGKILL)
         task.wait()
     # the task's lock is stale now: the surface run starts (stopped at once by SIGTERM: resumable)
-    proc = start(ll("surface", spec), tmp_path)
+    proc = start(ll("surface", spec), tmp_path, WL_SLEEP="0.5")
     wait_until(lambda: done_count(surf) > 0, proc, "the surface run starts after the task was killed")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 3, proc.communicate()[1][-2000:]
