@@ -274,7 +274,16 @@ class PointWriter:
 
     def write(self, unit) -> None:
         """`unit` (job.Finished): its results are {split: (loss, accuracy)} per point, the
-        accuracy NaN where the loss defines none (then the file has no accuracy to write)."""
+        accuracy NaN where the loss defines none (then the file has no accuracy to write).
+        A write the file system refuses ends the process with one line (ff.write_failed)."""
+        try:
+            self._write(unit)
+        except Exception as exc:
+            if ff.failed_write(exc):
+                ff.write_failed(self.f.filename, exc)
+            raise
+
+    def _write(self, unit) -> None:
         index = [np.unravel_index(int(p), self.shape) for p in unit.points]
         for idx, res, sec in zip(index, unit.results, unit.seconds):
             for split, (loss, acc) in res.items():
@@ -323,21 +332,25 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
     to `submit`, command-line overrides included (`spec_json`), with the folders its model
     and data factories are found in. No directions: tasks read them from the surface
     file, which nobody writes while tasks run (merge runs after)."""
-    with open_h5(surface_path, "r") as src, ff.creating(path) as f:
-        for name in (ff.X, ff.Y):
-            if name in src:
-                f.create_dataset(name, data=np.asarray(src[name]))
-        create_values(f, src[done_name(SPLITS[0])].shape, ff.file_values(src))
-        f.create_dataset(ff.POINTS, data=np.asarray(points, dtype=np.int64))
-        f.attrs[ff.A_FORMAT] = SHARD_FORMAT
-        f.attrs[ff.A_VERSION] = FORMAT_VERSION
-        f.attrs[ff.A_SURFACE] = str(Path(surface_path).resolve())
-        for key in (ff.A_IDENTITY, ff.A_DIGEST):
-            f.attrs[key] = src.attrs[key]
-        f.attrs[ff.A_SPEC] = spec_json
-        f.attrs[ff.A_IMPORT_DIRS] = json.dumps(import_dirs)
-        f.attrs[ff.A_TASK] = task
-        f.attrs[ff.A_TASKS] = tasks
+    with open_h5(surface_path, "r") as src:
+        shape = src[done_name(SPLITS[0])].shape
+        ff.check_room(path, int(np.prod(shape)) * (8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8)
+                      + 8 * len(points) + 131072, "shard", what="the shard file")
+        with ff.creating(path) as f:
+            for name in (ff.X, ff.Y):
+                if name in src:
+                    f.create_dataset(name, data=np.asarray(src[name]))
+            create_values(f, shape, ff.file_values(src))
+            f.create_dataset(ff.POINTS, data=np.asarray(points, dtype=np.int64))
+            f.attrs[ff.A_FORMAT] = SHARD_FORMAT
+            f.attrs[ff.A_VERSION] = FORMAT_VERSION
+            f.attrs[ff.A_SURFACE] = str(Path(surface_path).resolve())
+            for key in (ff.A_IDENTITY, ff.A_DIGEST):
+                f.attrs[key] = src.attrs[key]
+            f.attrs[ff.A_SPEC] = spec_json
+            f.attrs[ff.A_IMPORT_DIRS] = json.dumps(import_dirs)
+            f.attrs[ff.A_TASK] = task
+            f.attrs[ff.A_TASKS] = tasks
 
 
 def shard_belongs(shard: h5py.File, surf: h5py.File) -> bool:
