@@ -10,6 +10,7 @@ factory: the folder must give the same batches and the same surface.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import h5py
@@ -18,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from losslandscape import data, userimport
+from losslandscape import data, lifecycle, surface, userimport
 from losslandscape import spec as specs
 from losslandscape.distributed import run_serial
 from losslandscape.errors import UserError
-from losslandscape.job import SurfaceWork
+from losslandscape.job import SurfaceWork, prepare
 from losslandscape.spec import Data
 
 CLASSES = ("b_bird", "a_ant", "c_cow")  # created in this order; numbered a=0, b=1, c=2
@@ -238,6 +239,23 @@ def test_surface_on_the_folder_equals_the_surface_on_its_tensors(folder, folder_
     for k in VALUES:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=0, err_msg=k)
     assert np.isfinite(got["train_loss"]).all() and got["train_loss"].std() > 0
+
+
+def test_identity_records_the_new_fields_only_when_set(folder, tmp_path):
+    root, _ = folder
+    plain = specs.from_dict({"data": {"name": "digits"}})
+    ident = surface.identity(plain, "sha", "")
+    assert not {"data.transform", "data.parts", "data.part", "data.image_size"} & set(ident)
+    # a file made for the folder (nothing evaluated) resumes with its own spec, and refuses another
+    # transform, part or crop size
+    out = tmp_path / "s.h5"
+    prepare(specs.from_dict(job(root, out)))
+    assert isinstance(lifecycle.plan(specs.from_dict(job(root, out))), lifecycle.Resume)
+    for fields, key in (({"transform": "raw"}, "data.transform"), ({"parts": 2, "part": 1}, "data.part"),
+                        ({"image_size": 28}, "data.image_size")):
+        other = job(root, out, **fields)
+        with pytest.raises(UserError, match=f"^{re.escape(key)}: the surface file"):
+            lifecycle.plan(specs.from_dict(other))
 
 
 def test_refusals(folder, tmp_path):

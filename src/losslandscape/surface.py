@@ -64,8 +64,15 @@ def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sh
         ident["directions.which"] = d.which
     if d.kind == "pca":
         ident["directions.checkpoints (sha256)"] = directions_file_sha
-    if spec.data.name == "cifar10":
+    if spec.data.name in ("cifar10", "imagefolder"):
         ident["data.root"] = str(Path(spec.data.root).resolve())
+    # the data's transform and part only when not at their defaults: older files resume unchanged
+    if spec.data.name == "imagefolder":
+        ident["data.image_size"] = spec.data.image_size
+    if spec.data.transform != "standard":
+        ident["data.transform"] = spec.data.transform
+    if spec.data.parts > 1:
+        ident["data.parts"], ident["data.part"] = spec.data.parts, spec.data.part
     # the moved set, only when narrowed: files made before these fields (all tensors moved) resume unchanged
     if d.include:
         ident["directions.include"] = list(d.include)
