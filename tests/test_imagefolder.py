@@ -297,3 +297,21 @@ def test_refused_before_a_file_is_made(tmp_path):
     with pytest.raises(UserError, match=r"^data\.transform:"):
         run_serial(SurfaceWork(spec))
     assert not out.exists()
+
+
+def test_a_zoo_model_with_other_classes_than_the_folder_is_refused_by_the_job(folder, tmp_path):
+    root, _ = folder
+    out = tmp_path / "s.h5"
+    spec = job(root, out)
+    spec["model"]["num_classes"] = 10
+    with pytest.raises(UserError, match=r"^model\.num_classes: 10, but data\.root .* has 3 class folders .*"
+                                        r"set model\.num_classes = 3$"):
+        run_serial(SurfaceWork(specs.from_dict(spec)))
+    assert not out.exists()
+
+
+def test_an_image_folders_original_transform_is_its_standard_one(folder, tmp_path):
+    root, _ = folder
+    same = [surface.identity(specs.from_dict(job(root, tmp_path / "s.h5", transform=t)), "sha", "")
+            for t in ("standard", "original")]
+    assert same[0] == same[1]

@@ -48,9 +48,12 @@ def base_model(spec) -> torch.nn.Module:
 
 
 def model_channels(spec) -> int:
-    """The input channels a zoo model is built for (from the data); a user's factory decides its
-    own (nothing is read)."""
-    return 3 if ":" in spec.model.name else datasets.input_channels(spec.data)
+    """The input channels a zoo model is built for (from the data; its model.num_classes is
+    checked against an image folder's classes); a user's factory decides its own (nothing is read)."""
+    if ":" in spec.model.name:
+        return 3
+    datasets.check_classes(spec)
+    return datasets.input_channels(spec.data)
 
 
 def make_directions(spec, model: torch.nn.Module):

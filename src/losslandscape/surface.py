@@ -69,7 +69,8 @@ def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sh
     # the data's transform and part only when not at their defaults: older files resume unchanged
     if spec.data.name == "imagefolder":
         ident["data.image_size"] = spec.data.image_size
-    if spec.data.transform != "standard":
+    # (an image folder's "original" is its "standard": the original code has no ImageNet loader)
+    if spec.data.transform != "standard" and not (spec.data.name == "imagefolder" and spec.data.transform == "original"):
         ident["data.transform"] = spec.data.transform
     if spec.data.parts > 1:
         ident["data.parts"], ident["data.part"] = spec.data.parts, spec.data.part
