@@ -14,7 +14,7 @@ directions.include / exclude / trainable_only; all of them by default), the othe
 fixed: the sub-Hessian of the moved set, of its tensors of 2+ dimensions with --params weights.
 
 Writing the maps takes the surface file's write lock (writelock.py), and adding their datasets
-or the centre's spectrum first reserves their room (fileformat.check_room): a full disk is one
+or the centre's spectrum first reserves their room (diskspace.check_room): a full disk is one
 line, the surface untouched.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import data as datasets
+from . import diskspace
 from . import fileformat as ff
 from . import spec as specs
 from . import surface, userimport
@@ -142,9 +143,9 @@ class HessianWork:
 
     def create(self, settings: Settings, notes: Notes, comm=None) -> None:
         """Add the maps' datasets (structure: collective under MPI), after rank 0 has reserved
-        their room: a full disk is one line, the surface file untouched (ff.check_room)."""
+        their room: a full disk is one line, the surface file untouched (diskspace.check_room)."""
         if comm is None or comm.rank == 0:
-            ff.check_room(self.path, maps_nbytes(self._read.axes.size), field="hessian",
+            diskspace.check_room(self.path, maps_nbytes(self._read.axes.size), field="hessian",
                           what="the eigenvalue maps of")
         with ff.writing(self.path, "hessian", comm=comm) as f:
             shape = f[ff.done_name(ff.SPLITS[0])].shape
@@ -221,12 +222,12 @@ class EigenWriter:
         self.shape = self.ds[ff.EIG_DONE].shape
 
     def write(self, unit: Finished) -> None:
-        """A write the file system refuses ends the process with one line (ff.write_failed)."""
+        """A write the file system refuses ends the process with one line (diskspace.write_failed)."""
         try:
             self._write(unit)
         except Exception as exc:
-            if ff.failed_write(exc):
-                ff.write_failed(self.f.filename, exc, "hessian")
+            if diskspace.failed_write(exc):
+                diskspace.write_failed(self.f.filename, exc, "hessian")
             raise
 
     def _write(self, unit: Finished) -> None:

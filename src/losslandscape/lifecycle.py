@@ -10,7 +10,7 @@ opens it once more. A converted original file adds the plan's read of the origin
 
 The plan takes the file's write lock (writelock.py: one writer per file; a shard's task takes
 its shard's), released when the job's Work object is dropped (the run is over) or at exit. `make` reserves the room the new file needs before
-any rank writes (fileformat.check_room): no room, a quota or a read-only folder is one line
+any rank writes (diskspace.check_room): no room, a quota or a read-only folder is one line
 naming the path, the cause and the room, not a traceback and a half-made file.
 """
 

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 import torch
 
+from . import diskspace
 from . import fileformat as ff
 from . import spec as specs
 from . import userimport
@@ -283,12 +284,12 @@ class PointWriter:
     def write(self, unit) -> None:
         """`unit` (job.Finished): its results are {split: (loss, accuracy)} per point, the
         accuracy NaN where the loss defines none (then the file has no accuracy to write).
-        A write the file system refuses ends the process with one line (ff.write_failed)."""
+        A write the file system refuses ends the process with one line (diskspace.write_failed)."""
         try:
             self._write(unit)
         except Exception as exc:
-            if ff.failed_write(exc):
-                ff.write_failed(self.f.filename, exc)
+            if diskspace.failed_write(exc):
+                diskspace.write_failed(self.f.filename, exc)
             raise
 
     def _write(self, unit) -> None:
@@ -342,7 +343,7 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
     file, which nobody writes while tasks run (merge runs after)."""
     with open_h5(surface_path, "r") as src:
         shape = src[done_name(SPLITS[0])].shape
-        ff.check_room(path, int(np.prod(shape)) * (8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8)
+        diskspace.check_room(path, int(np.prod(shape)) * (8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8)
                       + 8 * len(points) + 131072, "shard", what="the shard file")
         with ff.creating(path) as f:
             for name in (ff.X, ff.Y):

@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .fileformat import fs_cause
+from . import diskspace
+from .diskspace import fs_cause, sweep_probes
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +251,6 @@ def _sweep(lock: Path, path) -> None:
     """The writer, now alone, removes what a process killed at the wrong moment left beside the
     file: the temporary of a lock (.<file>.lock.<host>.<pid>) and a room probe, where that pid is
     gone from this host."""
-    from .fileformat import sweep_probes
-
     host = socket.gethostname()
     for tmp in lock.parent.glob(f".{lock.name}.{host}.*"):
         pid = tmp.name.rsplit(".", 1)[1]
@@ -333,3 +332,6 @@ class holding:
 
 
 atexit.register(release_all)
+
+
+diskspace.before_exit(release_all)  # a failed write ends the process without atexit
