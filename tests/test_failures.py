@@ -135,7 +135,9 @@ def test_a_worker_that_raises_in_the_middle_of_a_unit_ends_the_job(reference, tm
     with h5py.File(surf, "r") as f:  # what was written stays written, and the file is readable
         done = f["train_done"][...].astype(bool)
         partial = f["train_loss"][...]
-    assert 5 <= done.sum() < 81
+    # rank 1's first unit (4 points) was in flight when rank 2 failed, and a worker finishes its
+    # unit: at least those 4 are written, whichever of the two ranks' requests came first after
+    assert 4 <= done.sum() < 81
     np.testing.assert_allclose(partial[done], reference["train_loss"][done], rtol=1e-6)
     again = run_in(mpirun(3) + surface_cmd(spec), {})
     assert again.returncode == 0, again.stderr
