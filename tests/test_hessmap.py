@@ -188,6 +188,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it, `make check` does not
 def test_bad_input_is_one_line_and_leaves_the_file(surface_file, mapped, tmp_path):
     path = copy_of(surface_file, tmp_path)
     before = sha(path)

@@ -304,6 +304,7 @@ ADOPT = ("import sys; from losslandscape import original, spec; "
          "original.adopt_if_original(spec.load(sys.argv[1]))")
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it, `make check` does not
 def test_sigkill_during_conversion_leaves_original_or_converted(trained, weights_case, tmp_path):
     path = copy_surface(weights_case, tmp_path)
     before = path.read_bytes()

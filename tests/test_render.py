@@ -1154,6 +1154,7 @@ def test_cli_verbs(files, tmp_path, capsys):
 # ---------------------------------------------------------------- dependencies
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it, `make check` does not
 def test_render_imports_neither_torch_nor_mpi4py(files, hessian_files, pca_files, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     check = "import losslandscape.render, sys; assert 'torch' not in sys.modules and 'mpi4py' not in sys.modules"

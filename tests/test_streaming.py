@@ -333,6 +333,7 @@ def small():
 '''
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it, `make check` does not
 def test_hessian_auto_axes_and_interpolation_stream_like_tensors(images, tmp_path):
     """The other verbs that evaluate the loss take the Dataset too, with the values of tensors:
     "auto" axes (the range search), an interpolation between two checkpoints, the Hessian maps

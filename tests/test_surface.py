@@ -282,6 +282,7 @@ def test_bad_values_are_one_line_exit_1(trained, tmp_path, override, key):
     assert not (tmp_path / "surf.h5").exists()
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it, `make check` does not
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_with_exit_3_and_the_file_resumes(trained, tmp_path, signum):
     surf = tmp_path / "surf.h5"

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import h5py
+import pytest
 import numpy as np
 import torch
 
@@ -137,6 +138,7 @@ def test_a_trajectory_spec_runs_as_slurm_shards(trained, tmp_path):
             np.testing.assert_allclose(a[k][...], b[k][...], rtol=1e-6)
 
 
+@pytest.mark.slow  # several seconds: the full suite runs it, `make check` does not
 def test_an_auto_grid_covers_every_path_and_resumes(trained, tmp_path):
     spec = job(tmp_path, trained)
     proc = cli("trajectory", spec, "--grid.x=auto", "--grid.y=auto:5")
