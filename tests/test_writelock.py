@@ -178,3 +178,24 @@ time.sleep(60)
     finally:
         writelock.release(target)
     assert not writelock.lock_path(target).exists()
+
+
+@pytest.mark.slow
+def test_the_hessian_maps_spectrum_and_submit_are_refused_while_another_process_writes(tmp_path):
+    """The other writers of a surface file take its lock too: `hessian` (the maps and --centre)
+    and `submit` are refused with one line naming the process that holds it."""
+    surf = tmp_path / "s.h5"
+    spec = job(tmp_path, surf, "-1:1:3", "-1:1:3", unit=2)
+    assert in_process(spec) == 0
+    holder = start([sys.executable, "-c", "import sys, time\nfrom losslandscape import writelock\n"
+                    f"writelock.acquire({str(surf)!r}, 'holding it for a test')\nprint('held', flush=True)\n"
+                    "time.sleep(120)"], tmp_path)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (("hessian", surf, "--samples", "8"), ("hessian", surf, "--centre", "--samples", "8"),
+                     ("submit", spec, "--tasks", "2", "--data.splits=train,test")):
+            line = one_error_line(run(ll(*args), tmp_path))
+            assert f"{surf} is being written by host {socket.gethostname()}, pid {holder.pid}" in line, (args, line)
+    finally:
+        holder.kill()
+        holder.wait()
