@@ -170,21 +170,8 @@ def creating(path: str | Path, comm=None, converting: Path | None = None, durabl
     tmp = temporary_name(path, converting is not None)
     lead = comm is None or comm.rank == 0
     try:
-        f = _new_file(tmp, comm, converting)
-        try:
+        with _closed(_new_file(tmp, comm, converting), path, remove=[tmp] if lead else []) as f:
             yield f
-            f.flush()
-        except BaseException as exc:
-            if failed_write(exc):
-                write_failed(path, exc, remove=[tmp] if lead else [])
-            f.close()
-            raise
-        try:
-            f.close()
-        except Exception as exc:
-            if failed_write(exc):
-                write_failed(path, exc, remove=[tmp] if lead else [])
-            raise
         if lead:
             if converting is not None:
                 shutil.copymode(converting, tmp)
@@ -214,20 +201,28 @@ def writing(path: str | Path, field: str = "output.surface", room: int = 0, comm
     that fails anyway ends the process with one line (`write_failed`), the file left unclosed."""
     if room:
         check_room(path, room, field, what="the new part of")
-    f = open_h5(path, "r+", comm, field)
+    with _closed(open_h5(path, "r+", comm, field), path, field) as f:
+        yield f
+
+
+@contextmanager
+def _closed(f, path: str | Path, field: str = "output.surface", remove: list[Path] = ()) -> Iterator:
+    """The open file `f` for a block, flushed and closed at its end. A write the file system
+    refuses, in the block or at the close, ends the process with one line (`write_failed`,
+    removing `remove`); another error closes the file and propagates."""
     try:
         yield f
         f.flush()
     except BaseException as exc:
         if failed_write(exc):
-            write_failed(path, exc, field)
+            write_failed(path, exc, field, remove)
         f.close()
         raise
     try:
         f.close()
     except Exception as exc:
         if failed_write(exc):
-            write_failed(path, exc, field)
+            write_failed(path, exc, field, remove)
         raise
 
 
