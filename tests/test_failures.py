@@ -43,10 +43,16 @@ class Net(nn.Module):
 
     def forward(self, x):
         self.calls += 1
+        busy = os.path.join(os.path.dirname(__file__), "slow-rank-busy")
         if _mine("SLOW_RANK") and self.calls > 4:  # after the fold check, the start-up probe and 2 points
             import time
+            open(busy, "w").close()
             time.sleep(120)  # a worker busy with a long unit
         if _mine("FLAKY_RANK") and self.calls > int(os.environ.get("FLAKY_AFTER", "0")):
+            import time
+            deadline = time.monotonic() + 60
+            while os.environ.get("SLOW_RANK") and not os.path.exists(busy) and time.monotonic() < deadline:
+                time.sleep(0.05)  # fail only once the slow rank is busy, however slowly it started
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
