@@ -92,7 +92,7 @@ paper: install
 	$(LL) paper --scale $(PAPER_SCALE) --mpi $(PAPER_MPI) --out out/paper
 
 bench: install
-	$(PY) -m losslandscape.bench --out bench.json
+	$(PY) -m tools.bench --out bench.json
 
 clean-venv:
 	rm -rf $(VENV)

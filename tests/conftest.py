@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
 def trained(tmp_path_factory) -> dict[str, Path]:
     """resnet20 trained briefly on digits: {'init': model_0.pt, 'mid': model_1.pt, 'final': model_2.pt}."""
     from losslandscape import spec as specs
-    from losslandscape.train import train
+    from losslandscape.numerics.train import train
 
     out = tmp_path_factory.mktemp("trained")
     spec = specs.from_dict({

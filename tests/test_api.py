@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import losslandscape as ll
-from losslandscape import data as datasets
+from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
-from losslandscape.models import build_model
+from losslandscape.inputs.models import build_model
 
 from conftest import BIN
 

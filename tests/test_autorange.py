@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import BIN
-from losslandscape import autorange
+from losslandscape.numerics import autorange
 from losslandscape import spec as specs
-from losslandscape.data import load_split
+from losslandscape.inputs.data import load_split
 from losslandscape.errors import UserError
 from test_mpi import launch, mpirun
 
@@ -329,7 +329,7 @@ def test_mpirun_chooses_the_same_range_and_values(linear, random_surface):
 
 
 def test_the_search_runs_on_the_cpu_whatever_the_device(linear):
-    from losslandscape.job import auto_search_evaluator
+    from losslandscape.run.work import auto_search_evaluator
 
     spec, _ = job(linear, "cpu", "auto", auto_samples=100)
     s = specs.load(spec, {"evaluation.device": "cuda:0"})

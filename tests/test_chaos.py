@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from losslandscape import spec as specs
-from losslandscape.distributed import run_serial
-from losslandscape.job import SurfaceWork
+from losslandscape.run.distributed import run_serial
+from losslandscape.run.work import SurfaceWork
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)

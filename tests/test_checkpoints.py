@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from losslandscape.checkpoints import apply_state_dict, build_and_load, file_sha256, load_state_dict
+from losslandscape.inputs.checkpoints import apply_state_dict, build_and_load, file_sha256, load_state_dict
 from losslandscape.errors import UserError
-from losslandscape.models import build_model
+from losslandscape.inputs.models import build_model
 from losslandscape.spec import Model
 
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import losslandscape as ll
-from losslandscape import data as datasets
+from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
-from losslandscape.cli import main as cli_main
-from losslandscape.models import build_model
+from losslandscape.frontends.cli import main as cli_main
+from losslandscape.inputs.models import build_model
 
 from conftest import BIN
 

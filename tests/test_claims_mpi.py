@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losslandscape import data as datasets
+from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
 
 from test_mpi import mpirun

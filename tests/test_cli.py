@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from losslandscape import cli
-from losslandscape.models import build_model
+from losslandscape.frontends import cli
+from losslandscape.inputs.models import build_model
 
 SCRIPT = Path(sys.executable).with_name("losslandscape")
 if not SCRIPT.exists():  # not run from the project's virtual environment

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from losslandscape import spec as specs
-from losslandscape.distributed import AUTO_MAX_UNIT, AUTO_UNITS_PER_WORKER, AUTO_WAIT_SHARE, Units
+from losslandscape.run.distributed import AUTO_MAX_UNIT, AUTO_UNITS_PER_WORKER, AUTO_WAIT_SHARE, Units
 from losslandscape.errors import UserError
-from losslandscape.grid import split_units
-from losslandscape.protocol import POLL_SECONDS
+from losslandscape.numerics.grid import split_units
+
+from conftest import REPO
+from losslandscape.run.protocol import POLL_SECONDS
 
 from test_mpi import launch, mpirun
 
@@ -83,7 +85,7 @@ def build():
 
 
 def test_auto_in_one_process_and_in_a_slurm_dry_run(tmp_path, monkeypatch, capsys):
-    from losslandscape import cli
+    from losslandscape.frontends import cli
 
     (tmp_path / "tinyscale.py").write_text(TINY)
     monkeypatch.chdir(tmp_path)
@@ -103,7 +105,8 @@ def test_the_coordinator_with_16_stand_in_workers_under_mpirun(tmp_path):
     """Every point handed out once (the workers' records), fixed and auto units, flat out and
     with 5 ms points; the stand-ins import no torch."""
     cmd = mpirun(17) + [sys.executable, "-c",
-                        "import sys; from losslandscape.coordsim import main; rc = main(sys.argv[1:]); "
+                        f"import sys; sys.path.insert(0, {str(REPO)!r}); from tools.coordsim import main; "
+                        " rc = main(sys.argv[1:]); "
                         "assert 'torch' not in sys.modules or __import__('mpi4py.MPI').MPI.COMM_WORLD.rank == 0, "
                         "'a stand-in imported torch'; sys.exit(rc)",
                         "--record", str(tmp_path / "rec"), "--out", str(tmp_path / "r.json"),

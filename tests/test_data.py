@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from losslandscape import data
+from losslandscape.inputs import data
 from losslandscape.errors import UserError
 from losslandscape.spec import Data
 

@@ -147,7 +147,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 def independent(surface: Path) -> dict[str, np.ndarray]:
     """Loss and accuracy at every grid point, by a plain forward pass of the moved linear model
     (the directions read from the file), the whole grid at once in float64."""
-    from losslandscape import data as datasets
+    from losslandscape.inputs import data as datasets
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 10)
@@ -190,10 +190,10 @@ def sha(path: Path) -> str:
 def in_process(spec_path: Path, run: bool = True):
     """Make (and with `run`, compute or just annotate) a surface in this process: cheap set-up."""
     from losslandscape import spec as specs
-    from losslandscape.distributed import run_serial
-    from losslandscape.job import SurfaceWork, prepare
+    from losslandscape.run.distributed import run_serial
+    from losslandscape.run.work import SurfaceWork, prepare
 
-    from losslandscape import writelock
+    from losslandscape.surfacefile import lock as writelock
 
     spec = specs.load(spec_path)
     try:
@@ -319,8 +319,8 @@ def test_a_failed_write_under_mpirun_ends_the_job_with_one_line(ns, tmp_path):
 def test_merge_on_a_full_disk_is_one_line_and_merges_later(ns, tmp_path):
     """Shard points merged into a sparse copy on a full disk: one line, the surface as it was;
     the same merge finishes it once there is room."""
-    from losslandscape import surface as surfaces
-    from losslandscape.slurm import run_task
+    from losslandscape.surfacefile import write as surfaces
+    from losslandscape.run.slurm import run_task
 
     base, want = partial_sparse_file(tmp_path / "base", slice(500, 508))
     shards = base.with_name(base.name + ".shards")

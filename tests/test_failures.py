@@ -248,7 +248,7 @@ def test_a_factory_beside_the_spec_is_found_from_another_directory(reference, tm
 ])
 def test_each_worker_device(requested, index, gpus, expected):
     """The README's device table: what each worker of a node takes."""
-    from losslandscape.environment import device_for
+    from losslandscape.run.environment import device_for
     from losslandscape.errors import UserError
 
     if expected.startswith(("cpu", "cuda:")):
@@ -266,7 +266,7 @@ def test_each_worker_device(requested, index, gpus, expected):
     ({"CUDA_VISIBLE_DEVICES": "GPU-5d2e"}, ("CUDA_VISIBLE_DEVICES", "GPU-5d2e")),
 ])
 def test_gpus_given_by_the_allocation(environ, given):
-    from losslandscape.environment import allocated_gpus
+    from losslandscape.run.environment import allocated_gpus
 
     assert allocated_gpus(environ) == given
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losslandscape.fold import FoldedModel, fold
-from losslandscape.models import build_model
+from losslandscape.numerics.fold import FoldedModel, fold
+from losslandscape.inputs.models import build_model
 
 
 def randomised(name: str) -> torch.nn.Module:

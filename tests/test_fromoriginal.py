@@ -194,7 +194,7 @@ def write_cifar(root: Path) -> tuple[np.ndarray, np.ndarray]:
 def save_original_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:
     """original_resnet20's weights (BatchNorm statistics too) drawn from `seed`, saved as the
     original code saves them; returns the plain state dict."""
-    from losslandscape.models import build_model
+    from losslandscape.inputs.models import build_model
 
     torch.manual_seed(seed)
     model = build_model("original_resnet20")
@@ -208,7 +208,7 @@ def save_original_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:
 def plain_pass(state: dict[str, torch.Tensor], pixels: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (%) of original_resnet20 with `state` on the images,
     normalised with the original code's constants."""
-    from losslandscape.models import build_model
+    from losslandscape.inputs.models import build_model
 
     model = build_model("original_resnet20")
     model.load_state_dict(state)

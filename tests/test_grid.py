@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from losslandscape.grid import assign_tasks, coarse_to_fine, levels, split_units
+from losslandscape.numerics.grid import assign_tasks, coarse_to_fine, levels, split_units
 
 SIZES = range(2, 102)
 

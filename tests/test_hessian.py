@@ -1,4 +1,4 @@
-"""Curvature numerics (losslandscape.hessian) against independent dense computations.
+"""Curvature numerics (losslandscape.numerics.hessian) against independent dense computations.
 
 Small float64 models (an MLP and a CNN with eval-mode BatchNorm) on 64 random
 samples: the dense Hessian of the mean loss comes from
@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from losslandscape import hessian as hs
-from losslandscape.losses import get_loss
+from losslandscape.numerics import hessian as hs
+from losslandscape.inputs.losses import get_loss
 
 N = 64
 

@@ -19,11 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-from losslandscape import data, lifecycle, surface, userimport
+from losslandscape.inputs import data
+from losslandscape.run import lifecycle
+from losslandscape.surfacefile import write as surface
+from losslandscape.inputs import userimport
 from losslandscape import spec as specs
-from losslandscape.distributed import run_serial
+from losslandscape.run.distributed import run_serial
 from losslandscape.errors import UserError
-from losslandscape.job import SurfaceWork, prepare
+from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.spec import Data
 
 CLASSES = ("b_bird", "a_ant", "c_cow")  # created in this order; numbered a=0, b=1, c=2

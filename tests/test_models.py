@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from losslandscape.errors import UserError
-from losslandscape.models import ZOO, build_model, list_models
-from losslandscape.models.resnet import BasicBlock
+from losslandscape.inputs.models import ZOO, build_model, list_models
+from losslandscape.inputs.models.resnet import BasicBlock
 
 ZOO_ORDER = [
     *(f"resnet{d}" for d in (20, 32, 44, 56, 110)),

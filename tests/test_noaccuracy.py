@@ -21,16 +21,18 @@ import h5py
 import numpy as np
 import pytest
 
-from losslandscape import api, lifecycle, surface
-from losslandscape import fileformat as ff
+from losslandscape.frontends import api
+from losslandscape.run import lifecycle
+from losslandscape.surfacefile import write as surface
+from losslandscape.surfacefile import format as ff
 from losslandscape import spec as specs
 from losslandscape.errors import UserError
-from losslandscape.grid import assign_tasks
+from losslandscape.numerics.grid import assign_tasks
 from losslandscape.render import load_surface, render, summarize
 from losslandscape.render import cli as render_cli
 from losslandscape.render.summary import format_summary
-from losslandscape.slurm import merge
-from losslandscape.status import format_status, status
+from losslandscape.run.slurm import merge
+from losslandscape.run.status import format_status, status
 
 LOSS_ONLY = {ff.A_VALUES: json.dumps(["loss"])}
 BOTH = {ff.A_VALUES: json.dumps(["loss", "acc"])}
@@ -336,8 +338,8 @@ def test_python_interface_keeps_a_regressions_float_targets():
 def test_submit_knows_the_values_before_the_tasks_run(tmp_path):
     """`submit` makes the surface and its shards before any task evaluates: the values come
     from the loss (cross_entropy: both; otherwise the first batch at the centre, on the CPU)."""
-    from losslandscape import userimport
-    from losslandscape.slurm import run_values
+    from losslandscape.inputs import userimport
+    from losslandscape.run.slurm import run_values
 
     (tmp_path / "meanloss.py").write_text(
         "import torch.nn.functional as F\n\n\n"

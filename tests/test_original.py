@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import torch
 
-from losslandscape import directions as dirs
-from losslandscape import original
+from losslandscape.numerics import directions as dirs
+from losslandscape.surfacefile import original
 from losslandscape import spec as specs
-from losslandscape import surface
-from losslandscape.distributed import run_serial
-from losslandscape.job import SurfaceWork
+from losslandscape.surfacefile import write as surface
+from losslandscape.run.distributed import run_serial
+from losslandscape.run.work import SurfaceWork
 from losslandscape.errors import UserError
 
 from test_surface import fresh_model, plain_pass, sha

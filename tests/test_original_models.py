@@ -22,14 +22,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losslandscape import cli
-from losslandscape import data as datasets
+from losslandscape.frontends import cli
+from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
-from losslandscape.checkpoints import apply_state_dict, build_and_load, load_state_dict
-from losslandscape.distributed import run_serial
+from losslandscape.inputs.checkpoints import apply_state_dict, build_and_load, load_state_dict
+from losslandscape.run.distributed import run_serial
 from losslandscape.errors import UserError
-from losslandscape.job import SurfaceWork
-from losslandscape.models import ZOO, build_model
+from losslandscape.run.work import SurfaceWork
+from losslandscape.inputs.models import ZOO, build_model
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "original_state_dict_keys.json").read_text())["models"]
 NAMES = list(FIXTURE)  # the original loader's names, in its order

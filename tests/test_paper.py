@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from losslandscape import fileformat
+from losslandscape.surfacefile import format as fileformat
 from losslandscape import spec as specs
 from losslandscape.paper import plan, verdicts
 from test_render import chromium, run_chromium  # noqa: F401 (the fixture)

@@ -130,7 +130,7 @@ def test_the_readme_image_folder_example_runs_as_written(tmp_path):
             '[grid]\nx = "-1:1:3"\n')
     _surface(tmp_path, toml, "--evaluation.batch_size=10")
     imagefolder = _import(tmp_path, "imagefolder")
-    from losslandscape.models import build_model
+    from losslandscape.inputs.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10, in_channels=3).eval()

@@ -1185,7 +1185,7 @@ def test_paper_style_is_scoped():
 
 def test_a_partial_surface_in_the_bisection_order_draws_its_whole_coarse_grid():
     """51x51 stopped in the third level: the lattice is the whole 3x3 grid of the first two levels."""
-    from losslandscape.grid import coarse_to_fine, levels
+    from losslandscape.numerics.grid import coarse_to_fine, levels
 
     x = y = np.linspace(-1, 1, 51)
     order = coarse_to_fine((51, 51))

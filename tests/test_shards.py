@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from losslandscape import spec as specs
-from losslandscape import surface
-from losslandscape.distributed import run_serial
-from losslandscape.job import SurfaceWork
+from losslandscape.surfacefile import write as surface
+from losslandscape.run.distributed import run_serial
+from losslandscape.run.work import SurfaceWork
 from losslandscape.errors import UserError
-from losslandscape.grid import assign_tasks
-from losslandscape.job import prepare
-from losslandscape.fileformat import shard_dir
-from losslandscape.slurm import SubmitOptions, merge, render_scripts, run_task
-from losslandscape.status import missing_points, status
+from losslandscape.numerics.grid import assign_tasks
+from losslandscape.run.work import prepare
+from losslandscape.surfacefile.format import shard_dir
+from losslandscape.run.slurm import SubmitOptions, merge, render_scripts, run_task
+from losslandscape.run.status import missing_points, status
 
 RECORD = Path(__file__).parent / "data" / "sbatch_record.txt"
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -134,7 +134,7 @@ def test_merge_never_marks_a_point_done_without_its_values(trained, tmp_path):
 
 
 def test_submit_checks_the_data_before_it_creates_anything(trained, tmp_path):
-    from losslandscape.slurm import submit
+    from losslandscape.run.slurm import submit
 
     spec = make_spec(tmp_path, trained["final"])
     spec.data.name = "cifar10"

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from losslandscape import spec as specs
-from losslandscape.distributed import run_serial
-from losslandscape.job import SurfaceWork
+from losslandscape.run.distributed import run_serial
+from losslandscape.run.work import SurfaceWork
 
 from conftest import write_job
 from slurmcluster import LocalSlurm

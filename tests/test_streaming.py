@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 
 from losslandscape import spec as specs
-from losslandscape.batches import subset_indices
-from losslandscape.distributed import run_serial
-from losslandscape.fileformat import shard_dir
-from losslandscape.grid import assign_tasks
-from losslandscape.job import SurfaceWork, prepare
+from losslandscape.inputs.batches import subset_indices
+from losslandscape.run.distributed import run_serial
+from losslandscape.surfacefile.format import shard_dir
+from losslandscape.numerics.grid import assign_tasks
+from losslandscape.run.work import SurfaceWork, prepare
 
 IMAGES, CLASSES, SIDE = 200, 4, 16
 TEST_EVERY = 4  # the "test" split: every 4th image
@@ -272,8 +272,8 @@ def test_mpirun_with_a_dataset_equals_one_process(images, reference, tmp_path):
 # --- 3. SLURM array tasks, each computing its shard of streamed data ---------------------------
 
 def test_mpirun_shard_tasks_then_merge_equal_one_process(images, reference, tmp_path):
-    from losslandscape import surface
-    from losslandscape.slurm import merge
+    from losslandscape.surfacefile import write as surface
+    from losslandscape.run.slurm import merge
 
     spec = specs.from_dict(job(tmp_path / "s.h5", "dataset"))
     prep = prepare(spec)  # what `submit` does before it calls sbatch
@@ -383,8 +383,8 @@ def test_the_loader_the_tool_builds_for_a_dataset(images):
     (the evaluator asks for it only there) and no shuffling."""
     import torch
 
-    from losslandscape.data import load_source
-    from losslandscape.loading import load_evaluator
+    from losslandscape.inputs.data import load_source
+    from losslandscape.run.loading import load_evaluator
 
     spec = specs.from_dict(job(Path("unused.h5"), "dataset", workers=2))
     for pin in (True, False):

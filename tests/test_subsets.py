@@ -18,17 +18,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losslandscape import data as datasets
-from losslandscape import directions as dirs
-from losslandscape import fileformat as ff
+from losslandscape.inputs import data as datasets
+from losslandscape.numerics import directions as dirs
+from losslandscape.surfacefile import format as ff
 from losslandscape import spec as specs
-from losslandscape.checkpoints import build_and_load, load_state_dict
-from losslandscape.distributed import run_serial
+from losslandscape.inputs.checkpoints import build_and_load, load_state_dict
+from losslandscape.run.distributed import run_serial
 from losslandscape.errors import UserError
-from losslandscape.hessmap import Settings, centre_spectrum
-from losslandscape.job import SurfaceWork, prepare
-from losslandscape.loading import attach_directions, load_evaluator
-from losslandscape.makedirections import A_MOVED
+from losslandscape.run.hessianmaps import Settings, centre_spectrum
+from losslandscape.run.work import SurfaceWork, prepare
+from losslandscape.run.loading import attach_directions, load_evaluator
+from losslandscape.run.makedirections import A_MOVED
 
 from test_cli import assert_one_line_error, losslandscape
 

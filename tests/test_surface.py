@@ -18,14 +18,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losslandscape import data as datasets
-from losslandscape import directions as dirs
+from losslandscape.inputs import data as datasets
+from losslandscape.numerics import directions as dirs
 from losslandscape import spec as specs
-from losslandscape.distributed import run_serial
-from losslandscape.job import SurfaceWork
+from losslandscape.run.distributed import run_serial
+from losslandscape.run.work import SurfaceWork
 from losslandscape.errors import UserError
-from losslandscape.job import prepare
-from losslandscape.models import build_model
+from losslandscape.run.work import prepare
+from losslandscape.inputs.models import build_model
 
 from conftest import BIN, write_job
 

@@ -23,14 +23,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losslandscape import data as datasets
-from losslandscape import fileformat as ff
-from losslandscape import lifecycle
-from losslandscape import makedirections
+from losslandscape.inputs import data as datasets
+from losslandscape.surfacefile import format as ff
+from losslandscape.run import lifecycle
+from losslandscape.run import makedirections
 from losslandscape import spec as specs
-from losslandscape.distributed import run_serial
+from losslandscape.run.distributed import run_serial
 from losslandscape.errors import UserError
-from losslandscape.job import SurfaceWork, prepare
+from losslandscape.run.work import SurfaceWork, prepare
 
 from test_cli import assert_one_line_error, losslandscape
 

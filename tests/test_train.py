@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from losslandscape import data
+from losslandscape.inputs import data
 from losslandscape import spec as specs
-from losslandscape.models import build_model
-from losslandscape.train import evaluate, learning_rate, train
+from losslandscape.inputs.models import build_model
+from losslandscape.numerics.train import evaluate, learning_rate, train
 
 EPOCHS = 3
 SAVE_EVERY = 2

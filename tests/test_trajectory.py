@@ -9,9 +9,9 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from losslandscape import trajectory
+from losslandscape.numerics import trajectory
 from losslandscape.errors import UserError
-from losslandscape.trajectory import checkpoint_paths, pca_directions, pca_names, project
+from losslandscape.numerics.trajectory import checkpoint_paths, pca_directions, pca_names, project
 
 STEPS = [0, 1, 2, 3, 5, 10, 11]  # model_10 sorts before model_2 by name
 

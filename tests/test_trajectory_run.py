@@ -116,11 +116,11 @@ def test_trajectory_needs_pca_directions_and_checkpoints(trained, tmp_path):
 def test_a_trajectory_spec_runs_as_slurm_shards(trained, tmp_path):
     """What `submit` does without a cluster: the PCA plane once, shards computed by tasks, merged."""
     from losslandscape import spec as specs
-    from losslandscape import surface
-    from losslandscape.fileformat import shard_dir
-    from losslandscape.grid import assign_tasks
-    from losslandscape.job import prepare
-    from losslandscape.slurm import merge, run_task
+    from losslandscape.surfacefile import write as surface
+    from losslandscape.surfacefile.format import shard_dir
+    from losslandscape.numerics.grid import assign_tasks
+    from losslandscape.run.work import prepare
+    from losslandscape.run.slurm import merge, run_task
 
     spec = specs.load(job(tmp_path, trained))
     prep = prepare(spec)

@@ -156,7 +156,7 @@ def edit_spec(path: Path, **fields) -> None:
 
 def test_a_standard_library_function_or_a_trusted_checkpoint_in_a_file_is_refused(made, tmp_path, capsys,
                                                                                 monkeypatch):
-    from losslandscape import cli as main
+    from losslandscape.frontends import cli as main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "train").mkdir()  # shutil.rmtree("train") would delete it
@@ -180,7 +180,7 @@ def test_a_standard_library_function_or_a_trusted_checkpoint_in_a_file_is_refuse
 def test_reading_verbs_import_nothing_from_a_file(made, tmp_path, capsys, monkeypatch):
     """render, summary, status, merge and open_surface on a file whose folders hold craftmod."""
     import losslandscape as ll
-    from losslandscape import cli as main
+    from losslandscape.frontends import cli as main
 
     path = received(made, tmp_path / "inbox")
     monkeypatch.chdir(tmp_path)
@@ -197,7 +197,7 @@ def test_reading_verbs_import_nothing_from_a_file(made, tmp_path, capsys, monkey
 def test_hessian_opens_its_file_three_times_then_twice(made, tmp_path, monkeypatch, capsys):
     """Rank 0 of the maps: read, create, evaluate on a new run; read, evaluate on a resume
     (five and four before #19); read alone when nothing is left. Counted by wrapping h5py.File."""
-    from losslandscape import cli as main
+    from losslandscape.frontends import cli as main
 
     path = received(made, tmp_path / "inbox")
     shutil.copy(made / "craftmod.py", path.parent)

@@ -23,10 +23,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losslandscape import data as datasets
+from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
-from losslandscape.distributed import run_serial
-from losslandscape.job import SurfaceWork
+from losslandscape.run.distributed import run_serial
+from losslandscape.run.work import SurfaceWork
 
 from slurmcluster import TwoNodeSlurm
 

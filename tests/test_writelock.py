@@ -107,7 +107,7 @@ def test_a_second_writer_is_refused_and_a_killed_job_never_blocks_the_next(tmp_p
 def test_a_surface_run_is_refused_while_an_array_task_writes_its_shard(tmp_path):
     """A real array task (`losslandscape task`, SLURM's variables set) holds its shard's lock;
     `surface` on the same surface is refused naming it; once it is gone, nothing blocks."""
-    from losslandscape import surface as surfaces
+    from losslandscape.surfacefile import write as surfaces
 
     surf = tmp_path / "s.h5"
     spec = slow_job(tmp_path, surf)
@@ -137,7 +137,7 @@ def test_a_surface_run_is_refused_while_an_array_task_writes_its_shard(tmp_path)
 def test_stale_rules_without_record_locks():
     """Where the file system has no record locks: a holder on this host is alive only while its
     pid runs with the recorded start time; on another host only its SLURM job can tell."""
-    from losslandscape import writelock
+    from losslandscape.surfacefile import lock as writelock
 
     me = socket.gethostname()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -153,7 +153,7 @@ def test_stale_rules_without_record_locks():
 def test_a_lock_from_another_host_that_cannot_be_judged_is_refused(tmp_path):
     """The rule above, end to end: a lock file whose record lock is held (by a live process here)
     and that names another host is refused naming it; without a holder it is taken over."""
-    from losslandscape import writelock
+    from losslandscape.surfacefile import lock as writelock
 
     target = tmp_path / "s.h5"
     holder = subprocess.Popen([sys.executable, "-c", f"""

@@ -4,7 +4,7 @@ After Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of
 Neural Nets", NeurIPS 2018.
 """
 
-from ._version import __version__
+from losslandscape._version import __version__
 
 _API = ("compute_surface", "interpolate", "compute_trajectory", "compute_hessian", "open_surface", "plot")
 
@@ -12,11 +12,11 @@ _API = ("compute_surface", "interpolate", "compute_trajectory", "compute_hessian
 def __getattr__(name: str):
     # the Python interface loads torch; `import losslandscape` alone (the renderer) must not
     if name in _API:
-        from . import api
+        from losslandscape.frontends import api
 
         return getattr(api, name)
     if name == "UserError":
-        from .errors import UserError
+        from losslandscape.errors import UserError
 
         return UserError
     raise AttributeError(f"module 'losslandscape' has no attribute {name!r}")

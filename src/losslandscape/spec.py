@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from . import userimport
-from .fileformat import SPLITS  # noqa: F401 (the splits a spec may name)
-from .errors import UserError, readable_file
+from losslandscape.inputs import userimport
+from losslandscape.surfacefile.format import SPLITS  # noqa: F401 (the splits a spec may name)
+from losslandscape.errors import UserError, readable_file
 
 LOSS_NAMES = ("cross_entropy", "mse", "model")
 
@@ -286,7 +286,7 @@ def _set(spec: Spec, key: str, value: Any, from_text: bool) -> None:
 
 def _validate(spec: Spec) -> None:
     """Constraints beyond types; the grid axes are checked by grid.py."""
-    from .grid import parse_axis
+    from losslandscape.numerics.grid import parse_axis
 
     if spec.evaluation.unit_size != "auto" and spec.evaluation.unit_size < 1:
         raise UserError(f'evaluation.unit_size: {spec.evaluation.unit_size} is not valid; expected an integer >= 1 '
@@ -309,7 +309,7 @@ def _validate(spec: Spec) -> None:
         raise UserError("data.splits: empty; expected one or both of train, test")
     if len(set(spec.data.splits)) != len(spec.data.splits):
         raise UserError(f"data.splits: {spec.data.splits!r} names a split twice")
-    from .grid import auto_points, is_auto
+    from losslandscape.numerics.grid import auto_points, is_auto
 
     if not (math.isfinite(spec.grid.auto_factor) and spec.grid.auto_factor > 1):
         raise UserError(f"grid.auto_factor: {spec.grid.auto_factor} is not valid; expected a number > 1")

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..render.surfacefile import Surface, load_surface
-from . import verdicts
-from .plan import PATH_RUN, Scale, final
-from .steps import step_times
+from losslandscape.surfacefile.read import Surface, load_surface
+from losslandscape.paper import verdicts
+from losslandscape.paper.plan import PATH_RUN, Scale, final
+from losslandscape.paper.steps import step_times
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def claim3(scale: Scale, work: Path, out: Path) -> tuple[dict, list[Path]]:
 
 
 def claim4(scale: Scale, work: Path, out: Path) -> tuple[dict, list[Path]]:
-    from ..api import plot
+    from losslandscape.frontends.api import plot
 
     plt = _plt()
     names = [f"resnet{d}_noshort" for d in scale.hessian_depths]
@@ -187,7 +187,7 @@ def claim4(scale: Scale, work: Path, out: Path) -> tuple[dict, list[Path]]:
 
 
 def claim5(scale: Scale, work: Path, out: Path) -> tuple[dict, list[Path]]:
-    from ..api import plot
+    from losslandscape.frontends.api import plot
 
     s = _surface(work, f"trajectory-{PATH_RUN}")
     fig = plot(s, kind="contour")

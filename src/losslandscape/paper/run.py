@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from .. import verbs
-from ..errors import UserError
-from .plan import SCALES, SPEC_DIR, commands
-from .steps import add_time, step_times
+from losslandscape.frontends import verbs
+from losslandscape.errors import UserError
+from losslandscape.paper.plan import SCALES, SPEC_DIR, commands
+from losslandscape.paper.steps import add_time, step_times
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def run(scale_name: str, out: str | Path, mpi: int = 1, report: bool = True) -> 
              sum(step_times(work).values()))
     if not report:
         return 0
-    from .report import write_report  # torch and matplotlib: not for `losslandscape --help`, which imports this
+    from losslandscape.paper.report import write_report  # torch and matplotlib: not for `losslandscape --help`, which imports this
 
     results = write_report(scale, work, out, mpi)
     for c in results["claims"]:

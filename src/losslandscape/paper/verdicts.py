@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plan import CLAIM_TITLES
+from losslandscape.paper.plan import CLAIM_TITLES
 
 BASIN_RISE = 1.0  # basin radius: where the train loss exceeds the centre's by this much
 PATH_VARIANCE = 0.40  # claim 5: PC1 + PC2 explain at least this much
@@ -62,8 +62,8 @@ def basin_radius(x: np.ndarray, y: np.ndarray, loss: np.ndarray, rise: float = B
     """The mean, over the four half-axes from the centre (x = y = 0), of the distance at which
     the train loss first exceeds the centre's by `rise`: the `summary` verb's basin radii. A
     half-axis that never exceeds it counts as its full length (`censored` names those)."""
-    from ..render.summary import split_summary
-    from ..render.surfacefile import Surface
+    from losslandscape.render.summary import split_summary
+    from losslandscape.surfacefile.read import Surface
 
     x, y, z = (np.asarray(a, dtype=np.float64) for a in (x, y, loss))
     surface = Surface(Path("constructed"), x, y, {"train_loss": z}, {"train": 1.0}, "")

@@ -59,6 +59,6 @@ from __future__ import annotations
 from losslandscape.render.kinds import HESSIAN_KINDS, KINDS
 from losslandscape.render.output import render
 from losslandscape.render.summary import summarize
-from losslandscape.render.surfacefile import Surface, load_surface
+from losslandscape.surfacefile.read import Surface, load_surface
 
 __all__ = ["HESSIAN_KINDS", "KINDS", "Surface", "load_surface", "render", "summarize"]

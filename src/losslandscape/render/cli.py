@@ -15,7 +15,7 @@ from losslandscape.render.kinds import KINDS
 from losslandscape.render.mplfigure import FORMATS
 from losslandscape.render.output import render
 from losslandscape.render.summary import format_summary, summarize
-from losslandscape.render.surfacefile import SPLITS, VALUES
+from losslandscape.surfacefile.read import SPLITS, VALUES
 
 log = logging.getLogger(__name__)
 

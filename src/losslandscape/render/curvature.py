@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from losslandscape.render import labels, mplfigure, plot2d, ranges
-from losslandscape.render.surfacefile import Surface
+from losslandscape.surfacefile.read import Surface
 from losslandscape.render.view import (
     Options, View2D, check_maps, check_spectrum, eigenvalue_range, loss_lines, ratio_range,
 )

@@ -56,7 +56,7 @@ from losslandscape.render.htmlparts import (
     BEST_MARKER, BEST_MARKER_3D, BLANK_MARKER, COLORSCALE, COMPUTED_MARKER, HESSIAN_MAPS, LINEAR, LOG, MARGIN,
     TITLE, TRAINED_MARKER, TRAINED_MARKER_3D, Panel, Series, Traces, escape, f32, hover_xy, text, write,
 )
-from losslandscape.render.surfacefile import VALUE_LABELS, Surface
+from losslandscape.surfacefile.read import VALUE_LABELS, Surface
 from losslandscape.render.view import (
     Options, View2D, centre_inside, centre_on_grid, computed_pairs, diverged_note, eigenvalue_range, has_maps,
     loss_lines, ratio_range,

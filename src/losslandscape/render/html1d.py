@@ -14,7 +14,7 @@ from losslandscape.render import labels, ranges
 from losslandscape.render.htmlparts import (
     LINEAR, LOG, MARGIN, SCALE_BUTTONS, TITLE, Series, Traces, escape, menu, scale_label, text,
 )
-from losslandscape.render.surfacefile import VALUE_LABELS, Surface
+from losslandscape.surfacefile.read import VALUE_LABELS, Surface
 from losslandscape.render.view import Options, computed_pairs, diverged_points
 
 LOSS_COLOR, ACC_COLOR = "#1f77b4", "#d62728"  # matplotlib's tab:blue and tab:red, as plot1d

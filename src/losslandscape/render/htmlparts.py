@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from losslandscape.render import labels
-from losslandscape.render.surfacefile import Surface
+from losslandscape.surfacefile.read import Surface
 
 COLORSCALE = "Viridis"  # plotly's viridis is matplotlib's (mplfigure.CMAP), the static views' colours
 LOG, LINEAR = "log", "linear"

@@ -14,7 +14,7 @@ from typing import Callable
 
 from losslandscape.errors import UserError
 from losslandscape.render import curvature, plot1d, plot2d
-from losslandscape.render.surfacefile import Surface
+from losslandscape.surfacefile.read import Surface
 from losslandscape.render.view import Options, has_maps, held_values, paths_only, split_views, value_for
 
 KINDS = ("curve", "contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html", "ratio", "eigenvalues",

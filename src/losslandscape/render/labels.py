@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from losslandscape import fileformat as ff
-from losslandscape.render.surfacefile import VALUE_LABELS, Surface
+from losslandscape.surfacefile import format as ff
+from losslandscape.surfacefile.read import VALUE_LABELS, Surface
 
 
 def done_note(surface: Surface, split: str) -> str:

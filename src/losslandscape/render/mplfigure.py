@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from losslandscape.render import labels, ranges, view
-from losslandscape.render.surfacefile import Surface
+from losslandscape.surfacefile.read import Surface
 
 # Paper figure: 4-5 inch wide, 9 pt text (fits one column of a two-column paper
 # at full size, or a 2-column figure at about 0.5 textwidth).

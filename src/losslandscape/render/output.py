@@ -14,7 +14,7 @@ from losslandscape.render import html, labels, mplfigure, plot1d, plot2d, vtp
 from losslandscape.render.kinds import (
     FIGURES, HESSIAN_KINDS, KINDS, check_fits, check_hessian, default_kinds, hessian_kinds,
 )
-from losslandscape.render.surfacefile import SPLITS, VALUES, Surface, load_surface
+from losslandscape.surfacefile.read import SPLITS, VALUES, Surface, load_surface
 from losslandscape.render.view import Options, check_value, compare_splits, held_values, splits_to_draw, value_for
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from losslandscape.render import labels
 from losslandscape.render.htmlparts import Panel, Traces, escape, text
-from losslandscape.render.surfacefile import Surface
+from losslandscape.surfacefile.read import Surface
 
 # Colours that stand out on viridis (dark blue to yellow) and from the red star of the best point.
 PATH_COLORS = ("#ff7f0e", "#e377c2", "#17becf", "#8c564b", "#bcbd22", "#7f7f7f", "#1f77b4")

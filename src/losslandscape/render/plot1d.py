@@ -14,7 +14,7 @@ import numpy as np
 
 from losslandscape.errors import UserError
 from losslandscape.render import labels, mplfigure, ranges
-from losslandscape.render.surfacefile import VALUE_LABELS, Surface
+from losslandscape.surfacefile.read import VALUE_LABELS, Surface
 from losslandscape.render.view import Options, computed_pairs, diverged_points
 
 LOSS_COLOR = "tab:blue"

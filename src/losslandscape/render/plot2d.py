@@ -36,7 +36,7 @@ import numpy as np
 from losslandscape.errors import UserError
 from losslandscape.render import labels, mplfigure, paths, ranges
 from losslandscape.render.mplfigure import BEST_STYLE, CMAP, COMPUTED_STYLE, TRAINED_STYLE
-from losslandscape.render.surfacefile import VALUE_LABELS, Surface, check_computed
+from losslandscape.surfacefile.read import VALUE_LABELS, Surface, check_computed
 from losslandscape.render.view import Options, View2D, centre_inside, centre_on_grid
 
 CONTOUR_LEVELS = 15  # the original code: vmin=0.1, vmax=10, vlevel=0.5 -> 20 levels

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from losslandscape.errors import UserError
-from losslandscape.grid import axis_levels
+from losslandscape.numerics.grid import axis_levels
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 from losslandscape.errors import UserError
 from losslandscape.render import labels, paths, view
-from losslandscape.render.surfacefile import Surface, load_surface
+from losslandscape.surfacefile.read import Surface, load_surface
 
 RING_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from losslandscape import fileformat
+from losslandscape.surfacefile import format as fileformat
 from losslandscape.errors import UserError
 from losslandscape.render import labels, ranges
-from losslandscape.render.surfacefile import SPLITS, Surface, check_computed
+from losslandscape.surfacefile.read import SPLITS, Surface, check_computed
 
 RATIO_RANGE = (0.0, 0.5)  # the colour scale of Li et al.'s Fig. 8
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from losslandscape.errors import UserError
 from losslandscape.render import ranges
-from losslandscape.render.surfacefile import Surface, check_computed
+from losslandscape.surfacefile.read import Surface, check_computed
 
 
 def _ascii(values: np.ndarray, fmt: str, per_line: int) -> str:

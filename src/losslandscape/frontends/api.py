@@ -1,0 +1,299 @@
+"""The Python interface for notebooks: the same engine, file format and resume as the command line.
+
+    import losslandscape as ll
+    s = ll.compute_surface(model, train=(x, y), test=loader, x="-1:1:21", y="-1:1:21", out="s.h5")
+    fig = ll.plot(s, kind="contour")
+
+Every keyword is a field of the job spec (`losslandscape surface --help` lists them), by
+its name (`norm=`, `seed=`, `batch_size=`) or as a whole table (`directions={"seed": 1}`);
+they are validated by the same code and mistakes raise the same one-line `UserError`.
+The caller's model is never touched: the engine works on a copy, and the weights it was
+given are stored beside the surface file (`<out>.model.pt`), so that the file's identity
+pins them (a resume with other weights is refused) and the command line can reproduce it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from losslandscape import spec as specs
+from losslandscape.inputs import userimport
+from losslandscape.run.distributed import run_serial
+from losslandscape.errors import UserError
+from losslandscape.run.hessianmaps import HessianWork, Settings, centre_spectrum
+from losslandscape.run.work import SurfaceWork
+from losslandscape.surfacefile.read import Surface, load_surface
+
+log = logging.getLogger(__name__)
+
+SURFACE_TABLES = ("directions", "grid", "evaluation", "data", "model", "output")  # order decides a bare name
+Data = tuple[torch.Tensor, torch.Tensor] | Iterable
+
+
+def compute_surface(model: torch.nn.Module, train: Data | None = None, test: Data | None = None, *,
+                    x: str = "-1:1:51", y: str = "", out: str | Path = "surface.h5", **options: Any) -> Surface:
+    """Loss and accuracy of `model` on a grid around its weights, in the surface file `out`
+    (created, or resumed when it exists: only missing points are computed).
+
+    `train` / `test`: (inputs, targets) tensors or an iterable of (inputs, targets) batches
+    (a DataLoader); the splits given are evaluated. `x`, `y`: axes as "lo:hi:n" (`y` empty:
+    a 1-D curve). Other keywords: fields of the job spec. Returns the surface as read back
+    from the file; a run stopped by Ctrl-C returns what is computed so far.
+    """
+    return _run(model, None, train, test, x, y, out, options)
+
+
+def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, train: Data | None = None,
+                test: Data | None = None, *, x: str = "-0.5:1.5:41", out: str | Path = "interpolation.h5",
+                model_c: torch.nn.Module | None = None, y: str = "", **options: Any) -> Surface:
+    """Loss and accuracy along the line from `model_a` (x = 0) to `model_b` (x = 1); BatchNorm
+    running statistics move along by default, so x = 1 is `model_b`. With `model_c` and a `y`
+    axis: the plane through the three models, (x, y) = (0, 1) is `model_c`."""
+    options = {"kind": "interpolate", **options}
+    return _run(model_a, model_b, train, test, x, y, out, options, model_c)
+
+
+def compute_trajectory(model: torch.nn.Module, checkpoints: str, train: Data | None = None, test: Data | None = None, *,
+               x: str = "-1:1:21", y: str = "-1:1:21", out: str | Path = "trajectory.h5", **options: Any) -> Surface:
+    """The surface around `model` (the final model) on the plane of the first two principal
+    components of a run's checkpoints (`checkpoints`: a glob of files with the model's keys),
+    with the run's path stored in the file (`also=[...]`: more runs on the same plane)."""
+    return _run(model, None, train, test, x, y, out, {"kind": "pca", "checkpoints": checkpoints, **options})
+
+
+def compute_hessian(surface: str | Path, *, split: str = "train", samples: int = 0, params: str = "all",
+            tol: float = 1e-3, centre: bool = False, top_k: int = 5, device: str | None = None,
+            trust_file: bool = False):
+    """The `hessian` verb on a surface file: the maps of the extreme eigenvalues over its grid
+    (returns the Surface, with `s.eig`), or with `centre=True` the spectrum at the trained
+    model (returns a dict). A surface computed in this process from a live model and tensors
+    can be used; one from another process needs its model and data as module:factory names,
+    imported from the file's own folder or the working directory, or, with `trust_file=True`,
+    from the folders the file names (runs code its maker chose: files you trust only)."""
+    settings = Settings(split, samples, params, tol)
+    if centre:
+        return centre_spectrum(Path(surface), settings, top_k, device, trust_file=trust_file)
+    code = run_serial(HessianWork(Path(surface), settings, device, trust_file))
+    if code != 0:
+        log.warning("stopped early: %s holds the points computed so far; call again to finish", surface)
+    return load_surface(surface)
+
+
+def open_surface(path: str | Path) -> Surface:
+    """A surface file (ours, a partial one, or the original code's) as numpy arrays:
+    `s.x`, `s.y`, `s.train_loss`, ... with NaN where a point is not computed. Where the run's
+    loss defines no accuracy (a regression, a language model's own loss, a user's loss that
+    counts nothing correct) `s.has_accuracy` is False, `s.values` has no `_acc` keys and
+    `s.train_acc` is None."""
+    return load_surface(path)
+
+
+def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None = None,
+         value: str | None = None, *, vmin: float | None = None, vmax: float | None = None,
+         levels: int | None = None, log: bool | None = None, zmax: float | None = None):
+    """A matplotlib Figure of one view of a surface, for a notebook or a paper: `kind` is curve
+    (1-D), contour, filled, heatmap or surface3d (2-D); `split` train or test (default: the
+    first computed), `value` loss or acc (default loss; acc only where the file holds an accuracy). `render` writes the same views to files."""
+    from losslandscape.render.kinds import FIGURES, HESSIAN_KINDS, KINDS_1D, KINDS_2D
+    from losslandscape.render.view import Options, check_value
+
+    s = surface if isinstance(surface, Surface) else load_surface(surface)
+    opts = Options(vmin, vmax, levels, log, zmax)
+    if kind in HESSIAN_KINDS:  # the `hessian` verb's results
+        return curvature_figure(s, kind, opts)
+    kinds = [k for k in (KINDS_1D if s.ndim == 1 else KINDS_2D) if k in FIGURES]  # those drawing one Figure
+    if kind not in kinds:
+        raise UserError(f"kind: {kind!r} does not fit {s.path} ({s.shape_text()}); expected one of {', '.join(kinds)}")
+    splits = [split] if split else [sp for sp in s.splits if s.fraction_done.get(sp, 0) > 0][:1] or s.splits[:1]
+    if not splits or splits[0] not in s.splits:
+        raise UserError(f"split: {split!r} is not in {s.path} (it holds {', '.join(s.splits) or 'nothing'})")
+    if value not in (None, "loss", "acc"):
+        raise UserError(f"value: {value!r} is not valid; expected loss or acc")
+    check_value([s], value, "value")
+    value = value or "loss"
+    ((_, _, fig),) = FIGURES[kind](s, splits, value, opts)
+    return fig
+
+
+def curvature_figure(s: Surface, kind: str, opts):
+    """The Figure of one of the `hessian` verb's views (ratio, eigenvalues, spectrum) of `s`."""
+    from losslandscape.render.kinds import FIGURES
+
+    if kind == "spectrum":
+        if s.centre_spectrum is None:
+            raise UserError(f"kind: {s.path} has no spectrum at the centre; run `losslandscape hessian {s.path} --centre`")
+    elif s.eig is None:
+        raise UserError(f"kind: {s.path} has no Hessian maps; run `losslandscape hessian {s.path}`")
+    ((_, _, fig),) = FIGURES[kind](s, [], None, opts)
+    return fig
+
+
+# --- the engine behind both -----------------------------------------------------------------
+
+def _run(model, model_b, train, test, x, y, out, options, model_c=None) -> Surface:
+    out = Path(out)
+    given = [(name, data) for name, data in (("train", train), ("test", test)) if data is not None]
+    if not given:
+        raise UserError("compute_surface: no data; give train=(inputs, targets) and/or test=..., "
+                        "tensors or a DataLoader")
+    table: dict[str, dict[str, Any]] = {"grid": {"x": x, "y": y}, "output": {"surface": str(out)},
+                                        "data": {"splits": [name for name, _ in given]}}
+    for key, value in options.items():
+        section, name = _field(key, value)
+        if name is None:
+            table.setdefault(section, {}).update(value)
+        else:
+            table.setdefault(section, {})[name] = value
+    loss = table.get("evaluation", {}).get("loss", "cross_entropy")
+    splits = {name: _tensors(name, data, loss) for name, data in given}
+    table["model"] = {**table.get("model", {}), "name": _register_model(model)}
+    table["data"]["name"] = _register_data(splits)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    existed = out.exists()
+    written: list[Path] = []
+    try:
+        table["model"]["checkpoint"] = str(_save_weights(model, out, "model", written))
+        if model_b is not None:
+            table["model"]["checkpoint2"] = str(_save_weights(model_b, out, "model2", written))
+        if model_c is not None:
+            table["model"]["checkpoint3"] = str(_save_weights(model_c, out, "model3", written))
+        spec = specs.from_dict(table)
+        code = run_serial(SurfaceWork(spec))
+    except BaseException:
+        if not existed and not out.exists():  # nothing computed: leave nothing behind
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise
+    if code != 0:
+        log.warning("stopped early: %s holds the points computed so far; call again to finish", out)
+    return load_surface(out)
+
+
+def _field(key: str, value: Any) -> tuple[str, str | None]:
+    """(table, field) of a keyword: a table given whole (field None), or a field by its name."""
+    if key in SURFACE_TABLES:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a dict of its fields, e.g. {key}={{...}}")
+        return key, None
+    for section in SURFACE_TABLES:
+        if key in specs.SECTIONS[section].__dataclass_fields__:
+            return section, key
+    names = [n for s in SURFACE_TABLES for n in specs.SECTIONS[s].__dataclass_fields__]
+    close = difflib.get_close_matches(key, names, n=1)
+    raise UserError(f"compute_surface: unknown keyword {key!r}" + (f"; did you mean {close[0]}?" if close else
+                                                                     "; see `losslandscape surface --help`"))
+
+
+def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
+    """(inputs, targets) on the CPU from tensors (the in-memory path), or the data as given (a
+    Dataset, a DataLoader or a re-iterable of batches: streamed, batches.py). Floating inputs
+    become float32, integer inputs (token ids) stay integers; integer targets become int64
+    class indices, and so do float ones for cross_entropy; other losses keep float targets as
+    given (a regression's, where accuracy means nothing)."""
+    if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        if isinstance(data, (str, bytes)) or not (isinstance(data, Iterable) or hasattr(data, "__getitem__")):
+            raise UserError(f"{split}: expected (inputs, targets) tensors, a Dataset, a DataLoader or an iterable "
+                            f"of batches, not {type(data).__name__}")
+        return data
+    inputs, targets = data
+    if len(inputs) != len(targets):
+        raise UserError(f"{split}: {len(inputs)} inputs but {len(targets)} targets")
+    inputs, targets = inputs.detach().cpu(), targets.detach().cpu()
+    # float class ids (0.0, 1.0, ...) are class indices for cross_entropy; other floats stay floats
+    # (a regression's targets: cross_entropy then refuses them in one line)
+    classes = not targets.is_floating_point() or (loss == "cross_entropy" and bool((targets == targets.round()).all()))
+    return (inputs.float() if inputs.is_floating_point() else inputs), (targets.long() if classes else targets.float())
+
+
+def _digest(tensors: Iterable[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _leaves(obj) -> Iterable[torch.Tensor]:
+    """The tensors of a batch or an item, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj):
+            yield from _leaves(obj[k])
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _leaves(v)
+
+
+def _data_tensors(splits: dict) -> Iterable[torch.Tensor]:
+    """What identifies the data: the tensors of in-memory splits; of a stream, its length (where
+    it has one) and its first batch or item, so that a resume with other data is refused."""
+    for name in sorted(splits):
+        data = splits[name]
+        if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+            yield from data
+            continue
+        if hasattr(data, "__len__"):
+            yield torch.tensor([len(data)])
+        first = data[0] if hasattr(data, "__getitem__") and not isinstance(data, Iterable) else None
+        if first is None:
+            with torch.random.fork_rng(devices=[]):  # a DataLoader's iterator draws from the global RNG
+                first = next(iter(data), None)
+        yield from _leaves(first)
+
+
+def _register_model(model: torch.nn.Module) -> str:
+    """A model name for the spec, served by a factory that returns a CPU copy of `model`
+    (the weights themselves come from the saved checkpoint)."""
+    if not isinstance(model, torch.nn.Module):
+        raise UserError(f"model: expected a torch.nn.Module, not {type(model).__name__}")
+    name = f"python:{type(model).__module__}.{type(model).__qualname__}"
+    userimport.register(name, lambda: _cpu_copy(model))
+    return name
+
+
+def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    clone = copy.deepcopy(model)  # the caller's module (weights, buffers, mode, device) stays as it is
+    return clone.cpu()
+
+
+def _register_data(splits: dict) -> str:
+    """A data name for the spec that identifies the data (a resume with other data is refused)."""
+    name = "python:data-" + _digest(_data_tensors(splits))
+    userimport.register(name, lambda split: _split(splits, split))
+    return name
+
+
+def _split(splits, split: str):
+    if split not in splits:
+        raise UserError(f"data.splits: no {split} data was given")
+    return splits[split]
+
+
+def _save_weights(model: torch.nn.Module, out: Path, tag: str, written: list[Path]) -> Path:
+    """The model's state dict beside the surface file. Never replaced under an existing surface:
+    other weights there mean another surface, which is refused in one line."""
+    path = out.with_name(f"{out.name}.{tag}.pt")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if path.exists():
+        try:
+            old = torch.load(path, map_location="cpu", weights_only=True)
+            same = old.keys() == state.keys() and all(torch.equal(old[k], state[k]) for k in state)
+        except Exception:  # unreadable: no record to keep
+            same = False
+        if same:
+            return path
+        if out.exists():
+            raise UserError(f"model: these weights are not the ones {out} was computed around (kept in {path}); "
+                            "give that model, or choose another out")
+    torch.save(state, path)
+    written.append(path)
+    return path

@@ -1,0 +1,246 @@
+"""Data as users have it: a split is either whole tensors in memory (the fast path: moved to
+the device once) or a stream of batches read again for every work unit.
+
+What a data factory (or the Python interface's `data=`) may give, and what becomes of it:
+
+- `(inputs, targets)` tensors or arrays: in memory. Floating inputs become float32, integer
+  inputs (token ids) stay integers; integer targets become int64, floating targets float32.
+- a map-style `Dataset` (`__getitem__` and `__len__`): the tool builds the loader with
+  `evaluation.batch_size`, `data.workers` processes, pinned memory on CUDA, no shuffling;
+  `data.max_samples` keeps a fixed, seeded subset of the items (only those are read), and
+  `data.parts` / `data.part` one contiguous part of them (`kept_indices`).
+- a `DataLoader`: used as it is (its batch size and workers); one that shuffles is refused;
+  `data.max_samples` and `data.parts` rebuild it, with its settings, over the items they keep
+  of its data set.
+- an `IterableDataset` (yields examples): batched by the tool's loader like a map-style Dataset;
+  with `data.workers` > 0 each worker must read its own share (torch's `get_worker_info`).
+  `data.max_samples` and `data.parts` are refused (no fixed subset).
+- any re-iterable of batches (a list, an object whose `__iter__` starts over); a one-shot
+  iterator or generator is refused (it can be read once only); so are `data.max_samples` and
+  `data.parts`.
+
+A batch is a tuple or list `(inputs..., targets)`, called as `model(*inputs)` and scored
+against the last element; or a dict of tensors (Hugging Face style), called as
+`model(**batch)` (every key, `labels` too) and scored against `batch["labels"]`. The batch is
+moved to the device as a whole structure, dtypes kept.
+
+A stream whose first batch differs between two readings (a shuffling sampler, random
+augmentation) is refused: the surface would be noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from losslandscape.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One batch, ready to call the model with: `model(*args, **kwargs)`, scored against `targets`."""
+    args: tuple
+    kwargs: dict
+    targets: Any  # a tensor, or None (a dict batch without labels)
+
+    def call(self, model: torch.nn.Module):
+        return model(*self.args, **self.kwargs)
+
+    @property
+    def first_input(self) -> torch.Tensor | None:
+        values = list(self.args) + list(self.kwargs.values())
+        return next((v for v in values if isinstance(v, torch.Tensor)), None)
+
+
+def as_batch(obj, field: str = "data.name") -> Batch:
+    """The Batch of one item a loader yields; one line for a shape the tool cannot call a model with."""
+    if isinstance(obj, Mapping):
+        return Batch((), dict(obj), obj.get("labels"))
+    if isinstance(obj, (tuple, list)):
+        if len(obj) < 2:
+            raise UserError(f"{field}: a batch of {len(obj)} element(s); expected (inputs, ..., targets) "
+                            "or a dict of tensors")
+        return Batch(tuple(obj[:-1]), {}, obj[-1])
+    raise UserError(f"{field}: a batch is a {type(obj).__name__}; expected a tuple (inputs, ..., targets) "
+                    "or a dict of tensors")
+
+
+def to_device(obj, device: torch.device, channels_last: bool = False):
+    """The same structure with every tensor on `device` (dtypes kept)."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.to(device, non_blocking=True)
+        if channels_last and obj.dim() == 4 and obj.is_floating_point():
+            obj = obj.contiguous(memory_format=torch.channels_last)
+        return obj
+    if isinstance(obj, Batch):
+        return Batch(to_device(obj.args, device, channels_last), to_device(obj.kwargs, device, channels_last),
+                     to_device(obj.targets, device))
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device, channels_last) for v in obj)
+    return obj
+
+
+def same(a, b) -> bool:
+    """Whether two batch structures hold equal tensors."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and bool(torch.equal(a, b)))
+    if isinstance(a, Batch):
+        return isinstance(b, Batch) and same(a.args, b.args) and same(a.kwargs, b.kwargs) and same(a.targets, b.targets)
+    if isinstance(a, Mapping):
+        return isinstance(b, Mapping) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class Stream:
+    """One split as a re-iterable of batches (never held whole): yields `Batch`es on the CPU."""
+
+    streamed = True
+
+    def __init__(self, iterable: Iterable, what: str, field: str = "data.name", limit: int = 0):
+        self.iterable, self.what, self.field, self.limit = iterable, what, field, limit
+        self._checked: Batch | None = None  # the first batch, once check_repeatable has read it twice
+
+    def __iter__(self) -> Iterator[Batch]:
+        seen = 0
+        # a DataLoader's iterator draws its workers' base seed from the global RNG: reading the
+        # data must not move it (a fresh model is initialised from that RNG after a first read,
+        # so the same spec would give another model with a Dataset than with tensors)
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.iterable)
+        for raw in batches:
+            batch = as_batch(raw, self.field)
+            yield batch
+            seen += batch_size(batch)
+            if self.limit and seen >= self.limit:
+                return
+
+    def limited(self, examples: int) -> "Stream":
+        """The same stream, stopping after the batch that reaches `examples` examples."""
+        return Stream(self.iterable, f"the first {examples} examples of {self.what}", self.field, examples)
+
+    def first(self) -> Batch:
+        try:
+            return next(iter(self))
+        except StopIteration:
+            raise UserError(f"{self.field}: {self.what} gave no batch") from None
+
+    def check_repeatable(self) -> Batch:
+        """The first batch, read twice: a stream that changes between readings is refused.
+        Kept once checked, so that later callers read nothing."""
+        if self._checked is not None:
+            return self._checked
+        one, two = self.first(), self.first()
+        if not same(one, two):
+            raise UserError(f"{self.field}: {self.what} gives different batches on two readings (shuffling or "
+                            "random augmentation); a surface needs the same data at every point: turn off "
+                            "shuffling and random transforms")
+        self._checked = one
+        return one
+
+
+def batch_size(batch: Batch) -> int:
+    t = batch.targets if isinstance(batch.targets, torch.Tensor) else batch.first_input
+    return len(t) if isinstance(t, torch.Tensor) and t.dim() > 0 else 1
+
+
+def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, max_samples: int, seed: int,
+              field: str = "data.name", parts: int = 1, part: int = 0) -> Stream:
+    """A Stream over a factory's Dataset, DataLoader or re-iterable (see the module's docstring)."""
+    from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
+
+    # the field that narrows the data, if any: a stream without fixed items cannot honour it
+    narrowing = "data.max_samples" if max_samples else "data.parts" if parts > 1 else ""
+    undo = "data.max_samples = 0" if max_samples else "data.parts = 1"
+    if isinstance(result, DataLoader):
+        if isinstance(result.sampler, RandomSampler) or (
+                result.batch_sampler is not None and isinstance(result.batch_sampler.sampler, RandomSampler)):
+            raise UserError(f"{field}: {what} is a DataLoader that shuffles; a surface needs the same data at "
+                            "every point: give shuffle=False")
+        if narrowing:
+            if isinstance(result.dataset, IterableDataset):
+                raise UserError(f"{narrowing}: {what} is a DataLoader over an IterableDataset, which has no "
+                                f"fixed subset; set {undo} and limit the data yourself")
+            keep = kept_indices(len(result.dataset), max_samples, seed, parts, part)
+            if keep is not None:
+                result = _over(result, Subset(result.dataset, keep))
+        return Stream(result, what, field)
+    if isinstance(result, IterableDataset):
+        # it yields examples, not batches: batched here like a map-style Dataset's
+        if narrowing:
+            raise UserError(f"{narrowing}: {what} is an IterableDataset, which has no fixed subset; set "
+                            f"{undo} and limit the data yourself")
+        loader = DataLoader(result, batch_size=batch_size_, num_workers=workers, pin_memory=pin)
+        return Stream(loader, what, field)
+    if hasattr(result, "__getitem__") and hasattr(result, "__len__") and (
+            isinstance(result, Dataset) or not hasattr(result, "__iter__") or isinstance(result, Subset)):
+        keep = kept_indices(len(result), max_samples, seed, parts, part)
+        dataset = Subset(result, keep) if keep is not None else result
+        loader = DataLoader(dataset, batch_size=batch_size_, shuffle=False, num_workers=workers, pin_memory=pin)
+        return Stream(loader, what, field)
+    if isinstance(result, Iterable):
+        if iter(result) is result:
+            raise UserError(f"{field}: {what} is a one-shot iterator ({type(result).__name__}); give a "
+                            "re-iterable: a list of batches, a DataLoader, a Dataset or a class whose __iter__ "
+                            "starts over")
+        if narrowing:
+            raise UserError(f"{narrowing}: {what} is a plain iterable of batches, which has no fixed subset; "
+                            f"give a Dataset or a DataLoader, or set {undo}")
+        return Stream(result, what, field)
+    raise UserError(f"{field}: {what} gave a {type(result).__name__}; expected (inputs, targets) tensors, a "
+                    "Dataset, a DataLoader or a re-iterable of batches")
+
+
+def _over(loader, dataset):
+    """`loader`'s settings (batching, collation, workers and their start-up) over another data set."""
+    from torch.utils.data import DataLoader
+
+    # a loader built with a batch_sampler has batch_size None; its sampler's batch size is the one
+    batch_size = loader.batch_size
+    if batch_size is None:
+        batch_size = getattr(loader.batch_sampler, "batch_size", None)
+    workers = {"prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers,
+               "multiprocessing_context": loader.multiprocessing_context} if loader.num_workers else {}
+    return DataLoader(dataset, batch_size=batch_size, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      pin_memory=loader.pin_memory, drop_last=loader.drop_last, timeout=loader.timeout,
+                      worker_init_fn=loader.worker_init_fn, **workers)
+
+
+def subset_indices(n: int, max_samples: int, seed: int) -> list[int] | None:
+    """The fixed, seeded subset `data.max_samples` keeps (sorted indices), or None for all."""
+    if not max_samples or max_samples >= n:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:max_samples].sort().values.tolist()
+
+
+def part_range(n: int, parts: int, part: int) -> tuple[int, int]:
+    """[start, stop) of part `part` of `parts` equal contiguous parts of n items (data.py's
+    docstring: len // parts items each, the last n % parts items in none)."""
+    if parts == 1:
+        return 0, n
+    size = n // parts
+    if size == 0:
+        raise UserError(f"data.parts: {parts} parts of {n} items leave none in a part; expected at most {n} parts")
+    return part * size, (part + 1) * size
+
+
+def kept_indices(n: int, max_samples: int, seed: int, parts: int = 1, part: int = 0) -> list[int] | None:
+    """The items of n that a split keeps (sorted indices), or None for all: the data.max_samples
+    subset, then part `part` of it."""
+    keep = subset_indices(n, max_samples, seed)
+    if parts == 1:
+        return keep
+    items = keep if keep is not None else range(n)
+    start, stop = part_range(len(items), parts, part)
+    return list(items[start:stop])

@@ -1,0 +1,185 @@
+"""Safe checkpoint loading and key normalisation.
+
+Checkpoints load with `torch.load(weights_only=True)`: tensors and plain
+containers only. A file that needs full unpickling (a pickled nn.Module, an
+optimizer object) is refused unless the user says they trust it.
+Accepted layouts: a plain state dict, `{"state_dict": ...}` (the original
+loss-landscape code's .t7/.pt files), `{"model_state_dict": ...}`, and keys
+prefixed by `module.` (DataParallel / DistributedDataParallel); the original code's
+`{"state_dict", "acc", "epoch"}` files load in either of torch.save's formats (the zip
+one, and the older one of PyTorch < 1.6), with `acc` a float or a tensor. Checkpoints
+saved before PyTorch 0.4.1 have no BatchNorm `num_batches_tracked` counters: the
+model keeps its own (eval-mode outputs never read them), as PyTorch does for them.
+A `.safetensors`
+file (Hugging Face) loads with `safetensors.torch.load_file`: tensors only, safe
+by construction, so it never needs trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import torch
+
+from losslandscape.errors import UserError, readable_file
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, keys without any `module.` prefix."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return normalise(_load_safetensors(path, field), field, path)
+    readable_file(path, field, "a PyTorch checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        # torch wraps every weights-only failure, garbage bytes included, in "Weights only load
+        # failed"; only a refused class (a GLOBAL, or an object of one) means "needs trust"
+        if not trust and ("GLOBAL" in str(exc) or "allowlisted" in str(exc)):
+            raise UserError(
+                f"{field}: {path} needs full unpickling, which can run arbitrary code; "
+                "pass --trust-checkpoint if you trust where it came from") from None
+        detail = str(exc).split("WeightsUnpickler error:")[-1]  # drop torch's advice to disable weights_only
+        raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(detail)})") from None
+    except Exception as exc:  # garbage bytes make the unpicklers fail in many ways (KeyError, IndexError, ...)
+        raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+    return normalise(obj, field, path)
+
+
+def _load_safetensors(path: Path, field: str) -> dict[str, torch.Tensor]:
+    readable_file(path, field, "a safetensors file")
+    try:
+        from safetensors.torch import load_file  # noqa: PLC0415 (needed for .safetensors files only)
+    except ImportError:
+        raise UserError(f"{field}: {path} is a safetensors file and the safetensors package is not installed; "
+                        "pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError, for a bad file
+        raise UserError(f"{field}: {path} is not a valid safetensors file ({_first_line(exc)})") from None
+
+
+def normalise(obj, field: str = "model.checkpoint", path: Path | str = "") -> dict[str, torch.Tensor]:
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, torch.nn.Module):
+                inner = inner.state_dict()
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise UserError(f"{field}: {path} holds no state dict (expected a dict of tensors, "
+                        f"or one under {', '.join(repr(k) for k in WRAPPER_KEYS)})")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return dict(obj)
+
+
+def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], field: str = "model.checkpoint") -> None:
+    """Load `state` into `model`, or say in one line which keys do not fit."""
+    own = model.state_dict()
+    state = _bn_counters_filled(model, _tied_filled(own, state))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        if wrong:
+            parts.append("wrong shape " + _few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]))
+        raise UserError(f"{field}: does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def _tied_filled(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the tied entries it leaves out (a Hugging Face checkpoint stores a language
+    model's output weights once, as the input embedding they share) taken from their twin."""
+    by_storage: dict[tuple, list[str]] = {}
+    for k, t in own.items():
+        if t.numel():
+            by_storage.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []).append(k)
+    filled = dict(state)
+    for names in by_storage.values():
+        present = [k for k in names if k in state]
+        for k in names:
+            if k not in filled and present:
+                filled[k] = state[present[0]]
+    return filled
+
+
+def _bn_counters_filled(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the `num_batches_tracked` counters it lacks taken from `model`, for every
+    BatchNorm whose running statistics it has (PyTorch < 0.4.1 saved none)."""
+    filled = dict(state)
+    for prefix, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.num_batches_tracked is not None:
+            key = f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"
+            stats = f"{prefix}.running_mean" if prefix else "running_mean"
+            if key not in filled and stats in filled:
+                filled[key] = m.num_batches_tracked
+    return filled
+
+
+def file_sha256(path: str | Path, field: str = "model.checkpoint") -> str:
+    readable_file(path, field)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _few(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} key(s): {shown}" + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
+
+
+def _first_line(exc: BaseException | str) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def build_and_load(model_spec, in_channels: int, checkpoint: str | None = None,
+                   field: str = "model.checkpoint") -> torch.nn.Module:
+    """The spec's model with the weights of `checkpoint` (default: model.checkpoint), on the CPU."""
+    from losslandscape.inputs.models import build_model
+
+    model = build_model(model_spec.name, num_classes=model_spec.num_classes, in_channels=in_channels)
+    path = model_spec.checkpoint if checkpoint is None else checkpoint
+    if path:
+        state = load_state_dict(path, model_spec.trust_checkpoint, field)
+        try:
+            apply_state_dict(model, state, field)
+        except UserError as exc:
+            hint = _original_hint(model_spec.name, state, model_spec.num_classes, in_channels)
+            if not hint:
+                raise
+            raise UserError(f"{exc}; {hint}") from None
+    return model
+
+
+def _original_hint(name: str, state: dict[str, torch.Tensor], num_classes: int, in_channels: int) -> str:
+    """What to write instead when `state`, refused by zoo model `name`, fits the original
+    loss-landscape code's network of that name (its ResNets have other shortcuts); else ""."""
+    from losslandscape.inputs.models import ZOO
+
+    original = f"original_{name}"
+    if original not in ZOO:
+        return ""
+    with torch.device("meta"):  # keys and shapes only: no memory, no init
+        model = ZOO[original](num_classes=num_classes, in_channels=in_channels)
+    own = model.state_dict()
+    state = _bn_counters_filled(model, state)
+    if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
+        return ""
+    return (f'it fits {original}, the original loss-landscape code\'s {name}: set model.name = "{original}"')

@@ -1,0 +1,262 @@
+"""Directions in weight space: random (filter-normalised), interpolation, from files.
+
+Li, Xu, Taylor, Studer, Goldstein, "Visualizing the Loss Landscape of Neural
+Nets", NeurIPS 2018, Sec. 4: a random Gaussian direction d is normalised filter
+by filter, d_ij <- d_ij / ||d_ij|| * ||theta_ij|| (filter j of layer i), so that
+the landscape is comparable across networks and scale-invariant layers.
+1-D entries (biases, BatchNorm) are zeroed with ignore = "biasbn"; otherwise
+their direction is the entry's own value, as in the original code.
+
+A "filter" is a tensor's slice along dim 0, whatever the layer (`normalize`):
+- convolutions, weight (C_out, C_in, kh, kw): one norm per output channel, as in the paper;
+- Linear, weight (out, in): one norm per output row (a neuron's incoming weights);
+- Embedding, weight (V, D): one norm per row, i.e. per token's vector (dim 0 is the
+  vocabulary, so rows are tokens, not features);
+- 1-D tensors (biases; BatchNorm, LayerNorm and RMSNorm weights and biases; BatchNorm
+  running statistics with dir_type "states"): no filters; directions.ignore decides
+  ("biasbn": zero, so they stay fixed; "none": the tensor's own values).
+
+A direction is a dict {name: float32 tensor} over the tensors it moves: the
+model's parameters (dir_type "weights", `named_parameters` order) or the
+floating-point entries of its state dict (dir_type "states": BatchNorm running
+statistics too), narrowed by the spec's directions.include / exclude /
+trainable_only (`moved_tensors`). Every other tensor stays as it is at every
+grid point. trainable_only keeps the parameters with requires_grad; with
+dir_type "states" that means the state-dict entries that are such parameters:
+buffers (running statistics) have no requires_grad and stay fixed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+from typing import Literal
+
+import h5py
+import numpy as np
+import torch
+
+from losslandscape.errors import UserError, readable_file
+
+Direction = dict[str, torch.Tensor]
+EPS = 1e-10
+
+
+def target_tensors(model: torch.nn.Module, dir_type: Literal["weights", "states"]) -> dict[str, torch.Tensor]:
+    """The model's tensors a direction moves, by name (live tensors, not copies)."""
+    if dir_type == "weights":
+        return {name: p.data for name, p in model.named_parameters()}
+    return {name: t for name, t in model.state_dict(keep_vars=False).items() if t.is_floating_point()}
+
+
+def moved_tensors(model: torch.nn.Module, d) -> dict[str, torch.Tensor]:
+    """The tensors the spec's `[directions]` table `d` moves, by name (live, in target order):
+    target_tensors(model, d.dir_type), then only those matching a d.include pattern (if any),
+    minus those matching a d.exclude pattern, then (d.trainable_only) only parameters with
+    requires_grad. Patterns are fnmatch globs on the whole name ("layer3.*", "*.bias").
+    A pattern that matches no target, or a selection left empty, is a one-line UserError."""
+    targets = target_tensors(model, d.dir_type)
+    names = list(targets)
+    include, exclude = list(d.include or []), list(d.exclude or [])
+    for field, patterns in (("directions.include", include), ("directions.exclude", exclude)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise UserError(f"{field}: {pattern!r} matches none of the model's {len(names)} "
+                                f"{_kind(d.dir_type)}; closest: {', '.join(_closest(pattern, names))}")
+    chosen = [n for n in names if not include or any(fnmatch.fnmatchcase(n, p) for p in include)]
+    chosen = [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    if d.trainable_only:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        chosen = [n for n in chosen if n in trainable]
+    if not chosen:
+        field = "directions.trainable_only" if d.trainable_only else (
+            "directions.exclude" if exclude else "directions.include")
+        raise UserError(f"{field}: no tensor left to move (of {len(names)} {_kind(d.dir_type)}: "
+                        f"include {include}, exclude {exclude}, trainable_only {str(d.trainable_only).lower()})")
+    return {n: targets[n] for n in chosen}
+
+
+def moved_summary(tensors: dict[str, torch.Tensor], d) -> dict:
+    """The moved set in a few numbers, for the log and the surface file: the count of tensors,
+    of their values ("parameters"; buffer entries too with dir_type "states") and the filters."""
+    return {"tensors": len(tensors), "parameters": int(sum(t.numel() for t in tensors.values())),
+            "include": list(d.include or []), "exclude": list(d.exclude or []),
+            "trainable_only": bool(d.trainable_only)}
+
+
+def _kind(dir_type: str) -> str:
+    return "parameters" if dir_type == "weights" else "floating-point state-dict entries"
+
+
+def _closest(pattern: str, names: list[str], n: int = 3) -> list[str]:
+    """The names (and module prefixes as "prefix.*") nearest to a pattern, for a did-you-mean."""
+    prefixes = {name.rsplit(".", k)[0] + ".*" for name in names for k in range(1, name.count(".") + 1)}
+    return difflib.get_close_matches(pattern, [*names, *sorted(prefixes)], n=n, cutoff=0.0)
+
+
+def random_direction(weights: dict[str, torch.Tensor], generator: torch.Generator) -> Direction:
+    return {name: torch.randn(w.shape, generator=generator, dtype=torch.float32) for name, w in weights.items()}
+
+
+def normalize(direction: Direction, weights: dict[str, torch.Tensor], norm: str, ignore: str) -> Direction:
+    """Rescale a direction against the weights it will move, in place; returns it.
+
+    "filter": one norm per slice along dim 0 (a convolution's output channel, a Linear
+    layer's output row, an Embedding's token row); 1-D tensors follow `ignore` (module docstring)."""
+    for name, d in direction.items():
+        w = weights[name].detach().to(torch.float32).cpu()
+        if d.dim() <= 1:
+            if ignore == "biasbn":
+                d.zero_()
+            else:
+                d.copy_(w)
+        elif norm == "filter":
+            # one norm per filter (output channel / row): dims 1.. are reduced
+            dn = d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1))
+            wn = w.flatten(1).norm(dim=1).view_as(dn)
+            d.mul_(wn / (dn + EPS))
+        elif norm == "layer":
+            d.mul_(w.norm() / (d.norm() + EPS))
+        elif norm == "weight":
+            d.mul_(w)
+        elif norm == "dfilter":
+            d.div_(d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1)) + EPS)
+        elif norm == "dlayer":
+            d.div_(d.norm() + EPS)
+        elif norm != "none":
+            raise ValueError(f"unknown norm {norm!r}")
+    return direction
+
+
+DOT_CHUNK = 1 << 20  # elements per float64 slice: a large embedding never needs a whole float64 copy
+
+
+def dot(a: Direction, b: Direction) -> float:
+    """The float64 dot product of two directions over all their tensors."""
+    total = torch.zeros((), dtype=torch.float64)
+    for k in a:
+        x, y = a[k].reshape(-1), b[k].reshape(-1)
+        for s in range(0, x.numel(), DOT_CHUNK):
+            total += torch.dot(x[s:s + DOT_CHUNK].double(), y[s:s + DOT_CHUNK].double()).cpu()
+    return float(total)
+
+
+def orthogonalize(y: Direction, x: Direction) -> Direction:
+    """y minus its projection on x (Gram-Schmidt over the whole flattened vector), in place."""
+    coef = dot(x, y) / max(dot(x, x), EPS)
+    for k in y:
+        y[k].sub_(x[k], alpha=coef)
+    return y
+
+
+def cosine(a: Direction, b: Direction) -> float:
+    return dot(a, b) / max(np.sqrt(dot(a, a) * dot(b, b)), EPS)
+
+
+def random_directions(weights: dict[str, torch.Tensor], two: bool, norm: str, ignore: str, seed: int,
+                      orthogonal: bool) -> tuple[Direction, Direction | None, dict]:
+    """x (and y) random directions; info records the x/y cosine (before, after)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = normalize(random_direction(weights, gen), weights, norm, ignore)
+    if not two:
+        return x, None, {}
+    y = normalize(random_direction(weights, gen), weights, norm, ignore)
+    info = {"cosine_xy_before": cosine(x, y)}
+    if orthogonal:
+        orthogonalize(y, x)
+    info["cosine_xy"] = cosine(x, y)
+    return x, y, info
+
+
+def interpolation_direction(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor]) -> Direction:
+    """end - start: x = 0 is the first model, x = 1 the second."""
+    return {k: (end[k].detach().float().cpu() - start[k].detach().float().cpu()) for k in start}
+
+
+def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
+                        field: str = "directions.file", all_names: list[str] | None = None,
+                        only: list[str] | None = None) -> tuple[Direction, Direction | None]:
+    """Directions over `weights` (or over its entries `only`, the moved subset) from one of our
+    surface files or an original loss-landscape direction file.
+
+    Ours: groups directions/x and directions/y, one dataset per name. The
+    original code's: groups xdirection / ydirection with datasets "0", "1", ...
+    in the order of `model.parameters()` (dir_type "weights") or of every
+    `model.state_dict()` entry (dir_type "states"), integer buffers such as
+    BatchNorm's num_batches_tracked included. `all_names`, the model's full
+    state-dict key list, lets such a states file be matched by position and its
+    non-floating entries dropped (we never move them; in eval mode they change nothing).
+    An original file is matched by position against all of `weights` and then narrowed to
+    `only`; ours is read by name, so it needs entries for `only` alone.
+    """
+    wanted = list(weights) if only is None else list(only)
+    readable_file(path, field, "an HDF5 file with directions")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise UserError(f"{field}: no such file {path!r}") from None
+    except OSError as exc:
+        raise UserError(f"{field}: {path} is not an HDF5 file ({exc})") from None
+    with f:
+        if "directions" in f:
+            groups = [f["directions"].get("x"), f["directions"].get("y")]
+            read = lambda g: {k: torch.from_numpy(np.asarray(g[k], dtype=np.float32)) for k in wanted if k in g}
+        elif "xdirection" in f:
+            groups = [f.get("xdirection"), f.get("ydirection")]
+            read = lambda g: _select(_read_original_group(g, path, field, list(weights), all_names), wanted)
+        else:
+            raise UserError(f"{field}: {path} holds no directions (expected group 'directions' or 'xdirection')")
+        if groups[0] is None or (two and groups[1] is None):
+            raise UserError(f"{field}: {path} lacks the {'y' if groups[0] is not None else 'x'} direction")
+        result = [read(groups[0]), read(groups[1]) if two else None]
+    for d in result:
+        if d is None:
+            continue
+        missing = [k for k in wanted if k not in d]
+        if missing:
+            raise UserError(f"{field}: {path} has no direction for {len(missing)} entries, e.g. {missing[0]!r}")
+        for k in wanted:
+            w = weights[k]
+            if tuple(d[k].shape) != tuple(w.shape):
+                raise UserError(f"{field}: direction {k!r} has shape {tuple(d[k].shape)}, the model {tuple(w.shape)}")
+    return result[0], result[1]
+
+
+def _select(direction: Direction, names: list[str]) -> Direction:
+    return {k: direction[k] for k in names}
+
+
+def _read_original_group(g: h5py.Group, path: str, field: str, names: list[str],
+                         all_names: list[str] | None) -> Direction:
+    """{name: tensor} for `names` from an original direction group ("0", "1", ... by position)."""
+    try:
+        keys = sorted(g.keys(), key=int)
+    except ValueError:
+        raise UserError(f"{field}: {path}: group {g.name!r} has datasets not named 0, 1, ...") from None
+    order = names
+    if all_names is not None and len(keys) == len(all_names):
+        # one entry per state-dict entry, as the original code wrote states directions
+        order = list(all_names)
+        known = set(order)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"all_names lacks {unknown[0]!r}")  # a caller's mistake, not the user's
+    if len(keys) != len(order):
+        in_all = f" ({len(all_names)} state-dict entries in all)" if all_names and len(all_names) != len(names) else ""
+        raise UserError(f"{field}: {path} holds {len(keys)} direction entries in {g.name!r}, the model has "
+                        f"{len(names)} to move{in_all}; is directions.dir_type right?")
+    by_name = dict(zip(order, keys))
+    return {n: torch.from_numpy(np.asarray(g[by_name[n]], dtype=np.float32)) for n in names}
+
+
+def digest(*directions: Direction | None) -> str:
+    """SHA-256 over the directions' names and float32 bytes: identifies them in the surface file."""
+    h = hashlib.sha256()
+    for d in directions:
+        if d is None:
+            continue
+        for k in sorted(d):
+            h.update(k.encode())
+            h.update(d[k].detach().to(torch.float32).cpu().contiguous().numpy())  # its buffer, not a copy
+    return h.hexdigest()

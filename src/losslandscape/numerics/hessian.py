@@ -1,0 +1,475 @@
+"""Curvature of the loss: Hessian-vector products, extreme eigenvalues, trace, spectral density.
+
+Everything here is about the Hessian of the MEAN loss over a data set,
+
+    L(theta) = 1/N * sum_i loss(model(x_i; theta), y_i),
+
+with the model in eval mode (BatchNorm uses its running statistics, dropout is
+off), with respect to a chosen set of the model's parameters, the others held
+fixed. The loss is the evaluator's, from `losses.py`; N is the count the loss
+reports. The Hessian is never formed: a `HessianOperator` gives H v, and every
+spectral quantity is computed from products with it (Lanczos, Hutchinson,
+stochastic Lanczos quadrature). Serial and pure: tensors in, numbers out.
+
+Hessian-vector products: double backward (`torch.autograd.grad` with
+create_graph=True, then the gradient of <g, v>), measured faster than
+forward-over-reverse (`torch.func.jvp` of `torch.func.grad`), which stays
+available as method="forward_over_reverse"; docs/hessian-benchmarks.md has the
+numbers, and `python -m losslandscape.numerics.hessian` measures them again. The
+products are accumulated over batches as (sum of per-batch HVPs of the summed
+loss) / N, exact whatever the batch size; no autograd graph outlives a call.
+
+Eigenvalues: scipy's ARPACK (`scipy.sparse.linalg.eigsh`, implicitly restarted
+Lanczos) on `HessianOperator.as_linear_operator()`, with a seeded starting
+vector so results are reproducible.
+
+The smallest eigenvalue is taken with which="SA" on the shifted operator
+H - lam_max*I (the same Krylov spaces as H, as Lanczos is shift-invariant), so
+that ARPACK's stopping test, relative to the eigenvalue it converges, is
+relative to the width of the spectrum: the smallest eigenvalue of a network's
+Hessian is usually close to zero, and an unshifted relative test would demand
+an absolute accuracy far beyond what is meaningful.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.linalg import eigh_tridiagonal
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from losslandscape.inputs.batches import Batch, Stream, to_device
+from losslandscape.numerics.evaluate import batch_size_for
+from losslandscape.inputs.losses import LossFunction, cross_entropy, get_loss
+
+__all__ = [
+    "HessianOperator",
+    "hessian_params",
+    "extreme_eigenvalues",
+    "top_eigenvalues",
+    "hutchinson_trace",
+    "stochastic_lanczos_quadrature",
+    "spectral_density",
+    "hessian_eigen_directions",
+]
+
+Op = "HessianOperator | LinearOperator"  # what the spectral functions take
+
+
+def hessian_params(model: torch.nn.Module,
+                   which: Literal["all", "weights"] = "all") -> dict[str, torch.nn.Parameter]:
+    """The model's parameters the Hessian is taken with respect to, by `named_parameters` name.
+
+    "all": every parameter. "weights": only the tensors of more than one
+    dimension (convolution and linear weights; no biases, no BatchNorm), as the
+    original loss-landscape code's Hessian did.
+    """
+    if which == "all":
+        return dict(model.named_parameters())
+    if which == "weights":
+        return {name: p for name, p in model.named_parameters() if p.dim() > 1}
+    raise ValueError(f"unknown parameter set {which!r}; choose 'all' or 'weights'")
+
+
+def loss_sum(outputs, targets, loss: LossFunction) -> tuple[torch.Tensor, int | torch.Tensor]:
+    """(summed loss, count) of one batch, differentiably.
+
+    Float64 outputs stay float64 (the losses raise only bf16/fp16 to float32), so that
+    curvature can be computed in double precision.
+    """
+    total, count, _ = loss(outputs, targets)
+    return total, count
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode for the duration; every module's own flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class HessianOperator:
+    """H v for the Hessian of the mean loss over (inputs, targets) w.r.t. `params`.
+
+    `params`: the live parameters, as {name: Parameter} (names as in
+    `model.named_parameters()`), a list of the model's Parameters, or "all" /
+    "weights" (see `hessian_params`). Vectors are flat, of length `dim`, in the
+    order of `names` (each tensor flattened, C order). The model is put in eval
+    mode during each product and its modes restored after; its parameters and
+    buffers are read, never changed. The data are moved to the model's device
+    once. `batch_size` (0: `evaluate.batch_size_for`'s default for the device,
+    128 on a CPU, 1024 on a GPU) bounds memory only: the product is the same for
+    every batch size. An HVP holds a few times a training step's activations.
+    """
+
+    def __init__(self, model: torch.nn.Module,
+                 params: Mapping[str, torch.nn.Parameter] | Sequence[torch.nn.Parameter] | Literal["all", "weights"],
+                 inputs: "torch.Tensor | Stream", targets: torch.Tensor | None, loss: str = "cross_entropy",
+                 batch_size: int = 0,
+                 method: Literal["double_backward", "forward_over_reverse"] = "double_backward"):
+        self.loss_fn = get_loss(loss, model)
+        if method not in ("forward_over_reverse", "double_backward"):
+            raise ValueError(f"unknown method {method!r}")
+        self.stream = inputs if isinstance(inputs, Stream) else None
+        if self.stream is None and (len(inputs) != len(targets) or len(targets) == 0):
+            raise ValueError(f"need as many targets as inputs, at least one: got {len(inputs)} and {len(targets)}")
+        self.model = model
+        self.params = self._named(model, params)
+        if not self.params:
+            raise ValueError("no parameters to take the Hessian with respect to")
+        self.names = list(self.params)
+        first = next(iter(self.params.values()))
+        self.device = first.device
+        self.dtype = first.dtype
+        self.shapes = [p.shape for p in self.params.values()]
+        self.sizes = [p.numel() for p in self.params.values()]
+        self.dim = sum(self.sizes)
+        self.loss = loss
+        self.method = method
+        if self.stream is None:
+            self.inputs = inputs.to(self.device)
+            self.targets = targets.to(self.device)
+            self.n = len(self.targets)
+        self.batch_size = batch_size_for(self.device, batch_size)
+        self.matvecs = 0  # products computed so far
+
+    @staticmethod
+    def _named(model, params) -> dict[str, torch.nn.Parameter]:
+        if isinstance(params, str):
+            return hessian_params(model, params)  # type: ignore[arg-type]
+        by_id = {id(p): name for name, p in model.named_parameters()}
+        if isinstance(params, Mapping):
+            for name, p in params.items():
+                if by_id.get(id(p)) != name:
+                    raise ValueError(f"{name!r} is not the model's parameter of that name")
+            return dict(params)
+        named = {}
+        for p in params:
+            if id(p) not in by_id:
+                raise ValueError("a parameter given is not one of the model's parameters")
+            named[by_id[id(p)]] = p
+        return named
+
+    def _batches(self) -> Iterator[Batch]:
+        if self.stream is not None:
+            for batch in self.stream:
+                yield to_device(batch, self.device)
+            return
+        for start in range(0, self.n, self.batch_size):
+            yield Batch((self.inputs[start:start + self.batch_size],), {}, self.targets[start:start + self.batch_size])
+
+    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """A flat vector as a list of tensors shaped like the parameters (views)."""
+        return [c.view(shape) for c, shape in zip(torch.split(v, self.sizes), self.shapes)]
+
+    def as_directions(self, v: torch.Tensor | np.ndarray,
+                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """A flat vector as {name: tensor} on the CPU, the form of `directions.Direction`."""
+        v = torch.as_tensor(v).detach().to("cpu", dtype).reshape(-1)
+        return {name: t.clone() for name, t in zip(self.names, self.split(v))}
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v, v of shape (dim,); the result has the model's dtype and device."""
+        v = torch.as_tensor(v).detach().to(self.device, self.dtype).reshape(-1)
+        if v.numel() != self.dim:
+            raise ValueError(f"vector of length {v.numel()}, expected {self.dim}")
+        tangents = self.split(v)
+        out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        count: int | torch.Tensor = 0
+        product = self._hvp_double if self.method == "double_backward" else self._hvp_func
+        with _eval_mode(self.model):
+            for batch in self._batches():
+                hv, k = product(batch, tangents)
+                out += torch.cat([h.reshape(-1) for h in hv])
+                count += k
+        self.matvecs += 1
+        return out.div_(int(count))
+
+    def _arguments(self) -> dict[str, torch.Tensor]:
+        """Every parameter for functional_call: the chosen ones as fresh leaves requiring grad
+        (a frozen parameter can be chosen too), the others detached, so that autograd
+        records only what the Hessian needs."""
+        return {name: p.detach().requires_grad_(name in self.params) for name, p in self.model.named_parameters()}
+
+    def _hvp_double(self, batch: Batch, tangents):
+        args = self._arguments()
+        leaves = [args[name] for name in self.names]
+        with torch.enable_grad():
+            outputs = torch.func.functional_call(self.model, args, batch.args, batch.kwargs)
+            total, count = loss_sum(outputs, batch.targets, self.loss_fn)
+            grads = torch.autograd.grad(total, leaves, create_graph=True, allow_unused=True)
+            dot = sum((g * t).sum() for g, t in zip(grads, tangents) if g is not None and g.requires_grad)
+            if not isinstance(dot, torch.Tensor):  # the loss is at most linear in the parameters
+                return [torch.zeros_like(t) for t in tangents], count
+            hv = torch.autograd.grad(dot, leaves, allow_unused=True)
+        # the graph of `grads` is freed here: nothing outlives the call
+        return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tangents)], count
+
+    def _hvp_func(self, batch: Batch, tangents):
+        args = {name: t.detach() for name, t in self._arguments().items()}
+        primals = {name: args.pop(name) for name in self.names}
+        tangent = dict(zip(self.names, tangents))
+        model, loss = self.model, self.loss_fn
+
+        def batch_loss(ps):
+            outputs = torch.func.functional_call(model, {**args, **ps}, batch.args, batch.kwargs)
+            total, count = loss_sum(outputs, batch.targets, loss)
+            return total, torch.as_tensor(count)  # torch.func carries only tensors out as aux
+
+        # torch.func's transforms ignore an outer no_grad, which keeps ordinary autograd out;
+        # torch's forward-AD decompositions warn once about torch.jit.script, which is theirs
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.script", category=DeprecationWarning)
+            _, hv, count = torch.func.jvp(torch.func.grad(batch_loss, has_aux=True), (primals,), (tangent,),
+                                          has_aux=True)
+        return [hv[name] for name in self.names], count
+
+    def as_linear_operator(self) -> LinearOperator:
+        """The operator for scipy: float64 numpy vectors in and out."""
+        def mv(v):
+            v = torch.from_numpy(np.ascontiguousarray(np.asarray(v, dtype=np.float64).reshape(-1)))
+            return self.matvec(v).detach().to("cpu", torch.float64).numpy()
+
+        return LinearOperator((self.dim, self.dim), matvec=mv, rmatvec=mv, dtype=np.float64)
+
+
+def _linop(op: HessianOperator | LinearOperator) -> LinearOperator:
+    if isinstance(op, HessianOperator):
+        return op.as_linear_operator()
+    if isinstance(op, LinearOperator):
+        return op
+    raise TypeError(f"expected a HessianOperator or a scipy LinearOperator, got {type(op).__name__}")
+
+
+def _start(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(n)
+
+
+def _shifted(a: LinearOperator, shift: float) -> LinearOperator:
+    def mv(v):
+        v = np.asarray(v, dtype=np.float64).reshape(-1)
+        return a.matvec(v) - shift * v
+
+    return LinearOperator(a.shape, matvec=mv, rmatvec=mv, dtype=np.float64)
+
+
+def _extremes(op: Op, tol: float, maxiter: int | None, seed: int, vectors: bool):
+    a = _linop(op)
+    n = a.shape[0]
+    if n < 2:
+        raise ValueError("Lanczos needs at least 2 dimensions")
+    v0 = _start(n, seed)
+    top = eigsh(a, k=1, which="LA", v0=v0, tol=tol, maxiter=maxiter, return_eigenvectors=vectors)
+    lam_max = float((top[0] if vectors else top)[0])
+    # the same Krylov spaces, a stopping test relative to the spectrum's width (module docstring)
+    bottom = eigsh(_shifted(a, lam_max), k=1, which="SA", v0=v0, tol=tol, maxiter=maxiter,
+                   return_eigenvectors=vectors)
+    lam_min = float((bottom[0] if vectors else bottom)[0]) + lam_max
+    lam_min = min(lam_min, lam_max)
+    if not vectors:
+        return lam_max, lam_min, None, None
+    return lam_max, lam_min, top[1][:, 0], bottom[1][:, 0]
+
+
+def extreme_eigenvalues(op: Op, tol: float = 1e-3, maxiter: int | None = None,
+                        seed: int = 0) -> tuple[float, float]:
+    """(lam_max, lam_min) of the Hessian, by Lanczos (ARPACK); reproducible for a seed.
+
+    `tol`: ARPACK's relative tolerance; lam_max is accurate to about tol*|lam_max|,
+    lam_min to about tol*(lam_max - lam_min). `maxiter`: ARPACK's restarts
+    (None: its default, 10*dim). Raises scipy's ArpackNoConvergence if not converged.
+    `op`: a HessianOperator or any symmetric scipy LinearOperator (float64).
+    lam_max is found first, unshifted; a spectrum whose negative end dominates
+    (|lam_min| >> lam_max) makes it slow to converge, not wrong.
+    """
+    lam_max, lam_min, _, _ = _extremes(op, tol, maxiter, seed, vectors=False)
+    return lam_max, lam_min
+
+
+def top_eigenvalues(op: Op, k: int, tol: float = 1e-3, maxiter: int | None = None, seed: int = 0) -> list[float]:
+    """The k largest (algebraic) eigenvalues, in descending order, by Lanczos (ARPACK); k < dim."""
+    a = _linop(op)
+    n = a.shape[0]
+    if not 0 < k < n:
+        raise ValueError(f"k must be between 1 and dim-1 = {n - 1}, got {k}")
+    values = eigsh(a, k=k, which="LA", v0=_start(n, seed), tol=tol, maxiter=maxiter, return_eigenvectors=False)
+    return sorted((float(x) for x in values), reverse=True)
+
+
+def hutchinson_trace(op: Op, samples: int = 100, seed: int = 0) -> tuple[float, float]:
+    """(trace estimate, its standard error): the mean of z^T H z over Rademacher vectors z."""
+    if samples < 2:
+        raise ValueError("need at least 2 samples for a standard error")
+    a = _linop(op)
+    rng = np.random.default_rng(seed)
+    estimates = np.empty(samples)
+    for i in range(samples):
+        z = rng.integers(0, 2, size=a.shape[0]).astype(np.float64) * 2.0 - 1.0
+        estimates[i] = z @ a.matvec(z)
+    return float(estimates.mean()), float(estimates.std(ddof=1) / np.sqrt(samples))
+
+
+def _lanczos(a: LinearOperator, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, beta) of the Lanczos tridiagonal matrix from v0, with full reorthogonalisation.
+
+    Stops early when the Krylov space is invariant (beta vanishes). Keeps
+    steps * dim float64 numbers (the basis).
+    """
+    n = a.shape[0]
+    m = min(steps, n)
+    basis = np.zeros((m, n))
+    alpha: list[float] = []
+    beta: list[float] = []
+    v = v0 / np.linalg.norm(v0)
+    scale = 0.0
+    for j in range(m):
+        basis[j] = v
+        w = np.asarray(a.matvec(v), dtype=np.float64).reshape(-1)
+        alpha.append(float(w @ v))
+        w = w - alpha[-1] * v - (beta[-1] * basis[j - 1] if j else 0.0)
+        for _ in range(2):  # twice is enough (Parlett: "twice is enough")
+            w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
+        b = float(np.linalg.norm(w))
+        scale = max(scale, abs(alpha[-1]), b)
+        if j == m - 1 or b <= 1e-10 * scale:
+            break
+        beta.append(b)
+        v = w / b
+    return np.array(alpha), np.array(beta)
+
+
+def stochastic_lanczos_quadrature(op: Op, steps: int = 30, probes: int = 4,
+                                  seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per probe, (nodes, weights): Ritz values of `steps` Lanczos steps from a random
+    Gaussian unit vector, and the squared first components of their eigenvectors
+    (they sum to 1). sum_j w_j f(node_j) estimates tr f(H) / dim.
+    """
+    a = _linop(op)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(probes):
+        alpha, beta = _lanczos(a, rng.standard_normal(a.shape[0]), steps)
+        if len(alpha) == 1:
+            nodes, vecs = alpha.copy(), np.ones((1, 1))
+        else:
+            nodes, vecs = eigh_tridiagonal(alpha, beta)
+        weights = vecs[0] ** 2
+        out.append((nodes, weights / weights.sum()))
+    return out
+
+
+def spectral_density(op: Op, steps: int = 30, probes: int = 4, seed: int = 0, points: int = 200,
+                     sigma: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, density) of the Hessian's eigenvalues by stochastic Lanczos quadrature.
+
+    Ritz values broadened by Gaussians of width `sigma` (None: 2% of the span of
+    the Ritz values), weighted by the squared first components, averaged over
+    `probes`, on `points` equally spaced values from 4 sigma below the smallest
+    Ritz value to 4 sigma above the largest; the density integrates to 1 over
+    the grid (trapezoid rule). Its mean, the integral of lambda * density,
+    estimates trace / dim.
+    """
+    quad = stochastic_lanczos_quadrature(op, steps, probes, seed)
+    nodes = np.concatenate([q[0] for q in quad])
+    lo, hi = float(nodes.min()), float(nodes.max())
+    if sigma is None:
+        span = hi - lo
+        if span <= 0:
+            span = max(abs(lo), abs(hi)) or 1.0
+        sigma = 0.02 * span
+    if sigma <= 0:
+        raise ValueError("sigma must be positive")
+    grid = np.linspace(lo - 4 * sigma, hi + 4 * sigma, points)
+    density = np.zeros(points)
+    for q_nodes, q_weights in quad:
+        gauss = np.exp(-0.5 * ((grid[:, None] - q_nodes[None, :]) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+        density += gauss @ q_weights
+    density /= len(quad)
+    density /= np.trapezoid(density, grid)
+    return grid, density
+
+
+def hessian_eigen_directions(op: HessianOperator, which: Literal["extremes", "top2"] = "extremes",
+                             tol: float = 1e-3, maxiter: int | None = None, seed: int = 0,
+                             dtype: torch.dtype = torch.float32) -> list[tuple[float, dict[str, torch.Tensor]]]:
+    """Two Hessian eigenvectors as directions: [(eigenvalue, {name: tensor}), ...].
+
+    which="extremes": those of the largest and of the smallest eigenvalue;
+    "top2": of the two largest. Each is a unit vector over the whole flattened
+    parameter set, as {name: CPU tensor of `dtype`} over `op.names` (parameters
+    outside `op.params`, e.g. 1-D ones for "weights", are not in it: a caller
+    moving all of `directions.target_tensors(model, "weights")` sets them to
+    zero). The sign is fixed so that the entry of largest magnitude is positive,
+    for reproducibility.
+    """
+    if which == "extremes":
+        lam_max, lam_min, v_max, v_min = _extremes(op, tol, maxiter, seed, vectors=True)
+        pairs = [(lam_max, v_max), (lam_min, v_min)]
+    elif which == "top2":
+        a = _linop(op)
+        values, vectors = eigsh(a, k=2, which="LA", v0=_start(a.shape[0], seed), tol=tol, maxiter=maxiter)
+        order = np.argsort(values)[::-1]
+        pairs = [(float(values[i]), vectors[:, i]) for i in order]
+    else:
+        raise ValueError(f"unknown choice {which!r}; choose 'extremes' or 'top2'")
+    out = []
+    for lam, vec in pairs:
+        vec = vec / np.linalg.norm(vec)
+        if vec[np.argmax(np.abs(vec))] < 0:
+            vec = -vec
+        out.append((float(lam), op.as_directions(vec, dtype)))
+    return out
+
+
+def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: int = 6) -> dict[str, float]:
+    """Milliseconds per call of a plain forward pass, a gradient and an HVP by each method,
+    on `samples` random 1x8x8 images in one batch (docs/hessian-benchmarks.md).
+    Best of `rounds` interleaved rounds, which is robust to other loads on the machine."""
+    if model is None:
+        from losslandscape.inputs.models import build_model
+        torch.manual_seed(0)
+        model = build_model("resnet20", in_channels=1)
+    model.eval()
+    inputs = torch.randn(samples, 1, 8, 8)
+    targets = torch.randint(0, 10, (samples,))
+    v = torch.randn(sum(p.numel() for p in model.parameters()))
+
+    def forward():
+        with torch.no_grad():
+            loss_sum(model(inputs), targets, cross_entropy)[0].item()
+
+    def gradient():
+        torch.autograd.grad(loss_sum(model(inputs), targets, cross_entropy)[0], list(model.parameters()))
+
+    calls = {"forward": forward, "gradient": gradient}
+    for method in ("double_backward", "forward_over_reverse"):
+        op = HessianOperator(model, "all", inputs, targets, batch_size=samples, method=method)
+        calls[f"hvp_{method}"] = lambda op=op: op.matvec(v)
+    best = {}
+    for name, call in calls.items():
+        call()
+        best[name] = float("inf")
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: 1000 * t for name, t in best.items()}
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    ms = benchmark()
+    for name, t in ms.items():
+        print(f"{name:28s} {t:8.1f} ms  {1000 / t:7.1f} per s  {t / ms['forward']:5.1f} forward passes")

@@ -1,0 +1,131 @@
+"""Loading the evaluator: this process's device, threads, model at its base point and data set
+(evaluate.PointEvaluator), then the directions stored in a surface file. Also the small CPU
+evaluator of the auto range search and the interpolation's report on its end points.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from losslandscape.inputs import data as datasets
+from losslandscape.numerics import directions as dirs
+from losslandscape.surfacefile import format as ff
+from losslandscape.inputs.checkpoints import build_and_load
+from losslandscape.run.environment import describe_device, pick_device, set_threads
+from losslandscape.inputs.batches import Stream
+from losslandscape.numerics.evaluate import PointEvaluator, batch_size_for, use_channels_last
+from losslandscape.run.makedirections import base_model, model_channels
+
+log = logging.getLogger(__name__)
+
+
+def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold: bool | None = None):
+    """This process's device (checked usable), threads, model and data, before the surface
+    file is created or touched: a run that cannot start leaves nothing behind."""
+    threads = set_threads(spec.evaluation.threads, workers_on_node)
+    device = pick_device(spec.evaluation.device, worker_index)
+    evaluator = load_evaluator(spec, device, fold=fold)
+    log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
+             threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
+    return evaluator
+
+
+def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
+                   field: str = "model.checkpoint", fold: bool | None = None) -> PointEvaluator:
+    """The model at its base point on `device` (or at another `checkpoint`), with the data set
+    there too (no directions yet)."""
+    batch = batch_size_for(device, spec.evaluation.batch_size)
+    splits = {split: datasets.load_source(spec.data, split, batch, pin=device.type == "cuda")
+              for split in spec.data.splits}
+    model = base_model(spec) if checkpoint is None else build_and_load(
+        spec.model, model_channels(spec), checkpoint=checkpoint, field=field)
+    return _evaluator(spec, model, splits, device, spec.evaluation.fold_batchnorm if fold is None else fold)
+
+
+def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device, fold: bool) -> PointEvaluator:
+    """Channels-last where it is faster, the model on `device`, its moved tensors, the evaluator."""
+    first = next(iter(splits.values()))
+    example = first.check_repeatable().first_input if isinstance(first, Stream) else first[0]
+    channels_last = example is not None and use_channels_last(device, example) and _has_conv(model)
+    if channels_last:
+        # before the live tensors are collected: .to(memory_format) replaces the weights' storage
+        model = model.to(memory_format=torch.channels_last)
+        splits = {k: v if isinstance(v, Stream) else (v[0].contiguous(memory_format=torch.channels_last), v[1])
+                  for k, v in splits.items()}
+    model = model.to(device)
+    tensors = dirs.moved_tensors(model, spec.directions)
+    return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
+                          spec.evaluation.precision, fold, channels_last=channels_last)
+
+
+def _has_conv(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def attach_directions(evaluator: PointEvaluator, f_or_path) -> None:
+    """Give the evaluator the directions stored in a surface file (an open one, or a path),
+    read tensor by tensor: the host never holds a whole direction besides the evaluator's."""
+    if isinstance(f_or_path, (str, Path)):
+        with ff.open_h5(f_or_path, "r") as f:
+            attach_directions(evaluator, f)
+        return
+    g = f_or_path[ff.DIRECTIONS]
+    evaluator.set_directions(_Lazy(g["x"]), _Lazy(g["y"]) if "y" in g else None)
+
+
+class _Lazy:
+    """{name: float32 tensor} over a directions group, each read when asked for."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.group[name], dtype=np.float32))
+
+
+def auto_search_evaluator(spec) -> PointEvaluator:
+    """A fresh model at the centre on this process's CPU with grid.auto_samples evenly spaced
+    samples (index k * N // n) of the first split of data.splits (0: all of them); of a
+    streamed split, its first batches up to grid.auto_samples examples."""
+    split = spec.data.splits[0]
+    device = torch.device("cpu")
+    source = datasets.load_source(spec.data, split, batch_size_for(device, spec.evaluation.batch_size))
+    n = spec.grid.auto_samples
+    if isinstance(source, Stream):
+        source = source.limited(n) if n else source
+    else:
+        inputs, targets = source
+        if n and n < len(targets):
+            keep = torch.arange(n, dtype=torch.long) * len(targets) // n
+            source = inputs[keep], targets[keep]
+    # the spec's precision, not fp32: configure_precision sets process-wide flags that this process's
+    # own evaluator (built before the directions) runs under
+    return _evaluator(spec, base_model(spec), {split: source}, device, spec.evaluation.fold_batchnorm)
+
+
+def endpoint_report(spec, evaluator: PointEvaluator) -> None:
+    """For an interpolation: log the values at x = 0 and x = 1 (and y = 1 with model.checkpoint3)
+    next to each checkpoint's own values, and warn when x = 1 is not the second model (or y = 1
+    the third: BatchNorm statistics left behind)."""
+    far = [("x", (1.0, 0.0), "model.checkpoint2", spec.model.checkpoint2, "second")]
+    if spec.model.checkpoint3:
+        far.append(("y", (0.0, 1.0), "model.checkpoint3", spec.model.checkpoint3, "third"))
+    for axis, (a, b), field, path, nth in far:
+        other = load_evaluator(spec, evaluator.device, checkpoint=path, field=field)
+        worst = 0.0
+        for split in spec.data.splits:
+            centre = evaluator.evaluate(0.0, 0.0, [split])[split]
+            rows = [(0, centre, centre, "model.checkpoint")] if axis == "x" else []
+            rows.append((1, evaluator.evaluate(a, b, [split])[split], other.measure(split), field))
+            for at, (loss, acc), (own_loss, own_acc), key in rows:
+                log.info("interpolation %s %s = %d: loss %.6g, accuracy %.2f%%; %s itself: loss %.6g, "
+                         "accuracy %.2f%%", split, axis, at, loss, acc, key, own_loss, own_acc)
+                worst = max(worst, abs(loss - own_loss) / max(abs(own_loss), 1e-12))
+        if worst > 1e-3:
+            log.warning("%s = 1 is not the %s model (loss off by %.0f%%): with directions.dir_type = %r the "
+                        "BatchNorm running statistics stay those of model.checkpoint; use dir_type = \"states\"",
+                        axis, nth, 100 * worst, spec.directions.dir_type)

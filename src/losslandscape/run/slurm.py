@@ -1,0 +1,286 @@
+"""SLURM array jobs: submit, the array task itself, merge, status.
+
+Independent MPI jobs cannot safely share one parallel-HDF5 file, so `submit`
+splits the pending points over K array tasks and gives each its own shard
+file beside the surface file (`<surface>.shards/task_<k>.h5`), with its
+points stored in it: tasks agree without talking. Each task is itself an MPI
+job over its ranks. A merge job (`--dependency=afterany:<array>`) copies
+finished shard points into the surface file; `merge` is safe to run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from losslandscape.inputs import data as datasets
+from losslandscape.surfacefile import format as ff
+from losslandscape.surfacefile import write as surface
+from losslandscape.inputs import userimport
+from losslandscape.surfacefile import lock as writelock
+from losslandscape.run.distributed import resolve_unit_size, run
+from losslandscape.run.environment import SlurmEnvironment
+from losslandscape.errors import UserError
+from losslandscape.surfacefile.format import SUBMISSION, read_submission, shard_dir, shard_files
+from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine
+from losslandscape.run.work import SurfaceWork, prepare
+from losslandscape.run.lifecycle import with_grid
+from losslandscape.run.status import queued
+
+log = logging.getLogger(__name__)
+
+EXIT_MISSING = 4
+TEMPLATES = Path(__file__).resolve().parents[3] / "slurm"
+
+
+@dataclass
+class SubmitOptions:
+    tasks: int
+    ranks_per_task: int = 2
+    gpus_per_task: int = 0
+    launcher: str = "mpirun"
+    partition: str = ""
+    time: str = ""
+    account: str = ""
+    sbatch_args: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def check(self) -> None:
+        if self.tasks < 1:
+            raise UserError(f"--tasks: {self.tasks} is not valid; expected an integer >= 1")
+        if self.ranks_per_task < 1:
+            raise UserError(f"--ranks-per-task: {self.ranks_per_task} is not valid; expected an integer >= 1")
+        if self.gpus_per_task not in (0, 1):
+            raise UserError(f"--gpus-per-task: {self.gpus_per_task} is not valid; expected 0 or 1 "
+                            "(a worker evaluates on one GPU: use more ranks for more GPUs)")
+        if self.launcher not in ("mpirun", "srun"):
+            raise UserError(f"--launcher: {self.launcher!r} is not valid; expected mpirun or srun")
+
+
+def _template(name: str) -> string.Template:
+    path = Path(os.environ.get("LOSSLANDSCAPE_TEMPLATES", TEMPLATES)) / name
+    if not path.is_file():
+        raise UserError(f"sbatch template {path} not found (set LOSSLANDSCAPE_TEMPLATES to the slurm/ folder)")
+    return string.Template(path.read_text())
+
+
+def _optional_lines(opts: SubmitOptions, gpus: bool = True) -> str:
+    lines = []
+    if gpus and opts.gpus_per_task:
+        # GPUs for the workers only: rank 0 coordinates and never touches a GPU. Every rank of
+        # the task sees them all; a worker takes cuda:<node-local rank % GPUs on the node>.
+        workers = max(1, opts.ranks_per_task - 1)
+        lines.append(f"#SBATCH --gpus={opts.gpus_per_task * workers}")
+    for flag, value in (("partition", opts.partition), ("time", opts.time), ("account", opts.account)):
+        if value:
+            lines.append(f"#SBATCH --{flag}={value}")
+    lines.extend(f"#SBATCH {arg}" for arg in opts.sbatch_args)
+    return "\n".join(lines)
+
+
+def launch_command(opts: SubmitOptions, as_root: bool) -> str:
+    if opts.launcher == "srun":
+        # Open MPI speaks PMIx to srun; Debian's Open MPI has no PMI2 support
+        return "srun --mpi=pmix"
+    root = " --allow-run-as-root" if as_root else ""
+    return f"mpirun{root} -n ${{SLURM_NTASKS}}"
+
+
+def render_scripts(surface_path: Path, opts: SubmitOptions, array_job_id: str = "ARRAY_JOB_ID",
+                   python: str | None = None, workdir: Path | None = None,
+                   as_root: bool | None = None) -> tuple[str, str]:
+    """The array and merge sbatch scripts for a surface (pure: tested against a recorded file)."""
+    python = python or sys.executable
+    workdir = workdir or Path.cwd()
+    as_root = (os.geteuid() == 0) if as_root is None else as_root
+    shards = shard_dir(surface_path)
+    common = dict(job_name=f"ll-{surface_path.stem}", shards=shlex.quote(str(shards)),
+                  surface=shlex.quote(str(surface_path)), python=shlex.quote(python),
+                  workdir=shlex.quote(str(workdir)), tasks=opts.tasks)
+    array = _template("array.sbatch.in").substitute(
+        common, last_task=opts.tasks - 1, ranks=opts.ranks_per_task, optional=_optional_lines(opts),
+        launch=launch_command(opts, as_root))
+    merge_opts = SubmitOptions(1, partition=opts.partition, time="", account=opts.account)
+    merge = _template("merge.sbatch.in").substitute(
+        common, optional="\n".join(filter(None, [f"#SBATCH --dependency=afterany:{array_job_id}",
+                                                  _optional_lines(merge_opts, gpus=False)])))
+    return array, merge
+
+
+def _sbatch(script: Path, env: dict | None = None) -> str:
+    exe = shutil.which("sbatch")
+    if exe is None:
+        raise UserError("submit: sbatch not found on PATH (load your cluster's slurm module, or use --dry-run)")
+    proc = subprocess.run([exe, "--parsable", str(script)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise UserError(f"submit: sbatch refused {script.name}: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def submit(spec, opts: SubmitOptions) -> dict:
+    """Create the surface and its directions, share out the pending points, sbatch the
+    array and the merge job. Returns what was submitted (also in <shards>/submission.json)."""
+    opts.check()
+    path = Path(spec.output.surface)
+    shards = shard_dir(path)
+    previous = read_submission(path)
+    if previous and not opts.dry_run:
+        busy = queued([previous.get("array_job", ""), previous.get("merge_job", "")])
+        if busy:
+            raise UserError(f"submit: jobs {', '.join(busy)} of the previous submission for {path} are still "
+                            "queued or running; wait for them or scancel them first")
+    if opts.dry_run and not path.exists():  # a dry run writes nothing, not even the surface file
+        return _dry_run(path, opts, coarse_to_fine(GridAxes.from_spec(spec.grid).shape), spec)
+    for split in spec.data.splits:  # data that cannot load fails here, before the file is bound to the spec
+        datasets.load_source(spec.data, split)  # tensors, or a Stream (not read here)
+    # the file holds accuracy only where the loss defines one; a resubmit with a loss that differs is refused
+    notes = {ff.A_VALUES: json.dumps(list(run_values(spec)))}
+    prep = prepare(spec, notes)  # creates the file and its directions once, before anything runs
+    if shard_files(path) and not opts.dry_run:
+        new = merge(path)  # earlier shards' points count before sharing out again
+        if new:
+            prep = prepare(spec, notes)
+    pending = prep.pending
+    if len(pending) == 0:
+        log.info("%s is complete: nothing to submit", path)
+        return {"array_job": None, "merge_job": None, "tasks": 0, "points": 0}
+    tasks = min(opts.tasks, len(pending))
+    if tasks < opts.tasks:
+        log.info("only %d points are pending: %d tasks instead of %d", len(pending), tasks, opts.tasks)
+        opts.tasks = tasks
+    if opts.dry_run:
+        return _dry_run(path, opts, pending, spec)
+    shares = assign_tasks(pending, tasks, resolve_unit_size(spec.evaluation.unit_size))
+    array_script, _ = render_scripts(path, opts)
+    shards.mkdir(exist_ok=True)
+    for old in shard_files(path):  # merged above; the new assignment replaces them
+        old.unlink()
+    task_spec_json = with_grid(spec, prep.grid).to_json()  # "auto" axes as the file has them
+    for k, share in enumerate(shares):
+        surface.create_shard(shards / f"task_{k}.h5", path, share, k, tasks, task_spec_json,
+                             userimport.search_dirs())
+    (shards / "array.sbatch").write_text(array_script)
+    array_job = _sbatch(shards / "array.sbatch")
+    _, merge_script = render_scripts(path, opts, array_job_id=array_job)
+    (shards / "merge.sbatch").write_text(merge_script)
+    merge_job = _sbatch(shards / "merge.sbatch")
+    record = {"array_job": array_job, "merge_job": merge_job, "tasks": tasks, "splits": list(spec.data.splits),
+              "ranks_per_task": opts.ranks_per_task, "gpus_per_task": opts.gpus_per_task,
+              "points": int(len(pending)), "points_per_task": [int(len(s)) for s in shares],
+              "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (shards / SUBMISSION).write_text(json.dumps(record, indent=2) + "\n")
+    log.info("submitted array job %s (%d tasks x %d ranks, %d points, splits %s) and merge job %s",
+             array_job, tasks, opts.ranks_per_task, len(pending), ",".join(spec.data.splits), merge_job)
+    log.info("watch: losslandscape status %s   (squeue -j %s,%s)", path, array_job, merge_job)
+    return record
+
+
+def run_values(spec) -> tuple[str, ...]:
+    """The values the array tasks' points will have: ("loss", "acc") for cross_entropy, else as
+    the loss gives them on the first batch at the centre (evaluate.PointEvaluator.probe), with
+    the model and data loaded here on the CPU: the shards are made before any task runs."""
+    if spec.evaluation.loss == "cross_entropy":
+        return ff.VALUES
+    import torch
+
+    from losslandscape.run.loading import load_evaluator
+
+    return tuple(load_evaluator(spec, torch.device("cpu")).values)
+
+
+def _dry_run(path: Path, opts: SubmitOptions, pending: np.ndarray, spec) -> dict:
+    tasks = min(opts.tasks, len(pending))
+    opts.tasks = max(tasks, 1)
+    shares = assign_tasks(pending, opts.tasks, resolve_unit_size(spec.evaluation.unit_size))
+    array_script, merge_script = render_scripts(path, opts)
+    shards = shard_dir(path)
+    print(f"# dry run: {len(pending)} pending points of {path} over {tasks} array tasks "
+          f"({', '.join(str(len(s)) for s in shares)} points); nothing written or submitted")
+    print(f"# --- {shards / 'array.sbatch'} ---\n{array_script}")
+    print(f"# --- {shards / 'merge.sbatch'} ---\n{merge_script}")
+    return {"array_job": None, "merge_job": None, "tasks": tasks, "points": int(len(pending)), "dry_run": True}
+
+
+def task_spec(shards: Path, task: int | None = None) -> tuple[object, Path]:
+    """(the spec `submit` was given, the shard file) of one array task."""
+    if task is None:
+        task = SlurmEnvironment.from_environ().array_task_id
+        if task is None:
+            raise UserError("task: SLURM_ARRAY_TASK_ID is not set; give --task K outside an array job")
+    shard = Path(shards) / f"task_{task}.h5"
+    if not shard.is_file():
+        raise UserError(f"task: no shard file {shard} (was `losslandscape submit` run for this folder?)")
+    with ff.open_h5(shard, "r", field="shard") as f:
+        ff.check_shard(f, shard)
+        spec = surface.file_spec(f)  # what `submit` was given, overrides included
+    return spec, shard
+
+
+def run_task(shards: Path, task: int | None = None, comm=None, agree=None) -> int:
+    """One array task: compute its shard (under MPI when launched so; `agree` then reads the
+    shard on every rank as one agreed step, so a bad shard is one line, not a hang)."""
+    spec, shard = agree(comm, task_spec, shards, task) if agree is not None else task_spec(shards, task)
+    return run(SurfaceWork(spec, shard), comm)
+
+
+def merge(surface_path: Path, force: bool = False) -> int:
+    """Copy finished shard points into the surface file. Returns the number of points
+    copied; a second run copies nothing and leaves the file untouched.
+
+    Refused while the submission's array tasks are still queued or running (they are still
+    writing their shards; the merge job runs after them), unless `force`."""
+    surface_path = Path(surface_path)
+    if not surface_path.is_file():
+        return _merge(surface_path, force)  # refused there, one line
+    with writelock.holding(surface_path, "merging shards", "merge"):
+        return _merge(surface_path, force)
+
+
+def _merge(surface_path: Path, force: bool) -> int:
+    shards = shard_files(surface_path)
+    sub = read_submission(surface_path)
+    if not force and sub.get("array_job"):
+        busy = queued([sub["array_job"]])
+        if busy:
+            raise UserError(f"merge: array job {busy[0]} of {surface_path} is still queued or running; its merge "
+                            f"job {sub.get('merge_job')} merges when it ends (--force merges what is there now)")
+    with ff.open_h5(surface_path, "r") as surf:
+        if not ff.is_ours(surf):
+            raise UserError(f"merge: {surface_path} is not a losslandscape surface file")
+        todo = []
+        for path in shards:
+            with ff.open_h5(path, "r", field="shard") as shard:
+                ff.check_shard(shard, path)
+                if not surface.shard_belongs(shard, surf):
+                    raise UserError(f"merge: shard {path} belongs to another surface (its identity, "
+                                    f"directions or values (with or without accuracy) differ from "
+                                    f"{surface_path}'s); move it away")
+                new, skipped = surface.shard_new_points(shard, surf)
+                if skipped:
+                    log.warning("shard %s: %d point(s) flagged done without values are left to compute",
+                                path.name, skipped)
+                if any(len(v) for v in new.values()):
+                    todo.append((path, new))
+    copied = 0
+    if todo:
+        with ff.writing(surface_path, "merge") as surf:  # a full disk: one line, the points merged before kept
+            for path, new in todo:
+                with ff.open_h5(path, "r", field="shard") as shard:
+                    n = surface.copy_points(shard, surf, new)
+                log.info("merged %d points from %s", n, path.name)
+                copied += n
+    log.info("merge: %d new points from %d shard file(s) into %s", copied, len(shards), surface_path)
+    return copied
+
+

@@ -1,0 +1,139 @@
+"""Progress of a surface file and of its SLURM submission, torch-free: points done and
+pending per split, the values it holds (loss and accuracy, or loss alone where the run's loss
+defines no accuracy), shard files not merged yet, jobs still queued, an ETA.
+
+It reads files read-only without locking, so it works on a file a job is writing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from losslandscape.surfacefile import format as ff
+from losslandscape.errors import UserError
+from losslandscape.surfacefile.format import read_submission, shard_files
+
+# every state of a job that may still start or still be writing (COMPLETING included)
+BUSY_STATES = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_HOLD,RESIZING,SIGNALING,STOPPED"
+
+
+def queued(job_ids: list[str]) -> list[str]:
+    """Those of job_ids that SLURM still has pending or running (array tasks included)."""
+    exe = shutil.which("squeue")
+    if exe is None or not job_ids:
+        return []
+    # %F: the array's base job id (a plain job's own id), so array tasks count for their array
+    proc = subprocess.run([exe, "-h", "-o", "%F", "-t", BUSY_STATES, "-j", ",".join(job_ids)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:  # unknown (long finished) job ids
+        return []
+    return sorted(set(proc.stdout.split()) & set(job_ids))
+
+
+def running_tasks(array_job: str) -> int | None:
+    """Array tasks of `array_job` that are running now (None when squeue cannot say)."""
+    exe = shutil.which("squeue")
+    if exe is None:
+        return None
+    proc = subprocess.run([exe, "-h", "-r", "-t", "RUNNING", "-o", "%i", "-j", array_job], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return 0 if "Invalid job id" in proc.stderr else None
+    return len(proc.stdout.split())
+
+
+def missing_points(surface_path: Path) -> dict[str, int]:
+    """Points not done, per split that the surface's spec asks for."""
+    with ff.open_h5(surface_path, "r") as f:
+        splits = ff.requested_splits(f)
+        done = ff.done_masks(f)
+    return {s: int((~done[s]).sum()) for s in splits}
+
+
+def status(surface_path: Path) -> dict:
+    """Progress of a surface and its shards, with an ETA from the recorded point timings."""
+    surface_path = Path(surface_path)
+    with ff.open_h5(surface_path, "r") as f:
+        if not ff.is_ours(f):
+            raise UserError(f"status: {surface_path} is not a losslandscape surface file")
+        splits = ff.requested_splits(f)
+        values = ff.file_values(f)
+        done = ff.done_masks(f)
+        total = int(np.prod(f[ff.done_name(ff.SPLITS[0])].shape))
+        seconds = np.asarray(f[ff.POINT_SECONDS]).ravel()
+        hessian = None
+        if ff.EIG_DONE in f:  # the `hessian` verb's maps
+            eig = int(np.asarray(f[ff.EIG_DONE]).sum())
+            hessian = {"done": eig, "pending": total - eig,
+                       **{k.removeprefix("hessian_"): _plain(f.attrs.get(k)) for k in ff.HESSIAN_ATTRS
+                          if k != "hessian_tol"}}
+    complete = np.logical_and.reduce([done[s] for s in splits])
+    report = {"surface": str(surface_path), "points": total, "values": list(values),
+              "splits": {s: {"done": int(done[s].sum()), "pending": int((~done[s]).sum())} for s in splits},
+              "shards": []}
+    if hessian is not None:
+        report["hessian"] = hessian
+    timings = list(seconds[np.isfinite(seconds)])
+    in_shards = np.zeros(total, dtype=bool)
+    for path in shard_files(surface_path):
+        with ff.open_h5(path, "r", field="shard") as sh:
+            points = np.asarray(sh[ff.POINTS])
+            sd = ff.done_masks(sh)
+            sh_complete = np.logical_and.reduce([sd[s] for s in splits])
+            sec = np.asarray(sh[ff.POINT_SECONDS]).ravel()
+        timings.extend(sec[np.isfinite(sec)])
+        unmerged = sh_complete & ~complete
+        in_shards |= unmerged
+        report["shards"].append({"file": path.name, "assigned": int(len(points)),
+                                 "done": int(sh_complete[points].sum()), "not_merged": int(unmerged.sum())})
+    remaining = int((~complete & ~in_shards).sum())
+    sub = read_submission(surface_path)
+    running = running_tasks(sub["array_job"]) if sub.get("array_job") and report["shards"] else None
+    # the ETA counts the workers that are running now: array tasks in RUNNING state x their workers
+    workers = running * max(1, sub.get("ranks_per_task", 1) - 1) if running is not None else 1
+    per_point = float(np.mean(timings)) if timings else None
+    report.update(remaining=remaining, seconds_per_point=per_point, parallel_workers=workers,
+                  running_tasks=running,
+                  eta_seconds=(remaining * per_point / workers) if per_point is not None and workers else None)
+    if sub.get("array_job"):
+        report["jobs"] = {"array": sub["array_job"], "merge": sub["merge_job"],
+                          "queued": queued([sub["array_job"], sub["merge_job"]])}
+    return report
+
+
+def format_status(report: dict) -> str:
+    lines = [f"{report['surface']}: {report['points']} grid points"
+             + ("" if "acc" in report.get("values", ["acc"]) else " (loss only: the loss defines no accuracy)")]
+    for split, c in report["splits"].items():
+        lines.append(f"  {split:<5} {c['done']:>7} done  {c['pending']:>7} pending")
+    if report.get("hessian"):
+        h = report["hessian"]
+        lines.append(f"  hessian maps {h['done']:>5} done  {h['pending']:>7} pending ({h['split']} split, "
+                     f"{h['samples'] or 'all'} samples, {h['params']} parameters)")
+    for sh in report["shards"]:
+        lines.append(f"  shard {sh['file']:<14} {sh['done']:>6}/{sh['assigned']:<6} done, {sh['not_merged']} not merged yet")
+    if report.get("jobs"):
+        j = report["jobs"]
+        lines.append(f"  jobs: array {j['array']}, merge {j['merge']}; still queued: "
+                     f"{', '.join(j['queued']) or 'none'}")
+    if report["remaining"] == 0:
+        lines.append("  nothing left to compute" + (" (run `losslandscape merge`)" if any(
+            s["not_merged"] for s in report["shards"]) else ""))
+    elif report.get("running_tasks") == 0:
+        lines.append(f"  {report['remaining']} points left; no array task is running now (queued, or "
+                     "ended: `losslandscape merge`, then `submit` again for what is missing)")
+    elif report["eta_seconds"] is not None:
+        eta = int(report["eta_seconds"])
+        lines.append(f"  {report['remaining']} points left, {report['seconds_per_point']:.2f} s/point, "
+                     f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d} with {report['parallel_workers']} worker(s)")
+    else:
+        lines.append(f"  {report['remaining']} points left; no timings recorded yet")
+    return "\n".join(lines)
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
