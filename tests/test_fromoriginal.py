@@ -295,11 +295,11 @@ def test_translated_interpolation_line_ends_at_both_nets(original_folder):
 
 
 def test_readme_section_example_prints_what_it_shows(tmp_path):
-    """README "Coming from the original code": its command prints the lines it shows."""
+    """docs/from-original.md: its command prints the lines it shows."""
     from conftest import REPO
 
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Coming from the original code\n", 1)[1].split("\n## ", 1)[0]
+    text = (REPO / "docs" / "from-original.md").read_text()
+    section = text.split("# Coming from the original code\n", 1)[1].split("\n## ", 1)[0]
     command = section.split("```sh\n", 1)[1].split("```", 1)[0]
     shown = section.split("```toml\n", 1)[1].split("```", 1)[0]
     first = words(command.split("\nmpirun", 1)[0])

@@ -1,4 +1,4 @@
-"""The README's examples run as they are written: its model and data factories."""
+"""The examples of the README and of docs/ run as they are written: their model and data factories."""
 
 from __future__ import annotations
 
@@ -16,11 +16,19 @@ import torch.nn.functional as F
 from conftest import BIN, REPO
 
 
+def pages() -> list:
+    """The README and every page under docs/."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def readme_blocks() -> dict[str, str]:
-    """{file name: code} of the README's python blocks that open with '# <name>.py'."""
-    text = (REPO / "README.md").read_text()
-    return {m.group(1): m.group(0).split("\n", 1)[1]
-            for m in re.finditer(r"# (\w+\.py)\n.*?(?=```)", text, re.S)}
+    """{file name: code} of the python blocks, in the README or docs/, that open with '# <name>.py'."""
+    blocks = {}
+    for page in pages():
+        for m in re.finditer(r"```python\n# (\w+\.py)\n.*?(?=```)", page.read_text(), re.S):
+            assert m.group(1) not in blocks, f"two examples named {m.group(1)}"
+            blocks[m.group(1)] = m.group(0).split("\n", 2)[2]
+    return blocks
 
 
 def test_the_readme_factories_make_a_surface(tmp_path):
@@ -64,11 +72,11 @@ surface = "s.h5"
 
 
 def readme_toml(first_line: str) -> str:
-    """The README's toml block that starts with `first_line` after [model]."""
-    text = (REPO / "README.md").read_text()
-    m = re.search(r"```toml\n(\[model\]\n" + re.escape(first_line) + r"\n.*?)```", text, re.S)
-    assert m, first_line
-    return m.group(1)
+    """The toml block, in the README or docs/, that starts with `first_line` after [model]."""
+    found = [m.group(1) for page in pages()
+             for m in re.finditer(r"```toml\n(\[model\]\n" + re.escape(first_line) + r"\n.*?)```", page.read_text(), re.S)]
+    assert len(found) == 1, first_line
+    return found[0]
 
 
 def _import(tmp_path, name):
