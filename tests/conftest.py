@@ -15,18 +15,8 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
-# `make check` leaves out what is marked slow: these files (real mpirun, SLURM, signals to
-# process groups) whole, and elsewhere the tests that launch mpirun or a whole run.
-SLOW_FILES = {"test_mpi.py", "test_failures.py", "test_claims_mpi.py", "test_slurm.py", "test_slurm_cluster.py",
-              "test_shards.py"}
-SLOW_FIXTURES = {"slurm", "quick_paper", "chromium"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if (item.path.name in SLOW_FILES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
-                or "mpirun" in item.name or "killed" in item.name):
-            item.add_marker(pytest.mark.slow)
+# `make check` leaves out what is marked slow: each file or test that launches mpirun, SLURM, a browser or a
+# whole run says so itself, with `pytestmark = pytest.mark.slow` or `@pytest.mark.slow`.
 
 
 @pytest.fixture(scope="session")

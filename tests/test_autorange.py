@@ -314,6 +314,7 @@ def test_a_resume_with_auto_takes_the_files_grid_and_computes_nothing(linear, ra
     assert other.returncode == 1 and "grid.x: the surface file" in other.stderr
 
 
+@pytest.mark.slow
 def test_mpirun_chooses_the_same_range_and_values(linear, random_surface):
     spec, path = job(linear, "rand_mpi", "auto:11", "auto:5", auto_samples=0)
     proc = launch(mpirun(3) + [str(BIN / "losslandscape"), "surface", str(spec)])

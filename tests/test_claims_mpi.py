@@ -32,6 +32,8 @@ from losslandscape import spec as specs
 
 from test_mpi import mpirun
 
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
+
 PROBE = '''
 import contextlib
 import hashlib

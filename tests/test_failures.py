@@ -22,6 +22,8 @@ import pytest
 from conftest import BIN
 from test_mpi import mpirun
 
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
+
 # A user's model, beside the job spec: a small CNN without BatchNorm (so every forward
 # pass runs this code) that fails on the rank named by the environment.
 FLAKY = '''

@@ -21,6 +21,8 @@ import pytest
 
 from conftest import write_job
 
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
+
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 

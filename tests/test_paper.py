@@ -279,6 +279,7 @@ def quick_paper(tmp_path_factory):
 
 
 @pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 3 min here)
+@pytest.mark.slow
 def test_quick_paper_runs_end_to_end_and_resumes(quick_paper):
     code, log = quick_paper["interrupted"]
     assert code in (3, 130), log[-2000:]
@@ -305,6 +306,7 @@ def test_quick_paper_runs_end_to_end_and_resumes(quick_paper):
 
 
 @pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 3 min here)
+@pytest.mark.slow
 def test_quick_paper_report(quick_paper):
     out = quick_paper["out"]
     results = json.loads((out / "results.json").read_text())
@@ -343,6 +345,7 @@ def test_quick_paper_report(quick_paper):
 
 
 @pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 3 min here)
+@pytest.mark.slow
 def test_quick_paper_page_opens_offline_in_chromium(quick_paper, chromium, tmp_path):  # noqa: F811
     out = quick_paper["out"]
     page = out / "index.html"
@@ -365,6 +368,7 @@ def test_quick_paper_page_opens_offline_in_chromium(quick_paper, chromium, tmp_p
     assert not [line for line in console if re.search(r"Uncaught|Error|Failed to load|net::ERR", line)], console
 
 
+@pytest.mark.slow
 def test_a_failing_step_under_mpirun_ends_within_seconds_with_its_exit_code(tmp_path, monkeypatch):
     from losslandscape.paper.run import run_step
 

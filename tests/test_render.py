@@ -1002,6 +1002,7 @@ PAGE_CHECK = """<script>
 </script>"""
 
 
+@pytest.mark.slow
 def test_html_renders_in_headless_chromium(chromium, para_outputs, tmp_path):
     import matplotlib.image as mpimg
 
@@ -1528,6 +1529,7 @@ def test_html_offers_the_hessian_maps(hessian_files, tmp_path):
     assert not traces(page_figure(written[-1]), "hessian_ratio")
 
 
+@pytest.mark.slow
 def test_html_hessian_buttons_in_headless_chromium(chromium, hessian_files, tmp_path):
     (page,) = render([hessian_files["partial"]], tmp_path, kinds=["html"], split="test")
     checked = tmp_path / "checked.html"
@@ -1892,6 +1894,7 @@ def test_summary_reports_the_paths(pca_files, files, capsys):
     assert "trajectory" not in summarize(files["para"]) and "[trajectory]" not in format_summary_of(files["para"])
 
 
+@pytest.mark.slow
 def test_html_paths_in_headless_chromium(chromium, pca_files, tmp_path):
     (page,) = render([pca_files["pca"]], tmp_path, kinds=["html"], split="train")
     checked = tmp_path / "checked.html"

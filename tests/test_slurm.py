@@ -25,6 +25,8 @@ from losslandscape.run.work import SurfaceWork
 from conftest import write_job
 from slurmcluster import LocalSlurm
 
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
+
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 

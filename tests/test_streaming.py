@@ -260,6 +260,7 @@ def mpirun(n: int) -> list[str]:
     return [exe, "--oversubscribe", "-n", str(n)] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
 
 
+@pytest.mark.slow
 def test_mpirun_with_a_dataset_equals_one_process(images, reference, tmp_path):
     toml = write_toml(tmp_path / "s.toml", job(tmp_path / "s.h5", "dataset", workers=2))
     proc = subprocess.run(mpirun(3) + surface_cmd(toml), capture_output=True, text=True, env=env(), cwd=images,
@@ -271,6 +272,7 @@ def test_mpirun_with_a_dataset_equals_one_process(images, reference, tmp_path):
 
 # --- 3. SLURM array tasks, each computing its shard of streamed data ---------------------------
 
+@pytest.mark.slow
 def test_mpirun_shard_tasks_then_merge_equal_one_process(images, reference, tmp_path):
     from losslandscape.surfacefile import write as surface
     from losslandscape.run.slurm import merge
@@ -293,6 +295,7 @@ def test_mpirun_shard_tasks_then_merge_equal_one_process(images, reference, tmp_
 
 # --- 4. SIGTERM in the middle of a unit --------------------------------------------------------
 
+@pytest.mark.slow
 def test_killed_mid_unit_loses_that_unit_only_and_resumes(images, reference, tmp_path):
     surf = tmp_path / "s.h5"
     toml = write_toml(tmp_path / "s.toml", job(surf, "dataset"))
