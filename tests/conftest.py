@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import BIN, REPO, write_job  # noqa: F401 (test_readme.py imports BIN and REPO from here)
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
-
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 # `make check` leaves out what is marked slow: each file or test that launches mpirun, SLURM, a browser or a
 # whole run says so itself, with `pytestmark = pytest.mark.slow` or `@pytest.mark.slow`.
@@ -37,30 +37,6 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     return {"init": out / "model_0.pt", "mid": out / "model_1.pt", "final": out / "model_2.pt"}
 
 
-def write_job(path: Path, ckpt: Path, surface: Path, x: str, y: str, samples: int, unit: int = 2,
-              splits: tuple[str, ...] = ("train", "test"), threads: int = 0) -> Path:
-    """A TOML job spec for resnet20 on digits, as a user would write it; returns its path."""
-    path.write_text(f"""
-[model]
-name = "resnet20"
-checkpoint = "{ckpt}"
-[data]
-name = "digits"
-splits = {list(splits)!r}
-max_samples = {samples}
-[grid]
-x = "{x}"
-y = "{y}"
-[evaluation]
-device = "cpu"
-threads = {threads}
-unit_size = {unit}
-[output]
-surface = "{surface}"
-""".replace("'", '"'))
-    return path
-
-
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """One real local SLURM cluster for the whole session (tests/slurmcluster.py), stopped at its end.
@@ -77,3 +53,21 @@ def slurm(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """The chromium binary, installed by scripts/ensure-chromium.sh if missing."""
+    script = REPO / "scripts" / "ensure-chromium.sh"
+    try:
+        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1200)
+    except subprocess.TimeoutExpired:
+        pytest.fail("scripts/ensure-chromium.sh did not finish in 20 minutes")
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        pytest.fail(f"chromium is needed for the HTML test: {reason}")
+    binary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    binary = binary or shutil.which("chromium") or shutil.which("chromium-browser") or ""
+    if not binary:
+        pytest.fail("scripts/ensure-chromium.sh succeeded but printed no chromium binary")
+    return binary

@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_cli import assert_one_line_error, losslandscape
+from helpers import assert_one_line_error, losslandscape
 
 SEQ = 16  # tokens per sequence
 IGNORED_BYTE = ord(" ")  # labels of this byte are -100: ignored, so batches score unequal token counts

@@ -17,10 +17,9 @@ from losslandscape.run.distributed import AUTO_MAX_UNIT, AUTO_UNITS_PER_WORKER, 
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import split_units
 
-from conftest import REPO
+from helpers import REPO, launch, mpirun
 from losslandscape.run.protocol import POLL_SECONDS
 
-from test_mpi import launch, mpirun
 
 
 def drain(units: Units, seconds: float | None = None) -> list[np.ndarray]:

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
 
-from conftest import BIN
-from test_mpi import launch, mpirun
+from helpers import BIN, launch, mpirun, rank_pids
 
 TINY = '''
 import torch
@@ -242,7 +241,6 @@ def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path)
     import signal
     import time
 
-    from test_mpi import _rank_pids
 
     d = tmp_path
     (d / "tiny.py").write_text(TINY)
@@ -265,7 +263,7 @@ def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path)
                     break
         except (OSError, KeyError):
             pass
-    ranks = _rank_pids(proc.pid)
+    ranks = rank_pids(proc.pid)
     assert len(ranks) == 3, f"the maps ended before a worker could be killed: {proc.communicate()[1][-2000:]}"
     os.kill(ranks[-1], signal.SIGKILL)
     proc.communicate(timeout=60)

@@ -20,7 +20,7 @@ import pytest
 from losslandscape.surfacefile import format as fileformat
 from losslandscape import spec as specs
 from losslandscape.paper import plan, verdicts
-from test_render import chromium, run_chromium  # noqa: F401 (the fixture)
+from helpers import fake_venv, make, run_chromium
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,8 +87,6 @@ def test_the_full_scale_is_not_run_here_and_a_wrong_scale_is_one_line(tmp_path):
 
 
 def test_make_paper_runs_the_paper_verb_with_its_scale_and_ranks(tmp_path):
-    from test_install import fake_venv, make, needs_make  # noqa: F401
-
     venv = fake_venv(tmp_path)
     make(venv, "install")
     assert f"{venv}/bin/losslandscape paper --scale small --mpi 1 --out out/paper" in make(venv, "-n", "paper")

@@ -28,6 +28,8 @@ from losslandscape.render import HESSIAN_KINDS, KINDS, load_surface, render, sum
 from losslandscape.render import cli as render_cli
 from losslandscape.render import mplfigure, ranges
 
+from helpers import run_chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The paraboloid's grid: x step 0.15, y step 0.2, origin on the grid; neither
@@ -921,42 +923,6 @@ def test_html_compares_several_files_on_one_colour_scale(files, tmp_path):
     a = write_surface(tmp_path / "a.h5", PX, PY, {"train_loss": paraboloid()}, done)
     b = write_surface(tmp_path / "b.h5", PX, PY, {"train_acc": 100 - paraboloid()}, done)
     assert [p.name for p in render([a, b], tmp_path / "apart", kinds=["html"])] == ["a.html", "b.html"]
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """The chromium binary, installed by scripts/ensure-chromium.sh if missing."""
-    script = ROOT / "scripts" / "ensure-chromium.sh"
-    try:
-        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1200)
-    except subprocess.TimeoutExpired:
-        pytest.fail("scripts/ensure-chromium.sh did not finish in 20 minutes")
-    if proc.returncode != 0:
-        reason = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        pytest.fail(f"chromium is needed for the HTML test: {reason}")
-    binary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    binary = binary or shutil.which("chromium") or shutil.which("chromium-browser") or ""
-    if not binary:
-        pytest.fail("scripts/ensure-chromium.sh succeeded but printed no chromium binary")
-    return binary
-
-
-def run_chromium(chromium: str, page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    """Headless Chromium on `page` with no network: a proxy that refuses every connection and
-    no host name that resolves. The page's console goes to stderr (INFO:CONSOLE lines)."""
-    cmd = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",  # software WebGL
-        "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", *args, page.resolve().as_uri(),
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.fail("headless chromium did not finish in 120 s")
-    if proc.returncode != 0:
-        pytest.fail(f"headless chromium failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return proc
 
 
 # Put first in a copy of the page: reports on the console, as "PAGECHECK <what> <json>", every

@@ -32,6 +32,8 @@ from losslandscape.surfacefile.format import shard_dir
 from losslandscape.numerics.grid import assign_tasks
 from losslandscape.run.work import SurfaceWork, prepare
 
+from helpers import losslandscape
+
 IMAGES, CLASSES, SIDE = 200, 4, 16
 TEST_EVERY = 4  # the "test" split: every 4th image
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -344,7 +346,6 @@ def test_hessian_auto_axes_and_interpolation_stream_like_tensors(images, tmp_pat
     import json
 
     import torch
-    from test_cli import losslandscape
 
     (images / "streamsmall.py").write_text(SMALL)
     torch.manual_seed(1)

@@ -11,8 +11,7 @@ import pytest
 import numpy as np
 import torch
 
-from conftest import BIN
-from test_mpi import launch, mpirun
+from helpers import BIN, launch, mpirun
 
 VALUES = ("train_loss", "train_acc")
 
