@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from losslandscape.frontends import cli
 from losslandscape.inputs import data as datasets
 from losslandscape.inputs.models import build_model
+from losslandscape.render import render, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -356,3 +359,267 @@ def in_process(spec_path: Path, run: bool = True):
         return run_serial(SurfaceWork(spec)) if run else prepare(spec)
     finally:
         writelock.release_all()  # prepare's lock lasts as long as its process (the `directions` verb's)
+
+
+# --- surface files written by hand for the renderer, and reading its figures --------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# The paraboloid's grid: x step 0.15, y step 0.2, origin on the grid; neither
+# sqrt(1) nor sqrt(1/2) is a grid coordinate, so the basin radii are unambiguous.
+PX = np.linspace(-1.5, 1.5, 21)
+
+
+PY = np.linspace(-1.4, 1.4, 15)
+
+
+def write_surface(path, x, y=None, values=None, done=None, original=False, model="resnet56", spec=None):
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"] = np.asarray(x, dtype=np.float64)
+        if y is not None:
+            f["ycoordinates"] = np.asarray(y, dtype=np.float64)
+        for name, data in (values or {}).items():
+            f[name] = np.asarray(data, dtype=np.float64)
+        if not original:
+            f.attrs["format"] = "losslandscape-surface"
+            f.attrs["format_version"] = 1
+            f.attrs["spec"] = json.dumps(spec or {"model": {"name": model}, "grid": {"x": "-1.5:1.5:21"}})
+            for name, flags in (done or {}).items():
+                f[name] = np.asarray(flags, dtype=np.uint8)
+    return Path(path)
+
+
+def paraboloid():
+    X, Y = np.meshgrid(PX, PY)  # (ny, nx)
+    return X**2 + 2 * Y**2
+
+
+def assert_png(path: Path) -> None:
+    """A real picture: PNG magic, paper-figure size, and not blank."""
+    import matplotlib.image as mpimg
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    img = mpimg.imread(path)
+    h, w = img.shape[:2]
+    assert 600 <= w <= 2200 and 400 <= h <= 1600, (path, img.shape)
+    rgb = img[..., :3]
+    assert rgb.std() > 0.05, f"{path} looks blank"
+    packed = (rgb * 255).astype(np.uint32)
+    colours = np.unique(packed[..., 0] << 16 | packed[..., 1] << 8 | packed[..., 2])
+    assert colours.size > 50, f"{path} has only {colours.size} colours"
+
+
+def page_figure(path: Path) -> dict:
+    """The Plotly figure of an HTML page, {"data": [...], "layout": {...}}, read from its Plotly.newPlot call."""
+    text = path.read_text()
+    calls = list(re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*', text))
+    assert len(calls) == 1, f"{path}: {len(calls)} Plotly.newPlot calls"
+    decoder = json.JSONDecoder()
+    data, end = decoder.raw_decode(text, calls[0].end())
+    layout, _ = decoder.raw_decode(text, re.compile(r",\s*").match(text, end).end())
+    return {"data": data, "layout": layout}
+
+
+def array(a) -> np.ndarray:
+    """A figure's array as floats (NaN for null): a JSON list, or plotly's base64 typed array."""
+    if isinstance(a, dict) and "bdata" in a:
+        import base64
+
+        out = np.frombuffer(base64.b64decode(a["bdata"]), dtype=np.dtype(a["dtype"])).astype(float)
+        shape = a.get("shape")
+        return out.reshape([int(n) for n in str(shape).split(",")]) if shape else out
+    return np.array([[np.nan if v is None else v for v in row] if isinstance(row, list) else
+                     (np.nan if row is None else row) for row in a], dtype=float)
+
+
+def traces(fig: dict, series: str | None = None, scale: str | None = None, part: str | None = None) -> list[dict]:
+    """The figure's traces of a series ("train_loss"), scale ("log", "linear"; "" for either) and part."""
+    return [t for t in fig["data"] if (series is None or t["meta"]["series"] == series)
+            and (scale is None or t["meta"]["scale"] == scale) and (part is None or t["meta"]["part"] == part)]
+
+
+def menus(fig: dict) -> dict:
+    """The figure's button rows by name: "series", "scale"."""
+    return {m["name"]: m for m in fig["layout"].get("updatemenus", [])}
+
+
+def draw(paths, tmp_path, **kwargs) -> dict:
+    """render() into tmp_path; {file name: the matplotlib Figure saved there}."""
+    figures = {}
+    render(paths, tmp_path, figures=figures, **kwargs)
+    return {path.name: fig for path, fig in figures.items()}
+
+
+def legend_texts(fig) -> list[str]:
+    """The entries of every legend of a figure: the figure's and each axes'."""
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    return [t.get_text() for legend in legends for t in legend.get_texts()]
+
+
+def marks(fig, label: str) -> list[tuple]:
+    """(x, y[, z]) of every marker line labelled `label`, in any axes of the figure."""
+    found = []
+    for ax in fig.axes:
+        for line in ax.lines:
+            if line.get_label() == label:
+                data = line.get_data_3d() if hasattr(line, "get_data_3d") else line.get_data()
+                found += list(zip(*(np.asarray(d, dtype=float) for d in data)))
+    return found
+
+
+# Put first in a copy of the page: reports on the console, as "PAGECHECK <what> <json>", every
+# error, the resources the page loaded, and what the page shows after each click on its buttons
+# (every split and value, each with its scales).
+PAGE_CHECK = """<script>
+(function () {
+  function report(what, data) { console.log("PAGECHECK " + what + " " + JSON.stringify(data)); }
+  var error = console.error;
+  console.error = function () {
+    report("error", [].join.call(arguments, " "));
+    return error.apply(console, arguments);
+  };
+  window.addEventListener("error", function (e) { report("error", "uncaught " + e.message); });
+  window.addEventListener("load", function () {
+    report("resources", performance.getEntriesByType("resource").map(function (r) { return r.name; }));
+    var gd = document.querySelector(".js-plotly-plot");
+    if (!gd || !gd.data) { report("error", "no plot"); return; }
+    function state(click) {
+      report("state", {click: click, title: gd.layout.title.text, scene: gd.layout.scene.xaxis.visible !== false,
+        shown: gd.data.filter(function (t) { return t.visible !== false; }).map(function (t) { return t.meta; }),
+        menus: gd.layout.updatemenus.map(function (m) { return {active: m.active, visible: m.visible !== false}; })});
+    }
+    function click(label) {
+      var found = [].filter.call(document.querySelectorAll("g.updatemenu-button"),
+                                 function (b) { return b.textContent === label; });
+      if (found.length !== 1) { report("error", found.length + " buttons " + label); return; }
+      found[0].dispatchEvent(new MouseEvent("click", {bubbles: true}));
+    }
+    var steps = [];
+    gd.layout.meta.series.forEach(function (s) {
+      steps.push(s.label);
+      if (s.scales.length > 1) s.scales.slice().reverse().forEach(function (scale) { steps.push(scale + " scale"); });
+    });
+    state(null);
+    (function next(i) {
+      if (i >= steps.length) { report("done", steps.length); return; }
+      click(steps[i]);
+      setTimeout(function () { state(steps[i]); next(i + 1); }, 100);
+    })(0);
+  });
+})();
+</script>"""
+
+
+# What the `hessian` verb writes (hessmap.py), by hand: the maps on the paraboloid's grid, their
+# ratio |min/max| crossing the paper's 0.5 at the corners, and a spectrum at the centre.
+EIG_SETTINGS = {"split": "train", "samples": 1000, "params": "all", "tol": 1e-3}
+
+
+CENTRE = {"top_eigenvalues": [2.9, 1.1, 0.7], "min_eigenvalue": -0.05, "ratio_min_max": 0.05 / 2.9, "trace": 5.2,
+          "trace_stderr": 0.3, "parameters": 11274, "split": "train", "samples": 0, "params": "all",
+          "hutchinson_samples": 100, "tol": 1e-3}
+
+
+def eig_maps() -> tuple[np.ndarray, np.ndarray]:
+    X, Y = np.meshgrid(PX, PY)
+    return 2 + X**2 + Y**2, 1.5 * X * Y - 0.01
+
+
+def spectral_density() -> tuple[np.ndarray, np.ndarray]:
+    grid = np.linspace(-0.5, 3.5, 200)
+    density = np.exp(-0.5 * (grid / 0.05) ** 2) + 1e-3 * np.exp(-0.5 * ((grid - 2.9) / 0.05) ** 2)
+    return grid, density / np.trapezoid(density, grid)
+
+
+def add_hessian(path, max_eig=None, min_eig=None, done=None, settings=None, centre=None, attrs=None):
+    """Add to a surface file what `hessian` (maps) and `hessian --centre` (centre) store."""
+    with h5py.File(path, "a") as f:
+        if max_eig is not None:
+            f["max_eig"] = np.asarray(max_eig, dtype=np.float64)
+            f["min_eig"] = np.asarray(min_eig, dtype=np.float64)
+            f["eig_done"] = np.asarray(done, dtype=np.uint8)
+            for k, v in (settings or EIG_SETTINGS).items():
+                f.attrs[f"hessian_{k}"] = v
+        if centre is not None:
+            g = f.create_group("hessian_centre")
+            g["top_eigenvalues"] = np.asarray(centre["top_eigenvalues"], dtype=np.float64)
+            g["density_grid"], g["density"] = spectral_density()
+            for k, v in centre.items():
+                if k != "top_eigenvalues":
+                    g.attrs[k] = v
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+    return Path(path)
+
+
+# The partial map: the first pass (every 4th point of each axis) and the centre, (0, 0).
+PARTIAL_EIG = np.zeros((PY.size, PX.size), dtype=np.uint8)
+PARTIAL_EIG[::4, ::4] = 1
+PARTIAL_EIG[7, 10] = 1
+
+
+def format_summary_of(path) -> str:
+    from losslandscape.render.summary import format_summary
+
+    return format_summary(summarize(path))
+
+
+# The run's own path ends at the final model (0, 0); its last segment runs along the grid row
+# y = 0, where the bilinear height on the surface is the linear interpolation along the row.
+RUN_X = np.array([0.9, 0.75, 0.62, 0.6, 0.0])
+
+
+RUN_Y = np.array([0.8, 0.4, 0.13, 0.0, 0.0])
+
+
+RUN_ERR = np.array([0.06, 0.05, 0.03, 0.0155, 0.0])  # mean 0.0311: "3.1%"
+
+
+# A second run projected on the plane; it starts outside the grid (x = -2.5 < -1.5).
+ALSO_X = np.array([-2.5, -1.2, -0.6, -0.3])
+
+
+ALSO_Y = np.array([1.0, 0.6, 0.2, -0.1])
+
+
+ALSO_ERR = np.array([0.08, 0.06, 0.04, 0.02])  # mean 0.05: "5.0%"
+
+
+PCA_SPEC = {"model": {"name": "resnet20", "checkpoint": "out/train/model_8.pt"},
+            "directions": {"kind": "pca", "checkpoints": "out/train/model_*.pt", "also": ["out/seed1/ckpt_*.pt"]}}
+
+
+def add_paths(path, runs=None, ratio=(0.872, 0.091), vlen=True):
+    """Add what `trajectory` stores for a PCA surface: each run's x, y, error and checkpoint names
+    (variable-length UTF-8 strings, or fixed-length bytes as parallel HDF5 writes them), its glob
+    as the attribute `pattern`; the explained variance ratio of PC1 and PC2."""
+    if runs is None:
+        runs = [("out/train/model_*.pt", RUN_X, RUN_Y, RUN_ERR, [f"model_{2 * i}.pt" for i in range(5)]),
+                ("out/seed1/ckpt_*.pt", ALSO_X, ALSO_Y, ALSO_ERR, [f"ckpt_{i}.pt" for i in range(4)])]
+    with h5py.File(path, "a") as f:
+        for k, (pattern, x, y, err, names) in enumerate(runs):
+            g = f.require_group("trajectory" if k == 0 else f"trajectory/also/{k - 1}")
+            g["x"], g["y"], g["error"] = (np.asarray(a, dtype=np.float64) for a in (x, y, err))
+            if vlen:
+                g.create_dataset("checkpoints", data=names, dtype=h5py.string_dtype("utf-8"))
+            else:
+                g["checkpoints"] = np.array([n.encode() for n in names])
+            g.attrs["pattern"] = pattern
+        if ratio is not None:
+            f.attrs["explained_variance_ratio"] = np.asarray(ratio, dtype=np.float64)
+    return Path(path)
+
+
+def pca_loss() -> np.ndarray:
+    return paraboloid() + 0.05  # 0.05 to 6.22: more than two decades, so drawn on a log scale
+
+
+# The partial PCA surface: the coarse pass, every 4th point of each axis.
+PCA_PARTIAL = np.zeros((PY.size, PX.size), dtype=np.uint8)
+PCA_PARTIAL[::4, ::4] = 1
+
+
+def artists(fig, gid: str) -> list:
+    """The lines of a figure (any axes) with this gid."""
+    return [ln for ax in fig.axes for ln in ax.lines if ln.get_gid() == gid]
