@@ -223,6 +223,8 @@ class Net(nn.Module):
             deadline = time.monotonic() + 60
             while os.environ.get("SLOW_RANK") and not os.path.exists(busy) and time.monotonic() < deadline:
                 time.sleep(0.05)  # fail only once the slow rank is busy, however slowly it started
+            with open(os.path.join(os.path.dirname(__file__), "flaky-raised"), "w") as fh:
+                fh.write(repr(time.time()))  # when: a test times the grace the others get from here
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 

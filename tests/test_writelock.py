@@ -19,6 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
+from losslandscape.errors import UserError
+
 from helpers import BIN, assert_values, done_count, in_process, one_error_line, tiny_job, tiny_values
 
 # the linear model of test_diskfaults, slowed down: a run lasts long enough to be interrupted
@@ -165,7 +167,7 @@ time.sleep(60)
 """], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(Exception) as err:
+        with pytest.raises(UserError) as err:
             writelock.acquire(target, "test")
         assert "is being written by host node17, pid 4321, SLURM job 777" in str(err.value)
     finally:
