@@ -257,6 +257,54 @@ def test_hessian_maps_on_a_full_disk_are_one_line_and_leave_the_file(ns, tmp_pat
     print(line)
 
 
+def test_the_centre_spectrum_on_a_full_disk_is_one_line_and_leaves_the_file(ns, tmp_path):
+    """README: the room of a "centre spectrum is reserved ... before HDF5 writes anything":
+    `hessian --centre` on a full disk is one line naming the file, the surface byte for byte as
+    it was; once there is room the same command stores the spectrum."""
+    work = tmp_path / "w"
+    spec = tiny_job(work, work / "s.h5", "-0.5:0.5:3", "-0.5:0.5:3", module="dfcentre")
+    assert in_process(spec) == 0
+    mnt = tmp_path / "mnt"
+    ns.mount(mnt, 1024)
+    surf = mnt / "s.h5"
+    ns.sh(f"cp {work / 's.h5'} {surf}")
+    ns.fill(mnt, leave_pages=1)
+    before = sha(ns.outside(surf))
+    centre = ("hessian", surf, "--centre", "--top-k", "2", "--samples", "16")
+    line = one_error_line(ns.run(ll(*centre), work))
+    assert f"no room for the new part of {surf}: No space left on device" in line, line
+    assert sha(ns.outside(surf)) == before
+    assert sorted(p.name for p in ns.outside(mnt).iterdir()) == ["fill", "s.h5"]
+    ns.sh(f"rm {mnt}/fill")
+    proc = ns.run(ll(*centre), work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(ns.outside(surf), "r", locking=False) as f:
+        assert len(f["hessian_centre/top_eigenvalues"]) == 2
+    print(line)
+
+
+def test_no_room_for_a_shard_is_one_line_before_anything_is_submitted(ns, tmp_path):
+    """README: the room of a "shard" is reserved before HDF5 writes anything: `submit` on a disk
+    with room for the surface but not for a task's shard file is one line naming it, before
+    sbatch is called (there is none here), and leaves no shard behind."""
+    mnt = tmp_path / "mnt"
+    ns.mount(mnt, 1024)
+    surf = mnt / "s.h5"
+    spec = tiny_job(tmp_path / "w", surf, "-1:1:9", "-1:1:9", module="dfshard")
+    for first in (("directions", spec), ("submit", spec, "--tasks", "2", "--dry-run")):  # the file and its notes
+        proc = ns.run(ll(*first), tmp_path / "w")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    before = sha(ns.outside(surf))
+    ns.fill(mnt, leave_pages=16)  # 64 KiB: less than a shard's room (its grid's values and 128 KiB)
+    line = one_error_line(ns.run(ll("submit", spec, "--tasks", "2"), tmp_path / "w"))
+    assert "no room for the shard file" in line and "No space left on device" in line, line
+    assert "it needs about" in line, line
+    assert sha(ns.outside(surf)) == before
+    shards = ns.outside(mnt / "s.h5.shards")
+    assert not shards.exists() or not [p.name for p in shards.iterdir() if p.name.endswith(".h5")]
+    print(line)
+
+
 def test_converting_an_original_file_on_a_full_disk_is_one_line_and_keeps_it(ns, tmp_path):
     """An original loss-landscape surface file (written here as that code does) adopted where the
     converted file has no room: one line with the room it needs, the original byte for byte."""
