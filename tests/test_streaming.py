@@ -13,7 +13,6 @@ seconds (so that a signal lands in the middle of a unit).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from losslandscape.numerics.grid import assign_tasks
 from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.inputs.models import build_model
 
-from helpers import losslandscape
+from helpers import losslandscape, mpirun
 
 IMAGES, CLASSES, SIDE = 200, 4, 16
 TEST_EVERY = 4  # the "test" split: every 4th image
@@ -340,13 +339,6 @@ def test_a_unit_reads_each_item_once_for_all_its_points(images, tmp_path, monkey
 
 
 # --- 2. mpirun: coordinator and workers, each streaming its units ------------------------------
-
-def mpirun(n: int) -> list[str]:
-    exe = shutil.which("mpirun")
-    if exe is None:
-        pytest.fail("mpirun is not on PATH: `make install` installs Open MPI")
-    return [exe, "--oversubscribe", "-n", str(n)] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-
 
 @pytest.mark.slow
 def test_mpirun_with_a_dataset_equals_one_process(images, reference, tmp_path):
