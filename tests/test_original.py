@@ -302,7 +302,7 @@ def test_a_failed_conversion_leaves_the_original_and_a_retry_converts(trained, w
     assert not tmp.exists()
 
 
-ADOPT = ("import sys; from losslandscape import original, spec; "
+ADOPT = ("import sys; from losslandscape import spec; from losslandscape.surfacefile import original; "
          "original.adopt_if_original(spec.load(sys.argv[1]))")
 
 

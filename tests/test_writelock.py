@@ -188,7 +188,7 @@ def test_the_hessian_maps_spectrum_and_submit_are_refused_while_another_process_
     surf = tmp_path / "s.h5"
     spec = tiny_job(tmp_path, surf, "-1:1:3", "-1:1:3", unit=2)
     assert in_process(spec) == 0
-    holder = start([sys.executable, "-c", "import sys, time\nfrom losslandscape import writelock\n"
+    holder = start([sys.executable, "-c", "import sys, time\nfrom losslandscape.surfacefile import lock as writelock\n"
                     f"writelock.acquire({str(surf)!r}, 'holding it for a test')\nprint('held', flush=True)\n"
                     "time.sleep(120)"], tmp_path)
     try:
