@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_cli import assert_one_line_error, losslandscape
+from helpers import assert_one_line_error, losslandscape
 
 SEQ = 16  # tokens per sequence
 IGNORED_BYTE = ord(" ")  # labels of this byte are -100: ignored, so batches score unequal token counts
@@ -629,6 +629,75 @@ def test_a_hugging_face_safetensors_file_is_a_checkpoint(lm, tmp_path):
     b = surface(lm, tmp_path / "b.h5", "--model.name=fresh:other", f"--model.checkpoint={ckpt}",
                 "--data.name=anylm:data", "--evaluation.loss=model", "--grid.x=-1:1:3")
     np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-6)
+
+
+def _refuse_unpickling(monkeypatch) -> list[str]:
+    """Make every way to unpickle fail in this process for the rest of the test: torch.load and the
+    pickle module's loaders. Returns the list of the attempts (which the test expects empty)."""
+    import pickle
+
+    attempts = []
+
+    def refuse(name):
+        def refused(*args, **kwargs):
+            attempts.append(name)
+            raise AssertionError(f"{name} called: something was unpickled")
+        return refused
+
+    monkeypatch.setattr(torch, "load", refuse("torch.load"))
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse(f"pickle.{name}"))
+    return attempts
+
+
+def test_a_safetensors_checkpoint_loads_without_unpickling(lm, tmp_path, monkeypatch):
+    """README: "`.safetensors` checkpoints load without unpickling anything": the run with
+    model.checkpoint = model.safetensors succeeds while torch.load and pickle refuse to work,
+    and a .pt checkpoint of the same weights fails under the same refusal (so the refusal bites)."""
+    (lm / "fresh.py").write_text("from anylm import *\nfrom transformers import GPT2Config, GPT2LMHeadModel\n\n"
+                                 "def other():\n    torch.manual_seed(5)\n"
+                                 "    return GPT2LMHeadModel(GPT2Config.from_pretrained(HERE / 'gpt2-tiny'))\n")
+    ckpt = lm / "gpt2-tiny" / "model.safetensors"
+    pt = tmp_path / "model.pt"
+    torch.save(factory(lm, "anylm", "model")().state_dict(), pt)
+    attempts = _refuse_unpickling(monkeypatch)
+    common = ("--model.name=fresh:other", "--data.name=anylm:data", "--evaluation.loss=model", "--grid.x=0:0:1")
+    got = surface(lm, tmp_path / "safe.h5", f"--model.checkpoint={ckpt}", *common)
+    assert attempts == [] and got["train_done"].all()
+    refused = run_surface(lm, tmp_path / "pickled.h5", f"--model.checkpoint={pt}", *common)
+    assert refused.returncode != 0 and attempts, refused.stderr[-2000:]
+
+
+def test_an_untied_safetensors_checkpoint_sets_the_output_layer_too(lm, tmp_path):
+    """A GPT-2 whose lm_head is not tied to its embedding: the safetensors file holds lm_head.weight,
+    and a loader that skipped it would leave the fresh model's own random head. The surface of a
+    fresh model given the file equals the surface of the saved model itself, and the centre's
+    loss equals the saved model's own loss, computed here."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=256, n_positions=SEQ, n_embd=32, n_layer=2, n_head=2, initializer_range=0.1,
+                        tie_word_embeddings=False)
+    saved = GPT2LMHeadModel(config)
+    saved.save_pretrained(lm / "gpt2-untied", safe_serialization=True)
+    from safetensors.torch import load_file
+
+    assert "lm_head.weight" in load_file(lm / "gpt2-untied" / "model.safetensors")
+    (lm / "untied.py").write_text(
+        "from anylm import *\nfrom transformers import GPT2Config, GPT2LMHeadModel\n\n"
+        "def saved():\n    return GPT2LMHeadModel.from_pretrained(HERE / 'gpt2-untied')\n\n"
+        "def fresh():\n    torch.manual_seed(5)\n"
+        "    return GPT2LMHeadModel(GPT2Config.from_pretrained(HERE / 'gpt2-untied'))\n")
+    fresh = factory(lm, "untied", "fresh")()
+    assert not torch.equal(fresh.lm_head.weight, saved.lm_head.weight)  # the head must come from the file
+    assert fresh.lm_head.weight.data_ptr() != fresh.transformer.wte.weight.data_ptr()  # untied
+    common = ("--data.name=anylm:data", "--evaluation.loss=model", "--grid.x=-1:1:3")
+    a = surface(lm, tmp_path / "a.h5", "--model.name=untied:saved", *common)
+    b = surface(lm, tmp_path / "b.h5", "--model.name=untied:fresh",
+                f"--model.checkpoint={lm / 'gpt2-untied' / 'model.safetensors'}", *common)
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-6)
+    loss, _, _ = lm_token_loss(saved.eval(), factory(lm, "anylm", "data")("train"), True)
+    assert b["train_loss"][1] == pytest.approx(loss, rel=1e-5)  # the centre: the saved model's own loss
 
 
 class _Seg(torch.nn.Module):

@@ -16,7 +16,7 @@ from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
 from losslandscape.inputs.models import build_model
 
-from conftest import BIN
+from helpers import BIN
 
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -199,6 +199,6 @@ def test_trajectories_and_hessian_maps_from_python(trained, tmp_path):
     assert s.fraction_done["train"] == 1.0
     with h5py.File(tmp_path / "t.h5", "r") as f:
         assert f["trajectory/x"].shape == (4,) and f["trajectory/x"][-1] == 0.0
-    m = ll.compute_hessian(tmp_path / "t.h5", samples=40)  # its values against dense Hessians: test_claims.py
+    m = ll.compute_hessian(tmp_path / "t.h5", samples=40)  # its values against dense Hessians: test_api_numbers.py
     centre = ll.compute_hessian(tmp_path / "t.h5", samples=40, centre=True, top_k=2)
     assert centre["top_eigenvalues"][0] == pytest.approx(m.eig["max"][1, 1], rel=1e-2)

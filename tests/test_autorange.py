@@ -15,12 +15,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import BIN
+from helpers import BIN, launch, mpirun
 from losslandscape.numerics import autorange
 from losslandscape import spec as specs
 from losslandscape.inputs.data import load_split
 from losslandscape.errors import UserError
-from test_mpi import launch, mpirun
 
 LINNET = '''
 import torch.nn as nn
@@ -146,7 +145,7 @@ def test_the_fields_their_defaults_and_their_checks():
 def test_the_readme_spec_example_is_a_valid_spec():
     import tomllib
 
-    from conftest import REPO
+    from helpers import REPO
 
     text = (REPO / "README.md").read_text()
     block = text.split("```toml\n[model]\nname = \"resnet56\"", 1)[1].split("```", 1)[0]
@@ -314,6 +313,7 @@ def test_a_resume_with_auto_takes_the_files_grid_and_computes_nothing(linear, ra
     assert other.returncode == 1 and "grid.x: the surface file" in other.stderr
 
 
+@pytest.mark.slow
 def test_mpirun_chooses_the_same_range_and_values(linear, random_surface):
     spec, path = job(linear, "rand_mpi", "auto:11", "auto:5", auto_samples=0)
     proc = launch(mpirun(3) + [str(BIN / "losslandscape"), "surface", str(spec)])

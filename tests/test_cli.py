@@ -1,23 +1,12 @@
 """The installed `losslandscape` console script: the zoo listing and one-line errors with exit status 1."""
 
-import contextlib
-import io
-import logging
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from losslandscape.frontends import cli
 from losslandscape.inputs.models import build_model
 
-SCRIPT = Path(sys.executable).with_name("losslandscape")
-if not SCRIPT.exists():  # not run from the project's virtual environment
-    SCRIPT = Path(shutil.which("losslandscape") or SCRIPT)
+from helpers import assert_one_line_error, console, losslandscape
 
 ZOO_NAMES = [
     *(f"resnet{d}" for d in (20, 32, 44, 56, 110)),
@@ -29,39 +18,8 @@ ZOO_NAMES = [
 ]
 
 
-def launch(*args, cwd) -> subprocess.CompletedProcess:
-    """The installed console script in a process of its own."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([str(SCRIPT), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
-def losslandscape(*args, cwd) -> subprocess.CompletedProcess:
-    """`cli.main` in this process (the console script calls it; `launch` checks that path), with what
-    it prints and its exit status, as a launch would give them, without starting Python and torch anew."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    logging.getLogger().handlers.clear()  # the handler cli.main installed writes to `err`
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("losslandscape: error: "), lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
 def test_models_lists_the_zoo(tmp_path):
-    result = launch("models", cwd=tmp_path)
+    result = console("models", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
     assert [row[0] for row in rows if not row[0].startswith("original_")] == ZOO_NAMES  # then original_*
@@ -80,7 +38,7 @@ def pickled_model(tmp_path_factory):
 
 
 def test_missing_spec_file(tmp_path):
-    assert_one_line_error(launch("train", tmp_path / "absent.toml", cwd=tmp_path), "absent.toml")
+    assert_one_line_error(console("train", tmp_path / "absent.toml", cwd=tmp_path), "absent.toml")
 
 
 def test_unknown_model(tmp_path):
@@ -118,7 +76,7 @@ def test_pickled_checkpoint_needs_trust(tmp_path, pickled_model):
     out = tmp_path / "out"
     common = [f"--model.checkpoint={path}", "--train.epochs=1", "--train.batch_size=32", "--data.max_samples=64",
               f"--train.out_dir={out}"]
-    assert_one_line_error(launch("train", *common, cwd=tmp_path), str(path), "--trust-checkpoint")
+    assert_one_line_error(console("train", *common, cwd=tmp_path), str(path), "--trust-checkpoint")
     assert not out.exists()
 
     result = losslandscape("train", "--trust-checkpoint", *common, cwd=tmp_path)
@@ -179,7 +137,7 @@ def test_every_file_a_user_names_is_one_line_without_traceback(tmp_path, case, w
 
 def test_a_negative_value_after_a_space_is_a_value(tmp_path):
     out = tmp_path / "s.h5"
-    result = launch("surface", "--grid.x", "-1:1:3", "--data.max_samples", "20", "--output.surface", out,
+    result = console("surface", "--grid.x", "-1:1:3", "--data.max_samples", "20", "--output.surface", out,
                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     import h5py
@@ -205,3 +163,20 @@ def test_every_verb_describes_itself(tmp_path, verb):
     assert result.returncode == 0
     description = result.stdout.split("\n\n")[1]
     assert len(description.split()) >= 5 and not description.lstrip().startswith(("positional", "options")), result.stdout
+
+
+# --- the verbs hessian, trajectory and paper describe themselves ------------------------------
+
+@pytest.mark.parametrize("verb, word", [("hessian", "eigenvalue"), ("trajectory", "PCA"), ("paper", "paper")])
+def test_hessian_trajectory_and_paper_describe_themselves(capsys, verb, word):
+    """`losslandscape VERB --help` (the README's table of verbs): a description under the usage
+    line, as the other verbs have (tests/test_cli.py::test_every_verb_describes_itself)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([verb, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: losslandscape {verb}"), text
+    description = text.split("\n\n")[1]
+    assert len(description.split()) >= 5, text
+    assert not description.lstrip().startswith(("positional", "options", "usage")), text
+    assert word.lower() in description.lower(), description

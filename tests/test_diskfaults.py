@@ -15,7 +15,6 @@ the `point_seconds` of a file whose timings are 0), and filling a hole on a full
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -26,24 +25,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import BIN
-from test_mpi import mpirun
+from helpers import (BIN, assert_values, done_count, in_process, mpirun, one_error_line, sha,
+                     tiny_job, tiny_values)
 
 pytestmark = pytest.mark.slow
 
 PAGE = 4096
-SAMPLES = 32
-TINY = '''
-import torch
-from torch import nn
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-'''
 CLEAN = {k: "" for k in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE",
                          "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")}
 
@@ -105,101 +93,8 @@ def ns():
     n.close()
 
 
-def job(folder: Path, surface: Path, x: str, y: str = "", unit: int = 8, name: str = "job.toml",
-        extra: str = "", module: str = "dftiny") -> Path:
-    """A job spec for the linear model (module `module`, beside the spec) on 32 digits."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{module}.py").write_text(TINY)
-    spec = folder / name
-    spec.write_text(f'''
-[model]
-name = "{module}:build"
-[data]
-name = "digits"
-splits = ["train"]
-max_samples = {SAMPLES}
-[grid]
-x = "{x}"
-y = "{y}"
-[evaluation]
-device = "cpu"
-threads = 1
-unit_size = {unit}
-[output]
-surface = "{surface}"
-{extra}''')
-    return spec
-
-
 def ll(*args) -> list[str]:
     return [str(BIN / "losslandscape"), *map(str, args)]
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The one `losslandscape: error:` line of a refused run: exit 1, no traceback, no segfault."""
-    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and "Segmentation" not in proc.stderr, proc.stderr[-3000:]
-    return lines[0]
-
-
-def independent(surface: Path) -> dict[str, np.ndarray]:
-    """Loss and accuracy at every grid point, by a plain forward pass of the moved linear model
-    (the directions read from the file), the whole grid at once in float64."""
-    from losslandscape.inputs import data as datasets
-
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(64, 10)
-    datasets._load.cache_clear()
-    x, y = datasets._load("digits", "", "train", SAMPLES, 0)
-    with h5py.File(surface, "r", locking=False) as f:
-        xs = torch.from_numpy(f["xcoordinates"][...])
-        ys = torch.from_numpy(f["ycoordinates"][...]) if "ycoordinates" in f else torch.zeros(1, dtype=torch.float64)
-        dx = {k: torch.from_numpy(f["directions/x"][k][...]).double() for k in f["directions/x"]}
-        dy = ({k: torch.from_numpy(f["directions/y"][k][...]).double() for k in f["directions/y"]}
-              if "y" in f["directions"] else {k: torch.zeros_like(v) for k, v in dx.items()})
-        shape = f["train_done"].shape
-    a, b = torch.meshgrid(xs, ys, indexing="xy")
-    w0, b0 = lin.weight.detach().double(), lin.bias.detach().double()  # (ny, nx): row j is y[j]
-    a, b = a.reshape(-1, 1, 1), b.reshape(-1, 1, 1)
-    w = w0 + a * dx["1.weight"] + b * dy["1.weight"]  # (P, 10, 64)
-    bias = b0 + a[:, 0] * dx["1.bias"] + b[:, 0] * dy["1.bias"]  # (P, 10)
-    logits = torch.einsum("pij,sj->psi", w, x.flatten(1).double()) + bias[:, None, :]  # (P, S, 10)
-    loss = torch.stack([F.cross_entropy(z, y) for z in logits])
-    acc = 100.0 * (logits.argmax(-1) == y).double().mean(-1)
-    return {"train_loss": loss.numpy().reshape(shape), "train_acc": acc.numpy().reshape(shape)}
-
-
-def assert_values(surface: Path, want: dict[str, np.ndarray]) -> None:
-    with h5py.File(surface, "r", locking=False) as f:
-        assert f["train_done"][...].all()
-        for k, v in want.items():
-            np.testing.assert_allclose(f[k][...], v, rtol=2e-5, atol=1e-6)
-
-
-def done_count(surface: Path) -> int:
-    with h5py.File(surface, "r", locking=False) as f:
-        return int(f["train_done"][...].sum())
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def in_process(spec_path: Path, run: bool = True):
-    """Make (and with `run`, compute or just annotate) a surface in this process: cheap set-up."""
-    from losslandscape import spec as specs
-    from losslandscape.run.distributed import run_serial
-    from losslandscape.run.work import SurfaceWork, prepare
-
-    from losslandscape.surfacefile import lock as writelock
-
-    spec = specs.load(spec_path)
-    try:
-        return run_serial(SurfaceWork(spec)) if run else prepare(spec)
-    finally:
-        writelock.release_all()  # prepare's lock lasts as long as its process (the `directions` verb's)
 
 
 def partial_sparse_file(folder: Path, pending: slice) -> tuple[Path, dict]:
@@ -207,9 +102,9 @@ def partial_sparse_file(folder: Path, pending: slice) -> tuple[Path, dict]:
     its run notes written, and every point's timing 0 (a run of zeros `cp --sparse` makes holes
     of). Returns (the file, the independent values)."""
     base = folder / "base.h5"
-    spec = job(folder, base, "-1:1:1025", unit=4, name="base.toml")
+    spec = tiny_job(folder, base, "-1:1:1025", unit=4, name="base.toml")
     in_process(spec, run=False)
-    want = independent(base)
+    want = tiny_values(base)
     with h5py.File(base, "r+") as f:
         for k, v in want.items():
             f[k][...] = v
@@ -228,7 +123,7 @@ def partial_sparse_file(folder: Path, pending: slice) -> tuple[Path, dict]:
 def test_no_room_for_a_new_file_is_one_line_and_leaves_nothing(ns, tmp_path):
     mnt = tmp_path / "mnt"
     ns.mount(mnt, 64)
-    spec = job(tmp_path, mnt / "out" / "s.h5", "-1:1:9", "-1:1:9")
+    spec = tiny_job(tmp_path, mnt / "out" / "s.h5", "-1:1:9", "-1:1:9")
     proc = ns.run(ll("surface", spec), tmp_path)
     line = one_error_line(proc)
     assert f"no room for the new file {mnt / 'out' / 's.h5'}" in line and "No space left on device" in line, line
@@ -240,7 +135,7 @@ def test_no_room_for_a_new_file_is_one_line_and_leaves_nothing(ns, tmp_path):
 def test_a_read_only_file_system_is_one_line(ns, tmp_path):
     mnt = tmp_path / "ro"
     ns.mount(mnt, 1024, ro=True)
-    spec = job(tmp_path, mnt / "s.h5", "-1:1:5")
+    spec = tiny_job(tmp_path, mnt / "s.h5", "-1:1:5")
     line = one_error_line(ns.run(ll("surface", spec), tmp_path))
     assert str(mnt / "s.h5") in line and "Read-only file system" in line, line
     print(line)
@@ -253,7 +148,7 @@ def test_a_disk_that_fills_during_a_run_loses_nothing(ns, tmp_path):
     mnt = tmp_path / "mnt"
     ns.mount(mnt, 512)
     surf = mnt / "s.h5"
-    spec = job(tmp_path, surf, "-1:1:301", unit=4)
+    spec = tiny_job(tmp_path, surf, "-1:1:301", unit=4)
     proc = ns.popen(ll("surface", spec), tmp_path)
     seen = ns.outside(surf)
     deadline = time.monotonic() + 120
@@ -266,7 +161,7 @@ def test_a_disk_that_fills_during_a_run_loses_nothing(ns, tmp_path):
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
     assert done_then < 301, "the run ended before the disk was full: nothing was shown"
-    assert_values(seen, independent(seen))
+    assert_values(seen, tiny_values(seen))
 
 
 def test_a_failed_write_of_points_is_one_line_and_the_file_resumes(ns, tmp_path):
@@ -278,7 +173,7 @@ def test_a_failed_write_of_points_is_one_line_and_the_file_resumes(ns, tmp_path)
     surf = mnt / "s.h5"
     ns.sh(f"cp --sparse=always {base} {surf}")
     ns.fill(mnt, leave_pages=1)  # room for the lock file only
-    spec = job(tmp_path, surf, "-1:1:1025", unit=4)
+    spec = tiny_job(tmp_path, surf, "-1:1:1025", unit=4)
     line = one_error_line(ns.run(ll("surface", spec), tmp_path))
     assert f"cannot write {surf}: No space left on device" in line and "points written before are kept" in line, line
     assert done_count(ns.outside(surf)) == 1017
@@ -300,7 +195,7 @@ def test_a_failed_write_under_mpirun_ends_the_job_with_one_line(ns, tmp_path):
     surf = mnt / "s.h5"
     ns.sh(f"cp --sparse=always {base} {surf}")
     ns.fill(mnt, leave_pages=1)
-    spec = job(tmp_path, surf, "-1:1:1025", unit=4)
+    spec = tiny_job(tmp_path, surf, "-1:1:1025", unit=4)
     start = time.monotonic()
     proc = ns.run(mpirun(3) + ll("surface", spec), tmp_path)
     line = one_error_line(proc)
@@ -347,7 +242,7 @@ def test_merge_on_a_full_disk_is_one_line_and_merges_later(ns, tmp_path):
 def test_hessian_maps_on_a_full_disk_are_one_line_and_leave_the_file(ns, tmp_path):
     work = tmp_path / "w"
     # a module name of its own: this process has imported dftiny from another test's folder
-    spec = job(work, work / "s.h5", "-0.5:0.5:3", "-0.5:0.5:3", module="dfhess")
+    spec = tiny_job(work, work / "s.h5", "-0.5:0.5:3", "-0.5:0.5:3", module="dfhess")
     assert in_process(spec) == 0
     mnt = tmp_path / "mnt"
     ns.mount(mnt, 1024)
@@ -359,6 +254,54 @@ def test_hessian_maps_on_a_full_disk_are_one_line_and_leave_the_file(ns, tmp_pat
     assert f"no room for the eigenvalue maps of {surf}: No space left on device" in line, line
     assert sha(ns.outside(surf)) == before
     assert sorted(p.name for p in ns.outside(mnt).iterdir()) == ["fill", "s.h5"]
+    print(line)
+
+
+def test_the_centre_spectrum_on_a_full_disk_is_one_line_and_leaves_the_file(ns, tmp_path):
+    """README: the room of a "centre spectrum is reserved ... before HDF5 writes anything":
+    `hessian --centre` on a full disk is one line naming the file, the surface byte for byte as
+    it was; once there is room the same command stores the spectrum."""
+    work = tmp_path / "w"
+    spec = tiny_job(work, work / "s.h5", "-0.5:0.5:3", "-0.5:0.5:3", module="dfcentre")
+    assert in_process(spec) == 0
+    mnt = tmp_path / "mnt"
+    ns.mount(mnt, 1024)
+    surf = mnt / "s.h5"
+    ns.sh(f"cp {work / 's.h5'} {surf}")
+    ns.fill(mnt, leave_pages=1)
+    before = sha(ns.outside(surf))
+    centre = ("hessian", surf, "--centre", "--top-k", "2", "--samples", "16")
+    line = one_error_line(ns.run(ll(*centre), work))
+    assert f"no room for the new part of {surf}: No space left on device" in line, line
+    assert sha(ns.outside(surf)) == before
+    assert sorted(p.name for p in ns.outside(mnt).iterdir()) == ["fill", "s.h5"]
+    ns.sh(f"rm {mnt}/fill")
+    proc = ns.run(ll(*centre), work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(ns.outside(surf), "r", locking=False) as f:
+        assert len(f["hessian_centre/top_eigenvalues"]) == 2
+    print(line)
+
+
+def test_no_room_for_a_shard_is_one_line_before_anything_is_submitted(ns, tmp_path):
+    """README: the room of a "shard" is reserved before HDF5 writes anything: `submit` on a disk
+    with room for the surface but not for a task's shard file is one line naming it, before
+    sbatch is called (there is none here), and leaves no shard behind."""
+    mnt = tmp_path / "mnt"
+    ns.mount(mnt, 1024)
+    surf = mnt / "s.h5"
+    spec = tiny_job(tmp_path / "w", surf, "-1:1:9", "-1:1:9", module="dfshard")
+    for first in (("directions", spec), ("submit", spec, "--tasks", "2", "--dry-run")):  # the file and its notes
+        proc = ns.run(ll(*first), tmp_path / "w")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    before = sha(ns.outside(surf))
+    ns.fill(mnt, leave_pages=16)  # 64 KiB: less than a shard's room (its grid's values and 128 KiB)
+    line = one_error_line(ns.run(ll("submit", spec, "--tasks", "2"), tmp_path / "w"))
+    assert "no room for the shard file" in line and "No space left on device" in line, line
+    assert "it needs about" in line, line
+    assert sha(ns.outside(surf)) == before
+    shards = ns.outside(mnt / "s.h5.shards")
+    assert not shards.exists() or not [p.name for p in shards.iterdir() if p.name.endswith(".h5")]
     print(line)
 
 
@@ -385,7 +328,7 @@ def test_converting_an_original_file_on_a_full_disk_is_one_line_and_keeps_it(ns,
     ns.sh(f"cp {local / 'dirs.h5'} {dirs} && cp {local / 'orig.h5'} {orig}")
     ns.fill(mnt, leave_pages=1)
     before = sha(ns.outside(orig))
-    spec = job(tmp_path, orig, "-1:1:301", extra=f'[directions]\nkind = "file"\nfile = "{dirs}"\n')
+    spec = tiny_job(tmp_path, orig, "-1:1:301", extra=f'[directions]\nkind = "file"\nfile = "{dirs}"\n')
     line = one_error_line(ns.run(ll("surface", spec), tmp_path))
     assert f"no room for the converted file {orig}: No space left on device" in line and "needs about" in line, line
     assert sha(ns.outside(orig)) == before

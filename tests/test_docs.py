@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from losslandscape import spec as specs
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

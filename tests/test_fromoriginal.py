@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_cli import assert_one_line_error, launch, losslandscape
+from helpers import assert_one_line_error, console, losslandscape
 
 # the original README's three plot_surface.py lines, as written there
 README_INTERPOLATION = r"""mpirun -n 4 python plot_surface.py --mpi --cuda --model vgg9 --x=-0.5:1.5:401 --dir_type states \
@@ -284,7 +284,7 @@ def test_translated_interpolation_line_ends_at_both_nets(original_folder):
     line = README_INTERPOLATION.replace("vgg9", "resnet20", 1).replace("-0.5:1.5:401", "0:1:2")
     line = line.replace("vgg9_sgd_lr=0.1_bs=128_wd=0.0_save_epoch=1", "bs128")
     line = line.replace("vgg9_sgd_lr=0.1_bs=8192_wd=0.0_save_epoch=1", "bs4096")
-    result = launch("from-original", "--", *words(line), cwd=root)
+    result = console("from-original", "--", *words(line), cwd=root)
     assert result.returncode == 0, result.stderr
     values = run_surface(result.stdout, "interpolation.toml", root)
     np.testing.assert_array_equal(values["xcoordinates"], [0.0, 1.0])
@@ -296,7 +296,7 @@ def test_translated_interpolation_line_ends_at_both_nets(original_folder):
 
 def test_readme_section_example_prints_what_it_shows(tmp_path):
     """docs/from-original.md: its command prints the lines it shows."""
-    from conftest import REPO
+    from helpers import REPO
 
     text = (REPO / "docs" / "from-original.md").read_text()
     section = text.split("# Coming from the original code\n", 1)[1].split("\n## ", 1)[0]

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
 
-from conftest import BIN
-from test_mpi import launch, mpirun
+from helpers import BIN, launch, mpirun, rank_pids
 
 TINY = '''
 import torch
@@ -160,6 +159,7 @@ def test_the_maps_equal_dense_hessians(surface_file, mapped, tmp_path, params):
     assert "hessian maps     9 done        0 pending" in status.stdout
 
 
+@pytest.mark.slow
 def test_mpirun_equals_one_process(surface_file, mapped, tmp_path):
     one, many = mapped, copy_of(surface_file, tmp_path)
     proc = launch(mpirun(3) + [str(BIN / "losslandscape"), "hessian", str(many), "--samples", str(SAMPLES)])
@@ -235,12 +235,12 @@ def test_hessian_directions_are_eigenvectors(surface_file, tmp_path):
         assert np.linalg.norm(H @ v - lam * v) <= 1e-3 * radius
 
 
+@pytest.mark.slow
 def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path):
     """9x9 maps under mpirun -n 3: SIGKILL one worker midway, rerun, compare with one clean process."""
     import signal
     import time
 
-    from test_mpi import _rank_pids
 
     d = tmp_path
     (d / "tiny.py").write_text(TINY)
@@ -263,7 +263,7 @@ def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path)
                     break
         except (OSError, KeyError):
             pass
-    ranks = _rank_pids(proc.pid)
+    ranks = rank_pids(proc.pid)
     assert len(ranks) == 3, f"the maps ended before a worker could be killed: {proc.communicate()[1][-2000:]}"
     os.kill(ranks[-1], signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -294,6 +294,7 @@ def test_the_python_plot_draws_the_hessian_views_or_says_what_to_run(surface_fil
     assert len(ll.plot(path, kind="eigenvalues").axes) >= 2
 
 
+@pytest.mark.slow
 def test_a_bad_hessian_run_under_mpirun_is_one_line(surface_file, tmp_path):
     path = copy_of(surface_file, tmp_path)
     before = sha(path)

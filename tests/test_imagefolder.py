@@ -318,3 +318,20 @@ def test_an_image_folders_original_transform_is_its_standard_one(folder, tmp_pat
     same = [surface.identity(specs.from_dict(job(root, tmp_path / "s.h5", transform=t)), "sha", "")
             for t in ("standard", "original")]
     assert same[0] == same[1]
+
+
+def test_the_default_image_size_is_224(tmp_path):
+    """README: images are "centre-cropped to `data.image_size` (224)", the shorter side first resized
+    to round(224 x 8 / 7) = 256: torchvision's Resize(256), CenterCrop(224). With no image_size in
+    the spec, two images larger than that (one RGB, one grayscale) give (3, 224, 224) inputs equal
+    to the resize and crop computed here with PIL."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "train" / "only").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8), "RGB").save(tmp_path / "train" / "only" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (400, 250), dtype=np.uint8), "L").save(tmp_path / "train" / "only" / "b.png")
+    spec = specs.from_dict({"data": {"name": "imagefolder", "root": str(tmp_path), "splits": ["train"]}})
+    assert spec.data.image_size == 224
+    x, y = loaded(spec.data, "train")
+    assert x.shape == (2, 3, 224, 224) and y.tolist() == [0, 0]
+    want = np.stack([expected(tmp_path / "train" / "only" / name, side=224) for name in ("a.png", "b.png")])
+    torch.testing.assert_close(x, torch.from_numpy(want), rtol=0, atol=1e-6)

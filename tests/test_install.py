@@ -3,7 +3,6 @@ the Makefile's stamps (a changed TORCH_SPEC reinstalls torch, an unchanged one n
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import REPO
+from helpers import REPO, fake_venv, make, needs_make
 
 SCRIPT = REPO / "scripts" / "find-parallel-hdf5.sh"
 
@@ -62,31 +61,8 @@ def test_the_installed_h5py_has_mpi():
 
 # --- the Makefile's torch stamp ------------------------------------------------------------
 
-needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="no make on PATH")
 DEFAULT_TORCH = "torch==2.13.0"
 OTHER_TORCH = "torch==2.6.*"
-
-
-def fake_venv(tmp_path: Path) -> Path:
-    """A VENV whose bin/python only records its arguments in python.log and succeeds, so the
-    real Makefile runs every recipe without installing anything (h5py counts as built)."""
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    py = venv / "bin" / "python"
-    py.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {venv}/python.log\nexit 0\n')
-    py.chmod(0o755)
-    return venv
-
-
-def make(venv: Path, *args: str, spec: str | None = None) -> str:
-    """`make VENV=venv [TORCH_SPEC=spec] args` in the repository; its stdout."""
-    # an outer `make test TORCH_SPEC=...` passes its variables down in MAKEFLAGS: not to this one
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL", "TORCH_SPEC", "VENV")}
-    cmd = ["make", f"VENV={venv}", *([f"TORCH_SPEC={spec}"] if spec is not None else []), *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 def pip_installs(text: str) -> list[str]:
@@ -161,5 +137,38 @@ def test_make_test_runs_two_processes_and_make_check_leaves_the_slow_tier_out(tm
                            "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=120)
     fast = [line for line in proc.stdout.splitlines() if "::" in line]
     assert len(fast) > 300, proc.stdout[-2000:]
-    for word in ("test_mpi.py", "test_slurm", "test_claims_mpi.py", "mpirun", "quick_paper", "killed"):
+    for word in ("test_mpi.py", "test_slurm", "test_mpi_probe.py", "mpirun", "quick_paper", "killed"):
         assert not [t for t in fast if word in t], word
+
+
+# --- make demo resumes -------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on PATH")
+def test_make_demo_trains_once_and_keeps_an_interrupted_surface(tmp_path):
+    """README: `make demo` "can be interrupted and rerun: a finished training is reused and the
+    surfaces resume where they stopped".
+    The real Makefile runs with a venv whose `losslandscape` only records its arguments (the
+    verbs' own resume is tested with real runs elsewhere): a rerun after a finished training
+    does not train again and keeps the partial surface file for `surface` to resume."""
+    venv = fake_venv(tmp_path)
+    calls = venv / "calls.log"
+    ll_bin = venv / "bin" / "losslandscape"
+    ll_bin.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\nexit 0\n')
+    ll_bin.chmod(0o755)
+    demo = tmp_path / "demo"
+
+    make(venv, f"DEMO={demo}", "demo")
+    first = calls.read_text().splitlines()
+    assert first[0] == "train jobs/demo-train.toml", first
+    assert "surface jobs/demo-surface.toml" in first and "surface jobs/demo-interp.toml" in first
+
+    # interrupted during the surface: the training finished, the surface is partial
+    (demo / "train").mkdir(parents=True)
+    (demo / "train" / "model_10.pt").write_bytes(b"trained")
+    (demo / "surface.h5").write_bytes(b"partial surface")
+    calls.unlink()
+    make(venv, f"DEMO={demo}", "demo")
+    second = calls.read_text().splitlines()
+    assert not any(c.startswith("train") for c in second), second
+    assert second[:2] == ["surface jobs/demo-surface.toml", "surface jobs/demo-interp.toml"], second
+    assert (demo / "surface.h5").read_bytes() == b"partial surface"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,27 +18,11 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import write_job
+from helpers import mpirun, rank_pids, write_job
+
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
 
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
-
-
-def mpirun(n: int) -> list[str]:
-    exe = shutil.which("mpirun")
-    if exe is None:
-        pytest.fail("mpirun is not on PATH: `make install` installs Open MPI")
-    cmd = [exe, "--oversubscribe", "-n", str(n)]
-    if os.geteuid() == 0:
-        cmd.insert(1, "--allow-run-as-root")
-    return cmd
-
-
-def launch(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run an mpirun command with this process's environment minus Open MPI's own variables:
-    a test that ran a task in-process initialised MPI here (a singleton), and an mpirun that
-    inherits its OMPI_/PMIX_ variables believes it is inside that job and exits 1 silently."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def surface_cmd(toml: Path, *extra: str) -> list[str]:
@@ -132,12 +115,7 @@ def _start_and_wait(cmd: list[str], surface: Path, at_least: int, env_extra: dic
     pytest.fail(f"the job ended or stalled before {at_least} points were done:\n{proc.communicate()[1]}")
 
 
-def _rank_pids(mpirun_pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(mpirun_pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-# A SIGKILLed worker loses at most its unit: test_claims_mpi.py, where the bound is checked.
+# A SIGKILLed worker loses at most its unit: test_mpi_probe.py, where the bound is checked.
 
 
 def test_sigterm_gives_exit_3_and_a_resumable_file(trained, reference, tmp_path):
@@ -145,7 +123,7 @@ def test_sigterm_gives_exit_3_and_a_resumable_file(trained, reference, tmp_path)
     surf = tmp_path / "s.h5"
     toml = write_spec(tmp_path / "s.toml", trained["final"], surf, ref["x"], ref["y"], ref["samples"])
     proc = _start_and_wait(mpirun(3) + surface_cmd(toml), surf, at_least=10)
-    for pid in _rank_pids(proc.pid):  # as SLURM signals every task of a step at its time limit
+    for pid in rank_pids(proc.pid):  # as SLURM signals every task of a step at its time limit
         os.kill(pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
@@ -170,7 +148,7 @@ def test_status_and_render_read_a_file_a_running_parallel_job_holds_open(trained
         assert list((tmp_path / "live").glob("*heatmap.png"))
         assert proc.poll() is None, "the job ended while it was being read: make the grid larger"
     finally:
-        for pid in _rank_pids(proc.pid):
+        for pid in rank_pids(proc.pid):
             os.kill(pid, signal.SIGTERM)
         proc.communicate(timeout=60)
     assert proc.returncode == 3

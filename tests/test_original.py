@@ -11,6 +11,7 @@ Their values come from plain forward passes of the moved model.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import random
 import signal
@@ -31,8 +32,9 @@ from losslandscape.surfacefile import write as surface
 from losslandscape.run.distributed import run_serial
 from losslandscape.run.work import SurfaceWork
 from losslandscape.errors import UserError
+from losslandscape.inputs.models import build_model
 
-from test_surface import fresh_model, plain_pass, sha
+from helpers import BIN, fresh_model, plain_pass, sha
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +240,7 @@ def test_an_original_file_is_adopted_with_its_values_and_directions(trained, wei
     assert original.adopt_if_original(spec) is False  # ours now: left alone
 
     # the resumed values against plain forward passes of the moved model:
-    # test_claims.py::test_points_not_adopted_from_an_original_file_equal_plain_forward_passes
+    # test_points_not_adopted_from_an_original_file_equal_plain_forward_passes
 
 
 def test_a_one_d_original_with_a_relative_dir_file(trained, weights_case, tmp_path):
@@ -300,7 +302,7 @@ def test_a_failed_conversion_leaves_the_original_and_a_retry_converts(trained, w
     assert not tmp.exists()
 
 
-ADOPT = ("import sys; from losslandscape import original, spec; "
+ADOPT = ("import sys; from losslandscape import spec; from losslandscape.surfacefile import original; "
          "original.adopt_if_original(spec.load(sys.argv[1]))")
 
 
@@ -388,3 +390,44 @@ def test_direction_file_count_mismatch_is_one_line(trained, tmp_path):
     with pytest.raises(UserError, match=f"holds {len(all_names) - 1} direction entries") as err:
         dirs.read_direction_file(str(dir_file), states, True, all_names=all_names)
     assert "\n" not in str(err.value)
+
+
+# --- points an original file did not have equal plain forward passes ----------------------------
+
+def test_points_not_adopted_from_an_original_file_equal_plain_forward_passes(tmp_path):
+    """Strong version of tests/test_original.py::test_adopted_values_stay_and_the_rest_equals_a_fresh_computation,
+    which compares the points computed after adoption with another run of the same code. Here
+    the original file (written as the original code writes it) is resumed with the `surface`
+    verb, and every point it did not have is checked against a plain forward pass of the model
+    moved along the original direction file; the adopted points keep the original's values."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"state_dict": build_model("resnet20", in_channels=1).state_dict()}, ckpt)
+    d = write_original_directions(tmp_path / "dirs.h5", fresh_model(ckpt), "weights")
+    xs, ys = axes_of(GRID)
+    computed = {"train": [0, 2, 4], "test": [1, 4]}
+    values = original_values(ckpt, d, xs, ys, computed)
+    surf = tmp_path / "orig.h5"
+    write_original_surface(surf, str(tmp_path / "dirs.h5"), xs, ys, values)
+    toml = write_toml(tmp_path / "job.toml", tables(ckpt, surf, tmp_path / "dirs.h5"))
+    proc = subprocess.run([str(BIN / "losslandscape"), "surface", str(toml)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "adopted" in proc.stderr, proc.stderr
+    n = len(xs) * len(ys)
+    with h5py.File(surf, "r") as f:
+        got = {k: f[k][...].ravel() for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+        assert f["train_done"][...].all() and f["test_done"][...].all()
+    checked = 0
+    for split in ("train", "test"):
+        for k in range(n):
+            if k in computed[split]:  # adopted: the original's values, exactly
+                assert got[f"{split}_loss"][k] == values[f"{split}_loss"].flat[k]
+                assert got[f"{split}_acc"][k] == values[f"{split}_acc"].flat[k]
+                continue
+            loss, acc = plain_pass(moved_model(ckpt, d, xs[k % len(xs)], ys[k // len(xs)]), split,
+                                   SAMPLES)
+            assert got[f"{split}_loss"][k] == pytest.approx(loss, rel=1e-5, abs=0), (split, k)
+            assert got[f"{split}_acc"][k] == pytest.approx(acc, abs=1e-9), (split, k)
+            checked += 1
+    assert checked == 2 * n - 5

@@ -20,7 +20,7 @@ import pytest
 from losslandscape.surfacefile import format as fileformat
 from losslandscape import spec as specs
 from losslandscape.paper import plan, verdicts
-from test_render import chromium, run_chromium  # noqa: F401 (the fixture)
+from helpers import fake_venv, make, run_chromium
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,8 +87,6 @@ def test_the_full_scale_is_not_run_here_and_a_wrong_scale_is_one_line(tmp_path):
 
 
 def test_make_paper_runs_the_paper_verb_with_its_scale_and_ranks(tmp_path):
-    from test_install import fake_venv, make, needs_make  # noqa: F401
-
     venv = fake_venv(tmp_path)
     make(venv, "install")
     assert f"{venv}/bin/losslandscape paper --scale small --mpi 1 --out out/paper" in make(venv, "-n", "paper")
@@ -279,6 +277,7 @@ def quick_paper(tmp_path_factory):
 
 
 @pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 3 min here)
+@pytest.mark.slow
 def test_quick_paper_runs_end_to_end_and_resumes(quick_paper):
     code, log = quick_paper["interrupted"]
     assert code in (3, 130), log[-2000:]
@@ -305,6 +304,7 @@ def test_quick_paper_runs_end_to_end_and_resumes(quick_paper):
 
 
 @pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 3 min here)
+@pytest.mark.slow
 def test_quick_paper_report(quick_paper):
     out = quick_paper["out"]
     results = json.loads((out / "results.json").read_text())
@@ -343,6 +343,7 @@ def test_quick_paper_report(quick_paper):
 
 
 @pytest.mark.timeout(1800)  # whichever runs first sets up the quick run (about 3 min here)
+@pytest.mark.slow
 def test_quick_paper_page_opens_offline_in_chromium(quick_paper, chromium, tmp_path):  # noqa: F811
     out = quick_paper["out"]
     page = out / "index.html"
@@ -365,6 +366,7 @@ def test_quick_paper_page_opens_offline_in_chromium(quick_paper, chromium, tmp_p
     assert not [line for line in console if re.search(r"Uncaught|Error|Failed to load|net::ERR", line)], console
 
 
+@pytest.mark.slow
 def test_a_failing_step_under_mpirun_ends_within_seconds_with_its_exit_code(tmp_path, monkeypatch):
     from losslandscape.paper.run import run_step
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import BIN, REPO
+from helpers import BIN, REPO
 
 
 def pages() -> list:

@@ -23,6 +23,8 @@ from losslandscape.surfacefile.format import shard_dir
 from losslandscape.run.slurm import SubmitOptions, merge, render_scripts, run_task
 from losslandscape.run.status import missing_points, status
 
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
+
 RECORD = Path(__file__).parent / "data" / "sbatch_record.txt"
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
 

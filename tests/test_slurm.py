@@ -22,8 +22,10 @@ from losslandscape import spec as specs
 from losslandscape.run.distributed import run_serial
 from losslandscape.run.work import SurfaceWork
 
-from conftest import write_job
+from helpers import FLAKY_CLEAN, flaky_job, write_job
 from slurmcluster import LocalSlurm
+
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
 
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -216,12 +218,10 @@ def test_tasks_run_the_overrides_given_to_submit(slurm, trained, tmp_path):
 
 
 def test_an_array_task_finds_the_model_factory_beside_the_spec(slurm, tmp_path):
-    from test_failures import CLEAN, flaky_job
-
     surf = tmp_path / "s.h5"
     spec = flaky_job(tmp_path / "project", surf, grid="-1:1:3")
     (tmp_path / "elsewhere").mkdir()
-    env = {**slurm.env, **CLEAN, "PYTHONPATH": ""}
+    env = {**slurm.env, **FLAKY_CLEAN, "PYTHONPATH": ""}
     proc = subprocess.run([sys.executable, "-m", "losslandscape", "submit", str(spec), "--tasks", "1",
                            "--ranks-per-task", "2"], capture_output=True, text=True, env=env,
                           cwd=tmp_path / "elsewhere", timeout=120)

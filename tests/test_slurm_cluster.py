@@ -17,6 +17,8 @@ import pytest
 
 from slurmcluster import LocalSlurm
 
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
+
 
 def wait_for_file(path: Path, timeout: float, slurm: LocalSlurm) -> None:
     deadline = time.monotonic() + timeout

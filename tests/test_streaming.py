@@ -13,7 +13,6 @@ seconds (so that a signal lands in the middle of a unit).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from losslandscape import spec as specs
 from losslandscape.inputs.batches import subset_indices
@@ -31,11 +32,15 @@ from losslandscape.run.distributed import run_serial
 from losslandscape.surfacefile.format import shard_dir
 from losslandscape.numerics.grid import assign_tasks
 from losslandscape.run.work import SurfaceWork, prepare
+from losslandscape.inputs.models import build_model
+
+from helpers import losslandscape, mpirun
 
 IMAGES, CLASSES, SIDE = 200, 4, 16
 TEST_EVERY = 4  # the "test" split: every 4th image
 VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
 MODULE = "streamimgs"
+CHECKPOINT: dict[str, Path] = {}  # the seeded resnet20 every job starts from, saved by the `images` fixture
 
 FACTORY = '''
 """An image folder as users have one: a map-style Dataset of PNG files, one folder per class."""
@@ -136,6 +141,9 @@ def images(tmp_path_factory) -> Path:
         pixels = np.clip(rng.normal(64 * k + 32, 40, (SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels, "RGB").save(root / "images" / f"class{k}" / f"{i:04d}.png")
     (root / f"{MODULE}.py").write_text(FACTORY)
+    torch.manual_seed(0)  # the model every job here starts from: its weights pinned by a checkpoint
+    torch.save({"state_dict": build_model("resnet20", in_channels=3).state_dict()}, root / "model.pt")
+    CHECKPOINT["path"] = root / "model.pt"
     sys.path.insert(0, str(root))
     yield root
     sys.path.remove(str(root))
@@ -144,7 +152,7 @@ def images(tmp_path_factory) -> Path:
 
 def job(out: Path, factory: str = "dataset", x: str = "-1:1:3", y: str = "-1:1:3", **data) -> dict:
     return {
-        "model": {"name": "resnet20"},
+        "model": {"name": "resnet20", "checkpoint": str(CHECKPOINT["path"])},
         "data": {"name": f"{MODULE}:{factory}", "splits": ["train", "test"], **data},
         "grid": {"x": x, "y": y},
         "evaluation": {"device": "cpu", "unit_size": 4, "batch_size": 64, "threads": 1},
@@ -198,7 +206,65 @@ def reads(path: Path) -> Counter:
 @pytest.fixture(scope="module")
 def reference(images, tmp_path_factory) -> dict[str, np.ndarray]:
     """The surface from in-memory (inputs, targets) tensors: the fast path, unchanged by streaming."""
-    return surface_of(job(tmp_path_factory.mktemp("ref") / "tensors.h5", "tensors"))
+    path = tmp_path_factory.mktemp("ref") / "tensors.h5"
+    return {**surface_of(job(path, "tensors")), "path": str(path)}
+
+
+def pixels(images: Path) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
+    """Every image of the folder read here with PIL, in the order a user's ImageFolder lists them
+    (classes sorted, files sorted): (paths, inputs (N, 3, SIDE, SIDE) in [-1, 1], labels)."""
+    from PIL import Image
+
+    classes = sorted(d.name for d in (images / "images").iterdir())
+    paths = [(p, k) for k, c in enumerate(classes) for p in sorted((images / "images" / c).glob("*.png"))]
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+                     for p, _ in paths]) / 127.5 - 1.0
+    return [p for p, _ in paths], x, torch.tensor([k for _, k in paths])
+
+
+def plain_values(surface: Path, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy at every grid point of `surface`: one plain forward pass of the
+    checkpoint's resnet20, moved by the directions the file holds, over all of (x, y) at once."""
+    base = torch.load(CHECKPOINT["path"], weights_only=True)["state_dict"]
+    with h5py.File(surface, "r", locking=False) as f:
+        one_d = "ycoordinates" not in f
+        xs = f["xcoordinates"][...]
+        ys = np.zeros(1) if one_d else f["ycoordinates"][...]
+        dx = {k: torch.from_numpy(f["directions/x"][k][...]) for k in f["directions/x"]}
+        dy = ({k: torch.from_numpy(f["directions/y"][k][...]) for k in f["directions/y"]}
+              if "y" in f["directions"] else {k: torch.zeros_like(v) for k, v in dx.items()})
+    loss, acc = np.zeros((len(ys), len(xs))), np.zeros((len(ys), len(xs)))
+    model = build_model("resnet20", in_channels=3)
+    for j, b in enumerate(ys):
+        for i, a in enumerate(xs):
+            model.load_state_dict({k: v + a * dx[k] + b * dy[k] if k in dx else v for k, v in base.items()})
+            with torch.no_grad():
+                out = model.eval()(x).double()
+            loss[j, i] = F.cross_entropy(out, y).item()
+            acc[j, i] = 100.0 * (out.argmax(1) == y).double().mean().item()
+    return (loss[0], acc[0]) if one_d else (loss, acc)
+
+
+def test_the_reference_equals_plain_forward_passes_of_the_moved_model(images, reference):
+    """The reference the streamed surfaces are compared with (in-memory tensors) against plain
+    forward passes of the moved model over the images read here: so every "equals the tensor
+    path" below is also "equals the plain forward pass"."""
+    _, x, y = pixels(images)
+    for split, (xs, ys) in (("train", (x, y)), ("test", (x[::TEST_EVERY], y[::TEST_EVERY]))):
+        loss, acc = plain_values(Path(reference["path"]), xs, ys)
+        np.testing.assert_allclose(reference[f"{split}_loss"], loss, rtol=1e-5, atol=0, err_msg=split)
+        np.testing.assert_allclose(reference[f"{split}_acc"], acc, rtol=0, atol=1e-9, err_msg=split)
+
+
+def test_a_streamed_dataset_equals_plain_forward_passes_of_the_moved_model(images, tmp_path):
+    """A map-style Dataset streamed in batches (no tensor path involved) against plain passes."""
+    surface = tmp_path / "dataset.h5"
+    got = surface_of(job(surface, "dataset", x="-1:1:3", y="-1:1:2"))
+    _, x, y = pixels(images)
+    for split, (xs, ys) in (("train", (x, y)), ("test", (x[::TEST_EVERY], y[::TEST_EVERY]))):
+        loss, acc = plain_values(surface, xs, ys)
+        np.testing.assert_allclose(got[f"{split}_loss"], loss, rtol=1e-5, atol=0, err_msg=split)
+        np.testing.assert_allclose(got[f"{split}_acc"], acc, rtol=0, atol=1e-9, err_msg=split)
 
 
 # --- 1. one surface, whatever form the data comes in ------------------------------------------
@@ -224,13 +290,34 @@ def test_max_samples_keeps_the_settings_of_a_given_dataloader(images, tmp_path):
 # --- 5. max_samples reads only the chosen items ----------------------------------------------
 
 def test_max_samples_reads_only_the_chosen_items(images, tmp_path, monkeypatch):
+    """README: `data.max_samples` "keeps a fixed, seeded subset and reads only those items". The
+    reads of the user's Dataset are counted (its __getitem__ logs each index): 30 distinct items,
+    each read as often as any other, nothing else; the same 30 in a second run (fixed); and the
+    file's values are those of plain forward passes over exactly the items read, so the items read
+    are the ones evaluated."""
     log = tmp_path / "reads.txt"
     monkeypatch.setenv("STREAM_READS", str(log))
     job_ = job(tmp_path / "s.h5", "dataset", x="-1:1:3", y="", max_samples=30)
     job_["data"]["splits"] = ["train"]
+    got = surface_of(job_)
+    counted = reads(log)
+    assert len(counted) == 30 and all(0 <= i < IMAGES for i in counted), counted
+    # one unit of 3 points reads every item once; start-up reads the first batch of 64 (all 30) twice
+    # and one batch of 128 (all 30) once for the input channels: 4 reads each, as for all 200 items
+    # in test_a_unit_reads_each_item_once_for_all_its_points
+    assert set(counted.values()) == {4}, counted
+    assert set(counted) == set(subset_indices(IMAGES, 30, 0))  # and they are the subset the tool names
+    _, x, y = pixels(images)
+    chosen = sorted(counted)
+    loss, acc = plain_values(tmp_path / "s.h5", x[chosen], y[chosen])
+    np.testing.assert_allclose(got["train_loss"], loss, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(got["train_acc"], acc, rtol=0, atol=1e-9)
+    others = [i for i in range(IMAGES) if i not in counted][:30]  # any other 30 give other values
+    assert not np.allclose(plain_values(tmp_path / "s.h5", x[others], y[others])[0], loss, rtol=1e-3)
+    log.unlink()
+    job_["output"]["surface"] = str(tmp_path / "again.h5")
     surface_of(job_)
-    keep = subset_indices(IMAGES, 30, 0)
-    assert set(reads(log)) == set(keep)
+    assert reads(log) == counted  # fixed: the same items again
 
 
 # --- 6. a unit reads the data once, not once per point ---------------------------------------
@@ -253,13 +340,7 @@ def test_a_unit_reads_each_item_once_for_all_its_points(images, tmp_path, monkey
 
 # --- 2. mpirun: coordinator and workers, each streaming its units ------------------------------
 
-def mpirun(n: int) -> list[str]:
-    exe = shutil.which("mpirun")
-    if exe is None:
-        pytest.fail("mpirun is not on PATH: `make install` installs Open MPI")
-    return [exe, "--oversubscribe", "-n", str(n)] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-
-
+@pytest.mark.slow
 def test_mpirun_with_a_dataset_equals_one_process(images, reference, tmp_path):
     toml = write_toml(tmp_path / "s.toml", job(tmp_path / "s.h5", "dataset", workers=2))
     proc = subprocess.run(mpirun(3) + surface_cmd(toml), capture_output=True, text=True, env=env(), cwd=images,
@@ -271,6 +352,7 @@ def test_mpirun_with_a_dataset_equals_one_process(images, reference, tmp_path):
 
 # --- 3. SLURM array tasks, each computing its shard of streamed data ---------------------------
 
+@pytest.mark.slow
 def test_mpirun_shard_tasks_then_merge_equal_one_process(images, reference, tmp_path):
     from losslandscape.surfacefile import write as surface
     from losslandscape.run.slurm import merge
@@ -293,6 +375,7 @@ def test_mpirun_shard_tasks_then_merge_equal_one_process(images, reference, tmp_
 
 # --- 4. SIGTERM in the middle of a unit --------------------------------------------------------
 
+@pytest.mark.slow
 def test_killed_mid_unit_loses_that_unit_only_and_resumes(images, reference, tmp_path):
     surf = tmp_path / "s.h5"
     toml = write_toml(tmp_path / "s.toml", job(surf, "dataset"))
@@ -341,7 +424,6 @@ def test_hessian_auto_axes_and_interpolation_stream_like_tensors(images, tmp_pat
     import json
 
     import torch
-    from test_cli import losslandscape
 
     (images / "streamsmall.py").write_text(SMALL)
     torch.manual_seed(1)

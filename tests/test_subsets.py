@@ -30,7 +30,7 @@ from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.run.loading import attach_directions, load_evaluator
 from losslandscape.run.makedirections import A_MOVED
 
-from test_cli import assert_one_line_error, losslandscape
+from helpers import assert_one_line_error, losslandscape
 
 NET = '''
 import torch

@@ -6,7 +6,6 @@ a freshly loaded model whose weights are set by hand, norms computed here.
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import subprocess
 import time
@@ -27,7 +26,7 @@ from losslandscape.errors import UserError
 from losslandscape.run.work import prepare
 from losslandscape.inputs.models import build_model
 
-from conftest import BIN, write_job
+from helpers import BIN, fresh_model, plain_pass, sha, write_job
 
 
 def make_spec(tmp_path: Path, ckpt: Path, **tables) -> specs.Spec:
@@ -43,31 +42,12 @@ def make_spec(tmp_path: Path, ckpt: Path, **tables) -> specs.Spec:
     return specs.from_dict(table)
 
 
-def fresh_model(ckpt: Path) -> torch.nn.Module:
-    model = build_model("resnet20", in_channels=1)
-    model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
-    return model.eval()
-
-
-def plain_pass(model: torch.nn.Module, split: str, max_samples: int = 300) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of a plain forward pass over the whole split at once."""
-    datasets._load.cache_clear()
-    x, y = datasets._load("digits", "", split, max_samples, 0)
-    with torch.no_grad():
-        out = model(x).double()
-    return F.cross_entropy(out, y).item(), 100.0 * (out.argmax(1) == y).double().mean().item()
-
-
 def read_file_directions(path: Path) -> tuple[dict, dict | None]:
     with h5py.File(path, "r") as f:
         g = f["directions"]
         x = {k: torch.from_numpy(g["x"][k][...]) for k in g["x"]}
         y = {k: torch.from_numpy(g["y"][k][...]) for k in g["y"]} if "y" in g else None
     return x, y
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- directions -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from losslandscape.run.distributed import run_serial
 from losslandscape.errors import UserError
 from losslandscape.run.work import SurfaceWork, prepare
 
-from test_cli import assert_one_line_error, losslandscape
+from helpers import assert_one_line_error, losslandscape
 
 NET = '''
 import torch

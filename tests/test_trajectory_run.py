@@ -11,8 +11,7 @@ import pytest
 import numpy as np
 import torch
 
-from conftest import BIN
-from test_mpi import launch, mpirun
+from helpers import BIN, launch, mpirun
 
 VALUES = ("train_loss", "train_acc")
 
@@ -89,6 +88,7 @@ def test_ignore_none_runs_over_every_entry(trained, tmp_path):
         assert one_d and any(np.abs(f["directions/x"][k][...]).sum() > 0 for k in one_d)
 
 
+@pytest.mark.slow
 def test_mpirun_equals_one_process_and_the_checkpoints_pin_the_file(trained, tmp_path):
     one = cli("trajectory", job(tmp_path, trained, "one"))
     assert one.returncode == 0, one.stderr

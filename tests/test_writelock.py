@@ -19,8 +19,9 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import BIN
-from test_diskfaults import SAMPLES, assert_values, done_count, independent, in_process, job, one_error_line
+from losslandscape.errors import UserError
+
+from helpers import BIN, assert_values, done_count, in_process, one_error_line, tiny_job, tiny_values
 
 # the linear model of test_diskfaults, slowed down: a run lasts long enough to be interrupted
 SLOW = '''
@@ -44,7 +45,7 @@ ENV = {"OMP_NUM_THREADS": "1", **{k: "" for k in ("SLURM_JOB_ID", "SLURM_ARRAY_J
 
 
 def slow_job(folder: Path, surface: Path, x: str = "-1:1:41") -> Path:
-    spec = job(folder, surface, x, unit=2, module="wlslow")
+    spec = tiny_job(folder, surface, x, unit=2, module="wlslow")
     (folder / "wlslow.py").write_text(SLOW)
     return spec
 
@@ -99,7 +100,7 @@ def test_a_second_writer_is_refused_and_a_killed_job_never_blocks_the_next(tmp_p
     assert f"took over the lock {lock} left by host {socket.gethostname()}, pid {first.pid}" in proc.stderr
     assert not lock.exists(), "a finished run removes its lock"
     assert 0 < before < 41
-    assert_values(surf, independent(surf))
+    assert_values(surf, tiny_values(surf))
     print(line, f"(refused after {seconds:.1f} s)")
 
 
@@ -166,7 +167,7 @@ time.sleep(60)
 """], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(Exception) as err:
+        with pytest.raises(UserError) as err:
             writelock.acquire(target, "test")
         assert "is being written by host node17, pid 4321, SLURM job 777" in str(err.value)
     finally:
@@ -185,9 +186,9 @@ def test_the_hessian_maps_spectrum_and_submit_are_refused_while_another_process_
     """The other writers of a surface file take its lock too: `hessian` (the maps and --centre)
     and `submit` are refused with one line naming the process that holds it."""
     surf = tmp_path / "s.h5"
-    spec = job(tmp_path, surf, "-1:1:3", "-1:1:3", unit=2)
+    spec = tiny_job(tmp_path, surf, "-1:1:3", "-1:1:3", unit=2)
     assert in_process(spec) == 0
-    holder = start([sys.executable, "-c", "import sys, time\nfrom losslandscape import writelock\n"
+    holder = start([sys.executable, "-c", "import sys, time\nfrom losslandscape.surfacefile import lock as writelock\n"
                     f"writelock.acquire({str(surf)!r}, 'holding it for a test')\nprint('held', flush=True)\n"
                     "time.sleep(120)"], tmp_path)
     try:

@@ -1,17 +1,13 @@
-"""README claims that had no test, and strong versions of tests that claimed more than they checked.
+"""The Python interface's numbers on a model given as an object, against independent computations.
 
-Each test names the claim it backs and checks it against something computed here: the
-model's own state dict, plain forward passes of the moved model, a dense Hessian, what
-argparse prints, what `make` runs. Models are tiny CNNs on the 8x8 digits, grids 3x3 or less.
+The weights `ll.compute_surface` stores beside the file (the model's own state dict), a
+BatchNorm fold that fails its check (plain forward passes of the moved model), the Hessian maps
+(the dense Hessian's extreme eigenvalues). Models are tiny CNNs on the 8x8 digits, grids 3x3 or less.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -24,10 +20,6 @@ from torch import nn
 import losslandscape as ll
 from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
-from losslandscape.frontends.cli import main as cli_main
-from losslandscape.inputs.models import build_model
-
-from conftest import BIN
 
 SAMPLES = 40
 
@@ -157,103 +149,6 @@ def test_a_fold_that_fails_its_check_is_evaluated_unfolded(tmp_path):
             assert s.train_loss[j, i] == pytest.approx(want, rel=1e-5, abs=0), (a, b)
             assert s.train_acc[j, i] == pytest.approx(100.0 * (plain.argmax(1) == y).double().mean().item())
             assert abs(F.cross_entropy(twin, y).item() - want) > 1e-3 * want  # folded values would fail
-
-
-# --- 6. the verbs hessian, trajectory and paper describe themselves ------------------------------
-
-@pytest.mark.parametrize("verb, word", [("hessian", "eigenvalue"), ("trajectory", "PCA"), ("paper", "paper")])
-def test_hessian_trajectory_and_paper_describe_themselves(capsys, verb, word):
-    """`losslandscape VERB --help` (the README's table of verbs): a description under the usage
-    line, as the other verbs have (tests/test_cli.py::test_every_verb_describes_itself)."""
-    with pytest.raises(SystemExit) as exit_:
-        cli_main([verb, "--help"])
-    assert exit_.value.code == 0
-    text = capsys.readouterr().out
-    assert text.startswith(f"usage: losslandscape {verb}"), text
-    description = text.split("\n\n")[1]
-    assert len(description.split()) >= 5, text
-    assert not description.lstrip().startswith(("positional", "options", "usage")), text
-    assert word.lower() in description.lower(), description
-
-
-# --- 7. make demo resumes -------------------------------------------------------------------------
-
-@pytest.mark.skipif(shutil.which("make") is None, reason="no make on PATH")
-def test_make_demo_trains_once_and_keeps_an_interrupted_surface(tmp_path):
-    """README: `make demo` "can be interrupted and rerun: a finished training is reused and the
-    surfaces resume where they stopped".
-    The real Makefile runs with a venv whose `losslandscape` only records its arguments (the
-    verbs' own resume is tested with real runs elsewhere): a rerun after a finished training
-    does not train again and keeps the partial surface file for `surface` to resume."""
-    from test_install import fake_venv, make
-
-    venv = fake_venv(tmp_path)
-    calls = venv / "calls.log"
-    ll_bin = venv / "bin" / "losslandscape"
-    ll_bin.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\nexit 0\n')
-    ll_bin.chmod(0o755)
-    demo = tmp_path / "demo"
-
-    make(venv, f"DEMO={demo}", "demo")
-    first = calls.read_text().splitlines()
-    assert first[0] == "train jobs/demo-train.toml", first
-    assert "surface jobs/demo-surface.toml" in first and "surface jobs/demo-interp.toml" in first
-
-    # interrupted during the surface: the training finished, the surface is partial
-    (demo / "train").mkdir(parents=True)
-    (demo / "train" / "model_10.pt").write_bytes(b"trained")
-    (demo / "surface.h5").write_bytes(b"partial surface")
-    calls.unlink()
-    make(venv, f"DEMO={demo}", "demo")
-    second = calls.read_text().splitlines()
-    assert not any(c.startswith("train") for c in second), second
-    assert second[:2] == ["surface jobs/demo-surface.toml", "surface jobs/demo-interp.toml"], second
-    assert (demo / "surface.h5").read_bytes() == b"partial surface"
-
-
-# --- 9. points an original file did not have equal plain forward passes ----------------------------
-
-def test_points_not_adopted_from_an_original_file_equal_plain_forward_passes(tmp_path):
-    """Strong version of tests/test_original.py::test_adopted_values_stay_and_the_rest_equals_a_fresh_computation,
-    which compares the points computed after adoption with another run of the same code. Here
-    the original file (written as the original code writes it) is resumed with the `surface`
-    verb, and every point it did not have is checked against a plain forward pass of the model
-    moved along the original direction file; the adopted points keep the original's values."""
-    from test_original import (GRID, SAMPLES as ORIGINAL_SAMPLES, axes_of, moved_model, original_values, tables,
-                               write_original_directions, write_original_surface, write_toml)
-    from test_surface import fresh_model, plain_pass
-
-    torch.manual_seed(0)
-    ckpt = tmp_path / "model.pt"
-    torch.save({"state_dict": build_model("resnet20", in_channels=1).state_dict()}, ckpt)
-    d = write_original_directions(tmp_path / "dirs.h5", fresh_model(ckpt), "weights")
-    xs, ys = axes_of(GRID)
-    computed = {"train": [0, 2, 4], "test": [1, 4]}
-    values = original_values(ckpt, d, xs, ys, computed)
-    surf = tmp_path / "orig.h5"
-    write_original_surface(surf, str(tmp_path / "dirs.h5"), xs, ys, values)
-    toml = write_toml(tmp_path / "job.toml", tables(ckpt, surf, tmp_path / "dirs.h5"))
-    proc = subprocess.run([str(BIN / "losslandscape"), "surface", str(toml)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "adopted" in proc.stderr, proc.stderr
-    n = len(xs) * len(ys)
-    with h5py.File(surf, "r") as f:
-        got = {k: f[k][...].ravel() for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
-        assert f["train_done"][...].all() and f["test_done"][...].all()
-    checked = 0
-    for split in ("train", "test"):
-        for k in range(n):
-            if k in computed[split]:  # adopted: the original's values, exactly
-                assert got[f"{split}_loss"][k] == values[f"{split}_loss"].flat[k]
-                assert got[f"{split}_acc"][k] == values[f"{split}_acc"].flat[k]
-                continue
-            loss, acc = plain_pass(moved_model(ckpt, d, xs[k % len(xs)], ys[k // len(xs)]), split,
-                                   ORIGINAL_SAMPLES)
-            assert got[f"{split}_loss"][k] == pytest.approx(loss, rel=1e-5, abs=0), (split, k)
-            assert got[f"{split}_acc"][k] == pytest.approx(acc, abs=1e-9), (split, k)
-            checked += 1
-    assert checked == 2 * n - 5
 
 
 # --- 10. the Hessian maps against dense Hessians --------------------------------------------------

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
 
-from test_mpi import mpirun
+from helpers import mpirun
+
+pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
 
 PROBE = '''
 import contextlib

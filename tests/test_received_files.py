@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import BIN
+from helpers import BIN
 
 pytestmark = pytest.mark.slow  # real processes, and a surface computed by one for the whole file
 
