@@ -34,8 +34,9 @@ class WriteFailed(UserError):
     """The file system refused a write to an HDF5 file (no room, a quota, read-only).
 
     The file was left open on purpose: HDF5 1.10 segfaults when a file is closed after a failed
-    write (surfacefile/room.py), so the process keeps it open. The interpreter lives on; a
-    process that ends must end without closing it (`room.exit_now`)."""
+    write (surfacefile/room.py), so the process keeps it open for good. A Python caller lives on
+    (and exits normally: tests/test_diskfull_python.py); the command line ends its process with
+    `room.exit_now`, without the interpreter's clean-up, and under MPI the driver aborts the job."""
 
 
 class JobFailed(Exception):
