@@ -165,8 +165,8 @@ def _keep_open(path: Path) -> None:
 
 
 def left_open() -> bool:
-    """Whether a file of this process was left open after a failed write: then the process must
-    end with `exit_now`, since a normal exit closes it (HDF5 1.10 segfaults there)."""
+    """Whether a file of this process was left open after a failed write: the command line then
+    ends its process with `exit_now`, skipping the interpreter's clean-up, which could close it."""
     return bool(_LEFT_OPEN_PATHS)
 
 
