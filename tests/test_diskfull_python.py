@@ -26,14 +26,7 @@ pytestmark = pytest.mark.slow
 POINTS = 1025
 PENDING = slice(500, 508)
 
-def script(folder: Path) -> Path:
-    """The notebook's cells as one script: compute (or resume) each surface named, catching
-    UserError, then a small surface elsewhere checked against a plain forward pass."""
-    path = folder / "notebook.py"
-    path.write_text(SCRIPT_TEXT)
-    return path
-
-
+# the notebook's cells as one script (see `script`)
 SCRIPT_TEXT = f'''
 import json, os, sys
 import torch
@@ -71,6 +64,14 @@ print(json.dumps(out))
 '''
 
 
+def script(folder: Path) -> Path:
+    """The notebook's cells as one script: compute (or resume) each surface named, catching
+    UserError, then a small surface elsewhere checked against a plain forward pass."""
+    path = folder / "notebook.py"
+    path.write_text(SCRIPT_TEXT)
+    return path
+
+
 def loss_done(path: Path) -> int:
     with h5py.File(path, "r", locking=False) as f:
         return int(f["train_done"][...].sum())
@@ -85,11 +86,11 @@ def ns():
 
 def test_a_full_disk_raises_user_error_and_the_process_lives_on(ns, tmp_path):
     py = script(tmp_path)
-    env_cmd = [sys.executable, str(py)]
+    notebook = [sys.executable, str(py)]
     # a complete surface on a disk with room, then its points PENDING undone, their timings 0
     base = tmp_path / "base" / "s.h5"
     base.parent.mkdir()
-    proc = subprocess.run([*env_cmd, str(base), str(tmp_path / "warm.h5")], capture_output=True, text=True,
+    proc = subprocess.run([*notebook, str(base), str(tmp_path / "warm.h5")], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1])["runs"] == ["done"]
@@ -107,7 +108,7 @@ def test_a_full_disk_raises_user_error_and_the_process_lives_on(ns, tmp_path):
     ns.sh(f"cp --sparse=always {base} {surf} && cp {base}.model.pt {surf}.model.pt")
     ns.fill(mnt, leave_pages=1)  # room for the lock file only
     more = tmp_path / "more.h5"
-    proc = ns.run([*env_cmd, str(surf), str(more)], tmp_path)
+    proc = ns.run([*notebook, str(surf), str(more)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]  # no os._exit(1), no segfault, not even at exit
     assert "Segmentation" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
@@ -119,7 +120,7 @@ def test_a_full_disk_raises_user_error_and_the_process_lives_on(ns, tmp_path):
 
     # room again: the same call finishes the surface (a new process), to the values computed before
     ns.sh(f"rm {mnt}/fill")
-    proc = ns.run([*env_cmd, str(surf), str(tmp_path / "again.h5")], tmp_path)
+    proc = ns.run([*notebook, str(surf), str(tmp_path / "again.h5")], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1])["runs"] == ["done"]
     with h5py.File(ns.outside(surf), "r", locking=False) as f:
