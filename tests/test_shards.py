@@ -20,7 +20,8 @@ from losslandscape.errors import UserError
 from losslandscape.numerics.grid import assign_tasks
 from losslandscape.run.work import prepare
 from losslandscape.surfacefile.format import shard_dir
-from losslandscape.run.slurm import SubmitOptions, merge, render_scripts, run_task
+from losslandscape.run.slurm import merge, render_scripts, run_task
+from losslandscape.spec import Submit as SubmitOptions
 from losslandscape.run.status import missing_points, status
 
 pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out

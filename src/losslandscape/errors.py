@@ -1,15 +1,99 @@
-"""The one exception type for mistakes a user can fix.
+"""Errors and exits: the error types, the one line an error is shown as, the one function that
+prints it, and the exit codes.
 
-`cli.py` catches it and prints its message as one line on stderr (exit 1);
-every other exception is a bug and keeps its traceback.
+A `UserError` is a mistake a user can fix (a spec value, a missing file, a model that does not
+fit its checkpoint, a full disk): the command line prints it as one line on stderr and exits 1,
+the Python interface raises it. Every other exception is a bug and keeps its traceback (`-v`
+logs it; `one_line` names where it was raised). Library code raises and never exits: only the
+command line (frontends/verbs.py) and the MPI driver end a process.
 """
 
+from __future__ import annotations
+
+import contextlib
+import contextvars
 import os
+import sys
 from pathlib import Path
+
+# exit codes of the command line
+EXIT_DONE = 0  # every point computed
+EXIT_ERROR = 1  # a user error (one line on stderr), a command-line mistake, or a bug (its traceback)
+EXIT_STOPPED = 3  # stopped early by a signal (SIGTERM, a time limit): the file resumes
+EXIT_MISSING = 4  # merge: finished with points still missing
+EXIT_INTERRUPTED = 130  # Ctrl-C outside a per-point run
+
+PREFIX = "losslandscape: error: "
 
 
 class UserError(Exception):
     """Bad input: a spec value, a missing file, a model that does not fit its checkpoint."""
+
+
+class WriteFailed(UserError):
+    """The file system refused a write to an HDF5 file (no room, a quota, read-only).
+
+    The file was left open on purpose: HDF5 1.10 segfaults when a file is closed after a failed
+    write (surfacefile/room.py), so the process keeps it open for good. A Python caller lives on
+    (and exits normally: tests/test_diskfull_python.py); the command line ends its process with
+    `room.exit_now`, without the interpreter's clean-up, and under MPI the driver aborts the job."""
+
+
+class JobFailed(Exception):
+    """Raised on every rank of an MPI job when any rank failed: `line` is printed once, by
+    the rank with `printer` set (rank 0)."""
+
+    def __init__(self, line: str, printer: bool):
+        super().__init__(line)
+        self.line, self.printer = line, printer
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: a UserError's message; for any other (a bug) its type, its
+    message and the file:line where it was raised, pointing at -v for the traceback."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f"at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else "no traceback"
+    text = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}{': ' + text if text else ''} ({where}; -v for the traceback)"
+
+
+def print_error(line: str | BaseException) -> None:
+    """THE printer: "losslandscape: error: <one line>" on stderr, flushed (MPI_Abort may follow)."""
+    if isinstance(line, BaseException):
+        line = one_line(line)
+    print(PREFIX + " ".join(str(line).split("\n")), file=sys.stderr, flush=True)
+
+
+# How an option is named in an error: its Python keyword (`top_k`) unless the command line is
+# running a verb, which names its flag (`--top-k`). A context variable, so that a message
+# built deep in the library (or on an MPI rank) names what the user typed.
+_FLAGS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("losslandscape_flags", default={})
+
+
+def option(name: str) -> str:
+    """The name of option `name` (a keyword of a verb's options, spec.Hessian, spec.Submit) as
+    the user gave it: `--name` under the command line, `name` in Python."""
+    return _FLAGS.get().get(name, name)
+
+
+def option_value(name: str, value) -> str:
+    """Option `name` given `value`, as the user would write it: `--samples 32` or `samples=32`."""
+    shown = option(name)
+    return f"{shown} {value}" if shown.startswith("-") else f"{shown}={value!r}"
+
+
+@contextlib.contextmanager
+def named_as_flags(flags: dict[str, str]):
+    """Within the block, errors name the options in `flags` ({keyword: "--flag"}) by their flag."""
+    token = _FLAGS.set(flags)
+    try:
+        yield
+    finally:
+        _FLAGS.reset(token)
 
 
 def readable_file(path, field: str, expected: str = "a file") -> None:

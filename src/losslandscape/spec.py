@@ -1,9 +1,13 @@
-"""The job spec: one dataclass per TOML table, the single source of truth.
+"""The job spec and every verb's options: one dataclass a table, the single source of truth.
 
-Each field has a default and a one-line docstring under it; choices are
-`Literal`s. The same dataclasses generate the command-line overrides
-(`--grid.x=-1:1:51`), their help text and the validation, in the manner of
-torchtitan's `JobConfig`.
+Each field has a default and a one-line docstring under it; choices are `Literal`s; bounds
+are the fields' `metadata` (`AT_LEAST_0`, `AT_LEAST_1`). The same dataclasses generate the
+command-line overrides (`--grid.x=-1:1:51`) and the verbs' own options (`hessian --top-k 3`,
+`submit --tasks 4`), their help text, the Python interface's keywords
+(`ll.compute_hessian(path, top_k=3)`) and the validation, in the manner of torchtitan's
+`JobConfig`, so the two front ends cannot disagree. Validation is one check a table (`check`,
+`check_options`), which changes nothing, then one explicit resolve step (`resolve`), which
+fills in what "auto" means.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
 import json
@@ -18,16 +23,18 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from losslandscape.inputs import userimport
-from losslandscape.surfacefile.format import SPLITS  # noqa: F401 (the splits a spec may name)
-from losslandscape.errors import UserError, readable_file
+from losslandscape.surfacefile.format import HESSIAN_ATTRS, SPLITS  # noqa: F401 (the splits a spec may name)
+from losslandscape.errors import UserError, option, readable_file
 
 LOSS_NAMES = ("cross_entropy", "mse", "model")
-
+AT_LEAST_0 = {"min": 0}  # a field's metadata: the smallest value it takes
+AT_LEAST_1 = {"min": 1}
 
 
 @dataclass
@@ -40,7 +47,7 @@ class Model:
     """second model's weights, the far end of `directions.kind = "interpolate"`."""
     trust_checkpoint: bool = False
     """allow checkpoints that need full unpickling (can run code: trusted files only)."""
-    num_classes: int = 10
+    num_classes: int = field(default=10, metadata=AT_LEAST_1)
     """number of classes of the classifier."""
     checkpoint3: str = ""
     """third model's weights: with kind = "interpolate" and a y axis, the plane through three models (x = checkpoint2 - checkpoint, y = checkpoint3 - checkpoint; the original --model_file3)."""
@@ -54,11 +61,11 @@ class Data:
     """folder of the data set's files (cifar10: the python pickle batches; imagefolder: one folder per split, train and val or test, each with one sub-folder per class)."""
     splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["train"])
     """which splits to evaluate: any of train, test."""
-    max_samples: int = 0
+    max_samples: int = field(default=0, metadata=AT_LEAST_0)
     """0 = every sample; else a fixed, seeded subset of this many samples per split."""
     seed: int = 0
     """seed of the max_samples subset (and of the synthetic data)."""
-    workers: int = 0
+    workers: int = field(default=0, metadata=AT_LEAST_0)
     """loader worker processes when the data is a Dataset (imagefolder, or a factory's) (0 = read in the evaluating process)."""
     transform: Literal["standard", "original", "raw"] = "standard"
     """cifar10 and imagefolder: standard = normalised (cifar10: our CIFAR-10 statistics; imagefolder: ImageNet's); original = the original code's CIFAR-10 constants, mean (125.3, 123.0, 113.9) / 255 and std (63.0, 62.1, 66.7) / 255 (imagefolder: as standard); raw = pixels in [0, 1] (the original --raw_data)."""
@@ -110,7 +117,7 @@ class Grid:
     """y axis as "lo:hi:n" or "auto"/"auto:N"; empty = a 1-D curve along x."""
     auto_factor: float = 10.0
     """auto axes (random, hessian, file directions): step out from the centre until the loss is auto_factor times the centre's loss."""
-    auto_samples: int = 2048
+    auto_samples: int = field(default=2048, metadata=AT_LEAST_0)
     """images of the first split in data.splits that the auto search evaluates, evenly spaced; 0 = all."""
 
 
@@ -118,7 +125,7 @@ class Grid:
 class Evaluation:
     loss: str = "cross_entropy"
     """cross_entropy | mse | model (the model's own outputs.loss) | "package.module:function" (README: the loss contract)."""
-    batch_size: int = 0
+    batch_size: int = field(default=0, metadata=AT_LEAST_0)
     """images per forward pass; 0 = 1024 on a GPU, 128 on a CPU (cache-sized batches are faster there)."""
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     """arithmetic of the forward passes (tf32/bf16 only change GPU runs)."""
@@ -126,7 +133,7 @@ class Evaluation:
     """evaluate with each conv -> BatchNorm pair folded into one conv (same values, faster)."""
     device: str = "auto"
     """auto (cuda if present, else cpu) | cpu | cuda | cuda:N."""
-    threads: int = 0
+    threads: int = field(default=0, metadata=AT_LEAST_0)
     """CPU threads per process; 0 = cores / processes on this node."""
     unit_size: int | Literal["auto"] = 4
     """grid points per work unit (and per flush of the surface file); auto = sized by the MPI coordinator from its number of workers, the points left and the seconds a point takes (4 in one process)."""
@@ -140,9 +147,9 @@ class Output:
 
 @dataclass
 class Train:
-    epochs: int = 20
+    epochs: int = field(default=20, metadata=AT_LEAST_1)
     """training epochs."""
-    batch_size: int = 128
+    batch_size: int = field(default=128, metadata=AT_LEAST_1)
     """minibatch size (small-batch vs large-batch minimizers)."""
     lr: float = 0.1
     """initial learning rate of SGD."""
@@ -158,7 +165,7 @@ class Train:
     """epochs over which the learning rate rises linearly, minibatch by minibatch, from lr / (their
     number of minibatches) to lr
     (Goyal et al. 2017; deep networks without it can diverge in their first steps)."""
-    save_every: int = 5
+    save_every: int = field(default=5, metadata=AT_LEAST_1)
     """write model_<epoch>.pt every this many epochs (and the last one)."""
     out_dir: str = "out/train"
     """folder for the checkpoints."""
@@ -184,6 +191,67 @@ class Spec:
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Spec)
+# the tables of a surface's spec; their order decides which table a bare keyword of the Python
+# interface names (`seed=` is directions.seed); the command line lists them in SECTIONS' order
+SURFACE_TABLES = ("directions", "grid", "evaluation", "data", "model", "output")
+TRAIN_TABLES = ("model", "data", "evaluation", "train")
+
+
+# --- the options of the verbs that take no spec ---------------------------------------------------
+# `losslandscape hessian SURFACE --top-k 3` and `ll.compute_hessian(SURFACE, top_k=3)`: a field is
+# a flag (its name with "-" for "_", or metadata["flag"]) and a keyword, and errors name it as the
+# user gave it (errors.option).
+
+@dataclass(frozen=True)
+class Hessian:
+    split: Literal["train", "test"] = "train"
+    """the data split."""
+    samples: int = field(default=0, metadata={**AT_LEAST_0, "metavar": "N"})
+    """a fixed, seeded subset of N samples; 0 = all (or the surface's own subset)."""
+    params: Literal["all", "weights"] = "all"
+    """all trainable parameters the surface moves, or weights: its tensors of more than one dimension."""
+    tol: float = 1e-3
+    """Lanczos tolerance."""
+    device: str = ""
+    """override evaluation.device (auto, cpu, cuda, cuda:N); empty = the surface's own."""
+    centre: bool = False
+    """the spectrum at the centre (the trained model) instead of the maps."""
+    top_k: int = field(default=5, metadata={**AT_LEAST_1, "metavar": "K"})
+    """with centre: how many top eigenvalues."""
+    trust_file: bool = False
+    """import the file's model and data factories from every folder it names and honour its model.trust_checkpoint (runs code its maker chose: files you trust only; without it, only the file's own folder and the working directory are looked in)."""
+
+    def check(self) -> None:
+        check_options(self)
+
+    def attrs(self) -> dict:
+        """The maps' settings as the surface file stores them."""
+        return dict(zip(HESSIAN_ATTRS, (self.split, self.samples, self.params, self.tol)))
+
+
+@dataclass
+class Submit:
+    tasks: int = field(metadata={**AT_LEAST_1, "metavar": "K"})
+    """array tasks."""
+    ranks_per_task: int = field(default=2, metadata={**AT_LEAST_1, "metavar": "R"})
+    """MPI ranks per task: 1 coordinator + R-1 workers (1 = one process)."""
+    gpus_per_task: int = field(default=0, metadata={"metavar": "G"})
+    """0 or 1 GPU per worker rank; a task asks for G x (R-1) GPUs, none for the coordinator."""
+    launcher: Literal["mpirun", "srun"] = "mpirun"
+    """how a task starts its ranks."""
+    partition: str = ""
+    """sbatch --partition."""
+    time: str = ""
+    """sbatch --time of each array task, e.g. 2:00:00."""
+    account: str = ""
+    """sbatch --account."""
+    sbatch_args: list[str] = field(default_factory=list, metadata={"flag": "--sbatch-arg", "metavar": "ARG"})
+    """any other sbatch option, e.g. --sbatch-arg=--qos=low (repeatable)."""
+    dry_run: bool = False
+    """print the scripts, submit nothing."""
+
+    def check(self) -> None:
+        check_options(self)
 
 
 @functools.cache
@@ -224,7 +292,7 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
         raise bad
     if origin is list:
         (item,) = typing.get_args(tp)
-        if from_text:
+        if from_text and not isinstance(value, list):  # a repeatable flag gives a list already
             value = [v.strip() for v in str(value).split(",") if v.strip()]
         if not isinstance(value, list):
             raise bad
@@ -284,32 +352,59 @@ def _set(spec: Spec, key: str, value: Any, from_text: bool) -> None:
     setattr(getattr(spec, section), name, _coerce(key, value, hints[name], from_text))
 
 
-def _validate(spec: Spec) -> None:
-    """Constraints beyond types; the grid axes are checked by grid.py."""
-    from losslandscape.numerics.grid import parse_axis
+def _check_bounds(obj: Any, name: Callable[[str], str]) -> None:
+    """The fields' bounds (their metadata "min"), in the order of the fields."""
+    for f in dataclasses.fields(obj):
+        low = f.metadata.get("min")
+        value = getattr(obj, f.name)
+        if low is not None and isinstance(value, int) and value < low:
+            raise UserError(f"{name(f.name)}: {value} is not valid; expected an integer >= {low}")
 
-    if spec.evaluation.unit_size != "auto" and spec.evaluation.unit_size < 1:
-        raise UserError(f'evaluation.unit_size: {spec.evaluation.unit_size} is not valid; expected an integer >= 1 '
-                        'or "auto"')
-    positive = {
-        "train.epochs": spec.train.epochs,
-        "train.batch_size": spec.train.batch_size,
-        "train.save_every": spec.train.save_every,
-        "model.num_classes": spec.model.num_classes,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"{key}: {value} is not valid; expected an integer >= 1")
-    for key, value in {"data.max_samples": spec.data.max_samples, "evaluation.batch_size": spec.evaluation.batch_size,
-                       "evaluation.threads": spec.evaluation.threads,
-                       "grid.auto_samples": spec.grid.auto_samples}.items():
-        if value < 0:
-            raise UserError(f"{key}: {value} is not valid; expected an integer >= 0")
+
+def _check_model(spec: Spec) -> None:
+    if spec.model.checkpoint3 and spec.directions.kind != "interpolate":
+        raise UserError(f'model.checkpoint3: only with directions.kind = "interpolate" (the plane through three '
+                        f'models), not {spec.directions.kind!r}; leave it empty')
+
+
+def _check_data(spec: Spec) -> None:
     if not spec.data.splits:
         raise UserError("data.splits: empty; expected one or both of train, test")
     if len(set(spec.data.splits)) != len(spec.data.splits):
         raise UserError(f"data.splits: {spec.data.splits!r} names a split twice")
-    from losslandscape.numerics.grid import auto_points, is_auto
+
+
+def _check_directions(spec: Spec) -> None:
+    d = spec.directions
+    if d.kind == "interpolate" and not (spec.model.checkpoint and spec.model.checkpoint2):
+        raise UserError('directions.kind: "interpolate" needs model.checkpoint and model.checkpoint2')
+    if d.kind == "hessian" and d.dir_type == "states":
+        raise UserError('directions.dir_type: "hessian" directions move the parameters only; use "weights"')
+    if d.kind == "pca":
+        if not d.checkpoints:
+            raise UserError('directions.checkpoints: empty; kind = "pca" needs a glob of the run\'s checkpoints, '
+                            'e.g. "out/run/model_*.pt"')
+        if not spec.model.checkpoint:
+            raise UserError('model.checkpoint: empty; kind = "pca" needs the final model (the centre of the plane)')
+    if d.kind == "file" and not d.file:
+        raise UserError('directions.file: empty; kind = "file" needs the HDF5 file to read directions from')
+    if d.same_dir:  # y = x, where the spec has a y axis that x can stand for
+        if not spec.grid.y:
+            raise UserError("directions.same_dir: a 1-D curve has no y axis; give grid.y or leave same_dir false")
+        if d.orthogonal:
+            raise UserError("directions.same_dir: with directions.orthogonal the y direction would be zero; "
+                            "use one or the other")
+        if spec.model.checkpoint3:
+            raise UserError("directions.same_dir: model.checkpoint3 gives the y direction already; use one or the "
+                            "other")
+        if d.kind == "pca":
+            raise UserError('directions.same_dir: kind = "pca" takes y from the second principal component (the '
+                            "paths are projected on it); leave same_dir false")
+
+
+def _check_grid(spec: Spec) -> None:
+    """The axes' form (grid.py parses them) and what the directions allow."""
+    from losslandscape.numerics.grid import auto_points, is_auto, parse_axis
 
     if not (math.isfinite(spec.grid.auto_factor) and spec.grid.auto_factor > 1):
         raise UserError(f"grid.auto_factor: {spec.grid.auto_factor} is not valid; expected a number > 1")
@@ -325,59 +420,142 @@ def _validate(spec: Spec) -> None:
         else:
             parse_axis(key, text)
     if spec.directions.kind == "interpolate":
-        if not spec.model.checkpoint or not spec.model.checkpoint2:
-            raise UserError('directions.kind: "interpolate" needs model.checkpoint and model.checkpoint2')
         if spec.grid.y and not (spec.model.checkpoint3 or spec.directions.same_dir):
             raise UserError('grid.y: "interpolate" is a 1-D line unless model.checkpoint3 gives a y direction (the '
                             'plane through three models); leave grid.y empty or set model.checkpoint3')
         if spec.model.checkpoint3 and not spec.grid.y:
             raise UserError('grid.y: empty; model.checkpoint3 spans the plane through three models (y = checkpoint3 - '
                             'checkpoint): give grid.y too, e.g. "-0.5:1.5:21"')
-    elif spec.model.checkpoint3:
-        raise UserError(f'model.checkpoint3: only with directions.kind = "interpolate" (the plane through three '
-                        f'models), not {spec.directions.kind!r}; leave it empty')
-    _validate_same_dir(spec)
+    if spec.directions.kind == "pca" and not spec.grid.y:
+        raise UserError('grid.y: empty; the PCA plane is 2-D: give grid.y too')
+
+
+def _check_evaluation(spec: Spec) -> None:
+    e = spec.evaluation
+    if e.unit_size != "auto" and e.unit_size < 1:
+        raise UserError(f'evaluation.unit_size: {e.unit_size} is not valid; expected an integer >= 1 or "auto"')
+    if e.loss not in LOSS_NAMES and ":" not in e.loss:
+        raise UserError(f"evaluation.loss: {e.loss!r} is not valid; expected one of "
+                        f"{', '.join(LOSS_NAMES)} or \"package.module:function\"")
+    _check_device("evaluation.device", e.device)
+
+
+def _check_device(name: str, device: str) -> None:
+    if not (device in ("auto", "cpu") or device.startswith("cuda")):
+        raise UserError(f"{name}: {device!r} is not valid; expected auto, cpu, cuda or cuda:N")
+
+
+_TABLE_CHECKS: dict[str, Callable[[Spec], None]] = {
+    "model": _check_model, "data": _check_data, "directions": _check_directions, "grid": _check_grid,
+    "evaluation": _check_evaluation}
+
+
+def check(spec: Spec) -> None:
+    """Every table's constraints beyond types, table by table; changes nothing."""
+    for section in SECTIONS:
+        _check_bounds(getattr(spec, section), lambda name: f"{section}.{name}")
+        _TABLE_CHECKS.get(section, lambda _: None)(spec)
+
+
+def resolve(spec: Spec) -> Spec:
+    """What "auto" means where the spec alone decides it (the grid's "auto" axes are resolved when
+    the file is made: lifecycle.py). Changes `spec` and returns it."""
     if spec.directions.dir_type == "auto":
         # the line between two models ends at the second model only if BatchNorm statistics move too
         spec.directions.dir_type = "states" if spec.directions.kind == "interpolate" else "weights"
-    if spec.directions.kind == "hessian" and spec.directions.dir_type != "weights":
-        raise UserError('directions.dir_type: "hessian" directions move the parameters only; use "weights"')
-    if spec.directions.kind == "pca":
-        if not spec.directions.checkpoints:
-            raise UserError('directions.checkpoints: empty; kind = "pca" needs a glob of the run\'s checkpoints, '
-                            'e.g. "out/run/model_*.pt"')
-        if not spec.model.checkpoint:
-            raise UserError('model.checkpoint: empty; kind = "pca" needs the final model (the centre of the plane)')
-        if not spec.grid.y:
-            raise UserError('grid.y: empty; the PCA plane is 2-D: give grid.y too')
-    if spec.directions.kind == "file" and not spec.directions.file:
-        raise UserError('directions.file: empty; kind = "file" needs the HDF5 file to read directions from')
-    if spec.evaluation.loss not in LOSS_NAMES and ":" not in spec.evaluation.loss:
-        raise UserError(f"evaluation.loss: {spec.evaluation.loss!r} is not valid; expected one of "
-                        f"{', '.join(LOSS_NAMES)} or \"package.module:function\"")
-    if spec.data.workers < 0:
-        raise UserError(f"data.workers: {spec.data.workers} is not valid; expected an integer >= 0")
-    if not spec.evaluation.device == "auto" and not (
-            spec.evaluation.device == "cpu" or spec.evaluation.device.startswith("cuda")):
-        raise UserError(f"evaluation.device: {spec.evaluation.device!r} is not valid; "
-                        "expected auto, cpu, cuda or cuda:N")
+    return spec
 
 
-def _validate_same_dir(spec: Spec) -> None:
-    """directions.same_dir: y = x, where the spec has a y axis that x can stand for."""
-    d = spec.directions
-    if not d.same_dir:
-        return
-    if not spec.grid.y:
-        raise UserError("directions.same_dir: a 1-D curve has no y axis; give grid.y or leave same_dir false")
-    if d.orthogonal:
-        raise UserError("directions.same_dir: with directions.orthogonal the y direction would be zero; "
-                        "use one or the other")
-    if spec.model.checkpoint3:
-        raise UserError("directions.same_dir: model.checkpoint3 gives the y direction already; use one or the other")
-    if d.kind == "pca":
-        raise UserError('directions.same_dir: kind = "pca" takes y from the second principal component (the '
-                        "paths are projected on it); leave same_dir false")
+def _check_hessian(opts: Hessian) -> None:
+    if opts.device:
+        _check_device(option("device"), opts.device)
+
+
+def _check_submit(opts: Submit) -> None:
+    if opts.gpus_per_task not in (0, 1):
+        raise UserError(f"{option('gpus_per_task')}: {opts.gpus_per_task} is not valid; expected 0 or 1 "
+                        "(a worker evaluates on one GPU: use more ranks for more GPUs)")
+
+
+_OPTION_CHECKS: dict[type, Callable[[Any], None]] = {Hessian: _check_hessian, Submit: _check_submit}
+
+
+def check_options(opts: Hessian | Submit) -> None:
+    """A verb's options: their bounds, then the rules of the table (errors name them as the
+    user gave them: a keyword, or a flag under the command line)."""
+    hints = _hints(type(opts))
+    for f in dataclasses.fields(opts):  # the types and choices too: the object may be made by hand
+        _coerce(option(f.name), getattr(opts, f.name), hints[f.name], from_text=False)
+    _check_bounds(opts, option)
+    _OPTION_CHECKS[type(opts)](opts)
+
+
+def options(cls: type, values: dict[str, Any], caller: str, from_text: bool = False):
+    """A checked `cls` (Hessian, Submit) from keywords (the Python interface) or from command-line
+    text (`from_text`); an unknown or missing keyword is one line naming `caller`."""
+    hints = _hints(cls)
+    for key in values:
+        if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            raise UserError(f"{caller}: unknown keyword {key!r}" + (f"; did you mean {close[0]}?" if close else
+                                                                     f" (allowed: {', '.join(hints)})"))
+    coerced = {k: _coerce(option(k), v, hints[k], from_text) for k, v in values.items()}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in coerced
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{option(missing[0])}: required; expected {_describe(hints[missing[0]])}")
+    opts = cls(**coerced)
+    check_options(opts)
+    return opts
+
+
+def flags(cls: type) -> dict[str, str]:
+    """{keyword: "--flag"} of the options of `cls`."""
+    return {f.name: f.metadata.get("flag", "--" + f.name.replace("_", "-")) for f in dataclasses.fields(cls)}
+
+
+def signature(cls: type, *before: inspect.Parameter) -> inspect.Signature:
+    """The Python interface's signature for `cls`'s options as keywords (after `before`)."""
+    hints = _hints(cls)
+    keywords = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                  default=inspect.Parameter.empty if f.default is dataclasses.MISSING
+                                  and f.default_factory is dataclasses.MISSING else _default(f))
+                for f in dataclasses.fields(cls)]
+    return inspect.Signature([*before, *keywords])
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per field of `cls` (Hessian, Submit), with its docstring as help; the values
+    stay text until `options_from_args` checks them, as the Python interface's are checked."""
+    group = parser.add_argument_group(title)
+    docs = field_docs(cls)
+    hints = _hints(cls)
+    names = flags(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        shown = "" if required or tp is bool else f" (default: {_show(_default(f))})"
+        kwargs: dict[str, Any] = dict(dest=f"option:{f.name}", default=argparse.SUPPRESS,
+                                      help=docs.get(f.name, "") + shown)
+        if tp is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["metavar"] = f.metadata.get("metavar", _metavar(tp))
+            if typing.get_origin(tp) is list:
+                kwargs["action"] = "append"
+            if required:
+                kwargs["required"] = True
+        group.add_argument(names[f.name], **kwargs)
+
+
+def options_from_args(cls: type, args: argparse.Namespace, verb: str):
+    """The checked options of `cls` given on a command line (add_option_arguments)."""
+    given = {k.removeprefix("option:"): v for k, v in vars(args).items() if k.startswith("option:")}
+    return options(cls, given, verb, from_text=True)
 
 
 def from_dict(table: dict[str, Any], overrides: dict[str, str] | None = None) -> Spec:
@@ -392,8 +570,8 @@ def from_dict(table: dict[str, Any], overrides: dict[str, str] | None = None) ->
             _set(spec, f"{section}.{name}", value, from_text=False)
     for key, text in (overrides or {}).items():
         _set(spec, key, text, from_text=True)
-    _validate(spec)
-    return spec
+    check(spec)
+    return resolve(spec)
 
 
 def load(path: str | Path | None, overrides: dict[str, str] | None = None) -> Spec:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import inspect
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,13 +29,12 @@ from losslandscape import spec as specs
 from losslandscape.inputs import userimport
 from losslandscape.run.distributed import run_serial
 from losslandscape.errors import UserError
-from losslandscape.run.hessianmaps import HessianWork, Settings, centre_spectrum
+from losslandscape.run.hessianmaps import HessianWork, centre_spectrum
 from losslandscape.run.work import SurfaceWork
 from losslandscape.surfacefile.read import Surface, load_surface
 
 log = logging.getLogger(__name__)
 
-SURFACE_TABLES = ("directions", "grid", "evaluation", "data", "model", "output")  # order decides a bare name
 Data = tuple[torch.Tensor, torch.Tensor] | Iterable
 
 
@@ -69,22 +69,27 @@ def compute_trajectory(model: torch.nn.Module, checkpoints: str, train: Data | N
     return _run(model, None, train, test, x, y, out, {"kind": "pca", "checkpoints": checkpoints, **options})
 
 
-def compute_hessian(surface: str | Path, *, split: str = "train", samples: int = 0, params: str = "all",
-            tol: float = 1e-3, centre: bool = False, top_k: int = 5, device: str | None = None,
-            trust_file: bool = False):
+def compute_hessian(surface: str | Path, **options: Any):
     """The `hessian` verb on a surface file: the maps of the extreme eigenvalues over its grid
     (returns the Surface, with `s.eig`), or with `centre=True` the spectrum at the trained
-    model (returns a dict). A surface computed in this process from a live model and tensors
-    can be used; one from another process needs its model and data as module:factory names,
-    imported from the file's own folder or the working directory, or, with `trust_file=True`,
-    from the folders the file names (runs code its maker chose: files you trust only)."""
-    settings = Settings(split, samples, params, tol)
-    if centre:
-        return centre_spectrum(Path(surface), settings, top_k, device, trust_file=trust_file)
-    code = run_serial(HessianWork(Path(surface), settings, device, trust_file))
+    model (returns a dict). The keywords are the verb's options (spec.Hessian: split, samples,
+    params, tol, device, centre, top_k, trust_file), checked as the command line checks them.
+    A surface computed in this process from a live model and tensors can be used; one from
+    another process needs its model and data as module:factory names, imported from the file's
+    own folder or the working directory, or, with `trust_file=True`, from the folders the file
+    names (runs code its maker chose: files you trust only)."""
+    settings = specs.options(specs.Hessian, options, "compute_hessian")
+    device = settings.device or None
+    if settings.centre:
+        return centre_spectrum(Path(surface), settings, settings.top_k, device, trust_file=settings.trust_file)
+    code = run_serial(HessianWork(Path(surface), settings, device, settings.trust_file))
     if code != 0:
         log.warning("stopped early: %s holds the points computed so far; call again to finish", surface)
     return load_surface(surface)
+
+
+compute_hessian.__signature__ = specs.signature(
+    specs.Hessian, inspect.Parameter("surface", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str | Path"))
 
 
 def open_surface(path: str | Path) -> Surface:
@@ -179,14 +184,14 @@ def _run(model, model_b, train, test, x, y, out, options, model_c=None) -> Surfa
 
 def _field(key: str, value: Any) -> tuple[str, str | None]:
     """(table, field) of a keyword: a table given whole (field None), or a field by its name."""
-    if key in SURFACE_TABLES:
+    if key in specs.SURFACE_TABLES:
         if not isinstance(value, dict):
             raise UserError(f"{key}: expected a dict of its fields, e.g. {key}={{...}}")
         return key, None
-    for section in SURFACE_TABLES:
+    for section in specs.SURFACE_TABLES:  # their order decides a bare name (seed = directions.seed)
         if key in specs.SECTIONS[section].__dataclass_fields__:
             return section, key
-    names = [n for s in SURFACE_TABLES for n in specs.SECTIONS[s].__dataclass_fields__]
+    names = [n for s in specs.SURFACE_TABLES for n in specs.SECTIONS[s].__dataclass_fields__]
     close = difflib.get_close_matches(key, names, n=1)
     raise UserError(f"compute_surface: unknown keyword {key!r}" + (f"; did you mean {close[0]}?" if close else
                                                                      "; see `losslandscape surface --help`"))

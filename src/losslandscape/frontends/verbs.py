@@ -1,9 +1,10 @@
 """The verbs of the command line: each one's arguments, and the one library call it makes.
 
-`build_parser` makes the parser of every verb; `run` parses a command line and runs its verb
-in this process. User errors (`UserError`) become one line on stderr and exit 1; anything else
-is a bug and keeps its traceback. Exit codes: 0 done, 1 error, 3 stopped early but resumable,
-4 finished with missing points, 130 interrupted.
+`build_parser` makes the parser of every verb (the options of a spec's tables and of the
+hessian and submit verbs are generated from spec.py); `run` parses a command line and runs its
+verb in this process. User errors (`UserError`) become one line on stderr and exit 1; anything
+else is a bug and keeps its traceback. Exit codes (errors.py): 0 done, 1 error, 3 stopped early
+but resumable, 4 finished with missing points, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from losslandscape._version import __version__
-from losslandscape.errors import UserError
+from losslandscape import errors
+from losslandscape.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_MISSING, UserError, print_error
 from losslandscape import spec as specs
 from losslandscape.render import cli as render_cli  # light: no torch, no matplotlib until it renders
+from losslandscape.surfacefile import room
 
 log = logging.getLogger("losslandscape")
-EXIT_USAGE = 1  # a command-line mistake is a user error like any other
 
 
 def _spec_from_args(args: argparse.Namespace) -> specs.Spec:
@@ -84,10 +86,10 @@ def _under_mpi(env, step) -> int:
         return step()
     except JobFailed as exc:
         if exc.printer:
-            print(f"losslandscape: error: {exc.line}", file=sys.stderr, flush=True)
-        return 1
+            print_error(exc.line)
+        return EXIT_ERROR
     except Exception as exc:
-        print(f"losslandscape: error: {describe(exc, env.rank)}", file=sys.stderr, flush=True)
+        print_error(describe(exc, env.rank))
         env.comm.Abort(1)
         raise
 
@@ -95,15 +97,12 @@ def _under_mpi(env, step) -> int:
 def cmd_hessian(args: argparse.Namespace) -> int:
     import json
 
-    from losslandscape.run.hessianmaps import HessianWork, Settings, centre_spectrum, format_centre
+    from losslandscape.run.hessianmaps import HessianWork, centre_spectrum, format_centre
 
-    settings = Settings(args.split, args.samples, args.params, args.tol)
-    if args.samples < 0:
-        raise UserError(f"--samples: {args.samples} is not valid; expected an integer >= 0 (0 = all)")
-    if args.centre:
-        if args.top_k < 1:
-            raise UserError(f"--top-k: {args.top_k} is not valid; expected an integer >= 1")
-        result = centre_spectrum(args.surface, settings, args.top_k, args.device, trust_file=args.trust_file)
+    settings = specs.options_from_args(specs.Hessian, args, "hessian")
+    device = settings.device or None
+    if settings.centre:
+        result = centre_spectrum(args.surface, settings, settings.top_k, device, trust_file=settings.trust_file)
         if args.json:
             print(json.dumps(result))
         else:
@@ -114,12 +113,12 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     env = mpi_environment()
     if env.comm is None:
-        return run(HessianWork(args.surface, settings, args.device, args.trust_file))
+        return run(HessianWork(args.surface, settings, device, settings.trust_file))
     setup_logging(args.verbose, env.rank)
     from losslandscape.run.distributed import agree
 
-    return _under_mpi(env, lambda: run(agree(env.comm, HessianWork, args.surface, settings, args.device,
-                                             args.trust_file),
+    return _under_mpi(env, lambda: run(agree(env.comm, HessianWork, args.surface, settings, device,
+                                             settings.trust_file),
                                        env.comm))
 
 
@@ -132,10 +131,9 @@ def cmd_directions(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from losslandscape.run.slurm import SubmitOptions, submit
+    from losslandscape.run.slurm import submit
 
-    opts = SubmitOptions(args.tasks, args.ranks_per_task, args.gpus_per_task, args.launcher, args.partition,
-                         args.time, args.account, args.sbatch_arg or [], args.dry_run)
+    opts = specs.options_from_args(specs.Submit, args, "submit")
     spec = _spec_from_args(args)
     record = submit(spec, opts)
     if record.get("array_job"):
@@ -158,7 +156,7 @@ def cmd_task(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from losslandscape.run.slurm import EXIT_MISSING, merge
+    from losslandscape.run.slurm import merge
     from losslandscape.run.status import missing_points
 
     merge(args.surface, force=args.force)
@@ -225,8 +223,8 @@ class Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(choice.group(1), self._verbs(), n=1, cutoff=0.5)
             message = (f"unknown verb {choice.group(1)!r}" + (f"; did you mean {close[0]}?" if close else "")
                        + f" (verbs: {', '.join(self._verbs())})")
-        print(f"losslandscape: error: {' '.join(message.split())}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        print_error(" ".join(message.split()))
+        sys.exit(EXIT_ERROR)  # a command-line mistake is a user error like any other
 
     def _verb_parsers(self) -> dict[str, argparse.ArgumentParser]:
         for action in self._actions:
@@ -301,40 +299,25 @@ def _add_from_original_verb(sub) -> None:
     p.set_defaults(func=cmd_from_original, verb_parser=p)
 
 
-SURFACE_TABLES = ("model", "data", "directions", "grid", "evaluation", "output")
-
-
 def _add_spec_verbs(sub) -> None:
     """`models`, then the verbs that run one spec: train, surface, directions, trajectory."""
     p = sub.add_parser("models", help="list the model zoo with parameter counts",
                        description="List the model zoo with parameter counts.")
     p.set_defaults(func=cmd_models)
-    _add_spec_verb(sub, "train", "train a model and write checkpoints", cmd_train,
-                   ("model", "data", "evaluation", "train"))
+    _add_spec_verb(sub, "train", "train a model and write checkpoints", cmd_train, specs.TRAIN_TABLES)
     _add_spec_verb(sub, "surface", "compute (or resume) a loss surface; under mpirun -n N: distributed",
-                   cmd_surface, SURFACE_TABLES)
+                   cmd_surface, specs.SURFACE_TABLES)
     _add_spec_verb(sub, "directions", "only create the surface file and store its directions", cmd_directions,
-                   SURFACE_TABLES)
+                   specs.SURFACE_TABLES)
     _add_spec_verb(sub, "trajectory", "PCA directions of a training run's checkpoints, the run's path on their "
                    "plane, and the surface around the final model (directions.kind = \"pca\"); under mpirun -n N: "
-                   "distributed", cmd_trajectory, SURFACE_TABLES)
+                   "distributed", cmd_trajectory, specs.SURFACE_TABLES)
 
 
 def _add_submit_verb(sub) -> None:
     p = _add_spec_verb(sub, "submit", "submit a SLURM array of K tasks plus a dependent merge job", cmd_submit,
-                       SURFACE_TABLES)
-    g = p.add_argument_group("SLURM")
-    g.add_argument("--tasks", type=int, required=True, metavar="K", help="array tasks")
-    g.add_argument("--ranks-per-task", type=int, default=2, metavar="R",
-                   help="MPI ranks per task: 1 coordinator + R-1 workers (default 2; 1 = one process)")
-    g.add_argument("--gpus-per-task", type=int, default=0, metavar="G", help="0 or 1 GPU per worker rank; a task asks for G x (R-1) GPUs, none for the coordinator (default 0)")
-    g.add_argument("--launcher", choices=("mpirun", "srun"), default="mpirun", help="how a task starts its ranks")
-    g.add_argument("--partition", default="", help="sbatch --partition")
-    g.add_argument("--time", default="", help="sbatch --time of each array task, e.g. 2:00:00")
-    g.add_argument("--account", default="", help="sbatch --account")
-    g.add_argument("--sbatch-arg", action="append", metavar="ARG",
-                   help="any other sbatch option, e.g. --sbatch-arg=--qos=low (repeatable)")
-    g.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+                       specs.SURFACE_TABLES)
+    specs.add_option_arguments(p, specs.Submit, "SLURM")
 
 
 def _add_file_verbs(sub) -> None:
@@ -376,20 +359,8 @@ def _add_hessian_verb(sub) -> None:
                        "trained model, the top-k eigenvalues, the smallest, a Hutchinson trace estimate and the "
                        "spectral density, stored in the file's hessian_centre group.")
     p.add_argument("surface", type=Path, help="an existing 2-D surface file")
-    p.add_argument("--split", choices=("train", "test"), default="train", help="the data split (default train)")
-    p.add_argument("--samples", type=int, default=0, metavar="N",
-                   help="a fixed, seeded subset of N samples; 0 = all (default)")
-    p.add_argument("--params", choices=("all", "weights"), default="all",
-                   help="all trainable parameters (default), or weights: tensors of more than one dimension")
-    p.add_argument("--tol", type=float, default=1e-3, help="Lanczos tolerance (default 1e-3)")
-    p.add_argument("--device", default=None, help="override evaluation.device (auto, cpu, cuda, cuda:N)")
-    p.add_argument("--centre", action="store_true", help="the spectrum at the centre instead of the maps")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="with --centre: how many top eigenvalues")
+    specs.add_option_arguments(p, specs.Hessian, "hessian options (the keywords of ll.compute_hessian)")
     p.add_argument("--json", action="store_true", help="with --centre: one JSON object on stdout")
-    p.add_argument("--trust-file", action="store_true",
-                   help="import the file's model and data factories from every folder it names and honour its "
-                   "model.trust_checkpoint (runs code its maker chose: files you trust only; without it, only the "
-                   "file's own folder and the working directory are looked in)")
     p.set_defaults(func=cmd_hessian)
 
 
@@ -440,10 +411,16 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(join_negative_values(argv, parser))
     setup_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        with errors.named_as_flags(OPTION_FLAGS):  # errors name --top-k, not top_k
+            return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"losslandscape: error: {exc}", file=sys.stderr)
-        return 1
+        print_error(exc)
+        if room.left_open():  # a write failed: a normal exit would close the file and segfault (HDF5 1.10)
+            room.exit_now(EXIT_ERROR)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("losslandscape: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+OPTION_FLAGS = {**specs.flags(specs.Hessian), **specs.flags(specs.Submit)}

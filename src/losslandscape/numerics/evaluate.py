@@ -19,14 +19,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from pathlib import Path
 from collections.abc import Callable
 from typing import Literal
 
 import torch
 
 from losslandscape.inputs.batches import Batch, Stream, to_device
-from losslandscape.errors import UserError
+from losslandscape.errors import UserError, one_line
 from losslandscape.numerics.fold import fold
 from losslandscape.inputs.losses import get_loss
 
@@ -131,13 +130,7 @@ class PointEvaluator:
                             f"(now {self.batch_size})") from None
         except Exception as exc:
             log.debug("evaluation failed on %s", where, exc_info=True)
-            text = " ".join(str(exc).split())[:300]
-            tb = exc.__traceback__
-            while tb is not None and tb.tb_next is not None:
-                tb = tb.tb_next
-            at = f"at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}; " if tb is not None else ""
-            raise UserError(f"evaluation: {where} failed: {type(exc).__name__}: {text} ({at}-v for the traceback)"
-                            ) from None
+            raise UserError(f"evaluation: {where} failed: {one_line(exc)}") from None
 
     def set_directions(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None) -> None:
         """Take the directions ({name: tensor}, read one name at a time) and copy the base point:

@@ -18,14 +18,11 @@ import time
 from pathlib import Path
 
 from losslandscape.frontends import verbs
-from losslandscape.errors import UserError
+from losslandscape.errors import EXIT_INTERRUPTED, EXIT_STOPPED, UserError
 from losslandscape.paper.plan import SCALES, SPEC_DIR, commands
 from losslandscape.paper.steps import add_time, step_times
 
 log = logging.getLogger(__name__)
-
-EXIT_STOPPED = 3  # a verb stopped by a signal, its points kept
-EXIT_INTERRUPTED = 130  # Ctrl-C outside a surface (training, between steps)
 
 
 def work_dir(out: Path, scale: str) -> Path:

@@ -18,21 +18,19 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from losslandscape.run.environment import MPIEnvironment, mpi_environment
-from losslandscape.errors import UserError
+from losslandscape.errors import EXIT_DONE, EXIT_STOPPED, JobFailed, UserError, one_line, print_error
+from losslandscape.surfacefile import room
 from losslandscape.surfacefile.format import open_h5
 from losslandscape.numerics.grid import split_units
 from losslandscape.run.work import SurfaceWork, Work, begin, evaluator_notes
 from losslandscape.run.protocol import POLL_MIN_SECONDS, POLL_SECONDS, TAG_ERROR, TAG_REQUEST, TAG_UNIT, Finished
 
 log = logging.getLogger(__name__)
-
-EXIT_DONE, EXIT_STOPPED = 0, 3
 
 
 class StopFlag:
@@ -167,27 +165,11 @@ DRAIN_SECONDS = 10.0  # how long the coordinator waits for busy workers after an
 RELEASE_SECONDS = 30.0  # how long a failed worker waits for the coordinator before it aborts
 
 
-class JobFailed(Exception):
-    """Raised on every rank when any rank failed: `line` is printed once, by rank 0."""
-
-    def __init__(self, line: str, printer: bool):
-        super().__init__(line)
-        self.line, self.printer = line, printer
-
-
 def describe(exc: BaseException, rank: int) -> str:
     """One line naming the rank and the cause; a bug's traceback goes to the debug log."""
-    if isinstance(exc, UserError):
-        cause = str(exc)
-    else:
+    if not isinstance(exc, UserError):
         log.debug("rank %d failed", rank, exc_info=exc)
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else ""
-        text = " ".join(str(exc).split())[:300]
-        cause = f"{type(exc).__name__}{': ' + text if text else ''} ({where.strip() or 'no traceback'}; -v for the traceback)"
-    return f"rank {rank}: {cause}"
+    return f"rank {rank}: {one_line(exc)}"
 
 
 def _first(errors: list[str | None]) -> str | None:
@@ -232,7 +214,7 @@ def _or_abort(comm, step, *args):
 
 
 def _abort(comm, line: str) -> None:
-    print(f"losslandscape: error: {line}", file=sys.stderr, flush=True)
+    print_error(line)
     comm.Abort(1)
 
 
@@ -249,6 +231,7 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
     """The job's steps over the ranks of `env.comm` (job.py: plan, load, make + create, prepare,
     attach, evaluate); raises JobFailed on every rank when any rank failed."""
     comm, lead = env.comm, env.is_coordinator
+    room.end_job_on_failed_write(comm)  # a refused write leaves its file open: only MPI_Abort ends the job
     from mpi4py import MPI
 
     # where each rank runs: the node-local worker index picks a worker's GPU (environment.device_for)

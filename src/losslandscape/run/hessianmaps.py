@@ -35,7 +35,7 @@ from losslandscape import spec as specs
 from losslandscape.surfacefile import write as surface
 from losslandscape.inputs import userimport
 from losslandscape.inputs.batches import Stream
-from losslandscape.errors import UserError
+from losslandscape.errors import UserError, option, option_value
 from losslandscape.numerics.evaluate import PointEvaluator
 from losslandscape.numerics.grid import GridAxes, coarse_to_fine
 from losslandscape.numerics.hessian import (HessianOperator, extreme_eigenvalues, hessian_params, hutchinson_trace, spectral_density,
@@ -51,19 +51,7 @@ CENTRE = ff.HESSIAN_CENTRE
 CENTRE_ROOM = 256 << 10  # bytes reserved before the maps or the centre's spectrum are added to the file
 
 
-@dataclass(frozen=True)
-class Settings:
-    split: str = "train"
-    samples: int = 0  # 0 = every sample of the split (or of the surface's own subset)
-    params: str = "all"  # all | weights (tensors of more than one dimension, as the original code)
-    tol: float = 1e-3
-
-    def check(self) -> None:
-        if self.params not in ("all", "weights"):
-            raise UserError(f"--params: {self.params!r} is not valid; expected all or weights")
-
-    def attrs(self) -> dict:
-        return dict(zip(ff.HESSIAN_ATTRS, (self.split, self.samples, self.params, self.tol)))
+Settings = specs.Hessian  # the verb's options: one dataclass in spec.py, for both front ends
 
 
 @dataclass
@@ -94,8 +82,8 @@ def _read(path: Path, settings: Settings, device: str | None, trust_file: bool) 
     spec.data.splits = [settings.split]
     if settings.samples:
         if spec.data.max_samples and settings.samples > spec.data.max_samples:
-            raise UserError(f"--samples: {settings.samples} is more than the {spec.data.max_samples} samples "
-                            f"the surface was computed on")
+            raise UserError(f"{option('samples')}: {settings.samples} is more than the {spec.data.max_samples} "
+                            f"samples the surface was computed on")
         spec.data.max_samples = settings.samples
     if device:
         spec.evaluation.device = device
@@ -131,9 +119,10 @@ class HessianWork:
             have = self._read.stored[key]
             have = have.item() if isinstance(have, np.generic) else have
             if have != want and computed:
-                option = "--" + key.removeprefix("hessian_")
-                raise UserError(f"{option}: the eigenvalue maps of {self.path} were computed with {have!r}, not "
-                                f"{want!r}; resume with {option} {have} or compute them into a copy of the surface")
+                name = key.removeprefix("hessian_")
+                raise UserError(f"{option(name)}: the eigenvalue maps of {self.path} were computed with {have!r}, "
+                                f"not {want!r}; resume with {option_value(name, have)} or compute them into a copy "
+                                "of the surface")
         return None
 
     def make(self, plan: Settings) -> Settings:
@@ -166,7 +155,8 @@ class HessianWork:
         source = datasets.load_source(full, s.split)
         available = None if isinstance(source, Stream) else len(source[1])
         if available is not None and s.samples > available:
-            raise UserError(f"--samples: {s.samples} is more than the {available} samples of the {s.split} split")
+            raise UserError(f"{option('samples')}: {s.samples} is more than the {available} samples of the "
+                            f"{s.split} split")
         evaluator = start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
         moved_params(evaluator, s.params)  # a choice that leaves nothing fails here, before any point
         return evaluator
@@ -209,8 +199,8 @@ def moved_params(evaluator: PointEvaluator, which: str) -> dict:
     moved = set(evaluator.names)
     params = {name: p for name, p in hessian_params(evaluator.model, which).items() if name in moved}
     if not params:
-        raise UserError(f"--params: {which!r} leaves no parameter of the {len(moved)} tensors the surface moves "
-                        "(directions.include / exclude / trainable_only of its spec)")
+        raise UserError(f"{option('params')}: {which!r} leaves no parameter of the {len(moved)} tensors the surface "
+                        "moves (directions.include / exclude / trainable_only of its spec)")
     return params
 
 

@@ -19,7 +19,6 @@ import string
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from losslandscape.surfacefile import lock as writelock
 from losslandscape.run.distributed import resolve_unit_size, run
 from losslandscape.run.environment import SlurmEnvironment
 from losslandscape.errors import UserError
+from losslandscape.spec import Submit
 from losslandscape.surfacefile.format import SUBMISSION, read_submission, shard_dir, shard_files
 from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine
 from losslandscape.run.work import SurfaceWork, prepare
@@ -40,32 +40,7 @@ from losslandscape.run.status import queued
 
 log = logging.getLogger(__name__)
 
-EXIT_MISSING = 4
 TEMPLATES = Path(__file__).resolve().parents[3] / "slurm"
-
-
-@dataclass
-class SubmitOptions:
-    tasks: int
-    ranks_per_task: int = 2
-    gpus_per_task: int = 0
-    launcher: str = "mpirun"
-    partition: str = ""
-    time: str = ""
-    account: str = ""
-    sbatch_args: list[str] = field(default_factory=list)
-    dry_run: bool = False
-
-    def check(self) -> None:
-        if self.tasks < 1:
-            raise UserError(f"--tasks: {self.tasks} is not valid; expected an integer >= 1")
-        if self.ranks_per_task < 1:
-            raise UserError(f"--ranks-per-task: {self.ranks_per_task} is not valid; expected an integer >= 1")
-        if self.gpus_per_task not in (0, 1):
-            raise UserError(f"--gpus-per-task: {self.gpus_per_task} is not valid; expected 0 or 1 "
-                            "(a worker evaluates on one GPU: use more ranks for more GPUs)")
-        if self.launcher not in ("mpirun", "srun"):
-            raise UserError(f"--launcher: {self.launcher!r} is not valid; expected mpirun or srun")
 
 
 def _template(name: str) -> string.Template:
@@ -75,7 +50,7 @@ def _template(name: str) -> string.Template:
     return string.Template(path.read_text())
 
 
-def _optional_lines(opts: SubmitOptions, gpus: bool = True) -> str:
+def _optional_lines(opts: Submit, gpus: bool = True) -> str:
     lines = []
     if gpus and opts.gpus_per_task:
         # GPUs for the workers only: rank 0 coordinates and never touches a GPU. Every rank of
@@ -89,7 +64,7 @@ def _optional_lines(opts: SubmitOptions, gpus: bool = True) -> str:
     return "\n".join(lines)
 
 
-def launch_command(opts: SubmitOptions, as_root: bool) -> str:
+def launch_command(opts: Submit, as_root: bool) -> str:
     if opts.launcher == "srun":
         # Open MPI speaks PMIx to srun; Debian's Open MPI has no PMI2 support
         return "srun --mpi=pmix"
@@ -97,7 +72,7 @@ def launch_command(opts: SubmitOptions, as_root: bool) -> str:
     return f"mpirun{root} -n ${{SLURM_NTASKS}}"
 
 
-def render_scripts(surface_path: Path, opts: SubmitOptions, array_job_id: str = "ARRAY_JOB_ID",
+def render_scripts(surface_path: Path, opts: Submit, array_job_id: str = "ARRAY_JOB_ID",
                    python: str | None = None, workdir: Path | None = None,
                    as_root: bool | None = None) -> tuple[str, str]:
     """The array and merge sbatch scripts for a surface (pure: tested against a recorded file)."""
@@ -111,7 +86,7 @@ def render_scripts(surface_path: Path, opts: SubmitOptions, array_job_id: str = 
     array = _template("array.sbatch.in").substitute(
         common, last_task=opts.tasks - 1, ranks=opts.ranks_per_task, optional=_optional_lines(opts),
         launch=launch_command(opts, as_root))
-    merge_opts = SubmitOptions(1, partition=opts.partition, time="", account=opts.account)
+    merge_opts = Submit(1, partition=opts.partition, time="", account=opts.account)
     merge = _template("merge.sbatch.in").substitute(
         common, optional="\n".join(filter(None, [f"#SBATCH --dependency=afterany:{array_job_id}",
                                                   _optional_lines(merge_opts, gpus=False)])))
@@ -128,7 +103,7 @@ def _sbatch(script: Path, env: dict | None = None) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
-def submit(spec, opts: SubmitOptions) -> dict:
+def submit(spec, opts: Submit) -> dict:
     """Create the surface and its directions, share out the pending points, sbatch the
     array and the merge job. Returns what was submitted (also in <shards>/submission.json)."""
     opts.check()
@@ -199,7 +174,7 @@ def run_values(spec) -> tuple[str, ...]:
     return tuple(load_evaluator(spec, torch.device("cpu")).values)
 
 
-def _dry_run(path: Path, opts: SubmitOptions, pending: np.ndarray, spec) -> dict:
+def _dry_run(path: Path, opts: Submit, pending: np.ndarray, spec) -> dict:
     tasks = min(opts.tasks, len(pending))
     opts.tasks = max(tasks, 1)
     shares = assign_tasks(pending, opts.tasks, resolve_unit_size(spec.evaluation.unit_size))

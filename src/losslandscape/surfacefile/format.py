@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from losslandscape.surfacefile.room import check_room, failed_write, write_failed
+from losslandscape.surfacefile.room import check_room, failed_write, h5file, write_failed
 from losslandscape.errors import UserError, readable_file
 
 FORMAT = "losslandscape-surface"
@@ -122,8 +122,6 @@ def open_h5(path: str | Path, mode: str, comm=None, field: str = "output.surface
     through the mpio driver when a communicator is given (collective: every rank calls it).
     A missing, foreign or damaged file is one UserError naming `field` (the option that gave
     the path: output.surface, shard, or the verb's SURFACE argument)."""
-    import h5py
-
     kwargs: dict[str, Any] = {"locking": False}
     if comm is not None:
         kwargs.update(driver="mpio", comm=comm)
@@ -134,7 +132,7 @@ def open_h5(path: str | Path, mode: str, comm=None, field: str = "output.surface
     elif Path(path).is_dir():
         raise UserError(f"{field}: {str(path)!r} is a folder; expected a surface file (HDF5)")
     try:
-        return h5py.File(path, mode, **kwargs)
+        return h5file(path, mode, **kwargs)  # left open after a write that failed (room.py)
     except OSError as exc:
         raise UserError(f"{field}: {path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
 
@@ -249,10 +247,8 @@ def check_new_file(new) -> None:
 def _new_file(tmp: Path, comm, converting: Path | None):
     if converting is None:
         return open_h5(tmp, "w", comm)
-    import h5py
-
     try:
-        return h5py.File(tmp, "w", locking=False, driver=_unbuffered_driver())
+        return h5file(tmp, "w", locking=False, driver=_unbuffered_driver())
     except OSError as exc:
         raise UserError(f"output.surface: cannot write {tmp} to convert {converting} "
                         f"({str(exc).splitlines()[0]})") from None

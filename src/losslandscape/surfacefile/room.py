@@ -9,28 +9,32 @@ new metadata leaves a file that no longer opens. So nothing is written where it 
 probe file beside it, freed at once: quotas count) before HDF5 writes, and a failure is one
 line naming the path, the cause and the room needed. Writing points needs no room: datasets are
 allocated and filled when the file is made. Where a write fails anyway (a sparse copy of the
-file, a copy-on-write file system), `write_failed` prints one line and ends the process at once
-(MPI_Abort under MPI) without closing the file: the points written before stay, and the same
-command resumes once there is room.
+file, a copy-on-write file system), `write_failed` keeps the file open for good (the
+points written before stay) and raises `WriteFailed`, one line: the Python interface's caller
+lives on, the command line prints the line and ends the process with `exit_now` (no clean-up
+that would close the file), and under MPI the driver's handler ends the job with MPI_Abort.
+The same command resumes once there is room.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from losslandscape.errors import UserError
+from losslandscape.errors import UserError, WriteFailed, print_error
 
-# run before a failed write ends the process (writelock registers the release of its locks)
+# run before `exit_now` ends the process (writelock registers the release of its locks)
 _BEFORE_EXIT: list[Callable[[], None]] = []
 
 
 def before_exit(fn: Callable[[], None]) -> None:
-    """Run `fn` when `write_failed` ends the process (os._exit skips atexit)."""
+    """Run `fn` when `exit_now` ends the process (os._exit skips atexit)."""
     _BEFORE_EXIT.append(fn)
 
 
@@ -125,26 +129,90 @@ def check_room(path: str | Path, nbytes: int, field: str = "output.surface", wha
 
 
 def write_failed(path: str | Path, exc: BaseException, field: str = "output.surface",
-                 remove: list[Path] = ()) -> None:
-    """A write to `path` failed: print one line (the path, the cause, what to do), remove the
-    temporary files in `remove`, and end the process now: under MPI with MPI_Abort (every rank
-    ends within seconds), else os._exit(1). The file is not closed: HDF5 1.10 segfaults closing
-    a file after a failed write. Every point whose done flag was written before stays."""
+                 remove: list[Path] = ()) -> NoReturn:
+    """A write to `path` failed: remove the temporary files in `remove`, keep the file open for
+    good (HDF5 1.10 segfaults closing a file after a failed write; every point whose done flag
+    was written before stays) and raise WriteFailed, one line naming the path, the cause and
+    what to do. Under MPI the driver has installed `end_job_on_failed_write`, which ends the job
+    here instead (one line per node, MPI_Abort): the other ranks may wait in a collective call."""
     path = Path(path)
     for p in remove:
         Path(p).unlink(missing_ok=True)
-    rank, comm = _mpi_rank()
+    _keep_open(path)
     line = write_failure(path, exc, field)
-    if rank is not None:
-        line = f"rank {rank}: {line}"
+    for end in _ON_FAILED_WRITE:
+        end(path, line)
+    raise WriteFailed(line) from None
+
+
+# HDF5 objects of the files a write failed to, never closed (see `write_failed`)
+_LEFT_OPEN: list = []
+_LEFT_OPEN_PATHS: set[str] = set()
+# the MPI driver's: end the job where a write failed (`end_job_on_failed_write`)
+_ON_FAILED_WRITE: list[Callable[[Path, str], None]] = []
+
+
+def _keep_open(path: Path) -> None:
+    """Hold a reference to every open HDF5 object of `path`, so that neither the garbage collector
+    nor HDF5 closes them, and make `File.close` leave the file open."""
+    import h5py
+
+    want = os.path.realpath(path)
+    _LEFT_OPEN_PATHS.add(want)
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        if os.path.realpath(fid.name.decode() if isinstance(fid.name, bytes) else fid.name) == want:
+            _LEFT_OPEN.extend(h5py.h5f.get_obj_ids(fid, types=h5py.h5f.OBJ_ALL))
+
+
+def left_open() -> bool:
+    """Whether a file of this process was left open after a failed write: the command line then
+    ends its process with `exit_now`, skipping the interpreter's clean-up, which could close it."""
+    return bool(_LEFT_OPEN_PATHS)
+
+
+@functools.cache
+def _file_class():
+    import h5py
+
+    class File(h5py.File):
+        """h5py.File whose `close` leaves a file open once a write to it failed (`write_failed`)."""
+
+        def close(self):
+            if self.id.valid and os.path.realpath(self.filename) in _LEFT_OPEN_PATHS:
+                return
+            super().close()
+
+    return File
+
+
+def h5file(*args, **kwargs):
+    """h5py.File(*args, **kwargs), closed unless a write to it failed: every file the tool opens."""
+    return _file_class()(*args, **kwargs)
+
+
+def exit_now(code: int = 1, comm=None) -> NoReturn:
+    """End the process now, without the interpreter's clean-up (which would close a file left
+    open after a failed write): run the `before_exit` functions, flush, and end it, under MPI
+    with MPI_Abort (every rank ends within seconds). Only the command line and the MPI driver
+    call it."""
     for fn in _BEFORE_EXIT:
         fn()
-    if comm is None or _first_on_node(path):
-        print(f"losslandscape: error: {line}", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    sys.stderr.flush()
     if comm is not None:
-        comm.Abort(1)
-    os._exit(1)
+        comm.Abort(code)
+    os._exit(code)
+
+
+def end_job_on_failed_write(comm) -> None:
+    """The MPI driver's: from now on a write that the file system refuses on this rank ends the
+    job at once (MPI_Abort), with one line from the first rank of each node that fails."""
+    def end(path: Path, line: str) -> None:
+        if _first_on_node(path):
+            print_error(f"rank {comm.rank}: {line}")
+        exit_now(1, comm)
+
+    _ON_FAILED_WRITE[:] = [end]
 
 
 def _first_on_node(path: Path) -> bool:
@@ -180,11 +248,3 @@ def write_failure(path: str | Path, exc: BaseException, field: str = "output.sur
     again = "the points written before are kept; run the same command again once there is room" \
         if code in (errno.ENOSPC, errno.EDQUOT) else "run the same command again once it can be written"
     return f"{field}: cannot write {path}: {fs_cause(code, path.parent)}; {again}"
-
-
-def _mpi_rank():
-    """(rank, COMM_WORLD) under an MPI job of more than one process, else (None, None)."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized() or mpi.COMM_WORLD.size == 1:
-        return None, None
-    return mpi.COMM_WORLD.rank, mpi.COMM_WORLD
