@@ -15,7 +15,8 @@ from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
 from losslandscape.surfacefile import format as ff
 from losslandscape.inputs.checkpoints import build_and_load
-from losslandscape.run.environment import describe_device, pick_device, set_threads
+from losslandscape.numerics.devices import describe_device, pick_device, set_threads
+from losslandscape.run.environment import allocated_gpus
 from losslandscape.inputs.batches import Stream
 from losslandscape.numerics.evaluate import PointEvaluator, batch_size_for, use_channels_last
 from losslandscape.run.makedirections import base_model, model_channels
@@ -27,7 +28,7 @@ def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold:
     """This process's device (checked usable), threads, model and data, before the surface
     file is created or touched: a run that cannot start leaves nothing behind."""
     threads = set_threads(spec.evaluation.threads, workers_on_node)
-    device = pick_device(spec.evaluation.device, worker_index)
+    device = pick_device(spec.evaluation.device, worker_index, allocated_gpus())
     evaluator = load_evaluator(spec, device, fold=fold)
     log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
              threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
