@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, write_job
+from helpers import REPO
 from helpers import (CENTRE, PARTIAL_EIG, PCA_PARTIAL, PCA_SPEC, PX, PY, add_hessian, add_paths, eig_maps, paraboloid,
                      pca_loss, render, write_surface)
 

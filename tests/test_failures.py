@@ -187,7 +187,7 @@ def test_a_factory_beside_the_spec_is_found_from_another_directory(reference, tm
 ])
 def test_each_worker_device(requested, index, gpus, expected):
     """The README's device table: what each worker of a node takes."""
-    from losslandscape.run.environment import device_for
+    from losslandscape.numerics.devices import device_for
     from losslandscape.errors import UserError
 
     if expected.startswith(("cpu", "cuda:")):

@@ -49,9 +49,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from losslandscape.numerics.devices import pick_device
     from losslandscape.numerics.train import train
+    from losslandscape.run.environment import allocated_gpus
 
-    paths = train(_spec_from_args(args))
+    spec = _spec_from_args(args)
+    paths = train(spec, pick_device(spec.evaluation.device, allocated=allocated_gpus()))
     log.info("checkpoints in %s", paths[-1].parent)
     return 0
 

@@ -1,5 +1,7 @@
-"""Data as users have it: a split is either whole tensors in memory (the fast path: moved to
-the device once) or a stream of batches read again for every work unit.
+"""Data as users have it, behind one interface: a split is a `Source`, either whole tensors in
+memory (`InMemory`, the fast path: moved to the device once) or a stream of batches read again
+for every work unit (`Stream`). Every stage asks the source (its batches, its first batch, how
+many examples, the source on a device, a small share of it), never which kind it is.
 
 What a data factory (or the Python interface's `data=`) may give, and what becomes of it:
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -102,13 +104,85 @@ def same(a, b) -> bool:
     return a == b
 
 
+class Source(Protocol):
+    """One split of data, as every stage sees it (the evaluator, the Hessian, the loaders)."""
+
+    streamed: bool  # read again at every use (a unit reads it once, for all its points), not held whole
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """Every batch, in order, on the source's device (`batch_size`: of whole tensors; a
+        stream's loader has its own)."""
+
+    def first_batch(self, batch_size: int) -> Batch:
+        """The first batch, on the source's device (a stream's read twice: it must not change)."""
+
+    def first_input(self) -> torch.Tensor | None:
+        """An input tensor of the split (its first), to learn its shape; reads no more than one batch."""
+
+    def examples(self) -> int:
+        """The number of examples (a stream's counted by reading it once)."""
+
+    def placed(self, device: torch.device, channels_last: bool = False) -> "Source":
+        """The same split on `device`, its images channels-last where asked (whole tensors move
+        once, here; a stream's batches as they are read)."""
+
+    def subsample(self, n: int) -> "Source":
+        """About n examples of the split for a quick look (the auto range search), or all of it
+        for n = 0: whole tensors keep n evenly spaced ones (index k * N // n), a stream its
+        first batches up to n examples."""
+
+
+class InMemory(NamedTuple):
+    """One split as whole tensors: inputs (N, ...), targets (N, ...); still the (inputs, targets) pair."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    streamed = False
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        inputs, targets = self
+        for start in range(0, len(targets), batch_size):
+            yield Batch((inputs[start:start + batch_size],), {}, targets[start:start + batch_size])
+
+    def first_batch(self, batch_size: int) -> Batch:
+        return Batch((self.inputs[:batch_size],), {}, self.targets[:batch_size])
+
+    def first_input(self) -> torch.Tensor:
+        return self.inputs
+
+    def examples(self) -> int:
+        return len(self.targets)
+
+    def placed(self, device: torch.device, channels_last: bool = False) -> "InMemory":
+        # channels-last on the host, then one copy to the device
+        inputs = self.inputs.contiguous(memory_format=torch.channels_last) if channels_last else self.inputs
+        return InMemory(inputs.to(device, non_blocking=True), self.targets.to(device, non_blocking=True))
+
+    def subsample(self, n: int) -> "InMemory":
+        if not n or n >= len(self.targets):
+            return self
+        keep = torch.arange(n, dtype=torch.long) * len(self.targets) // n
+        return InMemory(self.inputs[keep], self.targets[keep])
+
+
+def in_memory(inputs: torch.Tensor, targets: torch.Tensor) -> InMemory:
+    """(inputs, targets) given as a pair: as many targets as inputs, at least one (ValueError otherwise)."""
+    if len(inputs) != len(targets) or len(targets) == 0:
+        raise ValueError(f"need as many targets as inputs, at least one: got {len(inputs)} and {len(targets)}")
+    return InMemory(inputs, targets)
+
+
 class Stream:
-    """One split as a re-iterable of batches (never held whole): yields `Batch`es on the CPU."""
+    """One split as a re-iterable of batches (never held whole). Iterating it yields `Batch`es on
+    the CPU; `batches` yields them on its device (`placed`)."""
 
     streamed = True
 
-    def __init__(self, iterable: Iterable, what: str, field: str = "data.name", limit: int = 0):
+    def __init__(self, iterable: Iterable, what: str, field: str = "data.name", limit: int = 0,
+                 device: torch.device | None = None, channels_last: bool = False):
         self.iterable, self.what, self.field, self.limit = iterable, what, field, limit
+        self.device, self.channels_last = device, channels_last
         self._checked: Batch | None = None  # the first batch, once check_repeatable has read it twice
 
     def __iter__(self) -> Iterator[Batch]:
@@ -125,9 +199,32 @@ class Stream:
             if self.limit and seen >= self.limit:
                 return
 
+    def batches(self, batch_size: int = 0) -> Iterator[Batch]:
+        for batch in self:
+            yield batch if self.device is None else to_device(batch, self.device, self.channels_last)
+
+    def first_batch(self, batch_size: int = 0) -> Batch:
+        batch = self.check_repeatable()
+        return batch if self.device is None else to_device(batch, self.device, self.channels_last)
+
+    def first_input(self) -> torch.Tensor | None:
+        return self._checked.first_input if self._checked is not None else self.first().first_input
+
+    def examples(self) -> int:
+        return sum(batch_size(batch) for batch in self)
+
+    def placed(self, device: torch.device, channels_last: bool = False) -> "Stream":
+        stream = Stream(self.iterable, self.what, self.field, self.limit, torch.device(device), channels_last)
+        stream._checked = self._checked  # checked once is enough
+        return stream
+
+    def subsample(self, n: int) -> "Stream":
+        return self.limited(n) if n else self
+
     def limited(self, examples: int) -> "Stream":
         """The same stream, stopping after the batch that reaches `examples` examples."""
-        return Stream(self.iterable, f"the first {examples} examples of {self.what}", self.field, examples)
+        return Stream(self.iterable, f"the first {examples} examples of {self.what}", self.field, examples,
+                      self.device, self.channels_last)
 
     def first(self) -> Batch:
         try:

@@ -1,9 +1,10 @@
 """The built-in data sets and a user's data factory, one split at a time.
 
-A split in memory is (inputs, targets) tensors, read once per process and kept (the
-evaluation moves it to its device once). A factory may instead give a Dataset, a DataLoader or
-a re-iterable of batches: `load_source` then returns a batches.Stream, read once per work unit
-(batches.py says what each form becomes). An image folder (imagefolder.py) is a Dataset too.
+`load_source` gives a split as a batches.Source. In memory: (inputs, targets) tensors
+(batches.InMemory), read once per process and kept (the evaluation moves it to its device
+once). A factory may instead give a Dataset, a DataLoader or a re-iterable of batches: then a
+batches.Stream, read once per work unit (batches.py says what each form becomes). An image
+folder (imagefolder.py) is a Dataset too.
 
 data.transform (cifar10 and imagefolder): "standard" normalises with CIFAR_MEAN / CIFAR_STD
 (cifar10) or the ImageNet statistics (imagefolder); "original" with the original code's
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from losslandscape.inputs.batches import Stream, kept_indices, stream_of
+from losslandscape.inputs.batches import InMemory, Source, kept_indices, stream_of
 from losslandscape.errors import UserError
 from losslandscape.inputs.userimport import import_factory
 
@@ -45,9 +46,6 @@ ORIGINAL_CIFAR_MEAN = tuple(v / 255.0 for v in (125.3, 123.0, 113.9))
 ORIGINAL_CIFAR_STD = tuple(v / 255.0 for v in (63.0, 62.1, 66.7))
 DIGITS_TEST_FRACTION = 0.2
 SYNTHETIC_SIZE = 2000
-
-
-Source = tuple[torch.Tensor, torch.Tensor] | Stream
 
 
 def check(data) -> None:
@@ -80,8 +78,8 @@ def check_classes(spec) -> None:
 
 
 def load_source(data, split: str, batch_size: int = 128, pin: bool = False) -> Source:
-    """One split of the spec's `[data]` table: (inputs, targets) tensors, or a Stream of batches
-    when the factory gives a Dataset, a DataLoader or an iterable, and for an image folder
+    """One split of the spec's `[data]` table: (inputs, targets) tensors (InMemory), or a Stream of
+    batches when the factory gives a Dataset, a DataLoader or an iterable, and for an image folder
     (`batch_size`: a Dataset's loader's)."""
     check(data)
     if data.name == "imagefolder":
@@ -98,14 +96,15 @@ def load_source(data, split: str, batch_size: int = 128, pin: bool = False) -> S
             return stream_of(result, f"{data.name}({split!r})", batch_size_=batch_size, workers=data.workers,
                              pin=pin, max_samples=data.max_samples, seed=data.seed, parts=data.parts,
                              part=data.part)
-    return _load(data.name, data.root, split, data.max_samples, data.seed, data.transform, data.parts, data.part)
+    return InMemory(*_load(data.name, data.root, split, data.max_samples, data.seed, data.transform, data.parts,
+                           data.part))
 
 
-def load_split(data, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(data, split: str) -> InMemory:
     """The inputs and targets of one split of the spec's `[data]` table, as whole tensors (training,
     the Hessian's data): a factory that gives a stream is one line."""
     source = load_source(data, split)
-    if isinstance(source, Stream):
+    if source.streamed:
         raise UserError(f"data.name: {data.name}({split!r}) gives a stream of batches; this step needs the "
                         "split as (inputs, targets) tensors")
     return source
@@ -234,6 +233,5 @@ def input_channels(data) -> int:
         return 1
     if data.name in ("cifar10", "synthetic", "imagefolder"):
         return 3
-    source = load_source(data, data.splits[0])
-    first = source.first().first_input if isinstance(source, Stream) else source[0]
+    first = load_source(data, data.splits[0]).first_input()
     return int(first.shape[1]) if first is not None and first.dim() > 1 else 1

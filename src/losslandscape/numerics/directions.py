@@ -33,7 +33,6 @@ import fnmatch
 import hashlib
 from typing import Literal
 
-import h5py
 import numpy as np
 import torch
 
@@ -190,6 +189,8 @@ def read_direction_file(path: str, weights: dict[str, torch.Tensor], two: bool,
     An original file is matched by position against all of `weights` and then narrowed to
     `only`; ours is read by name, so it needs entries for `only` alone.
     """
+    import h5py  # noqa: PLC0415 (here only: the numerics import no file library; this reader belongs with the file's)
+
     wanted = list(weights) if only is None else list(only)
     readable_file(path, field, "an HDF5 file with directions")
     try:
@@ -227,7 +228,7 @@ def _select(direction: Direction, names: list[str]) -> Direction:
     return {k: direction[k] for k in names}
 
 
-def _read_original_group(g: h5py.Group, path: str, field: str, names: list[str],
+def _read_original_group(g: "h5py.Group", path: str, field: str, names: list[str],
                          all_names: list[str] | None) -> Direction:
     """{name: tensor} for `names` from an original direction group ("0", "1", ... by position)."""
     try:

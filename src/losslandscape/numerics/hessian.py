@@ -44,7 +44,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from losslandscape.inputs.batches import Batch, Stream, to_device
+from losslandscape.inputs.batches import Batch, Source, in_memory
 from losslandscape.numerics.evaluate import batch_size_for
 from losslandscape.inputs.losses import LossFunction, cross_entropy, get_loss
 
@@ -102,28 +102,28 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 class HessianOperator:
     """H v for the Hessian of the mean loss over (inputs, targets) w.r.t. `params`.
 
+    The data: `inputs` and `targets` tensors, or a batches.Source as `inputs` (targets None).
+
     `params`: the live parameters, as {name: Parameter} (names as in
     `model.named_parameters()`), a list of the model's Parameters, or "all" /
     "weights" (see `hessian_params`). Vectors are flat, of length `dim`, in the
     order of `names` (each tensor flattened, C order). The model is put in eval
     mode during each product and its modes restored after; its parameters and
     buffers are read, never changed. The data are moved to the model's device
-    once. `batch_size` (0: `evaluate.batch_size_for`'s default for the device,
+    once (a stream's batch by batch, as it is read). `batch_size` (0: `evaluate.batch_size_for`'s default for the device,
     128 on a CPU, 1024 on a GPU) bounds memory only: the product is the same for
     every batch size. An HVP holds a few times a training step's activations.
     """
 
     def __init__(self, model: torch.nn.Module,
                  params: Mapping[str, torch.nn.Parameter] | Sequence[torch.nn.Parameter] | Literal["all", "weights"],
-                 inputs: "torch.Tensor | Stream", targets: torch.Tensor | None, loss: str = "cross_entropy",
+                 inputs: "torch.Tensor | Source", targets: torch.Tensor | None = None, loss: str = "cross_entropy",
                  batch_size: int = 0,
                  method: Literal["double_backward", "forward_over_reverse"] = "double_backward"):
         self.loss_fn = get_loss(loss, model)
         if method not in ("forward_over_reverse", "double_backward"):
             raise ValueError(f"unknown method {method!r}")
-        self.stream = inputs if isinstance(inputs, Stream) else None
-        if self.stream is None and (len(inputs) != len(targets) or len(targets) == 0):
-            raise ValueError(f"need as many targets as inputs, at least one: got {len(inputs)} and {len(targets)}")
+        data = inputs if targets is None else in_memory(inputs, targets)
         self.model = model
         self.params = self._named(model, params)
         if not self.params:
@@ -137,10 +137,7 @@ class HessianOperator:
         self.dim = sum(self.sizes)
         self.loss = loss
         self.method = method
-        if self.stream is None:
-            self.inputs = inputs.to(self.device)
-            self.targets = targets.to(self.device)
-            self.n = len(self.targets)
+        self.data = data.placed(self.device)
         self.batch_size = batch_size_for(self.device, batch_size)
         self.matvecs = 0  # products computed so far
 
@@ -160,14 +157,6 @@ class HessianOperator:
                 raise ValueError("a parameter given is not one of the model's parameters")
             named[by_id[id(p)]] = p
         return named
-
-    def _batches(self) -> Iterator[Batch]:
-        if self.stream is not None:
-            for batch in self.stream:
-                yield to_device(batch, self.device)
-            return
-        for start in range(0, self.n, self.batch_size):
-            yield Batch((self.inputs[start:start + self.batch_size],), {}, self.targets[start:start + self.batch_size])
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
         """A flat vector as a list of tensors shaped like the parameters (views)."""
@@ -189,7 +178,7 @@ class HessianOperator:
         count: int | torch.Tensor = 0
         product = self._hvp_double if self.method == "double_backward" else self._hvp_func
         with _eval_mode(self.model):
-            for batch in self._batches():
+            for batch in self.data.batches(self.batch_size):
                 hv, k = product(batch, tangents)
                 out += torch.cat([h.reshape(-1) for h in hv])
                 count += k

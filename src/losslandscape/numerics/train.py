@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from losslandscape.inputs import data as datasets
 from losslandscape.inputs.checkpoints import build_and_load
-from losslandscape.run.environment import pick_device
+from losslandscape.numerics.devices import pick_device
 from losslandscape.inputs.losses import cross_entropy
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,13 @@ def learning_rate(cfg, epoch: int, step: int, steps_per_epoch: int) -> float:
     return lr * (step + 1) / warmup if step < warmup else lr
 
 
-def train(spec) -> list[Path]:
-    """Train spec.model on spec.data's train split; returns the checkpoints written."""
+def train(spec, device: torch.device | None = None) -> list[Path]:
+    """Train spec.model on spec.data's train split on `device` (the command line's: picked from
+    evaluation.device and the GPUs the environment gave; None: picked from evaluation.device
+    alone); returns the checkpoints written."""
     cfg = spec.train
     torch.manual_seed(cfg.seed)
-    device = pick_device(spec.evaluation.device)
+    device = pick_device(spec.evaluation.device) if device is None else device
     model = build_and_load(spec.model, datasets.input_channels(spec.data)).to(device)
     x_train, y_train = (t.to(device) for t in datasets.load_split(spec.data, "train"))
     x_test, y_test = (t.to(device) for t in datasets.load_split(spec.data, "test"))

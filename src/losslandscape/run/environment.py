@@ -1,7 +1,8 @@
-"""Where this process runs: devices, threads, MPI ranks and SLURM ids, read in one place.
+"""Where this process runs: the GPUs it was given, MPI ranks and SLURM ids, read in one place.
 
 Nothing else reads `os.environ` or `MPI.COMM_WORLD` (after submitit's
-`JobEnvironment`); numerics receive plain values from here.
+`JobEnvironment`); numerics receive plain values from here (numerics/devices.py picks the
+device from `allocated_gpus()`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,6 @@ import os
 from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
-
-import torch
-
-from losslandscape.errors import UserError
 
 
 # Variables through which a scheduler or a user gives this process GPUs. A GPU given this
@@ -31,86 +28,6 @@ def allocated_gpus(environ: Mapping[str, str] | None = None) -> tuple[str, str] 
             continue
         return key, value
     return None
-
-
-def _cuda_count() -> int:
-    try:
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # a broken driver raises here; counted as no usable GPU
-        return 0
-
-
-def _why_no_cuda() -> str:
-    if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build; the README's GPU section says how to install a CUDA build"
-    try:
-        torch.cuda.init()
-    except Exception as exc:
-        return f"CUDA does not initialise: {' '.join(str(exc).split())[:200]}"
-    return "torch.cuda.is_available() is False"
-
-
-def device_for(requested: str, worker_index: int, gpus: int) -> str:
-    """Which device a worker takes (pure): `requested` from the spec, the worker's place among
-    the node's workers, the GPUs this process sees. Raises UserError where no GPU can serve."""
-    if requested == "cpu" or (requested == "auto" and gpus == 0):
-        return "cpu"
-    if gpus == 0:
-        raise UserError(f"evaluation.device: {requested!r} asked for, but this process has no usable CUDA GPU")
-    if requested in ("auto", "cuda"):
-        return f"cuda:{worker_index % gpus}"
-    index = torch.device(requested).index
-    if index is not None and index >= gpus:
-        raise UserError(f"evaluation.device: {requested!r} asked for, but this process sees {gpus} GPU(s) "
-                        f"(cuda:0..cuda:{gpus - 1})")
-    return requested
-
-
-def pick_device(requested: str = "auto", worker_index: int = 0,
-                environ: Mapping[str, str] | None = None) -> torch.device:
-    """The device one evaluating process uses (see `device_for`), checked usable, with
-    `torch.cuda.set_device` called. `auto` on a process that sees no GPU although the
-    allocation (SLURM, CUDA_VISIBLE_DEVICES) gave it some is an error, not the CPU.
-    """
-    gpus = 0 if requested == "cpu" else _cuda_count()
-    if requested == "auto" and gpus == 0:
-        given = allocated_gpus(environ)
-        if given is not None:
-            raise UserError(f"evaluation.device: this process was given GPUs ({given[0]}={given[1]}) but cannot "
-                            f"use them: {_why_no_cuda()}; set evaluation.device = \"cpu\" to run on CPUs on purpose")
-    try:
-        device = torch.device(device_for(requested, worker_index, gpus))
-    except UserError as exc:
-        raise UserError(f"{exc} ({_why_no_cuda()})" if gpus == 0 else str(exc)) from None
-    if device.type == "cuda":
-        try:
-            torch.cuda.set_device(device)
-            torch.zeros(1, device=device).add_(1).item()
-        except Exception as exc:
-            raise UserError(f"evaluation.device: {device} is not usable "
-                            f"({' '.join(str(exc).split())[:200]})") from None
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
-def cpu_cores() -> int:
-    """Cores this process may use (the affinity mask: what SLURM or taskset gave us)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def set_threads(requested: int, processes_on_node: int = 1) -> int:
-    """Torch CPU threads: `requested`, or an equal share of the cores (at least 1)."""
-    n = requested or max(1, cpu_cores() // max(1, processes_on_node))
-    torch.set_num_threads(n)
-    return n
 
 
 @dataclass(frozen=True)

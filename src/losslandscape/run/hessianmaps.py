@@ -34,7 +34,6 @@ from losslandscape.surfacefile import format as ff
 from losslandscape import spec as specs
 from losslandscape.surfacefile import write as surface
 from losslandscape.inputs import userimport
-from losslandscape.inputs.batches import Stream
 from losslandscape.errors import UserError, option, option_value
 from losslandscape.numerics.evaluate import PointEvaluator
 from losslandscape.numerics.grid import GridAxes, coarse_to_fine
@@ -153,7 +152,7 @@ class HessianWork:
         full = copy.deepcopy(self.spec.data)
         full.max_samples = 0
         source = datasets.load_source(full, s.split)
-        available = None if isinstance(source, Stream) else len(source[1])
+        available = None if source.streamed else source.examples()
         if available is not None and s.samples > available:
             raise UserError(f"{option('samples')}: {s.samples} is more than the {available} samples of the "
                             f"{s.split} split")
@@ -242,9 +241,8 @@ def maps_nbytes(points: int) -> int:
 
 
 def _data(evaluator: PointEvaluator, split: str):
-    """(inputs, targets) of an in-memory split, or (the Stream, None)."""
-    src = evaluator.splits[split]
-    return (src, None) if isinstance(src, Stream) else src
+    """The split's data for a HessianOperator: (its batches.Source, no separate targets)."""
+    return evaluator.splits[split], None
 
 
 def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str | None = None,

@@ -15,8 +15,8 @@ from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
 from losslandscape.surfacefile import format as ff
 from losslandscape.inputs.checkpoints import build_and_load
-from losslandscape.run.environment import describe_device, pick_device, set_threads
-from losslandscape.inputs.batches import Stream
+from losslandscape.numerics.devices import describe_device, pick_device, set_threads
+from losslandscape.run.environment import allocated_gpus
 from losslandscape.numerics.evaluate import PointEvaluator, batch_size_for, use_channels_last
 from losslandscape.run.makedirections import base_model, model_channels
 
@@ -27,7 +27,7 @@ def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold:
     """This process's device (checked usable), threads, model and data, before the surface
     file is created or touched: a run that cannot start leaves nothing behind."""
     threads = set_threads(spec.evaluation.threads, workers_on_node)
-    device = pick_device(spec.evaluation.device, worker_index)
+    device = pick_device(spec.evaluation.device, worker_index, allocated_gpus())
     evaluator = load_evaluator(spec, device, fold=fold)
     log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
              threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
@@ -48,14 +48,11 @@ def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
 
 def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device, fold: bool) -> PointEvaluator:
     """Channels-last where it is faster, the model on `device`, its moved tensors, the evaluator."""
-    first = next(iter(splits.values()))
-    example = first.check_repeatable().first_input if isinstance(first, Stream) else first[0]
+    example = next(iter(splits.values())).first_batch(1).first_input
     channels_last = example is not None and use_channels_last(device, example) and _has_conv(model)
     if channels_last:
         # before the live tensors are collected: .to(memory_format) replaces the weights' storage
         model = model.to(memory_format=torch.channels_last)
-        splits = {k: v if isinstance(v, Stream) else (v[0].contiguous(memory_format=torch.channels_last), v[1])
-                  for k, v in splits.items()}
     model = model.to(device)
     tensors = dirs.moved_tensors(model, spec.directions)
     return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
@@ -94,14 +91,7 @@ def auto_search_evaluator(spec) -> PointEvaluator:
     split = spec.data.splits[0]
     device = torch.device("cpu")
     source = datasets.load_source(spec.data, split, batch_size_for(device, spec.evaluation.batch_size))
-    n = spec.grid.auto_samples
-    if isinstance(source, Stream):
-        source = source.limited(n) if n else source
-    else:
-        inputs, targets = source
-        if n and n < len(targets):
-            keep = torch.arange(n, dtype=torch.long) * len(targets) // n
-            source = inputs[keep], targets[keep]
+    source = source.subsample(spec.grid.auto_samples)
     # the spec's precision, not fp32: configure_precision sets process-wide flags that this process's
     # own evaluator (built before the directions) runs under
     return _evaluator(spec, base_model(spec), {split: source}, device, spec.evaluation.fold_batchnorm)

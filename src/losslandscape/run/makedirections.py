@@ -27,7 +27,6 @@ from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
 from losslandscape.surfacefile import format as ff
 from losslandscape.surfacefile import write as surface
-from losslandscape.inputs.batches import Stream
 from losslandscape.inputs.checkpoints import build_and_load, file_sha256
 from losslandscape.numerics.hessian import HessianOperator, hessian_eigen_directions
 from losslandscape.numerics.trajectory import checkpoint_paths, pca_directions, pca_names, project
@@ -119,9 +118,8 @@ def hessian_directions(spec, model: torch.nn.Module, two: bool, weights: dict[st
     if weights is None:
         weights = dirs.moved_tensors(model, spec.directions)
     source = datasets.load_source(spec.data, spec.data.splits[0], spec.evaluation.batch_size or 128)
-    inputs, targets = (source, None) if isinstance(source, Stream) else source
     params = {name: p for name, p in model.named_parameters() if name in weights}  # dir_type is "weights"
-    op = HessianOperator(model.eval(), params, inputs, targets, spec.evaluation.loss, spec.evaluation.batch_size)
+    op = HessianOperator(model.eval(), params, source, None, spec.evaluation.loss, spec.evaluation.batch_size)
     pairs = hessian_eigen_directions(op, "extremes" if spec.directions.which == "maxmin" else "top2")
     norm = float(torch.sqrt(sum(weights[k].detach().double().pow(2).sum() for k in op.names)))
     scaled = [{k: v * norm for k, v in d.items()} for _, d in pairs]

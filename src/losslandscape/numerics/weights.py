@@ -1,0 +1,93 @@
+"""Moving a model's weights to grid points: theta + a*dx + b*dy, in place on their device.
+
+The moved tensors (`directions.moved_tensors`: live parameters or state entries) are set from
+a copy of their base point and the two directions, never rebuilt or copied from the host per
+point. Weights stored in bf16/fp16 keep a float32 base and float32 directions: a point's
+weights are computed in float32 and rounded once, never `bf16 weight + small step`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class WeightMover:
+    """The moved tensors of one model, their base point and the directions.
+
+    Until `set_directions` the tensors' current values are the base point (nothing is copied
+    yet: less memory while the surface file is made); every other tensor of the model is never
+    written.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.names = list(tensors)
+        self.live = [tensors[k] for k in self.names]
+        self.low = [t.dtype in LOW_PRECISION for t in self.live]
+        self.base: list[torch.Tensor] | None = None
+        self.dx: list[torch.Tensor] | None = None
+        self.dy: list[torch.Tensor] | None = None
+
+    def set_directions(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None) -> None:
+        """Take the directions ({name: tensor}, read one name at a time) and copy the base point:
+        the tensors must be at their base point (they are until the first move)."""
+        with torch.no_grad():
+            if self.base is None:
+                # a float32 base for bf16/fp16 weights: each point is computed in float32, rounded once
+                self.base = [t.detach().float() if low else t.detach().clone() for t, low in zip(self.live, self.low)]
+            # empty_like keeps each tensor's memory format, so the in-place update stays cheap
+            self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(self.names, self.base)]
+            self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(self.names, self.base)] if y is not None else None
+
+    @torch.no_grad()
+    def move_to(self, a: float, b: float = 0.0) -> None:
+        """Set the tensors to base + a*dx + b*dy, in place on the device."""
+        if not any(self.low):
+            torch._foreach_copy_(self.live, self.base)
+            if a != 0.0:
+                torch._foreach_add_(self.live, self.dx, alpha=a)
+            if self.dy is not None and b != 0.0:
+                torch._foreach_add_(self.live, self.dy, alpha=b)
+            return
+        for i, (live, base) in enumerate(zip(self.live, self.base)):
+            w = base.clone() if self.low[i] else live.copy_(base)
+            if a != 0.0:
+                w.add_(self.dx[i], alpha=a)
+            if self.dy is not None and b != 0.0:
+                w.add_(self.dy[i], alpha=b)
+            if self.low[i]:
+                live.copy_(w)  # float32 -> bf16/fp16: one rounding
+
+    @torch.no_grad()
+    def check_resolution(self, steps: dict[str, float], sample: int = 1 << 20) -> None:
+        """Warn when an axis's step between grid points is below the resolution of bf16/fp16
+        weights for most of them (the step would round away), naming a range that resolves.
+        `steps`: {axis: (the grid's smallest spacing, its number of points)}."""
+        for axis, (step, n), d in (("x", steps.get("x", (0, 0)), self.dx), ("y", steps.get("y", (0, 0)), self.dy)):
+            if not step or d is None or not any(self.low):
+                continue
+            needed = []  # per sampled weight: the step that moves it by half its spacing
+            for base, di, low, live in zip(self.base, d, self.low, self.live):
+                if not low:
+                    continue
+                w, v = base.reshape(-1), di.reshape(-1)
+                stride = max(1, w.numel() // sample)
+                w, v = w[::stride].abs().float(), v[::stride].abs().float()
+                keep = v > 0
+                needed.append((0.5 * torch.finfo(live.dtype).eps * w[keep] / v[keep]).cpu())
+            if not needed or not sum(len(t) for t in needed):
+                continue
+            median = float(torch.cat(needed).median())
+            if step < median:
+                scale = 10.0 ** (math.floor(math.log10(median * (n - 1) / 2)) - 2)
+                reach = math.ceil(median * (n - 1) / 2 / scale) * scale  # rounded up to 3 digits: it resolves
+                log.warning("grid.%s: its step %.3g is below the resolution of most %s weights (half of them "
+                            "need a step of at least %.3g): the points would round to the same weights; a "
+                            "range that resolves with %d points: \"-%.3g:%.3g:%d\"", axis, step,
+                            next(t.dtype for t, low in zip(self.live, self.low) if low), median, n, reach, reach, n)
