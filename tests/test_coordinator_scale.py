@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from losslandscape import spec as specs
-from losslandscape.run.distributed import AUTO_MAX_UNIT, AUTO_UNITS_PER_WORKER, AUTO_WAIT_SHARE, Units
+from losslandscape.numerics.schedule import AUTO_MAX_UNIT, AUTO_UNITS_PER_WORKER, AUTO_WAIT_SHARE, Units
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import split_units
 
 from conftest import REPO
-from losslandscape.run.protocol import POLL_SECONDS
+from losslandscape.numerics.schedule import POLL_SECONDS
 
 from test_mpi import launch, mpirun
 
