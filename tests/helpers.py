@@ -351,7 +351,7 @@ def done_count(surface: Path) -> int:
 def in_process(spec_path: Path, run: bool = True):
     """Make (and with `run`, compute or just annotate) a surface in this process: cheap set-up."""
     from losslandscape import spec as specs
-    from losslandscape.run.distributed import run_serial
+    from losslandscape.run.driver import run_serial
     from losslandscape.run.work import SurfaceWork, prepare
 
     from losslandscape.surfacefile import lock as writelock

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from losslandscape import spec as specs
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.run.work import SurfaceWork
 
 pytestmark = pytest.mark.slow

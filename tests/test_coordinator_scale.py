@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from losslandscape import spec as specs
-from losslandscape.run.distributed import Units
+from losslandscape.numerics.schedule import Units
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import split_units
 

@@ -24,7 +24,7 @@ from losslandscape.run import lifecycle
 from losslandscape.surfacefile import write as surface
 from losslandscape.inputs import userimport
 from losslandscape import spec as specs
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.errors import UserError
 from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.spec import Data

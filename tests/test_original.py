@@ -29,7 +29,7 @@ from losslandscape.numerics import directions as dirs
 from losslandscape.surfacefile import original
 from losslandscape import spec as specs
 from losslandscape.surfacefile import write as surface
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.run.work import SurfaceWork
 from losslandscape.errors import UserError
 from losslandscape.inputs.models import build_model

@@ -26,7 +26,7 @@ from losslandscape.frontends import cli
 from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
 from losslandscape.inputs.checkpoints import apply_state_dict, build_and_load, load_state_dict
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.errors import UserError
 from losslandscape.run.work import SurfaceWork
 from losslandscape.inputs.models import ZOO, build_model

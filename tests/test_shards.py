@@ -14,7 +14,7 @@ import pytest
 
 from losslandscape import spec as specs
 from losslandscape.surfacefile import write as surface
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.run.work import SurfaceWork
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import assign_tasks

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from losslandscape import spec as specs
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.run.work import SurfaceWork
 
 from helpers import FLAKY_CLEAN, flaky_job, write_job

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from losslandscape import spec as specs
 from losslandscape.inputs.batches import subset_indices
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.surfacefile.format import shard_dir
 from losslandscape.numerics.grid import assign_tasks
 from losslandscape.run.work import SurfaceWork, prepare

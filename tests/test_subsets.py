@@ -23,7 +23,7 @@ from losslandscape.numerics import directions as dirs
 from losslandscape.surfacefile import format as ff
 from losslandscape import spec as specs
 from losslandscape.inputs.checkpoints import build_and_load, load_state_dict
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.errors import UserError
 from losslandscape.run.hessianmaps import Settings, centre_spectrum
 from losslandscape.run.work import SurfaceWork, prepare

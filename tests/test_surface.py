@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
 from losslandscape import spec as specs
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.run.work import SurfaceWork
 from losslandscape.errors import UserError
 from losslandscape.run.work import prepare

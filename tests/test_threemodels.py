@@ -28,7 +28,7 @@ from losslandscape.surfacefile import format as ff
 from losslandscape.run import lifecycle
 from losslandscape.run import makedirections
 from losslandscape import spec as specs
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.errors import UserError
 from losslandscape.run.work import SurfaceWork, prepare
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.run.work import SurfaceWork
 
 from slurmcluster import TwoNodeSlurm

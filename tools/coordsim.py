@@ -60,17 +60,17 @@ def stand_in(comm, point_seconds: float, poll: float, record: Path) -> None:
 
 def lead(comm, points: int, unit_size, point_seconds: float, poll: float, record: Path, started: float) -> dict:
     """Rank 0: the real coordinator over `points` pending points, then the checks and figures."""
-    from types import SimpleNamespace
-
-    from losslandscape.run.distributed import StopFlag, coordinate
+    from losslandscape.numerics.schedule import Units
+    from losslandscape.run.distributed import coordinate
+    from losslandscape.run.driver import Progress, StopFlag
 
     pending = np.arange(points, dtype=np.int64)
-    prep = SimpleNamespace(pending=pending, total=points)
     workers = comm.size - 1
     _wait(comm.Ibarrier(), 0.001)  # every stand-in is up: what follows is the coordinator, not the start-up
     ready = time.perf_counter()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    stopped, error = coordinate(comm, prep, unit_size, None, StopFlag(), "simulated")
+    stopped, error = coordinate(comm, Units(pending, unit_size, workers), None, StopFlag(),
+                                Progress(points, 0, "simulated"))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     _wait(comm.Ibarrier(), 0.001)  # every record is written
     units, waits = [], []

@@ -27,7 +27,7 @@ import torch
 
 from losslandscape import spec as specs
 from losslandscape.inputs import userimport
-from losslandscape.run.distributed import run_serial
+from losslandscape.run.driver import run_serial
 from losslandscape.errors import UserError
 from losslandscape.run.hessianmaps import HessianWork, centre_spectrum
 from losslandscape.run.work import SurfaceWork

@@ -60,41 +60,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_surface(args: argparse.Namespace) -> int:
-    from losslandscape.run.distributed import run
-    from losslandscape.run.environment import mpi_environment
+    from losslandscape.run.driver import run_job
     from losslandscape.run.work import SurfaceWork
 
-    env = mpi_environment()
-    if env.comm is None:
-        return run(SurfaceWork(_spec_from_args(args)))
-    setup_logging(args.verbose, env.rank)
-    from losslandscape.run.distributed import agree
-
-    return _under_mpi(env, lambda: run(SurfaceWork(agree(env.comm, _spec_from_args, args)), env.comm))
+    return run_job(lambda: SurfaceWork(_spec_from_args(args)), lambda rank: setup_logging(args.verbose, rank))
 
 
 def cmd_trajectory(args: argparse.Namespace) -> int:
     """`surface` for a spec whose directions are the PCA of a training run (kind = "pca")."""
     args.trajectory = True
     return cmd_surface(args)
-
-
-def _under_mpi(env, step) -> int:
-    """Run a verb's work under MPI: a failure that the ranks agreed on is printed once, by
-    rank 0; anything else escaping on one rank may leave the others waiting, so it ends the
-    job with MPI_Abort after its one line."""
-    from losslandscape.run.distributed import JobFailed, describe
-
-    try:
-        return step()
-    except JobFailed as exc:
-        if exc.printer:
-            print_error(exc.line)
-        return EXIT_ERROR
-    except Exception as exc:
-        print_error(describe(exc, env.rank))
-        env.comm.Abort(1)
-        raise
 
 
 def cmd_hessian(args: argparse.Namespace) -> int:
@@ -111,18 +86,10 @@ def cmd_hessian(args: argparse.Namespace) -> int:
         else:
             print(format_centre(result))
         return 0
-    from losslandscape.run.distributed import run
-    from losslandscape.run.environment import mpi_environment
+    from losslandscape.run.driver import run_job
 
-    env = mpi_environment()
-    if env.comm is None:
-        return run(HessianWork(args.surface, settings, device, settings.trust_file))
-    setup_logging(args.verbose, env.rank)
-    from losslandscape.run.distributed import agree
-
-    return _under_mpi(env, lambda: run(agree(env.comm, HessianWork, args.surface, settings, device,
-                                             settings.trust_file),
-                                       env.comm))
+    return run_job(lambda: HessianWork(args.surface, settings, device, settings.trust_file),
+                   lambda rank: setup_logging(args.verbose, rank))
 
 
 def cmd_directions(args: argparse.Namespace) -> int:
@@ -146,16 +113,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    from losslandscape.run.environment import mpi_environment
     from losslandscape.run.slurm import run_task
 
-    env = mpi_environment()
-    if env.comm is None:
-        return run_task(args.shards, args.task)
-    setup_logging(args.verbose, env.rank)
-    from losslandscape.run.distributed import agree
-
-    return _under_mpi(env, lambda: run_task(args.shards, args.task, env.comm, agree=agree))
+    return run_task(args.shards, args.task, lambda rank: setup_logging(args.verbose, rank))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ class MPIEnvironment:
         return self.rank == 0
 
     coordinator_on_node: bool = False  # rank 0 runs on this node
+    node: str = ""  # this node's name (MPI_Get_processor_name)
 
     @property
     def worker_index(self) -> int:
@@ -59,7 +60,8 @@ class MPIEnvironment:
 
 
 def mpi_environment(comm=None) -> MPIEnvironment:
-    """Rank, size and node-local rank from `comm` (default: COMM_WORLD).
+    """Rank, size and node-local rank from `comm` (default: COMM_WORLD), read once per job (by
+    driver.run_job, which passes the result down).
 
     The node-local rank comes from an MPI shared-memory split, so it is right
     under any launcher (mpirun, srun, mpiexec.hydra), not only one that exports it.
@@ -83,7 +85,8 @@ def mpi_environment(comm=None) -> MPIEnvironment:
     finally:
         node.Free()
     parallel = bool(h5py.get_config().mpi) and os.environ.get("LOSSLANDSCAPE_SERIAL_HDF5", "") not in ("1", "true")
-    return MPIEnvironment(comm, comm.rank, comm.size, local_rank, local_size, parallel, has_rank0)
+    return MPIEnvironment(comm, comm.rank, comm.size, local_rank, local_size, parallel, has_rank0,
+                          MPI.Get_processor_name())
 
 
 @dataclass(frozen=True)

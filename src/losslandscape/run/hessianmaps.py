@@ -2,7 +2,7 @@
 (Li et al., Sec. 6 and Fig. 8: the ratio |min/max| shows where a 2-D projection hides
 non-convexity), and the spectrum at the centre.
 
-The maps are a per-point job (job.Work) driven like a surface by distributed.py: one
+The maps are a per-point job (work.Work) driven like a surface by driver.py: one
 process, or a coordinator handing points to MPI workers that write through parallel HDF5;
 resumable, coarse to fine. They are stored in the surface file as `max_eig`, `min_eig`
 (float64, the layout of the losses, NaN where not computed) and `eig_done` (uint8), with
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def _read(path: Path, settings: Settings, device: str | None, trust_file: bool) 
 
 
 class HessianWork:
-    """The steps of the Hessian maps (job.Work): plan and make give the maps' Settings when
+    """The steps of the Hessian maps (work.Work): plan and make give the maps' Settings when
     their datasets are to be (re)created.
 
     Rank 0 opens the file three times on a new run (read here; create; evaluate) and twice on a
@@ -124,7 +125,7 @@ class HessianWork:
                                 "of the surface")
         return None
 
-    def make(self, plan: Settings) -> Settings:
+    def make(self, plan: Settings, centre=None) -> Settings:
         return plan
 
     def collective(self, made: Settings) -> bool:
@@ -183,6 +184,17 @@ class HessianWork:
         op = HessianOperator(evaluator.model, moved_params(evaluator, self.settings.params), inputs, targets,
                              evaluator.loss, evaluator.batch_size)
         return {"eig": extreme_eigenvalues(op, tol=self.settings.tol)}
+
+    def unit_values(self, evaluator: PointEvaluator, points: list[int], coords: list[tuple[float, float]],
+                    done: Done, stop: Callable[[], bool]) -> list[dict[str, Any]] | None:
+        """Streamed data: the unit's points one by one (a point is many passes over the data
+        anyway, and units are single points); None once `stop()` is true."""
+        values = []
+        for p, (a, b) in zip(points, coords):
+            if stop():
+                return None
+            values.append(self.point(evaluator, p, a, b, done))
+        return values
 
     def writer(self, f, flush: bool = True) -> "EigenWriter":
         return EigenWriter(f, flush)

@@ -30,7 +30,6 @@ from losslandscape.surfacefile import lock as writelock
 from losslandscape.numerics.autorange import auto_range
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import AUTO_MARGIN, GridAxes, auto_axis, auto_points, is_auto, parse_axis
-from losslandscape.run.loading import auto_search_evaluator
 from losslandscape.run.makedirections import (base_model, directions_digest, identity_pins_directions, make_directions,
                              run_identity)
 from losslandscape.surfacefile.original import Conversion, make_conversion, plan_conversion
@@ -139,11 +138,13 @@ def _stored_grid(spec, f) -> Grid:
     return grid["x"], grid["y"]
 
 
-def make(p: NewSurface | Conversion, centre=None) -> surface.NewFile:
+def make(p: NewSurface | Conversion, centre=None, search_evaluator=None) -> surface.NewFile:
     """Rank 0, on the CPU: the directions of a new file and its grid ("auto" resolved, recorded
     in the file's spec), or the contents of a converted one. Nothing is written. `centre`: this
     process's model at its base point on the CPU, used for directions that depend on its
-    weights alone (random, interpolate, file) instead of building another copy."""
+    weights alone (random, interpolate, file) instead of building another copy.
+    `search_evaluator(spec)`: the CPU evaluator that an "auto" grid is searched with
+    (loading.auto_search_evaluator; needed only for such a grid)."""
     if isinstance(p, Conversion):
         new = make_conversion(p)
         ff.check_new_file(new)
@@ -151,7 +152,7 @@ def make(p: NewSurface | Conversion, centre=None) -> surface.NewFile:
     spec = p.spec
     reuse = centre is not None and spec.directions.kind in ("random", "interpolate", "file")
     x, y, info = make_directions(spec, centre if reuse else base_model(spec))
-    grid = resolve_new_grid(spec, info, (x, y))
+    grid = resolve_new_grid(spec, info, (x, y), search_evaluator)
     warn_off_grid(grid)
     spec = with_grid(spec, grid)
     new = surface.NewFile(p.path, GridAxes.from_spec(spec.grid), spec, p.ident, x, y, info)
@@ -159,7 +160,7 @@ def make(p: NewSurface | Conversion, centre=None) -> surface.NewFile:
     return new
 
 
-def resolve_new_grid(spec, info: dict, directions: tuple) -> Grid:
+def resolve_new_grid(spec, info: dict, directions: tuple, search_evaluator=None) -> Grid:
     """The grid of a new file: "auto" axes from the paths of a trajectory (`info`, kind "pca"),
     or by how far along the new `directions` (x, y) the loss grows by grid.auto_factor (the
     other kinds; the search is added to `info`). Logged, and recorded in the file with the spec.
@@ -170,7 +171,9 @@ def resolve_new_grid(spec, info: dict, directions: tuple) -> Grid:
     grid = {"x": spec.grid.x, "y": spec.grid.y}
     auto = [(k, v) for k, v in grid.items() if is_auto(v)]
     if auto and spec.directions.kind != "pca":
-        grid.update(search_auto_grid(spec, auto, directions, info))
+        if search_evaluator is None:
+            raise ValueError("an auto grid needs search_evaluator")
+        grid.update(search_auto_grid(search_evaluator(spec), spec, auto, directions, info))
     for axis, text in auto if spec.directions.kind == "pca" else ():
         values = np.concatenate([np.asarray(v) for k, v in info.items() if k.endswith(f"/{axis}")])
         grid[axis] = auto_axis(f"grid.{axis}", text, values)
@@ -179,12 +182,12 @@ def resolve_new_grid(spec, info: dict, directions: tuple) -> Grid:
     return grid["x"], grid["y"]
 
 
-def search_auto_grid(spec, auto: list[tuple[str, str]], directions: tuple, info: dict) -> dict[str, str]:
+def search_auto_grid(evaluator, spec, auto: list[tuple[str, str]], directions: tuple,
+                     info: dict) -> dict[str, str]:
     """Random, Hessian and file directions: each auto axis is -reach..reach, where the loss of the
-    first split has grown by grid.auto_factor on both sides (autorange.py). The search runs in
-    the process that makes the file (rank 0 under MPI), on the CPU; its numbers go into the
-    file's attribute `auto_range` (JSON, by axis). Returns {axis: "lo:hi:n"}."""
-    evaluator = auto_search_evaluator(spec)
+    first split has grown by grid.auto_factor on both sides (autorange.py), as `evaluator` (the
+    process that makes the file: rank 0 under MPI, on the CPU) measures it; its numbers go into
+    the file's attribute `auto_range` (JSON, by axis). Returns {axis: "lo:hi:n"}."""
     evaluator.set_directions(*directions)
     split = spec.data.splits[0]
     found, grid = {}, {}

@@ -1,5 +1,5 @@
 """The messages between the MPI coordinator (rank 0) and its workers, without torch: what
-distributed.py speaks, and what a stand-in worker (coordsim.py) speaks to measure it.
+distributed.py speaks, and what a stand-in worker (tools/coordsim.py) speaks to measure it.
 
 A worker sends a request (tag TAG_REQUEST) carrying its last unit's report (a `Finished`, or
 None on its first request) and receives a unit (tag TAG_UNIT): a 1-D int64 array of flat point
@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 TAG_REQUEST, TAG_UNIT, TAG_ERROR = 11, 12, 13
-POLL_SECONDS = 0.005  # the coordinator's longest sleep between probes when no message is waiting
-POLL_MIN_SECONDS = 0.0002  # its first sleep after a message
 
 
 @dataclass

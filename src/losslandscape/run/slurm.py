@@ -28,12 +28,13 @@ from losslandscape.surfacefile import format as ff
 from losslandscape.surfacefile import write as surface
 from losslandscape.inputs import userimport
 from losslandscape.surfacefile import lock as writelock
-from losslandscape.run.distributed import resolve_unit_size, run
+from losslandscape.run.driver import run_job
 from losslandscape.run.environment import SlurmEnvironment
 from losslandscape.errors import UserError
 from losslandscape.spec import Submit
 from losslandscape.surfacefile.format import SUBMISSION, read_submission, shard_dir, shard_files
 from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine
+from losslandscape.numerics.schedule import resolve_unit_size
 from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.run.lifecycle import with_grid
 from losslandscape.run.status import queued
@@ -202,11 +203,10 @@ def task_spec(shards: Path, task: int | None = None) -> tuple[object, Path]:
     return spec, shard
 
 
-def run_task(shards: Path, task: int | None = None, comm=None, agree=None) -> int:
-    """One array task: compute its shard (under MPI when launched so; `agree` then reads the
-    shard on every rank as one agreed step, so a bad shard is one line, not a hang)."""
-    spec, shard = agree(comm, task_spec, shards, task) if agree is not None else task_spec(shards, task)
-    return run(SurfaceWork(spec, shard), comm)
+def run_task(shards: Path, task: int | None = None, log_rank=None) -> int:
+    """One array task: compute its shard (under MPI when launched so: every rank then reads the
+    shard as one agreed step, so a bad shard is one line, not a hang). `log_rank`: as run_job's."""
+    return run_job(lambda: SurfaceWork(*task_spec(shards, task)), log_rank)
 
 
 def merge(surface_path: Path, force: bool = False) -> int:

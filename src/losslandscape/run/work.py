@@ -1,9 +1,9 @@
-"""A per-point job's steps, typed: the `Work` protocol that the drivers (distributed.py) walk,
+"""A per-point job's steps, typed: the `Work` protocol that the driver (driver.py) walks,
 and the surface's own work (`SurfaceWork`: loss and accuracy at each point of a surface file,
 or of one SLURM shard; trajectories are surfaces whose directions are a PCA). The Hessian
-maps (hessmap.HessianWork) are the other kind of work.
+maps (hessianmaps.HessianWork) are the other kind of work.
 
-One path, in the order it runs:
+The steps, in the order the driver calls them:
 
     plan (rank 0, read-only: new file, conversion, resume, or refused)
     -> load (each evaluating process: device, model, data; before anything is written, so a
@@ -12,7 +12,7 @@ One path, in the order it runs:
        then one process, or every rank together, writes it atomically)
     -> prepare (rank 0: record the run, find the pending points)
     -> attach (each evaluating process reads the stored directions)
-    -> evaluate and write, unit by unit.
+    -> done, then point (or unit_values, for streamed data) and the writer, unit by unit.
 
 `prepare` (the `directions` verb, `submit`) walks the same steps without loading or
 evaluating. The steps themselves live where their concern does: makedirections.py
@@ -22,18 +22,19 @@ evaluating. The steps themselves live where their concern does: makedirections.p
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import torch
 
 from losslandscape.run import lifecycle
 from losslandscape.numerics.evaluate import PointEvaluator
-from losslandscape.surfacefile.format import A_VALUES, done_masks
+from losslandscape.surfacefile.format import done_masks
 from losslandscape.run.lifecycle import Prepared  # noqa: F401 (part of this module's interface)
-from losslandscape.run.loading import attach_directions, auto_search_evaluator, endpoint_report, start_evaluator  # noqa: F401
+from losslandscape.run.loading import attach_directions, auto_search_evaluator, endpoint_report, start_evaluator
 from losslandscape.surfacefile.original import Conversion
 from losslandscape.run.protocol import Finished  # noqa: F401 (a unit's report; torch-free, for stand-in workers)
 from losslandscape.surfacefile.write import NewFile, PointWriter
@@ -53,7 +54,8 @@ class Writer(Protocol):
 
 class Work(Protocol[PlanT, MadeT]):
     """The steps of a per-point job. Rank 0 (or the one process) calls plan, make, create,
-    prepare; every evaluating process calls load, attach, done, point and writes."""
+    prepare; every evaluating process calls load, attach, done, point (or unit_values) and
+    writes."""
 
     label: str  # the progress bar's
     unit_size: int  # points handed out at a time
@@ -61,8 +63,10 @@ class Work(Protocol[PlanT, MadeT]):
     def plan(self) -> PlanT | None:
         """Read-only checks; what is to be created (None: nothing)."""
 
-    def make(self, plan: PlanT) -> MadeT:
-        """What `create` writes, computed once (rank 0); writes nothing."""
+    def make(self, plan: PlanT, centre: torch.nn.Module | None = None) -> MadeT:
+        """What `create` writes, computed once (rank 0); writes nothing. `centre`: the one
+        process's own model at its base point, on the CPU (None under MPI or on a GPU), for
+        whatever depends on its weights alone, so that a large model is not built twice."""
 
     def collective(self, made: MadeT) -> bool:
         """Whether every rank creates it together (parallel HDF5), or one process alone."""
@@ -78,7 +82,13 @@ class Work(Protocol[PlanT, MadeT]):
 
     def done(self, f) -> Done: ...
 
-    def point(self, evaluator: PointEvaluator, p: int, a: float, b: float, done: Done) -> dict[str, Any]: ...
+    def point(self, evaluator: PointEvaluator, p: int, a: float, b: float, done: Done) -> dict[str, Any]:
+        """The values of point `p` at (a, b): what it still lacks by `done`."""
+
+    def unit_values(self, evaluator: PointEvaluator, points: list[int], coords: list[tuple[float, float]],
+                    done: Done, stop: Callable[[], bool]) -> list[dict[str, Any]] | None:
+        """The values of a unit's points when the evaluator's data is streamed (read once for the
+        unit); None when `stop()` turned true before the unit was complete (the unit is lost)."""
 
     def writer(self, f, flush: bool = True) -> Writer: ...
 
@@ -96,9 +106,6 @@ class SurfaceWork:
         self.unit_size = spec.evaluation.unit_size
         self.grid: lifecycle.Grid | None = None
         self._shard: Prepared | None = None
-        # one process on the CPU: its evaluator's model (at its base point) makes the directions,
-        # so a large model is not held twice while they are made (distributed.run_serial sets it)
-        self.centre = None
 
     def plan(self) -> lifecycle.NewSurface | Conversion | None:
         if self.shard is not None:  # a damaged or foreign shard fails here, once, before anything loads
@@ -110,8 +117,8 @@ class SurfaceWork:
             return None
         return p
 
-    def make(self, plan: lifecycle.NewSurface | Conversion) -> NewFile:
-        new = lifecycle.make(plan, self.centre)
+    def make(self, plan: lifecycle.NewSurface | Conversion, centre: torch.nn.Module | None = None) -> NewFile:
+        new = lifecycle.make(plan, centre, auto_search_evaluator)
         self.grid = (new.spec.grid.x, new.spec.grid.y)
         return new
 
@@ -146,7 +153,7 @@ class SurfaceWork:
         return evaluator.evaluate(a, b, [s for s in self.splits if not done[s][p]])
 
     def unit_values(self, evaluator: PointEvaluator, points: list[int], coords: list[tuple[float, float]],
-                    done: Done, stop) -> list[dict[str, Any]] | None:
+                    done: Done, stop: Callable[[], bool]) -> list[dict[str, Any]] | None:
         """The values of a unit's points at once (streamed data: one read of it for the unit)."""
         return evaluator.evaluate_unit(coords, [[s for s in self.splits if not done[s][p]] for p in points], stop)
 
@@ -157,30 +164,9 @@ class SurfaceWork:
         log.info("surface complete: %s", path)
 
 
-def evaluator_notes(notes_or_evaluators: list, merged: bool = False) -> Notes:
-    """The attributes that record how the evaluating processes ran: BatchNorm folding (each
-    distinct line) and the values a point has. `merged`: combine the notes of several workers."""
-    if not merged:
-        e = notes_or_evaluators[0]
-        values = getattr(e, "values", None)  # a surface's evaluator; the Hessian maps' has none
-        return {"batchnorm_folding": e.folding, **({A_VALUES: json.dumps(list(values))} if values else {})}
-    folding = sorted({n["batchnorm_folding"] for n in notes_or_evaluators if n})
-    # every worker runs the same model, data and loss: the first one's values stand for all
-    values = next((n[A_VALUES] for n in notes_or_evaluators if n and A_VALUES in n), None)
-    return {"batchnorm_folding": "; ".join(folding), **({A_VALUES: values} if values else {})}
-
-
 def _spacing(coords) -> tuple[float, int]:
     """(the smallest distance between neighbouring points of an axis, its number of points)."""
     return float(np.min(np.abs(np.diff(np.asarray(coords, dtype=np.float64))))), len(coords)
-
-
-def begin(work: Work, plan, notes: Notes) -> Prepared:
-    """One process: make and create what `plan` says (if anything), then prepare."""
-    if plan is not None:
-        work.create(work.make(plan), notes)
-        gc.collect()  # the model and directions `make` built (a large model's are GBs) go now
-    return work.prepare(plan is not None, notes)
 
 
 def prepare(spec, notes: Notes | None = None) -> Prepared:
@@ -188,5 +174,9 @@ def prepare(spec, notes: Notes | None = None) -> Prepared:
     exists with its directions afterwards; returns the points still to compute.
 
     `notes` (e.g. how the evaluation ran) are recorded in the file's attributes."""
-    work = SurfaceWork(spec)
-    return begin(work, work.plan(), notes or {})
+    work, notes = SurfaceWork(spec), notes or {}
+    plan = work.plan()
+    if plan is not None:
+        work.create(work.make(plan), notes)
+        gc.collect()  # the model and directions `make` built (a large model's are GBs) go now
+    return work.prepare(plan is not None, notes)
