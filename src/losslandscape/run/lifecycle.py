@@ -31,9 +31,9 @@ from losslandscape.numerics.autorange import auto_range
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import AUTO_MARGIN, GridAxes, auto_axis, auto_points, is_auto, parse_axis
 from losslandscape.run.loading import auto_search_evaluator
-from losslandscape.run.makedirections import (base_model, directions_digest, identity_pins_directions, make_directions,
-                             run_identity)
-from losslandscape.surfacefile.original import Conversion, make_conversion, plan_conversion
+from losslandscape.run.makedirections import (base_model, directions_digest, identity_pins_directions, make_conversion,
+                                              make_directions, run_identity)
+from losslandscape.surfacefile.original import Conversion, plan_conversion
 
 log = logging.getLogger(__name__)
 

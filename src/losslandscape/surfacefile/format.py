@@ -81,6 +81,13 @@ PATH_DATASETS = ("x", "y", "error", "checkpoints")  # of a trajectory group; its
 PATH_PATTERN, ALSO = "pattern", "also"
 HESSIAN_ATTRS = ("hessian_split", "hessian_samples", "hessian_params", "hessian_tol")
 
+# bytes a grid point takes in the file: float64 values per split (accuracy counted: the larger
+# case), a uint8 done flag per split and the float64 point_seconds; the maps' two float64
+# eigenvalues and a uint8 flag
+POINT_NBYTES = 8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8
+MAPS_POINT_NBYTES = 8 * len(EIG_MAPS) + 1
+CENTRE_ROOM = 256 << 10  # bytes reserved before the maps or the centre's spectrum are added to a file
+
 
 def value_name(split: str, value: str) -> str:
     return f"{split}_{value}"
@@ -115,6 +122,13 @@ def file_values(f: "h5py.File") -> tuple[str, ...]:
 def value_names(values: tuple[str, ...] = VALUES) -> list[str]:
     """The value datasets of a file holding `values`: train_loss, train_acc, test_loss, ..."""
     return [value_name(split, value) for split in SPLITS for value in values]
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of h5py and of the HDF5 library it uses (part of a file's `versions`)."""
+    import h5py
+
+    return {"h5py": h5py.__version__, "hdf5": ".".join(map(str, h5py.version.hdf5_version_tuple))}
 
 
 def open_h5(path: str | Path, mode: str, comm=None, field: str = "output.surface"):
@@ -230,8 +244,7 @@ def new_file_nbytes(new) -> int:
     """About how many bytes a new or converted surface file (surface.NewFile) takes: its datasets
     (accuracy counted: the larger case), plus HDF5's headers and the attributes (measured: under
     1 KiB a dataset; a resnet20 file of 2.11 MiB is estimated 2.4 MiB)."""
-    n = new.axes.size
-    points = n * (8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8)  # values, done flags, point_seconds
+    points = new.axes.size * POINT_NBYTES
     tensors = [t for d in (new.x, new.y or {}) for t in d.values()]
     directions = sum(t.numel() * 4 for t in tensors)  # stored as float32
     axes = 8 * (len(new.axes.x) + (len(new.axes.y) if new.axes.y is not None else 0))
@@ -264,21 +277,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_centre_spectrum(f: "h5py.File", top: list[float], grid: np.ndarray, density: np.ndarray,
-                          attrs: dict[str, Any]) -> None:
-    """(Re)write the `hessian_centre` group: the top eigenvalues, the spectral density on its
-    grid, and `attrs` (None values left out)."""
-    if HESSIAN_CENTRE in f:
-        del f[HESSIAN_CENTRE]
-    g = f.create_group(HESSIAN_CENTRE)
-    g.create_dataset(CENTRE_TOP, data=np.asarray(top, dtype=np.float64))
-    g.create_dataset(CENTRE_GRID, data=grid)
-    g.create_dataset(CENTRE_DENSITY, data=density)
-    for k, v in attrs.items():
-        if v is not None:
-            g.attrs[k] = v
 
 
 def path_entries(k: int | None, x, y, error, checkpoints: list[str], pattern: str) -> dict[str, Any]:
@@ -361,6 +359,11 @@ def is_original(f: "h5py.File") -> bool:
 def done_masks(f: "h5py.File") -> dict[str, np.ndarray]:
     """{split: flat bool array}: points whose values are in the file."""
     return {split: np.asarray(f[done_name(split)]).ravel() == 1 for split in SPLITS}
+
+
+def maps_done(f: "h5py.File") -> np.ndarray:
+    """Flat bool: points whose Hessian maps are in the file (eig_done)."""
+    return np.asarray(f[EIG_DONE]).ravel() == 1
 
 
 def requested_splits(f: "h5py.File") -> list[str]:
