@@ -1,8 +1,11 @@
 """The surface file's format, in one torch-free place: every dataset, group and attribute
 name, the one opener, the one atomic create, the reading of the `spec` attribute, and the
-original loss-landscape code's format. Used by the writer (surface.py), the file's life
-(lifecycle.py), the reader (render/surfacefile.py, the Python interface's open_surface),
-the conversion (original.py), the Hessian maps (hessmap.py), merge and status.
+original loss-landscape code's format. The package around it: write.py (structure, the one
+point writer, shards and merge), read.py (the general reader: render, the Python interface,
+status, the Hessian maps, array tasks), original.py (converting the original code's files),
+lock.py (one writer per file), room.py (disk room and failed writes). No module outside this
+package opens an HDF5 file or names a dataset (tests/test_surfacefile_boundary.py checks it
+and names the few run/ steps not moved behind it yet).
 
 Layout: `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D; `{train,test}_{loss,acc}`
 float64 (ny, nx) or (nx,), NaN where not computed, +inf kept for diverged losses;
@@ -26,7 +29,7 @@ direction file (groups `xdirection`/`ydirection`, datasets "0", "1", ...).
 SLURM array tasks write shard files (`<surface>.shards/task_<k>.h5`, `format =
 "losslandscape-shard"`) with the same value datasets plus `points`, their share.
 
-Disk room and failed writes: `diskspace`.
+Disk room and failed writes: room.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Writing and checking the surface file's contents (HDF5): its structure, the run's identity,
-the points, the shards' values; reading its directions and the spec it was made with.
+"""Writing and checking the surface file's contents (HDF5): its structure, the points (one
+writer, PointWriter, for a surface's values, the Hessian maps, a merge and a conversion), the
+maps' and the centre spectrum's datasets, the shards and their merge.
 
-The names and the layout are fileformat.py's; when a file is opened, created or renamed is
-lifecycle.py's.
+The names and the layout are format.py's; what a run records of itself (its identity, the
+directions' digest, the versions) is computed by the run (run/makedirections.py) and passed
+in as plain values: this module needs neither torch nor the spec.
 
 Every dataset is created once, contiguous and fully allocated, before any
 value is written: after that writing a point changes no HDF5 metadata, so a
