@@ -27,11 +27,10 @@ DATASETS = {ff.X, ff.Y, ff.POINT_SECONDS, ff.EIG_DONE, ff.HESSIAN_CENTRE, ff.DIR
 
 # Not yet behind the package, each named with why (the lead removes an entry once it is):
 PENDING = {
-    # the run's own steps open the surface file and hand it to surfacefile functions (helper B's
-    # modules, restructured in parallel: their opens move behind surfacefile after the merge)
+    # the run's own steps open the surface file and hand it to surfacefile functions (modules
+    # restructured in parallel for issue 28 item 1: their opens move behind surfacefile after)
     "run/distributed.py": {"open"},
-    "run/lifecycle.py": {"open", "dataset"},
-    "run/loading.py": {"open", "dataset"},
+    "run/lifecycle.py": {"open"},
     # reads direction files with h5py itself (helper F moves it: the numerics import no h5py)
     "numerics/directions.py": {"import", "open", "dataset"},
     # asks h5py whether it was built with MPI (no file is opened)

@@ -25,6 +25,7 @@ running job is still writing can be drawn (the original code's users hit
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -464,6 +465,9 @@ class Progress:
     done: dict[str, np.ndarray]  # {split: flat bool}
     seconds: np.ndarray  # flat float64, the wall time of each point (NaN where not computed)
     points: np.ndarray | None = None  # a shard's share (flat indices)
+    x: np.ndarray | None = None  # the grid's axes
+    y: np.ndarray | None = None
+    surface: Path | None = None  # a shard's surface file
     eig_done: np.ndarray | None = None  # flat bool of the Hessian maps; None without maps
     eig_settings: dict[str, Any] = field(default_factory=dict)  # the maps' hessian_* attributes
 
@@ -483,12 +487,38 @@ def read_progress(path: str | Path, shard: bool = False, verb: str = "status") -
             raise UserError(f"{verb}: {path} is not a losslandscape surface file")
         p = Progress(ff.requested_splits(f) if not shard else [], ff.file_values(f), ff.done_masks(f),
                      np.asarray(f[ff.POINT_SECONDS]).ravel())
+        p.x, p.y = ff.axes_arrays(f)
         if shard:
             p.points = np.asarray(f[ff.POINTS])
+            p.surface = Path(f.attrs[ff.A_SURFACE])
         if ff.EIG_DONE in f:
             p.eig_done = ff.maps_done(f)
             p.eig_settings = {k: _plain(f.attrs.get(k)) for k in ff.HESSIAN_ATTRS}
     return p
+
+
+@contextmanager
+def stored_directions(f_or_path):
+    """(x, y or None) stored in a surface file (an open one, or a path, opened for the block):
+    each {name: float32 array}, read when asked for, so that the caller never holds a whole
+    direction besides its own copy."""
+    if isinstance(f_or_path, (str, Path)):
+        with ff.open_h5(f_or_path, "r") as f:
+            with stored_directions(f) as xy:
+                yield xy
+        return
+    g = f_or_path[ff.DIRECTIONS]
+    yield _LazyDirection(g["x"]), (_LazyDirection(g["y"]) if "y" in g else None)
+
+
+class _LazyDirection:
+    """{name: float32 array} over a directions group, each read when asked for."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[name], dtype=np.float32)
 
 
 @dataclass
