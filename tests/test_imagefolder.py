@@ -21,7 +21,7 @@ from PIL import Image
 
 from losslandscape.inputs import data
 from losslandscape.run import lifecycle
-from losslandscape.surfacefile import write as surface
+from losslandscape.run import makedirections
 from losslandscape.inputs import userimport
 from losslandscape import spec as specs
 from losslandscape.run.driver import run_serial
@@ -247,7 +247,7 @@ def test_surface_on_the_folder_equals_the_surface_on_its_tensors(folder, folder_
 def test_identity_records_the_new_fields_only_when_set(folder, tmp_path):
     root, _ = folder
     plain = specs.from_dict({"data": {"name": "digits"}})
-    ident = surface.identity(plain, "sha", "")
+    ident = makedirections.identity(plain, "sha", "")
     assert not {"data.transform", "data.parts", "data.part", "data.image_size"} & set(ident)
     # a file made for the folder (nothing evaluated) resumes with its own spec, and refuses another
     # transform, part or crop size
@@ -315,7 +315,7 @@ def test_a_zoo_model_with_other_classes_than_the_folder_is_refused_by_the_job(fo
 
 def test_an_image_folders_original_transform_is_its_standard_one(folder, tmp_path):
     root, _ = folder
-    same = [surface.identity(specs.from_dict(job(root, tmp_path / "s.h5", transform=t)), "sha", "")
+    same = [makedirections.identity(specs.from_dict(job(root, tmp_path / "s.h5", transform=t)), "sha", "")
             for t in ("standard", "original")]
     assert same[0] == same[1]
 

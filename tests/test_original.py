@@ -30,7 +30,7 @@ from losslandscape.surfacefile import original
 from losslandscape import spec as specs
 from losslandscape.surfacefile import write as surface
 from losslandscape.run.driver import run_serial
-from losslandscape.run.work import SurfaceWork
+from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.errors import UserError
 from losslandscape.inputs.models import build_model
 
@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 SAMPLES = 200
 GRID = ("-0.4:0.4:3", "-0.3:0.3:2")  # nx != ny, so a transposed layout cannot pass
 VALUE_NAMES = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def convert(spec):
+    """An original file converted the way the command line does it (`losslandscape directions`,
+    the first steps of `surface`: plan, make, create under the file's write lock), nothing
+    evaluated. Returns the run's Prepared: `created` where the file was converted."""
+    return prepare(spec)
 
 
 # --- original files, written the way the original code writes them -------------------------
@@ -176,7 +183,7 @@ def test_original_surface_without_its_direction_file_is_refused_untouched(traine
     before = sha(path)
     spec = specs.from_dict(tables(trained["final"], path))  # random directions
     with pytest.raises(UserError) as err:
-        original.adopt_if_original(spec)
+        convert(spec)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("directions.kind: ")
     assert repr(str(weights_case["dir_file"])) in msg and "dir_file" in msg
@@ -190,20 +197,20 @@ def test_original_surface_without_its_direction_file_is_refused_untouched(traine
     write_original_directions(other, fresh_model(trained["final"]), "weights", seed=1)
     spec = specs.from_dict(tables(trained["final"], path, other))
     with pytest.raises(UserError, match=r"^directions.file: .*SHA-256 differs") as err:
-        original.adopt_if_original(spec)
+        convert(spec)
     assert "\n" not in str(err.value) and str(weights_case["dir_file"]) in str(err.value)
     assert sha(path) == before
 
     # directions and values in one file (the original code allowed that): the conversion would replace both
     spec = specs.from_dict(tables(trained["final"], path, path))
     with pytest.raises(UserError, match="^directions.file: .* is the surface file itself"):
-        original.adopt_if_original(spec)
+        convert(spec)
     assert sha(path) == before
 
     # the right directions, another grid
     spec = specs.from_dict(tables(trained["final"], path, weights_case["dir_file"], grid=("-0.4:0.4:5", GRID[1])))
     with pytest.raises(UserError, match="^grid.x: "):
-        original.adopt_if_original(spec)
+        convert(spec)
     assert sha(path) == before
     assert not (tmp_path / ".orig.h5.converting").exists()
 
@@ -228,7 +235,7 @@ def test_an_original_file_is_adopted_with_its_values_and_directions(trained, wei
     path = copy_surface(weights_case, tmp_path)
     spec = specs.from_dict(tables(trained["final"], path, weights_case["dir_file"]))
     with caplog.at_level(logging.INFO, logger="losslandscape"):
-        assert original.adopt_if_original(spec) is True
+        assert convert(spec).created is True
     assert any("adopted" in r.getMessage() and "train 3 and test 2 of 6" in r.getMessage() for r in caplog.records)
     assert_converted(path, weights_case)
     with h5py.File(path, "r") as f:
@@ -237,7 +244,9 @@ def test_an_original_file_is_adopted_with_its_values_and_directions(trained, wei
     for name, d in weights_case["d"]["x"].items():
         assert torch.equal(stored_x[name], d)
     assert not (tmp_path / ".orig.h5.converting").exists()
-    assert original.adopt_if_original(spec) is False  # ours now: left alone
+    converted = sha(path)
+    assert convert(spec).created is False  # ours now: left alone
+    assert sha(path) == converted
 
     # the resumed values against plain forward passes of the moved model:
     # test_points_not_adopted_from_an_original_file_equal_plain_forward_passes
@@ -255,10 +264,10 @@ def test_a_one_d_original_with_a_relative_dir_file(trained, weights_case, tmp_pa
     before = sha(tmp_path / "curve.h5")
     t = tables(trained["final"], tmp_path / "curve.h5", grid=("-0.5:0.5:5", ""))
     with pytest.raises(UserError, match=f'directions.file = "{tmp_path / "dirs.h5"}"'):
-        original.adopt_if_original(specs.from_dict(t))
+        convert(specs.from_dict(t))
     assert sha(tmp_path / "curve.h5") == before
     t["directions"] = {"kind": "file", "file": str(weights_case["dir_file"])}  # same bytes, other place
-    assert original.adopt_if_original(specs.from_dict(t)) is True
+    assert convert(specs.from_dict(t)).created is True
     with h5py.File(tmp_path / "curve.h5", "r") as f:
         assert "ycoordinates" not in f and "y" not in f["directions"]
         np.testing.assert_array_equal(f["train_done"][...], [1, 0, 1, 0, 1])
@@ -291,19 +300,17 @@ def test_a_failed_conversion_leaves_the_original_and_a_retry_converts(trained, w
 
         monkeypatch.setattr(original.os, "replace", fail_replace)
     with pytest.raises(OSError):
-        original.adopt_if_original(spec)
+        convert(spec)
     monkeypatch.undo()
     assert sha(path) == before
     assert not tmp.exists()
 
     tmp.write_bytes(b"the half-written leftover of a killed conversion")
-    assert original.adopt_if_original(spec) is True
+    assert convert(spec).created is True
     assert_converted(path, weights_case)
     assert not tmp.exists()
 
 
-ADOPT = ("import sys; from losslandscape import spec; from losslandscape.surfacefile import original; "
-         "original.adopt_if_original(spec.load(sys.argv[1]))")
 
 
 @pytest.mark.slow  # several seconds: the full suite runs it, `make check` does not
@@ -323,7 +330,8 @@ def test_sigkill_during_conversion_leaves_original_or_converted(trained, weights
             tmp.unlink(missing_ok=True)
         else:
             tmp.write_bytes(b"the half-written leftover of a killed conversion")
-        proc = subprocess.Popen([sys.executable, "-c", ADOPT, str(toml)], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "losslandscape", "directions", str(toml)],
+                                stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while when == "tmp" and not tmp.exists() and proc.poll() is None and time.monotonic() < deadline:
             pass  # poll as fast as we can: the file exists only for milliseconds
@@ -341,7 +349,7 @@ def test_sigkill_during_conversion_leaves_original_or_converted(trained, weights
     # a later attempt converts, over whatever a killed one left behind
     path.write_bytes(before)
     tmp.write_bytes(b"the half-written leftover of a killed conversion")
-    assert original.adopt_if_original(specs.load(toml)) is True
+    assert convert(specs.load(toml)).created is True
     assert_converted(path, weights_case)
     assert not tmp.exists()
 

@@ -14,7 +14,7 @@ directions.include / exclude / trainable_only; all of them by default), the othe
 fixed: the sub-Hessian of the moved set, of its tensors of 2+ dimensions with --params weights.
 
 Writing the maps takes the surface file's write lock (writelock.py), and adding their datasets
-or the centre's spectrum first reserves their room (diskspace.check_room): a full disk is one
+or the centre's spectrum first reserves their room (surface.add_maps, room.check_room): a full disk is one
 line, the surface untouched.
 """
 
@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from losslandscape.inputs import data as datasets
-from losslandscape.surfacefile import room as diskspace
 from losslandscape.surfacefile import format as ff
 from losslandscape import spec as specs
 from losslandscape.surfacefile import write as surface
@@ -40,15 +39,16 @@ from losslandscape.numerics.evaluate import PointEvaluator
 from losslandscape.numerics.grid import GridAxes, coarse_to_fine
 from losslandscape.numerics.hessian import (HessianOperator, extreme_eigenvalues, hessian_params, hutchinson_trace, spectral_density,
                       top_eigenvalues)
-from losslandscape.run.work import Done, Finished, Notes
+from losslandscape.run.work import Done, Notes
 from losslandscape.run.lifecycle import Prepared
 from losslandscape.run.loading import attach_directions, start_evaluator
 from losslandscape.surfacefile import lock as writelock
+from losslandscape.surfacefile.read import read_maps_source
 
 log = logging.getLogger(__name__)
 
 CENTRE = ff.HESSIAN_CENTRE
-CENTRE_ROOM = 256 << 10  # bytes reserved before the maps or the centre's spectrum are added to the file
+CENTRE_ROOM = ff.CENTRE_ROOM
 
 
 Settings = specs.Hessian  # the verb's options: one dataclass in spec.py, for both front ends
@@ -67,18 +67,10 @@ def _read(path: Path, settings: Settings, device: str | None, trust_file: bool) 
     """The spec the surface was made with, narrowed to the Hessian's split and samples (its
     factories findable where the file is the user's own, or `trust_file`: userimport.from_file),
     its axes and the state of its maps."""
-    with ff.open_h5(path, "r") as f:
-        if not ff.is_ours(f):
-            raise UserError(f"hessian: {path} is not a losslandscape surface file (convert an original file first "
-                            "by resuming it with `losslandscape surface`)")
-        if ff.Y not in f:
-            raise UserError(f"hessian: {path} is a 1-D surface; the eigenvalue maps need a 2-D surface (grid.y)")
-        spec = specs.from_dict(ff.read_spec(f))
-        folders = ff.import_dirs(f)
-        axes = GridAxes(*ff.axes_arrays(f))
-        stored = {k: f.attrs.get(k) for k in settings.attrs()}
-        done = np.asarray(f[ff.EIG_DONE]).ravel() == 1 if ff.EIG_DONE in f else None
-    userimport.from_file(path, folders, spec, trust_file)
+    source = read_maps_source(path)
+    spec = specs.from_dict(source.spec)
+    axes, stored, done = GridAxes(source.x, source.y), source.stored, source.done
+    userimport.from_file(path, source.import_dirs, spec, trust_file)
     spec.data.splits = [settings.split]
     if settings.samples:
         if spec.data.max_samples and settings.samples > spec.data.max_samples:
@@ -133,20 +125,8 @@ class HessianWork:
 
     def create(self, settings: Settings, notes: Notes, comm=None) -> None:
         """Add the maps' datasets (structure: collective under MPI), after rank 0 has reserved
-        their room: a full disk is one line, the surface file untouched (diskspace.check_room)."""
-        if comm is None or comm.rank == 0:
-            diskspace.check_room(self.path, maps_nbytes(self._read.axes.size), field="hessian",
-                          what="the eigenvalue maps of")
-        with ff.writing(self.path, "hessian", comm=comm) as f:
-            shape = f[ff.done_name(ff.SPLITS[0])].shape
-            for name in (*ff.EIG_MAPS, ff.EIG_DONE):
-                if name in f:
-                    del f[name]
-            for name in ff.EIG_MAPS:
-                f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=surface.dcpl_early())
-            f.create_dataset(ff.EIG_DONE, shape=shape, dtype="u1", fillvalue=0, dcpl=surface.dcpl_early())
-            for k, v in settings.attrs().items():
-                f.attrs[k] = v
+        their room: a full disk is one line, the surface file untouched (surface.add_maps)."""
+        surface.add_maps(self.path, settings.attrs(), self._read.axes.size, comm)
 
     def load(self, worker_index: int = 0, workers_on_node: int = 1) -> PointEvaluator:
         s = self.settings
@@ -175,7 +155,7 @@ class HessianWork:
         attach_directions(evaluator, f if f is not None else prep.directions_file)
 
     def done(self, f) -> Done:
-        return {"eig": np.asarray(f[ff.EIG_DONE]).ravel() == 1}
+        return {"eig": ff.maps_done(f)}
 
     def point(self, evaluator: PointEvaluator, p: int, a: float, b: float, done: Done) -> dict[str, Any]:
         """(largest, smallest) eigenvalue of the mean-loss Hessian at theta + a*dx + b*dy."""
@@ -196,8 +176,8 @@ class HessianWork:
             values.append(self.point(evaluator, p, a, b, done))
         return values
 
-    def writer(self, f, flush: bool = True) -> "EigenWriter":
-        return EigenWriter(f, flush)
+    def writer(self, f, flush: bool = True) -> surface.PointWriter:
+        return surface.PointWriter(f, flush, maps=True)
 
     def finished(self, path: Path) -> None:
         log.info("hessian maps complete: %s", path)
@@ -213,43 +193,6 @@ def moved_params(evaluator: PointEvaluator, which: str) -> dict:
         raise UserError(f"{option('params')}: {which!r} leaves no parameter of the {len(moved)} tensors the surface "
                         "moves (directions.include / exclude / trainable_only of its spec)")
     return params
-
-
-class EigenWriter:
-    """Writes finished points: the eigenvalues first, then the done flag (see surface.PointWriter)."""
-
-    def __init__(self, f, flush: bool = True):
-        self.f, self.flush = f, flush
-        self.ds = {name: f[name] for name in (*ff.EIG_MAPS, ff.EIG_DONE)}
-        self.shape = self.ds[ff.EIG_DONE].shape
-
-    def write(self, unit: Finished) -> None:
-        """A write the file system refuses ends the process with one line (diskspace.write_failed)."""
-        try:
-            self._write(unit)
-        except Exception as exc:
-            if diskspace.failed_write(exc):
-                diskspace.write_failed(self.f.filename, exc, "hessian")
-            raise
-
-    def _write(self, unit: Finished) -> None:
-        index = [np.unravel_index(int(p), self.shape) for p in unit.points]
-        for idx, res in zip(index, unit.results):
-            for name, value in zip(ff.EIG_MAPS, res["eig"]):
-                self.ds[name][idx] = value
-        if self.flush:
-            self.f.flush()
-        for idx in index:
-            self.ds[ff.EIG_DONE][idx] = 1
-        if self.flush:
-            self.f.flush()
-
-
-def maps_nbytes(points: int) -> int:
-    """About the bytes the maps of a grid of `points` points add to the surface file: two float64
-    maps and a uint8 flag per point, their headers and attributes (the grid's size is known from
-    HessianWork's one read: no extra open of the file)."""
-    return points * 17 + CENTRE_ROOM
 
 
 def _data(evaluator: PointEvaluator, split: str):
@@ -277,10 +220,9 @@ def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str 
               "parameters": op.dim, "top_eigenvalues": top, "min_eigenvalue": smallest,
               "ratio_min_max": abs(smallest / top[0]) if top and top[0] else None,
               "trace": trace, "trace_stderr": stderr, "hutchinson_samples": trace_samples}
-    with writelock.holding(path, "computing the Hessian spectrum", "hessian"), \
-            ff.writing(path, "hessian", room=CENTRE_ROOM + 16 * len(grid)) as f:
-        ff.write_centre_spectrum(f, top, grid, density,
-                                 {k: v for k, v in result.items() if k not in ("top_eigenvalues", "file")})
+    with writelock.holding(path, "computing the Hessian spectrum", "hessian"):
+        surface.write_centre_spectrum(path, top, grid, density,
+                                      {k: v for k, v in result.items() if k not in ("top_eigenvalues", "file")})
     result["density"] = {"grid": grid.tolist(), "density": density.tolist()}
     return result
 

@@ -30,9 +30,10 @@ from losslandscape.surfacefile import lock as writelock
 from losslandscape.numerics.autorange import auto_range
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import AUTO_MARGIN, GridAxes, auto_axis, auto_points, is_auto, parse_axis
-from losslandscape.run.makedirections import (base_model, directions_digest, identity_pins_directions, make_directions,
-                             run_identity)
-from losslandscape.surfacefile.original import Conversion, make_conversion, plan_conversion
+from losslandscape.run.makedirections import (base_model, directions_digest, identity_pins_directions, make_conversion,
+                                              make_directions, run_identity)
+from losslandscape.surfacefile.original import Conversion, plan_conversion
+from losslandscape.surfacefile.read import read_progress
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +260,9 @@ def prepare(path: Path, splits: list[str], created: bool, notes: dict[str, str] 
 def read_shard(shard: Path, splits: list[str], owner: object = None) -> Prepared:
     """The points of a SLURM array task's shard file that are not done yet (one open). The
     task becomes the shard's one writer (writelock.py)."""
-    with ff.open_h5(shard, "r", field="shard") as f:
-        ff.check_shard(f, shard)
-        points = np.asarray(f[ff.POINTS], dtype=np.int64)
-        done = ff.done_masks(f)
-        axes = GridAxes(*ff.axes_arrays(f))
-        main = Path(f.attrs[ff.A_SURFACE])
-        values = ff.file_values(f)
+    s = read_progress(shard, shard=True)
+    points, done, axes, main, values = (np.asarray(s.points, dtype=np.int64), s.done, GridAxes(s.x, s.y),
+                                        s.surface, s.values)
     writelock.acquire(shard, "an array task", field="shard", owner=owner)
     missing = np.zeros(len(points), dtype=bool)
     for split in splits:

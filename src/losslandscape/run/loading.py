@@ -6,14 +6,12 @@ evaluator of the auto range search and the interpolation's report on its end poi
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
-from losslandscape.surfacefile import format as ff
+from losslandscape.surfacefile.read import stored_directions
 from losslandscape.inputs.checkpoints import build_and_load
 from losslandscape.numerics.devices import describe_device, pick_device, set_threads
 from losslandscape.run.environment import allocated_gpus
@@ -66,22 +64,18 @@ def _has_conv(model: torch.nn.Module) -> bool:
 def attach_directions(evaluator: PointEvaluator, f_or_path) -> None:
     """Give the evaluator the directions stored in a surface file (an open one, or a path),
     read tensor by tensor: the host never holds a whole direction besides the evaluator's."""
-    if isinstance(f_or_path, (str, Path)):
-        with ff.open_h5(f_or_path, "r") as f:
-            attach_directions(evaluator, f)
-        return
-    g = f_or_path[ff.DIRECTIONS]
-    evaluator.set_directions(_Lazy(g["x"]), _Lazy(g["y"]) if "y" in g else None)
+    with stored_directions(f_or_path) as (x, y):
+        evaluator.set_directions(_Lazy(x), _Lazy(y) if y is not None else None)
 
 
 class _Lazy:
-    """{name: float32 tensor} over a directions group, each read when asked for."""
+    """{name: float32 tensor} over stored directions, each read when asked for."""
 
-    def __init__(self, group):
-        self.group = group
+    def __init__(self, arrays):
+        self.arrays = arrays
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.group[name], dtype=np.float32))
+        return torch.from_numpy(self.arrays[name])
 
 
 def auto_search_evaluator(spec) -> PointEvaluator:

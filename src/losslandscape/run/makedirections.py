@@ -1,7 +1,8 @@
 """Directions and identity: the model at the centre of a surface, the directions a spec makes
 (random, interpolation: the line to a second model or the plane through three, Hessian
 eigenvectors, the PCA of a trajectory, a direction file; with directions.same_dir, y = x), and
-the identity a resume must match (surface.identity, with the SHA-256 of every file read).
+the identity a resume must match (identity, with the SHA-256 of every file read), and
+what else a new file records of its run (file_attrs: the directions' digest, the versions).
 
 A new file records the size, mtime_ns and SHA-256 of each file hashed (ff.A_FILE_HASHES); a
 resume takes the SHA-256 of a file whose size and mtime_ns are unchanged from that record
@@ -19,14 +20,18 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from losslandscape._version import __version__
 from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
 from losslandscape.surfacefile import format as ff
-from losslandscape.surfacefile import write as surface
+from losslandscape.surfacefile.original import Conversion
+from losslandscape.surfacefile.write import NewFile
+from losslandscape.inputs import userimport
 from losslandscape.inputs.checkpoints import build_and_load, file_sha256
 from losslandscape.numerics.hessian import HessianOperator, hessian_eigen_directions
 from losslandscape.numerics.trajectory import checkpoint_paths, pca_directions, pca_names, project
@@ -64,7 +69,73 @@ def make_directions(spec, model: torch.nn.Module):
     log.info("moving %d tensors, %s parameters (%s)", moved["tensors"], f"{moved['parameters']:,}",
              _filters(moved) or f"every {'parameter' if d.dir_type == 'weights' else 'floating-point state entry'}")
     x, y, info = _directions(spec, model, weights)
-    return x, y, {**info, A_MOVED: json.dumps(moved), ff.A_FILE_HASHES: hash_record(spec)}
+    return x, y, {**info, A_MOVED: json.dumps(moved), ff.A_FILE_HASHES: hash_record(spec), **file_attrs(x, y)}
+
+
+def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sha: str = "") -> dict[str, Any]:
+    """What must be equal for two runs to fill the same surface (JSON-able, by spec key).
+
+    No grid fields: check_grid compares the file's axes themselves, and grid.auto_factor and
+    grid.auto_samples only choose the axes of a new file (a resume with "auto" takes the file's)."""
+    d, m = spec.directions, spec.model
+    ident: dict[str, Any] = {
+        "model.name": m.name,
+        "model.num_classes": m.num_classes,
+        "model.checkpoint (sha256)": checkpoint_sha,
+        "directions.kind": d.kind,
+        "directions.dir_type": d.dir_type,
+        "data.name": spec.data.name,
+        "data.max_samples": spec.data.max_samples,
+        "data.seed": spec.data.seed,
+        "evaluation.loss": spec.evaluation.loss,
+        "evaluation.precision": spec.evaluation.precision,
+    }
+    if d.kind == "random":
+        ident.update({"directions.norm": d.norm, "directions.ignore": d.ignore, "directions.seed": d.seed,
+                      "directions.orthogonal": d.orthogonal})
+    if d.kind == "interpolate":
+        ident["model.checkpoint2 (sha256)"] = checkpoint2_sha
+    if d.kind == "file":
+        ident["directions.file (sha256)"] = directions_file_sha
+    if d.kind == "hessian":
+        ident["directions.which"] = d.which
+    if d.kind == "pca":
+        ident["directions.checkpoints (sha256)"] = directions_file_sha
+    if spec.data.name in ("cifar10", "imagefolder"):
+        ident["data.root"] = str(Path(spec.data.root).resolve())
+    # the data's transform and part only when not at their defaults: older files resume unchanged
+    if spec.data.name == "imagefolder":
+        ident["data.image_size"] = spec.data.image_size
+    # (an image folder's "original" is its "standard": the original code has no ImageNet loader)
+    if spec.data.transform != "standard" and not (spec.data.name == "imagefolder" and spec.data.transform == "original"):
+        ident["data.transform"] = spec.data.transform
+    if spec.data.parts > 1:
+        ident["data.parts"], ident["data.part"] = spec.data.parts, spec.data.part
+    # the moved set, only when narrowed: files made before these fields (all tensors moved) resume unchanged
+    if d.include:
+        ident["directions.include"] = list(d.include)
+    if d.exclude:
+        ident["directions.exclude"] = list(d.exclude)
+    if d.trainable_only:
+        ident["directions.trainable_only"] = True
+    return ident
+
+
+def versions() -> dict[str, str]:
+    """The versions that made a file (its attribute `versions`): with the same losslandscape and
+    torch, random directions come out the same (identity_pins_directions)."""
+    import mpi4py  # noqa: PLC0415 (version only; importing mpi4py does not start MPI)
+
+    return {"losslandscape": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            **ff.library_versions(), "mpi4py": mpi4py.__version__}
+
+
+def file_attrs(x: dirs.Direction, y: dirs.Direction | None) -> dict[str, str]:
+    """What a new file records of its run beside the spec and the identity: the directions'
+    digest (a resume compares it), the versions that made them and the folders the model and
+    data factories were found in."""
+    return {ff.A_DIGEST: dirs.digest(x, y), ff.A_VERSIONS: json.dumps(versions(), sort_keys=True),
+            ff.A_IMPORT_DIRS: json.dumps(userimport.search_dirs())}
 
 
 def _filters(moved: dict) -> str:
@@ -226,7 +297,7 @@ def _files_digest(patterns: list[str], field: str) -> str:
 
 
 def run_identity(spec, known: str | None = None) -> dict:
-    """What a resume must match (surface.identity), with the SHA-256 of every file the run reads.
+    """What a resume must match (identity), with the SHA-256 of every file the run reads.
     `known`: the ff.A_FILE_HASHES record of the surface file being resumed (remember_hashes)."""
     remember_hashes(known)
     m, d = spec.model, spec.directions
@@ -236,7 +307,7 @@ def run_identity(spec, known: str | None = None) -> dict:
     sha_dirs = sha256_once(d.file, "directions.file") if d.kind == "file" else ""
     if d.kind == "pca":
         sha_dirs = _files_digest([d.checkpoints, *d.also], "directions.checkpoints")
-    ident = surface.identity(spec, sha1, sha2, sha_dirs)
+    ident = identity(spec, sha1, sha2, sha_dirs)
     # only when set: files made before these fields resume unchanged
     if d.kind == "interpolate" and m.checkpoint3:
         ident["model.checkpoint3 (sha256)"] = sha256_once(m.checkpoint3, "model.checkpoint3")
@@ -255,11 +326,25 @@ def identity_pins_directions(spec, stored_versions: str | None) -> bool:
         return True
     if not spec.model.checkpoint or ":" in spec.model.name or not stored_versions:
         return False
-    have, now = json.loads(stored_versions), surface.versions()
+    have, now = json.loads(stored_versions), versions()
     return all(have.get(k) == now[k] for k in ("losslandscape", "torch"))
 
 
 def directions_digest(spec) -> str:
     """The digest of the directions this spec makes (rebuilt on the CPU)."""
-    x, y, _ = make_directions(spec, base_model(spec))
-    return dirs.digest(x, y)
+    return make_directions(spec, base_model(spec))[2][ff.A_DIGEST]
+
+
+def make_conversion(c: Conversion) -> NewFile:
+    """The contents of an original file converted (surfacefile/original.py planned it): the
+    directions of the spec's direction file, the run's identity and the original's computed
+    points (the rest NaN, to compute)."""
+    spec = c.spec
+    x, y, info = make_directions(spec, base_model(spec))
+    ident = run_identity(spec)
+    extra = {ff.A_ADOPTED_FROM: f"{c.path.name}, a surface file of the original loss-landscape code (Li et al.)",
+             ff.A_ORIGINAL_DIR_FILE: c.dir_file or "", **info}
+    counts = " and ".join(f"{split} {int(c.done[split].sum())}" for split in ff.SPLITS)
+    line = (f"adopted {c.path}, a surface file of the original loss-landscape code made along "
+            f"{spec.directions.file}: {counts} of {c.axes.size} points done, the rest to compute")
+    return NewFile(c.path, c.axes, spec, ident, x, y, extra, c.values, c.done, line)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from losslandscape import spec as specs
 from losslandscape.inputs import data as datasets
 from losslandscape.surfacefile import format as ff
 from losslandscape.surfacefile import write as surface
@@ -33,6 +34,7 @@ from losslandscape.run.environment import SlurmEnvironment
 from losslandscape.errors import UserError
 from losslandscape.spec import Submit
 from losslandscape.surfacefile.format import SUBMISSION, read_submission, shard_dir, shard_files
+from losslandscape.surfacefile.read import read_shard_spec
 from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine
 from losslandscape.numerics.schedule import resolve_unit_size
 from losslandscape.run.work import SurfaceWork, prepare
@@ -197,10 +199,10 @@ def task_spec(shards: Path, task: int | None = None) -> tuple[object, Path]:
     shard = Path(shards) / f"task_{task}.h5"
     if not shard.is_file():
         raise UserError(f"task: no shard file {shard} (was `losslandscape submit` run for this folder?)")
-    with ff.open_h5(shard, "r", field="shard") as f:
-        ff.check_shard(f, shard)
-        spec = surface.file_spec(f)  # what `submit` was given, overrides included
-    return spec, shard
+    table, folders = read_shard_spec(shard)
+    for folder in folders:  # the model and data factories findable where `submit` found them
+        userimport.remember(folder)
+    return specs.from_dict(table), shard  # what `submit` was given, overrides included
 
 
 def run_task(shards: Path, task: int | None = None, log_rank=None) -> int:
@@ -230,31 +232,7 @@ def _merge(surface_path: Path, force: bool) -> int:
         if busy:
             raise UserError(f"merge: array job {busy[0]} of {surface_path} is still queued or running; its merge "
                             f"job {sub.get('merge_job')} merges when it ends (--force merges what is there now)")
-    with ff.open_h5(surface_path, "r") as surf:
-        if not ff.is_ours(surf):
-            raise UserError(f"merge: {surface_path} is not a losslandscape surface file")
-        todo = []
-        for path in shards:
-            with ff.open_h5(path, "r", field="shard") as shard:
-                ff.check_shard(shard, path)
-                if not surface.shard_belongs(shard, surf):
-                    raise UserError(f"merge: shard {path} belongs to another surface (its identity, "
-                                    f"directions or values (with or without accuracy) differ from "
-                                    f"{surface_path}'s); move it away")
-                new, skipped = surface.shard_new_points(shard, surf)
-                if skipped:
-                    log.warning("shard %s: %d point(s) flagged done without values are left to compute",
-                                path.name, skipped)
-                if any(len(v) for v in new.values()):
-                    todo.append((path, new))
-    copied = 0
-    if todo:
-        with ff.writing(surface_path, "merge") as surf:  # a full disk: one line, the points merged before kept
-            for path, new in todo:
-                with ff.open_h5(path, "r", field="shard") as shard:
-                    n = surface.copy_points(shard, surf, new)
-                log.info("merged %d points from %s", n, path.name)
-                copied += n
+    copied = surface.merge_shards(surface_path, shards)
     log.info("merge: %d new points from %d shard file(s) into %s", copied, len(shards), surface_path)
     return copied
 

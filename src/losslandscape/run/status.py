@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from losslandscape.surfacefile import format as ff
-from losslandscape.errors import UserError
 from losslandscape.surfacefile.format import read_submission, shard_files
+from losslandscape.surfacefile.read import read_progress
 
 # every state of a job that may still start or still be writing (COMPLETING included)
 BUSY_STATES = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_HOLD,RESIZING,SIGNALING,STOPPED"
@@ -48,29 +47,21 @@ def running_tasks(array_job: str) -> int | None:
 
 def missing_points(surface_path: Path) -> dict[str, int]:
     """Points not done, per split that the surface's spec asks for."""
-    with ff.open_h5(surface_path, "r") as f:
-        splits = ff.requested_splits(f)
-        done = ff.done_masks(f)
-    return {s: int((~done[s]).sum()) for s in splits}
+    p = read_progress(surface_path)
+    return {s: int((~p.done[s]).sum()) for s in p.splits}
 
 
 def status(surface_path: Path) -> dict:
     """Progress of a surface and its shards, with an ETA from the recorded point timings."""
     surface_path = Path(surface_path)
-    with ff.open_h5(surface_path, "r") as f:
-        if not ff.is_ours(f):
-            raise UserError(f"status: {surface_path} is not a losslandscape surface file")
-        splits = ff.requested_splits(f)
-        values = ff.file_values(f)
-        done = ff.done_masks(f)
-        total = int(np.prod(f[ff.done_name(ff.SPLITS[0])].shape))
-        seconds = np.asarray(f[ff.POINT_SECONDS]).ravel()
-        hessian = None
-        if ff.EIG_DONE in f:  # the `hessian` verb's maps
-            eig = int(np.asarray(f[ff.EIG_DONE]).sum())
-            hessian = {"done": eig, "pending": total - eig,
-                       **{k.removeprefix("hessian_"): _plain(f.attrs.get(k)) for k in ff.HESSIAN_ATTRS
-                          if k != "hessian_tol"}}
+    progress = read_progress(surface_path)
+    splits, values, done, total, seconds = (progress.splits, progress.values, progress.done, progress.total,
+                                            progress.seconds)
+    hessian = None
+    if progress.eig_done is not None:  # the `hessian` verb's maps
+        eig = int(progress.eig_done.sum())
+        hessian = {"done": eig, "pending": total - eig,
+                   **{k.removeprefix("hessian_"): v for k, v in progress.eig_settings.items() if k != "hessian_tol"}}
     complete = np.logical_and.reduce([done[s] for s in splits])
     report = {"surface": str(surface_path), "points": total, "values": list(values),
               "splits": {s: {"done": int(done[s].sum()), "pending": int((~done[s]).sum())} for s in splits},
@@ -80,11 +71,9 @@ def status(surface_path: Path) -> dict:
     timings = list(seconds[np.isfinite(seconds)])
     in_shards = np.zeros(total, dtype=bool)
     for path in shard_files(surface_path):
-        with ff.open_h5(path, "r", field="shard") as sh:
-            points = np.asarray(sh[ff.POINTS])
-            sd = ff.done_masks(sh)
-            sh_complete = np.logical_and.reduce([sd[s] for s in splits])
-            sec = np.asarray(sh[ff.POINT_SECONDS]).ravel()
+        sh = read_progress(path, shard=True)
+        points, sec = sh.points, sh.seconds
+        sh_complete = np.logical_and.reduce([sh.done[s] for s in splits])
         timings.extend(sec[np.isfinite(sec)])
         unmerged = sh_complete & ~complete
         in_shards |= unmerged
@@ -134,6 +123,3 @@ def format_status(report: dict) -> str:
         lines.append(f"  {report['remaining']} points left; no timings recorded yet")
     return "\n".join(lines)
 
-
-def _plain(v):
-    return v.item() if isinstance(v, np.generic) else v

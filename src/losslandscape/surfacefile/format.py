@@ -1,8 +1,11 @@
 """The surface file's format, in one torch-free place: every dataset, group and attribute
 name, the one opener, the one atomic create, the reading of the `spec` attribute, and the
-original loss-landscape code's format. Used by the writer (surface.py), the file's life
-(lifecycle.py), the reader (render/surfacefile.py, the Python interface's open_surface),
-the conversion (original.py), the Hessian maps (hessmap.py), merge and status.
+original loss-landscape code's format. The package around it: write.py (structure, the one
+point writer, shards and merge), read.py (the general reader: render, the Python interface,
+status, the Hessian maps, array tasks), original.py (converting the original code's files),
+lock.py (one writer per file), room.py (disk room and failed writes). No module outside this
+package opens an HDF5 file or names a dataset (tests/test_surfacefile_boundary.py checks it
+and names the few run/ steps not moved behind it yet).
 
 Layout: `xcoordinates` (nx,), `ycoordinates` (ny,) for 2-D; `{train,test}_{loss,acc}`
 float64 (ny, nx) or (nx,), NaN where not computed, +inf kept for diverged losses;
@@ -26,7 +29,7 @@ direction file (groups `xdirection`/`ydirection`, datasets "0", "1", ...).
 SLURM array tasks write shard files (`<surface>.shards/task_<k>.h5`, `format =
 "losslandscape-shard"`) with the same value datasets plus `points`, their share.
 
-Disk room and failed writes: `diskspace`.
+Disk room and failed writes: room.py.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ PATH_DATASETS = ("x", "y", "error", "checkpoints")  # of a trajectory group; its
 PATH_PATTERN, ALSO = "pattern", "also"
 HESSIAN_ATTRS = ("hessian_split", "hessian_samples", "hessian_params", "hessian_tol")
 
+# bytes a grid point takes in the file: float64 values per split (accuracy counted: the larger
+# case), a uint8 done flag per split and the float64 point_seconds; the maps' two float64
+# eigenvalues and a uint8 flag
+POINT_NBYTES = 8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8
+MAPS_POINT_NBYTES = 8 * len(EIG_MAPS) + 1
+CENTRE_ROOM = 256 << 10  # bytes reserved before the maps or the centre's spectrum are added to a file
+
 
 def value_name(split: str, value: str) -> str:
     return f"{split}_{value}"
@@ -115,6 +125,13 @@ def file_values(f: "h5py.File") -> tuple[str, ...]:
 def value_names(values: tuple[str, ...] = VALUES) -> list[str]:
     """The value datasets of a file holding `values`: train_loss, train_acc, test_loss, ..."""
     return [value_name(split, value) for split in SPLITS for value in values]
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of h5py and of the HDF5 library it uses (part of a file's `versions`)."""
+    import h5py
+
+    return {"h5py": h5py.__version__, "hdf5": ".".join(map(str, h5py.version.hdf5_version_tuple))}
 
 
 def open_h5(path: str | Path, mode: str, comm=None, field: str = "output.surface"):
@@ -228,8 +245,7 @@ def new_file_nbytes(new) -> int:
     """About how many bytes a new or converted surface file (surface.NewFile) takes: its datasets
     (accuracy counted: the larger case), plus HDF5's headers and the attributes (measured: under
     1 KiB a dataset; a resnet20 file of 2.11 MiB is estimated 2.4 MiB)."""
-    n = new.axes.size
-    points = n * (8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8)  # values, done flags, point_seconds
+    points = new.axes.size * POINT_NBYTES
     tensors = [t for d in (new.x, new.y or {}) for t in d.values()]
     directions = sum(t.numel() * 4 for t in tensors)  # stored as float32
     axes = 8 * (len(new.axes.x) + (len(new.axes.y) if new.axes.y is not None else 0))
@@ -260,21 +276,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_centre_spectrum(f: "h5py.File", top: list[float], grid: np.ndarray, density: np.ndarray,
-                          attrs: dict[str, Any]) -> None:
-    """(Re)write the `hessian_centre` group: the top eigenvalues, the spectral density on its
-    grid, and `attrs` (None values left out)."""
-    if HESSIAN_CENTRE in f:
-        del f[HESSIAN_CENTRE]
-    g = f.create_group(HESSIAN_CENTRE)
-    g.create_dataset(CENTRE_TOP, data=np.asarray(top, dtype=np.float64))
-    g.create_dataset(CENTRE_GRID, data=grid)
-    g.create_dataset(CENTRE_DENSITY, data=density)
-    for k, v in attrs.items():
-        if v is not None:
-            g.attrs[k] = v
 
 
 def path_entries(k: int | None, x, y, error, checkpoints: list[str], pattern: str) -> dict[str, Any]:
@@ -357,6 +358,11 @@ def is_original(f: "h5py.File") -> bool:
 def done_masks(f: "h5py.File") -> dict[str, np.ndarray]:
     """{split: flat bool array}: points whose values are in the file."""
     return {split: np.asarray(f[done_name(split)]).ravel() == 1 for split in SPLITS}
+
+
+def maps_done(f: "h5py.File") -> np.ndarray:
+    """Flat bool: points whose Hessian maps are in the file (eig_done)."""
+    return np.asarray(f[EIG_DONE]).ravel() == 1
 
 
 def requested_splits(f: "h5py.File") -> list[str]:

@@ -8,9 +8,10 @@ order as our (ny, nx)), -1 where a point was not computed, and a string dataset
 
 Its values only mean something together with those directions, so a file is adopted only
 when the spec reads its directions from that file (`directions.kind = "file"`). Planning
-(`plan_conversion`) checks that and reads the file, read-only; `make_conversion` builds the
-new file's contents, which are written all or nothing (surface.NewFile.write: built beside
-the original, synced, renamed onto it). A kill at any moment leaves either the untouched
+(`plan_conversion`) checks that and reads the file, read-only; the run makes the new file's
+contents (run/makedirections.make_conversion: the directions and the identity), which are
+written all or nothing (write.NewFile.write: built beside the original, synced, renamed onto
+it) by the path every run takes (run/lifecycle: plan, make, create, under the file's lock). A kill at any moment leaves either the untouched
 original or the converted file.
 """
 
@@ -24,13 +25,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from losslandscape.surfacefile import format as ff
-from losslandscape.surfacefile import write as surface
-from losslandscape.inputs.checkpoints import file_sha256
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import GridAxes
+from losslandscape.surfacefile import format as ff
+from losslandscape.surfacefile import write as surface
 from losslandscape.surfacefile.format import ORIGINAL_MISSING, SPLITS
-from losslandscape.run.makedirections import base_model, make_directions, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +42,7 @@ class Conversion:
     axes: GridAxes
     values: dict[str, np.ndarray]  # {name: flat float64}, -1 where not computed
     dir_file: str | None
-
-
-def adopt_if_original(spec) -> bool:
-    """Convert `spec.output.surface` into our format if it is an original loss-landscape
-    surface file (True); False, touching and checking nothing, for a missing file or one of ours.
-
-    Refuses (UserError, one line, file byte-identical: it is only opened read-only) unless the
-    spec reads its directions from the direction file the surface was made with, and its grid
-    is the file's.
-    """
-    path = Path(spec.output.surface)
-    if not path.exists():
-        return False
-    with ff.open_h5(path, "r") as f:
-        if not ff.is_original(f):
-            return False
-        conversion = plan_conversion(spec, path, f)
-    new = make_conversion(conversion)
-    ff.check_new_file(new)
-    new.write()
-    return True
+    done: dict[str, np.ndarray]  # {split: flat bool}: the points the original computed
 
 
 def plan_conversion(spec, path: Path, f: h5py.File) -> Conversion:
@@ -77,22 +56,8 @@ def plan_conversion(spec, path: Path, f: h5py.File) -> Conversion:
         if v.size != axes.size:
             raise UserError(f"output.surface: {path}: {name} has {v.size} values, the grid {axes.size}")
         values[name] = v.ravel()
-    return Conversion(spec, path, axes, values, original.dir_file)
-
-
-def make_conversion(c: Conversion) -> surface.NewFile:
-    """The converted file's contents: the directions of the spec's direction file and the
-    original's computed points (the rest NaN, to compute)."""
-    spec = c.spec
-    x, y, info = make_directions(spec, base_model(spec))
-    ident = run_identity(spec)
-    done = {split: _done(c.values, split, c.axes.size) for split in SPLITS}
-    extra = {ff.A_ADOPTED_FROM: f"{c.path.name}, a surface file of the original loss-landscape code (Li et al.)",
-             ff.A_ORIGINAL_DIR_FILE: c.dir_file or "", **info}
-    counts = " and ".join(f"{split} {int(done[split].sum())}" for split in SPLITS)
-    line = (f"adopted {c.path}, a surface file of the original loss-landscape code made along "
-            f"{spec.directions.file}: {counts} of {c.axes.size} points done, the rest to compute")
-    return surface.NewFile(c.path, c.axes, spec, ident, x, y, extra, c.values, done, line)
+    done = {split: _done(values, split, axes.size) for split in SPLITS}
+    return Conversion(spec, path, axes, values, original.dir_file, done)
 
 
 def _existing_dir_file(path: Path, dir_file: str) -> Path | None:
@@ -135,6 +100,8 @@ def _check_directions_source(spec, path: Path, dir_file: str | None) -> None:
         return
     if os.path.samefile(found, given):
         return
+    from losslandscape.inputs.checkpoints import file_sha256  # noqa: PLC0415 (it imports torch)
+
     if file_sha256(found, "dir_file") != file_sha256(given, "directions.file"):
         raise UserError(
             f"directions.file: {d.file} is not the direction file {path} was made with: its dir_file "

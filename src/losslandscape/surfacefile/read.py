@@ -25,6 +25,7 @@ running job is still writing can be drawn (the original code's users hit
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -452,3 +453,100 @@ def check_computed(surface: Surface, name: str) -> np.ndarray:
     if np.all(np.isnan(data)):
         raise UserError(f"{surface.path}: nothing is computed yet for {name} (0 of {data.size} points done)")
     return data
+
+
+# --- what the run's steps read (status, the Hessian maps, an array task) ------------------------
+
+@dataclass
+class Progress:
+    """How far a surface or a shard file is: what `status` reads of it, in one open."""
+    splits: list[str]  # the splits any run or submission asked for, in SPLITS order
+    values: tuple[str, ...]  # ("loss", "acc"), or ("loss",)
+    done: dict[str, np.ndarray]  # {split: flat bool}
+    seconds: np.ndarray  # flat float64, the wall time of each point (NaN where not computed)
+    points: np.ndarray | None = None  # a shard's share (flat indices)
+    x: np.ndarray | None = None  # the grid's axes
+    y: np.ndarray | None = None
+    surface: Path | None = None  # a shard's surface file
+    eig_done: np.ndarray | None = None  # flat bool of the Hessian maps; None without maps
+    eig_settings: dict[str, Any] = field(default_factory=dict)  # the maps' hessian_* attributes
+
+    @property
+    def total(self) -> int:
+        return len(self.seconds)
+
+
+def read_progress(path: str | Path, shard: bool = False, verb: str = "status") -> Progress:
+    """The progress of a surface file of ours (UserError naming `verb` for any other file), or
+    with `shard` of a shard file."""
+    path = Path(path)
+    with ff.open_h5(path, "r", field="shard" if shard else "output.surface") as f:
+        if shard:
+            ff.check_shard(f, path)
+        elif not ff.is_ours(f):
+            raise UserError(f"{verb}: {path} is not a losslandscape surface file")
+        p = Progress(ff.requested_splits(f) if not shard else [], ff.file_values(f), ff.done_masks(f),
+                     np.asarray(f[ff.POINT_SECONDS]).ravel())
+        p.x, p.y = ff.axes_arrays(f)
+        if shard:
+            p.points = np.asarray(f[ff.POINTS])
+            p.surface = Path(f.attrs[ff.A_SURFACE])
+        if ff.EIG_DONE in f:
+            p.eig_done = ff.maps_done(f)
+            p.eig_settings = {k: _plain(f.attrs.get(k)) for k in ff.HESSIAN_ATTRS}
+    return p
+
+
+@contextmanager
+def stored_directions(f_or_path):
+    """(x, y or None) stored in a surface file (an open one, or a path, opened for the block):
+    each {name: float32 array}, read when asked for, so that the caller never holds a whole
+    direction besides its own copy."""
+    if isinstance(f_or_path, (str, Path)):
+        with ff.open_h5(f_or_path, "r") as f:
+            with stored_directions(f) as xy:
+                yield xy
+        return
+    g = f_or_path[ff.DIRECTIONS]
+    yield _LazyDirection(g["x"]), (_LazyDirection(g["y"]) if "y" in g else None)
+
+
+class _LazyDirection:
+    """{name: float32 array} over a directions group, each read when asked for."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[name], dtype=np.float32)
+
+
+@dataclass
+class MapsSource:
+    """What the Hessian maps need of a surface file before their datasets exist, in one open."""
+    spec: dict  # the `spec` attribute, as a table
+    import_dirs: list[str]
+    x: np.ndarray
+    y: np.ndarray
+    stored: dict[str, Any]  # the maps' settings attributes (format.HESSIAN_ATTRS), None where absent
+    done: np.ndarray | None  # flat bool of eig_done; None when the maps do not exist yet
+
+
+def read_maps_source(path: str | Path) -> MapsSource:
+    """A 2-D surface file of ours as the `hessian` verb reads it (UserError, one line, for any other)."""
+    with ff.open_h5(path, "r") as f:
+        if not ff.is_ours(f):
+            raise UserError(f"hessian: {path} is not a losslandscape surface file (convert an original file first "
+                            "by resuming it with `losslandscape surface`)")
+        if ff.Y not in f:
+            raise UserError(f"hessian: {path} is a 1-D surface; the eigenvalue maps need a 2-D surface (grid.y)")
+        x, y = ff.axes_arrays(f)
+        return MapsSource(ff.read_spec(f), ff.import_dirs(f), x, y, {k: f.attrs.get(k) for k in ff.HESSIAN_ATTRS},
+                          ff.maps_done(f) if ff.EIG_DONE in f else None)
+
+
+def read_shard_spec(shard: str | Path) -> tuple[dict, list[str]]:
+    """(the spec table, the folders of its factories) a shard file holds: what `submit` gave its task."""
+    with ff.open_h5(shard, "r", field="shard") as f:
+        ff.check_shard(f, Path(shard))
+        return ff.read_spec(f), ff.import_dirs(f)

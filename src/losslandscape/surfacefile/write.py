@@ -1,8 +1,10 @@
-"""Writing and checking the surface file's contents (HDF5): its structure, the run's identity,
-the points, the shards' values; reading its directions and the spec it was made with.
+"""Writing and checking the surface file's contents (HDF5): its structure, the points (one
+writer, PointWriter, for a surface's values, the Hessian maps, a merge and a conversion), the
+maps' and the centre spectrum's datasets, the shards and their merge.
 
-The names and the layout are fileformat.py's; when a file is opened, created or renamed is
-lifecycle.py's.
+The names and the layout are format.py's; what a run records of itself (its identity, the
+directions' digest, the versions) is computed by the run (run/makedirections.py) and passed
+in as plain values: this module needs neither torch nor the spec.
 
 Every dataset is created once, contiguous and fully allocated, before any
 value is written: after that writing a point changes no HDF5 metadata, so a
@@ -21,77 +23,15 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from losslandscape.surfacefile import room as diskspace
 from losslandscape.surfacefile import format as ff
-from losslandscape import spec as specs
-from losslandscape.inputs import userimport
-from losslandscape._version import __version__
-from losslandscape.numerics.directions import digest
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import GridAxes, coarse_to_fine
 from losslandscape.surfacefile.format import (FORMAT, FORMAT_VERSION, SHARD_FORMAT, SPLITS, VALUES, check_shard, done_masks,  # noqa: F401
                          done_name, is_original, is_ours, open_h5, requested_splits, value_name)
 
 log = logging.getLogger(__name__)
-
-def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sha: str = "") -> dict[str, Any]:
-    """What must be equal for two runs to fill the same surface (JSON-able, by spec key).
-
-    No grid fields: check_grid compares the file's axes themselves, and grid.auto_factor and
-    grid.auto_samples only choose the axes of a new file (a resume with "auto" takes the file's)."""
-    d, m = spec.directions, spec.model
-    ident: dict[str, Any] = {
-        "model.name": m.name,
-        "model.num_classes": m.num_classes,
-        "model.checkpoint (sha256)": checkpoint_sha,
-        "directions.kind": d.kind,
-        "directions.dir_type": d.dir_type,
-        "data.name": spec.data.name,
-        "data.max_samples": spec.data.max_samples,
-        "data.seed": spec.data.seed,
-        "evaluation.loss": spec.evaluation.loss,
-        "evaluation.precision": spec.evaluation.precision,
-    }
-    if d.kind == "random":
-        ident.update({"directions.norm": d.norm, "directions.ignore": d.ignore, "directions.seed": d.seed,
-                      "directions.orthogonal": d.orthogonal})
-    if d.kind == "interpolate":
-        ident["model.checkpoint2 (sha256)"] = checkpoint2_sha
-    if d.kind == "file":
-        ident["directions.file (sha256)"] = directions_file_sha
-    if d.kind == "hessian":
-        ident["directions.which"] = d.which
-    if d.kind == "pca":
-        ident["directions.checkpoints (sha256)"] = directions_file_sha
-    if spec.data.name in ("cifar10", "imagefolder"):
-        ident["data.root"] = str(Path(spec.data.root).resolve())
-    # the data's transform and part only when not at their defaults: older files resume unchanged
-    if spec.data.name == "imagefolder":
-        ident["data.image_size"] = spec.data.image_size
-    # (an image folder's "original" is its "standard": the original code has no ImageNet loader)
-    if spec.data.transform != "standard" and not (spec.data.name == "imagefolder" and spec.data.transform == "original"):
-        ident["data.transform"] = spec.data.transform
-    if spec.data.parts > 1:
-        ident["data.parts"], ident["data.part"] = spec.data.parts, spec.data.part
-    # the moved set, only when narrowed: files made before these fields (all tensors moved) resume unchanged
-    if d.include:
-        ident["directions.include"] = list(d.include)
-    if d.exclude:
-        ident["directions.exclude"] = list(d.exclude)
-    if d.trainable_only:
-        ident["directions.trainable_only"] = True
-    return ident
-
-
-def versions() -> dict[str, str]:
-    import mpi4py  # noqa: PLC0415 (version only; importing mpi4py does not start MPI)
-
-    return {"losslandscape": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__, "hdf5": ".".join(map(str, h5py.version.hdf5_version_tuple)),
-            "mpi4py": mpi4py.__version__}
-
 
 def dcpl_early() -> h5py.h5p.PropDCID:
     """Allocated and filled at creation: writing a point later changes no HDF5 metadata."""
@@ -123,37 +63,33 @@ class NewFile:
         return self.done is None
 
     def write(self, notes: dict[str, str] | None = None, comm=None) -> None:
-        """Create the file under a temporary name, then rename it (fileformat.creating); with a
-        communicator every rank calls this. `notes` (how the run evaluates) go into the attributes."""
+        """Create the file under a temporary name, then rename it (format.creating); with a
+        communicator every rank calls this. `notes` (how the run evaluates) go into the attributes.
+        Only the spec's JSON and its splits are written: this module needs no spec."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         splits = json.dumps(sorted(set(self.spec.data.splits), key=SPLITS.index))
         attrs = {**self.info, ff.A_SPLITS: splits, **(notes or {})}
         converting = self.path if self.done is not None else None
         with ff.creating(self.path, comm, converting=converting, durable=converting is not None) as f:
-            create(f, self.axes, self.spec, self.ident, self.x, self.y, digest(self.x, self.y), attrs)
-            if self.done is not None:
-                _write_points(f, self.axes.shape, self.values, self.done)
+            create(f, self.axes, self.spec.to_json(), self.ident, self.x, self.y, attrs)
+            if self.done is not None:  # a converted file's points: values kept exactly where done
+                PointWriter(f, flush=False, whole=True).write_points(
+                    {name: (np.flatnonzero(self.done[split]), v[self.done[split]])
+                     for split in SPLITS for name, v in self.values.items()
+                     if name.startswith(f"{split}_") and name in ff.value_names(ff.file_values(f))},
+                    {done_name(split): np.flatnonzero(self.done[split]) for split in SPLITS})
         if self.announce:
             log.info("%s", self.announce)
 
 
-def _write_points(f: h5py.File, shape: tuple, values: dict[str, np.ndarray], done: dict[str, np.ndarray]) -> None:
-    """Values kept exactly where done; NaN (our "not computed") elsewhere."""
-    for split in SPLITS:
-        for value in ff.file_values(f):
-            name = value_name(split, value)
-            if name in values:
-                f[name][...] = np.where(done[split], values[name], np.nan).reshape(shape)
-        f[done_name(split)][...] = done[split].astype(np.uint8).reshape(shape)
-
-
-def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
-           x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None, digest: str,
+def create(f: h5py.File, axes: GridAxes, spec_json: str, ident: dict[str, Any], x: dict, y: dict | None,
            extra_attrs: dict[str, Any] | None = None) -> None:
     """Write the whole structure of a new surface file. Structure only: under MPI every rank
     calls this with the same arguments (HDF5 metadata operations are collective).
-    `extra_attrs` may name the values the run's loss defines (ff.A_VALUES, JSON): without
-    "acc" there, the file gets no accuracy datasets."""
+    `x`, `y`: {name: tensor} (anything with .detach().float().cpu().numpy(), stored as float32).
+    `extra_attrs` hold the run's own attributes (the directions' digest, the versions, where its
+    factories were: run/makedirections.file_attrs) and may name the values the run's loss
+    defines (ff.A_VALUES, JSON): without "acc" there, the file gets no accuracy datasets."""
     f.create_dataset(ff.X, data=axes.x)
     if axes.y is not None:
         f.create_dataset(ff.Y, data=axes.y)
@@ -161,11 +97,8 @@ def create(f: h5py.File, axes: GridAxes, spec, ident: dict[str, Any],
     _write_directions(f, x, y)
     f.attrs[ff.A_FORMAT] = FORMAT
     f.attrs[ff.A_VERSION] = FORMAT_VERSION
-    f.attrs[ff.A_SPEC] = spec.to_json()
+    f.attrs[ff.A_SPEC] = spec_json
     f.attrs[ff.A_IDENTITY] = json.dumps(ident, sort_keys=True)
-    f.attrs[ff.A_DIGEST] = digest
-    f.attrs[ff.A_VERSIONS] = json.dumps(versions(), sort_keys=True)
-    f.attrs[ff.A_IMPORT_DIRS] = json.dumps(userimport.search_dirs())  # where its model and data factories were
     f.attrs[ff.A_CREATED] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for k, v in (extra_attrs or {}).items():
         if k.startswith("/") and "@" in k:  # "/group@name": an attribute of a group
@@ -200,7 +133,7 @@ def _write_directions(f: h5py.File, x, y) -> None:
             continue
         g = group.create_group(axis)
         for name, t in d.items():
-            g.create_dataset(name, data=t.detach().to(torch.float32).cpu().numpy())
+            g.create_dataset(name, data=t.detach().float().cpu().numpy())
 
 
 def check_identity(f: h5py.File, path: str | Path, ident: dict[str, Any], axes: GridAxes) -> None:
@@ -246,12 +179,6 @@ def check_structure(f: h5py.File, path: str | Path) -> None:
         raise UserError(f"output.surface: {path} is damaged: it holds no directions")
 
 
-def read_directions(f: h5py.File, names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    g = f[ff.DIRECTIONS]
-    read = lambda grp: {k: torch.from_numpy(np.asarray(grp[k], dtype=np.float32)) for k in names}
-    return read(g["x"]), (read(g["y"]) if "y" in g else None)
-
-
 def pending_points(f: h5py.File, splits: list[str]) -> np.ndarray:
     """Flat indices with any of `splits` not done, in coarse-to-fine order."""
     done = done_masks(f)
@@ -264,49 +191,113 @@ def pending_points(f: h5py.File, splits: list[str]) -> np.ndarray:
 
 
 class PointWriter:
-    """Writes finished points into an open surface file: values first, then the done flags,
-    so that a flag is never 1 before its values are stored.
+    """The one writer of points into an open surface file: values first, then the done flags,
+    so that a flag is never 1 before its values are stored. It writes a job's finished units
+    (`write`: a surface's losses and accuracies, or with `maps` the Hessian maps' eigenvalues),
+    a merge's shard points and a converted file's points (`write_points`, `whole`).
 
     The datasets are opened once, here: under the mpio driver every rank constructs a
     PointWriter together (opening is collective), after which each rank's writes are
     independent. There the file is not flushed per unit (H5Fflush is collective): an
     independent write to an allocated contiguous dataset goes straight to MPI-IO and
     changes no HDF5 metadata, so a killed rank cannot leave the file unreadable.
+    `whole`: each dataset is read, changed and written back at once (one process alone: a merge
+    or a conversion copies many points); otherwise point by point (parallel writers).
     """
 
-    def __init__(self, f: h5py.File, flush: bool = True):
-        self.f, self.flush = f, flush
-        self.acc = "acc" in ff.file_values(f)
-        self.ds = {name: f[name] for name in
-                   ff.value_names(ff.file_values(f)) + [done_name(s) for s in SPLITS] + [ff.POINT_SECONDS]}
-        self.shape = self.ds[done_name(SPLITS[0])].shape
+    def __init__(self, f: h5py.File, flush: bool = True, maps: bool = False, whole: bool = False):
+        self.f, self.flush, self.maps, self.whole = f, flush, maps, whole
+        self.field = "hessian" if maps else "output.surface"
+        if maps:
+            names = [*ff.EIG_MAPS, ff.EIG_DONE]
+        else:
+            names = ff.value_names(ff.file_values(f)) + [done_name(s) for s in SPLITS] + [ff.POINT_SECONDS]
+        self.acc = not maps and "acc" in ff.file_values(f)
+        self.ds = {name: f[name] for name in names}
+        self.shape = self.ds[names[-2] if maps else done_name(SPLITS[0])].shape
 
     def write(self, unit) -> None:
-        """`unit` (job.Finished): its results are {split: (loss, accuracy)} per point, the
-        accuracy NaN where the loss defines none (then the file has no accuracy to write).
-        A write the file system refuses ends the process with one line (diskspace.write_failed)."""
+        """`unit` (run.protocol.Finished): a surface's results are {split: (loss, accuracy)} per
+        point, the accuracy NaN where the loss defines none (then the file has no accuracy to
+        write); the maps' are {"eig": (largest, smallest)}. A write the file system refuses ends
+        the process with one line (room.write_failed)."""
         try:
-            self._write(unit)
+            self.write_points(*(self._maps(unit) if self.maps else self._surface(unit)))
         except Exception as exc:
             if diskspace.failed_write(exc):
-                diskspace.write_failed(self.f.filename, exc)
+                diskspace.write_failed(self.f.filename, exc, self.field)
             raise
 
-    def _write(self, unit) -> None:
-        index = [np.unravel_index(int(p), self.shape) for p in unit.points]
-        for idx, res, sec in zip(index, unit.results, unit.seconds):
+    def write_points(self, values: dict[str, tuple[np.ndarray, np.ndarray]], done: dict[str, np.ndarray]) -> None:
+        """`values` {dataset: (flat points, their values)} first, then `done` {flag dataset: flat
+        points} set to 1. A failed write propagates (the caller's format.writing or creating
+        block ends it with one line)."""
+        for name, (points, data) in values.items():
+            self._put(name, points, data)
+        if self.flush:
+            self.f.flush()
+        for name, points in done.items():
+            self._put(name, points, np.ones(len(points), np.uint8))
+        if self.flush:
+            self.f.flush()
+
+    def _put(self, name: str, points, data) -> None:
+        if len(points) == 0:
+            return
+        ds = self.ds[name]
+        if self.whole:
+            whole = np.asarray(ds)
+            whole.reshape(-1)[np.asarray(points, dtype=np.int64)] = data
+            ds[...] = whole
+            return
+        for p, v in zip(points, data):
+            ds[np.unravel_index(int(p), self.shape)] = v
+
+    def _surface(self, unit) -> tuple[dict, dict]:
+        values: dict[str, tuple[list, list]] = {}
+        done: dict[str, list] = {}
+
+        def add(name: str, p: int, v) -> None:
+            values.setdefault(name, ([], []))[0].append(p)
+            values[name][1].append(v)
+
+        for p, res, sec in zip(unit.points, unit.results, unit.seconds):
             for split, (loss, acc) in res.items():
-                self.ds[value_name(split, "loss")][idx] = loss
+                add(value_name(split, "loss"), p, loss)
                 if self.acc:
-                    self.ds[value_name(split, "acc")][idx] = acc
-            self.ds[ff.POINT_SECONDS][idx] = sec
-        if self.flush:
-            self.f.flush()
-        for idx, res in zip(index, unit.results):
-            for split in res:
-                self.ds[done_name(split)][idx] = 1
-        if self.flush:
-            self.f.flush()
+                    add(value_name(split, "acc"), p, acc)
+                done.setdefault(done_name(split), []).append(p)
+            add(ff.POINT_SECONDS, p, sec)
+        return values, done
+
+    def _maps(self, unit) -> tuple[dict, dict]:
+        values = {name: (list(unit.points), [res["eig"][i] for res in unit.results])
+                  for i, name in enumerate(ff.EIG_MAPS)}
+        return values, {ff.EIG_DONE: list(unit.points)}
+
+
+def add_maps(path: str | Path, attrs: dict[str, Any], points: int, comm=None) -> None:
+    """Add the Hessian maps' datasets (`max_eig`, `min_eig`, `eig_done`, replacing any there) and
+    their settings `attrs` to a surface file of `points` points: collective under MPI, after rank
+    0 has reserved their room, so a full disk is one line, the surface file untouched."""
+    if comm is None or comm.rank == 0:
+        diskspace.check_room(path, maps_nbytes(points), field="hessian", what="the eigenvalue maps of")
+    with ff.writing(path, "hessian", comm=comm) as f:
+        shape = f[done_name(SPLITS[0])].shape
+        for name in (*ff.EIG_MAPS, ff.EIG_DONE):
+            if name in f:
+                del f[name]
+        for name in ff.EIG_MAPS:
+            f.create_dataset(name, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early())
+        f.create_dataset(ff.EIG_DONE, shape=shape, dtype="u1", fillvalue=0, dcpl=dcpl_early())
+        for k, v in attrs.items():
+            f.attrs[k] = v
+
+
+def maps_nbytes(points: int) -> int:
+    """About the bytes the maps of a grid of `points` points add to the surface file: their
+    datasets (format.MAPS_POINT_NBYTES a point), headers and attributes."""
+    return points * ff.MAPS_POINT_NBYTES + ff.CENTRE_ROOM
 
 
 def run_notes(f: h5py.File, splits: list[str], notes: dict[str, str] | None = None) -> dict[str, str]:
@@ -324,14 +315,6 @@ def summary_line(path: str | Path, f: h5py.File, splits: list[str], pending: int
     return (f"{path}: {complete} of {total} points done ({', '.join(splits)}), {pending} to compute")
 
 
-def file_spec(f: h5py.File, also_from: Path | None = None):
-    """The spec a surface or shard file holds, with its model and data factories findable: the
-    folders they were found in (and `also_from`) are remembered for the user's imports."""
-    for folder in [*ff.import_dirs(f), *([also_from] if also_from is not None else [])]:
-        userimport.remember(folder)
-    return specs.from_dict(ff.read_spec(f))
-
-
 # --- shards: one file per SLURM array task --------------------------------------------------
 
 def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, tasks: int,
@@ -343,8 +326,8 @@ def create_shard(path: Path, surface_path: Path, points: np.ndarray, task: int, 
     file, which nobody writes while tasks run (merge runs after)."""
     with open_h5(surface_path, "r") as src:
         shape = src[done_name(SPLITS[0])].shape
-        diskspace.check_room(path, int(np.prod(shape)) * (8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8)
-                      + 8 * len(points) + 131072, "shard", what="the shard file")
+        diskspace.check_room(path, int(np.prod(shape)) * ff.POINT_NBYTES + 8 * len(points) + 131072, "shard",
+                             what="the shard file")
         with ff.creating(path) as f:
             for name in (ff.X, ff.Y):
                 if name in src:
@@ -393,27 +376,62 @@ def shard_new_points(shard: h5py.File, surf: h5py.File) -> tuple[dict[str, np.nd
 
 
 def copy_points(shard: h5py.File, surf: h5py.File, new: dict[str, np.ndarray]) -> int:
-    """Copy shard values into the surface, values first and done flags last. Returns points copied."""
-    shape = surf[done_name(SPLITS[0])].shape
-    copied = set()
+    """Copy shard values into the surface (PointWriter: values first, done flags last). Returns
+    the points copied."""
+    values, names = {}, ff.file_values(surf)
     for split, points in new.items():
-        if len(points) == 0:
-            continue
-        idx = np.unravel_index(points, shape)
-        for value in ff.file_values(surf):
+        for value in names:
             name = value_name(split, value)
-            target = np.asarray(surf[name])
-            target[idx] = np.asarray(shard[name])[idx]
-            surf[name][...] = target
-        seconds = np.asarray(surf[ff.POINT_SECONDS])
-        seconds[idx] = np.asarray(shard[ff.POINT_SECONDS])[idx]
-        surf[ff.POINT_SECONDS][...] = seconds
-        copied.update(points.tolist())
-    surf.flush()
-    for split, points in new.items():
-        if len(points):
-            flags = np.asarray(surf[done_name(split)])
-            flags[np.unravel_index(points, shape)] = 1
-            surf[done_name(split)][...] = flags
-    surf.flush()
+            values[name] = (points, np.asarray(shard[name]).ravel()[points])
+    copied = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in new.values()] or [[]])).astype(np.int64)
+    values[ff.POINT_SECONDS] = (copied, np.asarray(shard[ff.POINT_SECONDS]).ravel()[copied])
+    PointWriter(surf, whole=True).write_points(values, {done_name(split): p for split, p in new.items()})
     return len(copied)
+
+
+def write_centre_spectrum(path: str | Path, top: list[float], grid: np.ndarray, density: np.ndarray,
+                          attrs: dict[str, Any]) -> None:
+    """(Re)write the `hessian_centre` group of a surface file: the top eigenvalues, the spectral
+    density on its grid, and `attrs` (None values left out), after reserving its room."""
+    with ff.writing(path, "hessian", room=ff.CENTRE_ROOM + 16 * len(grid)) as f:
+        if ff.HESSIAN_CENTRE in f:
+            del f[ff.HESSIAN_CENTRE]
+        g = f.create_group(ff.HESSIAN_CENTRE)
+        g.create_dataset(ff.CENTRE_TOP, data=np.asarray(top, dtype=np.float64))
+        g.create_dataset(ff.CENTRE_GRID, data=grid)
+        g.create_dataset(ff.CENTRE_DENSITY, data=density)
+        for k, v in attrs.items():
+            if v is not None:
+                g.attrs[k] = v
+
+
+def merge_shards(surface_path: Path, shards: list[Path]) -> int:
+    """Copy the finished points of `shards` that the surface file lacks into it (the merge):
+    every shard is checked first (one open of the surface, read-only), then the file is opened
+    read-write only when there is something to copy. Returns the points copied."""
+    with open_h5(surface_path, "r") as surf:
+        if not is_ours(surf):
+            raise UserError(f"merge: {surface_path} is not a losslandscape surface file")
+        todo = []
+        for path in shards:
+            with open_h5(path, "r", field="shard") as shard:
+                check_shard(shard, path)
+                if not shard_belongs(shard, surf):
+                    raise UserError(f"merge: shard {path} belongs to another surface (its identity, "
+                                    f"directions or values (with or without accuracy) differ from "
+                                    f"{surface_path}'s); move it away")
+                new, skipped = shard_new_points(shard, surf)
+                if skipped:
+                    log.warning("shard %s: %d point(s) flagged done without values are left to compute",
+                                path.name, skipped)
+                if any(len(v) for v in new.values()):
+                    todo.append((path, new))
+    copied = 0
+    if todo:
+        with ff.writing(surface_path, "merge") as surf:  # a full disk: one line, the points merged before kept
+            for path, new in todo:
+                with open_h5(path, "r", field="shard") as shard:
+                    n = copy_points(shard, surf, new)
+                log.info("merged %d points from %s", n, path.name)
+                copied += n
+    return copied
