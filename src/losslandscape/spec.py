@@ -451,8 +451,11 @@ _TABLE_CHECKS: dict[str, Callable[[Spec], None]] = {
 
 
 def check(spec: Spec) -> None:
-    """Every table's constraints beyond types, table by table; changes nothing."""
-    for section in SECTIONS:
+    """Every table's constraints beyond types, table by table; changes nothing. The grid's form
+    comes before what the directions need, so that a bad axis is named first."""
+    order = [s for s in SECTIONS if s != "directions"]
+    order.insert(order.index("grid") + 1, "directions")
+    for section in order:
         _check_bounds(getattr(spec, section), lambda name: f"{section}.{name}")
         _TABLE_CHECKS.get(section, lambda _: None)(spec)
 
