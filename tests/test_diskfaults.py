@@ -26,65 +26,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (BIN, assert_values, done_count, in_process, mpirun, one_error_line, sha,
+from helpers import (BIN, PAGE, Namespace, assert_values, done_count, in_process, mpirun, one_error_line, sha,
                      tiny_job, tiny_values)
 
 pytestmark = pytest.mark.slow
-
-PAGE = 4096
-CLEAN = {k: "" for k in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE",
-                         "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")}
-
-
-class Namespace:
-    """A private mount namespace kept by a sleeping process; its files seen from here through
-    /proc/<pid>/root."""
-
-    def __init__(self):
-        if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-            pytest.fail("unshare and nsenter (util-linux) are needed to mount a tmpfs", pytrace=False)
-        self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "600"])
-        deadline = time.monotonic() + 10
-        mine = os.readlink("/proc/self/ns/mnt")
-        while os.readlink(f"/proc/{self.holder.pid}/ns/mnt") == mine:
-            assert time.monotonic() < deadline, "unshare --mount did not start"
-            time.sleep(0.01)
-
-    def cmd(self, *args: str, cwd: Path | None = None) -> list[str]:
-        # entering a mount namespace moves the working directory to its root: --wd sets it back
-        return ["nsenter", "-t", str(self.holder.pid), "-m", *([f"--wd={cwd}"] if cwd else []), "--", *args]
-
-    def sh(self, script: str) -> str:
-        proc = subprocess.run(self.cmd("sh", "-c", script), capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    def mount(self, folder: Path, kib: int, ro: bool = False) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.sh(f"mount -t tmpfs -o size={kib}k{',ro' if ro else ''} tmpfs {folder}")
-
-    def fill(self, folder: Path, leave_pages: int = 0) -> None:
-        """Fill the file system with zeros, then give back `leave_pages` pages."""
-        self.sh(f"dd if=/dev/zero of={folder}/fill bs=4k 2>/dev/null; truncate -s -{leave_pages * PAGE} {folder}/fill")
-
-    def free(self, folder: Path) -> int:
-        return int(self.sh(f"df -k --output=avail {folder} | tail -1").strip()) * 1024
-
-    def outside(self, path: Path) -> Path:
-        return Path(f"/proc/{self.holder.pid}/root") / Path(path).relative_to("/")
-
-    def run(self, args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run(self.cmd(*args, cwd=cwd), capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **CLEAN, "OMP_NUM_THREADS": "1"})
-
-    def popen(self, args: list[str], cwd: Path) -> subprocess.Popen:
-        return subprocess.Popen(self.cmd(*args, cwd=cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, **CLEAN, "OMP_NUM_THREADS": "1"})
-
-    def close(self) -> None:
-        self.holder.kill()
-        self.holder.wait()
-
 
 @pytest.fixture
 def ns():

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from test_diskfaults import Namespace
+from helpers import Namespace
 
 pytestmark = pytest.mark.slow
 

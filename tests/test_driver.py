@@ -22,7 +22,7 @@ from losslandscape.run import driver
 from losslandscape.run.hessianmaps import HessianWork
 from losslandscape.run.work import SurfaceWork, Work
 
-from conftest import REPO
+from helpers import REPO
 
 PROTOCOL = [name for name, member in vars(Work).items()
             if not name.startswith("_") and inspect.isfunction(member)]
