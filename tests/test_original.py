@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from losslandscape.numerics import directions as dirs
+from losslandscape.surfacefile.read import read_direction_file
 from losslandscape.surfacefile import original
 from losslandscape import spec as specs
 from losslandscape.surfacefile import write as surface
@@ -387,16 +388,17 @@ def test_direction_file_count_mismatch_is_one_line(trained, tmp_path):
     dir_file = tmp_path / "states.h5"
     write_original_directions(dir_file, model, "states")
     all_names = list(model.state_dict())
-    states = dirs.target_tensors(model, "states")
-    x, y = dirs.read_direction_file(str(dir_file), states, True, all_names=all_names)
+    states = {k: tuple(t.shape) for k, t in dirs.target_tensors(model, "states").items()}
+    x, y = read_direction_file(str(dir_file), states, True, all_names=all_names)
     assert list(x) == list(states) and len(states) < len(all_names)
     with pytest.raises(UserError, match="dir_type") as err:  # a states file read as weights
-        dirs.read_direction_file(str(dir_file), dirs.target_tensors(model, "weights"), True)
+        read_direction_file(str(dir_file), {k: tuple(t.shape) for k, t in dirs.target_tensors(model, "weights").items()},
+                            True)
     assert "\n" not in str(err.value)
     with h5py.File(dir_file, "r+") as f:
         del f["xdirection"][str(len(all_names) - 1)]
     with pytest.raises(UserError, match=f"holds {len(all_names) - 1} direction entries") as err:
-        dirs.read_direction_file(str(dir_file), states, True, all_names=all_names)
+        read_direction_file(str(dir_file), states, True, all_names=all_names)
     assert "\n" not in str(err.value)
 
 

@@ -31,8 +31,6 @@ PENDING = {
     # opens it to write a unit's points; lifecycle to plan a resume): still to move behind surfacefile
     "run/driver.py": {"open"},
     "run/lifecycle.py": {"open"},
-    # reads direction files with h5py itself (helper F moves it: the numerics import no h5py)
-    "numerics/directions.py": {"import", "open", "dataset"},
     # asks h5py whether it was built with MPI (no file is opened)
     "run/environment.py": {"import"},
 }

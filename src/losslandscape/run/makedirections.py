@@ -30,6 +30,7 @@ from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
 from losslandscape.surfacefile import format as ff
 from losslandscape.surfacefile.original import Conversion
+from losslandscape.surfacefile.read import read_direction_file
 from losslandscape.surfacefile.write import NewFile
 from losslandscape.inputs import userimport
 from losslandscape.inputs.checkpoints import build_and_load, file_sha256
@@ -166,8 +167,9 @@ def _made(spec, model: torch.nn.Module, weights: dict[str, torch.Tensor], two: b
     if d.kind == "file":
         # an original "states" file also has entries for the integer num_batches_tracked buffers
         names = list(model.state_dict()) if d.dir_type == "states" else None
-        x, y = dirs.read_direction_file(d.file, dirs.target_tensors(model, d.dir_type), two, all_names=names,
-                                        only=list(weights))
+        shapes = {k: tuple(t.shape) for k, t in dirs.target_tensors(model, d.dir_type).items()}
+        x, y = (None if a is None else {k: torch.from_numpy(v) for k, v in a.items()}
+                for a in read_direction_file(d.file, shapes, two, all_names=names, only=list(weights)))
         return x, y, {ff.A_DIRECTIONS_FROM: str(d.file)}
     raise ValueError(d.kind)
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from losslandscape.errors import UserError
+from losslandscape.errors import UserError, readable_file
 
 from losslandscape.surfacefile import format as ff
 from losslandscape.surfacefile.format import (FORMAT, HESSIAN_CENTRE, ORIGINAL_MISSING, SPLITS, TRAJECTORY,  # noqa: F401
@@ -550,3 +550,86 @@ def read_shard_spec(shard: str | Path) -> tuple[dict, list[str]]:
     with ff.open_h5(shard, "r", field="shard") as f:
         ff.check_shard(f, Path(shard))
         return ff.read_spec(f), ff.import_dirs(f)
+
+
+# --- directions from a file: ours (by name) or the original code's (by position) ---
+
+Arrays = dict[str, np.ndarray]
+
+
+def read_direction_file(path: str, shapes: dict[str, tuple[int, ...]], two: bool,
+                        field: str = "directions.file", all_names: list[str] | None = None,
+                        only: list[str] | None = None) -> tuple[Arrays, Arrays | None]:
+    """Directions ({name: float32 array}) over the tensors named in `shapes` ({name: shape}, in
+    the model's order; or over its entries `only`, the moved subset) from one of our surface
+    files or an original loss-landscape direction file.
+
+    Ours: groups directions/x and directions/y, one dataset per name. The
+    original code's: groups xdirection / ydirection with datasets "0", "1", ...
+    in the order of `model.parameters()` (dir_type "weights") or of every
+    `model.state_dict()` entry (dir_type "states"), integer buffers such as
+    BatchNorm's num_batches_tracked included. `all_names`, the model's full
+    state-dict key list, lets such a states file be matched by position and its
+    non-floating entries dropped (we never move them; in eval mode they change nothing).
+    An original file is matched by position against all of `shapes` and then narrowed to
+    `only`; ours is read by name, so it needs entries for `only` alone.
+    """
+    import h5py
+
+    wanted = list(shapes) if only is None else list(only)
+    readable_file(path, field, "an HDF5 file with directions")
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except FileNotFoundError:
+        raise UserError(f"{field}: no such file {path!r}") from None
+    except OSError as exc:
+        raise UserError(f"{field}: {path} is not an HDF5 file ({exc})") from None
+    with f:
+        if "directions" in f:
+            groups = [f["directions"].get("x"), f["directions"].get("y")]
+            read = lambda g: {k: np.asarray(g[k], dtype=np.float32) for k in wanted if k in g}
+        elif "xdirection" in f:
+            groups = [f.get("xdirection"), f.get("ydirection")]
+            read = lambda g: _select(_read_original_group(g, path, field, list(shapes), all_names), wanted)
+        else:
+            raise UserError(f"{field}: {path} holds no directions (expected group 'directions' or 'xdirection')")
+        if groups[0] is None or (two and groups[1] is None):
+            raise UserError(f"{field}: {path} lacks the {'y' if groups[0] is not None else 'x'} direction")
+        result = [read(groups[0]), read(groups[1]) if two else None]
+    for d in result:
+        if d is None:
+            continue
+        missing = [k for k in wanted if k not in d]
+        if missing:
+            raise UserError(f"{field}: {path} has no direction for {len(missing)} entries, e.g. {missing[0]!r}")
+        for k in wanted:
+            if tuple(d[k].shape) != tuple(shapes[k]):
+                raise UserError(f"{field}: direction {k!r} has shape {tuple(d[k].shape)}, the model {tuple(shapes[k])}")
+    return result[0], result[1]
+
+
+def _select(direction: Arrays, names: list[str]) -> Arrays:
+    return {k: direction[k] for k in names}
+
+
+def _read_original_group(g: "h5py.Group", path: str, field: str, names: list[str],
+                         all_names: list[str] | None) -> Arrays:
+    """{name: tensor} for `names` from an original direction group ("0", "1", ... by position)."""
+    try:
+        keys = sorted(g.keys(), key=int)
+    except ValueError:
+        raise UserError(f"{field}: {path}: group {g.name!r} has datasets not named 0, 1, ...") from None
+    order = names
+    if all_names is not None and len(keys) == len(all_names):
+        # one entry per state-dict entry, as the original code wrote states directions
+        order = list(all_names)
+        known = set(order)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"all_names lacks {unknown[0]!r}")  # a caller's mistake, not the user's
+    if len(keys) != len(order):
+        in_all = f" ({len(all_names)} state-dict entries in all)" if all_names and len(all_names) != len(names) else ""
+        raise UserError(f"{field}: {path} holds {len(keys)} direction entries in {g.name!r}, the model has "
+                        f"{len(names)} to move{in_all}; is directions.dir_type right?")
+    by_name = dict(zip(order, keys))
+    return {n: np.asarray(g[by_name[n]], dtype=np.float32) for n in names}
