@@ -62,6 +62,15 @@ surface = "{surface}"
 
 # --- mpirun ------------------------------------------------------------------------------------------
 
+def ctrl_c_as_at_a_terminal() -> None:
+    """`preexec_fn` for a child that a test interrupts with SIGINT: a shell starts background jobs
+    (and so a CI run started with `&`) with SIGINT ignored, and an ignored signal stays ignored
+    across exec; a user's Ctrl-C reaches a process whose SIGINT is the default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def mpirun(n: int) -> list[str]:
     exe = shutil.which("mpirun")
     if exe is None:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from losslandscape.inputs import data as datasets
 from losslandscape import spec as specs
 
-from helpers import mpirun
+from helpers import ctrl_c_as_at_a_terminal, mpirun
 
 pytestmark = pytest.mark.slow  # real mpirun, SLURM or whole runs: `make check` leaves this file out
 
@@ -121,7 +121,8 @@ def run(cmd: list[str], timeout: int = 180) -> subprocess.CompletedProcess:
 
 
 def start(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+                            preexec_fn=ctrl_c_as_at_a_terminal)
 
 
 def wait_for(what, proc: subprocess.Popen, timeout: float = 120.0):

@@ -20,7 +20,7 @@ import pytest
 from losslandscape.surfacefile import format as fileformat
 from losslandscape import spec as specs
 from losslandscape.paper import plan, verdicts
-from helpers import fake_venv, make, run_chromium
+from helpers import ctrl_c_as_at_a_terminal, fake_venv, make, run_chromium
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -254,7 +254,7 @@ def paper(out: Path, *extra: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "losslandscape", "paper", "--scale", "quick", "--out", str(out),
                              *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)
+                            text=True, preexec_fn=ctrl_c_as_at_a_terminal, **kw)
 
 
 @pytest.fixture(scope="module")

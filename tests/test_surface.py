@@ -26,7 +26,7 @@ from losslandscape.errors import UserError
 from losslandscape.run.work import prepare
 from losslandscape.inputs.models import build_model
 
-from helpers import BIN, fresh_model, plain_pass, sha, write_job
+from helpers import BIN, ctrl_c_as_at_a_terminal, fresh_model, plain_pass, sha, write_job
 
 
 def make_spec(tmp_path: Path, ckpt: Path, **tables) -> specs.Spec:
@@ -267,7 +267,8 @@ def test_bad_values_are_one_line_exit_1(trained, tmp_path, override, key):
 def test_a_signal_stops_with_exit_3_and_the_file_resumes(trained, tmp_path, signum):
     surf = tmp_path / "surf.h5"
     toml = write_toml(tmp_path / "s.toml", trained["final"], surf, "-1:1:9", "-1:1:9", max_samples=100)
-    proc = subprocess.Popen([BIN / "losslandscape", "surface", str(toml)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([BIN / "losslandscape", "surface", str(toml)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 120
     done = 0
     while time.monotonic() < deadline and proc.poll() is None:
