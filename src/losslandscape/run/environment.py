@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
 
+from losslandscape.surfacefile.format import parallel_hdf5
+
 
 # Variables through which a scheduler or a user gives this process GPUs. A GPU given this
 # way that torch cannot use is an error, never a silent fall-back to the CPU.
@@ -68,8 +70,6 @@ def mpi_environment(comm=None) -> MPIEnvironment:
     Set LOSSLANDSCAPE_SERIAL_HDF5=1 to make workers send results to rank 0
     even where h5py has MPI (the path used where it has not).
     """
-    import h5py
-
     if comm is None:
         from mpi4py import MPI
 
@@ -84,7 +84,7 @@ def mpi_environment(comm=None) -> MPIEnvironment:
         local_rank, local_size = node.rank, node.size
     finally:
         node.Free()
-    parallel = bool(h5py.get_config().mpi) and os.environ.get("LOSSLANDSCAPE_SERIAL_HDF5", "") not in ("1", "true")
+    parallel = parallel_hdf5() and os.environ.get("LOSSLANDSCAPE_SERIAL_HDF5", "") not in ("1", "true")
     return MPIEnvironment(comm, comm.rank, comm.size, local_rank, local_size, parallel, has_rank0,
                           MPI.Get_processor_name())
 

@@ -134,6 +134,13 @@ def library_versions() -> dict[str, str]:
     return {"h5py": h5py.__version__, "hdf5": ".".join(map(str, h5py.version.hdf5_version_tuple))}
 
 
+def parallel_hdf5() -> bool:
+    """Whether this h5py was built against parallel HDF5 (files can be opened through MPI-IO)."""
+    import h5py
+
+    return bool(h5py.get_config().mpi)
+
+
 def open_h5(path: str | Path, mode: str, comm=None, field: str = "output.surface"):
     """h5py.File with file locking off (readers of a file being written must not block),
     through the mpio driver when a communicator is given (collective: every rank calls it).
