@@ -387,6 +387,10 @@ def shard_dir(surface_path: Path) -> Path:
     return Path(surface_path).with_name(Path(surface_path).name + ".shards")
 
 
+SHARD_NAME = re.compile(r"task_(0|[1-9][0-9]*)\.h5")
+_WARNED: set[Path] = set()  # the names warned about already
+
+
 def shard_files(surface_path: Path) -> list[Path]:
     """The shard files beside a surface, by task: `task_<k>.h5` (k written as `submit` writes
     it). Any other name there (a backup `task_0.bak.h5`, `task_abc.h5`) is no shard: it is
@@ -400,14 +404,13 @@ def shard_files(surface_path: Path) -> list[Path]:
         if k is None or not path.is_file():
             if path.absolute() not in _WARNED:
                 _WARNED.add(path.absolute())
-                log.warning("%s: not a shard file (a shard is a file task_<k>.h5, k = 0, 1, ...): ignored", path)
+                shown = str(path) if str(path).isprintable() else repr(str(path))
+                log.warning("%s: not a shard file (a shard is a file task_<k>.h5, k = 0, 1, ...): ignored", shown)
             continue
         shards[int(k.group(1))] = path
     return [shards[k] for k in sorted(shards)]
 
 
-SHARD_NAME = re.compile(r"task_(0|[1-9][0-9]*)\.h5")
-_WARNED: set[Path] = set()
 # what `submit` records (run/slurm.py); a field of another type is refused with one line
 SUBMISSION_FIELDS = {"array_job": "job", "merge_job": "job", "tasks": int, "ranks_per_task": int,
                      "gpus_per_task": int, "points": int, "points_per_task": [int], "splits": [str],
