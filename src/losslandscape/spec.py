@@ -23,6 +23,7 @@ import math
 import tomllib
 import types
 import typing
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -478,6 +479,39 @@ def _check_submit(opts: Submit) -> None:
     if opts.gpus_per_task not in (0, 1):
         raise UserError(f"{option('gpus_per_task')}: {opts.gpus_per_task} is not valid; expected 0 or 1 "
                         "(a worker evaluates on one GPU: use more ranks for more GPUs)")
+    for name in ("partition", "time", "account"):  # each an #SBATCH line of the scripts
+        check_script_value(option(name), getattr(opts, name), sbatch_line=True)
+    for arg in opts.sbatch_args:
+        check_script_value(option("sbatch_args"), arg, sbatch_line=True)
+        if not arg.startswith("-"):
+            raise UserError(f"{option('sbatch_args')}: {_quoted(arg)} is not an sbatch option; expected one "
+                            "such as --qos=low")
+
+
+def check_script_value(name: str, value: str, sbatch_line: bool = False) -> None:
+    """A value that `submit` writes into a batch script (run/slurm.py quotes it for the shell):
+    refused with one line naming `name` if it holds a control character (a newline would end
+    the line it is on) or text that is not UTF-8, or, on an #SBATCH line, what sbatch reads
+    unlike the shell: a backslash (an escape even inside quotes), or "hetjob"/"packjob"
+    (older sbatch takes a line naming them for the start of another job component)."""
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        what = "a control character" if unicodedata.category(bad) == "Cc" else "a byte that is not UTF-8"
+        raise UserError(f"{name}: {_quoted(value)} holds {what} ({bad!r}), which a batch script cannot carry; "
+                        "expected printable text")
+    if sbatch_line:
+        if "\\" in value:
+            raise UserError(f"{name}: {_quoted(value)} holds a backslash, which sbatch reads as an escape on an "
+                            "#SBATCH line; expected a value without one")
+        named = next((w for w in ("hetjob", "packjob") if w in value.lower()), None)
+        if named:
+            raise UserError(f"{name}: {_quoted(value)} names {named!r}, which sbatch may take for the start of "
+                            "another job component on an #SBATCH line; expected a value without it")
+
+
+def _quoted(value: str, limit: int = 120) -> str:
+    """`value` for an error line: quoted, control characters escaped, at most `limit` characters."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
 _OPTION_CHECKS: dict[type, Callable[[Any], None]] = {Hessian: _check_hessian, Submit: _check_submit}

@@ -295,10 +295,12 @@ def _add_file_verbs(sub) -> None:
     p = sub.add_parser("merge", help="fold finished shard points into the surface file (safe to run twice)",
                        description="Copy the points that SLURM array tasks finished in their shard files into the "
                        "surface file. Safe to run twice; exit 4 lists the points still missing. Refused while "
-                       "the submission's array tasks are queued or running, unless --force.")
+                       "the submission's array tasks are queued or running (or squeue fails, so that nobody can tell), unless "
+                       "--force.")
     p.add_argument("surface", type=Path)
     p.add_argument("--force", action="store_true",
-                   help="merge even while the submission's array tasks are still queued or running")
+                   help="merge even while the submission's array tasks are still queued or running (or squeue "
+                   "fails)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("status", help="points done / pending, shards and ETA of a surface file",

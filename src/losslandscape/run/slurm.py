@@ -39,7 +39,7 @@ from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine
 from losslandscape.numerics.schedule import resolve_unit_size
 from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.run.lifecycle import with_grid
-from losslandscape.run.status import queued
+from losslandscape.run.status import SqueueFailed, queued
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def _optional_lines(opts: Submit, gpus: bool = True) -> str:
         lines.append(f"#SBATCH --gpus={opts.gpus_per_task * workers}")
     for flag, value in (("partition", opts.partition), ("time", opts.time), ("account", opts.account)):
         if value:
-            lines.append(f"#SBATCH --{flag}={value}")
-    lines.extend(f"#SBATCH {arg}" for arg in opts.sbatch_args)
+            lines.append(f"#SBATCH {shlex.quote(f'--{flag}={value}')}")
+    lines.extend(f"#SBATCH {shlex.quote(arg)}" for arg in opts.sbatch_args)
     return "\n".join(lines)
 
 
@@ -78,22 +78,46 @@ def launch_command(opts: Submit, as_root: bool) -> str:
 def render_scripts(surface_path: Path, opts: Submit, array_job_id: str = "ARRAY_JOB_ID",
                    python: str | None = None, workdir: Path | None = None,
                    as_root: bool | None = None) -> tuple[str, str]:
-    """The array and merge sbatch scripts for a surface (pure: tested against a recorded file)."""
+    """The array and merge sbatch scripts for a surface (pure: tested against a recorded file).
+
+    Every value is quoted with shlex.quote, on the command lines and on the #SBATCH lines alike
+    (sbatch reads quotes as the shell does), and none is written into a comment; a value that a
+    script cannot carry is refused first (check_script_values)."""
     python = python or sys.executable
     workdir = workdir or Path.cwd()
     as_root = (os.geteuid() == 0) if as_root is None else as_root
+    check_script_values(surface_path, python, workdir)
+    opts.check()
     shards = shard_dir(surface_path)
-    common = dict(job_name=f"ll-{surface_path.stem}", shards=shlex.quote(str(shards)),
-                  surface=shlex.quote(str(surface_path)), python=shlex.quote(python),
-                  workdir=shlex.quote(str(workdir)), tasks=opts.tasks)
+    common = dict(job_name=shlex.quote(f"ll-{surface_path.stem}"), shards=_word(shards),
+                  surface=_word(surface_path), python=shlex.quote(python), workdir=_word(workdir))
     array = _template("array.sbatch.in").substitute(
-        common, last_task=opts.tasks - 1, ranks=opts.ranks_per_task, optional=_optional_lines(opts),
+        common, last_task=int(opts.tasks) - 1, ranks=int(opts.ranks_per_task), optional=_optional_lines(opts),
         launch=launch_command(opts, as_root))
     merge_opts = Submit(1, partition=opts.partition, time="", account=opts.account)
+    dependency = shlex.quote(f"--dependency=afterany:{array_job_id}")
     merge = _template("merge.sbatch.in").substitute(
-        common, optional="\n".join(filter(None, [f"#SBATCH --dependency=afterany:{array_job_id}",
+        common, optional="\n".join(filter(None, [f"#SBATCH {dependency}",
                                                   _optional_lines(merge_opts, gpus=False)])))
     return array, merge
+
+
+def _word(path: Path) -> str:
+    """A path as one shell word (and one sbatch word): quoted, and never taken for an option."""
+    text = str(path)
+    return shlex.quote("./" + text if text.startswith("-") else text)
+
+
+def check_script_values(surface_path: Path, python: str, workdir: Path) -> None:
+    """The values of the scripts that are not options (those are checked by Submit.check): the
+    surface path (also on the #SBATCH --output line, as a log file name that SLURM expands),
+    the working directory and the Python executable. One line naming the first bad one."""
+    specs.check_script_value("output.surface", str(surface_path), sbatch_line=True)
+    if "%" in str(surface_path):
+        raise UserError(f"output.surface: {str(surface_path)!r} holds '%', which SLURM expands in the log file "
+                        "names beside it (%j, %a); expected a path without '%'")
+    specs.check_script_value("the working directory", str(workdir))
+    specs.check_script_value("the Python executable", str(python))
 
 
 def _sbatch(script: Path, env: dict | None = None) -> str:
@@ -111,10 +135,16 @@ def submit(spec, opts: Submit) -> dict:
     array and the merge job. Returns what was submitted (also in <shards>/submission.json)."""
     opts.check()
     path = Path(spec.output.surface)
+    check_script_values(path, sys.executable, Path.cwd())  # before anything is created
     shards = shard_dir(path)
     previous = read_submission(path)
     if previous and not opts.dry_run:
-        busy = queued([previous.get("array_job", ""), previous.get("merge_job", "")])
+        jobs = [j for j in (previous.get("array_job"), previous.get("merge_job")) if j]
+        try:
+            busy = queued(jobs)
+        except SqueueFailed as exc:
+            raise UserError(f"submit: cannot tell whether jobs {', '.join(jobs)} of the previous submission for "
+                            f"{path} still run ({exc}); try again when squeue answers") from None
         if busy:
             raise UserError(f"submit: jobs {', '.join(busy)} of the previous submission for {path} are still "
                             "queued or running; wait for them or scancel them first")
@@ -228,7 +258,11 @@ def _merge(surface_path: Path, force: bool) -> int:
     shards = shard_files(surface_path)
     sub = read_submission(surface_path)
     if not force and sub.get("array_job"):
-        busy = queued([sub["array_job"]])
+        try:
+            busy = queued([sub["array_job"]])
+        except SqueueFailed as exc:  # not known to have ended: its tasks may still write their shards
+            raise UserError(f"merge: cannot tell whether array job {sub['array_job']} of {surface_path} still "
+                            f"runs ({exc}); try again when squeue answers (--force merges what is there now)") from None
         if busy:
             raise UserError(f"merge: array job {busy[0]} of {surface_path} is still queued or running; its merge "
                             f"job {sub.get('merge_job')} merges when it ends (--force merges what is there now)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from losslandscape.errors import UserError
 from losslandscape.surfacefile.format import read_submission, shard_files
 from losslandscape.surfacefile.read import read_progress
 
@@ -20,16 +21,25 @@ from losslandscape.surfacefile.read import read_progress
 BUSY_STATES = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_HOLD,RESIZING,SIGNALING,STOPPED"
 
 
+class SqueueFailed(UserError):
+    """squeue ran and failed (the controller down, a timeout): whether jobs still run is unknown."""
+
+
 def queued(job_ids: list[str]) -> list[str]:
-    """Those of job_ids that SLURM still has pending or running (array tasks included)."""
+    """Those of job_ids that SLURM still has pending or running (array tasks included); none
+    where squeue is not installed (not on a cluster). Raises SqueueFailed when squeue fails for
+    another reason than job ids it no longer knows (long finished)."""
     exe = shutil.which("squeue")
     if exe is None or not job_ids:
         return []
     # %F: the array's base job id (a plain job's own id), so array tasks count for their array
     proc = subprocess.run([exe, "-h", "-o", "%F", "-t", BUSY_STATES, "-j", ",".join(job_ids)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:  # unknown (long finished) job ids
-        return []
+                          capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        if "Invalid job id" in proc.stderr:  # unknown (long finished) job ids
+            return []
+        said = " ".join(proc.stderr.split())[-200:]
+        raise SqueueFailed(f"squeue failed with exit {proc.returncode}" + (f": {said}" if said else ""))
     return sorted(set(proc.stdout.split()) & set(job_ids))
 
 
@@ -39,7 +49,7 @@ def running_tasks(array_job: str) -> int | None:
     if exe is None:
         return None
     proc = subprocess.run([exe, "-h", "-r", "-t", "RUNNING", "-o", "%i", "-j", array_job], capture_output=True,
-                          text=True)
+                          text=True, errors="replace")
     if proc.returncode != 0:
         return 0 if "Invalid job id" in proc.stderr else None
     return len(proc.stdout.split())
@@ -89,8 +99,12 @@ def status(surface_path: Path) -> dict:
                   running_tasks=running,
                   eta_seconds=(remaining * per_point / workers) if per_point is not None and workers else None)
     if sub.get("array_job"):
-        report["jobs"] = {"array": sub["array_job"], "merge": sub["merge_job"],
-                          "queued": queued([sub["array_job"], sub["merge_job"]])}
+        jobs = [j for j in (sub["array_job"], sub.get("merge_job")) if j]
+        try:
+            still = queued(jobs)
+        except SqueueFailed:
+            still = None  # unknown: shown as such
+        report["jobs"] = {"array": sub["array_job"], "merge": sub.get("merge_job"), "queued": still}
     return report
 
 
@@ -107,8 +121,8 @@ def format_status(report: dict) -> str:
         lines.append(f"  shard {sh['file']:<14} {sh['done']:>6}/{sh['assigned']:<6} done, {sh['not_merged']} not merged yet")
     if report.get("jobs"):
         j = report["jobs"]
-        lines.append(f"  jobs: array {j['array']}, merge {j['merge']}; still queued: "
-                     f"{', '.join(j['queued']) or 'none'}")
+        still = "unknown (squeue failed)" if j["queued"] is None else ", ".join(j["queued"]) or "none"
+        lines.append(f"  jobs: array {j['array']}, merge {j['merge']}; still queued: {still}")
     if report["remaining"] == 0:
         lines.append("  nothing left to compute" + (" (run `losslandscape merge`)" if any(
             s["not_merged"] for s in report["shards"]) else ""))

@@ -35,7 +35,9 @@ Disk room and failed writes: room.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +48,8 @@ import numpy as np
 
 from losslandscape.surfacefile.room import check_room, failed_write, h5file, write_failed
 from losslandscape.errors import UserError, readable_file
+
+log = logging.getLogger(__name__)
 
 FORMAT = "losslandscape-surface"
 FORMAT_VERSION = 1
@@ -390,14 +394,64 @@ def shard_dir(surface_path: Path) -> Path:
     return Path(surface_path).with_name(Path(surface_path).name + ".shards")
 
 
+SHARD_NAME = re.compile(r"task_(0|[1-9][0-9]*)\.h5")
+_WARNED: set[Path] = set()  # the names warned about already
+
+
 def shard_files(surface_path: Path) -> list[Path]:
+    """The shard files beside a surface, by task: `task_<k>.h5` (k written as `submit` writes
+    it). Any other name there (a backup `task_0.bak.h5`, `task_abc.h5`) is no shard: it is
+    left alone, with a warning (once a process), and never read."""
     d = shard_dir(surface_path)
-    return sorted(d.glob("task_*.h5"), key=lambda p: int(p.stem.split("_")[1])) if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    shards = {}
+    for path in d.glob("task_*.h5"):
+        k = SHARD_NAME.fullmatch(path.name)
+        if k is None or not path.is_file():
+            if path.absolute() not in _WARNED:
+                _WARNED.add(path.absolute())
+                shown = str(path) if str(path).isprintable() else repr(str(path))
+                log.warning("%s: not a shard file (a shard is a file task_<k>.h5, k = 0, 1, ...): ignored", shown)
+            continue
+        shards[int(k.group(1))] = path
+    return [shards[k] for k in sorted(shards)]
+
+
+# what `submit` records (run/slurm.py); a field of another type is refused with one line
+SUBMISSION_FIELDS = {"array_job": "job", "merge_job": "job", "tasks": int, "ranks_per_task": int,
+                     "gpus_per_task": int, "points": int, "points_per_task": [int], "splits": [str],
+                     "submitted": str}
 
 
 def read_submission(surface_path: Path) -> dict:
-    """The record of the last `submit` of this surface ({} when there is none)."""
+    """The record of the last `submit` of this surface ({} when there is none); one line naming
+    the file and the field when it is not the JSON object `submit` writes."""
+    path = shard_dir(surface_path) / SUBMISSION
     try:
-        return json.loads((shard_dir(surface_path) / SUBMISSION).read_text())
-    except (OSError, ValueError):
+        record = json.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
         return {}
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror})") from None
+    except ValueError:
+        raise UserError(f"{path}: not the JSON that `submit` writes; delete it if no job of that submission "
+                        "still runs") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: a JSON {type(record).__name__}; expected the object that `submit` writes")
+    for key, kind in SUBMISSION_FIELDS.items():
+        if key in record and record[key] is not None and not _of_kind(record[key], kind):
+            expected = ("a SLURM job id (digits)" if kind == "job" else "a whole number >= 0" if kind is int
+                        else "a string" if kind is str else f"a list of {'whole numbers' if kind == [int] else 'strings'}")
+            raise UserError(f"{path}: {key}: {str(record[key])[:80]!r} is not valid; expected {expected}")
+    return record
+
+
+def _of_kind(value: Any, kind: Any) -> bool:
+    if kind == "job":
+        return isinstance(value, str) and value.isascii() and value.isdigit()
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if isinstance(kind, list):
+        return isinstance(value, list) and all(_of_kind(v, kind[0]) for v in value)
+    return isinstance(value, kind)
