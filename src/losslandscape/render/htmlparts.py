@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from losslandscape.render import labels
+from losslandscape.render import files, labels
 from losslandscape.surfacefile.read import Surface
 
 COLORSCALE = "Viridis"  # plotly's viridis is matplotlib's (mplfigure.CMAP), the static views' colours
@@ -53,9 +53,7 @@ def write(fig, out: Path, title: str) -> Path:
     )
     head = f'<meta charset="utf-8" />\n    <title>{escape(title)}</title>'
     text = text.replace('<meta charset="utf-8" />', head, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    return out
+    return files.write_text(out, text)
 
 
 def escape(text: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from losslandscape.render import labels, ranges, view
+from losslandscape.render import files, labels, ranges, view
 from losslandscape.surfacefile.read import Surface
 
 # Paper figure: 4-5 inch wide, 9 pt text (fits one column of a two-column paper
@@ -61,11 +61,11 @@ def new_figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
 
 
 def save(fig, path: Path, fmt: str, keep: bool = False) -> Path:
-    """Write `fig` (in the paper style: dpi and font types are read at saving);
-    then free it, unless `keep`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `fig` (in the paper style: dpi and font types are read at saving), through
+    files.write_file; then free it, unless `keep`."""
     with paper_style():
-        fig.savefig(path, format=fmt, bbox_inches="tight", pad_inches=0.03)  # never clip a label
+        # never clip a label
+        files.write_file(path, lambda f: fig.savefig(f, format=fmt, bbox_inches="tight", pad_inches=0.03))
     if not keep:
         fig.clear()
     return path

@@ -18,7 +18,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from losslandscape.errors import UserError
-from losslandscape.render import ranges
+from losslandscape.render import files, ranges
 from losslandscape.surfacefile.read import Surface, check_computed
 
 
@@ -107,6 +107,4 @@ def write_vtp(
             "",
         ]
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="ascii")
-    return out
+    return files.write_text(out, text, encoding="ascii")

@@ -8,22 +8,33 @@ HDF5 under its lock), each SLURM array task for its own shard file, `merge` and 
 the surface. A `surface` run is also refused while an array task holds a lock on one of the
 surface's shards. Readers (`render`, `summary`, `status`, `open_surface`) take no lock.
 
+The lock is keyed on the file, not on the name it is given: `<file>.lock` lies beside the
+file's real path (os.path.realpath), so a symbolic link to the file or to a folder above it
+leads to the same lock. A hard link cannot be told that way (its other names may be in any
+folder), so a file with more than one name (st_nlink > 1) is refused as a write target, one
+line saying so: every writer of it is refused, whichever name it is given.
+
 The lock file holds JSON: host, pid, the process's start time (to tell a reused pid), the SLURM
 job id where there is one, what the job does and when it started. It is made atomically: written
-and locked under a temporary name, then hard-linked to `<file>.lock` (fails if one exists; NFS
-and Lustre keep link atomic). While the job runs it holds a POSIX record lock (fcntl) on it, which
-the kernel (and NFS's lock manager, or Lustre mounted with `-o flock`) drops when the process
-ends, however it ends. A second writer is refused with one line naming the first.
+and locked under a temporary name (created with O_EXCL, which follows no link), then hard-linked
+to `<file>.lock` (fails if one exists; NFS and Lustre keep link atomic). While the job runs it
+holds a POSIX record lock (fcntl) on it, which the kernel (and NFS's lock manager, or Lustre
+mounted with `-o flock`) drops when the process ends, however it ends. A second writer is refused
+with one line naming the first. An existing lock is opened with O_NOFOLLOW after lstat: one that
+is not a regular file (a symbolic link, a folder, a FIFO) is refused in one line, never opened
+through; nothing is ever written into an existing lock file.
 
 A lock left behind (SIGKILL, MPI_Abort, a lost node) never blocks the next run:
-- the record lock is free: the holder is gone. The next writer takes the lock over (in place,
-  under the record lock, so two newcomers cannot both take it). On another host, where the lock
-  names a SLURM job that `squeue` still lists, it is kept (a file system whose locks are only
-  node-local, such as Lustre's `localflock`, cannot show a live holder on another node).
+- the record lock is free: nobody holds the lock, whatever the file says (empty, not JSON, JSON
+  of another shape). The next writer takes it over with a warning: under the record lock of the
+  old file (so two newcomers cannot both take it) it renames a new lock file of its own over
+  the name. On another host, where the lock names a SLURM job that `squeue` still lists, it is
+  kept (a file system whose locks are only node-local, such as Lustre's `localflock`, cannot
+  show a live holder on another node).
 - where the file system has no record locks (ENOLCK, ENOSYS): a holder on this host is alive if
   its pid runs with the recorded start time; on another host, if its SLURM job is still listed
-  by `squeue`. A lock from another host without a SLURM job cannot be judged there: the run is
-  refused, naming the lock to remove.
+  by `squeue`. A lock from another host without a SLURM job, or one that names no holder (empty
+  or not JSON), cannot be judged there: the run is refused, naming the lock to remove.
 
 HDF5's own file locking is off for every open (fileformat.open_h5: `locking=False`), so parallel
 HDF5 keeps working on file systems without locks; this lock only needs a small file beside the
@@ -39,9 +50,12 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
+import stat
 import weakref
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from losslandscape.errors import UserError
@@ -55,8 +69,10 @@ NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
 
 def lock_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + SUFFIX)
+    """The lock of the file `path` names: beside its real path (links resolved, the lock's own
+    name not), so that every name of the file leads to one lock."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + SUFFIX)
 
 
 @dataclass
@@ -65,6 +81,7 @@ class _Held:
     path: Path  # the lock file
     count: int = 1
     generation: int = 0  # tells this hold from a later one of the same file
+    names: set = dataclass_field(default_factory=set)  # the paths it was taken by (a link may change meanwhile)
 
 
 _generations = iter(range(1, 1 << 62))
@@ -74,7 +91,12 @@ _held: dict[str, _Held] = {}
 
 
 def _key(path: str | Path) -> str:
-    return os.path.abspath(lock_path(path))
+    """The held lock `path` was taken by, else the lock it leads to now."""
+    name = os.path.abspath(path)
+    for key, held in _held.items():
+        if name in held.names:
+            return key
+    return str(lock_path(path))
 
 
 def _start_time(pid: int) -> str | None:
@@ -100,7 +122,7 @@ def _me(what: str) -> dict:
 
 def describe(info: dict | None) -> str:
     if not info:
-        return "another process (its lock is being written)"
+        return "another process (its lock names none)"
     text = f"host {info.get('host')}, pid {info.get('pid')}"
     if info.get("slurm_job"):
         text += f", SLURM job {info['slurm_job']}"
@@ -109,12 +131,27 @@ def describe(info: dict | None) -> str:
     return text + (f", since {info['started']}" if info.get("started") else "")
 
 
+# what a lock file may say, by field; anything else in it is ignored (it names no holder)
+_FIELDS = {"host": str, "pid": int, "pid_start": str, "slurm_job": str, "slurm_job_id": str, "what": str,
+           "started": str}
+_JOB_ID = re.compile(r"[0-9]+([_+][0-9]+)?")
+
+
 def _read(fd: int) -> dict | None:
+    """The holder the lock file names: its fields of the expected types (short printable strings,
+    a SLURM job id of digits), or None where it names none (empty, not JSON, another shape)."""
     try:
         os.lseek(fd, 0, os.SEEK_SET)
-        return json.loads(os.read(fd, 65536).decode() or "null")
-    except (OSError, ValueError):
+        info = json.loads(os.read(fd, 65536).decode() or "null")
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(info, dict):
+        return None
+    kept = {k: v for k, v in info.items() if k in _FIELDS and type(v) is _FIELDS[k]
+            and (not isinstance(v, str) or (len(v) <= 200 and v.isprintable()))}
+    if "slurm_job_id" in kept and not _JOB_ID.fullmatch(kept["slurm_job_id"]):
+        del kept["slurm_job_id"]
+    return kept or None
 
 
 def _write(fd: int, info: dict) -> None:
@@ -152,8 +189,10 @@ def _slurm_job_running(job_id: str | None) -> bool | None:
 def _alive(info: dict | None, record_lock: bool | None) -> bool | None:
     """Whether the holder named by `info` still runs: True, False, or None (cannot tell).
     `record_lock`: the result of trying its record lock (True: free, None: no locks)."""
-    if record_lock is False or not info:
-        return True  # held by a live process (or being written this moment: a takeover rewrites it)
+    if record_lock is False:
+        return True  # held by a live process
+    if not info:  # names no holder: nobody holds its record lock, or (without record locks) cannot tell
+        return False if record_lock is True else None
     same_host = info.get("host") == socket.gethostname()
     if record_lock is True:  # the kernel says nobody holds it
         if same_host:
@@ -173,9 +212,12 @@ def acquire(path: str | Path, what: str, field: str = "output.surface", owner: o
     key = _key(path)
     if key not in _held:
         _take(path, key, what, field)
+        _held[key].names.add(os.path.abspath(path))
+        _one_name(path, key, field)
         _sweep(Path(key), path)
     else:
         _held[key].count += 1
+        _held[key].names.add(os.path.abspath(path))
     if owner is not None:  # released with the owner, unless this hold has ended (and another begun) by then
         weakref.finalize(owner, _release_hold, path, _held[key].generation)
 
@@ -193,12 +235,9 @@ def _take(path, key: str, what: str, field: str) -> None:
         if fd is not None:
             _held[key] = _Held(fd, lock, generation=next(_generations))
             return
-        try:
-            fd = os.open(lock, os.O_RDWR)
-        except FileNotFoundError:
+        fd = _open_lock(lock, field, path)
+        if fd is None:
             continue  # released meanwhile
-        except OSError as exc:
-            raise UserError(f"{field}: cannot open the lock {lock} of {path} ({exc.strerror})") from None
         state = _try_lock(fd)
         if state is True and not _same_file(lock, fd):
             os.close(fd)  # the holder removed it as we opened it (and another may have made one): look again
@@ -206,9 +245,12 @@ def _take(path, key: str, what: str, field: str) -> None:
         info = _read(fd)
         alive = _alive(info, state)
         if alive is False:
-            if state is True:  # ours now, in place: nobody else can take it over meanwhile
-                _write(fd, me)
-                _held[key] = _Held(fd, lock, generation=next(_generations))
+            if state is True:  # under the old file's record lock nobody else can take it over: ours replaces it
+                try:
+                    mine = _create(lock, me, field, path, replace=True)
+                finally:
+                    os.close(fd)
+                _held[key] = _Held(mine, lock, generation=next(_generations))
             else:  # no record locks: remove it and make ours
                 os.close(fd)
                 Path(lock).unlink(missing_ok=True)
@@ -225,17 +267,70 @@ def _take(path, key: str, what: str, field: str) -> None:
     raise UserError(f"{field}: cannot take the lock {lock} of {path} (it changes hands too often)")
 
 
-def _create(lock: Path, me: dict, field: str, path) -> int | None:
-    """Make the lock file with our record in it, locked, atomically (link); None if one exists."""
-    tmp = lock.with_name(f".{lock.name}.{me['host']}.{me['pid']}")
+def _open_lock(lock: Path, field: str, path) -> int | None:
+    """The existing lock file, opened for reading and its record lock without following a link;
+    None if it is gone. One that is not a regular file is refused, and never opened."""
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o644)
+        kind = os.lstat(lock).st_mode
+        if stat.S_ISREG(kind):
+            fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            kind = os.fstat(fd).st_mode
+            if not stat.S_ISREG(kind):  # replaced between lstat and open
+                os.close(fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise UserError(f"{field}: cannot open the lock {lock} of {path} ({exc.strerror})") from None
+        kind = stat.S_IFLNK
+    if stat.S_ISREG(kind):
+        return fd
+    raise UserError(f"{field}: the lock {lock} of {path} is {_kind(kind)}, not a regular file; remove it "
+                    "(the lock is a file this tool makes, and it follows no link)")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _one_name(path, key: str, field: str) -> None:
+    """Refuse (and release) a file with other names (hard links): the lock beside one name is
+    not seen by a writer of another."""
+    try:
+        st = os.stat(key[:-len(SUFFIX)])
+    except OSError:
+        return  # not made yet
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        release(path)
+        raise UserError(f"{field}: {path} has {st.st_nlink} names (hard links), and the write lock of one name "
+                        "does not stop a writer of another; write a file with one name (copy it, or remove the "
+                        "other links)")
+
+
+def _create(lock: Path, me: dict, field: str, path, replace: bool = False) -> int | None:
+    """Make the lock file with our record in it, locked, atomically: linked to the name (None if
+    one exists), or renamed over it (`replace`: a lock taken over)."""
+    tmp = lock.with_name(f".{lock.name}.{me['host']}.{me['pid']}")
+    flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileExistsError:  # left by a killed process of our pid, or a link put there: never written through
+            tmp.unlink()
+            fd = os.open(tmp, flags, 0o644)
     except OSError as exc:
         raise UserError(f"{field}: cannot write the lock {lock} of {path}: {fs_cause(exc.errno, lock.parent)}") from None
     try:
         _try_lock(fd)
         _write(fd, me)
-        os.link(tmp, lock)
+        if replace:
+            os.rename(tmp, lock)
+        else:
+            os.link(tmp, lock)
     except FileExistsError:
         os.close(fd)
         return None
@@ -261,9 +356,10 @@ def _sweep(lock: Path, path) -> None:
 
 def _same_file(lock: Path, fd: int) -> bool:
     try:
-        return os.stat(lock).st_ino == os.fstat(fd).st_ino
+        here, held = os.lstat(lock), os.fstat(fd)
     except FileNotFoundError:
         return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
 
 def busy(path: str | Path) -> dict | None:
@@ -274,8 +370,10 @@ def busy(path: str | Path) -> dict | None:
         return None
     lock = lock_path(path)
     try:
-        fd = os.open(lock, os.O_RDWR)
-    except OSError:
+        fd = _open_lock(lock, "", path)
+    except UserError:  # not a regular file: no holder there (its writer is refused taking it)
+        return None
+    if fd is None:
         return None
     try:
         state = _try_lock(fd)

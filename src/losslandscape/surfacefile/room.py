@@ -5,9 +5,12 @@ A full disk, an exceeded quota, a read-only or forbidden folder: HDF5 (1.10) rep
 write late (when a dataset or the file is closed, or flushed) and a file closed after one
 segfaults the process (measured: `H5D_close` on a NULL address, exit 139), and a failed write of
 new metadata leaves a file that no longer opens. So nothing is written where it might not fit:
-`check_room` reserves the bytes a new file or a new part of one needs (posix_fallocate on a
-probe file beside it, freed at once: quotas count) before HDF5 writes, and a failure is one
-line naming the path, the cause and the room needed. Writing points needs no room: datasets are
+`check_room` compares the bytes a new file or a new part of one needs with the free space
+(statvfs) and, where they fit, reserves just those bytes (posix_fallocate on a probe file beside
+it, freed at once: quotas count) before HDF5 writes; a failure is one line naming the path, the
+cause, the room needed and the room free measured before the probe. (A posix_fallocate asked
+for more than is free takes every free block on ext4 before it fails: other jobs on the file
+system would see a full disk meanwhile, hence the comparison first.) Writing points needs no room: datasets are
 allocated and filled when the file is made. Where a write fails anyway (a sparse copy of the
 file, a copy-on-write file system), `write_failed` keeps the file open for good (the
 points written before stay) and raises `WriteFailed`, one line: the Python interface's caller
@@ -72,11 +75,20 @@ def free_bytes(folder: Path) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def fs_cause(code: int | None, folder: Path, need: int = 0) -> str:
-    """What went wrong, in words: the system's message and, for a full disk, the room."""
+def _read_only(folder: Path) -> bool:
+    """Whether the file system is mounted read-only (the probe then says so, rather than "no room")."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def fs_cause(code: int | None, folder: Path, need: int = 0, free: int | None = None) -> str:
+    """What went wrong, in words: the system's message and, for a full disk, the room (`free`
+    where measured before, else measured now)."""
     text = os.strerror(code) if code else "the write failed"
     if code in (errno.ENOSPC, errno.EDQUOT):
-        free = free_bytes(folder)
+        free = free_bytes(folder) if free is None else free
         room = (f"{'it needs about ' + human(need) + ', ' if need else ''}"
                 f"{human(free) + ' free' if free is not None else ''} in {folder}")
         return f"{text}: {room}" if room else text
@@ -95,9 +107,10 @@ def sweep_probes(path: str | Path) -> None:
 
 
 def check_room(path: str | Path, nbytes: int, field: str = "output.surface", what: str = "") -> None:
-    """Reserve `nbytes` beside `path` (a probe file, posix_fallocate, removed at once): one
-    UserError naming the path, the cause and the room needed where they cannot be written there
-    (no room, a quota, a read-only or forbidden folder). The folder is made if missing."""
+    """Reserve `nbytes` beside `path` (a probe file, posix_fallocate, removed at once), where the
+    free space (statvfs) holds them: one UserError naming the path, the cause, the room needed and
+    the room free before, where they cannot be written there (no room, a quota, a read-only or
+    forbidden folder). The folder is made if missing."""
     path = Path(path)
     folder = path.parent
     try:
@@ -105,23 +118,23 @@ def check_room(path: str | Path, nbytes: int, field: str = "output.surface", wha
     except OSError as exc:
         raise UserError(f"{field}: cannot make the folder {folder} for {path}: "
                         f"{fs_cause(exc.errno, folder.parent)}") from None
-    probe = folder / f".{path.name}.room-{os.getpid()}"
     label = f"{what} {path}".strip()
+    free = free_bytes(folder)
+    if free is not None and free < nbytes and not _read_only(folder):  # never ask posix_fallocate for more than is free
+        raise UserError(f"{field}: no room for {label}: {fs_cause(errno.ENOSPC, folder, nbytes, free)}")
+    probe = folder / f".{path.name}.room-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return  # a probe of this process is under way (cannot happen twice at once)
     except OSError as exc:
-        raise UserError(f"{field}: cannot write {label}: {fs_cause(exc.errno, folder, nbytes)}") from None
+        raise UserError(f"{field}: cannot write {label}: {fs_cause(exc.errno, folder, nbytes, free)}") from None
     try:
         os.posix_fallocate(fd, 0, max(int(nbytes), 1))
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no fallocate: compare with free space
-            free = free_bytes(folder)
-            if free is None or free >= nbytes:
-                return
-            exc.errno = errno.ENOSPC
-        raise UserError(f"{field}: no room for {label}: {fs_cause(exc.errno, folder, nbytes)}") from None
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no fallocate: the comparison above holds
+            return
+        raise UserError(f"{field}: no room for {label}: {fs_cause(exc.errno, folder, nbytes, free)}") from None
     finally:
         os.close(fd)
         probe.unlink(missing_ok=True)
