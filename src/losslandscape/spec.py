@@ -41,6 +41,7 @@ SEED = {"min": 0, "max": 2**64 - 1}  # what torch's and numpy's generators take
 BATCH = {"max": 2**31}  # images per batch: beyond any memory, and torch indexes with 32 bits in places
 PATH = {"path": True}  # a file or folder name (a glob too): check_path
 INT_RANGE = (-(2**63), 2**63 - 1)  # every integer field fits a 64-bit integer (HDF5, numpy, torch)
+SURFACE_NAME_ROOM = 80  # bytes added to output.surface's name beside it: ".<name>.lock.<host>.<pid>" and the like
 MAX_TEXT = 4096  # characters of a text field (a path: the file system's own limits, check_path)
 
 
@@ -347,8 +348,9 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls)  # evaluated once a class: the annotations are text (__future__)
 
 
 def _set(spec: Spec, key: str, value: Any, from_text: bool) -> None:
@@ -409,7 +411,7 @@ def _power(n: int) -> str:
     return str(n)
 
 
-def _limits(path: str) -> tuple[int, int]:
+def path_limits(path: str) -> tuple[int, int]:
     """(PC_PATH_MAX, PC_NAME_MAX) of the file system where `path` is, or would be made."""
     folder = os.path.dirname(os.path.abspath(path)) if len(path) < 1 << 16 else os.getcwd()
     while True:
@@ -433,14 +435,15 @@ def check_path(path: str, key: str) -> None:
         raw = os.fsencode(path)
     except UnicodeEncodeError:
         raise UserError(f"{key}: {shown(path)} cannot be encoded as a file name; expected a path") from None
-    path_max, name_max = _limits(path)
+    path_max, name_max = path_limits(path)
     if len(raw) >= path_max:
         raise UserError(f"{key}: {shown(path)} is too long ({len(raw):,} bytes); expected a path of at most "
                         f"{path_max - 1} bytes")
     longest = max(raw.split(b"/"), key=len)
     if len(longest) > name_max:
-        raise UserError(f"{key}: {shown(path)} has a name of {len(longest)} bytes ({shown(os.fsdecode(longest), 40)}); "
-                        f"expected at most {name_max} bytes for each name in a path")
+        part = f" ({shown(os.fsdecode(longest), 40)})" if longest != raw.strip(b"/") else ""
+        raise UserError(f"{key}: {shown(path)} has a name of {len(longest)} bytes{part}; expected at most {name_max} "
+                        "bytes for each name in a path")
 
 
 def _check_model(spec: Spec) -> None:
@@ -543,6 +546,11 @@ def _check_output(spec: Spec) -> None:
     if path.endswith("/") or Path(path).name in ("", ".", ".."):
         raise UserError(f"output.surface: {shown(path)} names a folder; expected the surface file to create or "
                         'resume, e.g. "out/surface.h5"')
+    name, most = os.fsencode(Path(path).name), path_limits(path)[1] - SURFACE_NAME_ROOM
+    if len(name) > most:
+        raise UserError(f"output.surface: {shown(path)} has a file name of {len(name)} bytes; expected at most "
+                        f"{most} (the names made beside it, its lock's temporary, its shards' folder, are up to "
+                        f"{SURFACE_NAME_ROOM} bytes longer)")
 
 
 _TABLE_CHECKS: dict[str, Callable[[Spec], None]] = {
