@@ -83,7 +83,8 @@ PATH_FIELDS = ["model.checkpoint", "model.checkpoint2", "model.checkpoint3", "da
 HOSTILE_PATHS = ["a\0b", "a\x1bb", "x" * 200_000, "x/" * 3000, "d/" + "n" * 256]
 
 
-@pytest.mark.parametrize("key, value", [(key, HOSTILE_PATHS[i % len(HOSTILE_PATHS)]) for i, key in enumerate(PATH_FIELDS)]
+@pytest.mark.parametrize("key, value", [(key, HOSTILE_PATHS[i % len(HOSTILE_PATHS)])
+                                        for i, key in enumerate(PATH_FIELDS)]
                          + [("model.checkpoint", v) for v in HOSTILE_PATHS[1:]])
 def test_every_path_field_refuses_nul_control_characters_and_overlong_names(here, job, capsys, key, value):
     verb = "train" if key.startswith("train.") else "surface"  # in-process, a NUL can be an argument
