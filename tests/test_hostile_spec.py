@@ -254,3 +254,16 @@ def test_render_to_an_out_of_300_characters_is_one_line_and_writes_nothing(here,
     assert listing(here) == ["a.h5"]
     assert cli.main(["render", "a.h5", "--out", "o" * 200]) == 0  # a long name that fits is drawn
     assert (here / ("o" * 200) / "a_curve.png").is_file()
+
+
+@pytest.mark.parametrize("verb", ["hessian", "merge", "status", "summary", "render"])
+def test_a_file_verb_given_a_name_too_long_for_the_file_system_is_one_line(here, capsys, verb):
+    refused(capsys, [verb, "q" * 300 + ".h5"], "SURFACE")
+    assert listing(here) == []
+
+
+def test_open_surface_given_a_name_too_long_for_the_file_system_is_a_user_error(here):
+    import losslandscape as ll
+
+    with pytest.raises(UserError, match="cannot be a file name"):
+        ll.open_surface("q" * 300 + ".h5")
