@@ -699,7 +699,7 @@ def load(path: str | Path | None, overrides: dict[str, str] | None = None) -> Sp
             raise UserError(f"spec: {shown(str(path))} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
                             f"offset {exc.start}); expected a TOML job spec") from None
         except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"spec: {shown(str(path))} is not valid TOML ({exc})") from None
+            raise UserError(f"spec: {path} is not valid TOML ({exc})") from None
         except OSError as exc:
             raise UserError(f"spec: {shown(str(path))} cannot be read ({exc.strerror})") from None
     return from_dict(table, overrides)
