@@ -99,7 +99,11 @@ def named_as_flags(flags: dict[str, str]):
 def readable_file(path, field: str, expected: str = "a file") -> None:
     """Raise a one-line UserError unless `path` is a non-empty file this process can read."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name the file system cannot take (ENAMETOOLONG)
+        raise UserError(f"{field}: {str(path)[:80]!r}... cannot be a file name ({exc.strerror})") from None
+    if not exists:
         raise UserError(f"{field}: no such file {str(path)!r}")
     if path.is_dir():
         raise UserError(f"{field}: {str(path)!r} is a folder; expected {expected}")

@@ -20,6 +20,8 @@ import functools
 import inspect
 import json
 import math
+import os
+import re
 import tomllib
 import types
 import typing
@@ -36,21 +38,27 @@ from losslandscape.errors import UserError, option, readable_file
 LOSS_NAMES = ("cross_entropy", "mse", "model")
 AT_LEAST_0 = {"min": 0}  # a field's metadata: the smallest value it takes
 AT_LEAST_1 = {"min": 1}
+SEED = {"min": 0, "max": 2**64 - 1}  # what torch's and numpy's generators take
+BATCH = {"max": 2**31}  # images per batch: beyond any memory, and torch indexes with 32 bits in places
+PATH = {"path": True}  # a file or folder name (a glob too): check_path
+INT_RANGE = (-(2**63), 2**63 - 1)  # every integer field fits a 64-bit integer (HDF5, numpy, torch)
+SURFACE_NAME_ROOM = 80  # bytes added to output.surface's name beside it: ".<name>.lock.<host>.<pid>" and the like
+MAX_TEXT = 4096  # characters of a text field (a path: the file system's own limits, check_path)
 
 
 @dataclass
 class Model:
     name: str = "resnet20"
     """zoo name (see `losslandscape models`) or "package.module:factory"."""
-    checkpoint: str = ""
+    checkpoint: str = field(default="", metadata=PATH)
     """trained weights (.pt/.t7); empty = the model's fresh initialisation."""
-    checkpoint2: str = ""
+    checkpoint2: str = field(default="", metadata=PATH)
     """second model's weights, the far end of `directions.kind = "interpolate"`."""
     trust_checkpoint: bool = False
     """allow checkpoints that need full unpickling (can run code: trusted files only)."""
     num_classes: int = field(default=10, metadata=AT_LEAST_1)
     """number of classes of the classifier."""
-    checkpoint3: str = ""
+    checkpoint3: str = field(default="", metadata=PATH)
     """third model's weights: with kind = "interpolate" and a y axis, the plane through three models (x = checkpoint2 - checkpoint, y = checkpoint3 - checkpoint; the original --model_file3)."""
 
 
@@ -58,13 +66,13 @@ class Model:
 class Data:
     name: str = "digits"
     """cifar10 | digits | synthetic | imagefolder | "package.module:factory" (called with the split name)."""
-    root: str = "data/cifar-10-batches-py"
+    root: str = field(default="data/cifar-10-batches-py", metadata=PATH)
     """folder of the data set's files (cifar10: the python pickle batches; imagefolder: one folder per split, train and val or test, each with one sub-folder per class)."""
     splits: list[Literal["train", "test"]] = field(default_factory=lambda: ["train"])
     """which splits to evaluate: any of train, test."""
     max_samples: int = field(default=0, metadata=AT_LEAST_0)
     """0 = every sample; else a fixed, seeded subset of this many samples per split."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
     """seed of the max_samples subset (and of the synthetic data)."""
     workers: int = field(default=0, metadata=AT_LEAST_0)
     """loader worker processes when the data is a Dataset (imagefolder, or a factory's) (0 = read in the evaluating process)."""
@@ -88,15 +96,15 @@ class Directions:
     """normalisation of random directions; filter = Li et al.'s filter normalisation."""
     ignore: Literal["biasbn", "none"] = "biasbn"
     """biasbn: zero direction for every 1-D parameter (biases, BatchNorm)."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
     """seed of the random directions."""
     orthogonal: bool = False
     """make the y direction orthogonal to the x direction (after normalisation)."""
-    file: str = ""
+    file: str = field(default="", metadata=PATH)
     """HDF5 file to take directions from (kind = "file"): a surface file or an original direction file."""
-    checkpoints: str = ""
+    checkpoints: str = field(default="", metadata=PATH)
     """kind = "pca": a glob of the training run's checkpoints, ordered by the number in the name."""
-    also: list[str] = field(default_factory=list)
+    also: list[str] = field(default_factory=list, metadata=PATH)
     """kind = "pca": globs of further runs to project onto the same plane."""
     which: Literal["maxmin", "top2"] = "maxmin"
     """kind = "hessian": eigenvectors of the largest and smallest eigenvalue (maxmin) or of the two largest."""
@@ -126,7 +134,7 @@ class Grid:
 class Evaluation:
     loss: str = "cross_entropy"
     """cross_entropy | mse | model (the model's own outputs.loss) | "package.module:function" (README: the loss contract)."""
-    batch_size: int = field(default=0, metadata=AT_LEAST_0)
+    batch_size: int = field(default=0, metadata={**AT_LEAST_0, **BATCH})
     """images per forward pass; 0 = 1024 on a GPU, 128 on a CPU (cache-sized batches are faster there)."""
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     """arithmetic of the forward passes (tf32/bf16 only change GPU runs)."""
@@ -142,7 +150,7 @@ class Evaluation:
 
 @dataclass
 class Output:
-    surface: str = "out/surface.h5"
+    surface: str = field(default="out/surface.h5", metadata=PATH)
     """the surface file to create or resume."""
 
 
@@ -150,7 +158,7 @@ class Output:
 class Train:
     epochs: int = field(default=20, metadata=AT_LEAST_1)
     """training epochs."""
-    batch_size: int = field(default=128, metadata=AT_LEAST_1)
+    batch_size: int = field(default=128, metadata={**AT_LEAST_1, **BATCH})
     """minibatch size (small-batch vs large-batch minimizers)."""
     lr: float = 0.1
     """initial learning rate of SGD."""
@@ -168,9 +176,9 @@ class Train:
     (Goyal et al. 2017; deep networks without it can diverge in their first steps)."""
     save_every: int = field(default=5, metadata=AT_LEAST_1)
     """write model_<epoch>.pt every this many epochs (and the last one)."""
-    out_dir: str = "out/train"
+    out_dir: str = field(default="out/train", metadata=PATH)
     """folder for the checkpoints."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=SEED)
     """seed of the initialisation and the batch order."""
 
 
@@ -211,7 +219,7 @@ class Hessian:
     """a fixed, seeded subset of N samples; 0 = all (or the surface's own subset)."""
     params: Literal["all", "weights"] = "all"
     """all trainable parameters the surface moves, or weights: its tensors of more than one dimension."""
-    tol: float = 1e-3
+    tol: float = field(default=1e-3, metadata=AT_LEAST_0)
     """Lanczos tolerance."""
     device: str = ""
     """override evaluation.device (auto, cpu, cuda, cuda:N); empty = the surface's own."""
@@ -283,7 +291,7 @@ def _describe(tp: Any) -> str:
 def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
     """Check (and, for command-line text, parse) one value against its annotation."""
     origin = typing.get_origin(tp)
-    bad = UserError(f"{key}: {value!r} is not valid; expected {_describe(tp)}")
+    bad = UserError(f"{key}: {shown(value)} is not valid; expected {_describe(tp)}")
     if origin in (typing.Union, types.UnionType):  # e.g. an integer or "auto": the first that fits
         for option in typing.get_args(tp):
             try:
@@ -330,7 +338,10 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
                 raise bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise bad from None
     if tp is str:
         if not isinstance(value, str):
             raise bad
@@ -338,8 +349,9 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls)  # evaluated once a class: the annotations are text (__future__)
 
 
 def _set(spec: Spec, key: str, value: Any, from_text: bool) -> None:
@@ -353,22 +365,99 @@ def _set(spec: Spec, key: str, value: Any, from_text: bool) -> None:
     setattr(getattr(spec, section), name, _coerce(key, value, hints[name], from_text))
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """`value` as an error line shows it: its repr, cut in the middle when long (a 10 MB value
+    is not a 10 MB line), with its length."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of {len(hex(value)) - 2} hex digits"  # repr refuses beyond 4300 digits
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return f"{value[:limit // 2]!r}...{value[-limit // 4:]!r} ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 4:]} ({len(text):,} characters)"
+
+
 def _check_bounds(obj: Any, name: Callable[[str], str]) -> None:
-    """The fields' bounds (their metadata "min"), in the order of the fields."""
+    """The fields' bounds, in the order of the fields: an integer's metadata "min" and "max" (and
+    a 64-bit integer's range for every one), a finite number (and its "min"), a text of at most
+    MAX_TEXT characters, and the paths (metadata "path": check_path)."""
     for f in dataclasses.fields(obj):
-        low = f.metadata.get("min")
         value = getattr(obj, f.name)
-        if low is not None and isinstance(value, int) and value < low:
-            raise UserError(f"{name(f.name)}: {value} is not valid; expected an integer >= {low}")
+        key = name(f.name)
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, int) and not isinstance(value, bool):
+            lo = INT_RANGE[0] if low is None else low
+            hi = INT_RANGE[1] if high is None else high
+            if not lo <= value <= hi:
+                expected = (f"an integer >= {low}" if value < lo and high is None and low is not None
+                            else f"an integer from {_power(lo)} to {_power(hi)}")
+                raise UserError(f"{key}: {shown(value)} is not valid; expected {expected}")
+        elif isinstance(value, float):
+            if not math.isfinite(value) or (low is not None and value < low):
+                raise UserError(f"{key}: {value} is not valid; expected a finite number"
+                                + (f" >= {low}" if low is not None else ""))
+        texts = value if isinstance(value, list) else [value]
+        for text in texts:
+            if isinstance(text, str) and f.metadata.get("path"):
+                check_path(text, key)
+            elif isinstance(text, str) and len(text) > MAX_TEXT:
+                raise UserError(f"{key}: {shown(text)} is too long; expected at most {MAX_TEXT} characters")
+
+
+def _power(n: int) -> str:
+    """A bound as it is easiest read: 2**64 - 1, -2**63, 2**31, 100."""
+    for k in (31, 32, 63, 64):
+        for form, value in ((f"2**{k}", 2**k), (f"2**{k} - 1", 2**k - 1), (f"-2**{k}", -(2**k))):
+            if n == value:
+                return form
+    return str(n)
+
+
+def path_limits(path: str) -> tuple[int, int]:
+    """(PC_PATH_MAX, PC_NAME_MAX) of the file system where `path` is, or would be made."""
+    folder = os.path.dirname(os.path.abspath(path)) if len(path) < 1 << 16 else os.getcwd()
+    while True:
+        try:
+            return os.pathconf(folder, "PC_PATH_MAX"), os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            if folder == os.path.dirname(folder):
+                return 4096, 255  # POSIX systems' usual limits
+            folder = os.path.dirname(folder)
+
+
+def check_path(path: str, key: str) -> None:
+    """One line naming `key` unless `path` is a name the file system can take: no NUL or other
+    control character, encodable, at most PC_PATH_MAX - 1 bytes and each part at most PC_NAME_MAX
+    (of the nearest existing folder). Every path field of the spec and render's --out pass here."""
+    bad = next((i for i, c in enumerate(path) if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        what = "a NUL character" if path[bad] == "\0" else f"a control character ({path[bad]!r})"
+        raise UserError(f"{key}: {shown(path)} contains {what} at position {bad}; expected a path")
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:
+        raise UserError(f"{key}: {shown(path)} cannot be encoded as a file name; expected a path") from None
+    path_max, name_max = path_limits(path)
+    if len(raw) >= path_max:
+        raise UserError(f"{key}: {shown(path)} is too long ({len(raw):,} bytes); expected a path of at most "
+                        f"{path_max - 1} bytes")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > name_max:
+        part = f" ({shown(os.fsdecode(longest), 40)})" if longest != raw.strip(b"/") else ""
+        raise UserError(f"{key}: {shown(path)} has a name of {len(longest)} bytes{part}; expected at most {name_max} "
+                        "bytes for each name in a path")
 
 
 def _check_model(spec: Spec) -> None:
+    if ":" in spec.model.name:
+        userimport.check_name(spec.model.name, "model.name")
     if spec.model.checkpoint3 and spec.directions.kind != "interpolate":
         raise UserError(f'model.checkpoint3: only with directions.kind = "interpolate" (the plane through three '
                         f'models), not {spec.directions.kind!r}; leave it empty')
 
 
 def _check_data(spec: Spec) -> None:
+    if ":" in spec.data.name:
+        userimport.check_name(spec.data.name, "data.name")
     if not spec.data.splits:
         raise UserError("data.splits: empty; expected one or both of train, test")
     if len(set(spec.data.splits)) != len(spec.data.splits):
@@ -405,10 +494,11 @@ def _check_directions(spec: Spec) -> None:
 
 def _check_grid(spec: Spec) -> None:
     """The axes' form (grid.py parses them) and what the directions allow."""
-    from losslandscape.numerics.grid import auto_points, is_auto, parse_axis
+    from losslandscape.numerics.grid import auto_points, check_size, is_auto, parse_axis
 
     if not (math.isfinite(spec.grid.auto_factor) and spec.grid.auto_factor > 1):
         raise UserError(f"grid.auto_factor: {spec.grid.auto_factor} is not valid; expected a number > 1")
+    shape = []
     for key, text in (("grid.x", spec.grid.x), ("grid.y", spec.grid.y)):
         if key == "grid.y" and not text:
             continue  # a 1-D curve
@@ -417,9 +507,10 @@ def _check_grid(spec: Spec) -> None:
             if spec.directions.kind == "interpolate":
                 raise UserError(f'{key}: "auto" is not available for directions.kind = "interpolate" (the line '
                                 'between two models); give "lo:hi:n", e.g. "-0.5:1.5:41"')
-            auto_points(key, text)  # checks the form
+            shape.append(auto_points(key, text))  # checks the form
         else:
-            parse_axis(key, text)
+            shape.append(len(parse_axis(key, text)))  # its size is checked before the axis is made
+    check_size(tuple(reversed(shape)), "grid.y" if len(shape) == 2 else "grid.x")
     if spec.directions.kind == "interpolate":
         if spec.grid.y and not (spec.model.checkpoint3 or spec.directions.same_dir):
             raise UserError('grid.y: "interpolate" is a 1-D line unless model.checkpoint3 gives a y direction (the '
@@ -438,17 +529,34 @@ def _check_evaluation(spec: Spec) -> None:
     if e.loss not in LOSS_NAMES and ":" not in e.loss:
         raise UserError(f"evaluation.loss: {e.loss!r} is not valid; expected one of "
                         f"{', '.join(LOSS_NAMES)} or \"package.module:function\"")
+    if e.loss not in LOSS_NAMES:
+        userimport.check_name(e.loss, "evaluation.loss")
     _check_device("evaluation.device", e.device)
 
 
 def _check_device(name: str, device: str) -> None:
-    if not (device in ("auto", "cpu") or device.startswith("cuda")):
-        raise UserError(f"{name}: {device!r} is not valid; expected auto, cpu, cuda or cuda:N")
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]{1,6}", device)):
+        raise UserError(f"{name}: {shown(device)} is not valid; expected auto, cpu, cuda or cuda:N")
+
+
+def _check_output(spec: Spec) -> None:
+    path = spec.output.surface
+    if not path.strip():
+        raise UserError(f"output.surface: {path!r} is empty; expected the surface file to create or resume, "
+                        'e.g. "out/surface.h5"')
+    if path.endswith("/") or Path(path).name in ("", ".", ".."):
+        raise UserError(f"output.surface: {shown(path)} names a folder; expected the surface file to create or "
+                        'resume, e.g. "out/surface.h5"')
+    name, most = os.fsencode(Path(path).name), path_limits(path)[1] - SURFACE_NAME_ROOM
+    if len(name) > most:
+        raise UserError(f"output.surface: {shown(path)} has a file name of {len(name)} bytes; expected at most "
+                        f"{most} (the names made beside it, its lock's temporary, its shards' folder, are up to "
+                        f"{SURFACE_NAME_ROOM} bytes longer)")
 
 
 _TABLE_CHECKS: dict[str, Callable[[Spec], None]] = {
     "model": _check_model, "data": _check_data, "directions": _check_directions, "grid": _check_grid,
-    "evaluation": _check_evaluation}
+    "evaluation": _check_evaluation, "output": _check_output}
 
 
 def check(spec: Spec) -> None:
@@ -615,13 +723,19 @@ def load(path: str | Path | None, overrides: dict[str, str] | None = None) -> Sp
     """Read a TOML job spec (None: all defaults) and apply overrides."""
     table: dict[str, Any] = {}
     if path is not None:
+        check_path(str(path), "spec")
         path = Path(path)
         readable_file(path, "spec", "a TOML job spec (omit it to take every default)")
         try:
-            table = tomllib.loads(path.read_text())
+            table = tomllib.loads(path.read_bytes().decode("utf-8"))
             userimport.remember(path.parent)  # "mynet:build" beside the spec is found
+        except UnicodeDecodeError as exc:
+            raise UserError(f"spec: {shown(str(path))} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                            f"offset {exc.start}); expected a TOML job spec") from None
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"spec: {path} is not valid TOML ({exc})") from None
+        except OSError as exc:
+            raise UserError(f"spec: {shown(str(path))} cannot be read ({exc.strerror})") from None
     return from_dict(table, overrides)
 
 

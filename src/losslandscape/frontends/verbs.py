@@ -376,6 +376,11 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(join_negative_values(argv, parser))
     setup_logging(args.verbose)
     try:
+        for name, label in (("surface", "SURFACE"), ("surfaces", "SURFACE"), ("shards", "SHARDS")):
+            given = getattr(args, name, None)  # the files named on the command line: names they can be
+            for value in given if isinstance(given, list) else [given]:
+                if value is not None:
+                    specs.check_path(str(value), label)
         with errors.named_as_flags(OPTION_FLAGS):  # errors name --top-k, not top_k
             return int(args.func(args) or 0)
     except UserError as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,7 +36,10 @@ def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.c
         return normalise(_load_safetensors(path, field), field, path)
     readable_file(path, field, "a PyTorch checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():
+            if not trust:  # torch warns about the pickle protocol of a file it then refuses: one line is ours
+                warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         # torch wraps every weights-only failure, garbage bytes included, in "Weights only load
         # failed"; only a refused class (a GLOBAL, or an object of one) means "needs trust"

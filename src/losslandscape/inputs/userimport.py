@@ -44,16 +44,33 @@ def search_dirs() -> list[str]:
     return [*_DIRS, *([os.getcwd()] if os.getcwd() not in _DIRS else [])]
 
 
+def check_name(name: str, field: str) -> None:
+    """The form of "package.module:factory", nothing imported: one line naming `field` unless the
+    module's dotted parts are names a file can have and the factory is a Python name."""
+    if name in _REGISTERED or name.startswith("python:"):
+        return
+    module_name, _, attr = name.partition(":")
+    parts = module_name.split(".")
+    if not (attr.isidentifier() and all(p and p.isprintable() and not set(p) & set("/\\ ") for p in parts)):
+        shown = repr(name) if len(name) <= 80 else f"{name[:40]!r}... ({len(name):,} characters)"
+        raise UserError(f'{field}: {shown} is not of the form "package.module:factory"')
+
+
 def import_factory(name: str, field: str) -> Callable:
-    """The callable `factory` of "package.module:factory"; every failure a user can fix is one line."""
+    """The callable `factory` of "package.module:factory"; every failure a user can fix is one line.
+    A function of Python's standard library (os:system, shutil:rmtree) is no factory: refused,
+    never called (a data factory is called with the split's name)."""
     if name in _REGISTERED:
         return _REGISTERED[name]
     if name.startswith("python:"):
         raise UserError(f"{field}: {name!r} names a model or data set given to the Python interface in another "
                         "process; compute this surface from Python, or name a module:factory")
+    check_name(name, field)
     module_name, _, attr = name.partition(":")
-    if not module_name or not attr or ":" in attr:
-        raise UserError(f'{field}: {name!r} is not of the form "package.module:factory"')
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top == "__main__":
+        raise UserError(f"{field}: {name!r} is a function of Python's standard library, not a factory; refused "
+                        "(name a function of your own module, e.g. mynet:build)")
     for d in reversed(search_dirs()):
         if d not in sys.path:
             sys.path.insert(0, d)

@@ -6,27 +6,70 @@ or (ny, nx) for a 2-D surface, row-major: flat = j * nx + i is (x[i], y[j]).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from losslandscape.errors import UserError
 
+# The most points a grid may have, checked before anything is allocated: every point is a pass
+# over the data, so these are far beyond any run, and the schedule of the largest grid (int64
+# levels and order) takes a few hundred MB.
+MAX_AXIS_POINTS = 10**6  # on one axis
+MAX_POINTS = 10**7  # on the whole grid
+
 
 def parse_axis(key: str, text: str) -> np.ndarray:
-    """ "lo:hi:n" -> n float64 coordinates from lo to hi, both included."""
+    """ "lo:hi:n" -> n float64 coordinates from lo to hi, both included: lo, hi and hi - lo finite,
+    1 <= n <= MAX_AXIS_POINTS, and the step a normal float64 (not 0, not subnormal) whose points
+    all differ."""
+    n, lo, hi = axis_form(key, text)
+    axis = np.linspace(lo, hi, n)
+    if n > 1 and not (np.diff(axis) > 0).all():
+        raise UserError(f"{key}: {_shown(text)} is not valid; its {n} points are not distinct numbers (the step "
+                        f"{(hi - lo) / (n - 1):g} is too small next to {max(abs(lo), abs(hi)):g}); widen the range "
+                        "or take fewer points")
+    return axis
+
+
+def axis_form(key: str, text: str) -> tuple[int, float, float]:
+    """(n, lo, hi) of "lo:hi:n", checked as parse_axis says, without making the axis."""
     expected = 'expected "lo:hi:n" with numbers lo < hi and an integer n >= 1, e.g. "-1:1:51"'
     parts = str(text).split(":")
     if len(parts) != 3:
-        raise UserError(f"{key}: {text!r} is not valid; {expected}")
+        raise UserError(f"{key}: {_shown(text)} is not valid; {expected}")
     try:
         lo, hi = float(parts[0]), float(parts[1])
         n = int(parts[2])
     except ValueError:
-        raise UserError(f"{key}: {text!r} is not valid; {expected}") from None
+        raise UserError(f"{key}: {_shown(text)} is not valid; {expected}") from None
     if not (np.isfinite(lo) and np.isfinite(hi)) or n < 1 or (n > 1 and not lo < hi) or (n == 1 and lo > hi):
-        raise UserError(f"{key}: {text!r} is not valid; {expected}")
-    return np.linspace(lo, hi, n)
+        raise UserError(f"{key}: {_shown(text)} is not valid; {expected}")
+    if n > MAX_AXIS_POINTS:
+        raise UserError(f"{key}: {_shown(text)} has {n:,} points; expected at most {MAX_AXIS_POINTS:,} on an axis")
+    if n > 1:
+        span = hi - lo
+        if not np.isfinite(span):
+            raise UserError(f"{key}: {_shown(text)} is not valid; hi - lo is beyond the largest number "
+                            f"({sys.float_info.max:.4g}); expected a narrower range")
+        if span / (n - 1) < sys.float_info.min:
+            raise UserError(f"{key}: {_shown(text)} is not valid; its step {span / (n - 1):g} is below the smallest "
+                            f"normal number ({sys.float_info.min:.4g}); expected a wider range or fewer points")
+    return n, lo, hi
+
+
+def check_size(shape: tuple[int, ...], key: str = "grid") -> None:
+    """One line unless a grid of `shape` ((nx,) or (ny, nx)) has at most MAX_POINTS points."""
+    total = int(np.prod([int(n) for n in shape], dtype=object))
+    if total > MAX_POINTS:
+        raise UserError(f"{key}: {' x '.join(f'{n:,}' for n in reversed(shape))} = {total:,} points; expected at most "
+                        f"{MAX_POINTS:,} in all")
+
+
+def _shown(text) -> str:
+    text = str(text)
+    return repr(text) if len(text) <= 80 else f"{text[:40]!r}... ({len(text):,} characters)"
 
 
 AUTO_POINTS = 21
@@ -47,8 +90,9 @@ def auto_points(key: str, text: str) -> int:
             n = int(text.split(":", 1)[1])
         except ValueError:
             n = 0
-        if n < 2:
-            raise UserError(f'{key}: {text!r} is not valid; expected "auto" or "auto:N" with an integer N >= 2')
+        if not 2 <= n <= MAX_AXIS_POINTS:
+            raise UserError(f'{key}: {_shown(text)} is not valid; expected "auto" or "auto:N" with an integer N from 2 '
+                            f"to {MAX_AXIS_POINTS:,}")
     return n
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
+
+from losslandscape.errors import UserError
 
 from losslandscape.render.kinds import KINDS
 from losslandscape.render.mplfigure import FORMATS
@@ -77,6 +80,7 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_render(args: argparse.Namespace) -> int:
     out_dir = args.out if args.out is not None else Path(args.surfaces[0]).parent
+    check_names(args.surfaces, out_dir, "--out" if args.out is not None else "SURFACE")
     written = render(
         args.surfaces,
         out_dir,
@@ -94,6 +98,37 @@ def run_render(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+NAME_ROOM = 32  # bytes of a name kept for what is added to it while it is written (a temporary's prefix and suffix)
+
+
+def check_names(surfaces: list, out_dir: Path, key: str) -> None:
+    """Before anything is drawn: one line unless the output folder and every output name
+    (`<stem>_<split>_<value>_<kind>.<fmt>`, `<stem>_vs_<stem>_..._compare.html`) fit the file
+    system's limits (spec.check_path), with NAME_ROOM bytes to spare."""
+    from losslandscape.spec import path_limits, check_path, shown  # noqa: PLC0415 (the paths' one check)
+
+    check_path(str(out_dir), key)
+    for surface in surfaces:
+        check_path(str(surface), "SURFACE")
+    name_max = path_limits(str(out_dir / "x"))[1]
+    longest = max(len(f"_{split}_{value}_{kind}.{fmt}") for split in SPLITS for value in VALUES
+                  for kind in KINDS for fmt in (*FORMATS, "html", "vtp"))
+    paths = [Path(p) for p in surfaces]
+    stems = [len(os.fsencode(p.stem)) + (len(os.fsencode(p.resolve().parent.name)) + 1
+                                          if [q.stem for q in paths].count(p.stem) > 1 else 0) for p in paths]
+    for path, size in zip(paths, stems):
+        if size + longest > name_max - NAME_ROOM:
+            raise UserError(f"SURFACE: {shown(str(path))}: its name is too long to draw ({size} bytes before the "
+                            f"views' suffixes, up to {longest}); expected a file name of at most "
+                            f"{name_max - NAME_ROOM - longest} bytes (rename or link it)")
+    if len(paths) > 1:
+        joined = sum(stems[:3]) + 4 * (min(len(stems), 3) - 1) if len(stems) <= 3 else stems[0] + 12
+        if joined + longest > name_max - NAME_ROOM:
+            raise UserError(f"SURFACE: the comparison's name joins the files' names ({joined} bytes) beyond the "
+                            f"file system's {name_max} bytes; expected shorter file names (rename or link them), "
+                            "or draw them one at a time")
 
 
 def add_summary_arguments(parser: argparse.ArgumentParser) -> None:

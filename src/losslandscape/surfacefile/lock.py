@@ -226,7 +226,7 @@ def _take(path, key: str, what: str, field: str) -> None:
     lock = Path(key)
     me = _me(what)
     try:
-        lock.parent.mkdir(parents=True, exist_ok=True)  # a new file's folder is made here, before its lock
+        diskspace.make_folder(lock.parent)  # a new file's folder is made here, before its lock (removed if left empty)
     except OSError as exc:
         raise UserError(f"{field}: cannot make the folder {lock.parent} for {path}: "
                         f"{fs_cause(exc.errno, lock.parent.parent)}") from None
@@ -401,6 +401,7 @@ def release(path: str | Path) -> None:
     except OSError:
         pass
     os.close(held.fd)
+    diskspace.remove_made_folders()  # a run that failed before its file was made leaves no empty folder
 
 
 def _release_hold(path: str | Path, generation: int) -> None:

@@ -21,6 +21,7 @@ The same command resumes once there is room.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import os
@@ -261,3 +262,36 @@ def write_failure(path: str | Path, exc: BaseException, field: str = "output.sur
     again = "the points written before are kept; run the same command again once there is room" \
         if code in (errno.ENOSPC, errno.EDQUOT) else "run the same command again once it can be written"
     return f"{field}: cannot write {path}: {fs_cause(code, path.parent)}; {again}"
+
+
+# --- the folders a run makes for its output ------------------------------------------------------
+# A run that fails before its file exists leaves no folder it made for it: the folders made here
+# (the lock's, made first: writelock) are remembered and removed, where empty, when a lock is
+# released and at exit. A folder that was there before, or holds anything, stays.
+_MADE: list[Path] = []
+
+
+def make_folder(folder: str | Path) -> None:
+    """`mkdir -p folder`, remembering each folder it makes (`remove_made_folders`)."""
+    folder = Path(os.path.abspath(folder))
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        if made not in _MADE:
+            _MADE.append(made)
+
+
+def remove_made_folders() -> None:
+    """Remove the folders `make_folder` made that are empty now, innermost first; forget them all."""
+    for folder in sorted(_MADE, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only an empty folder goes
+        except OSError:
+            pass
+    _MADE.clear()
+
+
+atexit.register(remove_made_folders)  # after writelock's release_all (registered later, run first)
