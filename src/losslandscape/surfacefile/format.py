@@ -446,7 +446,7 @@ TEXT_ATTRIBUTES = (A_DIGEST, A_SURFACE)  # compared or shown as text
 
 
 def check_file(f: "h5py.File", path: str | Path, who: str = "", want: str = "any", complete: bool = False,
-               hint: str = "") -> Layout:
+               hint: str = "", directions: bool = False) -> Layout:
     """Check an open file before anything is read from it, and say what it is (Layout).
 
     `want`: "any" (ours or the original code's: render, summary, open_surface), "surface" (ours:
@@ -456,7 +456,9 @@ def check_file(f: "h5py.File", path: str | Path, who: str = "", want: str = "any
     (text for a path's checkpoint names) whose declared shape fits the grid, and the grid at most
     MAX_GRID_POINTS; every attribute readable and at most MAX_ATTRIBUTE_BYTES, the JSON ones of the
     type expected. Anything else is one UserError naming `who` (the verb), the file and the dataset
-    or attribute; `hint` is added to the line that refuses a file of another kind."""
+    or attribute; `hint` is added to the line that refuses a file of another kind. `directions`:
+    the directions are read too (the Hessian maps): each a float dataset stored whole in the file
+    (a direction is as large as the model, so the file's size is its only bound)."""
     import h5py
 
     where = f"{who}: {path}" if who else str(path)
@@ -506,6 +508,8 @@ def check_file(f: "h5py.File", path: str | Path, who: str = "", want: str = "any
                             "the path of its surface file")
     _centre(f, where)
     _paths(f, where)
+    if directions:
+        _directions(f, where)
     return Layout(kind, shape, values, attrs)
 
 
@@ -712,6 +716,32 @@ def _paths(f, where: str) -> None:
         for name in PATH_DATASETS[:3]:
             _series(run, name, where, budget)
         _series(run, PATH_DATASETS[3], where, budget, kinds=TEXT)
+
+
+def _directions(f, where: str) -> None:
+    """directions/x and directions/y (where the file is 2-D): groups of float datasets, each stored
+    whole (the writer allocates them in full: a chunked dataset declaring more than the file
+    holds is refused before it is read)."""
+    import h5py
+
+    group = f.get(DIRECTIONS)
+    if not isinstance(group, h5py.Group) or not isinstance(group.get("x"), h5py.Group):
+        raise UserError(f"{where}: group {DIRECTIONS}/x is missing; expected the directions")
+    for axis in ("x", "y"):
+        g = group.get(axis)
+        if g is None:
+            continue
+        if not isinstance(g, h5py.Group):
+            raise UserError(f"{where}: {DIRECTIONS}/{axis} is not a group; expected the directions")
+        for name in g:
+            label = f"{DIRECTIONS}/{axis}/{shown(name)}"
+            d = _dataset(g, name, where, required=True)
+            if d.dtype.kind != "f":
+                raise UserError(f"{where}: dataset {label} has dtype {shown(d.dtype)}; expected floats")
+            declared = int(np.prod(d.shape or ())) * d.dtype.itemsize
+            if d.id.get_storage_size() < declared:
+                raise UserError(f"{where}: dataset {label} declares {declared:,} bytes and the file holds "
+                                f"{d.id.get_storage_size():,} of them; expected a direction stored whole")
 
 
 def _dir_file(f, where: str) -> None:

@@ -551,6 +551,9 @@ class _LazyDirection:
         self.group = group
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.group:  # a file made for another model
+            raise UserError(f"{self.group.file.filename}: group {self.group.name.lstrip('/')} has no direction "
+                            f"{ff.shown(repr(name))}; expected one for each tensor the model moves")
         return np.asarray(self.group[name], dtype=np.float32)
 
 
@@ -568,7 +571,7 @@ class MapsSource:
 def read_maps_source(path: str | Path) -> MapsSource:
     """A 2-D surface file of ours as the `hessian` verb reads it (UserError, one line, for any other)."""
     with ff.open_h5(path, "r") as f:
-        layout = ff.check_file(f, path, "hessian", "surface", complete=True,
+        layout = ff.check_file(f, path, "hessian", "surface", complete=True, directions=True,
                                hint=" (convert an original file first by resuming it with `losslandscape surface`)")
         if len(layout.shape) != 2:
             raise UserError(f"hessian: {path} is a 1-D surface; the eigenvalue maps need a 2-D surface (grid.y)")
