@@ -417,7 +417,8 @@ def _run(group, where: str, path: Path) -> dict[str, Any]:
     n = x.size
     error = floats(nerr, False)
     error = np.full(n, np.nan) if error is None else error
-    names = [ff.shown(n) for n in _strings(group[nckpt][()])] if isinstance(group.get(nckpt), h5py.Dataset) else []
+    stored = group.get(nckpt)
+    names = [ff.shown(n) for n in _strings(stored[()])] if isinstance(stored, h5py.Dataset) else []
     for name, size in ((ny, y.size), (nerr, error.size), (nckpt, len(names) or n)):
         if size != n:
             raise UserError(f"{path}: dataset {where}/{name} has {size} values for the {n} of {where}/{nx}")
