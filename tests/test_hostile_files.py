@@ -326,3 +326,64 @@ def test_a_memory_bomb_is_refused_before_it_allocates(tmp_path):
     before, after = (int(v) / 1024 for v in proc.stdout.split()[-2:])
     assert after - before < 32, (before, after)  # MiB: nothing of the 4 GB declared was allocated
     print(f"peak resident memory of summary: {before:.0f} MiB after a valid file, {after:.0f} MiB after the bomb")
+
+
+# --- a seeded fuzz: random but plausible damage, every reader one line or a result -------------
+
+DATASETS = ("xcoordinates", "ycoordinates", "train_loss", "train_acc", "test_loss", "test_acc", "train_done",
+            "test_done", "point_seconds", "max_eig", "min_eig", "eig_done", "hessian_centre/density",
+            "hessian_centre/density_grid", "hessian_centre/top_eigenvalues", "trajectory/x", "trajectory/y",
+            "trajectory/error", "trajectory/checkpoints")
+ATTRIBUTES = ("format", "spec", "identity", "splits", "values", "import_dirs", "directions_sha256", "file_sha256",
+              "explained_variance_ratio", "hessian_split", "hessian_samples", "hessian_params", "hessian_tol")
+
+
+def random_damage(rng: np.random.Generator, f) -> str:
+    """One random change to an open surface file; what it did, to reproduce a failure."""
+    if rng.random() < 0.55:
+        name = str(rng.choice(DATASETS))
+        shape = [(), (0,), (5,), (3, 5), (5, 3), (15,), (3, 5, 1), (2_000_000_000,), (100_000, 100_000)][
+            rng.integers(9)]
+        dtype = [np.float64, np.float32, np.int64, np.uint8, np.bool_, "S3", COMPOUND, np.complex128][rng.integers(8)]
+        if name in f:
+            del f[name]
+        big = int(np.prod(shape)) > 10**6
+        if big:
+            f.create_dataset(name, shape=shape, dtype=dtype, chunks=(64,) * len(shape))
+        else:
+            f.create_dataset(name, data=np.zeros(shape, dtype=dtype) if shape != () else np.zeros((), dtype=dtype))
+        return f"dataset {name} {shape} {np.dtype(dtype)}"
+    name = str(rng.choice(ATTRIBUTES))
+    values = ['{"data": {"splits": ["train"]}}', "{", "[]", "null", '["train", 3]', '{"model": 3}', "x" * 300,
+              np.arange(3), np.zeros(2, dtype=COMPOUND), 7, -1.5, np.inf, b"\xff\xfe", '["loss"]', '["acc"]']
+    value = values[rng.integers(len(values))]
+    f.attrs[name] = value
+    return f"attribute {name} = {str(value)[:40]!r}"
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_fuzz_crafted_files(seed, tmp_path, capsys):
+    """50 files a seed, each valid but for 1 to 3 random changes: summary, status and open_surface
+    give their result or one line, exit 1, never a traceback, never more than 1 GiB."""
+    rng = np.random.default_rng(seed)
+    for k in range(50):
+        path = surface_file(tmp_path / f"f{k}.h5")
+        with h5py.File(path, "a") as f:
+            done = [random_damage(rng, f) for _ in range(rng.integers(1, 4))]
+        for reader in ("summary", "status", "open_surface"):
+            if reader == "open_surface":
+                try:
+                    with at_most_1_gib_more():
+                        ll.open_surface(path)
+                    continue
+                except UserError as exc:
+                    code, err = 1, f"losslandscape: error: {exc}\n"
+            else:
+                with at_most_1_gib_more():
+                    code = cli.main([reader, str(path)])
+                err = capsys.readouterr().err
+                if code == 0:
+                    continue
+            lines = err.strip().splitlines()
+            assert code == 1 and len(lines) == 1 and "Traceback" not in err, (seed, k, reader, done, err[-1500:])
+            assert lines[0].startswith("losslandscape: error: ") and len(lines[0]) < 600, (seed, k, reader, done)

@@ -466,18 +466,19 @@ def check_file(f: "h5py.File", path: str | Path, who: str = "", want: str = "any
     fmt = attrs.get(A_FORMAT)
     if isinstance(fmt, bytes):
         fmt = fmt.decode("utf-8", "replace")
+    ours, shard = (isinstance(fmt, str) and fmt == name for name in (FORMAT, SHARD_FORMAT))
     if want == "shard":
-        if fmt != SHARD_FORMAT or not isinstance(f.get(POINTS, getlink=True), h5py.HardLink):
+        if not shard or not isinstance(f.get(POINTS, getlink=True), h5py.HardLink):
             raise UserError(f"{who or 'shard'}: {path} is not a shard file of losslandscape")
         kind = "shard"
     elif want == "surface":
-        if fmt != FORMAT:
+        if not ours:
             raise UserError(f"{where} is not a losslandscape surface file{hint}")
         kind = "surface"
     else:
-        if fmt is not None and fmt != FORMAT:
+        if fmt is not None and not ours:
             raise UserError(f"{where}: attribute format is {shown(repr(fmt))}, expected {FORMAT!r}")
-        kind = "surface" if fmt == FORMAT else "original"
+        kind = "surface" if ours else "original"
     if not isinstance(f.get(X, getlink=True), h5py.HardLink):
         raise UserError(f"{where} has no xcoordinates dataset, expected a loss-landscape surface file")
     values = VALUES if kind == "original" else _json_attributes(attrs, where, kind, complete)
