@@ -24,6 +24,7 @@ EXIT_MISSING = 4  # merge: finished with points still missing
 EXIT_INTERRUPTED = 130  # Ctrl-C outside a per-point run
 
 PREFIX = "losslandscape: error: "
+MAX_LINE = 4000  # characters of an error line, beyond which its middle is cut
 
 
 class UserError(Exception):
@@ -65,7 +66,10 @@ def print_error(line: str | BaseException) -> None:
     """THE printer: "losslandscape: error: <one line>" on stderr, flushed (MPI_Abort may follow)."""
     if isinstance(line, BaseException):
         line = one_line(line)
-    print(PREFIX + " ".join(str(line).split("\n")), file=sys.stderr, flush=True)
+    line = " ".join(str(line).split("\n"))
+    if len(line) > MAX_LINE:  # a value from a received file may be megabytes long: cut in the middle
+        line = f"{line[:MAX_LINE // 2]} ... {line[-MAX_LINE // 2:]}"
+    print(PREFIX + line, file=sys.stderr, flush=True)
 
 
 # How an option is named in an error: its Python keyword (`top_k`) unless the command line is

@@ -145,7 +145,7 @@ def add_summary_arguments(parser: argparse.ArgumentParser) -> None:
 def run_summary(args: argparse.Namespace) -> int:
     summary = summarize(args.surface, threshold=args.threshold)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, allow_nan=False))  # standard JSON: null, never Infinity
     else:
         print(format_summary(summary))
     return 0

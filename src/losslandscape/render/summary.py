@@ -190,11 +190,16 @@ def hessian_summary(surface: Surface) -> dict:
 
 
 def summarize(path: str | Path, threshold: float = 1.0) -> dict:
-    """Summary numbers per split present; JSON-serialisable (None where a value
-    is not computed or diverged). Raises UserError when nothing is computed."""
+    """Summary numbers per split present; standard JSON (None where a value is not computed,
+    diverged, or not a finite number). Raises UserError when nothing is computed."""
     if not math.isfinite(threshold) or threshold <= 0:
         raise UserError(f"threshold is {threshold}, expected a positive number")
     surface = load_surface(path)
+    with np.errstate(over="ignore"):  # a mean of huge losses overflows to inf: None in the result
+        return json_safe(_summarize(surface, threshold))
+
+
+def _summarize(surface: Surface, threshold: float) -> dict:
     if all(f == 0 for f in surface.fraction_done.values()) and not surface.trajectories:
         raise UserError(f"{surface.path}: nothing is computed yet (0 points done)")
     result = {
@@ -220,6 +225,18 @@ def summarize(path: str | Path, threshold: float = 1.0) -> dict:
     if trajectory:
         result["trajectory"] = trajectory
     return result
+
+
+def json_safe(value):
+    """`value` with every float that JSON cannot hold (NaN, +-inf: a mean or a difference that
+    overflowed, an attribute of the file) as None, so that `summary --json` is standard JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def trajectory_summary(surface: Surface) -> dict:

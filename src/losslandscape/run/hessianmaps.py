@@ -68,7 +68,10 @@ def _read(path: Path, settings: Settings, device: str | None, trust_file: bool) 
     factories findable where the file is the user's own, or `trust_file`: userimport.from_file),
     its axes and the state of its maps."""
     source = read_maps_source(path)
-    spec = specs.from_dict(source.spec)
+    try:
+        spec = specs.from_dict(source.spec)
+    except UserError as exc:  # the file's spec, not the user's: name the file, cut what it quotes
+        raise UserError(f"hessian: {path}: attribute spec: {ff.shown(exc, 2 * ff.MAX_SHOWN)}") from None
     axes, stored, done = GridAxes(source.x, source.y), source.stored, source.done
     userimport.from_file(path, source.import_dirs, spec, trust_file)
     spec.data.splits = [settings.split]

@@ -232,7 +232,11 @@ def task_spec(shards: Path, task: int | None = None) -> tuple[object, Path]:
     table, folders = read_shard_spec(shard)
     for folder in folders:  # the model and data factories findable where `submit` found them
         userimport.remember(folder)
-    return specs.from_dict(table), shard  # what `submit` was given, overrides included
+    try:
+        spec = specs.from_dict(table)
+    except UserError as exc:  # the shard's spec: name the file, cut what it quotes
+        raise UserError(f"task: {shard}: attribute spec: {ff.shown(exc, 2 * ff.MAX_SHOWN)}") from None
+    return spec, shard  # what `submit` was given, overrides included
 
 
 def run_task(shards: Path, task: int | None = None, log_rank=None) -> int:

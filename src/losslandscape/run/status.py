@@ -82,6 +82,9 @@ def status(surface_path: Path) -> dict:
     in_shards = np.zeros(total, dtype=bool)
     for path in shard_files(surface_path):
         sh = read_progress(path, shard=True)
+        if sh.total != total:
+            raise UserError(f"status: shard {path} has {sh.total} points, its surface {total}; it belongs to "
+                            "another surface (move it away)")
         points, sec = sh.points, sh.seconds
         sh_complete = np.logical_and.reduce([sh.done[s] for s in splits])
         timings.extend(sec[np.isfinite(sec)])

@@ -30,6 +30,11 @@ SLURM array tasks write shard files (`<surface>.shards/task_<k>.h5`, `format =
 "losslandscape-shard"`) with the same value datasets plus `points`, their share.
 
 Disk room and failed writes: room.py.
+
+A received file is untrusted (docs/file-format.md, "Received files"): every reader checks it once,
+through `check_file`, before it reads a value: the datasets' kinds and declared shapes against the
+grid and the caps below, the attributes' sizes and JSON, so that a crafted file is one line naming
+the file and the dataset or attribute, never a traceback or an allocation it declared.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from losslandscape.numerics.grid import MAX_POINTS
 from losslandscape.surfacefile.room import check_room, failed_write, h5file, write_failed
 from losslandscape.errors import UserError, readable_file
 
@@ -94,6 +100,15 @@ HESSIAN_ATTRS = ("hessian_split", "hessian_samples", "hessian_params", "hessian_
 POINT_NBYTES = 8 * len(VALUES) * len(SPLITS) + len(SPLITS) + 8
 MAPS_POINT_NBYTES = 8 * len(EIG_MAPS) + 1
 CENTRE_ROOM = 256 << 10  # bytes reserved before the maps or the centre's spectrum are added to a file
+
+# What a reader accepts of a received file (docs/file-format.md, "Received files"): a file declaring
+# more is refused before anything is allocated. A grid of MAX_GRID_POINTS takes 80 MB a float64 array;
+# it is the largest grid a spec may ask for, so the tool never writes a file it then refuses to read.
+MAX_GRID_POINTS = MAX_POINTS  # points of a grid: nx for a curve, nx * ny for a surface
+MAX_ATTRIBUTE_BYTES = 1 << 20  # an attribute (spec, identity, splits, a note): 1 MiB
+MAX_SERIES = 1_000_000  # values of the training paths (all runs together) and of the centre's spectrum
+MAX_SHOWN = 200  # characters of a file's text shown in a title, a page or an error line
+NUMBERS, FLAGS, INTEGERS, TEXT = "iuf", "biuf", "iu", "SOU"  # numpy dtype kinds a dataset may have
 
 
 def value_name(split: str, value: str) -> str:
@@ -411,8 +426,8 @@ def shard_files(surface_path: Path) -> list[Path]:
         if k is None or not path.is_file():
             if path.absolute() not in _WARNED:
                 _WARNED.add(path.absolute())
-                shown = str(path) if str(path).isprintable() else repr(str(path))
-                log.warning("%s: not a shard file (a shard is a file task_<k>.h5, k = 0, 1, ...): ignored", shown)
+                named = str(path) if str(path).isprintable() else repr(str(path))
+                log.warning("%s: not a shard file (a shard is a file task_<k>.h5, k = 0, 1, ...): ignored", named)
             continue
         shards[int(k.group(1))] = path
     return [shards[k] for k in sorted(shards)]
@@ -455,3 +470,350 @@ def _of_kind(value: Any, kind: Any) -> bool:
     if isinstance(kind, list):
         return isinstance(value, list) and all(_of_kind(v, kind[0]) for v in value)
     return isinstance(value, kind)
+
+
+# --- a received file, checked once before it is read ------------------------------------------
+
+def shown(text: Any, limit: int = MAX_SHOWN) -> str:
+    """`text` as a title, a page or an error line shows it: at most `limit` characters, a longer
+    text cut in the middle with "..." (so that a path keeps its file name)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 2
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head):]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What `check_file` found a file to be: kind "surface", "shard" or "original" (the original
+    code's), the grid's shape ((nx,) or (ny, nx)), the values it holds per split (("loss", "acc") or
+    ("loss",)) and its attributes as read (each checked: readable, within MAX_ATTRIBUTE_BYTES)."""
+    kind: str
+    shape: tuple[int, ...]
+    values: tuple[str, ...]
+    attrs: dict[str, Any]
+
+    @property
+    def original(self) -> bool:
+        return self.kind == "original"
+
+    @property
+    def points(self) -> int:
+        return int(np.prod(self.shape))
+
+
+# JSON attributes and the type each must parse to (a file of ours, or a shard)
+JSON_ATTRIBUTES = {A_SPEC: dict, A_IDENTITY: dict, A_SPLITS: list, A_IMPORT_DIRS: list, A_FILE_HASHES: dict}
+TEXT_ATTRIBUTES = (A_DIGEST, A_SURFACE)  # compared or shown as text
+
+
+def check_file(f: "h5py.File", path: str | Path, who: str = "", want: str = "any", complete: bool = False,
+               hint: str = "", directions: bool = False) -> Layout:
+    """Check an open file before anything is read from it, and say what it is (Layout).
+
+    `want`: "any" (ours or the original code's: render, summary, open_surface), "surface" (ours:
+    status, merge, hessian) or "shard". `complete`: every dataset a run writes must be there (the
+    done flags, point_seconds, the values, a shard's points), as status and merge read them; else
+    only what is there is checked. Every dataset that a reader reads must be a dataset of numbers
+    (text for a path's checkpoint names) whose declared shape fits the grid, and the grid at most
+    MAX_GRID_POINTS; every attribute readable and at most MAX_ATTRIBUTE_BYTES, the JSON ones of the
+    type expected. Anything else is one UserError naming `who` (the verb), the file and the dataset
+    or attribute; `hint` is added to the line that refuses a file of another kind. `directions`:
+    the directions are read too (the Hessian maps): each a float dataset stored whole in the file
+    (a direction is as large as the model, so the file's size is its only bound)."""
+    import h5py
+
+    where = f"{who}: {path}" if who else str(path)
+    attrs = read_attributes(f, where)
+    fmt = attrs.get(A_FORMAT)
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    ours, shard = (isinstance(fmt, str) and fmt == name for name in (FORMAT, SHARD_FORMAT))
+    if want == "shard":
+        if not shard or not isinstance(f.get(POINTS, getlink=True), h5py.HardLink):
+            raise UserError(f"{who or 'shard'}: {path} is not a shard file of losslandscape")
+        kind = "shard"
+    elif want == "surface":
+        if not ours:
+            raise UserError(f"{where} is not a losslandscape surface file{hint}")
+        kind = "surface"
+    else:
+        if fmt is not None and not ours:
+            raise UserError(f"{where}: attribute format is {shown(repr(fmt))}, expected {FORMAT!r}")
+        kind = "surface" if ours else "original"
+    if not isinstance(f.get(X, getlink=True), h5py.HardLink):
+        raise UserError(f"{where} has no xcoordinates dataset, expected a loss-landscape surface file")
+    values = VALUES if kind == "original" else _json_attributes(attrs, where, kind, complete)
+    for name in TEXT_ATTRIBUTES:
+        if kind != "original" and name in attrs and not isinstance(attrs[name], (str, bytes)):
+            raise UserError(f"{where}: attribute {name} is {shown(repr(attrs[name]))}; expected text")
+    shape = _grid(f, where)
+    if kind == "original":
+        nx = shape[-1]
+        also = [(nx, shape[0])] if len(shape) == 2 else []
+        for name in VALUE_NAMES:
+            _numbers(f, name, where, [shape, *also])
+        _dir_file(f, where)
+        return Layout(kind, shape, values, attrs)
+    held = value_names(values)
+    for name in VALUE_NAMES:
+        _numbers(f, name, where, [shape], required=complete and name in held)
+    for split in SPLITS:
+        _numbers(f, done_name(split), where, [shape], required=complete, kinds=FLAGS)
+    _numbers(f, POINT_SECONDS, where, [shape], required=complete)
+    for name in EIG_MAPS:
+        _numbers(f, name, where, [shape])
+    _numbers(f, EIG_DONE, where, [shape], kinds=FLAGS)
+    if kind == "shard":
+        _shard_points(f, where, int(np.prod(shape)))
+        if not isinstance(attrs.get(A_SURFACE), str):
+            raise UserError(f"{where}: attribute {A_SURFACE} is {shown(repr(attrs.get(A_SURFACE)))}; expected "
+                            "the path of its surface file")
+    _centre(f, where)
+    _paths(f, where)
+    if directions:
+        _directions(f, where)
+    return Layout(kind, shape, values, attrs)
+
+
+def read_attributes(obj, where: str) -> dict[str, Any]:
+    """The attributes of a file or group, each checked before and after it is read: at most
+    MAX_ATTRIBUTE_BYTES, of a type HDF5 converts (text, numbers)."""
+    out: dict[str, Any] = {}
+    for name in obj.attrs:
+        label = f"{where}: attribute {shown(name)}"
+        try:
+            declared = obj.attrs.get_id(name).get_storage_size()
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{label} cannot be read ({_first_line(exc)})") from None
+        if declared > MAX_ATTRIBUTE_BYTES:
+            raise UserError(f"{label} takes {declared:,} bytes; expected at most {MAX_ATTRIBUTE_BYTES:,}")
+        try:
+            value = obj.attrs[name]
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{label} cannot be read ({_first_line(exc)}); expected text or numbers") from None
+        if _text_size(value) > MAX_ATTRIBUTE_BYTES:
+            raise UserError(f"{label} holds {_text_size(value):,} characters; expected at most "
+                            f"{MAX_ATTRIBUTE_BYTES:,}")
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "biufSOU":
+            raise UserError(f"{label} has dtype {shown(value.dtype)}; expected text or numbers")
+        if isinstance(value, np.void):
+            raise UserError(f"{label} has dtype {shown(value.dtype)}; expected text or numbers")
+        out[str(name)] = value
+    return out
+
+
+def _text_size(value: Any) -> int:
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+        return sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in value.ravel().tolist())
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    return shown((str(exc).splitlines() or [type(exc).__name__])[0])
+
+
+def _json_attributes(attrs: dict[str, Any], where: str, kind: str, complete: bool) -> tuple[str, ...]:
+    """Check the JSON attributes of a file of ours or a shard; the values it holds per split."""
+    tables = {}
+    for name, want in JSON_ATTRIBUTES.items():
+        if name not in attrs:
+            continue
+        text = attrs[name]
+        try:
+            value = json.loads(text.decode() if isinstance(text, bytes) else text)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            value = None
+        if not isinstance(value, want):
+            raise UserError(f"{where}: attribute {name} is {shown(repr(text))}; expected "
+                            f"{'a JSON object' if want is dict else 'a JSON list'}")
+        tables[name] = value
+    try:
+        values = parse_values(attrs.get(A_VALUES))
+    except UserError as exc:
+        raise UserError(f"{where}: {shown(exc, 2 * MAX_SHOWN)}") from None
+    if any(not isinstance(d, str) for d in tables.get(A_IMPORT_DIRS, [])):
+        raise UserError(f"{where}: attribute {A_IMPORT_DIRS} is {shown(repr(attrs[A_IMPORT_DIRS]))}; "
+                        "expected a JSON list of folders")
+    splits = tables.get(A_SPLITS)
+    source = f"attribute {A_SPLITS}"
+    if splits is None and (complete or A_SPEC in tables):
+        data = tables.get(A_SPEC, {}).get("data")
+        splits = data.get("splits") if isinstance(data, dict) else None
+        source = f"attribute {A_SPEC}: data.splits"
+        if splits is None and not complete:
+            return values  # a file written by hand: render and summary draw what it holds
+    if splits is not None and (not isinstance(splits, list) or not splits or any(s not in SPLITS for s in splits)):
+        raise UserError(f"{where}: {source} is {shown(json.dumps(splits))}; expected a JSON list of "
+                        f"{' and '.join(SPLITS)}")
+    if splits is None and complete and kind == "surface":
+        raise UserError(f"{where}: attribute {A_SPEC} has no data.splits and the file no attribute "
+                        f"{A_SPLITS}; expected the splits its runs asked for")
+    return values
+
+
+def _grid(f: "h5py.File", where: str) -> tuple[int, ...]:
+    """The grid's shape from the declared shapes of the coordinates, before they are read."""
+    nx = _axis(f, X, where)
+    ny = _axis(f, Y, where) if Y in f else None
+    if ny is not None and nx * ny > MAX_GRID_POINTS:
+        raise UserError(f"{where}: datasets {X} and {Y} declare a grid of {nx:,} x {ny:,} points; expected at "
+                        f"most {MAX_GRID_POINTS:,} points")
+    return (nx,) if ny is None else (ny, nx)
+
+
+def _axis(f: "h5py.File", name: str, where: str) -> int:
+    d = _dataset(f, name, where, required=True)
+    shape = d.shape or ()
+    if len(shape) != 1 or shape[0] < 1:
+        raise UserError(f"{where}: dataset {name} has shape {shape}, expected a 1-D array of axis values")
+    if shape[0] > MAX_GRID_POINTS:
+        raise UserError(f"{where}: dataset {name} declares {shape[0]:,} coordinates; expected at most "
+                        f"{MAX_GRID_POINTS:,}")
+    _kind(d, name, where, NUMBERS)
+    return int(shape[0])
+
+
+def _dataset(f, name: str, where: str, required: bool = False):
+    """The dataset `name` of `f` (a file or group), None where it is absent and not `required`;
+    UserError where it is something else (a group, a link to another file)."""
+    import h5py
+
+    link = f.get(name, getlink=True)
+    if link is None:
+        if required:
+            raise UserError(f"{where} has no dataset {name}; expected one")
+        return None
+    if isinstance(link, h5py.ExternalLink):
+        raise UserError(f"{where}: {name} is a link to another file; expected a dataset")
+    try:
+        obj = f.get(name)
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"{where}: {name} cannot be read ({_first_line(exc)})") from None
+    if not isinstance(obj, h5py.Dataset):
+        if obj is None and not required:
+            return None  # a soft link to nothing
+        raise UserError(f"{where}: {name} is {'a group' if isinstance(obj, h5py.Group) else 'not a dataset'}; "
+                        "expected a dataset")
+    return obj
+
+
+def _kind(d, name: str, where: str, kinds: str) -> None:
+    if d.dtype.kind not in kinds:
+        expected = "text" if kinds == TEXT else "integers" if kinds == INTEGERS else "numbers"
+        raise UserError(f"{where}: dataset {name} has dtype {shown(d.dtype)}; expected {expected}")
+
+
+def _numbers(f, name: str, where: str, shapes: list[tuple[int, ...]], required: bool = False,
+             kinds: str = NUMBERS) -> None:
+    """Dataset `name`, where present (or `required`), holds numbers in one of `shapes`."""
+    d = _dataset(f, name, where, required)
+    if d is None:
+        return
+    _kind(d, name, where, kinds)
+    if (d.shape or ()) not in shapes:
+        want = " or ".join(str(s) for s in shapes)
+        raise UserError(f"{where}: dataset {name} has shape {d.shape or ()}, expected {want} "
+                        f"({'ny, nx' if len(shapes[0]) == 2 else 'nx'})")
+
+
+def _series(f, name: str, where: str, budget: list[int], kinds: str = NUMBERS) -> None:
+    """Dataset `name` of a group, where present: 1-D of `kinds`, its length counted in `budget`."""
+    d = _dataset(f, name, where)
+    if d is None:
+        return
+    _kind(d, f"{f.name.strip('/')}/{name}", where, kinds)
+    shape = d.shape or ()
+    if len(shape) > 1:
+        raise UserError(f"{where}: dataset {f.name.strip('/')}/{name} has shape {shape}, expected (n,)")
+    n = int(np.prod(shape))
+    budget[0] -= n
+    label = f"{where}: dataset {f.name.strip('/')}/{name} declares {n:,} values"
+    if budget[0] < 0:
+        raise UserError(f"{label}; expected at most {MAX_SERIES:,} in all")
+    if d.dtype.kind in "SU" and d.dtype.itemsize * n > 64 * MAX_ATTRIBUTE_BYTES:
+        raise UserError(f"{label} of {d.dtype.itemsize:,} bytes; expected at most {64 * MAX_ATTRIBUTE_BYTES:,} "
+                        "bytes in all")
+
+
+def _shard_points(f, where: str, points: int) -> None:
+    d = _dataset(f, POINTS, where, required=True)
+    _kind(d, POINTS, where, INTEGERS)
+    shape = d.shape or ()
+    if len(shape) != 1 or shape[0] > points:
+        raise UserError(f"{where}: dataset {POINTS} has shape {shape}; expected (n,) with n at most the grid's "
+                        f"{points:,} points")
+    share = np.asarray(d[()])
+    if share.size and (share.min() < 0 or share.max() >= points):
+        raise UserError(f"{where}: dataset {POINTS} holds points outside the grid's 0 to {points - 1}")
+
+
+def _centre(f, where: str) -> None:
+    import h5py
+
+    group = f.get(HESSIAN_CENTRE)
+    if group is None:
+        return
+    if not isinstance(group, h5py.Group):
+        raise UserError(f"{where}: {HESSIAN_CENTRE} is not a group; expected the spectrum at the centre")
+    for name in (CENTRE_TOP, CENTRE_GRID, CENTRE_DENSITY):
+        _series(group, name, where, [MAX_SERIES])
+
+
+def _paths(f, where: str) -> None:
+    """The trajectory group and its `also` runs: series of MAX_SERIES values in all."""
+    import h5py
+
+    group = f.get(TRAJECTORY)
+    if group is None:
+        return
+    if not isinstance(group, h5py.Group):
+        raise UserError(f"{where}: {TRAJECTORY} is not a group; expected the training paths")
+    budget = [MAX_SERIES]
+    also = group.get(ALSO)
+    runs = [group] + ([also[k] for k in also if isinstance(also.get(k), h5py.Group)]
+                      if isinstance(also, h5py.Group) else [])
+    for run in runs:
+        for name in PATH_DATASETS[:3]:
+            _series(run, name, where, budget)
+        _series(run, PATH_DATASETS[3], where, budget, kinds=TEXT)
+
+
+def _directions(f, where: str) -> None:
+    """directions/x and directions/y (where the file is 2-D): groups of float datasets, each stored
+    whole (the writer allocates them in full: a chunked dataset declaring more than the file
+    holds is refused before it is read)."""
+    import h5py
+
+    group = f.get(DIRECTIONS)
+    if not isinstance(group, h5py.Group) or not isinstance(group.get("x"), h5py.Group):
+        raise UserError(f"{where}: group {DIRECTIONS}/x is missing; expected the directions")
+    for axis in ("x", "y"):
+        g = group.get(axis)
+        if g is None:
+            continue
+        if not isinstance(g, h5py.Group):
+            raise UserError(f"{where}: {DIRECTIONS}/{axis} is not a group; expected the directions")
+        for name in g:
+            label = f"{DIRECTIONS}/{axis}/{shown(name)}"
+            d = _dataset(g, name, where, required=True)
+            if d.dtype.kind != "f":
+                raise UserError(f"{where}: dataset {label} has dtype {shown(d.dtype)}; expected floats")
+            declared = int(np.prod(d.shape or ())) * d.dtype.itemsize
+            if d.id.get_storage_size() < declared:
+                raise UserError(f"{where}: dataset {label} declares {declared:,} bytes and the file holds "
+                                f"{d.id.get_storage_size():,} of them; expected a direction stored whole")
+
+
+def _dir_file(f, where: str) -> None:
+    """The original code's `dir_file`, where present: one string."""
+    import h5py
+
+    obj = f.get(DIR_FILE)
+    if isinstance(obj, h5py.Dataset) and (int(np.prod(obj.shape or ())) > 1
+                                          or obj.dtype.itemsize > MAX_ATTRIBUTE_BYTES):
+        raise UserError(f"{where}: dataset {DIR_FILE} has shape {obj.shape}, dtype {shown(obj.dtype)}; "
+                        "expected one path")

@@ -25,6 +25,7 @@ running job is still writing can be drawn (the original code's users hit
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _shown(value: Any) -> Any:
+    """An attribute as titles, pages and lines show it: text cut to format.MAX_SHOWN characters
+    (format.shown); JSON text (the spec) keeps its form, with its strings cut."""
+    if isinstance(value, str):
+        if len(value) > ff.MAX_SHOWN and value[:1] in "{[":
+            try:
+                table = json.loads(value)
+            except ValueError:
+                return ff.shown(value)
+            cut = _shown_json(table)
+            return value if cut == table else json.dumps(cut)
+        return ff.shown(value)
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return value
+
+
+def _shown_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return ff.shown(value)
+    if isinstance(value, list):
+        return [_shown_json(v) for v in value]
+    if isinstance(value, dict):
+        return {ff.shown(k): _shown_json(v) for k, v in value.items()}
+    return value
+
+
 def _model_name(attrs: dict[str, Any], stem: str) -> str:
     spec = ff.spec_table(attrs.get(ff.A_SPEC))
     if isinstance(spec, dict):
@@ -174,14 +202,15 @@ def _coordinates(f, name: str, path: Path) -> np.ndarray:
 
 
 def load_surface(path: str | Path) -> Surface:
-    """Read a surface file; raise UserError naming the file if it is not one."""
+    """Read a surface file; raise UserError naming the file if it is not one, or if it declares
+    datasets or attributes that a surface file does not hold (format.check_file: checked before
+    anything is read). Text from the file (the model's name, the spec's paths) comes cut to
+    format.MAX_SHOWN characters, as titles and pages show it."""
     path = Path(path)
     with _open(path) as f:
-        attrs = {str(k): _plain(v) for k, v in f.attrs.items()}
-        fmt = attrs.get(ff.A_FORMAT)
-        if fmt is not None and fmt != FORMAT:
-            raise UserError(f"{path}: attribute format is {fmt!r}, expected {FORMAT!r}")
-        original = fmt is None
+        layout = ff.check_file(f, path)
+        attrs = {k: _shown(_plain(v)) for k, v in layout.attrs.items()}
+        original = layout.original
         x, y = _axes(f, path)
         shape = (x.size,) if y is None else (y.size, x.size)
         values = _values(f, path, x, y, original)
@@ -337,7 +366,13 @@ def _centre_spectrum(group, path: Path) -> dict[str, Any]:
     eigenvalues as a list, the density and its grid as arrays (empty where missing)."""
     import h5py
 
-    out: dict[str, Any] = {str(k): _plain(v) for k, v in group.attrs.items()}
+    stored = ff.read_attributes(group, f"{path}: {HESSIAN_CENTRE}")
+    out: dict[str, Any] = {k: _shown(_plain(v)) for k, v in stored.items()}
+    for key in ("min_eigenvalue", "ratio_min_max", "trace", "trace_stderr", "parameters", "samples",
+                "hutchinson_samples"):
+        if out.get(key) is not None and (isinstance(out[key], bool) or not isinstance(out[key], (int, float))):
+            raise UserError(f"{path}: attribute {HESSIAN_CENTRE}/{key} is {ff.shown(repr(out[key]))}; "
+                            "expected a number")
 
     def array(name: str) -> np.ndarray:
         if name in group and isinstance(group[name], h5py.Dataset):
@@ -382,12 +417,14 @@ def _run(group, where: str, path: Path) -> dict[str, Any]:
     n = x.size
     error = floats(nerr, False)
     error = np.full(n, np.nan) if error is None else error
-    names = _strings(group[nckpt][()]) if isinstance(group.get(nckpt), h5py.Dataset) else []
+    stored = group.get(nckpt)
+    names = [ff.shown(n) for n in _strings(stored[()])] if isinstance(stored, h5py.Dataset) else []
     for name, size in ((ny, y.size), (nerr, error.size), (nckpt, len(names) or n)):
         if size != n:
             raise UserError(f"{path}: dataset {where}/{name} has {size} values for the {n} of {where}/{nx}")
-    pattern = _plain(group.attrs.get(ff.PATH_PATTERN, ""))
-    return {"name": "", "pattern": pattern if isinstance(pattern, str) else str(pattern), "x": x, "y": y,
+    pattern = _plain(ff.read_attributes(group, f"{path}: {where}").get(ff.PATH_PATTERN, ""))
+    pattern = ff.shown(pattern if isinstance(pattern, str) else str(pattern))
+    return {"name": "", "pattern": pattern, "x": x, "y": y,
             "error": error, "checkpoints": names}
 
 
@@ -401,7 +438,7 @@ def _trajectories(f, path: Path, attrs: dict[str, Any]) -> list[dict[str, Any]]:
     directions = (ff.spec_table(attrs.get(ff.A_SPEC)) or {}).get("directions") or {}
     directions = directions if isinstance(directions, dict) else {}
     runs = [_run(group, TRAJECTORY, path)]
-    runs[0]["pattern"] = runs[0]["pattern"] or str(directions.get("checkpoints") or "")
+    runs[0]["pattern"] = runs[0]["pattern"] or ff.shown(directions.get("checkpoints") or "")
     also = group.get(ff.ALSO)
     if isinstance(also, h5py.Group):
         keys = sorted((k for k in also if isinstance(also[k], h5py.Group)),
@@ -410,7 +447,7 @@ def _trajectories(f, path: Path, attrs: dict[str, Any]) -> list[dict[str, Any]]:
         for k in keys:
             run = _run(also[k], f"{TRAJECTORY}/{ff.ALSO}/{k}", path)
             if not run["pattern"] and k.isdigit() and int(k) < len(listed):
-                run["pattern"] = str(listed[int(k)])
+                run["pattern"] = ff.shown(listed[int(k)])
             run["pattern"] = run["pattern"] or f"also {k}"
             runs.append(run)
     names = short_patterns([r["pattern"] or "trajectory" for r in runs])
@@ -481,19 +518,16 @@ def read_progress(path: str | Path, shard: bool = False, verb: str = "status") -
     with `shard` of a shard file."""
     path = Path(path)
     with ff.open_h5(path, "r", field="shard" if shard else "output.surface") as f:
-        if shard:
-            ff.check_shard(f, path)
-        elif not ff.is_ours(f):
-            raise UserError(f"{verb}: {path} is not a losslandscape surface file")
+        layout = ff.check_file(f, path, "shard" if shard else verb, "shard" if shard else "surface", complete=True)
         p = Progress(ff.requested_splits(f) if not shard else [], ff.file_values(f), ff.done_masks(f),
                      np.asarray(f[ff.POINT_SECONDS]).ravel())
         p.x, p.y = ff.axes_arrays(f)
         if shard:
             p.points = np.asarray(f[ff.POINTS])
-            p.surface = Path(f.attrs[ff.A_SURFACE])
+            p.surface = Path(_plain(layout.attrs[ff.A_SURFACE]))
         if ff.EIG_DONE in f:
             p.eig_done = ff.maps_done(f)
-            p.eig_settings = {k: _plain(f.attrs.get(k)) for k in ff.HESSIAN_ATTRS}
+            p.eig_settings = {k: _shown(_plain(layout.attrs.get(k))) for k in ff.HESSIAN_ATTRS}
     return p
 
 
@@ -518,6 +552,9 @@ class _LazyDirection:
         self.group = group
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.group:  # a file made for another model
+            raise UserError(f"{self.group.file.filename}: group {self.group.name.lstrip('/')} has no direction "
+                            f"{ff.shown(repr(name))}; expected one for each tensor the model moves")
         return np.asarray(self.group[name], dtype=np.float32)
 
 
@@ -535,21 +572,28 @@ class MapsSource:
 def read_maps_source(path: str | Path) -> MapsSource:
     """A 2-D surface file of ours as the `hessian` verb reads it (UserError, one line, for any other)."""
     with ff.open_h5(path, "r") as f:
-        if not ff.is_ours(f):
-            raise UserError(f"hessian: {path} is not a losslandscape surface file (convert an original file first "
-                            "by resuming it with `losslandscape surface`)")
-        if ff.Y not in f:
+        layout = ff.check_file(f, path, "hessian", "surface", complete=True, directions=True,
+                               hint=" (convert an original file first by resuming it with `losslandscape surface`)")
+        if len(layout.shape) != 2:
             raise UserError(f"hessian: {path} is a 1-D surface; the eigenvalue maps need a 2-D surface (grid.y)")
+        spec = _spec(layout, f"hessian: {path}")
         x, y = ff.axes_arrays(f)
-        return MapsSource(ff.read_spec(f), ff.import_dirs(f), x, y, {k: f.attrs.get(k) for k in ff.HESSIAN_ATTRS},
+        return MapsSource(spec, ff.import_dirs(f), x, y, {k: layout.attrs.get(k) for k in ff.HESSIAN_ATTRS},
                           ff.maps_done(f) if ff.EIG_DONE in f else None)
+
+
+def _spec(layout: ff.Layout, where: str) -> dict:
+    """The `spec` attribute of a checked file (format.check_file), which a run needs."""
+    if ff.A_SPEC not in layout.attrs:
+        raise UserError(f"{where}: attribute {ff.A_SPEC} is missing; expected the job spec (JSON)")
+    return json.loads(layout.attrs[ff.A_SPEC])
 
 
 def read_shard_spec(shard: str | Path) -> tuple[dict, list[str]]:
     """(the spec table, the folders of its factories) a shard file holds: what `submit` gave its task."""
     with ff.open_h5(shard, "r", field="shard") as f:
-        ff.check_shard(f, Path(shard))
-        return ff.read_spec(f), ff.import_dirs(f)
+        layout = ff.check_file(f, shard, "shard", "shard", complete=True)
+        return _spec(layout, f"shard: {shard}"), ff.import_dirs(f)
 
 
 # --- directions from a file: ours (by name) or the original code's (by position) ---

@@ -410,12 +410,11 @@ def merge_shards(surface_path: Path, shards: list[Path]) -> int:
     every shard is checked first (one open of the surface, read-only), then the file is opened
     read-write only when there is something to copy. Returns the points copied."""
     with open_h5(surface_path, "r") as surf:
-        if not is_ours(surf):
-            raise UserError(f"merge: {surface_path} is not a losslandscape surface file")
+        ff.check_file(surf, surface_path, "merge", "surface", complete=True)
         todo = []
         for path in shards:
             with open_h5(path, "r", field="shard") as shard:
-                check_shard(shard, path)
+                ff.check_file(shard, path, "shard", "shard", complete=True)
                 if not shard_belongs(shard, surf):
                     raise UserError(f"merge: shard {path} belongs to another surface (its identity, "
                                     f"directions or values (with or without accuracy) differ from "
