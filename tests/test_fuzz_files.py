@@ -82,7 +82,7 @@ def _dataset_mutations(rng: random.Random, f: h5py.File) -> str:
 
 
 ATTR_VALUES = ["{", "[1, 2]", "null", "5", '"text"', '{"grid": 5}', '{"model": []}', '{"grid": {"x": 5}}',
-               "x" * 100_000, "", "\x00", np.void(b"\xff\xfe"), np.array([1, 2, 3]), np.float64(np.nan),
+               "x" * 100_000, "", np.bytes_(b"a\x00b"), np.void(b"\xff\xfe"), np.array([1, 2, 3]), np.float64(np.nan),
                b"\xff\xfe", 12, json.dumps({"grid": {"x": "-1:1:1000000000", "y": "auto"}}),
                json.dumps(["bogus"]), json.dumps(["train", "train", "valid"])]
 
