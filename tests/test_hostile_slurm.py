@@ -135,7 +135,7 @@ def hostile_submit_args(launcher: str) -> tuple[list[str], dict[str, str]]:
     return args, values
 
 
-@pytest.mark.parametrize("launcher", ["mpirun", "srun"])
+@pytest.mark.parametrize("launcher", ["mpirun", "srun"], ids=["launcher-mpi", "launcher-srun"])
 def test_hostile_values_reach_each_command_as_one_argument(launcher, tmp_path, monkeypatch, capsys, stubs):
     work = tmp_path / f"work {H}"
     work.mkdir()

@@ -124,7 +124,7 @@ class Grid:
     """x axis as "lo:hi:n" (n points from lo to hi, both included), or "auto"/"auto:N" (21 or N points, range chosen when the file is made)."""
     y: str = ""
     """y axis as "lo:hi:n" or "auto"/"auto:N"; empty = a 1-D curve along x."""
-    auto_factor: float = 10.0
+    auto_factor: float = field(default=10.0, metadata={"expected": "a number > 1"})
     """auto axes (random, hessian, file directions): step out from the centre until the loss is auto_factor times the centre's loss."""
     auto_samples: int = field(default=2048, metadata=AT_LEAST_0)
     """images of the first split in data.splits that the auto search evaluates, evenly spaced; 0 = all."""
@@ -378,7 +378,8 @@ def shown(value: Any, limit: int = 80) -> str:
 
 def _check_bounds(obj: Any, name: Callable[[str], str]) -> None:
     """The fields' bounds, in the order of the fields: an integer's metadata "min" and "max" (and
-    a 64-bit integer's range for every one), a finite number (and its "min"), a text of at most
+    a 64-bit integer's range for every one), a finite number (and its "min"; the field's own
+    "expected" names what it takes where its table's check asks more), a text of at most
     MAX_TEXT characters, and the paths (metadata "path": check_path)."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -393,8 +394,8 @@ def _check_bounds(obj: Any, name: Callable[[str], str]) -> None:
                 raise UserError(f"{key}: {shown(value)} is not valid; expected {expected}")
         elif isinstance(value, float):
             if not math.isfinite(value) or (low is not None and value < low):
-                raise UserError(f"{key}: {value} is not valid; expected a finite number"
-                                + (f" >= {low}" if low is not None else ""))
+                expected = f.metadata.get("expected") or ("a finite number" + (f" >= {low}" if low is not None else ""))
+                raise UserError(f"{key}: {value} is not valid; expected {expected}")
         texts = value if isinstance(value, list) else [value]
         for text in texts:
             if isinstance(text, str) and f.metadata.get("path"):
