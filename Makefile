@@ -76,7 +76,8 @@ demo: install
 
 # The suite on TEST_WORKERS processes (pytest-xdist), a test file to a process: a file's
 # fixtures (trained models, the SLURM cluster, the quick paper run) are built once per process.
-TEST_WORKERS ?= 2
+# Three on two cores: much of the slow tier waits (on mpirun, the SLURM scheduler, a browser).
+TEST_WORKERS ?= 3
 test: install
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

@@ -125,13 +125,13 @@ def test_the_torch_stamp_follows_torch_spec_and_a_second_install_does_nothing(tm
 
 
 @needs_make
-def test_make_test_runs_two_processes_and_make_check_leaves_the_slow_tier_out(tmp_path):
+def test_make_test_runs_three_processes_and_make_check_leaves_the_slow_tier_out(tmp_path):
     venv = fake_venv(tmp_path)
     make(venv, "install")
     make(venv, "test")
     make(venv, "check")
     runs = [line for line in log(venv).splitlines() if line.startswith("-m pytest")]
-    assert runs == ["-m pytest -n 2 --dist loadfile", "-m pytest -n 2 --dist loadfile -m not slow"], runs
+    assert runs == ["-m pytest -n 3 --dist loadfile", "-m pytest -n 3 --dist loadfile -m not slow"], runs
     # the fast tier: no test that starts mpirun, a SLURM cluster or the quick paper run
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow",
                            "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=120)
