@@ -329,3 +329,13 @@ def test_files_in_shards_that_are_not_shards_are_ignored_with_a_warning(tmp_path
     out, err = capsys.readouterr()
     assert "s.h5: complete" in out and "Traceback" not in err
     assert sorted(p.name for p in shards.glob("task_*.h5")) == sorted(["task_0.h5", *strays])
+
+
+def test_a_dry_run_of_an_auto_axis_says_why_it_cannot(tmp_path, monkeypatch, capsys):
+    """"auto" chooses its points when the file is made, which a dry run does not do: one line that says
+    so (not that "auto" is not a valid axis), and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["submit", "--tasks", "2", "--dry-run", "--grid.x=auto", "--output.surface=s.h5"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('losslandscape: error: grid.x: "auto" chooses its points'), lines
+    assert list(tmp_path.iterdir()) == []

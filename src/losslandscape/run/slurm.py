@@ -35,7 +35,7 @@ from losslandscape.errors import UserError
 from losslandscape.spec import Submit
 from losslandscape.surfacefile.format import SUBMISSION, read_submission, shard_dir, shard_files
 from losslandscape.surfacefile.read import read_shard_spec
-from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine
+from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine, is_auto
 from losslandscape.numerics.schedule import resolve_unit_size
 from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.run.lifecycle import with_grid
@@ -149,6 +149,11 @@ def submit(spec, opts: Submit) -> dict:
             raise UserError(f"submit: jobs {', '.join(busy)} of the previous submission for {path} are still "
                             "queued or running; wait for them or scancel them first")
     if opts.dry_run and not path.exists():  # a dry run writes nothing, not even the surface file
+        auto = [f"grid.{k}" for k in ("x", "y") if is_auto(getattr(spec.grid, k))]
+        if auto:
+            raise UserError(f"{auto[0]}: \"auto\" chooses its points when the surface file is made, which a dry "
+                            f"run does not do; give lo:hi:n for a dry run, or make the file first "
+                            f"(submit without --dry-run)")
         return _dry_run(path, opts, coarse_to_fine(GridAxes.from_spec(spec.grid).shape), spec)
     for split in spec.data.splits:  # data that cannot load fails here, before the file is bound to the spec
         datasets.load_source(spec.data, split)  # tensors, or a Stream (not read here)
