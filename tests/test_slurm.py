@@ -155,7 +155,8 @@ def test_cancelled_task_then_merge_and_resubmit_recomputes_only_missing(slurm, t
     assert slurm.state(merge2) == "COMPLETED", task_logs(shards)
     assert_equal_surface(surf, ref)
     before = sha(surf)
-    subprocess.run([sys.executable, "-m", "losslandscape", "merge", str(surf)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "losslandscape", "merge", str(surf)], check=True, capture_output=True,
+                   env=slurm.env)  # on the cluster: squeue answers
     assert sha(surf) == before
 
 
