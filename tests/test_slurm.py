@@ -119,7 +119,8 @@ def test_srun_launcher_runs_a_task_over_its_ranks(slurm, trained, tmp_path):
 def test_cancelled_task_then_merge_and_resubmit_recomputes_only_missing(slurm, trained, tmp_path, monkeypatch,
                                                                         capsys):
     surf = tmp_path / "surf.h5"
-    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:13", "-1:1:13", 100, 1)
+    # 400 images a point: a task must still be at work after the seconds the early merge takes
+    toml = write_spec(tmp_path / "job.toml", trained["final"], surf, "-1:1:13", "-1:1:13", 400, 1)
     ref = reference(toml, tmp_path / "ref.h5")
     array, merge_job, _ = submit(slurm, toml, tmp_path, "--tasks", "3", "--ranks-per-task", "2")
     shards = tmp_path / "surf.h5.shards"
