@@ -43,6 +43,7 @@ from losslandscape.run.distributed import agree, coordinate, describe, or_abort,
 from losslandscape.run.environment import MPIEnvironment, mpi_environment
 from losslandscape.run.protocol import Finished
 from losslandscape.run.work import Notes, Work
+from losslandscape.surfacefile import lock as writelock
 from losslandscape.surfacefile import room
 from losslandscape.surfacefile.format import A_VALUES, open_h5
 
@@ -78,9 +79,19 @@ def run_job(make_work: Callable[[], Work], log_rank: Callable[[int], None] | Non
 
 # --- one process ----------------------------------------------------------------------------
 
-def run_serial(work: Work) -> int:
+def run_serial(work: Work, stop: StopFlag | None = None) -> int:
     """Compute every pending point of `work` in this process. The file is opened once for the
-    whole evaluation."""
+    whole evaluation, and it is closed and its write lock released when this returns or raises,
+    whatever the exception (not when `work` is collected: a notebook keeps the last traceback,
+    and with it `work`, alive). `stop`: the flag the signals set (the caller's, to tell Ctrl-C
+    from SIGTERM afterwards)."""
+    try:
+        return _serial(work, stop if stop is not None else StopFlag())
+    finally:
+        writelock.release_owned(work)
+
+
+def _serial(work: Work, stop: StopFlag) -> int:
     plan = work.plan()  # read-only: new file, conversion, resume, or refused
     evaluator = work.load()  # before anything is written: a run that cannot start leaves no file
     notes = evaluator_notes([evaluator])
@@ -91,7 +102,6 @@ def run_serial(work: Work) -> int:
     prep = work.prepare(plan is not None, notes)
     if len(prep.pending) == 0:
         return EXIT_DONE
-    stop = StopFlag()
     progress = Progress(prep.total, prep.total - len(prep.pending), work.label)
     with open_h5(prep.path, "r+") as f:
         work.attach(evaluator, prep, f)

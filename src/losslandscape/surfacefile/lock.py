@@ -88,6 +88,7 @@ _generations = iter(range(1, 1 << 62))
 
 
 _held: dict[str, _Held] = {}
+_owned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> the finalizers of its holds
 
 
 def _key(path: str | Path) -> str:
@@ -207,8 +208,9 @@ def _alive(info: dict | None, record_lock: bool | None) -> bool | None:
 
 def acquire(path: str | Path, what: str, field: str = "output.surface", owner: object = None) -> None:
     """Hold the write lock of `path` (re-entrant within this process): a live holder elsewhere is
-    a UserError naming it; a stale lock is taken over. Released by `release`, when `owner` (the
-    job's Work object) is garbage-collected (a finished run drops it), or at exit."""
+    a UserError naming it; a stale lock is taken over. Released by `release`, by
+    `release_owned(owner)` (the driver, when a run ends however it ends), when `owner` (the
+    job's Work object) is garbage-collected, or at exit."""
     key = _key(path)
     if key not in _held:
         _take(path, key, what, field)
@@ -219,7 +221,7 @@ def acquire(path: str | Path, what: str, field: str = "output.surface", owner: o
         _held[key].count += 1
         _held[key].names.add(os.path.abspath(path))
     if owner is not None:  # released with the owner, unless this hold has ended (and another begun) by then
-        weakref.finalize(owner, _release_hold, path, _held[key].generation)
+        _owned.setdefault(owner, []).append(weakref.finalize(owner, _release_hold, path, _held[key].generation))
 
 
 def _take(path, key: str, what: str, field: str) -> None:
@@ -402,6 +404,13 @@ def release(path: str | Path) -> None:
         pass
     os.close(held.fd)
     diskspace.remove_made_folders()  # a run that failed before its file was made leaves no empty folder
+
+
+def release_owned(owner: object) -> None:
+    """End now the holds taken for `owner`, without waiting for it to be collected (a failed
+    call's traceback keeps it alive: a notebook keeps its last one)."""
+    for finalizer in _owned.pop(owner, []):
+        finalizer()  # runs once: the collection of `owner` later does nothing
 
 
 def _release_hold(path: str | Path, generation: int) -> None:
