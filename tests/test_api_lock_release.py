@@ -42,6 +42,7 @@ SECOND = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a second Python process: about 5 s
 def test_a_failed_call_kept_alive_holds_no_lock(tmp_path):
     out = tmp_path / "s.h5"
     with pytest.raises(ll.UserError, match="first batch of train") as failed:  # 5 features, the model takes 8

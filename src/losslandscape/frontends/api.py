@@ -14,11 +14,13 @@ pins them (a resume with other weights is refused) and the command line can repr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import hashlib
 import inspect
 import logging
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import torch
 
 from losslandscape import spec as specs
 from losslandscape.inputs import userimport
-from losslandscape.run.driver import run_serial
+from losslandscape.run.driver import StopFlag, run_serial
 from losslandscape.errors import UserError
 from losslandscape.run.hessianmaps import HessianWork, centre_spectrum
 from losslandscape.run.work import SurfaceWork
@@ -46,7 +48,10 @@ def compute_surface(model: torch.nn.Module, train: Data | None = None, test: Dat
     `train` / `test`: (inputs, targets) tensors or an iterable of (inputs, targets) batches
     (a DataLoader); the splits given are evaluated. `x`, `y`: axes as "lo:hi:n" (`y` empty:
     a 1-D curve). Other keywords: fields of the job spec. Returns the surface as read back
-    from the file; a run stopped by Ctrl-C returns what is computed so far.
+    from the file. Ctrl-C stops after the current point (streamed data: the unit of points being
+    evaluated is dropped) and raises KeyboardInterrupt once the file is closed and its lock
+    released; its `surface` attribute holds the points computed so far (as `open_surface(out)`
+    does), and the same call computes the rest.
     """
     return _run(model, None, train, test, x, y, out, options)
 
@@ -82,9 +87,10 @@ def compute_hessian(surface: str | Path, **options: Any):
     device = settings.device or None
     if settings.centre:
         return centre_spectrum(Path(surface), settings, settings.top_k, device, trust_file=settings.trust_file)
-    code = run_serial(HessianWork(Path(surface), settings, device, settings.trust_file))
-    if code != 0:
-        log.warning("stopped early: %s holds the points computed so far; call again to finish", surface)
+    with _interrupted(Path(surface)):
+        stop = StopFlag()
+        code = run_serial(HessianWork(Path(surface), settings, device, settings.trust_file), stop)
+        _stopped(code, stop, Path(surface))
     return load_surface(surface)
 
 
@@ -171,15 +177,43 @@ def _run(model, model_b, train, test, x, y, out, options, model_c=None) -> Surfa
         if model_c is not None:
             table["model"]["checkpoint3"] = str(_save_weights(model_c, out, "model3", written))
         spec = specs.from_dict(table)
-        code = run_serial(SurfaceWork(spec))
+        with _interrupted(out):
+            stop = StopFlag()
+            _stopped(run_serial(SurfaceWork(spec), stop), stop, out)
     except BaseException:
         if not existed and not out.exists():  # nothing computed: leave nothing behind
             for path in written:
                 path.unlink(missing_ok=True)
         raise
+    return load_surface(out)
+
+
+def _stopped(code: int, stop: StopFlag, out: Path) -> None:
+    """After a run (its file closed, its lock released): Ctrl-C raises KeyboardInterrupt, as
+    Python's convention asks (a script that goes on would take a partial surface for a whole
+    one); another signal (SIGTERM) is a warning, and the partial surface is returned."""
+    if stop.signum == signal.SIGINT:
+        raise KeyboardInterrupt(f"stopped by Ctrl-C: {out} holds the points computed so far (this exception's "
+                                ".surface, or ll.open_surface); the same call computes the rest")
     if code != 0:
         log.warning("stopped early: %s holds the points computed so far; call again to finish", out)
-    return load_surface(out)
+
+
+@contextlib.contextmanager
+def _interrupted(out: Path):
+    """A KeyboardInterrupt leaving the block (Ctrl-C after the current point, or a second Ctrl-C
+    at once) carries the surface as far as it is computed: `exc.surface` (None where no file
+    was made)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        exc.surface = None
+        if out.exists():
+            try:
+                exc.surface = load_surface(out)
+            except Exception:  # the interrupt is what the caller must see
+                pass
+        raise
 
 
 def _field(key: str, value: Any) -> tuple[str, str | None]:
