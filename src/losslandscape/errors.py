@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,7 +29,17 @@ MAX_LINE = 4000  # characters of an error line, beyond which its middle is cut
 
 
 class UserError(Exception):
-    """Bad input: a spec value, a missing file, a model that does not fit its checkpoint."""
+    """Bad input: a spec value, a missing file, a model that does not fit its checkpoint.
+
+    Made within a call of the Python interface (`named_as_given`), its message names what the
+    caller passed (`train=`, `out`) where the library would name a value the interface made up
+    for the spec (its generated model and data names, the file the weights are kept in)."""
+
+    def __init__(self, *args):
+        rules = _GIVEN.get()
+        if rules and args and isinstance(args[0], str):
+            args = (as_given(args[0], rules), *args[1:])
+        super().__init__(*args)
 
 
 class WriteFailed(UserError):
@@ -51,7 +62,8 @@ class JobFailed(Exception):
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: a UserError's message; for any other (a bug) its type, its
-    message and the file:line where it was raised, pointing at -v for the traceback."""
+    message and the file:line where it was raised, pointing at -v for the traceback (the command
+    line's flag: not within a call of the Python interface, where the traceback is Python's)."""
     if isinstance(exc, UserError):
         return str(exc)
     tb = exc.__traceback__
@@ -59,7 +71,8 @@ def one_line(exc: BaseException) -> str:
         tb = tb.tb_next
     where = f"at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else "no traceback"
     text = " ".join(str(exc).split())[:300]
-    return f"{type(exc).__name__}{': ' + text if text else ''} ({where}; -v for the traceback)"
+    hint = "" if _GIVEN.get() is not None else "; -v for the traceback"
+    return f"{type(exc).__name__}{': ' + text if text else ''} ({where}{hint})"
 
 
 def print_error(line: str | BaseException) -> None:
@@ -98,6 +111,30 @@ def named_as_flags(flags: dict[str, str]):
         yield
     finally:
         _FLAGS.reset(token)
+
+
+# How a call of the Python interface names what it was given: (pattern, replacement) rules for
+# the messages of the errors made within it (`named_as_given`); None outside such a call.
+_GIVEN: contextvars.ContextVar[list[tuple[re.Pattern, str]] | None] = contextvars.ContextVar("losslandscape_given",
+                                                                                           default=None)
+
+
+@contextlib.contextmanager
+def named_as_given(rules: list[tuple[str, str]]):
+    """Within the block (one call of the Python interface), a UserError's message has each
+    regular expression of `rules` replaced (re.sub, in order), so that it names the keywords the
+    caller passed, not the spec values made up for them; and one_line points at no `-v`."""
+    token = _GIVEN.set([(re.compile(pattern), replacement) for pattern, replacement in rules])
+    try:
+        yield
+    finally:
+        _GIVEN.reset(token)
+
+
+def as_given(text: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pattern, replacement in rules:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def readable_file(path, field: str, expected: str = "a file") -> None:

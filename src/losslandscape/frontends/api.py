@@ -30,7 +30,7 @@ import torch
 from losslandscape import spec as specs
 from losslandscape.inputs import userimport
 from losslandscape.run.driver import StopFlag, run_serial
-from losslandscape.errors import UserError
+from losslandscape.errors import UserError, named_as_given
 from losslandscape.run.hessianmaps import HessianWork, centre_spectrum
 from losslandscape.run.work import SurfaceWork
 from losslandscape.surfacefile.read import Surface, load_surface
@@ -53,7 +53,7 @@ def compute_surface(model: torch.nn.Module, train: Data | None = None, test: Dat
     released; its `surface` attribute holds the points computed so far (as `open_surface(out)`
     does), and the same call computes the rest.
     """
-    return _run(model, None, train, test, x, y, out, options)
+    return _run(model, None, train, test, x, y, out, options, caller="compute_surface")
 
 
 def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, train: Data | None = None,
@@ -63,7 +63,8 @@ def interpolate(model_a: torch.nn.Module, model_b: torch.nn.Module, train: Data 
     running statistics move along by default, so x = 1 is `model_b`. With `model_c` and a `y`
     axis: the plane through the three models, (x, y) = (0, 1) is `model_c`."""
     options = {"kind": "interpolate", **options}
-    return _run(model_a, model_b, train, test, x, y, out, options, model_c)
+    return _run(model_a, model_b, train, test, x, y, out, options, model_c, caller="interpolate",
+                models=("model_a", "model_b", "model_c"))
 
 
 def compute_trajectory(model: torch.nn.Module, checkpoints: str, train: Data | None = None, test: Data | None = None, *,
@@ -71,7 +72,8 @@ def compute_trajectory(model: torch.nn.Module, checkpoints: str, train: Data | N
     """The surface around `model` (the final model) on the plane of the first two principal
     components of a run's checkpoints (`checkpoints`: a glob of files with the model's keys),
     with the run's path stored in the file (`also=[...]`: more runs on the same plane)."""
-    return _run(model, None, train, test, x, y, out, {"kind": "pca", "checkpoints": checkpoints, **options})
+    return _run(model, None, train, test, x, y, out, {"kind": "pca", "checkpoints": checkpoints, **options},
+                caller="compute_trajectory")
 
 
 def compute_hessian(surface: str | Path, **options: Any):
@@ -83,14 +85,15 @@ def compute_hessian(surface: str | Path, **options: Any):
     another process needs its model and data as module:factory names, imported from the file's
     own folder or the working directory, or, with `trust_file=True`, from the folders the file
     names (runs code its maker chose: files you trust only)."""
-    settings = specs.options(specs.Hessian, options, "compute_hessian")
-    device = settings.device or None
-    if settings.centre:
-        return centre_spectrum(Path(surface), settings, settings.top_k, device, trust_file=settings.trust_file)
-    with _interrupted(Path(surface)):
-        stop = StopFlag()
-        code = run_serial(HessianWork(Path(surface), settings, device, settings.trust_file), stop)
-        _stopped(code, stop, Path(surface))
+    with named_as_given(_given_rules(("model",), ())):
+        settings = specs.options(specs.Hessian, options, "compute_hessian")
+        device = settings.device or None
+        if settings.centre:
+            return centre_spectrum(Path(surface), settings, settings.top_k, device, trust_file=settings.trust_file)
+        with _interrupted(Path(surface)):
+            stop = StopFlag()
+            code = run_serial(HessianWork(Path(surface), settings, device, settings.trust_file), stop)
+            _stopped(code, stop, Path(surface))
     return load_surface(surface)
 
 
@@ -113,11 +116,21 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
     """A matplotlib Figure of one view of a surface, for a notebook or a paper: `kind` is curve
     (1-D), contour, filled, heatmap or surface3d (2-D); `split` train or test (default: the
     first computed), `value` loss or acc (default loss; acc only where the file holds an accuracy). `render` writes the same views to files."""
+    from losslandscape.render.view import Options
+
+    with named_as_given(_PLOT_RULES):
+        return _figure(surface, kind, split, value, Options(vmin, vmax, levels, log, zmax))
+
+
+# the renderer's errors name the command line's flags; plot's keywords are their names
+_PLOT_RULES = [(r"--log\b", "log=True"), (r"--linear\b", "log=False"), (r"--(vmin|vmax|zmax|levels|kind|split|value)\b", r"\1")]
+
+
+def _figure(surface, kind: str, split: str | None, value: str | None, opts):
     from losslandscape.render.kinds import FIGURES, HESSIAN_KINDS, KINDS_1D, KINDS_2D
-    from losslandscape.render.view import Options, check_value
+    from losslandscape.render.view import check_value
 
     s = surface if isinstance(surface, Surface) else load_surface(surface)
-    opts = Options(vmin, vmax, levels, log, zmax)
     if kind in HESSIAN_KINDS:  # the `hessian` verb's results
         return curvature_figure(s, kind, opts)
     kinds = [k for k in (KINDS_1D if s.ndim == 1 else KINDS_2D) if k in FIGURES]  # those drawing one Figure
@@ -140,25 +153,42 @@ def curvature_figure(s: Surface, kind: str, opts):
 
     if kind == "spectrum":
         if s.centre_spectrum is None:
-            raise UserError(f"kind: {s.path} has no spectrum at the centre; run `losslandscape hessian {s.path} --centre`")
+            raise UserError(f"kind: {s.path} has no spectrum at the centre; compute it with "
+                            f"ll.compute_hessian({str(s.path)!r}, centre=True)")
     elif s.eig is None:
-        raise UserError(f"kind: {s.path} has no Hessian maps; run `losslandscape hessian {s.path}`")
+        raise UserError(f"kind: {s.path} has no Hessian maps; compute them with ll.compute_hessian({str(s.path)!r})")
     ((_, _, fig),) = FIGURES[kind](s, [], None, opts)
     return fig
 
 
 # --- the engine behind both -----------------------------------------------------------------
 
-def _run(model, model_b, train, test, x, y, out, options, model_c=None) -> Surface:
-    out = Path(out)
+def _run(model, model_b, train, test, x, y, out, options, model_c=None, *, caller: str,
+         models: tuple[str, ...] = ("model",)) -> Surface:
+    """A surface of `caller` (compute_surface, interpolate, compute_trajectory), whose models are
+    passed as `models` (their keywords): its errors name those keywords, not the spec values
+    made up for them."""
     given = [(name, data) for name, data in (("train", train), ("test", test)) if data is not None]
+    with named_as_given(_given_rules(models, [name for name, _ in given])):
+        return _surface(model, model_b, model_c, given, x, y, Path(out), options, caller, models)
+
+
+def _surface(model, model_b, model_c, given, x, y, out: Path, options, caller: str, models) -> Surface:
     if not given:
-        raise UserError("compute_surface: no data; give train=(inputs, targets) and/or test=..., "
+        raise UserError(f"{caller}: no data; give train=(inputs, targets) and/or test=..., "
                         "tensors or a DataLoader")
+    for keyword, m in zip(models, (model, model_b, model_c)):
+        if m is not None and not isinstance(m, torch.nn.Module):
+            raise UserError(f"{keyword}: expected a torch.nn.Module, not {type(m).__name__}")
     table: dict[str, dict[str, Any]] = {"grid": {"x": x, "y": y}, "output": {"surface": str(out)},
                                         "data": {"splits": [name for name, _ in given]}}
     for key, value in options.items():
-        section, name = _field(key, value)
+        section, name = _field(key, value, caller)
+        made = [n for n in ((value if isinstance(value, dict) else ()) if name is None else (name,))
+                if f"{section}.{n}" in _MADE]
+        if made:
+            raise UserError(f"{key}: {'its ' + repr(made[0]) + ' is' if name is None else 'it is'} set by {caller} "
+                            f"from {_MADE[f'{section}.{made[0]}']}; leave it out")
         if name is None:
             table.setdefault(section, {}).update(value)
         else:
@@ -167,7 +197,10 @@ def _run(model, model_b, train, test, x, y, out, options, model_c=None) -> Surfa
     splits = {name: _tensors(name, data, loss) for name, data in given}
     table["model"] = {**table.get("model", {}), "name": _register_model(model)}
     table["data"]["name"] = _register_data(splits)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"out: cannot make the folder {out.parent} ({exc.strerror})") from None
     existed = out.exists()
     written: list[Path] = []
     try:
@@ -216,7 +249,38 @@ def _interrupted(out: Path):
         raise
 
 
-def _field(key: str, value: Any) -> tuple[str, str | None]:
+# the spec values a call makes itself, and from what
+_MADE = {"model.name": "the model given", "model.checkpoint": "the model given (its weights, kept beside out)",
+         "model.checkpoint2": "model_b", "model.checkpoint3": "model_c", "data.name": "train= and test=",
+         "output.surface": "out"}
+
+
+def _given_rules(models: tuple[str, ...], splits) -> list[tuple[str, str]]:
+    """The rules (errors.named_as_given) by which a call's errors name what it was given: its
+    data (`splits`: the keywords train, test) and its models (`models`: their keywords, in the
+    order of model.checkpoint, checkpoint2, checkpoint3), never the names and files the call
+    made up for them; other spec fields keep their names (`output.surface`, `grid.x`)."""
+    data = "/".join(splits) or "train/test"
+    models = (*models, "model_b", "model_c")
+    return [
+        (r"data\.name: the surface file (.+?) was made with 'python:data-[0-9a-f]+', this spec gives "
+         r"'python:data-[0-9a-f]+'", rf"{data}: the surface file \1 was made with other data than this call gives"),
+        (r"data\.name: (.*?)python:data-[0-9a-f]+\('(train|test)'\)", r"\2: \1the data given as \2="),
+        (r"python:data-[0-9a-f]+\('(train|test)'\)", r"the data given as \1="),
+        (r"'?python:data-[0-9a-f]+'?", f"the data given as {data}"),
+        (r"\bdata\.name\b", data),
+        (r"\bmodel\.name\b", models[0]),
+        (r"'python:([^'\s]+)'", r"\1"),  # a model's class, for its generated name
+        (r"\bpython:(?=\S)", ""),
+        (r"\bmodel\.checkpoint3\b", models[2]),
+        (r"\bmodel\.checkpoint2\b", models[1]),
+        (r"\bmodel\.checkpoint\b", models[0]),
+        (r"resume with the file's spec", "give the values it was made with"),
+        (r"resume with the file's (grid|loss)", r"give the file's \1"),
+    ]
+
+
+def _field(key: str, value: Any, caller: str = "compute_surface") -> tuple[str, str | None]:
     """(table, field) of a keyword: a table given whole (field None), or a field by its name."""
     if key in specs.SURFACE_TABLES:
         if not isinstance(value, dict):
@@ -227,8 +291,9 @@ def _field(key: str, value: Any) -> tuple[str, str | None]:
             return section, key
     names = [n for s in specs.SURFACE_TABLES for n in specs.SECTIONS[s].__dataclass_fields__]
     close = difflib.get_close_matches(key, names, n=1)
-    raise UserError(f"compute_surface: unknown keyword {key!r}" + (f"; did you mean {close[0]}?" if close else
-                                                                     "; see `losslandscape surface --help`"))
+    raise UserError(f"{caller}: unknown keyword {key!r}" + (
+        f"; did you mean {close[0]}?" if close else
+        f"; expected a field of the job spec's tables ({', '.join(specs.SURFACE_TABLES)}), README: Job specs"))
 
 
 def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
@@ -300,7 +365,12 @@ def _register_model(model: torch.nn.Module) -> str:
 
 
 def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
-    clone = copy.deepcopy(model)  # the caller's module (weights, buffers, mode, device) stays as it is
+    try:
+        clone = copy.deepcopy(model)  # the caller's module (weights, buffers, mode, device) stays as it is
+    except Exception as exc:
+        raise UserError(f"model: copy.deepcopy cannot copy it ({type(exc).__name__}: {exc}), and the surface is "
+                        "computed on a copy, the model given left as it is; keep what cannot be copied (a lock, a "
+                        "file, a generator) out of the module's attributes") from exc
     return clone.cpu()
 
 
@@ -313,7 +383,7 @@ def _register_data(splits: dict) -> str:
 
 def _split(splits, split: str):
     if split not in splits:
-        raise UserError(f"data.splits: no {split} data was given")
+        raise UserError(f"split: no {split} data was given to the call that computed this surface ({split}=)")
     return splits[split]
 
 

@@ -60,17 +60,17 @@ class Batch:
         return next((v for v in values if isinstance(v, torch.Tensor)), None)
 
 
-def as_batch(obj, field: str = "data.name") -> Batch:
+def as_batch(obj, field: str = "data.name", what: str = "the data") -> Batch:
     """The Batch of one item a loader yields; one line for a shape the tool cannot call a model with."""
     if isinstance(obj, Mapping):
         return Batch((), dict(obj), obj.get("labels"))
     if isinstance(obj, (tuple, list)):
         if len(obj) < 2:
-            raise UserError(f"{field}: a batch of {len(obj)} element(s); expected (inputs, ..., targets) "
-                            "or a dict of tensors")
+            raise UserError(f"{field}: {what} gives a batch of {len(obj)} element(s); expected (inputs, ..., "
+                            "targets) or a dict of tensors")
         return Batch(tuple(obj[:-1]), {}, obj[-1])
-    raise UserError(f"{field}: a batch is a {type(obj).__name__}; expected a tuple (inputs, ..., targets) "
-                    "or a dict of tensors")
+    raise UserError(f"{field}: {what} gives a batch that is a {type(obj).__name__}; expected a tuple (inputs, ..., "
+                    "targets) or a dict of tensors")
 
 
 def to_device(obj, device: torch.device, channels_last: bool = False):
@@ -193,7 +193,7 @@ class Stream:
         with torch.random.fork_rng(devices=[]):
             batches = iter(self.iterable)
         for raw in batches:
-            batch = as_batch(raw, self.field)
+            batch = as_batch(raw, self.field, self.what)
             yield batch
             seen += batch_size(batch)
             if self.limit and seen >= self.limit:
