@@ -90,7 +90,7 @@ CASES = {  # name: (call, the line's start, words in it)
     "an unknown keyword": (surface("l.h5", train=(X, Y), zzzzzz=1),
                            "compute_surface: unknown keyword 'zzzzzz'; expected a field of the job spec", []),
     "a split not given": (lambda made: ll.compute_hessian(made[0], split="test", samples=8),
-                          "split: no test data was given", ["test="]),
+                          "test: asked for, but no test= data was given", []),
     "plot: vmin above vmax": (lambda made: ll.plot(made[0], vmin=2, vmax=1), "vmin 2 is not below vmax 1", []),
     "plot: a log scale below 0": (lambda made: ll.plot(made[0], vmin=-1, log=True),
                                   "vmin is -1, expected a value > 0 with log=True", []),

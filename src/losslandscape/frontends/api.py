@@ -383,7 +383,7 @@ def _register_data(splits: dict) -> str:
 
 def _split(splits, split: str):
     if split not in splits:
-        raise UserError(f"split: no {split} data was given to the call that computed this surface ({split}=)")
+        raise UserError(f"{split}: asked for, but no {split}= data was given (to the call that made the surface)")
     return splits[split]
 
 
