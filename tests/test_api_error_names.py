@@ -95,7 +95,9 @@ CASES = {  # name: (call, the line's start, words in it)
     "plot: a log scale below 0": (lambda made: ll.plot(made[0], vmin=-1, log=True),
                                   "vmin is -1, expected a value > 0 with log=True", []),
     "plot: no Hessian maps": (lambda made: ll.plot(made[0], kind="ratio"), "kind: ",
-                              ["compute them with ll.compute_hessian("]),
+                              ["ll.compute_hessian("]),
+    "plot: no spectrum": (lambda made: ll.plot(made[0], kind="spectrum"), "kind: ",
+                          ["compute it with ll.compute_hessian(", "centre=True)"]),
 }
 
 

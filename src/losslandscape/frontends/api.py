@@ -156,7 +156,8 @@ def curvature_figure(s: Surface, kind: str, opts):
             raise UserError(f"kind: {s.path} has no spectrum at the centre; compute it with "
                             f"ll.compute_hessian({str(s.path)!r}, centre=True)")
     elif s.eig is None:
-        raise UserError(f"kind: {s.path} has no Hessian maps; compute them with ll.compute_hessian({str(s.path)!r})")
+        raise UserError(f"kind: {s.path} has no Hessian maps; run `losslandscape hessian {s.path}` or "
+                        f"ll.compute_hessian({str(s.path)!r})")
     ((_, _, fig),) = FIGURES[kind](s, [], None, opts)
     return fig
 
