@@ -103,7 +103,7 @@ def _serial(work: Work, stop: StopFlag) -> int:
     if len(prep.pending) == 0:
         return EXIT_DONE
     progress = Progress(prep.total, prep.total - len(prep.pending), work.label)
-    with open_h5(prep.path, "r+") as f:
+    with open_h5(prep.path, "r+") as f, contextlib.closing(progress):  # the bar too, however the run ends
         work.attach(evaluator, prep, f)
         writer = work.writer(f)
         done = work.done(f)
@@ -115,7 +115,6 @@ def _serial(work: Work, stop: StopFlag) -> int:
                     progress.update(len(finished.points))
                 if stop:
                     break
-    progress.close()
     return _finish(stop, prep.path, work)
 
 
