@@ -69,7 +69,7 @@ def test_ctrl_c_raises_keyboard_interrupt_after_closing_the_file(tmp_path):
     assert 0 < done < 1 and f"surface {done}" in rest  # what the exception carried is what the file holds
     same: dict = {}
     exec(SETUP, same)
-    whole = ll.compute_surface(same["net"], train=same["data"], out=out, **same["GRID"])  # the same call computes the rest
+    whole = ll.compute_surface(same["net"], train=same["data"], out=out, **same["GRID"])  # computes the rest
     assert whole.fraction_done["train"] == 1.0
     computed = ~np.isnan(partial.train_loss)
     np.testing.assert_array_equal(whole.train_loss[computed], partial.train_loss[computed])
@@ -98,11 +98,13 @@ class PressAt(torch.nn.Module):
 
 def test_streamed_data_drops_the_unit_being_evaluated(tmp_path):
     # a unit of 3 points reads the 3 batches once, each batch evaluated at its 3 points: 9 passes a
-    # unit, after a pass or two that try the first batch; pass 14 is in the second unit, before its last batch
+    # unit, after a pass or two that try the first batch; pass 14 is in the second unit, before
+    # its last batch
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(30, 8), torch.arange(30) % 3),
                                        batch_size=10)
     with pytest.raises(KeyboardInterrupt) as stopped:
-        ll.compute_surface(PressAt(14), train=data, x="-1:1:5", y="-1:1:3", out=tmp_path / "s.h5", unit_size=3, device="cpu")
+        ll.compute_surface(PressAt(14), train=data, x="-1:1:5", y="-1:1:3", out=tmp_path / "s.h5", unit_size=3,
+                           device="cpu")
     assert stopped.value.surface.train_loss is not None
     done = np.flatnonzero(~np.isnan(stopped.value.surface.train_loss.ravel()))
     assert len(done) == 3  # the first unit; the second, stopped before its last batch, is dropped

@@ -123,7 +123,8 @@ def plot(surface: Surface | str | Path, kind: str = "contour", split: str | None
 
 
 # the renderer's errors name the command line's flags; plot's keywords are their names
-_PLOT_RULES = [(r"--log\b", "log=True"), (r"--linear\b", "log=False"), (r"--(vmin|vmax|zmax|levels|kind|split|value)\b", r"\1")]
+_PLOT_RULES = [(r"--log\b", "log=True"), (r"--linear\b", "log=False"),
+               (r"--(vmin|vmax|zmax|levels|kind|split|value)\b", r"\1")]
 
 
 def _figure(surface, kind: str, split: str | None, value: str | None, opts):
