@@ -182,6 +182,13 @@ def test_labels_are_text_cut_to_200_characters(tmp_path):
     assert fig.axes[0].get_title().startswith("\\$\\frac{\\$ net: train loss")
     head, notes = page_texts(page)
     assert head.startswith("$\\frac{$ net: train loss") and notes[0] == "a $x$ and $"
+    # The spec's names too (a file without labels): a checkpoint named "$x$.pt" is that name.
+    with h5py.File(path, "r+") as f:
+        del f.attrs["labels"]
+        f.attrs["spec"] = f.attrs["spec"].replace("/a/x.pt", "/a/$x$.pt")
+    figures = {}
+    render([path], tmp_path / "spec", kinds=["curve"], figures=figures)
+    assert top_ticks(*figures.values())[0] == "\\$x\\$.pt"
 
 
 def test_the_best_point_on_a_corner_is_drawn_whole(tmp_path):
