@@ -23,8 +23,9 @@ the user's --log or --linear, else log for a loss spanning more than two
 decades (`ranges.auto_log`); train and test of one value share one colour
 range. What the static views mark is marked here too (`view`), and named in the
 legend: the trained model at (0, 0), the best point (the minimum of a loss, the
-maximum of an accuracy; both drawn whole on the map's edge or corner), and on a partial surface the computed points, with
-blanks (NaN) where nothing is computed yet; the title says how much is done.
+maximum of an accuracy; both drawn whole on the map's edge or corner), and on a
+partial surface the computed points, with blanks (NaN) where nothing is computed
+yet; the title says how much is done.
 Diverged points are drawn at the top of the range, and the title counts them.
 A file with the `hessian` verb's eigenvalue maps also offers them in the selector,
 "|min/max| (Hessian)" (Li et al.'s Fig. 8: colour scale 0 to 0.5 as the static `ratio`
