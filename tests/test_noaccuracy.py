@@ -184,7 +184,7 @@ def test_the_default_render_and_the_cli(loss_only, tmp_path, capsys):
                               zmax=None)
     assert render_cli.run_render(args) == 0
     printed = capsys.readouterr().out.split()
-    assert [Path(p).name for p in printed] == ["surf_curve.svg"]
+    assert [Path(p).name for p in printed] == ["surf_curve.svg", "surf.html"]  # every file gets its page (#30)
 
 
 def test_1d_curve_and_page_have_no_accuracy_axis(loss_only, tmp_path):
