@@ -100,12 +100,21 @@ def test_a_traceback_without_the_users_code_names_its_innermost_frame():
 
 # --- the tool's own checks -----------------------------------------------------------------------
 
-def test_labels_one_shorter_than_the_inputs_of_a_causal_lm(tmp_path):
+def test_labels_one_shorter_than_the_inputs_of_a_causal_lm_or_a_token_classifier(tmp_path):
     ids = tokens(1)
     line = refused(tmp_path, gpt2(), {"input_ids": ids, "labels": ids[:, 1:]})
     assert line == ("evaluation: the first batch of train at the centre: labels of shape (4, 7) against input_ids "
                     "of shape (4, 8); expected labels of the inputs' shape; the model shifts them itself to score "
                     "each position against the next: labels = input_ids (-100 where nothing is scored)")
+    torch.manual_seed(0)
+    tagger = transformers.BertForTokenClassification(transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=3)).eval()
+    ids = tokens(8)
+    line = refused(tmp_path, tagger, {"input_ids": ids, "labels": ids[:, 1:] % 3})
+    assert line == ("evaluation: the first batch of train at the centre: labels of shape (4, 7) against input_ids "
+                    "of shape (4, 8); expected labels of the inputs' shape, one label a token (-100 where nothing "
+                    "is scored)")
 
 
 def test_targets_one_position_shorter_than_the_logits_for_cross_entropy(tmp_path):
