@@ -27,7 +27,9 @@ against the last element; or a dict of tensors (Hugging Face style), called as
 moved to the device as a whole structure, dtypes kept.
 
 A stream whose first batch differs between two readings (a shuffling sampler, random
-augmentation) is refused: the surface would be noise.
+augmentation) is refused: the surface would be noise. An error raised while a batch is read
+(items the loader cannot batch, such as PIL images; an item that raises, in a loader worker
+too) is one line naming the data (`unreadable`).
 """
 
 from __future__ import annotations

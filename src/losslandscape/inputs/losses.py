@@ -5,8 +5,9 @@ A loss maps one batch's (model outputs, targets) to (the sum of its per-example 
 losses, the number of terms in that sum (or their total weight), the number classified correctly
 or None where accuracy means nothing). Callers add up sums and counts over batches and divide
 once, so a stored value is the exact mean over a split, weighted by examples or tokens (or the
-loss's weights), whatever the batch size: as if the split were one batch. Low-precision outputs (bf16, fp16) are scored in float32; others
-in their own dtype (the Hessian's float64 stays float64).
+loss's weights), whatever the batch size: as if the split were one batch. Low-precision outputs
+(bf16, fp16) are scored in float32; others in their own dtype (the Hessian's float64 stays
+float64).
 
 Outputs may be a tensor, an object with `.logits` (a Hugging Face ModelOutput), a dict with
 "logits", or a tuple whose first element is the logits, or whose first element is a scalar

@@ -16,6 +16,7 @@ The evaluator is put together from pieces that each do one thing:
 - `network`: the network that runs the forward passes, the model or its BatchNorm-folded twin;
 - `Precision`: the process-wide TF32 flags and the bf16 autocast;
 - `Measurer`: a batch's loss sums at the current weights, every failure one line (`failure`);
+- `Fit`: the tool's own checks of a batch against a Hugging Face model (labels, lengths);
 - `probe`: each split's first batch through the network at the centre, before anything is written.
 """
 
