@@ -27,6 +27,7 @@ import torch
 
 from losslandscape import spec as specs
 from losslandscape.inputs import userimport
+from losslandscape.inputs.batches import first_item
 from losslandscape.run.driver import run_serial
 from losslandscape.errors import UserError
 from losslandscape.run.hessianmaps import HessianWork, centre_spectrum
@@ -248,11 +249,7 @@ def _data_tensors(splits: dict) -> Iterable[torch.Tensor]:
             continue
         if hasattr(data, "__len__"):
             yield torch.tensor([len(data)])
-        first = data[0] if hasattr(data, "__getitem__") and not isinstance(data, Iterable) else None
-        if first is None:
-            with torch.random.fork_rng(devices=[]):  # a DataLoader's iterator draws from the global RNG
-                first = next(iter(data), None)
-        yield from _leaves(first)
+        yield from _leaves(first_item(data, name, f"the {type(data).__name__}"))
 
 
 def _register_model(model: torch.nn.Module) -> str:

@@ -27,19 +27,24 @@ against the last element; or a dict of tensors (Hugging Face style), called as
 moved to the device as a whole structure, dtypes kept.
 
 A stream whose first batch differs between two readings (a shuffling sampler, random
-augmentation) is refused: the surface would be noise.
+augmentation) is refused: the surface would be noise. An error raised while a batch is read
+(items the loader cannot batch, such as PIL images; an item that raises, in a loader worker
+too) is one line naming the data (`unreadable`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from losslandscape.errors import UserError
+from losslandscape.errors import UserError, one_line, user_frame
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +192,17 @@ class Stream:
 
     def __iter__(self) -> Iterator[Batch]:
         seen = 0
-        # a DataLoader's iterator draws its workers' base seed from the global RNG: reading the
-        # data must not move it (a fresh model is initialised from that RNG after a first read,
-        # so the same spec would give another model with a Dataset than with tensors)
-        with torch.random.fork_rng(devices=[]):
-            batches = iter(self.iterable)
-        for raw in batches:
+        batches = _iterator(self.iterable, self.field, self.what)
+        while True:
+            try:
+                raw = next(batches, _END)
+            except UserError:
+                raise
+            except Exception as exc:
+                batches = None  # a loader's workers end now, not when the error is collected
+                raise unreadable(exc, self.field, self.what) from None
+            if raw is _END:
+                return
             batch = as_batch(raw, self.field)
             yield batch
             seen += batch_size(batch)
@@ -244,6 +254,70 @@ class Stream:
                             "shuffling and random transforms")
         self._checked = one
         return one
+
+
+_END = object()  # the end of a loader's batches
+
+
+def _iterator(iterable, field: str, what: str) -> Iterator:
+    # a DataLoader's iterator draws its workers' base seed from the global RNG: reading the
+    # data must not move it (a fresh model is initialised from that RNG after a first read,
+    # so the same spec would give another model with a Dataset than with tensors)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return iter(iterable)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise unreadable(exc, field, what) from None
+
+
+def first_item(data, field: str, what: str):
+    """The first thing `data` gives, without moving the global RNG: its item 0 where it is
+    indexable and not iterable (a map-style Dataset), else its first batch (None if none); an
+    error of the data is one line naming `field` and `what`."""
+    try:
+        first = data[0] if hasattr(data, "__getitem__") and not isinstance(data, Iterable) else None
+        if first is None:
+            first = next(_iterator(data, field, what), None)
+        return first
+    except UserError:
+        raise
+    except Exception as exc:
+        raise unreadable(exc, field, what) from None
+
+
+def unreadable(exc: Exception, field: str, what: str) -> UserError:
+    """The one line for reading `what` that raised `exc` (a Dataset's item, the loader batching
+    items, a loader's worker): for items the loader cannot batch (default_collate's TypeError:
+    PIL images, strings, None) what a batch is made of; for anything else the error and the line
+    of the user's code it came from. The error's frames are cleared once logged (-v): they hold
+    the loader's iterator, whose workers would live as long as the error."""
+    log.debug("reading %s failed", what, exc_info=exc)
+    line = _unreadable(exc, field, what)
+    traceback.clear_frames(exc.__traceback__)
+    return UserError(line)
+
+
+def _unreadable(exc: Exception, field: str, what: str) -> str:
+    text = str(exc)
+    frames = None
+    if "Original Traceback" in text:  # raised in a loader's worker: its traceback is the message
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        frames = [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)]
+        text = lines[-1].split(": ", 1)[1] if ": " in lines[-1] else ""
+    text = " ".join(text.split())
+    if text.startswith("default_collate:") or "batch must contain" in text:
+        hint = (": give the Dataset a transform such as torchvision.transforms.ToTensor()"
+                if "PIL." in text else "")
+        return (f"{field}: {what} gives items the loader cannot make a batch of ({text}); expected tensors, "
+                f"numpy arrays or numbers (or tuples or dicts of them){hint}")
+    if frames:
+        file, line = user_frame(frames)
+        cause = f"{type(exc).__name__}{': ' + text[:300] if text else ''} (at {Path(file).name}:{line})"
+    else:
+        cause = one_line(exc)
+    return f"{field}: reading {what} failed: {cause}"
 
 
 def batch_size(batch: Batch) -> int:

@@ -183,7 +183,7 @@ class HessianOperator:
                 out += torch.cat([h.reshape(-1) for h in hv])
                 count += k
         self.matvecs += 1
-        return out.div_(int(count))
+        return out.div_(float(count))  # a whole count, or a loss's sum of weights
 
     def _arguments(self) -> dict[str, torch.Tensor]:
         """Every parameter for functional_call: the chosen ones as fresh leaves requiring grad
