@@ -51,7 +51,7 @@ class Model:
     name: str = "resnet20"
     """zoo name (see `losslandscape models`) or "package.module:factory"."""
     checkpoint: str = field(default="", metadata=PATH)
-    """trained weights (.pt/.t7); empty = the model's fresh initialisation."""
+    """trained weights (.pt/.t7/.safetensors, or a Hugging Face model folder); empty = the model's fresh initialisation."""
     checkpoint2: str = field(default="", metadata=PATH)
     """second model's weights, the far end of `directions.kind = "interpolate"`."""
     trust_checkpoint: bool = False
