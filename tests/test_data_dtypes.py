@@ -95,3 +95,32 @@ def test_float_class_targets_are_one_rule_for_tensors_and_datasets(tmp_path):
         assert not (tmp_path / "s.h5").exists()
     assert errors[0] == errors[1] and "\n" not in errors[0], errors
     assert "cross_entropy needs class indices, the targets are torch.float32" in errors[0]
+
+
+TRAINABLE = '''
+import torch
+
+
+def build():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(72, 3))
+
+
+def data(split):
+    gen = torch.Generator().manual_seed(0 if split == "train" else 1)
+    return torch.randn(16, 2, 6, 6, generator=gen, dtype=torch.float64).numpy(), torch.randint(0, 3, (16,), generator=gen)
+'''
+
+
+def test_training_takes_float64_arrays_for_a_float32_model(tmp_path, monkeypatch):
+    """The `train` verb reads the same tensors, now kept float64: they are given to the float32
+    model in its dtype (they were made float32 when read before)."""
+    from losslandscape import spec as specs
+    from losslandscape.numerics.train import train
+
+    (tmp_path / "trainable.py").write_text(TRAINABLE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = specs.from_dict({"model": {"name": "trainable:build"}, "data": {"name": "trainable:data"},
+                            "train": {"epochs": 1, "batch_size": 8, "out_dir": str(tmp_path / "run")},
+                            "evaluation": {"device": "cpu"}})
+    written = train(spec, torch.device("cpu"))
+    assert [p.name for p in written] == ["model_0.pt", "model_1.pt"]
