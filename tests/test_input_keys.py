@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import losslandscape as ll
 from losslandscape.errors import UserError
@@ -104,7 +104,7 @@ def test_without_input_keys_a_dict_batch_is_passed_whole_labels_too(tmp_path):
 
 PLAIN = '''
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
 class Net(torch.nn.Module):
@@ -174,9 +174,11 @@ def test_a_plain_model_given_the_labels_is_one_line(plain, tmp_path):
 @pytest.mark.parametrize("keys, data, words", [
     (["x", "mask"], "loader", "data.input_keys: a batch has no 'mask'; its keys are 'x', 'labels'"),
     (["x"], "tensors", "data.input_keys: the train split is (inputs, targets) tensors, not dict batches"),
+    (["x"], "tuples", "data.input_keys: the batches are lists, not dicts"),
 ])
 def test_input_keys_that_do_not_fit_are_one_line(plain, tmp_path, keys, data, words):
-    given = plain.data("train") if data == "loader" else (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    given = {"loader": plain.data("train"), "tensors": (x, y), "tuples": DataLoader(TensorDataset(x, y))}[data]
     with pytest.raises(UserError) as err:
         ll.compute_surface(plain.build(), given, x=GRID, out=tmp_path / "s.h5", threads=1, input_keys=keys)
     assert str(err.value).startswith(words) and "\n" not in str(err.value), str(err.value)
