@@ -200,10 +200,10 @@ def _field(key: str, value: Any) -> tuple[str, str | None]:
 
 def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
     """(inputs, targets) on the CPU from tensors (the in-memory path), or the data as given (a
-    Dataset, a DataLoader or a re-iterable of batches: streamed, batches.py). Floating inputs
-    become float32, integer inputs (token ids) stay integers; integer targets become int64
-    class indices, and so do float ones for cross_entropy; other losses keep float targets as
-    given (a regression's, where accuracy means nothing)."""
+    Dataset, a DataLoader or a re-iterable of batches: streamed, batches.py). Dtypes are kept as
+    a stream's are (the model gets floating inputs in its own dtype: batches.input_dtype);
+    integer targets become int64 class indices, floating ones stay as given, whatever the `loss`
+    (cross_entropy refuses them in one line, as it does a Dataset's)."""
     if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
         if isinstance(data, (str, bytes)) or not (isinstance(data, Iterable) or hasattr(data, "__getitem__")):
             raise UserError(f"{split}: expected (inputs, targets) tensors, a Dataset, a DataLoader or an iterable "
@@ -213,10 +213,7 @@ def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
     if len(inputs) != len(targets):
         raise UserError(f"{split}: {len(inputs)} inputs but {len(targets)} targets")
     inputs, targets = inputs.detach().cpu(), targets.detach().cpu()
-    # float class ids (0.0, 1.0, ...) are class indices for cross_entropy; other floats stay floats
-    # (a regression's targets: cross_entropy then refuses them in one line)
-    classes = not targets.is_floating_point() or (loss == "cross_entropy" and bool((targets == targets.round()).all()))
-    return (inputs.float() if inputs.is_floating_point() else inputs), (targets.long() if classes else targets.float())
+    return inputs, (targets if targets.is_floating_point() else targets.long())
 
 
 def _digest(tensors: Iterable[torch.Tensor]) -> str:

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 
 from losslandscape.errors import UserError, one_line
-from losslandscape.inputs.batches import Batch, Source
+from losslandscape.inputs.batches import Batch, Source, input_dtype
 from losslandscape.inputs.losses import LossFunction, get_loss, is_causal_lm_name
 from losslandscape.numerics.fold import fold
 from losslandscape.numerics.weights import WeightMover
@@ -75,7 +75,7 @@ class PointEvaluator:
         self.batch_size = batch_size_for(self.device, batch_size)
         self.channels_last = channels_last
         self.weights = WeightMover(tensors)
-        self.splits = {name: src.placed(self.device, channels_last) for name, src in splits.items()}
+        self.splits = {name: src.placed(self.device, channels_last, input_dtype(model)) for name, src in splits.items()}
         self.streamed = any(src.streamed for src in self.splits.values())  # a unit reads its data once: evaluate_unit
         first = {name: src.first_batch(self.batch_size) for name, src in self.splits.items()}
         # the fold is checked in fp32, before the precision is lowered, so a check never fails for rounding
