@@ -62,6 +62,13 @@ surface = "{surface}"
 
 # --- mpirun ------------------------------------------------------------------------------------------
 
+def fast_sample(values, keep) -> list:
+    """`values` as test parameters, those not in `keep` marked slow: a fuzz or crafted-input matrix
+    keeps a seeded sample in `make check` and runs whole in `make test`."""
+    keep = set(keep)
+    return [pytest.param(v, marks=() if v in keep else pytest.mark.slow) for v in values]
+
+
 def ctrl_c_as_at_a_terminal() -> None:
     """`preexec_fn` for a child that a test interrupts with SIGINT: a shell starts background jobs
     (and so a CI run started with `&`) with SIGINT ignored, and an ignored signal stays ignored

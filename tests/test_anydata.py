@@ -508,8 +508,8 @@ def float_counts(outputs, targets):
     return torch.nn.functional.cross_entropy(outputs, targets, reduction="sum"), scored.sum(), correct.sum()
 
 
-def fractional(outputs, targets):
-    return torch.nn.functional.cross_entropy(outputs, targets, reduction="sum"), len(targets) / 2 + 0.5
+def negative(outputs, targets):
+    return torch.nn.functional.cross_entropy(outputs, targets, reduction="sum"), -(len(targets) / 2 + 0.5)
 
 
 def raises(outputs, targets):
@@ -529,7 +529,7 @@ BAD = {
     "loss per example": (["--evaluation.loss=anybad:per_example"], ["evaluation.loss", "shape (16,)"]),
     "dict batch the model rejects": (["--data.name=anybad:dicts"], ["unexpected keyword", "features"]),
     "float targets for cross_entropy": (["--data.name=anybad:floats"], ["cross_entropy needs class indices"]),
-    "a count not whole": (["--evaluation.loss=anybad:fractional"], ["anybad:fractional", "count 8.5"]),
+    "a negative count": (["--evaluation.loss=anybad:negative"], ["anybad:negative", "count -8.5"]),
     "checkpoint keys": (["--model.checkpoint={ckpt}"], ["model.checkpoint", "does not fit the model", "missing"]),
 }
 

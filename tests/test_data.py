@@ -249,7 +249,7 @@ def test_user_factory_is_called_with_the_split_name(factory_module):
 
     d = Data(name=f"{factory_module}:make", splits=["test"])
     x, y = data.load_split(d, "train")
-    assert x.shape == (12, 2, 4, 4) and x.dtype == torch.float32
+    assert x.shape == (12, 2, 4, 4) and x.dtype == torch.float64  # kept: the model gets its own (test_data_dtypes.py)
     assert y.tolist() == [i % 3 for i in range(12)] and y.dtype == torch.int64
     assert data.load_split(d, "test")[0].shape == (5, 2, 4, 4)
     assert importlib.import_module(factory_module).CALLS == ["train", "test"]

@@ -27,6 +27,7 @@ import pytest
 import losslandscape as ll
 from losslandscape.errors import UserError
 from losslandscape.frontends import cli
+from helpers import fast_sample
 
 X, Y = np.linspace(-1, 1, 5), np.linspace(-1, 1, 3)
 SHAPE = (3, 5)  # (ny, nx)
@@ -189,7 +190,9 @@ def check(reader: str, path: Path, word: str, capsys) -> str:
     return line
 
 
-@pytest.mark.parametrize("reader", READERS)
+# every case with every reader in `make test`; `make check` keeps one reader of each front end
+# (the command line's summary, the Python interface's open_surface)
+@pytest.mark.parametrize("reader", fast_sample(READERS, ("summary", "open_surface")))
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_crafted_file_is_one_line(case, reader, tmp_path, capsys):
     breaks, word = CASES[case]
@@ -362,6 +365,7 @@ def random_damage(rng: np.random.Generator, f) -> str:
     return f"attribute {name} = {str(value)[:40]!r}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(2))
 def test_fuzz_crafted_files(seed, tmp_path, capsys):
     """50 files a seed, each valid but for 1 to 3 random changes: summary, status and open_surface

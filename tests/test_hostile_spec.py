@@ -20,7 +20,7 @@ import pytest
 from losslandscape import spec as specs
 from losslandscape.errors import UserError
 from losslandscape.frontends import cli
-from tests.helpers import PX, tiny_job, write_surface
+from helpers import PX, tiny_job, write_surface
 
 
 @pytest.fixture

@@ -184,7 +184,7 @@ def test_the_default_render_and_the_cli(loss_only, tmp_path, capsys):
                               zmax=None)
     assert render_cli.run_render(args) == 0
     printed = capsys.readouterr().out.split()
-    assert [Path(p).name for p in printed] == ["surf_curve.svg"]
+    assert [Path(p).name for p in printed] == ["surf_curve.svg", "surf.html"]  # every file gets its page (#30)
 
 
 def test_1d_curve_and_page_have_no_accuracy_axis(loss_only, tmp_path):
@@ -331,7 +331,8 @@ def test_python_interface_keeps_a_regressions_float_targets():
     assert api._tensors("train", (x, y), "mypkg.losses:huber")[1].dtype == torch.float32
     assert api._tensors("train", (x, y), "model")[1].dtype == torch.float32
     inputs, labels = api._tensors("train", (x, torch.tensor([0.0, 1.0, 2.0, 1.0])), "cross_entropy")
-    assert inputs.dtype == torch.float32 and labels.dtype == torch.int64
+    # dtypes kept as a Dataset's are: one rule (test_data_dtypes.py), cross_entropy refuses float labels
+    assert inputs.dtype == torch.float64 and labels.dtype == torch.float32
     assert api._tensors("train", (x, torch.tensor([0, 1, 2, 1], dtype=torch.int32)), "mse")[1].dtype == torch.int64
 
 

@@ -107,17 +107,17 @@ def test_pdf_and_svg(files, tmp_path):
     assert [p.name for p in pdf] == ["para_train_loss_heatmap.pdf", "para_train_loss_surface3d.pdf"]
     for p in pdf:
         assert p.read_bytes()[:5] == b"%PDF-" and p.stat().st_size > 5000
-    assert [p.name for p in svg] == ["curve_curve.svg"]
+    assert [p.name for p in svg] == ["curve_curve.svg", "curve.html"]  # every file gets its page (#30)
     head = svg[0].read_text()[:400]
     assert head.startswith("<?xml") and "<svg" in head
 
 
 def test_curve_of_a_1d_surface(files, tmp_path):
     written = render([files["curve"]], tmp_path)
-    assert [p.name for p in written] == ["curve_curve.png"]
+    assert [p.name for p in written] == ["curve_curve.png", "curve.html"]  # every file gets its page (#30)
     assert_png(written[0])
     logs = render([files["curve"]], tmp_path, split="test", value="loss", log=True)
-    assert [p.name for p in logs] == ["curve_test_loss_curve.png"]
+    assert [p.name for p in logs] == ["curve_test_loss_curve.png", "curve_test_loss.html"]
     assert_png(logs[0])
     with pytest.raises(UserError, match="does not fit"):
         render([files["curve"]], tmp_path, kinds=["contour"])

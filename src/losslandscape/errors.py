@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import re
 import sys
@@ -62,17 +63,59 @@ class JobFailed(Exception):
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: a UserError's message; for any other (a bug) its type, its
-    message and the file:line where it was raised, pointing at -v for the traceback (the command
-    line's flag: not within a call of the Python interface, where the traceback is Python's)."""
+    message and the file:line where it was raised (`raised_at`), pointing at -v for the traceback
+    (the command line's flag: not within a call of the Python interface, where the traceback is
+    Python's)."""
     if isinstance(exc, UserError):
         return str(exc)
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = f"at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else "no traceback"
+    where = raised_at(exc)
     text = " ".join(str(exc).split())[:300]
     hint = "" if _GIVEN.get() is not None else "; -v for the traceback"
     return f"{type(exc).__name__}{': ' + text if text else ''} ({where}{hint})"
+
+
+def raised_at(exc: BaseException) -> str:
+    """"at file:line" of the innermost frame of `exc`'s traceback in the user's code (a model's
+    forward, a Dataset, a loss), where there is one; else of the innermost frame (a bug of the
+    tool, a library refusing its input); "no traceback" for an exception never raised."""
+    frames = [(tb.tb_frame.f_code.co_filename, tb.tb_lineno) for tb in _walk(exc.__traceback__)]
+    if not frames:
+        return "no traceback"
+    file, line = user_frame(frames)
+    return f"at {Path(file).name}:{line}"
+
+
+def _walk(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
+def user_frame(frames: list[tuple[str, int]]) -> tuple[str, int]:
+    """Of (file, line) frames, outermost first: the innermost one in the user's code (not in
+    Python's library, an installed package such as torch or transformers, or this tool), else
+    the innermost."""
+    return next((f for f in reversed(frames) if not _library_file(f[0])), frames[-1])
+
+
+def _library_file(filename: str) -> bool:
+    if filename.startswith("<"):  # code without a file: frozen imports, exec'd strings
+        return not filename.startswith("<ipython-input")
+    path = os.path.normcase(os.path.realpath(filename))
+    return any(path.startswith(root) for root in _library_roots())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_roots() -> tuple[str, ...]:
+    """Folders whose files are not the user's: the standard library, the installed packages,
+    this package."""
+    import site
+    import sysconfig
+
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    paths.add(os.path.dirname(os.path.abspath(__file__)))
+    return tuple(os.path.join(os.path.normcase(os.path.realpath(p)), "") for p in paths if p)
 
 
 def print_error(line: str | BaseException) -> None:

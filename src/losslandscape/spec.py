@@ -51,7 +51,7 @@ class Model:
     name: str = "resnet20"
     """zoo name (see `losslandscape models`) or "package.module:factory"."""
     checkpoint: str = field(default="", metadata=PATH)
-    """trained weights (.pt/.t7); empty = the model's fresh initialisation."""
+    """trained weights (.pt/.t7/.safetensors, or a Hugging Face model folder); empty = the model's fresh initialisation."""
     checkpoint2: str = field(default="", metadata=PATH)
     """second model's weights, the far end of `directions.kind = "interpolate"`."""
     trust_checkpoint: bool = False
@@ -84,6 +84,8 @@ class Data:
     """evaluate one of this many equal, contiguous parts of each split (after max_samples), len // parts items each, the rest in none (the original --data_split, which drew one random subset of the train split instead); 1 = the whole split."""
     part: int = 0
     """which part, 0 to parts - 1 (the original --split_idx)."""
+    input_keys: list[str] = field(default_factory=list)
+    """dict batches: the keys passed to the model, as model(**{k: batch[k]}) (empty = every key, "labels" too); the targets are batch["labels"] either way."""
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 
 from losslandscape import spec as specs
 from losslandscape.inputs import userimport
+from losslandscape.inputs.batches import first_item
 from losslandscape.run.driver import StopFlag, run_serial
 from losslandscape.errors import UserError, named_as_given
 from losslandscape.run.hessianmaps import HessianWork, centre_spectrum
@@ -300,10 +301,10 @@ def _field(key: str, value: Any, caller: str = "compute_surface") -> tuple[str, 
 
 def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
     """(inputs, targets) on the CPU from tensors (the in-memory path), or the data as given (a
-    Dataset, a DataLoader or a re-iterable of batches: streamed, batches.py). Floating inputs
-    become float32, integer inputs (token ids) stay integers; integer targets become int64
-    class indices, and so do float ones for cross_entropy; other losses keep float targets as
-    given (a regression's, where accuracy means nothing)."""
+    Dataset, a DataLoader or a re-iterable of batches: streamed, batches.py). Dtypes are kept as
+    a stream's are (the model gets floating inputs in its own dtype: batches.input_dtype);
+    integer targets become int64 class indices, floating ones stay as given, whatever the `loss`
+    (cross_entropy refuses them in one line, as it does a Dataset's)."""
     if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
         if isinstance(data, (str, bytes)) or not (isinstance(data, Iterable) or hasattr(data, "__getitem__")):
             raise UserError(f"{split}: expected (inputs, targets) tensors, a Dataset, a DataLoader or an iterable "
@@ -313,10 +314,7 @@ def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
     if len(inputs) != len(targets):
         raise UserError(f"{split}: {len(inputs)} inputs but {len(targets)} targets")
     inputs, targets = inputs.detach().cpu(), targets.detach().cpu()
-    # float class ids (0.0, 1.0, ...) are class indices for cross_entropy; other floats stay floats
-    # (a regression's targets: cross_entropy then refuses them in one line)
-    classes = not targets.is_floating_point() or (loss == "cross_entropy" and bool((targets == targets.round()).all()))
-    return (inputs.float() if inputs.is_floating_point() else inputs), (targets.long() if classes else targets.float())
+    return inputs, (targets if targets.is_floating_point() else targets.long())
 
 
 def _digest(tensors: Iterable[torch.Tensor]) -> str:
@@ -349,11 +347,7 @@ def _data_tensors(splits: dict) -> Iterable[torch.Tensor]:
             continue
         if hasattr(data, "__len__"):
             yield torch.tensor([len(data)])
-        first = data[0] if hasattr(data, "__getitem__") and not isinstance(data, Iterable) else None
-        if first is None:
-            with torch.random.fork_rng(devices=[]):  # a DataLoader's iterator draws from the global RNG
-                first = next(iter(data), None)
-        yield from _leaves(first)
+        yield from _leaves(first_item(data, name, f"the {type(data).__name__}"))
 
 
 def _register_model(model: torch.nn.Module) -> str:

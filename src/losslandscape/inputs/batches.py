@@ -5,8 +5,7 @@ many examples, the source on a device, a small share of it), never which kind it
 
 What a data factory (or the Python interface's `data=`) may give, and what becomes of it:
 
-- `(inputs, targets)` tensors or arrays: in memory. Floating inputs become float32, integer
-  inputs (token ids) stay integers; integer targets become int64, floating targets float32.
+- `(inputs, targets)` tensors or arrays: in memory, dtypes kept (integer targets become int64).
 - a map-style `Dataset` (`__getitem__` and `__len__`): the tool builds the loader with
   `evaluation.batch_size`, `data.workers` processes, pinned memory on CUDA, no shuffling;
   `data.max_samples` keeps a fixed, seeded subset of the items (only those are read), and
@@ -23,23 +22,36 @@ What a data factory (or the Python interface's `data=`) may give, and what becom
 
 A batch is a tuple or list `(inputs..., targets)`, called as `model(*inputs)` and scored
 against the last element; or a dict of tensors (Hugging Face style), called as
-`model(**batch)` (every key, `labels` too) and scored against `batch["labels"]`. The batch is
-moved to the device as a whole structure, dtypes kept.
+`model(**batch)` (every key, `labels` too) and scored against `batch["labels"]`; with
+`data.input_keys` only those keys are passed (`model(**{k: batch[k] for k in input_keys})`),
+and the targets are still `batch["labels"]`. The batch is moved to the device as a whole
+structure.
+
+Dtypes: whichever way the data comes (tensors or batches), the model gets its floating inputs
+in its own floating dtype (`input_dtype`: that of its first floating parameter), so that a
+float64 or bf16 model takes float64 or bf16 inputs and float64 arrays suit a float32 model
+(rounded to float32, as `.float()` does); integer inputs (token ids), the targets and a dict's
+`labels` keep their dtypes.
 
 A stream whose first batch differs between two readings (a shuffling sampler, random
-augmentation) is refused: the surface would be noise.
+augmentation) is refused: the surface would be noise. An error raised while a batch is read
+(items the loader cannot batch, such as PIL images; an item that raises, in a loader worker
+too) is one line naming the data (`unreadable`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from losslandscape.errors import UserError
+from losslandscape.errors import UserError, one_line, user_frame
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +72,25 @@ class Batch:
         return next((v for v in values if isinstance(v, torch.Tensor)), None)
 
 
-def as_batch(obj, field: str = "data.name", what: str = "the data") -> Batch:
-    """The Batch of one item a loader yields; one line for a shape the tool cannot call a model with."""
+LABELS = "labels"  # a dict batch's targets
+
+
+def as_batch(obj, field: str = "data.name", input_keys: list[str] | tuple[str, ...] = (),
+             what: str = "the data") -> Batch:
+    """The Batch of one item a loader yields (`what`: the data it comes from); one line for a
+    shape the tool cannot call a model with. `input_keys`: the keys of a dict batch passed to the
+    model (empty: every key)."""
     if isinstance(obj, Mapping):
-        return Batch((), dict(obj), obj.get("labels"))
+        if not input_keys:
+            return Batch((), dict(obj), obj.get(LABELS))
+        missing = [k for k in input_keys if k not in obj]
+        if missing:
+            raise UserError(f"data.input_keys: a batch has no {', '.join(map(repr, missing))}; its keys are "
+                            f"{', '.join(map(repr, obj))}")
+        return Batch((), {k: obj[k] for k in input_keys}, obj.get(LABELS))
+    if input_keys:
+        raise UserError(f"data.input_keys: the batches are {type(obj).__name__}s, not dicts; input_keys names the "
+                        "keys of dict batches: leave it empty")
     if isinstance(obj, (tuple, list)):
         if len(obj) < 2:
             raise UserError(f"{field}: {what} gives a batch of {len(obj)} element(s); expected (inputs, ..., "
@@ -73,20 +100,33 @@ def as_batch(obj, field: str = "data.name", what: str = "the data") -> Batch:
                     "targets) or a dict of tensors")
 
 
-def to_device(obj, device: torch.device, channels_last: bool = False):
-    """The same structure with every tensor on `device` (dtypes kept)."""
+def input_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype a model is given its floating inputs in: that of its first floating parameter
+    (or buffer); None for a model without one (inputs as they come)."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def to_device(obj, device: torch.device, channels_last: bool = False, dtype: torch.dtype | None = None):
+    """The same structure with every tensor on `device`; with `dtype`, a Batch's floating inputs in
+    that dtype (integer inputs, the targets and a dict's labels keep theirs)."""
     if isinstance(obj, torch.Tensor):
-        obj = obj.to(device, non_blocking=True)
+        if dtype is not None and obj.is_floating_point() and obj.dtype != dtype:
+            obj = obj.to(device, dtype, non_blocking=True)
+        else:
+            obj = obj.to(device, non_blocking=True)
         if channels_last and obj.dim() == 4 and obj.is_floating_point():
             obj = obj.contiguous(memory_format=torch.channels_last)
         return obj
     if isinstance(obj, Batch):
-        return Batch(to_device(obj.args, device, channels_last), to_device(obj.kwargs, device, channels_last),
-                     to_device(obj.targets, device))
+        kwargs = {k: to_device(v, device, channels_last, None if k == LABELS else dtype) for k, v in obj.kwargs.items()}
+        return Batch(to_device(obj.args, device, channels_last, dtype), kwargs, to_device(obj.targets, device))
     if isinstance(obj, Mapping):
-        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
+        return {k: to_device(v, device, channels_last, dtype) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device, channels_last) for v in obj)
+        return type(obj)(to_device(v, device, channels_last, dtype) for v in obj)
     return obj
 
 
@@ -122,9 +162,10 @@ class Source(Protocol):
     def examples(self) -> int:
         """The number of examples (a stream's counted by reading it once)."""
 
-    def placed(self, device: torch.device, channels_last: bool = False) -> "Source":
-        """The same split on `device`, its images channels-last where asked (whole tensors move
-        once, here; a stream's batches as they are read)."""
+    def placed(self, device: torch.device, channels_last: bool = False, dtype: torch.dtype | None = None) -> "Source":
+        """The same split on `device`, its images channels-last where asked, its floating inputs in
+        `dtype` where given (the model's: `input_dtype`); whole tensors move once, here; a
+        stream's batches as they are read."""
 
     def subsample(self, n: int) -> "Source":
         """About n examples of the split for a quick look (the auto range search), or all of it
@@ -154,9 +195,12 @@ class InMemory(NamedTuple):
     def examples(self) -> int:
         return len(self.targets)
 
-    def placed(self, device: torch.device, channels_last: bool = False) -> "InMemory":
+    def placed(self, device: torch.device, channels_last: bool = False, dtype: torch.dtype | None = None) -> "InMemory":
+        inputs = self.inputs
+        if dtype is not None and inputs.is_floating_point() and inputs.dtype != dtype:
+            inputs = inputs.to(dtype)
         # channels-last on the host, then one copy to the device
-        inputs = self.inputs.contiguous(memory_format=torch.channels_last) if channels_last else self.inputs
+        inputs = inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
         return InMemory(inputs.to(device, non_blocking=True), self.targets.to(device, non_blocking=True))
 
     def subsample(self, n: int) -> "InMemory":
@@ -180,20 +224,27 @@ class Stream:
     streamed = True
 
     def __init__(self, iterable: Iterable, what: str, field: str = "data.name", limit: int = 0,
-                 device: torch.device | None = None, channels_last: bool = False):
+                 device: torch.device | None = None, channels_last: bool = False,
+                 input_keys: list[str] | tuple[str, ...] = (), dtype: torch.dtype | None = None):
         self.iterable, self.what, self.field, self.limit = iterable, what, field, limit
-        self.device, self.channels_last = device, channels_last
+        self.device, self.channels_last, self.dtype = device, channels_last, dtype
+        self.input_keys = tuple(input_keys)
         self._checked: Batch | None = None  # the first batch, once check_repeatable has read it twice
 
     def __iter__(self) -> Iterator[Batch]:
         seen = 0
-        # a DataLoader's iterator draws its workers' base seed from the global RNG: reading the
-        # data must not move it (a fresh model is initialised from that RNG after a first read,
-        # so the same spec would give another model with a Dataset than with tensors)
-        with torch.random.fork_rng(devices=[]):
-            batches = iter(self.iterable)
-        for raw in batches:
-            batch = as_batch(raw, self.field, self.what)
+        batches = _iterator(self.iterable, self.field, self.what)
+        while True:
+            try:
+                raw = next(batches, _END)
+            except UserError:
+                raise
+            except Exception as exc:
+                batches = None  # a loader's workers end now, not when the error is collected
+                raise unreadable(exc, self.field, self.what) from None
+            if raw is _END:
+                return
+            batch = as_batch(raw, self.field, self.input_keys, self.what)
             yield batch
             seen += batch_size(batch)
             if self.limit and seen >= self.limit:
@@ -201,11 +252,11 @@ class Stream:
 
     def batches(self, batch_size: int = 0) -> Iterator[Batch]:
         for batch in self:
-            yield batch if self.device is None else to_device(batch, self.device, self.channels_last)
+            yield batch if self.device is None else to_device(batch, self.device, self.channels_last, self.dtype)
 
     def first_batch(self, batch_size: int = 0) -> Batch:
         batch = self.check_repeatable()
-        return batch if self.device is None else to_device(batch, self.device, self.channels_last)
+        return batch if self.device is None else to_device(batch, self.device, self.channels_last, self.dtype)
 
     def first_input(self) -> torch.Tensor | None:
         return self._checked.first_input if self._checked is not None else self.first().first_input
@@ -213,8 +264,9 @@ class Stream:
     def examples(self) -> int:
         return sum(batch_size(batch) for batch in self)
 
-    def placed(self, device: torch.device, channels_last: bool = False) -> "Stream":
-        stream = Stream(self.iterable, self.what, self.field, self.limit, torch.device(device), channels_last)
+    def placed(self, device: torch.device, channels_last: bool = False, dtype: torch.dtype | None = None) -> "Stream":
+        stream = Stream(self.iterable, self.what, self.field, self.limit, torch.device(device), channels_last,
+                        self.input_keys, dtype)
         stream._checked = self._checked  # checked once is enough
         return stream
 
@@ -224,7 +276,7 @@ class Stream:
     def limited(self, examples: int) -> "Stream":
         """The same stream, stopping after the batch that reaches `examples` examples."""
         return Stream(self.iterable, f"the first {examples} examples of {self.what}", self.field, examples,
-                      self.device, self.channels_last)
+                      self.device, self.channels_last, self.input_keys, self.dtype)
 
     def first(self) -> Batch:
         try:
@@ -246,14 +298,80 @@ class Stream:
         return one
 
 
+_END = object()  # the end of a loader's batches
+
+
+def _iterator(iterable, field: str, what: str) -> Iterator:
+    # a DataLoader's iterator draws its workers' base seed from the global RNG: reading the
+    # data must not move it (a fresh model is initialised from that RNG after a first read,
+    # so the same spec would give another model with a Dataset than with tensors)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return iter(iterable)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise unreadable(exc, field, what) from None
+
+
+def first_item(data, field: str, what: str):
+    """The first thing `data` gives, without moving the global RNG: its item 0 where it is
+    indexable and not iterable (a map-style Dataset), else its first batch (None if none); an
+    error of the data is one line naming `field` and `what`."""
+    try:
+        first = data[0] if hasattr(data, "__getitem__") and not isinstance(data, Iterable) else None
+        if first is None:
+            first = next(_iterator(data, field, what), None)
+        return first
+    except UserError:
+        raise
+    except Exception as exc:
+        raise unreadable(exc, field, what) from None
+
+
+def unreadable(exc: Exception, field: str, what: str) -> UserError:
+    """The one line for reading `what` that raised `exc` (a Dataset's item, the loader batching
+    items, a loader's worker): for items the loader cannot batch (default_collate's TypeError:
+    PIL images, strings, None) what a batch is made of; for anything else the error and the line
+    of the user's code it came from. The error's frames are cleared once logged (-v): they hold
+    the loader's iterator, whose workers would live as long as the error."""
+    log.debug("reading %s failed", what, exc_info=exc)
+    line = _unreadable(exc, field, what)
+    traceback.clear_frames(exc.__traceback__)
+    return UserError(line)
+
+
+def _unreadable(exc: Exception, field: str, what: str) -> str:
+    text = str(exc)
+    frames = None
+    if "Original Traceback" in text:  # raised in a loader's worker: its traceback is the message
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        frames = [(f, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)', text)]
+        text = lines[-1].split(": ", 1)[1] if ": " in lines[-1] else ""
+    text = " ".join(text.split())
+    if text.startswith("default_collate:") or "batch must contain" in text:
+        hint = (": give the Dataset a transform such as torchvision.transforms.ToTensor()"
+                if "PIL." in text else "")
+        return (f"{field}: {what} gives items the loader cannot make a batch of ({text}); expected tensors, "
+                f"numpy arrays or numbers (or tuples or dicts of them){hint}")
+    if frames:
+        file, line = user_frame(frames)
+        cause = f"{type(exc).__name__}{': ' + text[:300] if text else ''} (at {Path(file).name}:{line})"
+    else:
+        cause = one_line(exc)
+    return f"{field}: reading {what} failed: {cause}"
+
+
 def batch_size(batch: Batch) -> int:
     t = batch.targets if isinstance(batch.targets, torch.Tensor) else batch.first_input
     return len(t) if isinstance(t, torch.Tensor) and t.dim() > 0 else 1
 
 
 def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, max_samples: int, seed: int,
-              field: str = "data.name", parts: int = 1, part: int = 0) -> Stream:
-    """A Stream over a factory's Dataset, DataLoader or re-iterable (see the module's docstring)."""
+              field: str = "data.name", parts: int = 1, part: int = 0,
+              input_keys: list[str] | tuple[str, ...] = ()) -> Stream:
+    """A Stream over a factory's Dataset, DataLoader or re-iterable (see the module's docstring);
+    `input_keys`: the keys of its dict batches passed to the model (empty: all)."""
     from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Subset
 
     # the field that narrows the data, if any: a stream without fixed items cannot honour it
@@ -271,20 +389,20 @@ def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, m
             keep = kept_indices(len(result.dataset), max_samples, seed, parts, part)
             if keep is not None:
                 result = _over(result, Subset(result.dataset, keep))
-        return Stream(result, what, field)
+        return Stream(result, what, field, input_keys=input_keys)
     if isinstance(result, IterableDataset):
         # it yields examples, not batches: batched here like a map-style Dataset's
         if narrowing:
             raise UserError(f"{narrowing}: {what} is an IterableDataset, which has no fixed subset; set "
                             f"{undo} and limit the data yourself")
         loader = DataLoader(result, batch_size=batch_size_, num_workers=workers, pin_memory=pin)
-        return Stream(loader, what, field)
+        return Stream(loader, what, field, input_keys=input_keys)
     if hasattr(result, "__getitem__") and hasattr(result, "__len__") and (
             isinstance(result, Dataset) or not hasattr(result, "__iter__") or isinstance(result, Subset)):
         keep = kept_indices(len(result), max_samples, seed, parts, part)
         dataset = Subset(result, keep) if keep is not None else result
         loader = DataLoader(dataset, batch_size=batch_size_, shuffle=False, num_workers=workers, pin_memory=pin)
-        return Stream(loader, what, field)
+        return Stream(loader, what, field, input_keys=input_keys)
     if isinstance(result, Iterable):
         if iter(result) is result:
             raise UserError(f"{field}: {what} is a one-shot iterator ({type(result).__name__}); give a "
@@ -293,7 +411,7 @@ def stream_of(result, what: str, *, batch_size_: int, workers: int, pin: bool, m
         if narrowing:
             raise UserError(f"{narrowing}: {what} is a plain iterable of batches, which has no fixed subset; "
                             f"give a Dataset or a DataLoader, or set {undo}")
-        return Stream(result, what, field)
+        return Stream(result, what, field, input_keys=input_keys)
     raise UserError(f"{field}: {what} gave a {type(result).__name__}; expected (inputs, targets) tensors, a "
                     "Dataset, a DataLoader or a re-iterable of batches")
 

@@ -13,11 +13,18 @@ model keeps its own (eval-mode outputs never read them), as PyTorch does for the
 A `.safetensors`
 file (Hugging Face) loads with `safetensors.torch.load_file`: tensors only, safe
 by construction, so it never needs trust.
+
+A folder is a Hugging Face model folder (`save_pretrained`): its weights are the first of
+HF_WEIGHTS found in it, `model.safetensors`, the sharded `model.safetensors.index.json` (a
+`weight_map` from each key to its shard in the folder), then `pytorch_model.bin` and its
+sharded index, which load with weights_only like any PyTorch file. The folder's config is not
+read: the model comes from model.name, and the weights must fit it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import warnings
 from pathlib import Path
@@ -27,11 +34,19 @@ import torch
 from losslandscape.errors import UserError, readable_file
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# the weights of a Hugging Face model folder, in the order they are looked for
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.checkpoint") -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, keys without any `module.` prefix."""
+    """The tensors of a checkpoint file (or of a Hugging Face model folder), keys without any
+    `module.` prefix."""
     path = Path(path)
+    if path.is_dir():
+        state: dict[str, torch.Tensor] = {}
+        for file in checkpoint_files(path, field):
+            state.update(load_state_dict(file, trust, field))
+        return state
     if path.suffix == ".safetensors":
         return normalise(_load_safetensors(path, field), field, path)
     readable_file(path, field, "a PyTorch checkpoint")
@@ -52,6 +67,36 @@ def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.c
     except Exception as exc:  # garbage bytes make the unpicklers fail in many ways (KeyError, IndexError, ...)
         raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
     return normalise(obj, field, path)
+
+
+def checkpoint_files(path: str | Path, field: str = "model.checkpoint") -> list[Path]:
+    """The files a checkpoint is read from: the file itself, or in a Hugging Face model folder
+    its weights file, or the shards its index names (sorted, each once); one line naming
+    what was looked for when the folder has none, or an index that is not one."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    found = next((path / name for name in HF_WEIGHTS if (path / name).is_file()), None)
+    if found is None:
+        raise UserError(f"{field}: the folder {str(path)!r} has none of {', '.join(HF_WEIGHTS)}; expected a "
+                        "checkpoint file or a Hugging Face model folder (save_pretrained)")
+    if not found.name.endswith(".index.json"):
+        return [found]
+    try:
+        weight_map = json.loads(found.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+        if not shards or not all(isinstance(s, str) for s in shards):
+            raise ValueError("no shard names")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{field}: {found} is not a sharded checkpoint's index (expected JSON with a "
+                        f"\"weight_map\" from keys to shard files: {_first_line(exc)})") from None
+    files = []
+    for name in shards:
+        shard = path / name
+        if Path(name).name != name or not shard.is_file():  # shards sit in the folder itself
+            raise UserError(f"{field}: {found} names the shard {name!r}, which is not a file in {str(path)!r}")
+        files.append(shard)
+    return files
 
 
 def _load_safetensors(path: Path, field: str) -> dict[str, torch.Tensor]:
@@ -135,6 +180,13 @@ def _bn_counters_filled(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
 
 
 def file_sha256(path: str | Path, field: str = "model.checkpoint") -> str:
+    """The SHA-256 of a file; of a Hugging Face model folder, that of the names and SHA-256s of
+    the files its weights are read from (checkpoint_files)."""
+    if Path(path).is_dir():
+        digest = hashlib.sha256()
+        for file in checkpoint_files(path, field):
+            digest.update(f"{file.name}\0{file_sha256(file, field)}\0".encode())
+        return digest.hexdigest()
     readable_file(path, field)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

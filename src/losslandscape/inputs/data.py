@@ -95,7 +95,10 @@ def load_source(data, split: str, batch_size: int = 128, pin: bool = False) -> S
         if not _is_pair(result):
             return stream_of(result, f"{data.name}({split!r})", batch_size_=batch_size, workers=data.workers,
                              pin=pin, max_samples=data.max_samples, seed=data.seed, parts=data.parts,
-                             part=data.part)
+                             part=data.part, input_keys=data.input_keys)
+    if data.input_keys:
+        raise UserError(f"data.input_keys: the {split} split is (inputs, targets) tensors, not dict batches; "
+                        "input_keys names the keys of dict batches: leave it empty")
     return InMemory(*_load(data.name, data.root, split, data.max_samples, data.seed, data.transform, data.parts,
                            data.part))
 
@@ -235,15 +238,15 @@ def _synthetic(split: str, size: int, seed: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _factory(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A factory's (inputs, targets): floating inputs as float32, integer inputs (token ids) kept;
-    integer targets as int64 (classes, tokens), floating targets as float32 (regression)."""
+    """A factory's (inputs, targets), dtypes kept as a Dataset's batches keep them (the model
+    gets floating inputs in its own dtype: batches.input_dtype); boolean inputs as float32,
+    integer targets as int64 (classes, tokens)."""
     inputs, targets = (torch.as_tensor(t) for t in _factory_result(name, split))
     if len(inputs) != len(targets):
         raise UserError(f"data.name: {name}({split!r}) gave {len(inputs)} inputs but {len(targets)} targets")
-    if inputs.is_floating_point() or inputs.dtype == torch.bool:
+    if inputs.dtype == torch.bool:
         inputs = inputs.float()
-    targets = targets.float() if targets.is_floating_point() else targets.long()
-    return inputs, targets
+    return inputs, (targets if targets.is_floating_point() else targets.long())
 
 
 def input_channels(data) -> int:

@@ -16,6 +16,7 @@ The evaluator is put together from pieces that each do one thing:
 - `network`: the network that runs the forward passes, the model or its BatchNorm-folded twin;
 - `Precision`: the process-wide TF32 flags and the bf16 autocast;
 - `Measurer`: a batch's loss sums at the current weights, every failure one line (`failure`);
+- `Fit`: the tool's own checks of a batch against a Hugging Face model (labels, lengths);
 - `probe`: each split's first batch through the network at the centre, before anything is written.
 """
 
@@ -29,8 +30,8 @@ from typing import Literal
 import torch
 
 from losslandscape.errors import UserError, one_line
-from losslandscape.inputs.batches import Batch, Source
-from losslandscape.inputs.losses import LossFunction, get_loss
+from losslandscape.inputs.batches import Batch, Source, input_dtype
+from losslandscape.inputs.losses import LossFunction, get_loss, is_causal_lm_name
 from losslandscape.numerics.fold import fold
 from losslandscape.numerics.weights import WeightMover
 
@@ -74,7 +75,7 @@ class PointEvaluator:
         self.batch_size = batch_size_for(self.device, batch_size)
         self.channels_last = channels_last
         self.weights = WeightMover(tensors)
-        self.splits = {name: src.placed(self.device, channels_last) for name, src in splits.items()}
+        self.splits = {name: src.placed(self.device, channels_last, input_dtype(model)) for name, src in splits.items()}
         self.streamed = any(src.streamed for src in self.splits.values())  # a unit reads its data once: evaluate_unit
         first = {name: src.first_batch(self.batch_size) for name, src in self.splits.items()}
         # the fold is checked in fp32, before the precision is lowered, so a check never fails for rounding
@@ -82,7 +83,7 @@ class PointEvaluator:
         self.net, self.folding = network(self.model, next(iter(first.values()), None), fold_batchnorm)
         self.precision = Precision(precision, self.device)
         self.precision.apply()
-        self.measurer = Measurer(self.net, loss_fn, self.precision, self.batch_size)
+        self.measurer = Measurer(self.net, loss_fn, self.precision, self.batch_size, Fit(self.model))
         self.values = probe(self.measurer, first)
         # after a move, the folded twin recomputes its weights from the model's
         self._moved = self.net.refresh if self.net is not self.model else None
@@ -187,18 +188,78 @@ def configure_precision(precision: str) -> None:
 class Measurer:
     """A batch's (loss sum, count, correct) through one network at its current weights."""
 
-    def __init__(self, net: torch.nn.Module, loss_fn: LossFunction, precision: Precision, batch_size: int):
+    def __init__(self, net: torch.nn.Module, loss_fn: LossFunction, precision: Precision, batch_size: int,
+                 fit: "Fit | None" = None):
         self.net, self.loss_fn, self.precision, self.batch_size = net, loss_fn, precision, batch_size
+        self.fit = fit if fit is not None else Fit(net)
 
     def sums(self, batch: Batch, where: str):
         """The loss's sums of `batch`; every failure is one line naming `where`."""
+        self.fit.check(batch, where)
         try:
             with self.precision.autocast():
                 return self.loss_fn(batch.call(self.net), batch.targets)
         except UserError:
             raise
         except Exception as exc:
-            raise failure(exc, where, self.batch_size) from None
+            raise (self.fit.explain(batch, where) or failure(exc, where, self.batch_size)) from None
+
+
+class Fit:
+    """The tool's own checks of a batch against what a Hugging Face-style model takes, each one
+    line naming the batch (the probe's first batch comes before anything is written):
+
+    - `check`, before the forward: floating labels for a sequence (or image) classifier with more
+      than one label and no `config.problem_type`, which Hugging Face would silently score as
+      multi-label targets (binary cross-entropy per label): refused; a model whose config says
+      "multi_label_classification" takes them.
+    - `explain`, after a forward that raised: inputs longer than the model's positions
+      (`config.n_positions` or `max_position_embeddings`), and token labels of another length
+      than `input_ids` (a causal language model shifts its labels itself; a masked LM or a
+      token classifier scores one label a token). None where neither explains the failure.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.name = type(model).__name__
+        config = getattr(model, "config", None)
+        self.positions = next(((attr, getattr(config, attr)) for attr in ("n_positions", "max_position_embeddings")
+                               if isinstance(getattr(config, attr, None), int)), None)
+        self.token_labels = self.name.endswith(("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForTokenClassification"))
+        labels = getattr(config, "num_labels", 0)
+        # the classifiers whose loss follows config.problem_type, which their first forward sets
+        # from the labels' dtype when it is unset
+        self.guessing = (self.name.endswith("Classification") and not self.name.endswith("TokenClassification")
+                         and hasattr(config, "problem_type") and config.problem_type is None
+                         and isinstance(labels, int) and labels > 1)
+        self.num_labels = labels
+
+    def check(self, batch: Batch, where: str) -> None:
+        labels = batch.kwargs.get("labels")
+        if self.guessing and isinstance(labels, torch.Tensor) and labels.is_floating_point():
+            raise UserError(f"evaluation: {where}: floating labels ({str(labels.dtype).removeprefix('torch.')}, "
+                            f"shape {tuple(labels.shape)}) for {self.name} with {self.num_labels} labels, which "
+                            "scores floating labels as multi-label targets (binary cross-entropy per label); "
+                            "expected class indices (an integer tensor) for single-label classification, or set "
+                            "the model's config.problem_type = \"multi_label_classification\" if that is meant")
+
+    def explain(self, batch: Batch, where: str) -> UserError | None:
+        ids = batch.kwargs.get("input_ids", batch.args[0] if batch.args else None)
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dim() < 2:
+            ids = None
+        if self.positions is not None and ids is not None and ids.shape[-1] > self.positions[1]:
+            attr, most = self.positions
+            return UserError(f"evaluation: {where}: inputs of {ids.shape[-1]} tokens (shape {tuple(ids.shape)}) are "
+                             f"longer than the model's {most} positions (config.{attr}); expected sequences of at "
+                             f"most {most} tokens: cut or split them")
+        labels = batch.kwargs.get("labels")
+        if self.token_labels and ids is not None and isinstance(labels, torch.Tensor) \
+                and labels.shape != ids.shape:
+            shifts = ("; the model shifts them itself to score each position against the next: labels = input_ids"
+                      if is_causal_lm_name(self.name) else ", one label a token")
+            return UserError(f"evaluation: {where}: labels of shape {tuple(labels.shape)} against input_ids of shape "
+                             f"{tuple(ids.shape)}; expected labels of the inputs' shape{shifts} (-100 where "
+                             "nothing is scored)")
+        return None
 
 
 def failure(exc: Exception, where: str, batch_size: int) -> UserError:
@@ -219,8 +280,8 @@ def probe(measurer: Measurer, first: dict[str, Batch]) -> tuple[str, ...]:
         s, k, c = measurer.sums(batch, f"the first batch of {split} at the centre")
         if not torch.isfinite(torch.as_tensor(s)).all() and not torch.isnan(torch.as_tensor(s)).all():
             log.warning("the loss on the first batch of %s at the centre is %s", split, float(s))
-        if int(k) <= 0:
-            raise UserError(f"evaluation.loss: the first batch of {split} has nothing to score (count {int(k)})")
+        if not float(k) > 0:
+            raise UserError(f"evaluation.loss: the first batch of {split} has nothing to score (count {float(k):g})")
         has = ("loss", "acc") if c is not None else ("loss",)
         if values is not None and has != values:
             raise UserError("evaluation.loss: gives accuracy on one split and not on the other")
@@ -229,13 +290,14 @@ def probe(measurer: Measurer, first: dict[str, Batch]) -> tuple[str, ...]:
 
 
 class Totals:
-    """Sums of one point over batches: the loss in float64, counts and correct as integers, on
-    the device (read back once)."""
+    """Sums of one point over batches, in float64 on the device (read back once): the loss, the
+    counts (whole numbers, exact up to 2**53, or a loss's sums of weights) and the number (or
+    weight) correct."""
 
     def __init__(self, device: torch.device):
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = torch.zeros((), dtype=torch.int64, device=device)
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.float64, device=device)
         self.scored = False
 
     def add(self, s, k, c) -> None:
@@ -247,7 +309,7 @@ class Totals:
             self.scored = True
 
     def result(self) -> tuple[float, float]:
-        n = int(self.count)
-        if n <= 0:
+        n = self.count.item()
+        if not n > 0:
             raise UserError("evaluation: a split had nothing to score (no examples, or every target ignored)")
         return self.loss.item() / n, 100.0 * self.correct.item() / n if self.scored else float("nan")

@@ -44,7 +44,7 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from losslandscape.inputs.batches import Batch, Source, in_memory
+from losslandscape.inputs.batches import Batch, Source, in_memory, input_dtype
 from losslandscape.numerics.evaluate import batch_size_for
 from losslandscape.inputs.losses import LossFunction, cross_entropy, get_loss
 
@@ -137,7 +137,7 @@ class HessianOperator:
         self.dim = sum(self.sizes)
         self.loss = loss
         self.method = method
-        self.data = data.placed(self.device)
+        self.data = data.placed(self.device, dtype=input_dtype(model))
         self.batch_size = batch_size_for(self.device, batch_size)
         self.matvecs = 0  # products computed so far
 
@@ -183,7 +183,7 @@ class HessianOperator:
                 out += torch.cat([h.reshape(-1) for h in hv])
                 count += k
         self.matvecs += 1
-        return out.div_(int(count))
+        return out.div_(float(count))  # a whole count, or a loss's sum of weights
 
     def _arguments(self) -> dict[str, torch.Tensor]:
         """Every parameter for functional_call: the chosen ones as fresh leaves requiring grad

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from losslandscape.inputs import data as datasets
+from losslandscape.inputs.batches import input_dtype
 from losslandscape.inputs.checkpoints import build_and_load
 from losslandscape.numerics.devices import pick_device
 from losslandscape.inputs.losses import cross_entropy
@@ -55,8 +56,8 @@ def train(spec, device: torch.device | None = None) -> list[Path]:
     torch.manual_seed(cfg.seed)
     device = pick_device(spec.evaluation.device) if device is None else device
     model = build_and_load(spec.model, datasets.input_channels(spec.data)).to(device)
-    x_train, y_train = (t.to(device) for t in datasets.load_split(spec.data, "train"))
-    x_test, y_test = (t.to(device) for t in datasets.load_split(spec.data, "test"))
+    x_train, y_train = datasets.load_split(spec.data, "train").placed(device, dtype=input_dtype(model))
+    x_test, y_test = datasets.load_split(spec.data, "test").placed(device, dtype=input_dtype(model))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(y_train) // cfg.batch_size)
     out_dir = Path(cfg.out_dir)

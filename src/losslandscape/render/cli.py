@@ -43,7 +43,8 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
         type=_kinds,
         metavar="KIND",
         help=f"view to draw, one of {', '.join(KINDS)}; repeat the flag or separate by commas "
-        "(default: every view that fits the file; compare when several files are given)",
+        "(default: every view that fits the file, its html page too, 1-D or 2-D; compare when several files "
+        "are given)",
     )
     parser.add_argument("--split", choices=SPLITS, help="data split (default: each split computed)")
     parser.add_argument(

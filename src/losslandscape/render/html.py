@@ -23,8 +23,9 @@ the user's --log or --linear, else log for a loss spanning more than two
 decades (`ranges.auto_log`); train and test of one value share one colour
 range. What the static views mark is marked here too (`view`), and named in the
 legend: the trained model at (0, 0), the best point (the minimum of a loss, the
-maximum of an accuracy), and on a partial surface the computed points, with
-blanks (NaN) where nothing is computed yet; the title says how much is done.
+maximum of an accuracy; both drawn whole on the map's edge or corner), and on a
+partial surface the computed points, with blanks (NaN) where nothing is computed
+yet; the title says how much is done.
 Diverged points are drawn at the top of the range, and the title counts them.
 A file with the `hessian` verb's eigenvalue maps also offers them in the selector,
 "|min/max| (Hessian)" (Li et al.'s Fig. 8: colour scale 0 to 0.5 as the static `ratio`
@@ -75,7 +76,8 @@ LINES = {"color": "rgba(0,0,0,0.45)", "width": 0.8}  # the contour lines over a 
 def write_html(surface: Surface, out: Path, splits: list[str], values: list[str], opts: Options = Options(),
                hessian: bool = False) -> Path:
     """The page of one surface file: `figure(...)` written to `out`."""
-    return write(figure(surface, splits, values, opts, hessian), out, f"{surface.model_name}: {surface.path.name}")
+    title = f"{labels.model_label(surface)}: {surface.path.name}"
+    return write(figure(surface, splits, values, opts, hessian), out, title)
 
 
 def write_compare_html(surfaces: list[Surface], out: Path, splits: list[str], values: list[str],
@@ -305,7 +307,7 @@ def _add_marks(traces: Traces, go, k: int, panel: Panel, view: View2D, first: bo
     if best is not None:
         label = panel.prefix + best[3]
         traces.add(go.Scatter(
-            x=[best[0]], y=[best[1]], mode="markers", marker=BEST_MARKER, name=label,
+            x=[best[0]], y=[best[1]], mode="markers", marker=BEST_MARKER, name=label, cliponaxis=False,
             legendgroup=f"best-{panel.scene}", hovertemplate=f"{escape(label)}<extra></extra>"),
             k, part="best", cell=panel.map_cell)
     if view.partial() and view.drawable:
@@ -319,7 +321,8 @@ def _add_centre(traces: Traces, go, k: int, panel: Panel, showlegend: bool | Non
     label = labels.centre_label(panel.surface)
     traces.add(go.Scatter(
         x=[0.0], y=[0.0], mode="markers", marker=TRAINED_MARKER, name=label, legendgroup="trained",
-        showlegend=showlegend, hovertemplate=f"{label}<extra></extra>"), k, part="trained", cell=panel.map_cell)
+        cliponaxis=False, showlegend=showlegend, hovertemplate=f"{label}<extra></extra>"), k, part="trained",
+        cell=panel.map_cell)
 
 
 def _add_blank(traces: Traces, go, k: int, panel: Panel) -> None:

@@ -3,7 +3,7 @@ several): loss (left axis) and accuracy (right axis) against x, train solid and 
 as the static curve; several files on one chart, a colour each. Buttons above choose the
 series (one file: all of them at once first, as the curve) and switch the loss axis between
 linear and log (linear first, unless --log). Diverged points break the line and are marked at
-the top of the axis; an interpolation's ends are named by their checkpoints.
+the top of the axis; an interpolation's ends are named as the user named the models.
 """
 
 from __future__ import annotations
@@ -129,14 +129,14 @@ def _scale_menu(fixed: ranges.Range | None, log: bool) -> dict:
 
 
 def _ends(surface: Surface) -> list[dict]:
-    """An interpolation's ends, x = 0 and x = 1, named by their checkpoints (as plot1d._name_ends)."""
+    """An interpolation's ends, x = 0 and x = 1, named as the user named the models (as plot1d._name_ends)."""
     if labels.spec_part(surface, "directions").get("kind") != "interpolate":
         return []
     ends = []
     for x, key in ((0.0, "checkpoint"), (1.0, "checkpoint2")):
-        name = labels.checkpoint_name(surface, key)
+        name = labels.model_end(surface, key)
         if name and surface.x.min() <= x <= surface.x.max():
-            ends.append({"text": escape(name), "x": x, "xref": "x", "y": 1.0, "yref": "paper",
+            ends.append({"text": text(name), "x": x, "xref": "x", "y": 1.0, "yref": "paper",
                          "yanchor": "bottom", "showarrow": False, "font": {"size": 11}})
     return ends
 

@@ -63,8 +63,9 @@ def escape(text: str) -> str:
 def text(words: str) -> str:
     r"""Plotly text: lines joined by <br>; no $...$ (that would ask for MathJax, which is not there):
     the mathtext of the static views' labels becomes Greek letters and <sub> ($\lambda_{\max}$
-    -> λ<sub>max</sub>)."""
-    return re.sub(r"\$([^$]*)\$", lambda m: _math(m[1]), escape(words)).replace("\n", "<br>")
+    -> λ<sub>max</sub>); an escaped \$ (labels.literal: a file's text) is a dollar sign."""
+    words = escape(words).replace("\\$", "\0")
+    return re.sub(r"\$([^$]*)\$", lambda m: _math(m[1]), words).replace("\0", "$").replace("\n", "<br>")
 
 
 def _math(tex: str) -> str:

@@ -22,7 +22,7 @@ KINDS = ("curve", "contour", "filled", "heatmap", "surface3d", "compare", "vtp",
 HESSIAN_KINDS = ("ratio", "eigenvalues", "spectrum")  # of the `hessian` verb's results, where a file has them
 KINDS_1D = ("curve", "compare", "html")
 KINDS_2D = ("contour", "filled", "heatmap", "surface3d", "compare", "vtp", "html", *HESSIAN_KINDS)
-DEFAULT_1D = ("curve",)
+DEFAULT_1D = ("curve", "html")  # every file gets its page by default, 1-D as 2-D
 MATPLOTLIB_2D = ("contour", "filled", "heatmap", "surface3d")
 
 Drawn = tuple[str | None, str | None, object]  # split, value, matplotlib Figure

@@ -27,9 +27,44 @@ def fraction_note(fraction: float) -> str:
     return f" ({text}% done)"
 
 
+def literal(text: str) -> str:
+    r"""Text from a file (a name, a path) as matplotlib shows it as it is: each $ escaped (\$), so that
+    it starts no mathtext (a crafted "$\frac{$" would stop the drawing); htmlparts.text undoes it."""
+    return text.replace("$", r"\$")
+
+
+def model_label(surface: Surface) -> str:
+    """The model's name as a user knows it, raw (not `literal`): the file's `labels` name (a model
+    given to the Python interface: its class name, "Sequential"), else the spec's model name
+    ("resnet56", "mymodels:make_net"; a file of the Python interface from before `labels`:
+    "python:torch.nn.modules.container.Sequential" becomes "Sequential"), else the file's stem."""
+    name = _labels(surface).get("name")
+    if name:
+        return name
+    name = surface.model_name
+    return name.rpartition(".")[2] if name.startswith(ff.PYTHON_NAME) and "." in name else name
+
+
+def model_end(surface: Surface, key: str = "checkpoint") -> str | None:
+    """What pictures call the model of `model.<key>` (checkpoint, checkpoint2, checkpoint3), for
+    matplotlib (`literal`): the file's `labels` entry ("model A", "model B" for ll.interpolate's
+    models; "" where nothing names it), else its checkpoint's file name (checkpoint_name)."""
+    label = _labels(surface).get(key)
+    name = label if label is not None else checkpoint_name(surface, key)
+    return None if name is None else literal(name)
+
+
+def _labels(surface: Surface) -> dict[str, str]:
+    """The file's `labels` attribute ({model field: text}, checked by format.check_file and cut to
+    format.MAX_SHOWN characters as it was read); {} where the file has none (before it, or a run
+    of the command line, whose spec holds the user's names)."""
+    table = ff.spec_table(surface.attrs.get(ff.A_LABELS))
+    return {k: v for k, v in (table or {}).items() if isinstance(v, str)}
+
+
 def title(surface: Surface, split: str, value: str) -> str:
     """'resnet56: train loss (37% done)', and below it what the surface was made from."""
-    head = f"{surface.model_name}: {split} {VALUE_LABELS[value]}{done_note(surface, split)}"
+    head = f"{literal(model_label(surface))}: {split} {VALUE_LABELS[value]}{done_note(surface, split)}"
     made = "; ".join(provenance(surface))
     return f"{head}\n{made}" if made else head
 
@@ -40,7 +75,7 @@ def curve_title(surface: Surface, splits: list[str], values: list[str]) -> str:
     if len(splits) == 1:
         what = f"{splits[0]} {what}"
     partial = [f"{s} {done_note(surface, s).strip(' ()')}" for s in splits if done_note(surface, s)]
-    head = f"{surface.model_name}: {what}" + (f" ({', '.join(partial)})" if partial else "")
+    head = f"{literal(model_label(surface))}: {what}" + (f" ({', '.join(partial)})" if partial else "")
     made = "; ".join(provenance(surface))
     return f"{head}\n{made}" if made else head
 
@@ -62,7 +97,8 @@ def panel_titles(surfaces: list[Surface], split: str) -> list[str]:
     one part a line, as panels are narrow."""
     titles = []
     for s, name in zip(surfaces, file_names(surfaces)):
-        head = name if s.model_name == s.stem else f"{name}: {s.model_name}"
+        name, model = literal(name), model_label(s)
+        head = name if model == s.stem else f"{name}: {literal(model)}"
         titles.append("\n".join([head + done_note(s, split), *provenance(s)]))
     return titles
 
@@ -115,23 +151,23 @@ def provenance(surface: Surface) -> list[str]:
     record none, and say so."""
     if surface.original_format:
         return ["loss-landscape (original code) file"]
-    parts = [checkpoint_name(surface)]
+    parts = [model_end(surface)]
     d = spec_part(surface, "directions")
     kind = d.get("kind")
     if kind == "random":
         norm = d.get("norm")
         parts.append("random directions" + (f", {NORM_TEXT.get(norm, f'{norm} norm')}" if norm else ""))
     elif kind == "interpolate":
-        second = checkpoint_name(surface, "checkpoint2") or "checkpoint2"
+        second = model_end(surface, "checkpoint2") or "checkpoint2"
         third = _third(surface)
         parts.append(f"plane through {second} and {third}" if third else f"interpolation to {second}")
     elif kind == "file":
-        parts.append(f"directions from {Path(str(d.get('file', ''))).name or 'a file'}")
+        parts.append(f"directions from {literal(Path(str(d.get('file', ''))).name) or 'a file'}")
     elif kind == "hessian":
         parts.append("Hessian eigenvector directions")
     elif kind == "pca":
         glob = Path(str(d.get("checkpoints") or "")).name
-        parts.append("PCA directions" + (f" of {glob}" if glob else " of a training run"))
+        parts.append("PCA directions" + (f" of {literal(glob)}" if glob else " of a training run"))
     elif kind:
         parts.append(f"{kind} directions")
     return [p for p in parts if p]
@@ -188,7 +224,7 @@ def hessian_title(surface: Surface, what: str, settings: dict, fraction: float =
                   parameters: int | None = None) -> str:
     """'resnet56: |λmin/λmax| (37% done)', then how the Hessian was taken, then what the
     surface was made from."""
-    lines = [f"{surface.model_name}: {what}{fraction_note(fraction)}", hessian_setup(settings, parameters)]
+    lines = [f"{literal(model_label(surface))}: {what}{fraction_note(fraction)}", hessian_setup(settings, parameters)]
     made = "; ".join(provenance(surface))
     return "\n".join(lines + ([made] if made else []))
 
@@ -202,7 +238,7 @@ def axis_label(surface: Surface, axis: str) -> str:
     if kind == "interpolate" and _third(surface):
         # the plane through three models: x runs to model2, y to model3
         key = "checkpoint2" if axis == "x" else "checkpoint3"
-        return f"towards {checkpoint_name(surface, key)}"
+        return f"towards {model_end(surface, key)}"
     if kind == "interpolate" and axis == "x":
         return r"interpolation $\alpha$"
     if axis == "y" and spec_part(surface, "directions").get("same_dir"):
@@ -216,9 +252,10 @@ def axis_label(surface: Surface, axis: str) -> str:
 
 
 def _third(surface: Surface) -> str | None:
-    """File name of `model.checkpoint3` (the plane through three models), None when unset."""
+    """What pictures call `model.checkpoint3` (the plane through three models, model_end), None
+    when unset."""
     path = spec_part(surface, "model").get("checkpoint3")
-    return Path(path).name if isinstance(path, str) and path else None
+    return model_end(surface, "checkpoint3") if isinstance(path, str) and path else None
 
 
 def percent(fraction: float) -> str:

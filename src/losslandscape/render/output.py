@@ -128,12 +128,12 @@ def render(
 ) -> list[Path]:
     """Draw the surface files in `paths` into `out_dir`; return the files written.
 
-    kinds None draws every view that fits each file (1-D: curve; 2-D: contour,
+    kinds None draws every view that fits each file (1-D: curve, html; 2-D: contour,
     filled, heatmap, surface3d, vtp, html, and ratio, eigenvalues, spectrum where the
     file has the `hessian` verb's results), plus compare when there are several
-    files; html (asked for, or by default for 2-D files) with several files of
-    one kind sharing a computed value also writes one page comparing them,
-    `<stem>_vs_<stem>_compare.html`. split None draws each split with points
+    files: every file gets its interactive page, 1-D and 2-D alike. html (asked for,
+    or by default) with several files of one kind sharing a computed value also
+    writes one page comparing them, `<stem>_vs_<stem>_compare.html`. split None draws each split with points
     computed; value None draws the loss (and the accuracy too in curve and html, where the file
     holds one: a file whose loss defines no accuracy has no accuracy views, and value "acc"
     for it is a UserError). vmin/vmax/levels set the
@@ -174,7 +174,7 @@ def render(
                 written += writer.one_file(surface, stem, kind, split, value)
     if (asked is None and _default_compare(surfaces)) or (asked is not None and "compare" in asked):
         written += writer.compare(surfaces, stems, split, value)
-    html_asked = "html" in asked if asked is not None else all(s.ndim == 2 for s in surfaces)
+    html_asked = asked is None or "html" in asked
     if html_asked and _default_compare(surfaces):
         written += writer.compare_html(surfaces, stems, split, value)
     return written

@@ -4,7 +4,8 @@ Loss on the left axis, accuracy on a twin right axis; train solid, test dashed.
 A diverged point (loss +inf, or NaN where computed) breaks the lines of its
 split, loss and accuracy alike, and gets a "diverged" marker at the top edge
 instead of a clipped value. An interpolation's ends, x = 0 and x = 1, are
-named by their checkpoints on a top axis. Each drawing function returns its
+named on a top axis: by their checkpoints' file names, or "model A" and "model B"
+for the models given to `ll.interpolate`. Each drawing function returns its
 Figure; `render` saves it.
 """
 
@@ -47,10 +48,11 @@ def _draw_line(
 
 
 def _name_ends(ax, surface: Surface) -> None:
-    """An interpolation's ends, x = 0 and x = 1, named by their checkpoints on a top axis."""
+    """An interpolation's ends, x = 0 and x = 1, named on a top axis as the user named the models:
+    their checkpoints' file names, or "model A" and "model B" (labels.model_end)."""
     if labels.spec_part(surface, "directions").get("kind") != "interpolate":
         return
-    names = [labels.checkpoint_name(surface, key) for key in ("checkpoint", "checkpoint2")]
+    names = [labels.model_end(surface, key) for key in ("checkpoint", "checkpoint2")]
     ends = [(x, n) for x, n in zip((0.0, 1.0), names) if n and surface.x.min() <= x <= surface.x.max()]
     if ends:
         top = ax.secondary_xaxis("top")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from losslandscape._version import __version__
+from losslandscape.errors import UserError
 from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
 from losslandscape.surfacefile import format as ff
@@ -33,7 +34,7 @@ from losslandscape.surfacefile.original import Conversion
 from losslandscape.surfacefile.read import read_direction_file
 from losslandscape.surfacefile.write import NewFile
 from losslandscape.inputs import userimport
-from losslandscape.inputs.checkpoints import build_and_load, file_sha256
+from losslandscape.inputs.checkpoints import build_and_load, checkpoint_files, file_sha256
 from losslandscape.numerics.hessian import HessianOperator, hessian_eigen_directions
 from losslandscape.numerics.trajectory import checkpoint_paths, pca_directions, pca_names, project
 
@@ -67,8 +68,7 @@ def make_directions(spec, model: torch.nn.Module):
     d = spec.directions
     weights = dirs.moved_tensors(model, d)
     moved = dirs.moved_summary(weights, d)
-    log.info("moving %d tensors, %s parameters (%s)", moved["tensors"], f"{moved['parameters']:,}",
-             _filters(moved) or f"every {'parameter' if d.dir_type == 'weights' else 'floating-point state entry'}")
+    log.info("%s", moving_line(weights, d, moved))
     x, y, info = _directions(spec, model, weights)
     return x, y, {**info, A_MOVED: json.dumps(moved), ff.A_FILE_HASHES: hash_record(spec), **file_attrs(x, y)}
 
@@ -119,6 +119,8 @@ def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sh
         ident["directions.exclude"] = list(d.exclude)
     if d.trainable_only:
         ident["directions.trainable_only"] = True
+    if spec.data.input_keys:
+        ident["data.input_keys"] = list(spec.data.input_keys)
     return ident
 
 
@@ -137,6 +139,20 @@ def file_attrs(x: dirs.Direction, y: dirs.Direction | None) -> dict[str, str]:
     data factories were found in."""
     return {ff.A_DIGEST: dirs.digest(x, y), ff.A_VERSIONS: json.dumps(versions(), sort_keys=True),
             ff.A_IMPORT_DIRS: json.dumps(userimport.search_dirs())}
+
+
+def moving_line(weights: dict[str, torch.Tensor], d, moved: dict) -> str:
+    """The log's line on what moves: the tensors of the moved set that change, and those
+    directions.ignore = "biasbn" holds fixed (1-D: a zero direction; random and PCA directions)."""
+    chosen = _filters(moved) or f"every {'parameter' if d.dir_type == 'weights' else 'floating-point state entry'}"
+    held = [t for t in weights.values() if t.dim() <= 1] if d.ignore == "biasbn" and d.kind in ("random", "pca") else []
+    if not held:
+        return f"moving {moved['tensors']} tensors, {moved['parameters']:,} parameters ({chosen})"
+    held_params = sum(t.numel() for t in held)
+    return (f"moving {moved['tensors'] - len(held)} of {moved['tensors']} tensors, "
+            f"{moved['parameters'] - held_params:,} of {moved['parameters']:,} parameters ({chosen}); "
+            f'directions.ignore = "biasbn" holds the other {len(held)}, {held_params:,} parameters '
+            "(biases and norms: a zero direction)")
 
 
 def _filters(moved: dict) -> str:
@@ -232,6 +248,12 @@ _HASHED: dict[tuple, str] = {}
 
 
 def _stat_key(path: str | Path) -> tuple[str, int, int]:
+    if Path(path).is_dir():  # a Hugging Face model folder: its weight files' total size and latest mtime
+        try:
+            stats = [os.stat(f) for f in checkpoint_files(path)]
+        except UserError as exc:
+            raise OSError(str(exc)) from None
+        return str(Path(path).resolve()), sum(st.st_size for st in stats), max(st.st_mtime_ns for st in stats)
     st = os.stat(path)
     return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
 

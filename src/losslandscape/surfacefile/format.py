@@ -14,7 +14,8 @@ float64, the wall time of each point; `directions/x/<name>`, `directions/y/<name
 float32; `max_eig`, `min_eig`, `eig_done` (the Hessian maps) and the group
 `hessian_centre`; the group `trajectory` (a PCA surface's paths); attributes `format`,
 `format_version`, `spec` (JSON), `identity` (JSON), `directions_sha256`, `versions`,
-`import_dirs`, `created`, `splits`, `values`, `batchnorm_folding`, `hessian_*`.
+`import_dirs`, `created`, `splits`, `values`, `batchnorm_folding`, `hessian_*`, `labels` (JSON:
+what pictures call the models of a run of the Python interface, whose spec names the tool's copies).
 
 The attribute `values` (JSON) names the values the run's loss defines: ["loss", "acc"], or
 ["loss"] for a loss where accuracy means nothing (a regression, a language model's own loss, a
@@ -90,6 +91,9 @@ A_FILE_HASHES = "file_sha256"  # JSON {resolved path: {size, mtime_ns, sha256}} 
 A_HESSIAN_EIGENVALUES, A_HESSIAN_WHICH, A_HESSIAN_SCALE = (  # kind "hessian": the directions' eigenvalues
     "hessian_eigenvalues", "hessian_which", "hessian_direction_scale")
 A_ADOPTED_FROM, A_ORIGINAL_DIR_FILE = "adopted_from", "original_dir_file"  # a converted original file
+# JSON {model field: text}: what pictures call the models where the spec's names are the tool's own (write.model_labels)
+A_LABELS = "labels"
+PYTHON_NAME = "python:"  # the Python interface's model names, "python:<module>.<class>" (frontends/api.py)
 PATH_DATASETS = ("x", "y", "error", "checkpoints")  # of a trajectory group; its attribute "pattern"
 PATH_PATTERN, ALSO = "pattern", "also"
 HESSIAN_ATTRS = ("hessian_split", "hessian_samples", "hessian_params", "hessian_tol")
@@ -504,7 +508,8 @@ class Layout:
 
 
 # JSON attributes and the type each must parse to (a file of ours, or a shard)
-JSON_ATTRIBUTES = {A_SPEC: dict, A_IDENTITY: dict, A_SPLITS: list, A_IMPORT_DIRS: list, A_FILE_HASHES: dict}
+JSON_ATTRIBUTES = {A_SPEC: dict, A_IDENTITY: dict, A_SPLITS: list, A_IMPORT_DIRS: list, A_FILE_HASHES: dict,
+                   A_LABELS: dict}
 TEXT_ATTRIBUTES = (A_DIGEST, A_SURFACE)  # compared or shown as text
 
 
@@ -635,6 +640,9 @@ def _json_attributes(attrs: dict[str, Any], where: str, kind: str, complete: boo
         values = parse_values(attrs.get(A_VALUES))
     except UserError as exc:
         raise UserError(f"{where}: {shown(exc, 2 * MAX_SHOWN)}") from None
+    if any(not isinstance(v, str) for v in tables.get(A_LABELS, {}).values()):
+        raise UserError(f"{where}: attribute {A_LABELS} is {shown(repr(attrs[A_LABELS]))}; expected a JSON object "
+                        "of texts")
     if any(not isinstance(d, str) for d in tables.get(A_IMPORT_DIRS, [])):
         raise UserError(f"{where}: attribute {A_IMPORT_DIRS} is {shown(repr(attrs[A_IMPORT_DIRS]))}; "
                         "expected a JSON list of folders")

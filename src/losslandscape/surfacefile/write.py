@@ -69,6 +69,9 @@ class NewFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         splits = json.dumps(sorted(set(self.spec.data.splits), key=SPLITS.index))
         attrs = {**self.info, ff.A_SPLITS: splits, **(notes or {})}
+        named = model_labels(self.spec.model, self.spec.directions.kind)
+        if named:
+            attrs[ff.A_LABELS] = json.dumps(named)
         converting = self.path if self.done is not None else None
         with ff.creating(self.path, comm, converting=converting, durable=converting is not None) as f:
             create(f, self.axes, self.spec.to_json(), self.ident, self.x, self.y, attrs)
@@ -80,6 +83,25 @@ class NewFile:
                     {done_name(split): np.flatnonzero(self.done[split]) for split in SPLITS})
         if self.announce:
             log.info("%s", self.announce)
+
+
+PYTHON_ENDS = {"checkpoint": "model A", "checkpoint2": "model B", "checkpoint3": "model C"}  # ll.interpolate's
+
+
+def model_labels(model, kind: str) -> dict[str, str]:
+    """What pictures call the models (the attribute `labels`, {model field: text}) of a run of the
+    Python interface: its spec names the model "python:<module>.<class>" and the checkpoints are
+    the tool's copies (`<out>.model.pt`, `.model2.pt`), names the user never gave. `model`: the
+    spec's model table. The model is called by its class name; an interpolation's models "model A",
+    "model B" (and "model C"), as ll.interpolate's model_a, model_b, model_c; a lone model's copy ""
+    (nothing: the title names the model). {} for any other run: its spec holds the user's names."""
+    if not model.name.startswith(ff.PYTHON_NAME):
+        return {}
+    if kind == "interpolate":
+        ends = {key: label for key, label in PYTHON_ENDS.items() if getattr(model, key, "")}
+    else:
+        ends = {"checkpoint": ""}
+    return {"name": ff.shown(model.name.rpartition(".")[2]), **ends}
 
 
 def create(f: h5py.File, axes: GridAxes, spec_json: str, ident: dict[str, Any], x: dict, y: dict | None,

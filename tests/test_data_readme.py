@@ -1,0 +1,98 @@
+"""The README's sentences on what a run makes and costs (issue 30): output folders are made, the
+disk a surface takes (float32 directions, 4 bytes per moved parameter each, 42 bytes a grid
+point, and the Python interface's copy of the weights), and streamed data moves the weights once
+per batch per point. Each is measured here on a real run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import losslandscape as ll
+from losslandscape.frontends import cli
+
+POINT_BYTES = 42  # five float64 datasets (loss and accuracy of two splits, seconds) and two uint8 done flags
+FILE_OVERHEAD = 64 * 1024  # HDF5's own structures, the attributes (spec, identity, versions)
+
+
+def data(n: int = 12):
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(n, 64, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+
+
+def wide(dtype=torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 400), nn.ReLU(), nn.Linear(400, 10)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_disk_a_surface_takes(tmp_path, dtype):
+    """README: 4 bytes per moved parameter and direction (float32 whatever the weights' dtype), 42
+    bytes a grid point, and beside a Python call's file its weights (`<out>.model.pt`)."""
+    model = wide(dtype)
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    ll.compute_surface(model, data(), x="-1:1:7", y="-1:1:5", out=tmp_path / "s.h5", threads=1)
+    size = os.path.getsize(tmp_path / "s.h5")
+    directions = 2 * 4 * params
+    assert directions + POINT_BYTES * 35 <= size <= directions + POINT_BYTES * 35 + FILE_OVERHEAD, (size, directions)
+    copy = os.path.getsize(tmp_path / "s.h5.model.pt")
+    assert weight_bytes <= copy <= weight_bytes + 16 * 1024, (copy, weight_bytes)
+    # a 1-D curve stores one direction
+    ll.compute_surface(model, data(), x="-1:1:7", out=tmp_path / "c.h5", threads=1)
+    assert 4 * params <= os.path.getsize(tmp_path / "c.h5") <= 4 * params + POINT_BYTES * 7 + FILE_OVERHEAD
+
+
+def test_output_folders_are_made(tmp_path, monkeypatch, capsys):
+    """README: the folders of output.surface (`out=` in Python) and of `render --out` are made."""
+    monkeypatch.chdir(tmp_path)
+    s = ll.compute_surface(wide(), data(), x="-1:1:3", out=tmp_path / "a" / "b" / "s.h5", threads=1)
+    assert s.train_loss.shape == (3,)
+    args = ["surface", "--data.max_samples=8", "--grid.x=-1:1:3", "--model.name=resnet20", "--evaluation.threads=1",
+            f"--output.surface={tmp_path / 'c' / 'd' / 's.h5'}"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "c" / "d" / "s.h5").is_file()
+    assert cli.main(["render", str(tmp_path / "c" / "d" / "s.h5"), "--out", str(tmp_path / "e" / "f")]) == 0
+    assert any(p.suffix == ".png" for p in (tmp_path / "e" / "f").iterdir())
+
+
+SEEN: list[tuple[float, float]] = []  # module-level: the engine works on a copy of the model
+
+
+class Recorder(nn.Module):
+    """A linear model that notes, at every forward pass, its first input value (which batch) and
+    its weights (which point)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(64, 10)
+
+    def forward(self, x):
+        SEEN.append((float(x[0, 0]), float(self.lin.weight.detach().double().sum())))
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_streamed_data_moves_the_weights_once_per_batch_per_point(tmp_path, streamed):
+    """README: a unit of U points over B streamed batches moves the weights U x B times (batch outer,
+    points inner: each batch is read once); tensors in memory move them U times (points outer)."""
+    SEEN.clear()
+    model, (x, y) = Recorder(), data(24)
+    given = DataLoader(TensorDataset(x, y), batch_size=8) if streamed else (x, y)
+    ll.compute_surface(model, given, x="-1:1:5", out=tmp_path / "s.h5", threads=1, batch_size=8, unit_size=5,
+                       fold_batchnorm=False)
+    grid = SEEN[-15:]  # 3 batches x 5 points, after the first batch at the centre (checks before the file)
+    batches = [float(x[k, 0]) for k in (0, 8, 16)]
+    moves = sum(1 for a, b in zip(grid, grid[1:]) if a[1] != b[1]) + 1
+    if streamed:
+        assert [b for b, _ in grid] == [b for b in batches for _ in range(5)]  # each batch at every point in turn
+        assert moves == 15
+    else:
+        assert [b for b, _ in grid] == batches * 5  # each point over every batch in turn
+        assert moves == 5
+    assert len({w for _, w in grid}) == 5
