@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from losslandscape import spec as specs
-from losslandscape.inputs import userimport
+from losslandscape.inputs import data as datasets, userimport
 from losslandscape.inputs.batches import first_item
 from losslandscape.run.driver import StopFlag, run_serial
 from losslandscape.errors import UserError, named_as_given
@@ -317,20 +317,25 @@ def _tensors(split: str, data: Data, loss: str = "cross_entropy"):
     return inputs, (targets if targets.is_floating_point() else targets.long())
 
 
-def _digest(tensors: Iterable[torch.Tensor]) -> str:
+def _digest(parts: Iterable[torch.Tensor | str]) -> str:
     h = hashlib.sha256()
-    for t in tensors:
+    for t in parts:
+        if isinstance(t, str):  # a dict batch's key
+            h.update(f"key {t!r}".encode())
+            continue
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def _leaves(obj) -> Iterable[torch.Tensor]:
-    """The tensors of a batch or an item, in a fixed order."""
+def _leaves(obj) -> Iterable[torch.Tensor | str]:
+    """The tensors of a batch or an item in a fixed order, a dict's keys before their values
+    (a dict batch and a tuple of the same tensors are other data)."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
         for k in sorted(obj):
+            yield str(k)
             yield from _leaves(obj[k])
     elif isinstance(obj, (tuple, list)):
         for v in obj:
@@ -374,6 +379,9 @@ def _register_data(splits: dict) -> str:
     """A data name for the spec that identifies the data (a resume with other data is refused)."""
     name = "python:data-" + _digest(_data_tensors(splits))
     userimport.register(name, lambda split: _split(splits, split))
+    # this call's data, never an earlier call's: two calls may give data of one digest (a stream
+    # is identified by its length and first item only) and the loaded splits are cached by name
+    datasets.forget_loaded()
     return name
 
 

@@ -113,6 +113,13 @@ def load_split(data, split: str) -> InMemory:
     return source
 
 
+def forget_loaded() -> None:
+    """Drop the splits loaded so far in this process (the Python interface serves each call's own
+    data under a name of its digest, which another call's data may share)."""
+    _factory_result.cache_clear()
+    _load.cache_clear()
+
+
 @functools.lru_cache(maxsize=8)
 def _factory_result(name: str, split: str):
     """What a user's data factory returns for `split` (called once per process)."""
