@@ -65,3 +65,12 @@ def test_a_failed_call_kept_alive_holds_no_lock(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["done", "1.0"]
     del sys.last_value
+
+
+def test_a_failed_first_call_leaves_no_folder_it_made(tmp_path):
+    out = tmp_path / "new" / "deeper" / "s.h5"
+    with pytest.raises(ll.UserError, match="first batch of train"):  # 5 features, the model takes 8
+        ll.compute_surface(torch.nn.Linear(8, 3), train=(torch.randn(24, 5), Y), x="-1:1:3", out=out, device="cpu")
+    assert list(tmp_path.iterdir()) == []
+    s = ll.compute_surface(torch.nn.Linear(8, 3), train=(X, Y), x="-1:1:3", out=out, device="cpu")
+    assert s.fraction_done["train"] == 1.0 and out.is_file()

@@ -200,6 +200,7 @@ def _surface(model, model_b, model_c, given, x, y, out: Path, options, caller: s
     splits = {name: _tensors(name, data, loss) for name, data in given}
     table["model"] = {**table.get("model", {}), "name": _register_model(model)}
     table["data"]["name"] = _register_data(splits)
+    made = [f for f in (out.parent, *out.parent.parents) if not f.exists()]  # innermost first
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -220,6 +221,9 @@ def _surface(model, model_b, model_c, given, x, y, out: Path, options, caller: s
         if not existed and not out.exists():  # nothing computed: leave nothing behind
             for path in written:
                 path.unlink(missing_ok=True)
+            for folder in made:  # the folders this call made, if it left them empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
     return load_surface(out)
 
