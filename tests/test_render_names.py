@@ -77,7 +77,7 @@ def interpolation(tmp_path_factory) -> Path:
     return alone
 
 
-def test_a_python_model_is_titled_by_its_class(tmp_path):
+def test_a_python_model_is_titled_by_its_class(tmp_path, capsys):
     s = ll.compute_surface(sequential(0), train=tensors(), x="-1:1:3", out=tmp_path / "s.h5")
     fig, page = drawn(s.path, tmp_path / "out")
     title = fig.axes[0].get_title()
@@ -87,6 +87,8 @@ def test_a_python_model_is_titled_by_its_class(tmp_path):
     assert head.startswith("Sequential: train loss and accuracy<br>") and "python:" not in head
     assert "<title>Sequential: s.h5</title>" in page.read_text()[:3000]
     assert ll.plot(s, kind="curve").axes[0].get_title().startswith("Sequential: train loss\n")  # in a notebook
+    assert cli.main(["summary", str(s.path), "--json"]) == 0  # and the summary names it alike
+    assert json.loads(capsys.readouterr().out)["model"] == "Sequential"
 
 
 def test_interpolation_ends_of_python_models_are_model_a_and_b(interpolation, tmp_path):

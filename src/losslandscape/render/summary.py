@@ -204,7 +204,7 @@ def _summarize(surface: Surface, threshold: float) -> dict:
         raise UserError(f"{surface.path}: nothing is computed yet (0 points done)")
     result = {
         "file": str(surface.path),
-        "model": surface.model_name,
+        "model": labels.model_label(surface),  # a Python model by its class, as the pictures name it
         "dims": surface.ndim,
         "grid": [int(surface.x.size)] + ([] if surface.y is None else [int(surface.y.size)]),
         "x_range": [float(surface.x.min()), float(surface.x.max())],
