@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from losslandscape.inputs import data
-from losslandscape.run import lifecycle
+from losslandscape.run import work
 from losslandscape.run import makedirections
 from losslandscape.inputs import userimport
 from losslandscape import spec as specs
@@ -253,12 +253,12 @@ def test_identity_records_the_new_fields_only_when_set(folder, tmp_path):
     # transform, part or crop size
     out = tmp_path / "s.h5"
     prepare(specs.from_dict(job(root, out)))
-    assert isinstance(lifecycle.plan(specs.from_dict(job(root, out))), lifecycle.Resume)
+    assert isinstance(work.plan(specs.from_dict(job(root, out))), work.Resume)
     for fields, key in (({"transform": "raw"}, "data.transform"), ({"parts": 2, "part": 1}, "data.part"),
                         ({"image_size": 28}, "data.image_size")):
         other = job(root, out, **fields)
         with pytest.raises(UserError, match=f"^{re.escape(key)}: the surface file"):
-            lifecycle.plan(specs.from_dict(other))
+            work.plan(specs.from_dict(other))
 
 
 def test_refusals(folder, tmp_path):

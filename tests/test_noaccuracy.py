@@ -2,7 +2,7 @@
 own loss, a user's loss that counts nothing correct) writes no `_acc` datasets, and summary,
 status, every render, the Python interface, shards and merge handle their absence.
 
-The files are made through the real creation path (lifecycle.plan -> make -> create ->
+The files are made through the real creation path (work.plan -> make -> create ->
 prepare, with the run's notes naming its values) around a freshly initialised resnet20, and
 their points written by the real PointWriter; the loss is the paraboloid x^2 + 2 y^2.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from losslandscape.frontends import api
-from losslandscape.run import lifecycle
+from losslandscape.run import work
 from losslandscape.surfacefile import write as surface
 from losslandscape.surfacefile import format as ff
 from losslandscape import spec as specs
@@ -49,14 +49,14 @@ def make_spec(folder: Path, y: str = "-1:1:5", name: str = "surf.h5") -> specs.S
     })
 
 
-def create_file(spec: specs.Spec, notes: dict[str, str]) -> lifecycle.Prepared:
+def create_file(spec: specs.Spec, notes: dict[str, str]) -> surface.Prepared:
     """A new surface file through the run's own steps, with the run's notes."""
-    made = lifecycle.make(lifecycle.plan(spec))
-    lifecycle.create(made, notes)
-    return lifecycle.prepare(Path(spec.output.surface), SPLITS, True, notes)
+    made = work.make(work.plan(spec))
+    made.write(notes)
+    return surface.prepare(Path(spec.output.surface), SPLITS, True, notes)
 
 
-def loss_at(prep: lifecycle.Prepared, p: int, split: str) -> float:
+def loss_at(prep: surface.Prepared, p: int, split: str) -> float:
     """The paraboloid at flat point p; the test split 10% higher."""
     shape = prep.axes.shape
     idx = np.unravel_index(p, shape)
@@ -65,7 +65,7 @@ def loss_at(prep: lifecycle.Prepared, p: int, split: str) -> float:
     return (x**2 + 2 * y**2 + 0.1) * (1.1 if split == "test" else 1.0)
 
 
-def write_points(path: Path, prep: lifecycle.Prepared, points, acc: float = math.nan,
+def write_points(path: Path, prep: surface.Prepared, points, acc: float = math.nan,
                  diverged: tuple[int, ...] = ()) -> None:
     """Points written as a run writes them: (loss, acc) per split, acc NaN where the loss defines none."""
     points = [int(p) for p in points]
@@ -259,11 +259,11 @@ def test_shards_without_accuracy_merge(tmp_path):
     for path in shards:
         with h5py.File(path, "r") as f:
             assert ff.file_values(f) == ("loss",) and "train_acc" not in f
-        task = lifecycle.read_shard(path, SPLITS)
+        task = surface.read_shard(path, SPLITS)
         assert task.values == ("loss",)
-        lifecycle.announce_shard(task, LOSS_ONLY)
+        surface.announce_shard(task, LOSS_ONLY)
         with pytest.raises(UserError, match="evaluation.loss: .* loss only"):
-            lifecycle.announce_shard(task, BOTH)
+            surface.announce_shard(task, BOTH)
         diverged = (int(task.pending[0]),)  # a diverged loss counts: no accuracy to vouch for it
         write_points(path, prep, task.pending, diverged=diverged)
     assert merge(prep.path, force=True) == 35
@@ -311,17 +311,17 @@ def test_a_resume_whose_values_differ_is_refused(loss_only, tmp_path):
     path = loss_only["2d"]
     before = sha(path)
     with pytest.raises(UserError) as err:
-        lifecycle.prepare(path, SPLITS, False, {**BOTH, "batchnorm_folding": ""})
+        surface.prepare(path, SPLITS, False, {**BOTH, "batchnorm_folding": ""})
     assert "\n" not in str(err.value)
     assert str(err.value).startswith("evaluation.loss: the surface file")
     assert "loss only (no accuracy)" in str(err.value) and "loss and accuracy" in str(err.value)
     assert sha(path) == before
-    assert lifecycle.prepare(path, SPLITS, False, LOSS_ONLY).values == ("loss",)  # the same values resume
+    assert surface.prepare(path, SPLITS, False, LOSS_ONLY).values == ("loss",)  # the same values resume
 
     old = create_file(make_spec(tmp_path), {}).path  # a file without the attribute has accuracy
     with pytest.raises(UserError, match="holds loss and accuracy, this run's loss gives loss only"):
-        lifecycle.prepare(old, SPLITS, False, LOSS_ONLY)
-    assert lifecycle.prepare(old, SPLITS, False, BOTH).values == ("loss", "acc")
+        surface.prepare(old, SPLITS, False, LOSS_ONLY)
+    assert surface.prepare(old, SPLITS, False, BOTH).values == ("loss", "acc")
 
 
 def test_python_interface_keeps_a_regressions_float_targets():

@@ -26,12 +26,7 @@ DATASETS = {ff.X, ff.Y, ff.POINT_SECONDS, ff.EIG_DONE, ff.HESSIAN_CENTRE, ff.DIR
             *(ff.done_name(s) for s in ff.SPLITS), "xdirection", "ydirection"}
 
 # Not yet behind the package, each named with why (the lead removes an entry once it is):
-PENDING = {
-    # the run's own steps open the surface file and hand it to surfacefile functions (the driver
-    # opens it to write a unit's points; lifecycle to plan a resume): still to move behind surfacefile
-    "run/driver.py": {"open"},
-    "run/lifecycle.py": {"open"},
-}
+PENDING: dict[str, set[str]] = {}
 
 
 def _modules() -> list[Path]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from losslandscape.inputs import data as datasets
 from losslandscape.surfacefile import format as ff
-from losslandscape.run import lifecycle
+from losslandscape.run import work
 from losslandscape.run import makedirections
 from losslandscape import spec as specs
 from losslandscape.run.driver import run_serial
@@ -201,7 +201,7 @@ def test_same_dir_random_uses_the_x_direction_on_both_axes(three, tmp_path):
     assert loss[0, 2] == pytest.approx(loss[1, 1], rel=1e-6)  # (1, -1) is the centre
     # a resume that drops same_dir is refused in one line naming it
     with pytest.raises(UserError, match=r"^directions.same_dir: the surface file .* was made with True"):
-        lifecycle.plan(make_spec(three, tmp_path / "same.h5", directions=random, **common))
+        work.plan(make_spec(three, tmp_path / "same.h5", directions=random, **common))
 
 
 def test_same_dir_interpolation_puts_the_second_model_on_both_axes(three, tmp_path):
@@ -312,19 +312,19 @@ def test_resume_takes_unchanged_checkpoints_hashes_from_the_file(three, tmp_path
                       for p in ckpts}
 
     counted.forget()  # as a new process would start
-    assert isinstance(lifecycle.plan(spec), lifecycle.Resume)
+    assert isinstance(work.plan(spec), work.Resume)
     assert counted.paths == []  # nothing read to hash
 
     counted.forget()  # touched: the same bytes, read again, accepted
     st = ckpts[1].stat()
     os.utime(ckpts[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert isinstance(lifecycle.plan(spec), lifecycle.Resume)
+    assert isinstance(work.plan(spec), work.Resume)
     assert counted.paths == [ckpts[1]]
 
     counted.forget()  # a file written before the record: every checkpoint hashed, as before
     with h5py.File(tmp_path / "r.h5", "r+") as f:
         del f.attrs[ff.A_FILE_HASHES]
-    assert isinstance(lifecycle.plan(spec), lifecycle.Resume)
+    assert isinstance(work.plan(spec), work.Resume)
     assert sorted(counted.paths) == sorted(ckpts)
 
 
@@ -338,6 +338,6 @@ def test_resume_with_another_third_model_is_refused(three, tmp_path, monkeypatch
     counted = CountedHashes(monkeypatch)
     torch.save(module.seeded(7).state_dict(), ckpts[2])  # same size, other weights
     with pytest.raises(UserError, match=r"^model.checkpoint3 \(sha256\): the surface file .* was made with") as err:
-        lifecycle.plan(spec)
+        work.plan(spec)
     assert "\n" not in str(err.value) and counted.paths == [ckpts[2]]
     assert (tmp_path / "r.h5").read_bytes() == before

@@ -506,7 +506,7 @@ def _check_grid(spec: Spec) -> None:
         if key == "grid.y" and not text:
             continue  # a 1-D curve
         if is_auto(text):
-            # pca: the paths' extent (lifecycle.resolve_new_grid); random, hessian, file: the loss's growth (autorange.py)
+            # pca: the paths' extent (work.resolve_new_grid); random, hessian, file: the loss's growth (autorange.py)
             if spec.directions.kind == "interpolate":
                 raise UserError(f'{key}: "auto" is not available for directions.kind = "interpolate" (the line '
                                 'between two models); give "lo:hi:n", e.g. "-0.5:1.5:41"')
@@ -574,7 +574,7 @@ def check(spec: Spec) -> None:
 
 def resolve(spec: Spec) -> Spec:
     """What "auto" means where the spec alone decides it (the grid's "auto" axes are resolved when
-    the file is made: lifecycle.py). Changes `spec` and returns it."""
+    the file is made: run/work.py). Changes `spec` and returns it."""
     if spec.directions.dir_type == "auto":
         # the line between two models ends at the second model only if BatchNorm statistics move too
         spec.directions.dir_type = "states" if spec.directions.kind == "interpolate" else "weights"

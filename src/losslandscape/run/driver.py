@@ -17,7 +17,7 @@ point, then stops with a resumable file. Exit codes: 0 complete, 3 stopped by a 
 
 Rank 0 (or the one process) opens a surface file three times on a new run (create, prepare,
 evaluate) and three times on a resume (plan, prepare, evaluate), once more when the run adds
-a split or a note to the file (lifecycle.py).
+a split or a note to the file (surfacefile/write.prepare).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from losslandscape.run.protocol import Finished
 from losslandscape.run.work import Notes, Work
 from losslandscape.surfacefile import lock as writelock
 from losslandscape.surfacefile import room
-from losslandscape.surfacefile.format import A_VALUES, open_h5
+from losslandscape.surfacefile.format import A_VALUES
+from losslandscape.surfacefile.write import open_points
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _serial(work: Work, stop: StopFlag) -> int:
     if len(prep.pending) == 0:
         return EXIT_DONE
     progress = Progress(prep.total, prep.total - len(prep.pending), work.label)
-    with open_h5(prep.path, "r+") as f, contextlib.closing(progress):  # the bar too, however the run ends
+    with open_points(prep.path) as f, contextlib.closing(progress):  # the bar too, however the run ends
         work.attach(evaluator, prep, f)
         writer = work.writer(f)
         done = work.done(f)
@@ -208,9 +209,9 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
     stop = StopFlag()
     with stop.installed():
         if env.parallel_hdf5:
-            f = or_abort(comm, open_h5, prep.path, "r+", comm)
+            f = or_abort(comm, open_points, prep.path, comm)
         elif lead:
-            f = or_abort(comm, open_h5, prep.path, "r+")
+            f = or_abort(comm, open_points, prep.path)
         else:
             f = None
         try:
@@ -242,7 +243,7 @@ def _worker(work: Work, evaluator, prep, writer, stop: StopFlag):
     done = {}
 
     def start() -> None:
-        with open_h5(prep.path, "r") if writer is None else contextlib.nullcontext(writer.f) as f:
+        with open_points(prep.path, write=False) if writer is None else contextlib.nullcontext(writer.f) as f:
             done.update(work.done(f))
 
     def evaluate(unit: np.ndarray) -> Finished:

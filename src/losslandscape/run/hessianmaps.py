@@ -40,7 +40,7 @@ from losslandscape.numerics.grid import GridAxes, coarse_to_fine
 from losslandscape.numerics.hessian import (HessianOperator, extreme_eigenvalues, hessian_params, hutchinson_trace, spectral_density,
                       top_eigenvalues)
 from losslandscape.run.work import Done, Notes
-from losslandscape.run.lifecycle import Prepared
+from losslandscape.surfacefile.write import Prepared
 from losslandscape.run.loading import attach_directions, start_evaluator
 from losslandscape.surfacefile import lock as writelock
 from losslandscape.surfacefile.read import read_maps_source

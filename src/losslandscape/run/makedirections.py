@@ -8,7 +8,7 @@ A new file records the size, mtime_ns and SHA-256 of each file hashed (ff.A_FILE
 resume takes the SHA-256 of a file whose size and mtime_ns are unchanged from that record
 instead of reading it again (a checkpoint can be GBs; the same rule as make's and rsync's).
 
-Everything here runs in one process on the CPU and writes nothing: lifecycle.py decides when
+Everything here runs in one process on the CPU and writes nothing: work.py decides when
 it runs (rank 0, before a new file is created) and stores what it returns.
 """
 

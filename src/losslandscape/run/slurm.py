@@ -38,7 +38,7 @@ from losslandscape.surfacefile.read import read_shard_spec
 from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine, is_auto
 from losslandscape.numerics.schedule import resolve_unit_size
 from losslandscape.run.work import SurfaceWork, prepare
-from losslandscape.run.lifecycle import with_grid
+from losslandscape.run.work import with_grid
 from losslandscape.run.status import SqueueFailed, queued
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ when the spec reads its directions from that file (`directions.kind = "file"`). 
 (`plan_conversion`) checks that and reads the file, read-only; the run makes the new file's
 contents (run/makedirections.make_conversion: the directions and the identity), which are
 written all or nothing (write.NewFile.write: built beside the original, synced, renamed onto
-it) by the path every run takes (run/lifecycle: plan, make, create, under the file's lock). A kill at any moment leaves either the untouched
+it) by the path every run takes (run/work.py: plan, make, create, under the file's lock). A kill at any moment leaves either the untouched
 original or the converted file.
 """
 
@@ -22,7 +22,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from losslandscape.errors import UserError
@@ -45,12 +44,13 @@ class Conversion:
     done: dict[str, np.ndarray]  # {split: flat bool}: the points the original computed
 
 
-def plan_conversion(spec, path: Path, f: h5py.File) -> Conversion:
-    """Check that the spec may adopt the open original file `f` and read it (nothing written)."""
-    original = ff.read_original(f)
-    _check_directions_source(spec, path, original.dir_file)
-    axes = GridAxes.from_spec(spec.grid)
-    surface.check_grid(f, path, axes)
+def plan_conversion(spec, path: Path) -> Conversion:
+    """Check that the spec may adopt the original file at `path` and read it (read-only)."""
+    with ff.open_h5(path, "r") as f:
+        original = ff.read_original(f)
+        _check_directions_source(spec, path, original.dir_file)
+        axes = GridAxes.from_spec(spec.grid)
+        surface.check_grid(f, path, axes)
     values = {}
     for name, v in original.values.items():
         if v.size != axes.size:

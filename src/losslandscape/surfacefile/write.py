@@ -24,10 +24,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from losslandscape.surfacefile import lock
 from losslandscape.surfacefile import room as diskspace
 from losslandscape.surfacefile import format as ff
 from losslandscape.errors import UserError
 from losslandscape.numerics.grid import GridAxes, coarse_to_fine
+from losslandscape.surfacefile.read import read_progress
 from losslandscape.surfacefile.format import (FORMAT, FORMAT_VERSION, SHARD_FORMAT, SPLITS, VALUES, check_shard, done_masks,  # noqa: F401
                          done_name, is_original, is_ours, open_h5, requested_splits, value_name)
 
@@ -210,6 +212,116 @@ def pending_points(f: h5py.File, splits: list[str]) -> np.ndarray:
         missing |= ~done[split]
     order = coarse_to_fine(shape)
     return order[missing[order]]
+
+
+NOTES_ROOM = 256 << 10  # bytes reserved before notes are added to a file (they take a few KiB)
+
+
+@dataclass
+class Prepared:
+    """A file to fill and the points it still lacks."""
+    path: Path
+    axes: GridAxes
+    pending: np.ndarray  # flat point indices, coarse-to-fine
+    total: int  # points this file is responsible for (the grid, or a shard's share)
+    created: bool
+    directions_path: Path | None = None  # where the directions are (default: path itself)
+    grid: tuple[str, str] | None = None  # the resolved grid of the spec (None for a shard)
+    values: tuple[str, ...] = ff.VALUES  # what the file holds per split: loss and acc, or loss alone
+
+    @property
+    def directions_file(self) -> Path:
+        return self.directions_path or self.path
+
+
+@dataclass(frozen=True)
+class Existing:
+    """What a run planning on an existing file reads of it first (one read-only open)."""
+    original: bool  # the original code's file (surfacefile/original.py converts it)
+    ours: bool
+    hashes: str | None  # the checkpoints' hashes the file was made with (ff.A_FILE_HASHES)
+    grid: dict[str, str]  # the stored spec's grid (only when asked for, and the file is ours)
+    digest: str | None  # the directions' digest
+    versions: str | None  # the library versions it was made with
+
+
+def read_existing(path: Path, want_grid: bool) -> Existing:
+    """The facts of an existing file a run's plan needs (run/work.plan); `want_grid`: the spec
+    has an "auto" axis, to be resolved against the file's spec."""
+    with ff.open_h5(path, "r") as f:
+        original, ours = ff.is_original(f), ff.is_ours(f)
+        grid = ff.read_spec(f)["grid"] if want_grid and ours and not original else {}
+        return Existing(original, ours, f.attrs.get(ff.A_FILE_HASHES), grid, f.attrs.get(ff.A_DIGEST),
+                        f.attrs.get(ff.A_VERSIONS))
+
+
+def check_resume(path: Path, ident: dict[str, Any], axes: GridAxes) -> None:
+    """Refuse (one line, the file opened read-only) a file that claims our format but is
+    damaged, or was made by a different run."""
+    with ff.open_h5(path, "r") as f:
+        check_structure(f, path)
+        check_identity(f, path, ident, axes)
+
+
+def check_values(path: Path, have: tuple[str, ...], notes: dict[str, str] | None) -> None:
+    """Refuse (one line) a run whose loss defines other values than the file holds: accuracy
+    where the file has none, or none where it has. Notes without ff.A_VALUES (a caller that
+    evaluates nothing, such as `submit`) are not checked."""
+    if not notes or ff.A_VALUES not in notes:
+        return
+    want = ff.parse_values(notes[ff.A_VALUES])
+    if want != have:
+        said = {ff.VALUES: "loss and accuracy", ("loss",): "loss only (no accuracy)"}
+        raise UserError(f"evaluation.loss: the surface file {path} holds {said[have]}, this run's loss gives "
+                        f"{said[want]}; resume with the file's loss or choose another output.surface")
+
+
+def prepare(path: Path, splits: list[str], created: bool, notes: dict[str, str] | None,
+            grid: tuple[str, str] | None = None) -> Prepared:
+    """Rank 0: record the splits asked for and how the run evaluates (status and merge report
+    them), find the points still to compute and say so in one line. One read-only open, and one
+    read-write open only when the file does not say so already. A run whose values (notes'
+    ff.A_VALUES) differ from the file's is refused (check_values), the file untouched."""
+    with ff.open_h5(path, "r") as f:
+        values = ff.file_values(f)
+        check_values(path, values, notes)
+        todo = pending_points(f, splits)
+        axes = GridAxes(*ff.axes_arrays(f))
+        attrs = run_notes(f, splits, notes)
+        line = summary_line(path, f, splits, len(todo))
+    if attrs:
+        with ff.writing(path, room=NOTES_ROOM) as f:
+            f.attrs.update(attrs)
+    log.info("%s %s", "created" if created else "resuming", line)
+    return Prepared(path, axes, todo, axes.size, created, grid=grid, values=values)
+
+
+def read_shard(shard: Path, splits: list[str], owner: object = None) -> Prepared:
+    """The points of a SLURM array task's shard file that are not done yet (one open). The
+    task becomes the shard's one writer (lock.py)."""
+    s = read_progress(shard, shard=True)
+    points, done, axes, main, values = (np.asarray(s.points, dtype=np.int64), s.done, GridAxes(s.x, s.y),
+                                        s.surface, s.values)
+    lock.acquire(shard, "an array task", field="shard", owner=owner)
+    missing = np.zeros(len(points), dtype=bool)
+    for split in splits:
+        missing |= ~done[split][points]
+    return Prepared(shard, axes, points[missing], len(points), False, main, values=values)
+
+
+def announce_shard(prep: Prepared, notes: dict[str, str] | None = None) -> None:
+    """Say what the task computes; a task whose values (notes) differ from its shard's is refused."""
+    check_values(prep.path, prep.values, notes)
+    log.info("shard %s: %d of %d points done, %d to compute", prep.path, prep.total - len(prep.pending),
+             prep.total, len(prep.pending))
+
+
+def open_points(path: Path, comm=None, write: bool = True) -> h5py.File:
+    """The open file a job's points are written into (read-write; `write=False`: read-only, for a
+    worker that sends its points to rank 0), through MPI-IO with a communicator (collective).
+    The job only hands it back to this package (done_masks, PointWriter, the directions' reader)
+    and closes it."""
+    return ff.open_h5(path, "r+" if write else "r", comm)
 
 
 class PointWriter:
