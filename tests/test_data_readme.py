@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -91,22 +93,63 @@ class Recorder(nn.Module):
         return self.lin(x)
 
 
-@pytest.mark.parametrize("streamed", [True, False])
-def test_streamed_data_moves_the_weights_once_per_batch_per_point(tmp_path, streamed):
-    """README: a unit of U points over B streamed batches moves the weights U x B times (batch outer,
-    points inner: each batch is read once); tensors in memory move them U times (points outer)."""
+class CountingLoader:
+    """A DataLoader that counts how often it is read from the start."""
+
+    def __init__(self, loader):
+        self.loader, self.reads = loader, 0
+
+    def __iter__(self):
+        self.reads += 1
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+
+@pytest.mark.parametrize("how", ["held", "too big", "tensors"])
+def test_streamed_data_moves_the_weights_once_per_point_where_a_unit_fits(tmp_path, how, caplog):
+    """README: a unit of U points reads its B streamed batches once; where they fit in
+    evaluation.cache_bytes the weights move U times (points outer), else U x B times (data outer,
+    points inner), and the log says which; tensors in memory move them U times. The values are
+    those of a plain forward pass of the moved model, whichever way."""
     SEEN.clear()
     model, (x, y) = Recorder(), data(24)
-    given = DataLoader(TensorDataset(x, y), batch_size=8) if streamed else (x, y)
-    ll.compute_surface(model, given, x="-1:1:5", out=tmp_path / "s.h5", threads=1, batch_size=8, unit_size=5,
-                       fold_batchnorm=False)
+    loader = CountingLoader(DataLoader(TensorDataset(x, y), batch_size=8))
+    given = (x, y) if how == "tensors" else loader
+    cache = {"held": 1 << 30, "too big": 8 * 64 * 4 + 100, "tensors": 1 << 30}[how]  # 1.2 batches
+    caplog.set_level("INFO", logger="losslandscape")
+    s = ll.compute_surface(model, given, x="-1:1:5", out=tmp_path / "s.h5", threads=1, batch_size=8, unit_size=5,
+                           fold_batchnorm=False, cache_bytes=cache)
     grid = SEEN[-15:]  # 3 batches x 5 points, after the first batch at the centre (checks before the file)
     batches = [float(x[k, 0]) for k in (0, 8, 16)]
     moves = sum(1 for a, b in zip(grid, grid[1:]) if a[1] != b[1]) + 1
-    if streamed:
+    if how == "too big":
         assert [b for b, _ in grid] == [b for b in batches for _ in range(5)]  # each batch at every point in turn
         assert moves == 15
+        assert "its batches pass evaluation.cache_bytes = 2,148 after 2 batches" in caplog.text
+        assert "weights move once per batch per point" in caplog.text
     else:
         assert [b for b, _ in grid] == batches * 5  # each point over every batch in turn
         assert moves == 5
+        if how == "held":
+            assert "train is streamed: a unit holds its 3 batches" in caplog.text
+            assert "the weights move once per point" in caplog.text
+    if how != "tensors":  # a unit reads the loader once: a second unit, one more reading
+        reads = []
+        for n, out in ((5, "one.h5"), (10, "two.h5")):
+            before = loader.reads
+            ll.compute_surface(model, loader, x=f"-1:1:{n}", out=tmp_path / out, threads=1, batch_size=8,
+                               unit_size=5, fold_batchnorm=False, cache_bytes=cache)
+            reads.append(loader.reads - before)
+        assert reads[1] - reads[0] == 1, reads
     assert len({w for _, w in grid}) == 5
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        direction = {k: torch.from_numpy(f["directions/x"][k][...]) for k in f["directions/x"]}
+    base, plain = Recorder().lin, nn.Linear(64, 10).double()
+    for k, a in enumerate(np.linspace(-1, 1, 5)):
+        with torch.no_grad():
+            for name, p in plain.named_parameters():
+                p.copy_(getattr(base, name).double() + a * direction.get(f"lin.{name}", torch.zeros(p.shape)).double())
+            want = torch.nn.functional.cross_entropy(plain(x.double()), y).item()
+        assert s.train_loss[k] == pytest.approx(want, rel=1e-5), (k, how)

@@ -148,6 +148,8 @@ class Evaluation:
     """CPU threads per process; 0 = cores / processes on this node."""
     unit_size: int | Literal["auto"] = 4
     """grid points per work unit (and per flush of the surface file); auto = sized by the MPI coordinator from its number of workers, the points left and the seconds a point takes (4 in one process)."""
+    cache_bytes: int = field(default=1 << 30, metadata=AT_LEAST_0)
+    """streamed data (a DataLoader, a Dataset, data.name = "module:function"): host memory per process for a unit's batches, read once a unit; where they fit, the weights move once per point, else once per batch per point (data outer, points inner). 0 = never hold them."""
 
 
 @dataclass

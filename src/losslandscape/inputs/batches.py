@@ -217,6 +217,12 @@ def in_memory(inputs: torch.Tensor, targets: torch.Tensor) -> InMemory:
     return InMemory(inputs, targets)
 
 
+def batch_nbytes(batch: Batch) -> int:
+    """The bytes of a batch's tensors (inputs, keyword inputs, targets)."""
+    parts = [*batch.args, *batch.kwargs.values(), batch.targets]
+    return sum(t.numel() * t.element_size() for t in parts if isinstance(t, torch.Tensor))
+
+
 class Stream:
     """One split as a re-iterable of batches (never held whole). Iterating it yields `Batch`es on
     the CPU; `batches` yields them on its device (`placed`)."""
@@ -253,6 +259,24 @@ class Stream:
     def batches(self, batch_size: int = 0) -> Iterator[Batch]:
         for batch in self:
             yield batch if self.device is None else to_device(batch, self.device, self.channels_last, self.dtype)
+
+    def hold(self, budget: int) -> tuple[list[Batch], int, Iterator[Batch] | None]:
+        """One reading of the stream, held in host memory up to `budget` bytes: (its batches as
+        read, their bytes, None) when the whole stream fits; else (the batches read so far, the
+        first over the budget included, their bytes, the rest of the same reading). The batches
+        are as the loader gives them (on the CPU): `ready` places each where it is used."""
+        reading = iter(self)
+        held, nbytes = [], 0
+        for batch in reading:
+            held.append(batch)
+            nbytes += batch_nbytes(batch)
+            if nbytes > budget:
+                return held, nbytes, reading
+        return held, nbytes, None
+
+    def ready(self, batch: Batch) -> Batch:
+        """A batch of `hold` on the stream's device, as `batches` gives it."""
+        return batch if self.device is None else to_device(batch, self.device, self.channels_last, self.dtype)
 
     def first_batch(self, batch_size: int = 0) -> Batch:
         batch = self.check_repeatable()

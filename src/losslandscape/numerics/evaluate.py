@@ -23,6 +23,7 @@ The evaluator is put together from pieces that each do one thing:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Literal
@@ -67,8 +68,10 @@ class PointEvaluator:
     def __init__(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor],
                  splits: dict[str, Source], device: torch.device, loss: str = "cross_entropy",
                  batch_size: int = 0, precision: Literal["fp32", "tf32", "bf16"] = "fp32",
-                 fold_batchnorm: bool = True, channels_last: bool = False):
+                 fold_batchnorm: bool = True, channels_last: bool = False, cache_bytes: int = 1 << 30):
         self.model = model.eval()
+        self.cache_bytes = cache_bytes  # host memory for a unit's streamed batches (evaluate_unit)
+        self._told: set[str] = set()  # the streamed splits whose way through a unit has been logged
         self.device = torch.device(device)
         self.loss = loss
         loss_fn = get_loss(loss, model)
@@ -126,31 +129,68 @@ class PointEvaluator:
     @torch.inference_mode()
     def evaluate_unit(self, coords: list[tuple[float, float]], wanted: list[list[str]],
                       stop: Callable[[], bool] = lambda: False) -> list[Values] | None:
-        """The values of several points ({split: (loss, acc)} for the splits each wants). Splits in
-        memory: point by point. Streamed splits: data outer, points inner, each batch read once for
-        the whole unit. None if `stop()` turned true during a stream (the unit's values are lost)."""
+        """The values of several points ({split: (loss, acc)} for the splits each wants). Each
+        streamed split is read once for the unit, held in host memory up to `cache_bytes`: where it
+        fits, points outer (the weights move once per point, for every split the point wants);
+        where it does not, data outer, points inner (once per batch per point). Splits in memory
+        go with the points. None if `stop()` turned true (the unit's values are lost)."""
         out: list[Values] = [{} for _ in coords]
+        held: dict[str, list[Batch] | None] = {}  # split -> its unit's batches (None: whole tensors)
         for split, src in self.splits.items():
             idx = [i for i, w in enumerate(wanted) if split in w]
             if not idx:
                 continue
             if not src.streamed:
-                for i in idx:
-                    self.move_to(*coords[i])
-                    out[i][split] = self.measure(split)
+                held[split] = None
+                continue
+            batches, nbytes, rest = src.hold(self.cache_bytes)
+            self._tell(split, len(batches), nbytes, rest is None)
+            if rest is None:
+                held[split] = batches
                 continue
             where = f"a batch of {split}"
             totals = {i: Totals(self.device) for i in idx}
-            for batch in src.batches(self.batch_size):
+            for batch in itertools.chain(batches, rest):
                 if stop():
                     return None
+                batch = src.ready(batch)
                 for i in idx:
                     self.move_to(*coords[i])
                     totals[i].add(*self.measurer.sums(batch, where))
             for i in idx:
                 out[i][split] = totals[i].result()
+        for i, w in enumerate(wanted):
+            splits = [split for split in held if split in w]
+            if not splits:
+                continue
+            if stop():
+                return None
+            self.move_to(*coords[i])
+            for split in splits:
+                out[i][split] = self.measure(split) if held[split] is None else self._measure_held(split, held[split])
         return out
 
+    def _measure_held(self, split: str, batches: list[Batch]) -> tuple[float, float]:
+        """`measure` over a unit's held batches of a streamed split."""
+        where, src = f"a batch of {split}", self.splits[split]
+        total = Totals(self.device)
+        for batch in batches:
+            total.add(*self.measurer.sums(src.ready(batch), where))
+        return total.result()
+
+    def _tell(self, split: str, count: int, nbytes: int, fits: bool) -> None:
+        """Log once per split how a unit goes through its streamed batches, and why."""
+        if split in self._told:
+            return
+        self._told.add(split)
+        budget = f"evaluation.cache_bytes = {self.cache_bytes:,}"
+        if fits:
+            log.info("%s is streamed: a unit holds its %d batches (%.1f MiB, within %s) and the weights move once "
+                     "per point", split, count, nbytes / 2**20, budget)
+        else:
+            log.info("%s is streamed: its batches pass %s after %d batches (%.1f MiB), so each is read once a unit "
+                     "and the weights move once per batch per point (data outer, points inner); raise "
+                     "evaluation.cache_bytes to move them once per point", split, budget, count, nbytes / 2**20)
 
 def network(model: torch.nn.Module, example: Batch | None, fold_batchnorm: bool) -> tuple[torch.nn.Module, str]:
     """(the network that runs the forward passes, why): the model's BatchNorm-folded twin where

@@ -54,7 +54,8 @@ def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device,
     model = model.to(device)
     tensors = dirs.moved_tensors(model, spec.directions)
     return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
-                          spec.evaluation.precision, fold, channels_last=channels_last)
+                          spec.evaluation.precision, fold, channels_last=channels_last,
+                          cache_bytes=spec.evaluation.cache_bytes)
 
 
 def _has_conv(model: torch.nn.Module) -> bool:
