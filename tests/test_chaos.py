@@ -175,7 +175,9 @@ surface = "{surf}"
                "losslandscape", "surface", str(toml)]
     rng = np.random.default_rng(SEED)
     seen = []  # per round: (stage, what the file was at the kill: "none", "creating", or points done)
-    for stage in SCHEDULE:
+    schedule, retries = list(SCHEDULE), 5
+    while schedule:
+        stage = schedule.pop(0)
         if stage == "creating" and surf.exists():  # an earlier kill came after the rename
             stage = "start"
         before, left_over = done_points(surf), stat_of(creating)  # a killed creation's file may be there
@@ -213,6 +215,12 @@ surface = "{surf}"
         beside = sorted(p.name for p in d.iterdir() if p.name.startswith((".", "s.h5.")))
         log.info("round %d: %s, killed after %.2f s, left %s; beside the surface: %s", len(seen), stage,
                  time.monotonic() - started, state, beside)
+        if stage == "creating" and state != "creating" and done_points(surf) <= 0 and retries:
+            # the creation ended before the kill reached it (a loaded machine): the file holds no point
+            # yet, so it is removed and the creation killed again
+            retries -= 1
+            surf.unlink(missing_ok=True)
+            schedule.insert(0, "creating")
     log.info("chaos rounds (stage, file at the kill): %s", seen)
     assert ("creating", "creating") in seen, f"no kill landed while the file was being created: {seen}"
     assert any(isinstance(s, int) and 0 < s < N for _, s in seen), f"no kill while points were written: {seen}"
