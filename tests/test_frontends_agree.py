@@ -24,6 +24,8 @@ CASES = {
                    "-1 is not valid; expected an integer >= 0"),
     "top_k=0 at the centre": ("hessian", {"centre": True, "top_k": 0}, ["--centre", "--top-k", "0"],
                               "0 is not valid; expected an integer >= 1"),
+    "probes=3 at the centre": ("hessian", {"centre": True, "probes": 3}, ["--centre", "--probes", "3"],
+                               "3 is not valid; expected an integer >= 4"),
     "a bad split": ("hessian", {"split": "val"}, ["--split", "val"],
                     "'val' is not valid; expected one of train, test"),
     "a bad params": ("hessian", {"params": "biases"}, ["--params", "biases"],
@@ -37,10 +39,10 @@ CASES = {
     "a bad launcher": ("submit", {"tasks": 2, "launcher": "ssh"}, ["--tasks", "2", "--launcher", "ssh"],
                        "'ssh' is not valid; expected one of mpirun, srun"),
 }
-KEYWORD = {"samples=-1": "samples", "top_k=0 at the centre": "top_k", "a bad split": "split",
+KEYWORD = {"samples=-1": "samples", "top_k=0 at the centre": "top_k", "probes=3 at the centre": "probes", "a bad split": "split",
            "a bad params": "params", "a bad device": "device", "tasks=0": "tasks",
            "two GPUs a worker": "gpus_per_task", "a bad launcher": "launcher"}
-FLAG = {"samples": "--samples", "top_k": "--top-k", "split": "--split", "params": "--params", "device": "--device",
+FLAG = {"samples": "--samples", "top_k": "--top-k", "probes": "--probes", "split": "--split", "params": "--params", "device": "--device",
         "tasks": "--tasks", "gpus_per_task": "--gpus-per-task", "launcher": "--launcher"}
 
 

@@ -171,9 +171,12 @@ def test_mpirun_equals_one_process(surface_file, mapped, tmp_path):
 
 def test_the_centre_spectrum(surface_file, tmp_path):
     path = copy_of(surface_file, tmp_path)
-    proc = cli("hessian", path, "--centre", "--top-k", "3", "--samples", SAMPLES, "--json")
+    proc = cli("hessian", path, "--centre", "--top-k", "3", "--samples", SAMPLES, "--probes", "60", "--seed", "3",
+               "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
+    assert (result["trace_products"], result["trace_seed"], result["trace_deflated"]) == (60, 3, 30)
+    assert result["trace_method"] == "Lanczos-deflated Hutchinson"
     ev = dense_eigenvalues(path, 0.0, 0.0)
     radius = np.abs(ev).max()
     np.testing.assert_allclose(result["top_eigenvalues"], ev[::-1][:3], atol=1e-3 * radius)
@@ -182,6 +185,9 @@ def test_the_centre_spectrum(surface_file, tmp_path):
     with h5py.File(path, "r") as f:
         g = f["hessian_centre"]
         assert g["top_eigenvalues"].shape == (3,) and g["density"].shape == g["density_grid"].shape
+        assert (g.attrs["trace_products"], g.attrs["trace_seed"]) == (60, 3)
+    shown = cli("summary", path)
+    assert "(Lanczos-deflated Hutchinson, 60 products, seed 3)" in shown.stdout, shown.stdout
 
 
 def sha(path: Path) -> str:

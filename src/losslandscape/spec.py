@@ -233,6 +233,10 @@ class Hessian:
     """with centre: how many top eigenvalues."""
     trust_file: bool = False
     """import the file's model and data factories from every folder it names and honour its model.trust_checkpoint (runs code its maker chose: files you trust only; without it, only the file's own folder and the working directory are looked in)."""
+    probes: int = field(default=100, metadata={"min": 4, "metavar": "N"})
+    """with centre: Hessian-vector products for the trace, at least 4: half build a Lanczos basis whose part of the trace is exact, half are Hutchinson probes of the rest (recorded in the file)."""
+    seed: int = field(default=0, metadata=SEED)
+    """with centre: seed of the trace's random vectors (recorded in the file)."""
 
     def check(self) -> None:
         check_options(self)

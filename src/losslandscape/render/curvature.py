@@ -168,8 +168,7 @@ def spectrum(surface: Surface, opts: Options = Options()):
             handles.append(Line2D([], [], label=f"|min / max| = {c['ratio_min_max']:.4g}", **blank))
         if c.get("trace") is not None:
             err = f" ± {c['trace_stderr']:.2g}" if c.get("trace_stderr") is not None else ""
-            probes = c.get("hutchinson_samples")
-            how = f" (Hutchinson, {probes} probes)" if probes else " (Hutchinson)"
+            how = labels.trace_method(c)
             handles.append(Line2D([], [], label=f"trace = {c['trace']:.4g}{err}{how}", **blank))
         ax.set_xlabel("eigenvalue")
         where = "at the trained model" if labels.checkpoint_name(surface) != "fresh initialisation" else \

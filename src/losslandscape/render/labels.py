@@ -285,3 +285,15 @@ def stems(surfaces: list[Surface]) -> list[str]:
 def compare_stem(stems: list[str]) -> str:
     """The name stem of a comparison: 'a_vs_b', 'a_vs_b_vs_c', or 'a_vs_3_more' beyond three files."""
     return "_vs_".join(stems) if len(stems) <= 3 else f"{stems[0]}_vs_{len(stems) - 1}_more"
+
+
+def trace_method(c: dict) -> str:
+    """How a centre spectrum's trace was estimated, for a legend or a line: " (Lanczos-deflated
+    Hutchinson, 100 products, seed 0)"; a file from before the setting: " (Hutchinson, N probes)"."""
+    if c.get("trace_products") is not None:
+        method = c.get("trace_method") or "estimate"
+        seed = f", seed {c['trace_seed']}" if c.get("trace_seed") is not None else ""
+        return f" ({method}, {c['trace_products']} products{seed})"
+    if c.get("hutchinson_samples"):
+        return f" (Hutchinson, {c['hutchinson_samples']} probes)"
+    return " (Hutchinson)"

@@ -183,7 +183,7 @@ def hessian_summary(surface: Surface) -> dict:
     c = surface.centre_spectrum
     if c is not None:
         keys = ("split", "samples", "params", "parameters", "min_eigenvalue", "ratio_min_max", "trace",
-                "trace_stderr", "hutchinson_samples")
+                "trace_stderr", "hutchinson_samples", "trace_method", "trace_products", "trace_deflated", "trace_seed")
         out["centre"] = {k: (_num(c[k]) if isinstance(c.get(k), float) else c.get(k)) for k in keys}
         out["centre"]["top_eigenvalues"] = [_num(v) for v in c["top_eigenvalues"]]
     return out
@@ -355,7 +355,7 @@ def _format_hessian(h: dict, two_d: bool) -> list[str]:
     c = h.get("centre")
     if c:
         top = ", ".join(_f(v, ".5g") for v in c["top_eigenvalues"]) or "-"
-        probes = f" (Hutchinson, {c['hutchinson_samples']} probes)" if c.get("hutchinson_samples") else ""
+        probes = labels.trace_method(c)
         lines += ["", f"[hessian at the centre] {labels.hessian_setup(c, c.get('parameters'))}",
                   f"  top eigenvalues   {top}",
                   f"  min eigenvalue    {_f(c['min_eigenvalue'], '.5g')}",

@@ -37,7 +37,7 @@ from losslandscape.inputs import userimport
 from losslandscape.errors import UserError, option, option_value
 from losslandscape.numerics.evaluate import PointEvaluator
 from losslandscape.numerics.grid import GridAxes, coarse_to_fine
-from losslandscape.numerics.hessian import (HessianOperator, extreme_eigenvalues, hessian_params, hutchinson_trace, spectral_density,
+from losslandscape.numerics.hessian import (HessianOperator, extreme_eigenvalues, hessian_params, deflated_trace, spectral_density,
                       top_eigenvalues)
 from losslandscape.run.work import Done, Notes
 from losslandscape.surfacefile.write import Prepared
@@ -204,10 +204,11 @@ def _data(evaluator: PointEvaluator, split: str):
 
 
 def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str | None = None,
-                    probes: int = 4, steps: int = 30, trace_samples: int = 100, trust_file: bool = False) -> dict:
+                    probes: int = 4, steps: int = 30, trust_file: bool = False) -> dict:
     """At the surface's centre (the trained model): the top-k eigenvalues (descending), the
-    smallest, a Hutchinson trace with its standard error and the spectral density (stochastic
-    Lanczos quadrature). Stored in the file's `hessian_centre` group; returned as a dict. The file
+    smallest, the trace with its standard error from `settings.probes` products (seed
+    `settings.seed`; hessian.deflated_trace) and the spectral density (stochastic Lanczos
+    quadrature, `probes` vectors of `steps` steps). Stored in the file's `hessian_centre` group; returned as a dict. The file
     is opened twice: read, then written."""
     work = HessianWork(path, settings, device, trust_file)
     settings.check()
@@ -217,12 +218,13 @@ def centre_spectrum(path: Path, settings: Settings, top_k: int = 5, device: str 
                          evaluator.batch_size)
     top = top_eigenvalues(op, top_k, tol=settings.tol)
     _, smallest = extreme_eigenvalues(op, tol=settings.tol)
-    trace, stderr = hutchinson_trace(op, samples=trace_samples)
+    trace = deflated_trace(op, products=settings.probes, seed=settings.seed)
     grid, density = spectral_density(op, steps=steps, probes=probes)
     result = {"file": str(path), **{k.removeprefix("hessian_"): v for k, v in settings.attrs().items()},
               "parameters": op.dim, "top_eigenvalues": top, "min_eigenvalue": smallest,
               "ratio_min_max": abs(smallest / top[0]) if top and top[0] else None,
-              "trace": trace, "trace_stderr": stderr, "hutchinson_samples": trace_samples}
+              "trace": trace.trace, "trace_stderr": trace.stderr, "trace_method": trace.method,
+              "trace_products": trace.products, "trace_deflated": trace.deflated, "trace_seed": trace.seed}
     with writelock.holding(path, "computing the Hessian spectrum", "hessian"):
         surface.write_centre_spectrum(path, top, grid, density,
                                       {k: v for k, v in result.items() if k not in ("top_eigenvalues", "file")})
@@ -238,6 +240,6 @@ def format_centre(result: dict) -> str:
         f"  top eigenvalues   {top}",
         f"  min eigenvalue    {result['min_eigenvalue']:.5g}",
         f"  |min/max|         {result['ratio_min_max']:.4g}" if result["ratio_min_max"] is not None else "",
-        f"  trace (Hutchinson, {result['hutchinson_samples']} probes)  {result['trace']:.5g} "
-        f"+- {result['trace_stderr']:.2g}",
+        f"  trace             {result['trace']:.5g} +- {result['trace_stderr']:.2g} ({result['trace_method']}, "
+        f"{result['trace_products']} products, seed {result['trace_seed']})",
     ]).replace("\n\n", "\n")

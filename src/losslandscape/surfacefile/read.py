@@ -369,10 +369,13 @@ def _centre_spectrum(group, path: Path) -> dict[str, Any]:
     stored = ff.read_attributes(group, f"{path}: {HESSIAN_CENTRE}")
     out: dict[str, Any] = {k: _shown(_plain(v)) for k, v in stored.items()}
     for key in ("min_eigenvalue", "ratio_min_max", "trace", "trace_stderr", "parameters", "samples",
-                "hutchinson_samples"):
+                "hutchinson_samples", "trace_products", "trace_deflated", "trace_seed"):
         if out.get(key) is not None and (isinstance(out[key], bool) or not isinstance(out[key], (int, float))):
             raise UserError(f"{path}: attribute {HESSIAN_CENTRE}/{key} is {ff.shown(repr(out[key]))}; "
                             "expected a number")
+    if out.get("trace_method") is not None and not isinstance(out["trace_method"], str):
+        raise UserError(f"{path}: attribute {HESSIAN_CENTRE}/trace_method is {ff.shown(repr(out['trace_method']))}; "
+                        "expected text")
 
     def array(name: str) -> np.ndarray:
         if name in group and isinstance(group[name], h5py.Dataset):
