@@ -146,6 +146,38 @@ def test_batched_accumulation_equals_one_batch(cnn):
             torch.testing.assert_close(cnn.op(batch_size=bs, method=method).matvec(v), whole, rtol=1e-12, atol=1e-14)
 
 
+def test_kept_graph_follows_the_weights_and_its_budget(cnn):
+    """The first backward's graph is kept across products (a product is one backward through
+    it), built again once the weights have moved in place, and never kept past its budget: every
+    way gives the dense Hessian's product at the weights of the moment."""
+    rng = np.random.default_rng(2)
+    kept, fresh = cnn.op(), cnn.op(keep_graph_bytes=1)
+    for _ in range(2):
+        v = rng.standard_normal(kept.dim)
+        for op in (kept, fresh):
+            np.testing.assert_allclose(op.matvec(torch.from_numpy(v)).numpy(), cnn.H @ v, rtol=0,
+                                       atol=1e-10 * np.abs(cnn.H @ v).max())
+    assert kept._kept is not None and fresh._kept is None  # kept, and refused for 1 byte
+    weight = cnn.model[0].weight
+    delta = torch.zeros_like(cnn.theta)
+    start = cnn.offsets["0.weight"]
+    delta[start:start + weight.numel()] = 0.05
+    training = cnn.model.training
+    cnn.model.eval()
+    moved = torch.autograd.functional.hessian(cnn.f, cnn.theta + delta, vectorize=True).numpy()
+    cnn.model.train(training)
+    v = rng.standard_normal(kept.dim)
+    with torch.no_grad():
+        weight.add_(0.05)  # a move in place, as the maps move the weights between points
+    try:
+        got = kept.matvec(torch.from_numpy(v)).numpy()
+    finally:
+        with torch.no_grad():
+            weight.sub_(0.05)
+    np.testing.assert_allclose(got, moved @ v, rtol=0, atol=1e-10 * np.abs(moved @ v).max())
+    assert not np.allclose(moved @ v, cnn.H @ v, rtol=1e-3)  # the move changes the product
+
+
 def test_model_left_untouched(cnn):
     """Eval mode for the product only; weights, running statistics, .grad and modes as they were."""
     model = cnn.model

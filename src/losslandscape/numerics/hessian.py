@@ -102,6 +102,24 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+KEEP_GRAPH_BYTES = 1 << 30  # memory for the first backward's graphs kept across products (HessianOperator)
+
+
+class _TooLarge(Exception):
+    """The graphs to keep pass their memory budget."""
+
+
+def _second(grads, leaves, tangents, retain: bool = False) -> list[torch.Tensor]:
+    """H t from a gradient that keeps its graph: the gradient of <grad, t>."""
+    pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
+    if not pairs:  # the loss is at most linear in the parameters
+        return [torch.zeros_like(t) for t in tangents]
+    with torch.enable_grad():  # a vector-Jacobian product of the gradient: no graph for the dot product
+        hv = torch.autograd.grad([g for g, _ in pairs], leaves, grad_outputs=[t for _, t in pairs],
+                                 allow_unused=True, retain_graph=retain)
+    return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tangents)]
+
+
 class HessianOperator:
     """H v for the Hessian of the mean loss over (inputs, targets) w.r.t. `params`.
 
@@ -122,8 +140,12 @@ class HessianOperator:
                  params: Mapping[str, torch.nn.Parameter] | Sequence[torch.nn.Parameter] | Literal["all", "weights"],
                  inputs: "torch.Tensor | Source", targets: torch.Tensor | None = None, loss: str = "cross_entropy",
                  batch_size: int = 0,
-                 method: Literal["double_backward", "forward_over_reverse"] = "double_backward"):
+                 method: Literal["double_backward", "forward_over_reverse"] = "double_backward",
+                 keep_graph_bytes: int = KEEP_GRAPH_BYTES):
         self.loss_fn = get_loss(loss, model)
+        self.keep_graph_bytes = keep_graph_bytes if method == "double_backward" else 0
+        self._kept: list | None = None  # per batch (gradient with its graph, leaves, count); see _keep
+        self._kept_versions: list[int] | None = None
         if method not in ("forward_over_reverse", "double_backward"):
             raise ValueError(f"unknown method {method!r}")
         data = inputs if targets is None else in_memory(inputs, targets)
@@ -179,6 +201,12 @@ class HessianOperator:
         tangents = self.split(v)
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         count: int | torch.Tensor = 0
+        if self.keep_graph_bytes and self._keep():
+            for grads, leaves, k in self._kept:
+                out += torch.cat([h.reshape(-1) for h in _second(grads, leaves, tangents, retain=True)])
+                count += k
+            self.matvecs += 1
+            return out.div_(float(count))
         product = self._hvp_double if self.method == "double_backward" else self._hvp_func
         with _eval_mode(self.model):
             for batch in self.data.batches(self.batch_size):
@@ -194,19 +222,57 @@ class HessianOperator:
         records only what the Hessian needs."""
         return {name: p.detach().requires_grad_(name in self.params) for name, p in self.model.named_parameters()}
 
-    def _hvp_double(self, batch: Batch, tangents):
+    def _first(self, batch: Batch):
+        """(the gradient of the batch's summed loss with its graph, the leaves, the count)."""
         args = self._arguments()
         leaves = [args[name] for name in self.names]
         with torch.enable_grad():
             outputs = torch.func.functional_call(self.model, args, batch.args, batch.kwargs)
             total, count = loss_sum(outputs, batch.targets, self.loss_fn)
             grads = torch.autograd.grad(total, leaves, create_graph=True, allow_unused=True)
-            dot = sum((g * t).sum() for g, t in zip(grads, tangents) if g is not None and g.requires_grad)
-            if not isinstance(dot, torch.Tensor):  # the loss is at most linear in the parameters
-                return [torch.zeros_like(t) for t in tangents], count
-            hv = torch.autograd.grad(dot, leaves, allow_unused=True)
-        # the graph of `grads` is freed here: nothing outlives the call
-        return [torch.zeros_like(t) if h is None else h.detach() for h, t in zip(hv, tangents)], count
+        return grads, leaves, count
+
+    def _hvp_double(self, batch: Batch, tangents):
+        grads, leaves, count = self._first(batch)
+        # the graph of `grads` is freed when they go, at the end of the call
+        return _second(grads, leaves, tangents), count
+
+    def _versions(self) -> list[int]:
+        """The in-place version counters of the model's parameters and buffers: a kept graph is
+        of the weights it was built at, and is built again once any has changed."""
+        return [t._version for t in (*self.model.parameters(), *self.model.buffers())]
+
+    def _keep(self) -> bool:
+        """Keep the first backward's graph of every batch across products (PyHessian's way): a
+        product is then one backward pass through it, not a forward, a backward and a second
+        backward. Only while the tensors the graphs save fit `keep_graph_bytes` (counted as
+        they are saved, each storage once); past it the graphs go, and every product starts
+        afresh. Built at the first product, and again when the weights have moved."""
+        if self._kept is not None and self._kept_versions == self._versions():
+            return True
+        if self._kept_versions == "refused":
+            return False
+        self._kept, seen, used = None, set(), [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            key = (t.untyped_storage().data_ptr(), t.device)
+            if key not in seen:
+                seen.add(key)
+                used[0] += t.untyped_storage().nbytes()
+            if used[0] > self.keep_graph_bytes:
+                raise _TooLarge
+            return t
+
+        kept = []
+        try:
+            with _eval_mode(self.model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                for batch in self.data.batches(self.batch_size):
+                    kept.append(self._first(batch))
+        except _TooLarge:
+            self._kept_versions = "refused"
+            return False
+        self._kept, self._kept_versions = kept, self._versions()
+        return True
 
     def _hvp_func(self, batch: Batch, tangents):
         args = {name: t.detach() for name, t in self._arguments().items()}
@@ -508,8 +574,10 @@ def hessian_eigen_directions(op: HessianOperator, which: Literal["extremes", "to
 
 
 def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: int = 6) -> dict[str, float]:
-    """Milliseconds per call of a plain forward pass, a gradient and an HVP by each method,
-    on `samples` random 1x8x8 images in one batch (docs/hessian-benchmarks.md).
+    """Milliseconds per call of a plain forward pass, a gradient and an HVP by each method (double
+    backward with the first backward's graph kept across products, as a Lanczos run uses it, and
+    afresh each time; forward over reverse), on `samples` random 1x8x8 images in one batch
+    (docs/hessian-benchmarks.md).
     Best of `rounds` interleaved rounds, which is robust to other loads on the machine."""
     if model is None:
         from losslandscape.inputs.models import build_model
@@ -530,7 +598,9 @@ def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: 
     calls = {"forward": forward, "gradient": gradient}
     for method in ("double_backward", "forward_over_reverse"):
         op = HessianOperator(model, "all", inputs, targets, batch_size=samples, method=method)
-        calls[f"hvp_{method}"] = lambda op=op: op.matvec(v)
+        calls[f"hvp_{method}"] = lambda op=op: op.matvec(v)  # double backward: the first graph kept
+    fresh = HessianOperator(model, "all", inputs, targets, batch_size=samples, keep_graph_bytes=0)
+    calls["hvp_double_backward_fresh"] = lambda: fresh.matvec(v)
     best = {}
     for name, call in calls.items():
         call()
