@@ -45,6 +45,7 @@ def assert_untouched(model: torch.nn.Module, before: dict) -> None:
     assert all(torch.equal(after["state"][k], before["state"][k]) for k in before["state"])
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_the_python_interface_gives_the_command_lines_file(trained, tmp_path):
     model = live_model(trained["final"])
     before = snapshot(model)

@@ -153,6 +153,7 @@ def test_the_readme_spec_example_is_a_valid_spec():
     assert (s.grid.auto_factor, s.grid.auto_samples) == (10.0, 2048)
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_the_command_line_lists_and_checks_the_fields(tmp_path):
     help_text = " ".join(cli("surface", "--help").stdout.split())
     assert ("--grid.auto_factor FLOAT auto axes (random, hessian, file directions): step out from the centre until "
@@ -299,6 +300,7 @@ def test_random_auto_axes_meet_the_factor_on_both_sides(linear, random_surface):
                       for a in records})
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_a_resume_with_auto_takes_the_files_grid_and_computes_nothing(linear, random_surface):
     path = random_surface["path"]
     before = path.read_bytes()
@@ -338,6 +340,7 @@ def test_the_search_runs_on_the_cpu_whatever_the_device(linear):
     assert len(evaluator.splits["train"][1]) == 100
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_hessian_auto_axis_on_a_subsample(linear):
     spec, path = job(linear, "hess", "auto", kind="hessian", auto_factor=5.0, auto_samples=200)
     proc = cli("surface", spec)
@@ -355,6 +358,7 @@ def test_hessian_auto_axis_on_a_subsample(linear):
     print("hessian:", {k: r[k] for k in ("reach", "plus", "minus", "evaluations", "seconds")})
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_file_directions_and_a_direction_the_loss_ignores(linear):
     """x: a fixed direction; y: the same vector added to every class's weights and bias, which the
     softmax does not see (the loss is flat along it), so "auto" cannot resolve y."""

@@ -71,6 +71,7 @@ def test_bad_spec_value(tmp_path):
     assert_one_line_error(losslandscape("train", spec, cwd=tmp_path), "train.batch_size", "'a'", "integer")
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_pickled_checkpoint_needs_trust(tmp_path, pickled_model):
     path, state = pickled_model
     out = tmp_path / "out"

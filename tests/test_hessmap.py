@@ -138,6 +138,7 @@ def mapped(surface_file, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 @pytest.mark.parametrize("params", ["all", "weights"])
 def test_the_maps_equal_dense_hessians(surface_file, mapped, tmp_path, params):
     if params == "all":

@@ -179,6 +179,7 @@ def assert_converted(path: Path, case: dict) -> None:
 
 # --- refusals ------------------------------------------------------------------------------
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_original_surface_without_its_direction_file_is_refused_untouched(trained, weights_case, tmp_path):
     path = copy_surface(weights_case, tmp_path)
     before = sha(path)
@@ -404,6 +405,7 @@ def test_direction_file_count_mismatch_is_one_line(trained, tmp_path):
 
 # --- points an original file did not have equal plain forward passes ----------------------------
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_points_not_adopted_from_an_original_file_equal_plain_forward_passes(tmp_path):
     """Strong version of tests/test_original.py::test_adopted_values_stay_and_the_rest_equals_a_fresh_computation,
     which compares the points computed after adoption with another run of the same code. Here

@@ -261,6 +261,7 @@ def test_2d_views_mark_the_trained_model_and_the_minimum(files, tmp_path):
     assert "trained model (0, 0)" not in legend_texts(fig) and "minimum (2.3, 0) = 0.05" in legend_texts(fig)
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_titles_name_the_checkpoint_and_the_directions(files, tmp_path):
     X, Y = np.meshgrid(PX, PY)
     values, done = {"train_loss": X**2 + Y**2 + 0.1}, {"train_done": np.ones_like(X)}

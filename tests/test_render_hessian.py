@@ -159,6 +159,7 @@ def test_spectrum_at_the_centre(hessian_files, tmp_path):
                                              "Hessian of the mean train loss, all samples, all parameters (11,274)"]
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_hessian_views_by_default_and_when_asked(hessian_files, files, tmp_path):
     written = render([hessian_files["maps"]], tmp_path)
     names = {p.name for p in written}

@@ -52,6 +52,7 @@ def read_file_directions(path: Path) -> tuple[dict, dict | None]:
 
 # --- directions -------------------------------------------------------------------------
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_filter_normalised_direction_has_the_weights_filter_norms(trained):
     model = fresh_model(trained["final"])
     weights = dirs.target_tensors(model, "weights")
@@ -165,6 +166,7 @@ def test_interpolation_end_points_are_the_two_models(trained, tmp_path, caplog):
         assert acc[i] == pytest.approx(ref_acc, abs=1e-9)
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_interpolating_weights_only_warns_that_x_1_is_not_the_second_model(trained, tmp_path, caplog):
     spec = make_spec(tmp_path, trained["init"], directions={"kind": "interpolate", "dir_type": "weights"},
                      model={"checkpoint2": str(trained["final"])}, grid={"x": "0:1:2", "y": ""})
@@ -179,6 +181,7 @@ def test_interpolating_weights_only_warns_that_x_1_is_not_the_second_model(train
 
 # --- resume --------------------------------------------------------------------------------
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_resume_computes_only_missing_points_with_identical_values(trained, tmp_path):
     clean = make_spec(tmp_path / "clean", trained["final"])
     assert run_serial(SurfaceWork(clean)) == 0

@@ -78,6 +78,7 @@ def test_the_path_lies_on_the_plane_and_reconstructs_the_checkpoints(trained, tm
     np.testing.assert_allclose(also["y"], y[:2], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_ignore_none_runs_over_every_entry(trained, tmp_path):
     """directions.ignore = "none" (a value the spec accepts) moves the biases and BatchNorm too."""
     proc = cli("trajectory", job(tmp_path, trained, ignore="none"))
@@ -104,6 +105,7 @@ def test_mpirun_equals_one_process_and_the_checkpoints_pin_the_file(trained, tmp
     assert "directions.checkpoints (sha256): the surface file" in refused.stderr
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_trajectory_needs_pca_directions_and_checkpoints(trained, tmp_path):
     spec = job(tmp_path, trained)
     wrong = cli("trajectory", spec, "--directions.kind=random")
@@ -113,6 +115,7 @@ def test_trajectory_needs_pca_directions_and_checkpoints(trained, tmp_path):
     assert not (tmp_path / "t.h5").exists()
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_a_trajectory_spec_runs_as_slurm_shards(trained, tmp_path):
     """What `submit` does without a cluster: the PCA plane once, shards computed by tasks, merged."""
     from losslandscape import spec as specs
