@@ -203,6 +203,7 @@ def lm_token_loss(model, loader, shifted_by_model: bool) -> tuple[float, float, 
 GPT_POINTS = [(0.0, 0.0), (-1.0, 0.0), (0.0, -1.0), (1.0, 1.0)]
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_gpt2_own_loss_and_token_cross_entropy_against_an_independent_loop(lm, tmp_path):
     """One 3x3 surface with evaluation.loss = "model" (dict batches, the model shifts its labels)
     and one with "cross_entropy" on tuple batches (input_ids, next_ids) whose targets are already

@@ -148,6 +148,7 @@ def test_interpolate_ends_at_the_two_models(trained, tmp_path):
         assert s.test_loss[i] == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_plot_returns_a_figure_of_the_surface(trained, tmp_path):
     import matplotlib
 

@@ -18,6 +18,7 @@ ZOO_NAMES = [
 ]
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_models_lists_the_zoo(tmp_path):
     result = console("models", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -136,6 +137,7 @@ def test_every_file_a_user_names_is_one_line_without_traceback(tmp_path, case, w
     assert not (tmp_path / "s.h5").exists()
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_a_negative_value_after_a_space_is_a_value(tmp_path):
     out = tmp_path / "s.h5"
     result = console("surface", "--grid.x", "-1:1:3", "--data.max_samples", "20", "--output.surface", out,

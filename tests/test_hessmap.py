@@ -170,6 +170,7 @@ def test_mpirun_equals_one_process(surface_file, mapped, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_the_centre_spectrum(surface_file, tmp_path):
     path = copy_of(surface_file, tmp_path)
     proc = cli("hessian", path, "--centre", "--top-k", "3", "--samples", SAMPLES, "--probes", "60", "--seed", "3",

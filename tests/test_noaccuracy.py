@@ -176,6 +176,7 @@ def test_every_2d_view_draws_the_loss_alone(loss_only, tmp_path):
     assert "train loss" in figure
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_the_default_render_and_the_cli(loss_only, tmp_path, capsys):
     written = render([loss_only["2d"]], tmp_path / "all")
     assert written and not [p for p in written if "acc" in p.name]

@@ -217,6 +217,7 @@ def test_original_surface_without_its_direction_file_is_refused_untouched(traine
     assert not (tmp_path / ".orig.h5.converting").exists()
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_cli_refuses_an_original_surface_without_its_direction_file(trained, weights_case, tmp_path):
     path = copy_surface(weights_case, tmp_path)
     before = sha(path)

@@ -31,6 +31,7 @@ def readme_blocks() -> dict[str, str]:
     return blocks
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_the_readme_factories_make_a_surface(tmp_path):
     blocks = readme_blocks()
     assert {"mynet.py", "mydata.py"} <= set(blocks)
@@ -98,6 +99,7 @@ def _surface(tmp_path, toml: str, *overrides: str):
     return proc
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_the_readme_transformer_example_runs_as_written(tmp_path, monkeypatch):
     (tmp_path / "tinylm.py").write_text(readme_blocks()["tinylm.py"])
     text = "The loss landscape of a small language model, byte by byte. " * 12

@@ -160,6 +160,7 @@ def test_partial_surface(files, tmp_path):
     assert [t["name"] for t in traces(fig, "train_loss", "", "blank")] == ["not computed yet (blank)"]
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_diverged_points_are_clipped(files, tmp_path):
     kinds = [k for k in KINDS if k not in ("curve", "compare", *HESSIAN_KINDS)]  # the loss's views
     written = render([files["inf"]], tmp_path, kinds=kinds)
@@ -235,6 +236,7 @@ def test_options_are_checked(files, tmp_path):
         render([files["partial"]], tmp_path, kinds=["heatmap"], split="test")
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_2d_views_mark_the_trained_model_and_the_minimum(files, tmp_path):
     X, Y = np.meshgrid(PX, PY)
     loss = (X - 0.3) ** 2 + 2 * Y**2 + 0.05  # the minimum is off the centre, at (0.3, 0)

@@ -55,6 +55,7 @@ def test_load_hessian_maps_and_centre_spectrum(hessian_files, files):
         assert s.eig is None and s.eig_ratio is None and s.centre_spectrum is None and s.eig_settings == {}
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_ratio_map_is_the_papers_figure_8(hessian_files, tmp_path):
     from matplotlib.colors import Normalize
 

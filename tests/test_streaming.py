@@ -269,6 +269,7 @@ def test_a_streamed_dataset_equals_plain_forward_passes_of_the_moved_model(image
 
 # --- 1. one surface, whatever form the data comes in ------------------------------------------
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_dataset_dataloader_and_tensors_give_one_surface(images, reference, tmp_path):
     assert reference["done"].all() and np.isfinite(reference["train_loss"]).all()
     assert_same(surface_of(job(tmp_path / "dataset.h5", "dataset")), reference)

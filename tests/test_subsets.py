@@ -242,6 +242,7 @@ def dense_sub_hessian(model: torch.nn.Module, names: list[str], inputs, targets)
     return torch.autograd.functional.hessian(loss, flat).numpy()
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_hessian_of_the_subset_is_the_dense_sub_hessian(net, tmp_path):
     _, module, ckpt = net
     sub = ["head.0.bias", "head.3.weight", "head.3.bias"]

@@ -147,6 +147,7 @@ def test_mse_loss_and_partial_last_batch(trained, tmp_path):
         assert np.isnan(f["train_loss"][0]) and f["train_done"][0] == 0
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_interpolation_end_points_are_the_two_models(trained, tmp_path, caplog):
     """The default for kind = "interpolate" moves BatchNorm statistics too, so x = 1 is the second model."""
     spec = make_spec(tmp_path, trained["init"], directions={"kind": "interpolate"},

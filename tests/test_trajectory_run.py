@@ -50,6 +50,7 @@ def state(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.double() for k, v in torch.load(path, weights_only=True)["state_dict"].items()}
 
 
+@pytest.mark.slow  # many seconds: the full suite runs it, `make check` leaves it out
 def test_the_path_lies_on_the_plane_and_reconstructs_the_checkpoints(trained, tmp_path):
     proc = cli("trajectory", job(tmp_path, trained))
     assert proc.returncode == 0, proc.stderr
