@@ -146,6 +146,7 @@ class HessianOperator:
         self.keep_graph_bytes = keep_graph_bytes if method == "double_backward" else 0
         self._kept: list | None = None  # per batch (gradient with its graph, leaves, count); see _keep
         self._kept_versions: list[int] | None = None
+        self._refused = False  # the graphs passed keep_graph_bytes once: never kept
         if method not in ("forward_over_reverse", "double_backward"):
             raise ValueError(f"unknown method {method!r}")
         data = inputs if targets is None else in_memory(inputs, targets)
@@ -250,7 +251,7 @@ class HessianOperator:
         afresh. Built at the first product, and again when the weights have moved."""
         if self._kept is not None and self._kept_versions == self._versions():
             return True
-        if self._kept_versions == "refused":
+        if self._refused:
             return False
         self._kept, seen, used = None, set(), [0]
 
@@ -269,7 +270,7 @@ class HessianOperator:
                 for batch in self.data.batches(self.batch_size):
                     kept.append(self._first(batch))
         except _TooLarge:
-            self._kept_versions = "refused"
+            self._refused = True
             return False
         self._kept, self._kept_versions = kept, self._versions()
         return True
@@ -420,16 +421,19 @@ def deflated_trace(op: Op, products: int = 100, seed: int = 0,
     if products < 4:
         raise ValueError("need at least 4 products for a trace with a standard error")
     rng = np.random.default_rng(seed)
-    if products >= n:
-        basis, k, probes = np.eye(n), n, 0
-    else:
-        k = min(products // 2, int(basis_bytes // (8 * n)))
-        k = k if k >= 2 else 0
-        probes = products - k
-        basis = None
+    if products >= n:  # the sum of the diagonal, one unit vector at a time (nothing of size n x n)
+        unit, exact = np.zeros(n), 0.0
+        for i in range(n):
+            unit[i] = 1.0
+            exact += float(np.asarray(a.matvec(unit), dtype=np.float64).reshape(-1)[i])
+            unit[i] = 0.0
+        return TraceEstimate(exact, 0.0, n, n, 0, seed)
+    k = min(products // 2, int(basis_bytes // (8 * n)))
+    k = k if k >= 2 else 0
+    probes = products - k
     q = np.zeros((n, k))
     exact = 0.0
-    v = basis[:, 0] if basis is not None else rng.standard_normal(n)
+    v = rng.standard_normal(n)
     v = v / np.linalg.norm(v)
     for i in range(k):
         q[:, i] = v
@@ -437,9 +441,6 @@ def deflated_trace(op: Op, products: int = 100, seed: int = 0,
         exact += float(v @ w)
         if i + 1 == k:
             break
-        if basis is not None:
-            v = basis[:, i + 1]
-            continue
         for _ in range(2):  # full reorthogonalisation, twice (Kahan: twice is enough)
             w -= q[:, :i + 1] @ (q[:, :i + 1].T @ w)
         norm = np.linalg.norm(w)
@@ -449,8 +450,6 @@ def deflated_trace(op: Op, products: int = 100, seed: int = 0,
                 w -= q[:, :i + 1] @ (q[:, :i + 1].T @ w)
             norm = np.linalg.norm(w)
         v = w / norm
-    if probes == 0:
-        return TraceEstimate(exact, 0.0, k, k, 0, seed)
     forms = np.empty(probes)
     for j in range(probes):
         z = rng.integers(0, 2, size=n).astype(np.float64) * 2.0 - 1.0
