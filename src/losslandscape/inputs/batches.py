@@ -258,7 +258,7 @@ class Stream:
 
     def batches(self, batch_size: int = 0) -> Iterator[Batch]:
         for batch in self:
-            yield batch if self.device is None else to_device(batch, self.device, self.channels_last, self.dtype)
+            yield self.ready(batch)
 
     def hold(self, budget: int) -> tuple[list[Batch], int, Iterator[Batch] | None]:
         """One reading of the stream, held in host memory up to `budget` bytes: (its batches as
@@ -275,12 +275,11 @@ class Stream:
         return held, nbytes, None
 
     def ready(self, batch: Batch) -> Batch:
-        """A batch of `hold` on the stream's device, as `batches` gives it."""
+        """A batch as read, on the stream's device (channels-last, the model's dtype) as used."""
         return batch if self.device is None else to_device(batch, self.device, self.channels_last, self.dtype)
 
     def first_batch(self, batch_size: int = 0) -> Batch:
-        batch = self.check_repeatable()
-        return batch if self.device is None else to_device(batch, self.device, self.channels_last, self.dtype)
+        return self.ready(self.check_repeatable())
 
     def first_input(self) -> torch.Tensor | None:
         return self._checked.first_input if self._checked is not None else self.first().first_input

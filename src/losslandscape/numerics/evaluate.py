@@ -112,9 +112,12 @@ class PointEvaluator:
     def measure(self, split: str) -> tuple[float, float]:
         """(mean loss, accuracy in percent; NaN for a loss without one) over the whole split at the
         current weights."""
+        return self._measure_batches(split, self.splits[split].batches(self.batch_size))
+
+    def _measure_batches(self, split: str, batches) -> tuple[float, float]:
         where = f"a batch of {split}"
         total = Totals(self.device)
-        for batch in self.splits[split].batches(self.batch_size):
+        for batch in batches:
             total.add(*self.measurer.sums(batch, where))
         return total.result()
 
@@ -145,8 +148,8 @@ class PointEvaluator:
                 continue
             batches, nbytes, rest = src.hold(self.cache_bytes)
             self._tell(split, len(batches), nbytes, rest is None)
-            if rest is None:
-                held[split] = batches
+            if rest is None:  # on the CPU placed once a unit, not at every point; on a GPU moved as used
+                held[split] = [src.ready(b) for b in batches] if self.device.type == "cpu" else batches
                 continue
             where = f"a batch of {split}"
             totals = {i: Totals(self.device) for i in idx}
@@ -172,11 +175,8 @@ class PointEvaluator:
 
     def _measure_held(self, split: str, batches: list[Batch]) -> tuple[float, float]:
         """`measure` over a unit's held batches of a streamed split."""
-        where, src = f"a batch of {split}", self.splits[split]
-        total = Totals(self.device)
-        for batch in batches:
-            total.add(*self.measurer.sums(src.ready(batch), where))
-        return total.result()
+        src = self.splits[split]
+        return self._measure_batches(split, (src.ready(b) for b in batches))
 
     def _tell(self, split: str, count: int, nbytes: int, fits: bool) -> None:
         """Log once per split how a unit goes through its streamed batches, and why."""
