@@ -138,6 +138,39 @@ def test_hvp_matches_dense_hessian(case, method):
     np.testing.assert_allclose(lin.matvec(v), case.H @ v, rtol=0, atol=1e-10 * np.abs(case.H @ v).max())
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_hvp_through_folded_batchnorm_is_the_models_own(channels_last):
+    """The products run through the BatchNorm-folded twin (fold computed from the chosen parameters,
+    BatchNorm's own included), with in-place ReLUs and channels-last weights and data: still the
+    dense Hessian of the model as it is."""
+    model = make_cnn()
+    model[2], model[5] = nn.ReLU(), nn.ReLU()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    inputs, targets = make_data("cnn")
+    named = dict(model.named_parameters())
+    shapes, sizes = [p.shape for p in named.values()], [p.numel() for p in named.values()]
+
+    def f(theta):
+        ps = {k: t.view(s) for k, t, s in zip(named, torch.split(theta, sizes), shapes)}
+        return mean_loss(torch.func.functional_call(model, ps, (inputs,)), targets, "cross_entropy")
+
+    model.eval()
+    H = torch.autograd.functional.hessian(f, torch.cat([p.detach().reshape(-1) for p in named.values()])).numpy()
+    model.train()
+    rng = np.random.default_rng(1)
+    for options in ({}, {"keep_graph_bytes": 0}, {"method": "forward_over_reverse"}):
+        op = hs.HessianOperator(model, "all", inputs, targets, **options)
+        for _ in range(2):
+            v = rng.standard_normal(op.dim)
+            want = H @ v
+            np.testing.assert_allclose(op.matvec(torch.from_numpy(v)).numpy(), want, rtol=0,
+                                       atol=1e-10 * np.abs(want).max())
+        assert op.folding.startswith("BatchNorm folded into 2 convolutions"), op.folding
+        assert model.training and all(m.training for m in model.modules())
+    assert hs.HessianOperator(model, "all", inputs, targets, fold_batchnorm=False)._twin is None
+
+
 def test_batched_accumulation_equals_one_batch(cnn):
     v = torch.from_numpy(np.random.default_rng(1).standard_normal(cnn.H.shape[0]))
     whole = cnn.op(batch_size=N).matvec(v)

@@ -197,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{mpi['1_coordinator_cpu_percent']:.1f}% / {mpi['2_coordinator_cpu_percent']:.1f}% of a core")
     h = results["hessian"]
     print(f"Hessian (ResNet-20, 256 digit-sized images, 1 thread): forward {h['forward_per_s']:.1f}/s, "
-          f"HVP {h['hvp_per_s']:.2f}/s: one HVP = {h['hvp_in_forward_passes']:.1f} forward passes "
-          f"with the first graph kept (afresh: {h['fresh_double_backward_in_forward_passes']:.1f}, "
-          f"forward-over-reverse: {h['forward_over_reverse_in_forward_passes']:.1f})")
+          f"HVP {h['hvp_per_s']:.2f}/s: one HVP = {h['hvp_in_forward_passes']:.1f} plain forward passes "
+          f"({h['hvp_in_evaluator_forward_passes']:.1f} of the evaluator's folded ones) as the maps compute it; "
+          f"unfolded {h['unfolded_in_forward_passes']:.1f}, contiguous {h['contiguous_in_forward_passes']:.1f}, "
+          f"afresh {h['fresh_double_backward_in_forward_passes']:.1f}, "
+          f"forward-over-reverse {h['forward_over_reverse_in_forward_passes']:.1f}; a map point "
+          f"(largest and smallest eigenvalue, tol {h['map_point_tol']:g}) {h['map_point_products']} products, "
+          f"{h['map_point_s']:.1f} s")
     st = results["streamed"]
     print(f"Streamed PNGs (ResNet-20, 2,000 images, 4x4 grid, unit of 8): ours {st['ours']:.3f} points/s, "
           f"a loader pass per point {st['per_point_pass']:.3f}, in-memory tensors {st['in_memory']:.3f}: "
@@ -265,11 +269,34 @@ def bench_hessian() -> dict:
 
     torch.set_num_threads(1)
     ms = benchmark()
+    point = bench_map_point()
     torch.set_num_threads(THREADS)
-    return {"forward_per_s": 1000 / ms["forward"], "hvp_per_s": 1000 / ms["hvp_double_backward"],
-            "hvp_in_forward_passes": ms["hvp_double_backward"] / ms["forward"],
-            "fresh_double_backward_in_forward_passes": ms["hvp_double_backward_fresh"] / ms["forward"],
-            "forward_over_reverse_in_forward_passes": ms["hvp_forward_over_reverse"] / ms["forward"]}
+    out = {**point, "forward_per_s": 1000 / ms["forward"], "hvp_per_s": 1000 / ms["hvp_double_backward"],
+           "hvp_in_evaluator_forward_passes": ms["hvp_double_backward"] / ms["forward_evaluator"]}
+    for name, key in (("hvp_double_backward", "hvp_in_forward_passes"),
+                      ("hvp_unfolded", "unfolded_in_forward_passes"),
+                      ("hvp_contiguous", "contiguous_in_forward_passes"),
+                      ("hvp_double_backward_fresh", "fresh_double_backward_in_forward_passes"),
+                      ("hvp_forward_over_reverse", "forward_over_reverse_in_forward_passes")):
+        out[key] = ms[name] / ms["forward"]
+    return out
+
+
+def bench_map_point(samples: int = 256, tol: float = 1e-3) -> dict:
+    """What one Hessian map point costs: the largest and smallest eigenvalue by Lanczos at the
+    maps' default tolerance, with respect to the weights a surface moves by default (biases and
+    BatchNorm held), as the maps compute it (channels-last, BatchNorm folded, the graph kept);
+    the products it took and its seconds, on hessian.benchmark's model and data, 1 thread."""
+    from losslandscape.numerics.hessian import HessianOperator, extreme_eigenvalues
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", in_channels=1).eval().to(memory_format=torch.channels_last)
+    inputs, targets = torch.randn(samples, 1, 8, 8), torch.randint(0, 10, (samples,))
+    start = time.perf_counter()
+    op = HessianOperator(model, "weights", inputs, targets, batch_size=samples)
+    lam_max, lam_min = extreme_eigenvalues(op, tol=tol)
+    return {"map_point_products": op.matvecs, "map_point_s": time.perf_counter() - start,
+            "map_point_lambda": [lam_max, lam_min], "map_point_samples": samples, "map_point_tol": tol}
 
 
 def bench_mpi(work: Path, ckpt: Path) -> dict:

@@ -30,6 +30,7 @@ class FoldedModel(nn.Module):
         gm = torch.fx.symbolic_trace(model)
         modules = dict(gm.named_modules())
         self.pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]] = []
+        self._folded_names: list[str] = []
         for node in list(gm.graph.nodes):
             if node.op == "call_module" and type(modules.get(node.target)) is nn.BatchNorm2d:
                 bn = modules[node.target]
@@ -47,30 +48,57 @@ class FoldedModel(nn.Module):
                     node.replace_all_uses_with(prev)
                     gm.graph.erase_node(node)
                     self.pairs.append((conv, bn, twin))
+                    self._folded_names.append(name)
         for node in gm.graph.nodes:
             _make_relu_inplace(gm, node)
         gm.graph.lint()
         gm.recompile()
         self.gm = gm
+        # the source's parameters by name, for `arguments`; the twin shares the unfolded modules
+        source = {id(p): name for name, p in model.named_parameters()}
+        self._source_names = {id(p): source[id(p)] for p in gm.parameters() if id(p) in source}
         self.refresh()
 
     @torch.no_grad()
     def refresh(self) -> None:
         """Recompute the folded weights from the source model's current weights and statistics."""
         for conv, bn, twin in self.pairs:
-            s = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                s = s * bn.weight
-            shift = -bn.running_mean * s
-            if conv.bias is not None:
-                shift = shift + conv.bias * s
-            if bn.bias is not None:
-                shift = shift + bn.bias
+            s, shift = _scale_shift(bn, conv.bias, bn.weight, bn.bias)
             torch.mul(conv.weight, s.view(-1, 1, 1, 1), out=twin.weight)
             twin.bias.copy_(shift)
 
+    def arguments(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The twin's parameters for `torch.func.functional_call`, as functions of the source's:
+        `values` gives source parameters by `named_parameters` name (leaves that require grad,
+        say); the others are the source's own. The folded weights are computed from them with
+        the formula `refresh` uses, differentiably, so a gradient or a Hessian with respect to
+        the source's parameters passes through the fold exactly (the BatchNorm statistics are
+        buffers: constants)."""
+        def value(p: torch.Tensor | None) -> torch.Tensor | None:
+            return None if p is None else values.get(self._source_names.get(id(p), ""), p)
+
+        args = {f"gm.{name}": value(p) for name, p in self.gm.named_parameters()}
+        for (conv, bn, _), name in zip(self.pairs, self._folded_names):
+            s, shift = _scale_shift(bn, value(conv.bias), value(bn.weight), value(bn.bias))
+            args[f"gm.{name}.weight"] = value(conv.weight) * s.view(-1, 1, 1, 1)
+            args[f"gm.{name}.bias"] = shift
+        return args
+
     def forward(self, *args, **kwargs):
         return self.gm(*args, **kwargs)
+
+
+def _scale_shift(bn: nn.BatchNorm2d, conv_bias, gamma, beta) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, shift) of conv -> bn folded: weight * s, and shift as the bias."""
+    s = torch.rsqrt(bn.running_var + bn.eps)
+    if gamma is not None:
+        s = s * gamma
+    shift = -bn.running_mean * s
+    if conv_bias is not None:
+        shift = shift + conv_bias * s
+    if beta is not None:
+        shift = shift + beta
+    return s, shift
 
 
 def _make_relu_inplace(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:

@@ -17,7 +17,10 @@ forward-over-reverse (`torch.func.jvp` of `torch.func.grad`), which stays
 available as method="forward_over_reverse"; docs/hessian-benchmarks.md has the
 numbers, and `python -m losslandscape.numerics.hessian` measures them again. The
 products are accumulated over batches as (sum of per-batch HVPs of the summed
-loss) / N, exact whatever the batch size; no autograd graph outlives a call.
+loss) / N, exact whatever the batch size. The first backward's graph of every batch is
+kept across the products of one operator while it fits a memory budget, and the forward
+passes run through the model's BatchNorm-folded twin (numerics/fold.py), the fold computed
+from the parameters differentiably so that the Hessian is the model's own.
 
 Eigenvalues: scipy's ARPACK (`scipy.sparse.linalg.eigsh`, implicitly restarted
 Lanczos) on `HessianOperator.as_linear_operator()`, with a seeded starting
@@ -46,7 +49,8 @@ from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from losslandscape.inputs.batches import Batch, Source, in_memory, input_dtype
-from losslandscape.numerics.evaluate import batch_size_for
+from losslandscape.numerics.evaluate import batch_size_for, network
+from losslandscape.numerics.fold import FoldedModel
 from losslandscape.inputs.losses import LossFunction, cross_entropy, get_loss
 
 __all__ = [
@@ -109,6 +113,12 @@ class _TooLarge(Exception):
     """The graphs to keep pass their memory budget."""
 
 
+def _channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's 2-D convolutions hold their weights channels-last (the data follow)."""
+    return any(not m.weight.is_contiguous() and m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 def _second(grads, leaves, tangents, retain: bool = False) -> list[torch.Tensor]:
     """H t from a gradient that keeps its graph: the gradient of <grad, t>."""
     pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
@@ -141,7 +151,7 @@ class HessianOperator:
                  inputs: "torch.Tensor | Source", targets: torch.Tensor | None = None, loss: str = "cross_entropy",
                  batch_size: int = 0,
                  method: Literal["double_backward", "forward_over_reverse"] = "double_backward",
-                 keep_graph_bytes: int = KEEP_GRAPH_BYTES):
+                 keep_graph_bytes: int = KEEP_GRAPH_BYTES, fold_batchnorm: bool = True):
         self.loss_fn = get_loss(loss, model)
         self.keep_graph_bytes = keep_graph_bytes if method == "double_backward" else 0
         self._kept: list | None = None  # per batch (gradient with its graph, leaves, count); see _keep
@@ -163,9 +173,16 @@ class HessianOperator:
         self.dim = sum(self.sizes)
         self.loss = loss
         self.method = method
-        self.data = data.placed(self.device, dtype=input_dtype(model))
+        # images channels-last where the model's convolutions are (the evaluator's models on a CPU)
+        self.data = data.placed(self.device, _channels_last(model), dtype=input_dtype(model))
         self.batch_size = batch_size_for(self.device, batch_size)
         self.matvecs = 0  # products computed so far
+        # the forward passes run through the BatchNorm-folded twin where folding applies (decided
+        # on the first batch a product reads): the fold is computed from the chosen parameters
+        # differentiably, so the Hessian is the model's own
+        self.fold_batchnorm = fold_batchnorm
+        self.folding: str | None = None  # why folded or not, once decided
+        self._twin: FoldedModel | None = None
 
     @staticmethod
     def _named(model, params) -> dict[str, torch.nn.Parameter]:
@@ -223,12 +240,28 @@ class HessianOperator:
         records only what the Hessian needs."""
         return {name: p.detach().requires_grad_(name in self.params) for name, p in self.model.named_parameters()}
 
+    def _fold(self, batch: Batch) -> None:
+        """Build the folded twin from the first batch read, once (the model is in eval mode)."""
+        if self.folding is None and not any(isinstance(m, torch.nn.BatchNorm2d) for m in self.model.modules()):
+            self.folding = "BatchNorm not folded: the model has none"  # no trace to find that out
+        if self.folding is None:
+            net, self.folding = network(self.model, batch, self.fold_batchnorm)
+            self._twin = net if isinstance(net, FoldedModel) else None
+
+    def _call(self, args: dict[str, torch.Tensor], batch: Batch):
+        """The model's outputs on a batch at the parameters `args` (by the model's names), through
+        the folded twin where there is one."""
+        self._fold(batch)
+        if self._twin is None:
+            return torch.func.functional_call(self.model, args, batch.args, batch.kwargs)
+        return torch.func.functional_call(self._twin, self._twin.arguments(args), batch.args, batch.kwargs)
+
     def _first(self, batch: Batch):
         """(the gradient of the batch's summed loss with its graph, the leaves, the count)."""
         args = self._arguments()
         leaves = [args[name] for name in self.names]
         with torch.enable_grad():
-            outputs = torch.func.functional_call(self.model, args, batch.args, batch.kwargs)
+            outputs = self._call(args, batch)
             total, count = loss_sum(outputs, batch.targets, self.loss_fn)
             grads = torch.autograd.grad(total, leaves, create_graph=True, allow_unused=True)
         return grads, leaves, count
@@ -276,13 +309,14 @@ class HessianOperator:
         return True
 
     def _hvp_func(self, batch: Batch, tangents):
+        self._fold(batch)  # not inside the transforms
         args = {name: t.detach() for name, t in self._arguments().items()}
         primals = {name: args.pop(name) for name in self.names}
         tangent = dict(zip(self.names, tangents))
-        model, loss = self.model, self.loss_fn
+        loss = self.loss_fn
 
         def batch_loss(ps):
-            outputs = torch.func.functional_call(model, {**args, **ps}, batch.args, batch.kwargs)
+            outputs = self._call({**args, **ps}, batch)
             total, count = loss_sum(outputs, batch.targets, loss)
             return total, torch.as_tensor(count)  # torch.func carries only tensors out as aux
 
@@ -572,12 +606,18 @@ def hessian_eigen_directions(op: HessianOperator, which: Literal["extremes", "to
     return out
 
 
-def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: int = 6) -> dict[str, float]:
-    """Milliseconds per call of a plain forward pass, a gradient and an HVP by each method (double
-    backward with the first backward's graph kept across products, as a Lanczos run uses it, and
-    afresh each time; forward over reverse), on `samples` random 1x8x8 images in one batch
-    (docs/hessian-benchmarks.md).
-    Best of `rounds` interleaved rounds, which is robust to other loads on the machine."""
+def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: int = 15) -> dict[str, float]:
+    """Milliseconds per call on `samples` random 1x8x8 images in one batch
+    (docs/hessian-benchmarks.md): a plain forward pass of the model as given, the forward pass
+    the surface evaluator runs (BatchNorm folded, channels-last), a gradient, and an HVP as the
+    Hessian maps compute it (folded, channels-last, the first backward's graph kept across
+    products, as a Lanczos run uses it), then with one of those changes undone at a time, and
+    by forward over reverse. Best of `rounds` interleaved rounds, which is robust to other
+    loads on the machine."""
+    import copy
+
+    from losslandscape.numerics.fold import fold
+
     if model is None:
         from losslandscape.inputs.models import build_model
         torch.manual_seed(0)
@@ -586,20 +626,30 @@ def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: 
     inputs = torch.randn(samples, 1, 8, 8)
     targets = torch.randint(0, 10, (samples,))
     v = torch.randn(sum(p.numel() for p in model.parameters()))
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)  # as the evaluator holds it
+    folded, _ = fold(last, inputs[:8])
+    inputs_last = inputs.contiguous(memory_format=torch.channels_last)
 
-    def forward():
-        with torch.no_grad():
-            loss_sum(model(inputs), targets, cross_entropy)[0].item()
+    def forward(net, x):
+        def call():
+            with torch.no_grad():
+                loss_sum(net(x), targets, cross_entropy)[0].item()
+        return call
 
     def gradient():
         torch.autograd.grad(loss_sum(model(inputs), targets, cross_entropy)[0], list(model.parameters()))
 
-    calls = {"forward": forward, "gradient": gradient}
-    for method in ("double_backward", "forward_over_reverse"):
-        op = HessianOperator(model, "all", inputs, targets, batch_size=samples, method=method)
-        calls[f"hvp_{method}"] = lambda op=op: op.matvec(v)  # double backward: the first graph kept
-    fresh = HessianOperator(model, "all", inputs, targets, batch_size=samples, keep_graph_bytes=0)
-    calls["hvp_double_backward_fresh"] = lambda: fresh.matvec(v)
+    def product(net, **options):
+        op = HessianOperator(net, "all", inputs, targets, batch_size=samples, **options)
+        return lambda: op.matvec(v)
+
+    calls = {"forward": forward(model, inputs), "forward_evaluator": forward(folded, inputs_last),
+             "gradient": gradient,
+             "hvp_double_backward": product(last),  # as the maps run it
+             "hvp_unfolded": product(last, fold_batchnorm=False),
+             "hvp_contiguous": product(model),
+             "hvp_double_backward_fresh": product(last, keep_graph_bytes=0),
+             "hvp_forward_over_reverse": product(last, method="forward_over_reverse")}
     best = {}
     for name, call in calls.items():
         call()
@@ -615,5 +665,6 @@ def benchmark(model: torch.nn.Module | None = None, samples: int = 256, rounds: 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     ms = benchmark()
+    print(f"{'':28s} {'ms':>8s}  {'per s':>7s}  {'plain forward passes':>20s}  {'evaluator forward passes':>24s}")
     for name, t in ms.items():
-        print(f"{name:28s} {t:8.1f} ms  {1000 / t:7.1f} per s  {t / ms['forward']:5.1f} forward passes")
+        print(f"{name:28s} {t:8.1f}  {1000 / t:7.1f}  {t / ms['forward']:20.2f}  {t / ms['forward_evaluator']:24.2f}")
