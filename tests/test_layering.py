@@ -53,3 +53,18 @@ def test_numerics_and_inputs_import_no_file_no_mpi_no_later_stage():
     module, found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found == [], f"{module} imports {', '.join(found)}"
     assert module == len(every)
+
+
+def test_the_surface_file_imports_no_run_and_no_front_end_not_even_lazily():
+    """The surface file sits below the run: no module of `surfacefile/` names a run or front-end
+    module in any import statement, at the top or inside a function (read from the source, so
+    that an import a code path makes only sometimes is found too)."""
+    import ast
+
+    for path in sorted((PACKAGE / "surfacefile").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("losslandscape.run", "losslandscape.frontends", "losslandscape.render")), \
+                    f"{path.relative_to(PACKAGE)}:{node.lineno} imports {name}"

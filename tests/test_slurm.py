@@ -185,7 +185,12 @@ def test_requeued_task_resumes_its_shard(slurm, trained, tmp_path):
     done, assigned = wait_for_points(shards / "task_0.h5", 2)
     assert 2 <= done < assigned
     slurm.run(["scontrol", "requeue", f"{array}_0"])
-    # Slurm holds a requeued job for 2 minutes (its BeginTime): the other test files run meanwhile
+    # Slurm holds a requeued job until a BeginTime 2 minutes on, set once it is pending again; a user
+    # may release it at once (scontrol update StartTime), as here, so the test does not sit out the hold
+    deadline = time.monotonic() + 60
+    while slurm.state(f"{array}_0") != "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    slurm.run(["scontrol", "update", f"JobId={array}_0", "StartTime=now"])
     slurm.wait([array, merge_job], timeout=300)
     log = (shards / "task_0.log").read_text()
     assert log.count("task 0 of 2") == 2, log  # it ran twice

@@ -1,6 +1,7 @@
-"""Where this process runs: the GPUs it was given, MPI ranks and SLURM ids, read in one place.
+"""Where this process runs: the GPUs it was given and its MPI ranks, read in one place
+(SLURM's own variables and queue: `losslandscape.cluster`).
 
-Nothing else reads `os.environ` or `MPI.COMM_WORLD` (after submitit's
+Nothing else reads `MPI.COMM_WORLD`, nor the GPU variables of `os.environ` (after submitit's
 `JobEnvironment`); numerics receive plain values from here (numerics/devices.py picks the
 device from `allocated_gpus()`).
 """
@@ -87,23 +88,3 @@ def mpi_environment(comm=None) -> MPIEnvironment:
     parallel = parallel_hdf5() and os.environ.get("LOSSLANDSCAPE_SERIAL_HDF5", "") not in ("1", "true")
     return MPIEnvironment(comm, comm.rank, comm.size, local_rank, local_size, parallel, has_rank0,
                           MPI.Get_processor_name())
-
-
-@dataclass(frozen=True)
-class SlurmEnvironment:
-    """The SLURM variables a task needs, typed (after submitit's JobEnvironment)."""
-
-    job_id: str | None
-    array_job_id: str | None
-    array_task_id: int | None
-    array_task_count: int | None
-    ntasks: int | None
-    gpus_on_node: str | None
-
-    @classmethod
-    def from_environ(cls, environ: dict[str, str] | None = None) -> "SlurmEnvironment":
-        e = os.environ if environ is None else environ
-        as_int = lambda k: int(e[k]) if e.get(k, "").strip().isdigit() else None  # noqa: E731
-        return cls(e.get("SLURM_JOB_ID"), e.get("SLURM_ARRAY_JOB_ID"), as_int("SLURM_ARRAY_TASK_ID"),
-                   as_int("SLURM_ARRAY_TASK_COUNT"), as_int("SLURM_NTASKS"),
-                   e.get("SLURM_GPUS_ON_NODE") or e.get("CUDA_VISIBLE_DEVICES"))

@@ -30,7 +30,6 @@ from losslandscape.surfacefile import write as surface
 from losslandscape.inputs import userimport
 from losslandscape.surfacefile import lock as writelock
 from losslandscape.run.driver import run_job
-from losslandscape.run.environment import SlurmEnvironment
 from losslandscape.errors import UserError
 from losslandscape.spec import Submit
 from losslandscape.surfacefile.format import SUBMISSION, read_submission, shard_dir, shard_files
@@ -39,7 +38,7 @@ from losslandscape.numerics.grid import GridAxes, assign_tasks, coarse_to_fine, 
 from losslandscape.numerics.schedule import resolve_unit_size
 from losslandscape.run.work import SurfaceWork, prepare
 from losslandscape.run.work import with_grid
-from losslandscape.run.status import SqueueFailed, queued
+from losslandscape.cluster import SlurmEnvironment, SqueueFailed, queued
 
 log = logging.getLogger(__name__)
 

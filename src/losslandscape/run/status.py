@@ -7,52 +7,14 @@ It reads files read-only without locking, so it works on a file a job is writing
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
+from losslandscape.cluster import SqueueFailed, queued, running_tasks
 from losslandscape.errors import UserError
 from losslandscape.surfacefile.format import read_submission, shard_files
 from losslandscape.surfacefile.read import read_progress
-
-# every state of a job that may still start or still be writing (COMPLETING included)
-BUSY_STATES = "PENDING,RUNNING,SUSPENDED,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_HOLD,RESIZING,SIGNALING,STOPPED"
-
-
-class SqueueFailed(UserError):
-    """squeue ran and failed (the controller down, a timeout): whether jobs still run is unknown."""
-
-
-def queued(job_ids: list[str]) -> list[str]:
-    """Those of job_ids that SLURM still has pending or running (array tasks included); none
-    where squeue is not installed (not on a cluster). Raises SqueueFailed when squeue fails for
-    another reason than job ids it no longer knows (long finished)."""
-    exe = shutil.which("squeue")
-    if exe is None or not job_ids:
-        return []
-    # %F: the array's base job id (a plain job's own id), so array tasks count for their array
-    proc = subprocess.run([exe, "-h", "-o", "%F", "-t", BUSY_STATES, "-j", ",".join(job_ids)],
-                          capture_output=True, text=True, errors="replace")
-    if proc.returncode != 0:
-        if "Invalid job id" in proc.stderr:  # unknown (long finished) job ids
-            return []
-        said = " ".join(proc.stderr.split())[-200:]
-        raise SqueueFailed(f"squeue failed with exit {proc.returncode}" + (f": {said}" if said else ""))
-    return sorted(set(proc.stdout.split()) & set(job_ids))
-
-
-def running_tasks(array_job: str) -> int | None:
-    """Array tasks of `array_job` that are running now (None when squeue cannot say)."""
-    exe = shutil.which("squeue")
-    if exe is None:
-        return None
-    proc = subprocess.run([exe, "-h", "-r", "-t", "RUNNING", "-o", "%i", "-j", array_job], capture_output=True,
-                          text=True, errors="replace")
-    if proc.returncode != 0:
-        return 0 if "Invalid job id" in proc.stderr else None
-    return len(proc.stdout.split())
 
 
 def missing_points(surface_path: Path) -> dict[str, int]:

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
 
+from losslandscape.cluster import SlurmEnvironment, queued
 from losslandscape.errors import UserError
 from losslandscape.surfacefile import room as diskspace
 from losslandscape.surfacefile.room import fs_cause, sweep_probes
@@ -110,8 +111,6 @@ def _start_time(pid: int) -> str | None:
 
 
 def _me(what: str) -> dict:
-    from losslandscape.run.environment import SlurmEnvironment  # noqa: PLC0415 (SLURM's variables are read there)
-
     slurm = SlurmEnvironment.from_environ()
     job = slurm.job_id
     if slurm.array_job_id and slurm.array_task_id is not None:
@@ -179,8 +178,6 @@ def _slurm_job_running(job_id: str | None) -> bool | None:
     """Whether SLURM still lists the job (None: no job id, or squeue cannot tell)."""
     if not job_id:
         return None
-    from losslandscape.run.status import queued  # noqa: PLC0415
-
     try:
         return bool(queued([str(job_id)]))
     except Exception:  # no squeue here: cannot tell
