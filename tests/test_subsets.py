@@ -352,7 +352,7 @@ def test_filter_normalisation_per_layer_kind():
         model["ln"].bias.uniform_(-1, 1)
     weights = dirs.target_tensors(model, "weights")
     for ignore in ("biasbn", "none"):
-        d = dirs.normalize(dirs.random_direction(weights, torch.Generator().manual_seed(1)), weights,
+        d = dirs.normalize({k: torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) for k, w in weights.items()}, weights,
                            "filter", ignore)
         for name in ("emb.weight", "conv.weight", "fc.weight"):  # (V, D): one norm per token's row
             torch.testing.assert_close(d[name].flatten(1).norm(dim=1), weights[name].flatten(1).norm(dim=1))

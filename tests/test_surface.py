@@ -74,12 +74,12 @@ def test_layer_and_unit_norms():
     torch.manual_seed(0)
     weights = {"a.weight": torch.randn(4, 3, 3, 3), "b.weight": torch.randn(5, 7), "b.bias": torch.randn(5)}
     gen = torch.Generator().manual_seed(0)
-    d = dirs.normalize(dirs.random_direction(weights, gen), weights, "layer", "none")
+    d = dirs.normalize({k: torch.randn(w.shape, generator=gen) for k, w in weights.items()}, weights, "layer", "none")
     assert torch.allclose(d["a.weight"].norm(), weights["a.weight"].norm(), rtol=1e-5)
     assert torch.equal(d["b.bias"], weights["b.bias"])  # 1-D entries follow the weights when not ignored
-    d = dirs.normalize(dirs.random_direction(weights, gen), weights, "dfilter", "biasbn")
+    d = dirs.normalize({k: torch.randn(w.shape, generator=gen) for k, w in weights.items()}, weights, "dfilter", "biasbn")
     assert torch.allclose(d["a.weight"].flatten(1).norm(dim=1), torch.ones(4), rtol=1e-5)
-    d = dirs.normalize(dirs.random_direction(weights, gen), weights, "dlayer", "biasbn")
+    d = dirs.normalize({k: torch.randn(w.shape, generator=gen) for k, w in weights.items()}, weights, "dlayer", "biasbn")
     assert torch.allclose(d["b.weight"].norm(), torch.tensor(1.0), rtol=1e-5)
 
 

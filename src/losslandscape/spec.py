@@ -118,6 +118,8 @@ class Directions:
     """move only parameters with requires_grad (LoRA adapters, an unfrozen head); with dir_type "states" the buffers (running statistics) have no requires_grad and stay fixed."""
     same_dir: bool = False
     """use the x direction on the y axis too (the original --same_dir)."""
+    store: Literal["file", "seed"] = "file"
+    """where the directions live: file (every tensor stored in the surface file) or seed (random directions only: the file records the seed, how they are drawn and normalised and a SHA-256 per tensor, and every process draws them again, tensor by tensor)."""
 
 
 @dataclass
@@ -473,8 +475,18 @@ def _check_data(spec: Spec) -> None:
         raise UserError(f"data.splits: {spec.data.splits!r} names a split twice")
 
 
+# why a kind of direction cannot be drawn again from a seed (directions.store = "seed")
+NOT_SEEDED = {"interpolate": "its direction is the difference of two checkpoints",
+              "file": "its directions are read from another file",
+              "hessian": "its directions are eigenvectors computed by Lanczos",
+              "pca": "its directions are principal components of a training run"}
+
+
 def _check_directions(spec: Spec) -> None:
     d = spec.directions
+    if d.store == "seed" and d.kind != "random":
+        raise UserError(f'directions.store: "seed" is for random directions; kind = "{d.kind}" needs "file" '
+                        f"({NOT_SEEDED[d.kind]}, not drawn from a seed)")
     if d.kind == "interpolate" and not (spec.model.checkpoint and spec.model.checkpoint2):
         raise UserError('directions.kind: "interpolate" needs model.checkpoint and model.checkpoint2')
     if d.kind == "hessian" and d.dir_type == "states":

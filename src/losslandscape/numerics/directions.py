@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import hashlib
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import numpy as np
@@ -94,38 +95,80 @@ def _closest(pattern: str, names: list[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(pattern, [*names, *sorted(prefixes)], n=n, cutoff=0.0)
 
 
-def random_direction(weights: dict[str, torch.Tensor], generator: torch.Generator) -> Direction:
-    return {name: torch.randn(w.shape, generator=generator, dtype=torch.float32) for name, w in weights.items()}
+# How random directions are drawn, for both stores (the surface file records it with store = "seed").
+SCHEME = ("numpy PCG64, one stream a tensor and axis: SeedSequence([seed, axis (0: x, 1: y), the first 16 "
+          "bytes of SHA-256(tensor name) as 4 little-endian uint32]); float32 standard_normal in C order "
+          "(numpy's ziggurat), then normalised against the tensor's float32 weights on the CPU")
 
 
-def normalize(direction: Direction, weights: dict[str, torch.Tensor], norm: str, ignore: str) -> Direction:
-    """Rescale a direction against the weights it will move, in place; returns it.
+def drawn(name: str, shape: tuple[int, ...] | torch.Size, seed: int, axis: int) -> torch.Tensor:
+    """The raw Gaussian draw of one tensor of one axis (`SCHEME`): the same bits on every
+    process and platform with the same numpy, whatever else is drawn, in any order."""
+    words = np.frombuffer(hashlib.sha256(name.encode()).digest()[:16], dtype="<u4").tolist()
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(axis), *words])))
+    return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+
+
+def normalize_tensor(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> torch.Tensor:
+    """Rescale one tensor's direction against its weights, in place; returns it.
 
     "filter": one norm per slice along dim 0 (a convolution's output channel, a Linear
     layer's output row, an Embedding's token row); 1-D tensors follow `ignore` (module docstring)."""
+    w = w.detach().to("cpu", torch.float32).contiguous()
+    if d.dim() <= 1:
+        if ignore == "biasbn":
+            d.zero_()
+        else:
+            d.copy_(w)
+    elif norm == "filter":
+        # one norm per filter (output channel / row): dims 1.. are reduced
+        dn = d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1))
+        wn = w.flatten(1).norm(dim=1).view_as(dn)
+        d.mul_(wn / (dn + EPS))
+    elif norm == "layer":
+        d.mul_(w.norm() / (d.norm() + EPS))
+    elif norm == "weight":
+        d.mul_(w)
+    elif norm == "dfilter":
+        d.div_(d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1)) + EPS)
+    elif norm == "dlayer":
+        d.div_(d.norm() + EPS)
+    elif norm != "none":
+        raise ValueError(f"unknown norm {norm!r}")
+    return d
+
+
+def normalize(direction: Direction, weights: dict[str, torch.Tensor], norm: str, ignore: str) -> Direction:
+    """Rescale a direction against the weights it will move, in place, tensor by tensor; returns it."""
     for name, d in direction.items():
-        w = weights[name].detach().to(torch.float32).cpu()
-        if d.dim() <= 1:
-            if ignore == "biasbn":
-                d.zero_()
-            else:
-                d.copy_(w)
-        elif norm == "filter":
-            # one norm per filter (output channel / row): dims 1.. are reduced
-            dn = d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1))
-            wn = w.flatten(1).norm(dim=1).view_as(dn)
-            d.mul_(wn / (dn + EPS))
-        elif norm == "layer":
-            d.mul_(w.norm() / (d.norm() + EPS))
-        elif norm == "weight":
-            d.mul_(w)
-        elif norm == "dfilter":
-            d.div_(d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1)) + EPS)
-        elif norm == "dlayer":
-            d.div_(d.norm() + EPS)
-        elif norm != "none":
-            raise ValueError(f"unknown norm {norm!r}")
+        normalize_tensor(d, weights[name], norm, ignore)
     return direction
+
+
+class SeededDirection(Mapping):
+    """A random direction as {name: float32 CPU tensor}, each tensor drawn and normalised when
+    asked for (`drawn`, `normalize_tensor`), never held whole: what a surface file with
+    directions.store = "seed" records is enough to make it again. `weights`: the tensors it
+    moves at the base point (any device or dtype). A y made orthogonal to x is y - coef * x,
+    tensor by tensor, with the coefficient computed once over the whole vectors (`dots`)."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], seed: int, axis: int, norm: str, ignore: str,
+                 along: "SeededDirection | None" = None, coef: float = 0.0):
+        self.weights, self.seed, self.axis, self.norm, self.ignore = weights, seed, axis, norm, ignore
+        self.along, self.coef = along, coef
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        w = self.weights[name]
+        d = normalize_tensor(drawn(name, w.shape, self.seed, self.axis), w, self.norm, self.ignore)
+        if self.along is not None:
+            d.sub_(self.along[name], alpha=self.coef)
+        return d
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)
 
 
 DOT_CHUNK = 1 << 20  # elements per float64 slice: a large embedding never needs a whole float64 copy
@@ -141,30 +184,36 @@ def dot(a: Direction, b: Direction) -> float:
     return float(total)
 
 
-def orthogonalize(y: Direction, x: Direction) -> Direction:
-    """y minus its projection on x (Gram-Schmidt over the whole flattened vector), in place."""
-    coef = dot(x, y) / max(dot(x, x), EPS)
-    for k in y:
-        y[k].sub_(x[k], alpha=coef)
-    return y
-
-
 def cosine(a: Direction, b: Direction) -> float:
     return dot(a, b) / max(np.sqrt(dot(a, a) * dot(b, b)), EPS)
 
 
+def dots(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor]) -> tuple[float, float, float]:
+    """(x.x, x.y, y.y) in float64, in one pass over the tensors (each drawn once)."""
+    xx = xy = yy = 0.0
+    for k in x:
+        a, b = {k: x[k]}, {k: y[k]}
+        xx, xy, yy = xx + dot(a, a), xy + dot(a, b), yy + dot(b, b)
+    return xx, xy, yy
+
+
 def random_directions(weights: dict[str, torch.Tensor], two: bool, norm: str, ignore: str, seed: int,
-                      orthogonal: bool) -> tuple[Direction, Direction | None, dict]:
-    """x (and y) random directions; info records the x/y cosine (before, after)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = normalize(random_direction(weights, gen), weights, norm, ignore)
+                      orthogonal: bool) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor] | None, dict]:
+    """x (and y) random directions, drawn tensor by tensor when read (`SeededDirection`); info
+    records the x/y cosine (before, after) and, with `orthogonal`, the coefficient of x taken off y."""
+    x = SeededDirection(weights, seed, 0, norm, ignore)
     if not two:
         return x, None, {}
-    y = normalize(random_direction(weights, gen), weights, norm, ignore)
-    info = {"cosine_xy_before": cosine(x, y)}
+    y = SeededDirection(weights, seed, 1, norm, ignore)
+    xx, xy, yy = dots(x, y)
+    info = {"cosine_xy_before": xy / max(np.sqrt(xx * yy), EPS)}
     if orthogonal:
-        orthogonalize(y, x)
-    info["cosine_xy"] = cosine(x, y)
+        coef = xy / max(xx, EPS)
+        y = SeededDirection(weights, seed, 1, norm, ignore, along=x, coef=coef)
+        info["orthogonal_coef"] = coef
+        info["cosine_xy"] = cosine(x, y)
+    else:
+        info["cosine_xy"] = info["cosine_xy_before"]
     return x, y, info
 
 
@@ -173,7 +222,12 @@ def interpolation_direction(start: dict[str, torch.Tensor], end: dict[str, torch
     return {k: (end[k].detach().float().cpu() - start[k].detach().float().cpu()) for k in start}
 
 
-def digest(*directions: Direction | None) -> str:
+def tensor_sha256(t: torch.Tensor) -> bytes:
+    """SHA-256 of one direction tensor's float32 bytes (C order): what store = "seed" records."""
+    return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy()).digest()
+
+
+def digest(*directions: Mapping[str, torch.Tensor] | None) -> str:
     """SHA-256 over the directions' names and float32 bytes: identifies them in the surface file."""
     h = hashlib.sha256()
     for d in directions:

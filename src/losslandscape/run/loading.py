@@ -11,12 +11,14 @@ import torch
 
 from losslandscape.inputs import data as datasets
 from losslandscape.numerics import directions as dirs
-from losslandscape.surfacefile.read import stored_directions
+from losslandscape.errors import UserError
+from losslandscape.surfacefile.format import shown as ff_shown
+from losslandscape.surfacefile.read import stored_directions, stored_seed
 from losslandscape.inputs.checkpoints import build_and_load
 from losslandscape.numerics.devices import describe_device, pick_device, set_threads
 from losslandscape.run.environment import allocated_gpus
 from losslandscape.numerics.evaluate import PointEvaluator, batch_size_for, use_channels_last
-from losslandscape.run.makedirections import base_model, model_channels
+from losslandscape.run.makedirections import base_model, model_channels, versions
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,61 @@ def _has_conv(model: torch.nn.Module) -> bool:
 
 def attach_directions(evaluator: PointEvaluator, f_or_path) -> None:
     """Give the evaluator the directions stored in a surface file (an open one, or a path),
-    read tensor by tensor: the host never holds a whole direction besides the evaluator's."""
+    read tensor by tensor: the host never holds a whole direction besides the evaluator's.
+    Directions stored as a seed are drawn again here, tensor by tensor, each checked against
+    the file's SHA-256 (`Redrawn`)."""
+    seeded = stored_seed(f_or_path)
+    if seeded is not None:
+        record, made_with = seeded
+        where = f_or_path.filename if hasattr(f_or_path, "filename") else str(f_or_path)
+        weights = dict(zip(evaluator.weights.names, evaluator.weights.live))
+        evaluator.set_directions(*redrawn(record, made_with, weights, where))
+        return
     with stored_directions(f_or_path) as (x, y):
         evaluator.set_directions(_Lazy(x), _Lazy(y) if y is not None else None)
+
+
+def redrawn(record, made_with: dict[str, str], weights: dict[str, torch.Tensor], where: str):
+    """(x, y or None) drawn again from a file's seed record against the base weights they move,
+    each tensor checked against its recorded SHA-256 when read; one line (UserError) where the
+    record is for other tensors, another scheme, or a tensor comes out different."""
+    if set(record.names) != set(weights):
+        other = sorted(set(record.names) ^ set(weights))
+        raise UserError(f"{where}: its directions were drawn for other tensors than this model moves "
+                        f"({len(record.names)} against {len(weights)}, e.g. {ff_shown(other[0])}); expected the "
+                        "model the file was made with")
+    if record.scheme != dirs.SCHEME:
+        raise UserError(f"{where}: its directions were drawn by another scheme ({ff_shown(record.scheme)[:120]}); "
+                        f"this version draws them by: {dirs.SCHEME}")
+    x = dirs.SeededDirection(weights, record.seed, 0, record.norm, record.ignore)
+    y = None
+    if record.sha256.shape[1] == 2:
+        y = x if record.same_dir else dirs.SeededDirection(
+            weights, record.seed, 1, record.norm, record.ignore,
+            along=x if record.orthogonal_coef is not None else None, coef=record.orthogonal_coef or 0.0)
+    index = {k: i for i, k in enumerate(record.names)}
+    return (Redrawn(x, record, 0, index, made_with, where),
+            None if y is None else Redrawn(y, record, 1, index, made_with, where))
+
+
+class Redrawn:
+    """{name: tensor} of a direction drawn again, each tensor checked against the file's digest."""
+
+    def __init__(self, direction, record, axis: int, index: dict[str, int], made_with: dict[str, str], where: str):
+        self.direction, self.record, self.axis, self.index = direction, record, axis, index
+        self.made_with, self.where = made_with, where
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        t = self.direction[name]
+        if dirs.tensor_sha256(t) != self.record.sha256[self.index[name], self.axis].tobytes():
+            now = versions()
+            raise UserError(
+                f"{self.where}: the {'xy'[self.axis]} direction of tensor {ff_shown(name)} drawn again from seed "
+                f"{self.record.seed} differs from the one the file was made with (SHA-256); made with numpy "
+                f"{self.made_with.get('numpy', '?')} and torch {self.made_with.get('torch', '?')}, drawn here with "
+                f"numpy {now['numpy']} and torch {now['torch']}; compute this surface where it was made, or make it "
+                'again with directions.store = "file"')
+        return t
 
 
 class _Lazy:

@@ -70,7 +70,29 @@ def make_directions(spec, model: torch.nn.Module):
     moved = dirs.moved_summary(weights, d)
     log.info("%s", moving_line(weights, d, moved))
     x, y, info = _directions(spec, model, weights)
+    coef = info.pop("orthogonal_coef", None)  # kept only where the directions are drawn again
+    if d.store == "seed":
+        info = {**info, **seed_record(d, x, y, coef)}
     return x, y, {**info, A_MOVED: json.dumps(moved), ff.A_FILE_HASHES: hash_record(spec), **file_attrs(x, y)}
+
+
+def seed_record(d, x, y, coef: float | None) -> dict[str, Any]:
+    """The file's record of random directions stored as a seed (directions.store = "seed"), as
+    extra attributes and datasets of the new file: the seed, the drawing scheme, the normalisation,
+    the orthogonalisation's coefficient, and a SHA-256 per tensor and axis, each tensor drawn once
+    more here (never a whole direction held)."""
+    g = f"/{ff.DIRECTIONS}"
+    names = list(x)
+    sha = np.zeros((len(names), 1 if y is None else 2, 32), np.uint8)
+    for i, k in enumerate(names):
+        for a, direction in enumerate((x, y) if y is not None else (x,)):
+            sha[i, a] = np.frombuffer(dirs.tensor_sha256(direction[k]), np.uint8)
+    record = {f"{g}@{ff.A_STORE}": "seed", f"{g}@seed": d.seed, f"{g}@scheme": dirs.SCHEME, f"{g}@norm": d.norm,
+              f"{g}@ignore": d.ignore, f"{g}@same_dir": bool(d.same_dir), f"{g}/{ff.SEED_NAMES}": names,
+              f"{g}/{ff.SEED_SHA}": sha}
+    if coef is not None:
+        record[f"{g}@orthogonal_coef"] = float(coef)
+    return record
 
 
 def identity(spec, checkpoint_sha: str, checkpoint2_sha: str, directions_file_sha: str = "") -> dict[str, Any]:
@@ -337,6 +359,8 @@ def run_identity(spec, known: str | None = None) -> dict:
         ident["model.checkpoint3 (sha256)"] = sha256_once(m.checkpoint3, "model.checkpoint3")
     if d.same_dir:
         ident["directions.same_dir"] = True
+    if d.store != "file":
+        ident["directions.store"] = d.store
     return ident
 
 

@@ -70,6 +70,9 @@ SUBMISSION = "submission.json"  # what `submit` sent to SLURM, beside the shards
 X, Y = "xcoordinates", "ycoordinates"
 POINT_SECONDS = "point_seconds"
 DIRECTIONS = "directions"  # group: directions/x/<name>, directions/y/<name>
+# directions.store = "seed": the group's attribute `store` is "seed", its other attributes say how
+# they are drawn (SeedRecord), `names` the tensors and `sha256` (tensors, axes, 32) their digests
+A_STORE, SEED_NAMES, SEED_SHA = "store", "names", "sha256"
 POINTS = "points"  # a shard's share (flat indices)
 EIG_MAPS = ("max_eig", "min_eig")
 EIG_DONE = "eig_done"
@@ -276,8 +279,11 @@ def new_file_nbytes(new) -> int:
     (accuracy counted: the larger case), plus HDF5's headers and the attributes (measured: under
     1 KiB a dataset; a resnet20 file of 2.11 MiB is estimated 2.4 MiB)."""
     points = new.axes.size * POINT_NBYTES
-    tensors = [t for d in (new.x, new.y or {}) for t in d.values()]
+    # sizes from the weights of directions drawn when read (numerics.directions.SeededDirection)
+    tensors = [t for d in (new.x, new.y or {}) for t in getattr(d, "weights", d).values()]
     directions = sum(t.numel() * 4 for t in tensors)  # stored as float32
+    if (new.info or {}).get(f"/{DIRECTIONS}@{A_STORE}") == "seed":  # a name and 32 bytes an axis a tensor
+        directions = sum(len(k) + 64 for k in new.x)
     axes = 8 * (len(new.axes.x) + (len(new.axes.y) if new.axes.y is not None else 0))
     extra = sum(np.asarray(v).nbytes for k, v in new.info.items() if str(k).startswith("/"))
     text = sum(len(str(v)) for v in new.info.values()) + len(new.spec.to_json())
@@ -793,10 +799,13 @@ def _paths(f, where: str) -> None:
 def _directions(f, where: str) -> None:
     """directions/x and directions/y (where the file is 2-D): groups of float datasets, each stored
     whole (the writer allocates them in full: a chunked dataset declaring more than the file
-    holds is refused before it is read)."""
+    holds is refused before it is read); or, stored as a seed, what `seed_record` reads."""
     import h5py
 
     group = f.get(DIRECTIONS)
+    if isinstance(group, h5py.Group) and A_STORE in group.attrs:
+        seed_record(f, where)
+        return
     if not isinstance(group, h5py.Group) or not isinstance(group.get("x"), h5py.Group):
         raise UserError(f"{where}: group {DIRECTIONS}/x is missing; expected the directions")
     for axis in ("x", "y"):
@@ -814,6 +823,76 @@ def _directions(f, where: str) -> None:
             if d.id.get_storage_size() < declared:
                 raise UserError(f"{where}: dataset {label} declares {declared:,} bytes and the file holds "
                                 f"{d.id.get_storage_size():,} of them; expected a direction stored whole")
+
+
+@dataclass
+class SeedRecord:
+    """What a surface file made with directions.store = "seed" records of its directions."""
+    seed: int
+    scheme: str
+    norm: str
+    ignore: str
+    orthogonal_coef: float | None  # y = y - coef * x, tensor by tensor; None: not made orthogonal
+    same_dir: bool  # y = x
+    names: list[str]
+    sha256: np.ndarray  # uint8 (tensors, axes, 32): x's and (on a 2-D surface) y's digests
+
+
+SEED_NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
+
+
+def seed_record(f, where: str) -> SeedRecord | None:
+    """The seed record of a file's directions, None where they are stored whole; UserError
+    (one line) for a record that is not what the writer makes (every field checked: a received
+    file is untrusted)."""
+    import h5py
+
+    group = f.get(DIRECTIONS)
+    if not isinstance(group, h5py.Group) or A_STORE not in group.attrs:
+        return None
+    attrs = group.attrs
+    label = f"{where}: {DIRECTIONS}"
+
+    def attr(name, kinds, expected):
+        value = attrs.get(name)
+        value = value.item() if isinstance(value, np.generic) else value
+        value = value.decode() if isinstance(value, bytes) else value
+        if not isinstance(value, kinds) or isinstance(value, bool) is not (bool in kinds):
+            raise UserError(f"{label} attribute {name} is {shown(repr(value))[:80]}; expected {expected}")
+        return value
+
+    if attr(A_STORE, (str,), '"seed"') != "seed":
+        raise UserError(f"{label} attribute {A_STORE} is {shown(repr(attrs.get(A_STORE)))[:80]}; expected \"seed\"")
+    seed = attr("seed", (int,), "an integer seed")
+    if not 0 <= seed < 2**64:
+        raise UserError(f"{label} attribute seed is {seed}; expected an integer from 0 to 2**64 - 1")
+    norm, ignore = attr("norm", (str,), "a norm"), attr("ignore", (str,), '"biasbn" or "none"')
+    if norm not in SEED_NORMS or ignore not in ("biasbn", "none"):
+        raise UserError(f"{label} attributes norm, ignore are {shown(norm)[:40]}, {shown(ignore)[:40]}; expected one "
+                        f"of {', '.join(SEED_NORMS)} and biasbn or none")
+    coef = attrs.get("orthogonal_coef")
+    if coef is not None:
+        coef = attr("orthogonal_coef", (float,), "a number")
+        if not np.isfinite(coef):
+            raise UserError(f"{label} attribute orthogonal_coef is {coef}; expected a finite number")
+    same = attr("same_dir", (bool,), "true or false")
+    names_d = _dataset(group, SEED_NAMES, label, required=True)
+    sha_d = _dataset(group, SEED_SHA, label, required=True)
+    if names_d.ndim != 1 or names_d.dtype.kind != "S" or names_d.dtype.itemsize > 4096 or len(names_d) > 1 << 20:
+        raise UserError(f"{label}/{SEED_NAMES} has shape {names_d.shape}, dtype {shown(names_d.dtype)}; expected "
+                        "one name a tensor")
+    if sha_d.dtype != np.uint8 or sha_d.ndim != 3 or sha_d.shape[0] != len(names_d) or sha_d.shape[1] not in (1, 2) \
+            or sha_d.shape[2] != 32:
+        raise UserError(f"{label}/{SEED_SHA} has shape {sha_d.shape}, dtype {shown(sha_d.dtype)}; expected "
+                        f"({len(names_d)}, 1 or 2, 32) bytes")
+    try:
+        names = [n.decode() for n in np.asarray(names_d)]
+    except UnicodeDecodeError:
+        raise UserError(f"{label}/{SEED_NAMES} is not UTF-8 text; expected tensor names") from None
+    if len(set(names)) != len(names):
+        raise UserError(f"{label}/{SEED_NAMES} names a tensor twice; expected one name a tensor")
+    return SeedRecord(seed, attr("scheme", (str,), "the drawing scheme's description"), norm, ignore, coef, same,
+                      names, np.asarray(sha_d))
 
 
 def _dir_file(f, where: str) -> None:

@@ -548,6 +548,24 @@ def stored_directions(f_or_path):
     yield _LazyDirection(g["x"]), (_LazyDirection(g["y"]) if "y" in g else None)
 
 
+def stored_seed(f_or_path) -> tuple[ff.SeedRecord, dict[str, str]] | None:
+    """(the seed record, the versions that made the file) of a surface file whose directions are
+    stored as a seed (directions.store = "seed"); None where they are stored whole."""
+    if isinstance(f_or_path, (str, Path)):
+        with ff.open_h5(f_or_path, "r") as f:
+            return stored_seed(f)
+    f = f_or_path
+    record = ff.seed_record(f, f.filename)
+    if record is None:
+        return None
+    try:
+        versions = json.loads(_plain(f.attrs.get(ff.A_VERSIONS)) or "{}")
+    except ValueError:
+        versions = {}
+    versions = {str(k): ff.shown(str(v))[:40] for k, v in versions.items()} if isinstance(versions, dict) else {}
+    return record, versions
+
+
 class _LazyDirection:
     """{name: float32 array} over a directions group, each read when asked for."""
 
@@ -632,6 +650,11 @@ def read_direction_file(path: str, shapes: dict[str, tuple[int, ...]], two: bool
     except OSError as exc:
         raise UserError(f"{field}: {path} is not an HDF5 file ({exc})") from None
     with f:
+        seeded = ff.seed_record(f, f"{field}: {path}")
+        if seeded is not None:
+            raise UserError(f'{field}: {path} records its directions as a seed (directions.store = "seed"), not '
+                            f'as tensors; the same directions are kind = "random" with seed = {seeded.seed} and '
+                            f'norm = "{seeded.norm}" on the same model')
         if "directions" in f:
             groups = [f["directions"].get("x"), f["directions"].get("y")]
             read = lambda g: {k: np.asarray(g[k], dtype=np.float32) for k in wanted if k in g}

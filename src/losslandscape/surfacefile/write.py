@@ -118,7 +118,8 @@ def create(f: h5py.File, axes: GridAxes, spec_json: str, ident: dict[str, Any], 
     if axes.y is not None:
         f.create_dataset(ff.Y, data=axes.y)
     create_values(f, axes.shape, ff.parse_values((extra_attrs or {}).get(ff.A_VALUES)))
-    _write_directions(f, x, y)
+    if not seeded(extra_attrs):  # else the extra attributes hold the seed record (run/makedirections.seed_record)
+        _write_directions(f, x, y)
     f.attrs[ff.A_FORMAT] = FORMAT
     f.attrs[ff.A_VERSION] = FORMAT_VERSION
     f.attrs[ff.A_SPEC] = spec_json
@@ -148,6 +149,11 @@ def create_values(f: h5py.File, shape: tuple[int, ...], values: tuple[str, ...] 
             f.create_dataset(value_name(split, value), shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early())
         f.create_dataset(done_name(split), shape=shape, dtype="u1", fillvalue=0, dcpl=dcpl_early())
     f.create_dataset(ff.POINT_SECONDS, shape=shape, dtype="f8", fillvalue=np.nan, dcpl=dcpl_early())
+
+
+def seeded(info: dict | None) -> bool:
+    """Whether a new file's attributes record its directions as a seed (directions.store = "seed")."""
+    return (info or {}).get(f"/{ff.DIRECTIONS}@{ff.A_STORE}") == "seed"
 
 
 def _write_directions(f: h5py.File, x, y) -> None:
@@ -199,7 +205,7 @@ def check_structure(f: h5py.File, path: str | Path) -> None:
         for name in [value_name(split, v) for v in values] + [done_name(split)]:
             if name not in f or f[name].shape != shape:
                 raise UserError(f"output.surface: {path} is damaged: dataset {name!r} is missing or not {shape}")
-    if ff.DIRECTIONS not in f or "x" not in f[ff.DIRECTIONS]:
+    if ff.DIRECTIONS not in f or ("x" not in f[ff.DIRECTIONS] and ff.A_STORE not in f[ff.DIRECTIONS].attrs):
         raise UserError(f"output.surface: {path} is damaged: it holds no directions")
 
 
