@@ -124,6 +124,7 @@ def test_the_torch_stamp_follows_torch_spec_and_a_second_install_does_nothing(tm
     assert [p.read_text().strip() for p in venv.glob(".torch*")] == [DEFAULT_TORCH]
 
 
+@pytest.mark.slow  # runs make twice and collects the suite
 @needs_make
 def test_make_test_runs_three_processes_and_make_check_leaves_the_slow_tier_out(tmp_path):
     venv = fake_venv(tmp_path)

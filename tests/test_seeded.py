@@ -163,6 +163,7 @@ def test_a_tensor_drawn_differently_stops_the_resume_in_one_line(made, tmp_path)
     assert sha(path) == before
 
 
+@pytest.mark.slow  # a command line a field
 @pytest.mark.parametrize("bad, words", [
     (("attr", "seed", "seven"), "attribute seed is 'seven'; expected an integer seed"),
     (("attr", "norm", "sideways"), "attributes norm, ignore are sideways, biasbn"),
@@ -196,6 +197,7 @@ def test_every_other_kind_says_in_one_line_why_it_needs_a_file(kind, tmp_path):
         specs.check(specs.from_dict(table))
 
 
+@pytest.mark.slow  # a command line
 def test_a_seed_file_is_not_a_direction_file(made, tmp_path):
     proc = surface(job(tmp_path, made["seed"].parent / "model.pt", "other", "file", kind="file",
                        file=str(made["seed"])))

@@ -252,6 +252,7 @@ def write_toml(path: Path, ckpt: Path, surface: Path, grid_x: str, grid_y: str, 
     return write_job(path, ckpt, surface, grid_x, grid_y, max_samples, unit=2, splits=("train",), threads=1)
 
 
+@pytest.mark.slow  # a command line a value, seconds each
 @pytest.mark.parametrize("override, key", [
     ("--grid.x=1:0:5", "grid.x"), ("--grid.x=a:b", "grid.x"), ("--grid.y=-1:1:0", "grid.y"),
     ("--directions.norm=banana", "directions.norm"), ("--evaluation.batch_size=-1", "evaluation.batch_size"),

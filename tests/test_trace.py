@@ -116,6 +116,7 @@ def test_the_trace_is_within_one_percent_for_100_products_and_its_error_is_cover
         assert abs(t.trace - exact) <= 3 * t.stderr, (seed, t.trace, exact, t.stderr)
 
 
+@pytest.mark.slow  # 80 Lanczos runs
 def test_the_density_is_within_one_and_a_half_percent_of_the_spectrum_in_wasserstein_distance(case):
     """The spectral density `hessian --centre` stores (stochastic Lanczos quadrature, 4 probes of
     30 steps) against the dense eigenvalues: the Wasserstein-1 distance between its quadrature

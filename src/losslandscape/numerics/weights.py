@@ -2,8 +2,9 @@
 
 The moved tensors (`directions.moved_tensors`: live parameters or state entries) are set from
 a copy of their base point and the two directions, never rebuilt or copied from the host per
-point. Weights stored in bf16/fp16 keep a float32 base and float32 directions: a point's
-weights are computed in float32 and rounded once, never `bf16 weight + small step`.
+point. Weights stored in bf16/fp16 keep their base in their own dtype and float32 directions:
+a point's weights are computed in float32 from the base (exact in float32) and rounded once,
+never `bf16 weight + small step`.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ class WeightMover:
         """Take the directions ({name: tensor}, read one name at a time) and copy the base point:
         the tensors must be at their base point (they are until the first move)."""
         with torch.no_grad():
-            if self.base is None:
-                # a float32 base for bf16/fp16 weights: each point is computed in float32, rounded once
-                self.base = [t.detach().float() if low else t.detach().clone() for t, low in zip(self.live, self.low)]
-            # empty_like keeps each tensor's memory format, so the in-place update stays cheap
-            self.dx = [torch.empty_like(t).copy_(x[k]) for k, t in zip(self.names, self.base)]
-            self.dy = [torch.empty_like(t).copy_(y[k]) for k, t in zip(self.names, self.base)] if y is not None else None
+            if self.base is None:  # in the weights' own dtype: bf16 is exact in float32, where a point is computed
+                self.base = [t.detach().clone() for t in self.live]
+            # empty_like keeps each tensor's memory format, so the in-place update stays cheap; float32 for
+            # bf16/fp16 weights (a step is computed in float32), the weights' dtype otherwise
+            self.dx = [self._direction(t, low).copy_(x[k]) for k, t, low in zip(self.names, self.base, self.low)]
+            self.dy = ([self._direction(t, low).copy_(y[k]) for k, t, low in zip(self.names, self.base, self.low)]
+                       if y is not None else None)
+
+    @staticmethod
+    def _direction(base: torch.Tensor, low: bool) -> torch.Tensor:
+        return torch.empty_like(base, dtype=torch.float32) if low else torch.empty_like(base)
 
     @torch.no_grad()
     def move_to(self, a: float, b: float = 0.0) -> None:
@@ -56,7 +62,7 @@ class WeightMover:
                 torch._foreach_add_(self.live, self.dy, alpha=b)
             return
         for i, (live, base) in enumerate(zip(self.live, self.base)):
-            w = base.clone() if self.low[i] else live.copy_(base)
+            w = base.float() if self.low[i] else live.copy_(base)  # float() of bf16: a float32 copy
             if a != 0.0:
                 w.add_(self.dx[i], alpha=a)
             if self.dy is not None and b != 0.0:
