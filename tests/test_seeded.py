@@ -246,7 +246,8 @@ def test_hessian_maps_of_a_seed_file_equal_those_of_the_file(made, tmp_path):
 
 def test_a_gpt2_small_shaped_surface_file_is_under_a_megabyte(tmp_path):
     """GPT-2-small's 148 tensors (12 blocks, its names), at a width of 16: the seed file's size
-    depends on the tensors' count and names only, not on their sizes."""
+    depends on the tensors' count and names only, not on their sizes. The weights the Python
+    interface keeps beside it hold its tied head once."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import losslandscape as ll
@@ -260,6 +261,11 @@ def test_a_gpt2_small_shaped_surface_file_is_under_a_megabyte(tmp_path):
     assert s.train_loss.shape == (2, 2) and np.isfinite(s.train_loss).all()
     size = (tmp_path / "g.h5").stat().st_size
     assert size < 1 << 20, size
+    # the weights the Python call keeps beside it: written once, the tied lm_head with the embedding
+    unique = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert (tmp_path / "g.h5.model.pt").stat().st_size < unique + (64 << 10)
     with h5py.File(tmp_path / "g.h5", "r") as f:
         assert len(f["directions/names"]) == 148 and "x" not in f["directions"]
 
@@ -285,3 +291,47 @@ def test_array_tasks_draw_them_again_and_their_merge_equals_one_process(made, tm
     want = values(made["seed"])
     for k, v in values(prep.path).items():
         np.testing.assert_allclose(v, want[k], rtol=1e-6, atol=0)
+
+
+def test_no_direction_held_gives_the_same_bits_and_never_a_whole_direction(made, tmp_path, monkeypatch):
+    """evaluation.hold_directions = false: each tensor's direction drawn again at every move, in
+    blocks of rows: the same values, bit for bit, as the directions held; no draw larger than a
+    block, making the file or moving, and the held-direction lists stay empty."""
+    from losslandscape.numerics import directions as dirs
+    from losslandscape.numerics import weights as weights_module
+    from losslandscape.run.driver import run_serial
+    from losslandscape.run.work import SurfaceWork
+
+    monkeypatch.setattr(dirs, "BLOCK", 4096)  # small blocks: every weight tensor in several
+    largest = []
+    stream = dirs._stream
+
+    class Counted:  # the tensor's numpy stream, counting the values of each draw
+        def __init__(self, *args):
+            self.rng = stream(*args)
+
+        def standard_normal(self, size, dtype):
+            largest.append(int(np.prod(size)))
+            return self.rng.standard_normal(size, dtype=dtype)
+
+    monkeypatch.setattr(dirs, "_stream", Counted)
+    movers = []
+    monkeypatch.setattr(weights_module.WeightMover, "stream_directions",
+                        lambda self, make, f=weights_module.WeightMover.stream_directions: (movers.append(self),
+                                                                                            f(self, make))[1])
+    spec = specs.load(job(tmp_path, made["seed"].parent / "model.pt", "seed", "seed", orthogonal=True, seed=7),
+                      {"evaluation.hold_directions": "false"})
+    assert run_serial(SurfaceWork(spec)) == 0
+    want, got = values(made["seed"]), values(tmp_path / "seed.h5")
+    for k in want:
+        assert np.array_equal(want[k], got[k]), k
+    assert movers and all(m.dx is None and m.dy is None for m in movers)
+    # the largest weight tensor has 36,864 elements: every draw, making the file and moving, is a block
+    assert len(largest) > 1000 and max(largest) <= 4096, max(largest)
+
+
+def test_holding_no_direction_needs_a_seed():
+    table = {"model": {"name": "resnet20"}, "data": {"name": "digits"}, "grid": {"x": GRID},
+             "evaluation": {"hold_directions": False}}
+    with pytest.raises(UserError, match=r'^evaluation.hold_directions: false needs directions.store = "seed" '):
+        specs.check(specs.from_dict(table))

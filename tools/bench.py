@@ -14,9 +14,11 @@ Dataset each time they are read; our surface verb (data outer, points inner, a u
 points: the data read once per unit) against the original code's way (a full loader pass per
 point) and against the same images as in-memory tensors, 4x4 grid.
 
-Memory (`memory`): peak resident memory of a surface run on a GPT-2-small-sized model
-(about 124M parameters, random init, a few short sequences, CPU) as a multiple of its
-weights' bytes.
+Memory (`memory`): peak resident memory of a surface run above an idle process with the same
+imports, as a multiple of the weights' bytes, on language models built by their own factories
+(random init, a few short sequences, CPU): a GPT-2-small-sized model in float32 with the
+directions held, in bf16 with seeded directions held nowhere, and a Llama-shaped model of
+about 1B parameters in bf16 the same way; and the seconds a point spends moving weights.
 
 The coordinator (`coordinator`): the real MPI coordinator with 16, 64 and 256 stand-in workers
 without a model (coordsim.py) under mpirun --oversubscribe: requests/s, its CPU per request,
@@ -213,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
           f"so one read per unit can gain at most {st['ceiling_over_per_point_pass']:.2f}x")
     if "memory" in results:
         m = results["memory"]
-        print(f"Memory: {m['parameters'] / 1e6:.0f}M parameters ({m['weights_mib']:.0f} MiB of weights): peak "
-              f"resident {m['peak_rss_mib']:.0f} MiB = {m['peak_over_weights']:.2f}x the weights "
-              f"(the Python, torch and transformers floor alone: {m['floor_rss_mib']:.0f} MiB; "
-              f"above it: {m['above_floor_over_weights']:.2f}x; goal <= 4)")
+        for name, r in m["runs"].items():
+            print(f"Memory, {name}: {r['parameters'] / 1e6:.0f}M parameters, {r['weights_mib']:.0f} MiB of weights; "
+                  f"peak {r['peak_rss_mib']:.0f} MiB, {r['above_floor_over_weights']:.2f}x the weights above the "
+                  f"{m['floor_rss_mib']:.0f} MiB of an idle process (goal <= 2.5 with none held); file "
+                  f"{r['file_bytes'] / 1024:.0f} KiB; {r['seconds']:.0f} s")
+        p = m["gpt2_bf16_point"]
+        print(f"A point of the bf16 GPT-2: {p['move_s']:.1f} s moving the weights (directions drawn again), "
+              f"{p['forward_s']:.1f} s of forward passes")
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
@@ -412,22 +418,44 @@ def bench_streamed(work: Path, ckpt: Path, model: torch.nn.Module, grid: str = "
             "grid": f"{grid} x {grid}"}
 
 
-GPT2_FACTORY = """
+LM_FACTORY = """
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-def model():
+def gpt2():
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config())  # GPT-2 small's shape: 124M parameters
+    return GPT2LMHeadModel(GPT2Config())  # GPT-2 small's shape: 124M parameters, float32
 
-def data(split):
+def gpt2_bf16():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel._from_config(GPT2Config(), dtype=torch.bfloat16)  # built in bf16
+
+def llama_bf16():
+    torch.manual_seed(0)  # Llama's shape at about 1B parameters (16 blocks of width 2048, untied head)
+    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
+                         num_key_value_heads=16, vocab_size=32000, max_position_embeddings=64)
+    return LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+
+def data(split, vocab=50257, n=4, length=32):
     gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 50257, (4, 32), generator=gen)
-    return [{"input_ids": ids[i:i + 2], "labels": ids[i:i + 2]} for i in (0, 2)]
+    ids = torch.randint(0, vocab, (n, length), generator=gen)
+    return [{"input_ids": ids[i:i + 2], "labels": ids[i:i + 2]} for i in range(0, n, 2)]
 
-def idle():
-    import transformers  # the floor: interpreter, torch and transformers, no model
+def short(split):  # a few short sequences: bf16 arithmetic is slow on a CPU without it
+    return data(split, vocab=32000, n=2, length=8)
+
+def idle():  # the floor: the interpreter, torch and the models' code, no model
+    import transformers.models.gpt2.modeling_gpt2, transformers.models.llama.modeling_llama
 """
+
+# (name, factory, data, the weights' bytes a parameter, extra options)
+MEMORY_RUNS = (
+    ("GPT-2 small, float32, directions held", "lmbench:gpt2", "lmbench:data", 4, []),
+    ("GPT-2 small, bf16, seed, none held", "lmbench:gpt2_bf16", "lmbench:data", 2,
+     ["--directions.store=seed", "--evaluation.hold_directions=false"]),
+    ("Llama-shaped 1B, bf16, seed, none held", "lmbench:llama_bf16", "lmbench:short", 2,
+     ["--directions.store=seed", "--evaluation.hold_directions=false"]),
+)
 
 
 def _peak_rss_mib(cmd: list[str], env: dict) -> tuple[float, str]:
@@ -444,19 +472,52 @@ def _peak_rss_mib(cmd: list[str], env: dict) -> tuple[float, str]:
 
 
 def bench_memory(work: Path) -> dict:
-    """Peak resident memory of a 2x2 surface on a ~124M-parameter GPT-2, against its weights."""
-    (work / "gpt2big.py").write_text(GPT2_FACTORY)
+    """Peak resident memory of a 2x2 surface of language models, CPU, against their weights'
+    bytes, above an idle process with the same imports; and for the bf16 GPT-2, the seconds a
+    point spends moving its weights (directions drawn again) against its forward passes."""
+    (work / "lmbench.py").write_text(LM_FACTORY)
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), PYTHONPATH=str(work))
-    floor, _ = _peak_rss_mib([sys.executable, "-c", "import torch, losslandscape.frontends.cli, gpt2big; gpt2big.idle()"], env)
-    cmd = [sys.executable, "-m", "losslandscape", "surface", "--model.name=gpt2big:model", "--data.name=gpt2big:data",
-           "--evaluation.loss=model", "--grid.x=-1:1:2", "--grid.y=-1:1:2", "--evaluation.device=cpu",
-           f"--output.surface={work / 'gpt2.h5'}", "--directions.ignore=biasbn"]
-    peak, _ = _peak_rss_mib(cmd, env)
-    with h5py.File(work / "gpt2.h5", "r") as f:
-        params = sum(int(np.prod(d.shape)) for d in f["directions/x"].values())
-    weights = params * 4 / 2**20
-    return {"parameters": params, "weights_mib": weights, "peak_rss_mib": peak, "floor_rss_mib": floor,
-            "peak_over_weights": peak / weights, "above_floor_over_weights": (peak - floor) / weights}
+    floor, _ = _peak_rss_mib([sys.executable, "-c", "import torch, losslandscape.frontends.cli, lmbench; lmbench.idle()"],
+                             env)
+    out = {"floor_rss_mib": floor, "runs": {}}
+    for k, (name, model, data, nbytes, extra) in enumerate(MEMORY_RUNS):
+        path = work / f"lm{k}.h5"
+        cmd = [sys.executable, "-m", "losslandscape", "surface", f"--model.name={model}", f"--data.name={data}",
+               "--evaluation.loss=model", "--grid.x=-1:1:2", "--grid.y=-1:1:2", "--evaluation.device=cpu",
+               f"--output.surface={path}", "--directions.ignore=biasbn", *extra]
+        start = time.perf_counter()
+        peak, err = _peak_rss_mib(cmd, env)
+        params = int(re.search(r"of ([\d,]+) parameters", err).group(1).replace(",", ""))
+        weights = params * nbytes / 2**20
+        out["runs"][name] = {"parameters": params, "weights_mib": weights, "peak_rss_mib": peak,
+                             "above_floor_over_weights": (peak - floor) / weights, "file_bytes": path.stat().st_size,
+                             "seconds": time.perf_counter() - start}
+    out["gpt2_bf16_point"] = _move_and_forward(work)
+    return out
+
+
+def _move_and_forward(work: Path) -> dict:
+    """Seconds of one move of the bf16 GPT-2's weights to (1, 1), both directions drawn again
+    block by block, against the forward passes of the point's data, in this process."""
+    from losslandscape.numerics import directions as dirs
+    from losslandscape.numerics.weights import WeightMover
+
+    sys.path.insert(0, str(work))
+    import lmbench  # noqa: PLC0415 (written above)
+
+    model = lmbench.gpt2_bf16().eval()
+    mover = WeightMover({k: p for k, p in model.named_parameters() if p.dim() > 1})
+    mover.stream_directions(lambda base: (dirs.SeededDirection(base, 0, 0, "filter", "biasbn"),
+                                          dirs.SeededDirection(base, 0, 1, "filter", "biasbn")))
+    start = time.perf_counter()
+    mover.move_to(1.0, 1.0)
+    move = time.perf_counter() - start
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in lmbench.data("train"):
+            model(**batch)
+    forward = time.perf_counter() - start
+    return {"move_s": move, "forward_s": forward}
 
 
 if __name__ == "__main__":

@@ -152,6 +152,8 @@ class Evaluation:
     """grid points per work unit (and per flush of the surface file); auto = sized by the MPI coordinator from its number of workers, the points left and the seconds a point takes (4 in one process)."""
     cache_bytes: int = field(default=1 << 30, metadata=AT_LEAST_0)
     """streamed data (a DataLoader, a Dataset, data.name = "module:function"): host memory per process for a unit's batches, read once a unit; where they fit, the weights move once per point, else once per batch per point (data outer, points inner). 0 = never hold them."""
+    hold_directions: bool = True
+    """hold both directions in memory (fast); false (with directions.store = "seed"): hold none, each tensor's direction drawn again, block by block, while it moves at every point: memory near the weights' own (the live weights and their base), at the cost of drawing at every point."""
 
 
 @dataclass
@@ -484,6 +486,9 @@ NOT_SEEDED = {"interpolate": "its direction is the difference of two checkpoints
 
 def _check_directions(spec: Spec) -> None:
     d = spec.directions
+    if not spec.evaluation.hold_directions and d.store != "seed":
+        raise UserError('evaluation.hold_directions: false needs directions.store = "seed" (directions stored in '
+                        "the file would be read again at every point); set both, or leave it true")
     if d.store == "seed" and d.kind != "random":
         raise UserError(f'directions.store: "seed" is for random directions; kind = "{d.kind}" needs "file" '
                         f"({NOT_SEEDED[d.kind]}, not drawn from a seed)")

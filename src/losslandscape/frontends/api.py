@@ -399,7 +399,15 @@ def _save_weights(model: torch.nn.Module, out: Path, tag: str, written: list[Pat
     """The model's state dict beside the surface file. Never replaced under an existing surface:
     other weights there mean another surface, which is refused in one line."""
     path = out.with_name(f"{out.name}.{tag}.pt")
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # on the CPU once per distinct tensor, without a copy where it is there already: tied weights
+    # (a language model's lm_head and its embedding) stay one tensor, which torch.save writes once
+    once: dict[tuple, torch.Tensor] = {}
+    state = {}
+    for k, v in model.state_dict().items():
+        key = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype)
+        if key not in once:
+            once[key] = v.detach().cpu()
+        state[k] = once[key]
     if path.exists():
         try:
             old = torch.load(path, map_location="cpu", weights_only=True)

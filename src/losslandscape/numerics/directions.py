@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import hashlib
+import math
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
@@ -101,12 +102,18 @@ SCHEME = ("numpy PCG64, one stream a tensor and axis: SeedSequence([seed, axis (
           "(numpy's ziggurat), then normalised against the tensor's float32 weights on the CPU")
 
 
+def _stream(name: str, seed: int, axis: int) -> np.random.Generator:
+    words = np.frombuffer(hashlib.sha256(name.encode()).digest()[:16], dtype="<u4").tolist()
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(axis), *words])))
+
+
 def drawn(name: str, shape: tuple[int, ...] | torch.Size, seed: int, axis: int) -> torch.Tensor:
     """The raw Gaussian draw of one tensor of one axis (`SCHEME`): the same bits on every
     process and platform with the same numpy, whatever else is drawn, in any order."""
-    words = np.frombuffer(hashlib.sha256(name.encode()).digest()[:16], dtype="<u4").tolist()
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(axis), *words])))
-    return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+    return torch.from_numpy(_stream(name, seed, axis).standard_normal(tuple(shape), dtype=np.float32))
+
+
+BLOCK = 1 << 18  # elements of a direction drawn at a time when no whole direction is held (1 MiB)
 
 
 def normalize_tensor(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> torch.Tensor:
@@ -164,6 +171,27 @@ class SeededDirection(Mapping):
             d.sub_(self.along[name], alpha=self.coef)
         return d
 
+    def blocks(self, name: str, size: int = 0) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The tensor's direction as (start, stop, rows start:stop along dim 0) of about `size`
+        elements each (0: `BLOCK`), drawn one block after the other from the tensor's stream: the same bits as
+        `self[name]`, without the whole direction in memory. Tensors of fewer than 2 dimensions
+        and norms over the whole tensor ("layer", "dlayer") come whole, in one block."""
+        w = self.weights[name]
+        if w.dim() < 2 or self.norm in ("layer", "dlayer"):
+            yield 0, (w.shape[0] if w.dim() else 1), self[name]
+            return
+        rng = _stream(name, self.seed, self.axis)
+        size = size or BLOCK
+        rows = max(1, size // max(1, math.prod(w.shape[1:])))
+        along = self.along.blocks(name, size) if self.along is not None else None
+        for start in range(0, w.shape[0], rows):
+            stop = min(start + rows, w.shape[0])
+            d = torch.from_numpy(rng.standard_normal((stop - start, *w.shape[1:]), dtype=np.float32))
+            normalize_tensor(d, w[start:stop], self.norm, self.ignore)  # row by row: a block's rows alone
+            if along is not None:
+                d.sub_(next(along)[2], alpha=self.coef)
+            yield start, stop, d
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.weights)
 
@@ -174,13 +202,24 @@ class SeededDirection(Mapping):
 DOT_CHUNK = 1 << 20  # elements per float64 slice: a large embedding never needs a whole float64 copy
 
 
-def dot(a: Direction, b: Direction) -> float:
-    """The float64 dot product of two directions over all their tensors."""
+def pieces(d: Mapping[str, torch.Tensor], name: str, like: Mapping | None = None) -> Iterator[torch.Tensor]:
+    """Tensor `name` of a direction, in C order: block by block where it is drawn when read
+    (`SeededDirection.blocks`, and `like` too, so that two directions' blocks align), else whole."""
+    if hasattr(d, "blocks") and (like is None or hasattr(like, "blocks")):
+        for _, _, block in d.blocks(name):
+            yield block
+    else:
+        yield d[name]
+
+
+def dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """The float64 dot product of two directions over all their tensors (drawn ones block by block)."""
     total = torch.zeros((), dtype=torch.float64)
     for k in a:
-        x, y = a[k].reshape(-1), b[k].reshape(-1)
-        for s in range(0, x.numel(), DOT_CHUNK):
-            total += torch.dot(x[s:s + DOT_CHUNK].double(), y[s:s + DOT_CHUNK].double()).cpu()
+        for x, y in zip(pieces(a, k, b), pieces(b, k, a)):
+            x, y = x.reshape(-1), y.reshape(-1)
+            for s in range(0, x.numel(), DOT_CHUNK):
+                total += torch.dot(x[s:s + DOT_CHUNK].double(), y[s:s + DOT_CHUNK].double()).cpu()
     return float(total)
 
 
@@ -190,10 +229,14 @@ def cosine(a: Direction, b: Direction) -> float:
 
 def dots(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor]) -> tuple[float, float, float]:
     """(x.x, x.y, y.y) in float64, in one pass over the tensors (each drawn once)."""
-    xx = xy = yy = 0.0
+    sums = torch.zeros(3, dtype=torch.float64)
     for k in x:
-        a, b = {k: x[k]}, {k: y[k]}
-        xx, xy, yy = xx + dot(a, a), xy + dot(a, b), yy + dot(b, b)
+        for a, b in zip(pieces(x, k, y), pieces(y, k, x)):
+            a, b = a.reshape(-1), b.reshape(-1)
+            for s in range(0, a.numel(), DOT_CHUNK):
+                u, v = a[s:s + DOT_CHUNK].double(), b[s:s + DOT_CHUNK].double()
+                sums += torch.stack([torch.dot(u, u), torch.dot(u, v), torch.dot(v, v)]).cpu()
+    xx, xy, yy = sums.tolist()
     return xx, xy, yy
 
 
@@ -222,9 +265,13 @@ def interpolation_direction(start: dict[str, torch.Tensor], end: dict[str, torch
     return {k: (end[k].detach().float().cpu() - start[k].detach().float().cpu()) for k in start}
 
 
-def tensor_sha256(t: torch.Tensor) -> bytes:
-    """SHA-256 of one direction tensor's float32 bytes (C order): what store = "seed" records."""
-    return hashlib.sha256(t.detach().to("cpu", torch.float32).contiguous().numpy()).digest()
+def tensor_sha256(d: Mapping[str, torch.Tensor], name: str) -> bytes:
+    """SHA-256 of one tensor of a direction, its float32 bytes in C order (block by block where
+    it is drawn when read): what store = "seed" records."""
+    h = hashlib.sha256()
+    for piece in pieces(d, name):
+        h.update(piece.detach().to("cpu", torch.float32).contiguous().numpy())
+    return h.digest()
 
 
 def digest(*directions: Mapping[str, torch.Tensor] | None) -> str:
@@ -235,5 +282,6 @@ def digest(*directions: Mapping[str, torch.Tensor] | None) -> str:
             continue
         for k in sorted(d):
             h.update(k.encode())
-            h.update(d[k].detach().to(torch.float32).cpu().contiguous().numpy())  # its buffer, not a copy
+            for piece in pieces(d, k):
+                h.update(piece.detach().to(torch.float32).cpu().contiguous().numpy())  # its buffer, not a copy
     return h.hexdigest()

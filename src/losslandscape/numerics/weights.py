@@ -34,6 +34,7 @@ class WeightMover:
         self.base: list[torch.Tensor] | None = None
         self.dx: list[torch.Tensor] | None = None
         self.dy: list[torch.Tensor] | None = None
+        self.sx = self.sy = None  # directions drawn block by block as each tensor moves (`stream_directions`)
 
     def set_directions(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None) -> None:
         """Take the directions ({name: tensor}, read one name at a time) and copy the base point:
@@ -47,6 +48,17 @@ class WeightMover:
             self.dy = ([self._direction(t, low).copy_(y[k]) for k, t, low in zip(self.names, self.base, self.low)]
                        if y is not None else None)
 
+    def stream_directions(self, make) -> None:
+        """Hold no whole direction: `make({name: base tensor})` gives (x, y or None), directions
+        whose `blocks(name)` yield (start, stop, rows start:stop of the tensor's direction) on the
+        CPU (directions.SeededDirection), drawn again at every move, block by block, while that
+        tensor moves. The base is copied here, in the weights' own dtype."""
+        with torch.no_grad():
+            if self.base is None:
+                self.base = [t.detach().clone() for t in self.live]
+            self.sx, self.sy = make(dict(zip(self.names, self.base)))
+            self.dx = self.dy = None
+
     @staticmethod
     def _direction(base: torch.Tensor, low: bool) -> torch.Tensor:
         return torch.empty_like(base, dtype=torch.float32) if low else torch.empty_like(base)
@@ -54,6 +66,9 @@ class WeightMover:
     @torch.no_grad()
     def move_to(self, a: float, b: float = 0.0) -> None:
         """Set the tensors to base + a*dx + b*dy, in place on the device."""
+        if self.sx is not None:
+            self._move_streamed(a, b)
+            return
         if not any(self.low):
             torch._foreach_copy_(self.live, self.base)
             if a != 0.0:
@@ -69,6 +84,25 @@ class WeightMover:
                 w.add_(self.dy[i], alpha=b)
             if self.low[i]:
                 live.copy_(w)  # float32 -> bf16/fp16: one rounding
+
+    def _move_streamed(self, a: float, b: float) -> None:
+        """move_to with directions drawn block by block: the same arithmetic, per block of rows
+        (base + a*dx, then + b*dy, in float32 for bf16/fp16 weights and rounded once)."""
+        for name, live, base, low in zip(self.names, self.live, self.base, self.low):
+            xs = self.sx.blocks(name) if a != 0.0 else None
+            ys = self.sy.blocks(name) if self.sy is not None and b != 0.0 else None
+            if xs is None and ys is None:
+                live.copy_(base)
+                continue
+            for parts in zip(*(blocks for blocks in (xs, ys) if blocks is not None)):
+                start, stop = parts[0][0], parts[0][1]
+                rows = (lambda t: t) if base.dim() == 0 else (lambda t: t[start:stop])
+                w = rows(base).float() if low else rows(base).clone()
+                steps = iter(parts)
+                for alpha, blocks in ((a, xs), (b, ys)):
+                    if blocks is not None:
+                        w.add_(next(steps)[2].to(w.device, w.dtype).view(w.shape), alpha=alpha)
+                rows(live).copy_(w)
 
     @torch.no_grad()
     def check_resolution(self, steps: dict[str, float], sample: int = 1 << 20) -> None:

@@ -155,7 +155,7 @@ class HessianWork:
         return Prepared(self.path, axes, todo, axes.size, created)
 
     def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
-        attach_directions(evaluator, f if f is not None else prep.directions_file)
+        attach_directions(evaluator, f if f is not None else prep.directions_file, self.spec.evaluation.hold_directions)
 
     def done(self, f) -> Done:
         return {"eig": ff.maps_done(f)}

@@ -64,15 +64,26 @@ def _has_conv(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
-def attach_directions(evaluator: PointEvaluator, f_or_path) -> None:
+def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True) -> None:
     """Give the evaluator the directions stored in a surface file (an open one, or a path),
     read tensor by tensor: the host never holds a whole direction besides the evaluator's.
     Directions stored as a seed are drawn again here, tensor by tensor, each checked against
-    the file's SHA-256 (`Redrawn`)."""
+    the file's SHA-256 (`Redrawn`); with `hold` false (evaluation.hold_directions) they are
+    checked once, block by block, and the evaluator draws them again at every move."""
     seeded = stored_seed(f_or_path)
     if seeded is not None:
         record, made_with = seeded
         where = f_or_path.filename if hasattr(f_or_path, "filename") else str(f_or_path)
+        if not hold:
+            def make(base):
+                x, y = redrawn(record, made_with, base, where)
+                for d in (x, y) if y is not None else (x,):
+                    d.check_blocks()
+                return x.direction, (None if y is None else y.direction)
+
+            evaluator.weights.stream_directions(make)
+            log.info("directions drawn again at every point, block by block (evaluation.hold_directions = false)")
+            return
         weights = dict(zip(evaluator.weights.names, evaluator.weights.live))
         evaluator.set_directions(*redrawn(record, made_with, weights, where))
         return
@@ -112,15 +123,24 @@ class Redrawn:
 
     def __getitem__(self, name: str) -> torch.Tensor:
         t = self.direction[name]
-        if dirs.tensor_sha256(t) != self.record.sha256[self.index[name], self.axis].tobytes():
-            now = versions()
-            raise UserError(
-                f"{self.where}: the {'xy'[self.axis]} direction of tensor {ff_shown(name)} drawn again from seed "
-                f"{self.record.seed} differs from the one the file was made with (SHA-256); made with numpy "
-                f"{self.made_with.get('numpy', '?')} and torch {self.made_with.get('torch', '?')}, drawn here with "
-                f"numpy {now['numpy']} and torch {now['torch']}; compute this surface where it was made, or make it "
-                'again with directions.store = "file"')
+        if dirs.tensor_sha256({name: t}, name) != self.record.sha256[self.index[name], self.axis].tobytes():
+            self._differs(name)
         return t
+
+    def check_blocks(self) -> None:
+        """Draw every tensor once, block by block (never a whole direction), and check its SHA-256."""
+        for name in self.direction:
+            if dirs.tensor_sha256(self.direction, name) != self.record.sha256[self.index[name], self.axis].tobytes():
+                self._differs(name)
+
+    def _differs(self, name: str) -> None:
+        now = versions()
+        raise UserError(
+            f"{self.where}: the {'xy'[self.axis]} direction of tensor {ff_shown(name)} drawn again from seed "
+            f"{self.record.seed} differs from the one the file was made with (SHA-256); made with numpy "
+            f"{self.made_with.get('numpy', '?')} and torch {self.made_with.get('torch', '?')}, drawn here with "
+            f"numpy {now['numpy']} and torch {now['torch']}; compute this surface where it was made, or make it "
+            'again with directions.store = "file"')
 
 
 class _Lazy:

@@ -86,7 +86,7 @@ def seed_record(d, x, y, coef: float | None) -> dict[str, Any]:
     sha = np.zeros((len(names), 1 if y is None else 2, 32), np.uint8)
     for i, k in enumerate(names):
         for a, direction in enumerate((x, y) if y is not None else (x,)):
-            sha[i, a] = np.frombuffer(dirs.tensor_sha256(direction[k]), np.uint8)
+            sha[i, a] = np.frombuffer(dirs.tensor_sha256(direction, k), np.uint8)
     record = {f"{g}@{ff.A_STORE}": "seed", f"{g}@seed": d.seed, f"{g}@scheme": dirs.SCHEME, f"{g}@norm": d.norm,
               f"{g}@ignore": d.ignore, f"{g}@same_dir": bool(d.same_dir), f"{g}/{ff.SEED_NAMES}": names,
               f"{g}/{ff.SEED_SHA}": sha}

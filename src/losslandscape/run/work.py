@@ -161,7 +161,8 @@ class SurfaceWork:
         return surface.prepare(Path(self.spec.output.surface), self.splits, created, notes, self.grid)
 
     def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
-        attach_directions(evaluator, f if f is not None and prep.directions_path is None else prep.directions_file)
+        attach_directions(evaluator, f if f is not None and prep.directions_path is None else prep.directions_file,
+                          self.spec.evaluation.hold_directions)
         if first:
             evaluator.check_resolution({k: _spacing(v) for k, v in (("x", prep.axes.x), ("y", prep.axes.y))
                                         if v is not None and len(v) > 1})
