@@ -188,6 +188,7 @@ def test_a_notebook_gets_a_progress_bar(trained, tmp_path, monkeypatch, capsys):
 
 
 
+@pytest.mark.slow  # a trajectory and Hessian maps
 def test_trajectories_and_hessian_maps_from_python(trained, tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))

@@ -216,6 +216,7 @@ def test_bad_input_is_one_line_and_leaves_the_file(surface_file, mapped, tmp_pat
     assert proc.returncode == 1 and "--samples: the eigenvalue maps of" in proc.stderr and sha(path) == before
 
 
+@pytest.mark.slow  # Lanczos on a trained model, seconds
 def test_hessian_directions_are_eigenvectors(surface_file, tmp_path):
     d = tmp_path
     (d / "tiny.py").write_text(TINY)
@@ -287,6 +288,7 @@ def test_a_killed_worker_then_a_rerun_equals_a_clean_run(surface_file, tmp_path)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # needs the maps computed
 def test_the_python_plot_draws_the_hessian_views_or_says_what_to_run(surface_file, mapped, tmp_path):
     import matplotlib
 

@@ -210,6 +210,7 @@ def test_resume_computes_only_missing_points_with_identical_values(trained, tmp_
     assert len(prepare(spec).pending) == 0
 
 
+@pytest.mark.slow  # three command lines
 def test_refused_resume_leaves_the_file_untouched(trained, tmp_path):
     spec = make_spec(tmp_path, trained["final"])
     assert run_serial(SurfaceWork(spec)) == 0

@@ -173,9 +173,9 @@ class SeededDirection(Mapping):
 
     def blocks(self, name: str, size: int = 0) -> Iterator[tuple[int, int, torch.Tensor]]:
         """The tensor's direction as (start, stop, rows start:stop along dim 0) of about `size`
-        elements each (0: `BLOCK`), drawn one block after the other from the tensor's stream: the same bits as
-        `self[name]`, without the whole direction in memory. Tensors of fewer than 2 dimensions
-        and norms over the whole tensor ("layer", "dlayer") come whole, in one block."""
+        elements each (0: `BLOCK`), drawn one block after the other from the tensor's stream:
+        the same bits as `self[name]`, without the whole direction in memory. Tensors of fewer
+        than 2 dimensions and norms over the whole tensor ("layer", "dlayer") come whole."""
         w = self.weights[name]
         if w.dim() < 2 or self.norm in ("layer", "dlayer"):
             yield 0, (w.shape[0] if w.dim() else 1), self[name]
