@@ -239,6 +239,21 @@ def test_gpt2_own_loss_and_token_cross_entropy_against_an_independent_loop(lm, t
     assert max(counts) < n_train
 
 
+def test_token_cross_entropy_on_labels_equal_to_the_inputs_is_a_warning(lm, tmp_path):
+    """Hugging Face's labels (the inputs themselves, -100 where ignored) with loss = "cross_entropy",
+    which scores position t against label t: one warning line naming the split and what to do;
+    next-token labels give none."""
+    warned = run_surface(lm, tmp_path / "hf.h5", "--model.name=anylm:model", "--data.name=anylm:data",
+                         "--data.input_keys=input_ids", "--evaluation.loss=cross_entropy", "--grid.x=-1:1:3")
+    assert warned.returncode == 0, warned.stderr
+    lines = [line for line in warned.stderr.splitlines() if "labels equal its input tokens" in line]
+    assert len(lines) == 1 and "train: its labels equal its input tokens" in lines[0]
+    assert 'give the next tokens as labels, or use loss = "model"' in lines[0]
+    quiet = run_surface(lm, tmp_path / "next.h5", "--model.name=anylm:model", "--data.name=anylm:next_data",
+                        "--grid.x=-1:1:3")
+    assert quiet.returncode == 0 and "labels equal its input tokens" not in quiet.stderr
+
+
 def test_gpt2_in_bf16_moves_by_a_step_smaller_than_its_rounding(lm, tmp_path):
     """bf16 weights: a point is computed in float32 from the float32 centre and rounded once. A step
     of 1e-3 (below bf16's relative precision for most weights) still moves the loss, and equals a

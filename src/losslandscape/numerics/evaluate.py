@@ -32,7 +32,7 @@ import torch
 
 from losslandscape.errors import UserError, one_line
 from losslandscape.inputs.batches import Batch, Source, input_dtype
-from losslandscape.inputs.losses import LossFunction, get_loss, is_causal_lm_name
+from losslandscape.inputs.losses import IGNORE_INDEX, LossFunction, cross_entropy, get_loss, is_causal_lm_name
 from losslandscape.numerics.fold import fold
 from losslandscape.numerics.weights import WeightMover
 
@@ -317,6 +317,7 @@ def probe(measurer: Measurer, first: dict[str, Batch]) -> tuple[str, ...]:
     has: ("loss", "acc") where the loss gives accuracy, else ("loss",)."""
     values = None
     for split, batch in first.items():
+        _warn_labels_are_inputs(measurer, batch, split)
         s, k, c = measurer.sums(batch, f"the first batch of {split} at the centre")
         if not torch.isfinite(torch.as_tensor(s)).all() and not torch.isnan(torch.as_tensor(s)).all():
             log.warning("the loss on the first batch of %s at the centre is %s", split, float(s))
@@ -327,6 +328,26 @@ def probe(measurer: Measurer, first: dict[str, Batch]) -> tuple[str, ...]:
             raise UserError("evaluation.loss: gives accuracy on one split and not on the other")
         values = has
     return values or ("loss", "acc")
+
+
+def _warn_labels_are_inputs(measurer: Measurer, batch: Batch, split: str) -> None:
+    """Token cross entropy scores position t against label t; labels equal to the input tokens
+    wherever they are scored (Hugging Face's convention, where a causal model shifts them itself)
+    would score every token against itself: a number, but not a language model's loss. One
+    warning line."""
+    if measurer.loss_fn is not cross_entropy:
+        return
+    targets = batch.targets
+    tokens = batch.kwargs.get("input_ids", batch.args[0] if batch.args else None)
+    if not (isinstance(targets, torch.Tensor) and isinstance(tokens, torch.Tensor) and targets.dim() >= 2
+            and targets.shape == tokens.shape and not tokens.is_floating_point()):
+        return
+    targets = targets.to(tokens.device)
+    scored = targets != IGNORE_INDEX  # labels ignored (padding, prompts) say nothing
+    if scored.any() and torch.equal(targets[scored], tokens[scored].to(targets.dtype)):
+        log.warning('%s: its labels equal its input tokens, and loss = "cross_entropy" scores each position '
+                    "against its own label, so every token is scored against itself; give the next tokens "
+                    'as labels, or use loss = "model" (the model shifts its labels itself)', split)
 
 
 class Totals:
