@@ -290,6 +290,11 @@ def test_a_step_below_the_bf16_resolution_is_a_warning_naming_a_range_that_resol
     with h5py.File(tmp_path / "wide.h5", "r") as f:
         loss = f["train_loss"][...]
     assert loss[0] != loss[1] and loss[2] != loss[1]
+    # with no direction held (drawn again at every move), the same warning from the first block drawn
+    streamed = run_surface(lm, tmp_path / "streamed.h5", "--model.name=anylm:model_bf16", "--data.name=anylm:data",
+                           "--evaluation.loss=model", "--grid.x=-1e-6:1e-6:3", "--directions.store=seed",
+                           "--evaluation.hold_directions=false")
+    assert streamed.returncode == 0 and "below the resolution" in streamed.stderr, streamed.stderr
     # float32 weights never warn
     plain = run_surface(lm, tmp_path / "fp32.h5", "--model.name=anylm:model", "--data.name=anylm:data",
                         "--evaluation.loss=model", "--grid.x=-1e-6:1e-6:3")

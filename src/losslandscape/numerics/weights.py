@@ -85,6 +85,14 @@ class WeightMover:
             if self.low[i]:
                 live.copy_(w)  # float32 -> bf16/fp16: one rounding
 
+    def _sampled(self, held, drawn) -> list[torch.Tensor] | None:
+        """A direction's tensors to sample for `check_resolution`: held whole, or where none is
+        held the first block of rows of each low-precision tensor (a block starts at row 0)."""
+        if held is not None or drawn is None:
+            return held
+        return [next(drawn.blocks(name))[2] if low else torch.zeros(0)
+                for name, low in zip(self.names, self.low)]
+
     def _move_streamed(self, a: float, b: float) -> None:
         """move_to with directions drawn block by block: the same arithmetic, per block of rows
         (base + a*dx, then + b*dy, in float32 for bf16/fp16 weights and rounded once)."""
@@ -109,14 +117,15 @@ class WeightMover:
         """Warn when an axis's step between grid points is below the resolution of bf16/fp16
         weights for most of them (the step would round away), naming a range that resolves.
         `steps`: {axis: (the grid's smallest spacing, its number of points)}."""
-        for axis, (step, n), d in (("x", steps.get("x", (0, 0)), self.dx), ("y", steps.get("y", (0, 0)), self.dy)):
+        for axis, (step, n), d in (("x", steps.get("x", (0, 0)), self._sampled(self.dx, self.sx)),
+                                   ("y", steps.get("y", (0, 0)), self._sampled(self.dy, self.sy))):
             if not step or d is None or not any(self.low):
                 continue
             needed = []  # per sampled weight: the step that moves it by half its spacing
             for base, di, low, live in zip(self.base, d, self.low, self.live):
                 if not low:
                     continue
-                w, v = base.reshape(-1), di.reshape(-1)
+                w, v = base.reshape(-1)[:di.numel()], di.reshape(-1)  # held whole, or the first block drawn
                 stride = max(1, w.numel() // sample)
                 w, v = w[::stride].abs().float(), v[::stride].abs().float()
                 keep = v > 0
