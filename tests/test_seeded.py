@@ -27,7 +27,7 @@ from losslandscape.inputs import data as datasets
 from losslandscape.inputs.models import build_model
 
 GRID = "-1:1:3"
-SAMPLES = 64
+SAMPLES = 64  # in batches of 24: the last one holds 16, so a wrong mean over batches shows
 
 
 def job(folder: Path, ckpt: Path, out: str, store: str, **directions) -> Path:
@@ -49,6 +49,7 @@ store = "{store}"
 [evaluation]
 device = "cpu"
 threads = 1
+batch_size = 24
 [output]
 surface = "{folder / out}.h5"
 """)
@@ -335,3 +336,53 @@ def test_holding_no_direction_needs_a_seed():
              "evaluation": {"hold_directions": False}}
     with pytest.raises(UserError, match=r'^evaluation.hold_directions: false needs directions.store = "seed" '):
         specs.check(specs.from_dict(table))
+
+
+@pytest.mark.slow
+def test_a_tensor_drawn_differently_on_a_worker_ends_the_mpi_job_in_seconds(made, tmp_path):
+    """The digest check runs on every worker as it draws the directions: under mpirun -n 3 a
+    mismatch ends the whole job within seconds with the one line, and the file is untouched."""
+    import time
+
+    path = tmp_path / "seed.h5"
+    shutil.copy(made["seed"], path)
+    with h5py.File(path, "r+") as f:
+        f["train_done"][...] = 0  # everything to compute again
+        digests = f["directions/sha256"][...]
+        digests[7, 0, 0] ^= 1
+        f["directions/sha256"][...] = digests
+        name = f["directions/names"][7].decode()
+    before = sha(path)
+    spec = job(tmp_path, made["seed"].parent / "model.pt", "seed", "seed", orthogonal=True, seed=7)
+    started = time.monotonic()
+    proc = surface(spec, "--evaluation.hold_directions=false", runner=mpirun(3) + [sys.executable])
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 60
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
+    assert lines and f"the x direction of tensor {name} drawn again from seed 7 differs" in lines[0], proc.stderr
+    assert sha(path) == before
+
+
+def test_a_bf16_base_stays_bf16_and_no_direction_is_held_when_streamed():
+    """What a worker holds, by dtype: bf16 weights keep a bf16 base and float32 directions; with
+    the directions drawn again, none at all (the README's bytes a parameter)."""
+    from losslandscape.numerics import directions as dirs
+    from losslandscape.numerics.weights import WeightMover
+
+    torch.manual_seed(0)
+    live = {"w": torch.randn(6, 5).to(torch.bfloat16), "v": torch.randn(4, 3)}
+    held = WeightMover({k: t.clone() for k, t in live.items()})
+    x = dirs.SeededDirection(live, 1, 0, "filter", "none")
+    held.set_directions(x, None)
+    assert [t.dtype for t in held.base] == [torch.bfloat16, torch.float32]
+    assert [t.dtype for t in held.dx] == [torch.float32, torch.float32]
+    streamed = WeightMover({k: t.clone() for k, t in live.items()})
+    streamed.stream_directions(lambda base: (dirs.SeededDirection(base, 1, 0, "filter", "none"), None))
+    assert streamed.dx is None and streamed.dy is None and streamed.base[0].dtype == torch.bfloat16
+    held.move_to(0.5)
+    streamed.move_to(0.5)
+    for a, b in zip(held.live, streamed.live):
+        assert torch.equal(a, b)
+    # independently: float32(base) + 0.5 d, rounded once to bf16
+    d = dirs.SeededDirection(live, 1, 0, "filter", "none")["w"]
+    assert torch.equal(held.live[0], (live["w"].float() + 0.5 * d).to(torch.bfloat16))

@@ -212,14 +212,21 @@ def pieces(d: Mapping[str, torch.Tensor], name: str, like: Mapping | None = None
         yield d[name]
 
 
-def dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    """The float64 dot product of two directions over all their tensors (drawn ones block by block)."""
-    total = torch.zeros((), dtype=torch.float64)
+def _chunks(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Aligned float64 slices of two directions, tensor by tensor (drawn ones block by block): a
+    large embedding never needs a whole float64 copy."""
     for k in a:
         for x, y in zip(pieces(a, k, b), pieces(b, k, a)):
             x, y = x.reshape(-1), y.reshape(-1)
             for s in range(0, x.numel(), DOT_CHUNK):
-                total += torch.dot(x[s:s + DOT_CHUNK].double(), y[s:s + DOT_CHUNK].double()).cpu()
+                yield x[s:s + DOT_CHUNK].double(), y[s:s + DOT_CHUNK].double()
+
+
+def dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """The float64 dot product of two directions over all their tensors."""
+    total = torch.zeros((), dtype=torch.float64)
+    for u, v in _chunks(a, b):
+        total += torch.dot(u, v).cpu()
     return float(total)
 
 
@@ -230,12 +237,8 @@ def cosine(a: Direction, b: Direction) -> float:
 def dots(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor]) -> tuple[float, float, float]:
     """(x.x, x.y, y.y) in float64, in one pass over the tensors (each drawn once)."""
     sums = torch.zeros(3, dtype=torch.float64)
-    for k in x:
-        for a, b in zip(pieces(x, k, y), pieces(y, k, x)):
-            a, b = a.reshape(-1), b.reshape(-1)
-            for s in range(0, a.numel(), DOT_CHUNK):
-                u, v = a[s:s + DOT_CHUNK].double(), b[s:s + DOT_CHUNK].double()
-                sums += torch.stack([torch.dot(u, u), torch.dot(u, v), torch.dot(v, v)]).cpu()
+    for u, v in _chunks(x, y):
+        sums += torch.stack([torch.dot(u, u), torch.dot(u, v), torch.dot(v, v)]).cpu()
     xx, xy, yy = sums.tolist()
     return xx, xy, yy
 

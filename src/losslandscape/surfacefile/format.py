@@ -878,7 +878,8 @@ def seed_record(f, where: str) -> SeedRecord | None:
     same = attr("same_dir", (bool,), "true or false")
     names_d = _dataset(group, SEED_NAMES, label, required=True)
     sha_d = _dataset(group, SEED_SHA, label, required=True)
-    if names_d.ndim != 1 or names_d.dtype.kind != "S" or names_d.dtype.itemsize > 4096 or len(names_d) > 1 << 20:
+    if (names_d.ndim != 1 or names_d.dtype.kind != "S" or names_d.dtype.itemsize > 4096 or len(names_d) > 1 << 20
+            or len(names_d) * names_d.dtype.itemsize > 1 << 26):  # declared, checked before it is read
         raise UserError(f"{label}/{SEED_NAMES} has shape {names_d.shape}, dtype {shown(names_d.dtype)}; expected "
                         "one name a tensor")
     if sha_d.dtype != np.uint8 or sha_d.ndim != 3 or sha_d.shape[0] != len(names_d) or sha_d.shape[1] not in (1, 2) \
