@@ -154,6 +154,8 @@ class Evaluation:
     """streamed data (a DataLoader, a Dataset, data.name = "module:function"): host memory per process for a unit's batches, read once a unit; where they fit, the weights move once per point, else once per batch per point (data outer, points inner). 0 = never hold them."""
     hold_directions: bool = True
     """hold both directions in memory (fast); false (with directions.store = "seed"): hold none, each tensor's direction drawn again, block by block, while it moves at every point: memory near the weights' own (the live weights and their base), at the cost of drawing at every point."""
+    ranks_per_model: int = field(default=1, metadata=AT_LEAST_1)
+    """MPI worker ranks that share one model (under mpirun or srun): the workers form groups of this many, each holding one model sharded by rows over its ranks (torch.distributed FSDP2: gloo on the CPU, NCCL on GPUs), moving only its own rows and evaluating its share of each split's batches; the coordinator hands units to groups. 1 = each worker holds a whole model."""
 
 
 @dataclass
@@ -558,6 +560,14 @@ def _check_evaluation(spec: Spec) -> None:
     if e.loss not in LOSS_NAMES:
         userimport.check_name(e.loss, "evaluation.loss")
     _check_device("evaluation.device", e.device)
+    if e.ranks_per_model > 1:
+        if spec.directions.dir_type == "states":
+            raise UserError(f"evaluation.ranks_per_model: {e.ranks_per_model} shards the parameters; "
+                            'directions.dir_type = "states" also moves buffers, which are not sharded; use "weights"')
+        if not e.hold_directions and spec.directions.norm in ("layer", "dlayer"):
+            raise UserError(f"evaluation.ranks_per_model: {e.ranks_per_model} with hold_directions = false draws "
+                            f"each rank's rows alone, and directions.norm = {spec.directions.norm!r} scales a "
+                            'tensor by its whole norm; use norm = "filter", or hold_directions = true')
 
 
 def _check_device(name: str, device: str) -> None:

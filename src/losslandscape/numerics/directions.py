@@ -157,15 +157,36 @@ class SeededDirection(Mapping):
     asked for (`drawn`, `normalize_tensor`), never held whole: what a surface file with
     directions.store = "seed" records is enough to make it again. `weights`: the tensors it
     moves at the base point (any device or dtype). A y made orthogonal to x is y - coef * x,
-    tensor by tensor, with the coefficient computed once over the whole vectors (`dots`)."""
+    tensor by tensor, with the coefficient computed once over the whole vectors (`dots`).
+
+    `rows` ({name: (first row, the whole tensor's shape)}, from `window`): the weights are rows
+    of larger tensors (one rank's shard of a model sharded by rows), and each tensor's
+    direction is those rows of the whole tensor's, drawn from the whole tensor's stream."""
 
     def __init__(self, weights: Mapping[str, torch.Tensor], seed: int, axis: int, norm: str, ignore: str,
-                 along: "SeededDirection | None" = None, coef: float = 0.0):
+                 along: "SeededDirection | None" = None, coef: float = 0.0,
+                 rows: Mapping[str, tuple[int, tuple[int, ...]]] | None = None):
         self.weights, self.seed, self.axis, self.norm, self.ignore = weights, seed, axis, norm, ignore
-        self.along, self.coef = along, coef
+        self.along, self.coef, self.rows = along, coef, rows
+
+    def window(self, weights: Mapping[str, torch.Tensor], first: Mapping[str, int]) -> "SeededDirection":
+        """The same direction over rows `first[name]`.. of each tensor (`weights`: those rows of
+        this direction's weights): a rank's share of a model sharded by rows. Each row is
+        normalised alone ("filter" and the row-wise norms; 1-D tensors follow `ignore`), so
+        its bits are the whole tensor's; norms over a whole tensor cannot be windowed."""
+        if self.norm in ("layer", "dlayer"):
+            raise ValueError(f"norm {self.norm!r} scales a tensor by its whole norm: no row can be drawn alone")
+        rows = {k: (first[k], tuple(self.weights[k].shape)) for k in self.weights}
+        along = self.along.window(weights, first) if self.along is not None else None
+        return SeededDirection(weights, self.seed, self.axis, self.norm, self.ignore, along, self.coef, rows)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         w = self.weights[name]
+        if self.rows is not None:  # a window: its rows of the whole tensor's direction
+            if w.dim() < 2:
+                return normalize_tensor(torch.empty(w.shape), w, self.norm, self.ignore)
+            parts = [block for _, _, block in self.blocks(name)]
+            return torch.cat(parts) if parts else torch.empty(tuple(w.shape))
         d = normalize_tensor(drawn(name, w.shape, self.seed, self.axis), w, self.norm, self.ignore)
         if self.along is not None:
             d.sub_(self.along[name], alpha=self.coef)
@@ -175,22 +196,30 @@ class SeededDirection(Mapping):
         """The tensor's direction as (start, stop, rows start:stop along dim 0) of about `size`
         elements each (0: `BLOCK`), drawn one block after the other from the tensor's stream:
         the same bits as `self[name]`, without the whole direction in memory. Tensors of fewer
-        than 2 dimensions and norms over the whole tensor ("layer", "dlayer") come whole."""
+        than 2 dimensions and norms over the whole tensor ("layer", "dlayer") come whole. In a
+        window, the rows before it are drawn and dropped (a stream cannot skip), and the
+        rows are counted from the window's first."""
         w = self.weights[name]
+        first, shape = self.rows[name] if self.rows is not None else (0, tuple(w.shape))
         if w.dim() < 2 or self.norm in ("layer", "dlayer"):
             yield 0, (w.shape[0] if w.dim() else 1), self[name]
             return
         rng = _stream(name, self.seed, self.axis)
         size = size or BLOCK
-        rows = max(1, size // max(1, math.prod(w.shape[1:])))
+        rows = max(1, size // max(1, math.prod(shape[1:])))
         along = self.along.blocks(name, size) if self.along is not None else None
-        for start in range(0, w.shape[0], rows):
-            stop = min(start + rows, w.shape[0])
-            d = torch.from_numpy(rng.standard_normal((stop - start, *w.shape[1:]), dtype=np.float32))
-            normalize_tensor(d, w[start:stop], self.norm, self.ignore)  # row by row: a block's rows alone
+        end = first + w.shape[0]
+        for start in range(0, end, rows):
+            stop = min(start + rows, shape[0])
+            d = torch.from_numpy(rng.standard_normal((stop - start, *shape[1:]), dtype=np.float32))
+            lo, hi = max(start, first), min(stop, end)
+            if lo >= hi:
+                continue  # before the window
+            d = d[lo - start:hi - start]
+            normalize_tensor(d, w[lo - first:hi - first], self.norm, self.ignore)  # row by row: a block's rows alone
             if along is not None:
                 d.sub_(next(along)[2], alpha=self.coef)
-            yield start, stop, d
+            yield lo - first, hi - first, d
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.weights)

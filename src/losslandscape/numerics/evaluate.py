@@ -90,6 +90,23 @@ class PointEvaluator:
         self.values = probe(self.measurer, first)
         # after a move, the folded twin recomputes its weights from the model's
         self._moved = self.net.refresh if self.net is not self.model else None
+        self.share = None  # a shard.Share where this rank evaluates one model with others (`shard`)
+
+    def shard(self, share) -> tuple[int, int]:
+        """Shard the model by rows over the default process group (shard.py), which this rank
+        shares with `share.size - 1` others: from now on it holds, moves and evaluates its share.
+        Returns (the parameter values this rank holds, the model's)."""
+        from losslandscape.numerics.shard import shard_model
+
+        if self.net is not self.model:
+            raise ValueError("a sharded model is evaluated unfolded")
+        local, first, held, total, units = shard_model(self.model, self.weights.names, self.device)
+        self.weights.shard(local, first)
+        self.share = share
+        # FSDP keeps the root's gathered weights after a forward pass: a move frees them, so that
+        # the next forward gathers the moved rows
+        self._moved = lambda: [unit.reshard() for unit in units]
+        return held, total
 
     @property
     def names(self) -> list[str]:
@@ -117,9 +134,18 @@ class PointEvaluator:
     def _measure_batches(self, split: str, batches) -> tuple[float, float]:
         where = f"a batch of {split}"
         total = Totals(self.device)
-        for batch in batches:
-            total.add(*self.measurer.sums(batch, where))
-        return total.result()
+        for batch, counted in self._mine(batches):
+            sums = self.measurer.sums(batch, where)
+            if counted:
+                total.add(*sums)
+        return self._result(total)
+
+    def _mine(self, batches):
+        """(batch, counted): every batch, or where the model is sharded, this rank's share."""
+        return ((b, True) for b in batches) if self.share is None else self.share.mine(batches)
+
+    def _result(self, total: "Totals") -> tuple[float, float]:
+        return (total if self.share is None else total.summed(self.share)).result()
 
     def examples(self, split: str) -> int:
         """The number of examples of a split (of a stream: counted by reading it once)."""
@@ -153,15 +179,17 @@ class PointEvaluator:
                 continue
             where = f"a batch of {split}"
             totals = {i: Totals(self.device) for i in idx}
-            for batch in itertools.chain(batches, rest):
+            for batch, counted in self._mine(itertools.chain(batches, rest)):
                 if stop():
                     return None
                 batch = src.ready(batch)
                 for i in idx:
                     self.move_to(*coords[i])
-                    totals[i].add(*self.measurer.sums(batch, where))
+                    sums = self.measurer.sums(batch, where)
+                    if counted:
+                        totals[i].add(*sums)
             for i in idx:
-                out[i][split] = totals[i].result()
+                out[i][split] = self._result(totals[i])
         for i, w in enumerate(wanted):
             splits = [split for split in held if split in w]
             if not splits:
@@ -368,6 +396,15 @@ class Totals:
         if c is not None:
             self.correct += c
             self.scored = True
+
+    def summed(self, share) -> "Totals":
+        """These sums added over the ranks of a group (shard.Share)."""
+        flag = torch.tensor(float(self.scored), dtype=torch.float64, device=self.loss.device)
+        s = share.sum(torch.stack([self.loss, self.count, self.correct, flag]))
+        out = Totals(self.loss.device)
+        out.loss, out.count, out.correct = s[0], s[1], s[2]
+        out.scored = bool(s[3].item() > 0)
+        return out
 
     def result(self) -> tuple[float, float]:
         n = self.count.item()

@@ -59,6 +59,25 @@ class WeightMover:
             self.sx, self.sy = make(dict(zip(self.names, self.base)))
             self.dx = self.dy = None
 
+    def shard(self, local: dict[str, torch.Tensor], first: dict[str, int]) -> None:
+        """Keep only this rank's rows of each tensor (a model sharded by rows: shard.py):
+        `local[name]` is the live shard, rows `first[name]`.. of the whole tensor. The base and
+        held directions are cut to those rows (copies: the whole ones go); directions drawn at
+        every move are drawn for those rows only (`SeededDirection.window`)."""
+        def cut(ts):
+            return None if ts is None else [t[first[k]:first[k] + local[k].shape[0]].clone() if t.dim() else t.clone()
+                                            for k, t in zip(self.names, ts)]
+
+        with torch.no_grad():
+            base = dict(zip(self.names, cut(self.base)))
+            self.dx, self.dy = cut(self.dx), cut(self.dy)
+            if self.sx is not None:
+                sx = self.sx.window(base, first)
+                self.sy = sx if self.sy is self.sx else (self.sy.window(base, first) if self.sy is not None else None)
+                self.sx = sx
+            self.base = list(base.values())
+            self.live = [local[k] for k in self.names]
+
     @staticmethod
     def _direction(base: torch.Tensor, low: bool) -> torch.Tensor:
         return torch.empty_like(base, dtype=torch.float32) if low else torch.empty_like(base)

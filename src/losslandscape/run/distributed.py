@@ -87,12 +87,17 @@ def abort(comm, line: str) -> None:
     comm.Abort(1)
 
 
-def coordinate(comm, units: Units, write: Callable[[Finished], None] | None, stop, progress) -> tuple[bool, str | None]:
+def coordinate(comm, units: Units, write: Callable[[Finished], None] | None, stop, progress,
+               teams: list[list[int]] | None = None) -> tuple[bool, str | None]:
     """Rank 0: hand out `units` on request until none are left; `write` the values a worker
     sends (where it cannot write itself), count its points on `progress` and tell `units` how
     long they took. Returns (stopped: by a signal, here or on a worker; the error line if some
     rank failed). After an error no more work is handed out; workers still busy after
     DRAIN_SECONDS are ended with MPI_Abort. `stop` is the driver's StopFlag.
+
+    `teams`: the worker ranks that evaluate one model together (evaluation.ranks_per_model;
+    default: each worker alone). A team gets a unit when all its ranks have asked, every rank
+    the same unit; the first rank's report carries the points.
 
     Waiting is Iprobe + a short sleep: a blocking receive in Open MPI spins a whole core. The
     sleep starts at POLL_MIN_SECONDS after a message and doubles up to POLL_SECONDS while none
@@ -100,10 +105,19 @@ def coordinate(comm, units: Units, write: Callable[[Finished], None] | None, sto
     """
     from mpi4py import MPI
 
+    teams = teams or [[r] for r in range(1, comm.size)]
+    team_of = {r: i for i, team in enumerate(teams) for r in team}
+    asking: list[set[int]] = [set() for _ in teams]
     active = set(range(1, comm.size))
     status = MPI.Status()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     error, deadline, nap = None, None, POLL_MIN_SECONDS
+
+    def release(rank: int) -> None:
+        comm.send(None, dest=rank, tag=TAG_UNIT)
+        active.discard(rank)
+        asking[team_of[rank]].discard(rank)
+
     while active:
         if error is not None and time.monotonic() > deadline:
             progress.close()
@@ -119,25 +133,31 @@ def coordinate(comm, units: Units, write: Callable[[Finished], None] | None, sto
         if tag == TAG_ERROR:
             if error is None:
                 error, deadline = message, time.monotonic() + DRAIN_SECONDS
-            comm.send(None, dest=worker, tag=TAG_UNIT)  # released: it closes the file with the others
-            active.discard(worker)
-            continue
-        try:
-            if message is not None and message.points:
-                if message.results is not None and write is not None:
-                    write(message)  # the worker could not write itself
-                progress.update(len(message.points))
-                units.observe(message.seconds)
-            if message is not None and message.stopped and not stop:
-                stop.signum = signal.SIGTERM  # a signalled worker means the job is being stopped
-        except Exception as exc:  # the coordinator's own failure ends the job like a worker's
-            if error is None:
-                error, deadline = describe(exc, 0), time.monotonic() + DRAIN_SECONDS
-        if units and not stop and error is None:
-            comm.send(units.popleft(), dest=worker, tag=TAG_UNIT)
+            release(worker)  # released: it closes the file with the others
         else:
-            comm.send(None, dest=worker, tag=TAG_UNIT)
-            active.discard(worker)
+            try:
+                if message is not None and message.points:
+                    if message.results is not None and write is not None:
+                        write(message)  # the worker could not write itself
+                    progress.update(len(message.points))
+                    units.observe(message.seconds)
+                if message is not None and message.stopped and not stop:
+                    stop.signum = signal.SIGTERM  # a signalled worker means the job is being stopped
+            except Exception as exc:  # the coordinator's own failure ends the job like a worker's
+                if error is None:
+                    error, deadline = describe(exc, 0), time.monotonic() + DRAIN_SECONDS
+            asking[team_of[worker]].add(worker)
+        if units and not stop and error is None:
+            for team, waiting in zip(teams, asking):
+                if len(waiting) == len(team) and units:
+                    unit = units.popleft()
+                    for rank in team:
+                        comm.send(unit, dest=rank, tag=TAG_UNIT)
+                    waiting.clear()
+        else:  # nothing more to hand out: every rank that asks, or waits for its team, leaves
+            for waiting in asking:
+                for rank in list(waiting):
+                    release(rank)
     progress.close()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     log.info("coordinator CPU use: %.2f s in %.1f s (%.1f%% of a core)", cpu, wall, 100.0 * cpu / max(wall, 1e-9))

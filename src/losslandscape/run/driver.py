@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from losslandscape.numerics.grid import split_units
 from losslandscape.numerics.schedule import Units, resolve_unit_size
-from losslandscape.errors import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED, JobFailed, print_error
+from losslandscape.errors import EXIT_DONE, EXIT_ERROR, EXIT_STOPPED, JobFailed, UserError, print_error
+from losslandscape.run import groups
 from losslandscape.run.distributed import agree, coordinate, describe, or_abort, serve
 from losslandscape.run.environment import MPIEnvironment, mpi_environment
 from losslandscape.run.protocol import Finished
@@ -93,6 +94,11 @@ def run_serial(work: Work, stop: StopFlag | None = None) -> int:
 
 
 def _serial(work: Work, stop: StopFlag) -> int:
+    k = getattr(work, "ranks_per_model", 1)
+    if k > 1:
+        raise UserError(f"evaluation.ranks_per_model: {k} shares one model among {k} worker ranks of an MPI job, "
+                        f"and this is one process; run it under mpirun or srun with 1 + a multiple of {k} ranks "
+                        f"(e.g. mpirun -n {1 + k}), or set ranks_per_model = 1")
     plan = work.plan()  # read-only: new file, conversion, resume, or refused
     evaluator = work.load()  # before anything is written: a run that cannot start leaves no file
     notes = evaluator_notes([evaluator])
@@ -175,6 +181,9 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
              f"worker {env.worker_index} of {env.workers_on_node} on this node")
 
     # 1. rank 0 plans and makes what a new file holds (nothing written); each worker loads
+    k = getattr(work, "ranks_per_model", 1)  # workers that share one model (groups.py)
+    agree(comm, groups.check_size, comm.size, k)
+
     def lead_step():
         plan = work.plan()
         return None if plan is None else work.make(plan)
@@ -204,6 +213,9 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
     if len(prep.pending) == 0:
         return EXIT_DONE
     agree(comm, (lambda: None) if lead else (lambda: work.attach(evaluator, prep, None, first=comm.rank == 1)))
+    group = groups.split(comm, k) if k > 1 else None  # each group shards its model over its ranks
+    if k > 1:
+        agree(comm, (lambda: None) if lead else (lambda: groups.shard(evaluator, group, comm.rank)))
 
     # 4. the file is opened once on every rank that writes (collective with mpio); units go out
     stop = StopFlag()
@@ -217,15 +229,20 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
         try:
             writer = or_abort(comm, work.writer, f, not env.parallel_hdf5) if f is not None else None
             if lead:
-                units = Units(prep.pending, work.unit_size, comm.size - 1)
+                teams = groups.members(comm.size, k)
+                units = Units(prep.pending, work.unit_size, len(teams))
                 progress = Progress(prep.total, prep.total - len(prep.pending), work.label)
-                stopped, error = coordinate(comm, units, writer.write if writer is not None else None, stop, progress)
+                stopped, error = coordinate(comm, units, writer.write if writer is not None else None, stop, progress,
+                                            teams)
             else:
                 stopped, error = False, serve(comm, *_worker(work, evaluator, prep, writer, stop))
         finally:
             if f is not None:
                 f.close()
     stopped, line = comm.bcast((bool(stopped), error), root=0)
+    if group is not None:
+        groups.leave()
+        group.Free()
     if line is not None:
         if lead:
             log.warning("%s keeps every point computed so far: run the same command again to compute the rest",
@@ -241,20 +258,36 @@ def _worker(work: Work, evaluator, prep, writer, stop: StopFlag):
     already has; `evaluate` computes a unit and writes it where this worker can write (its
     report then carries the counts only), else its values go to rank 0 with the report."""
     done = {}
+    share = getattr(evaluator, "share", None)
+    writes = share is None or share.rank == 0  # of a group sharing one model, its first rank writes
+    agreed = stop if share is None else Agreed(stop, share)
 
     def start() -> None:
         with open_points(prep.path, write=False) if writer is None else contextlib.nullcontext(writer.f) as f:
             done.update(work.done(f))
 
     def evaluate(unit: np.ndarray) -> Finished:
-        finished = evaluate_unit(work, evaluator, prep.axes, unit, done, stop)
+        finished = evaluate_unit(work, evaluator, prep.axes, unit, done, agreed)
         finished.stopped = bool(stop)
+        if not writes:
+            return Finished([], None, [], finished.stopped)
         if writer is not None and finished.points:
             writer.write(finished)
             finished.results = None  # counts only: the values are in the file
         return finished
 
     return evaluate, start
+
+
+class Agreed:
+    """A stop flag that a group sharing one model agrees on: true when it is on some rank of the
+    group (each test is collective: every rank of the group tests it at the same places)."""
+
+    def __init__(self, stop: StopFlag, share):
+        self.stop, self.share = stop, share
+
+    def __bool__(self) -> bool:
+        return self.share.any(bool(self.stop))
 
 
 # --- signals and progress -------------------------------------------------------------------

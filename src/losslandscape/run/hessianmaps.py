@@ -100,6 +100,7 @@ class HessianWork:
         self._read = _read(self.path, settings, device, trust_file)
         self.spec = self._read.spec
         self.unit_size = 1  # a point is many forward passes: hand them out one by one
+        self.ranks_per_model = 1  # each worker holds the whole model (evaluation.ranks_per_model is the surface's)
 
     def plan(self) -> Settings | None:
         """Rank 0: the maps' settings when their datasets are to be created, or None when they

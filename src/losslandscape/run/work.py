@@ -82,6 +82,7 @@ class Work(Protocol[PlanT, MadeT]):
 
     label: str  # the progress bar's
     unit_size: int  # points handed out at a time
+    ranks_per_model: int  # worker ranks that evaluate one model together (run/groups.py)
 
     def plan(self) -> PlanT | None:
         """Read-only checks; what is to be created (None: nothing)."""
@@ -127,6 +128,7 @@ class SurfaceWork:
         self.spec, self.shard = spec, shard
         self.splits = list(spec.data.splits)
         self.unit_size = spec.evaluation.unit_size
+        self.ranks_per_model = spec.evaluation.ranks_per_model
         self.grid: Grid | None = None
         self._shard: Prepared | None = None
 
@@ -152,7 +154,11 @@ class SurfaceWork:
         made.write(notes, comm)
 
     def load(self, worker_index: int = 0, workers_on_node: int = 1) -> PointEvaluator:
-        return start_evaluator(self.spec, worker_index, workers_on_node)
+        if self.ranks_per_model == 1:
+            return start_evaluator(self.spec, worker_index, workers_on_node)
+        evaluator = start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
+        evaluator.folding = "BatchNorm not folded: the model is sharded (evaluation.ranks_per_model)"
+        return evaluator
 
     def prepare(self, created: bool, notes: Notes) -> Prepared:
         if self._shard is not None:
