@@ -699,3 +699,20 @@ class Namespace:
     def close(self) -> None:
         self.holder.kill()
         self.holder.wait()
+
+
+# --- random directions drawn by the documented scheme (directions.SCHEME), written out here
+
+def drawn(name: str, shape: tuple, seed: int, axis: int) -> np.ndarray:
+    """The documented scheme, written out here: SeedSequence([seed, axis, 4 words of SHA-256(name)])."""
+    words = np.frombuffer(hashlib.sha256(name.encode()).digest()[:16], dtype="<u4").tolist()
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, axis, *words])))
+    return rng.standard_normal(shape, dtype=np.float32).astype(np.float64)
+
+
+def filter_normalised(d: np.ndarray, w: np.ndarray) -> np.ndarray:
+    if d.ndim <= 1:
+        return np.zeros_like(d)  # ignore = "biasbn"
+    dn = np.linalg.norm(d.reshape(len(d), -1), axis=1)
+    wn = np.linalg.norm(w.reshape(len(w), -1), axis=1)
+    return d * (wn / dn).reshape(-1, *[1] * (d.ndim - 1))

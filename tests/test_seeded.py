@@ -9,7 +9,6 @@ this file, not taken from the tool.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import launch, mpirun, sha
+from helpers import drawn, filter_normalised, launch, mpirun, sha
 from losslandscape import spec as specs
 from losslandscape.errors import UserError
 from losslandscape.inputs import data as datasets
@@ -90,21 +89,6 @@ def made(ckpt) -> dict[str, Path]:
         assert proc.returncode == 0, proc.stderr
         out[store] = folder / f"{store}.h5"
     return out
-
-
-def drawn(name: str, shape: tuple, seed: int, axis: int) -> np.ndarray:
-    """The documented scheme, written out here: SeedSequence([seed, axis, 4 words of SHA-256(name)])."""
-    words = np.frombuffer(hashlib.sha256(name.encode()).digest()[:16], dtype="<u4").tolist()
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, axis, *words])))
-    return rng.standard_normal(shape, dtype=np.float32).astype(np.float64)
-
-
-def filter_normalised(d: np.ndarray, w: np.ndarray) -> np.ndarray:
-    if d.ndim <= 1:
-        return np.zeros_like(d)  # ignore = "biasbn"
-    dn = np.linalg.norm(d.reshape(len(d), -1), axis=1)
-    wn = np.linalg.norm(w.reshape(len(w), -1), axis=1)
-    return d * (wn / dn).reshape(-1, *[1] * (d.ndim - 1))
 
 
 def test_seed_and_file_give_the_same_directions_and_values_and_a_plain_forward_pass_agrees(ckpt, made):

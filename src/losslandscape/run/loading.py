@@ -23,19 +23,24 @@ from losslandscape.run.makedirections import base_model, model_channels, version
 log = logging.getLogger(__name__)
 
 
-def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold: bool | None = None):
+def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold: bool | None = None,
+                    sharded: bool = False):
     """This process's device (checked usable), threads, model and data, before the surface
-    file is created or touched: a run that cannot start leaves nothing behind."""
+    file is created or touched: a run that cannot start leaves nothing behind. `sharded`: the
+    model is to be sharded over a group of ranks (evaluate.PointEvaluator.shard): FSDP takes
+    contiguous parameters, and the folded twin would hold whole weights, so neither is used."""
     threads = set_threads(spec.evaluation.threads, workers_on_node)
     device = pick_device(spec.evaluation.device, worker_index, allocated_gpus())
-    evaluator = load_evaluator(spec, device, fold=fold)
+    evaluator = load_evaluator(spec, device, fold=False if sharded else fold, sharded=sharded)
+    if sharded:
+        evaluator.folding = "BatchNorm not folded: the model is sharded (evaluation.ranks_per_model)"
     log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
              threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
     return evaluator
 
 
 def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
-                   field: str = "model.checkpoint", fold: bool | None = None) -> PointEvaluator:
+                   field: str = "model.checkpoint", fold: bool | None = None, sharded: bool = False) -> PointEvaluator:
     """The model at its base point on `device` (or at another `checkpoint`), with the data set
     there too (no directions yet)."""
     batch = batch_size_for(device, spec.evaluation.batch_size)
@@ -43,13 +48,16 @@ def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
               for split in spec.data.splits}
     model = base_model(spec) if checkpoint is None else build_and_load(
         spec.model, model_channels(spec), checkpoint=checkpoint, field=field)
-    return _evaluator(spec, model, splits, device, spec.evaluation.fold_batchnorm if fold is None else fold)
+    return _evaluator(spec, model, splits, device, spec.evaluation.fold_batchnorm if fold is None else fold, sharded)
 
 
-def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device, fold: bool) -> PointEvaluator:
-    """Channels-last where it is faster, the model on `device`, its moved tensors, the evaluator."""
+def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device, fold: bool,
+               sharded: bool = False) -> PointEvaluator:
+    """Channels-last where it is faster (not for a model to shard), the model on `device`, its
+    moved tensors, the evaluator."""
     example = next(iter(splits.values())).first_batch(1).first_input
-    channels_last = example is not None and use_channels_last(device, example) and _has_conv(model)
+    channels_last = (example is not None and use_channels_last(device, example) and _has_conv(model)
+                     and not sharded)
     if channels_last:
         # before the live tensors are collected: .to(memory_format) replaces the weights' storage
         model = model.to(memory_format=torch.channels_last)

@@ -30,7 +30,7 @@ from losslandscape.surfacefile import write as surface
 from losslandscape.inputs import userimport
 from losslandscape.surfacefile import lock as writelock
 from losslandscape.run.driver import run_job
-from losslandscape.errors import UserError
+from losslandscape.errors import UserError, option
 from losslandscape.spec import Submit
 from losslandscape.surfacefile.format import SUBMISSION, read_submission, shard_dir, shard_files
 from losslandscape.surfacefile.read import read_shard_spec
@@ -133,6 +133,11 @@ def submit(spec, opts: Submit) -> dict:
     """Create the surface and its directions, share out the pending points, sbatch the
     array and the merge job. Returns what was submitted (also in <shards>/submission.json)."""
     opts.check()
+    k = spec.evaluation.ranks_per_model
+    if k > 1 and (opts.ranks_per_task - 1) % k:
+        raise UserError(f"{option('ranks_per_task')}: {opts.ranks_per_task} ranks give {opts.ranks_per_task - 1} "
+                        f"worker(s), which do not form groups of evaluation.ranks_per_model = {k}; expected 1 + a "
+                        f"multiple of {k}, e.g. {1 + k}")
     path = Path(spec.output.surface)
     check_script_values(path, sys.executable, Path.cwd())  # before anything is created
     shards = shard_dir(path)

@@ -154,11 +154,7 @@ class SurfaceWork:
         made.write(notes, comm)
 
     def load(self, worker_index: int = 0, workers_on_node: int = 1) -> PointEvaluator:
-        if self.ranks_per_model == 1:
-            return start_evaluator(self.spec, worker_index, workers_on_node)
-        evaluator = start_evaluator(self.spec, worker_index, workers_on_node, fold=False)
-        evaluator.folding = "BatchNorm not folded: the model is sharded (evaluation.ranks_per_model)"
-        return evaluator
+        return start_evaluator(self.spec, worker_index, workers_on_node, sharded=self.ranks_per_model > 1)
 
     def prepare(self, created: bool, notes: Notes) -> Prepared:
         if self._shard is not None:

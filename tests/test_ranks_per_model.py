@@ -1,0 +1,256 @@
+"""One model across several ranks (`evaluation.ranks_per_model = K`, issue 31 item 4): the
+workers of an MPI job form groups of K ranks, each group holding one model sharded by rows
+(FSDP2 over gloo here), each rank moving its own rows and evaluating its share of the batches.
+
+The values are checked against one process and against plain forward passes of a tiny GPT-2
+moved along directions drawn here from the documented scheme (helpers.drawn), written out,
+not taken from the tool. Its vocabulary (101) and widths (30) do not divide by 2, so shards
+are uneven; 22 sequences in batches of 4 give 6 batches, and the digits run 5 (an odd round).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from helpers import drawn, filter_normalised, launch, mpirun
+
+pytestmark = pytest.mark.slow  # real mpirun with 3-5 ranks
+
+LM = '''
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+HERE = Path(__file__).parent
+
+
+def model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=101, n_positions=12, n_embd=30, n_layer=2, n_head=2,
+                                      initializer_range=0.2, bos_token_id=0, eos_token_id=0))
+
+
+def tokens(split):
+    g = torch.Generator().manual_seed(1 if split == "train" else 2)
+    return torch.randint(0, 101, (22, 13), generator=g)
+
+
+def data(split):
+    """(tokens, next tokens) in batches of 4: 6 batches, the last of 2."""
+    ids = tokens(split)
+    return DataLoader(TensorDataset(ids[:, :-1], ids[:, 1:]), batch_size=4)
+
+
+def slow(outputs, targets):
+    """Token cross entropy, a quarter of a second a batch; writes this rank's pid once."""
+    rank = os.environ.get("OMPI_COMM_WORLD_RANK", "0")
+    (HERE / f"pid.{rank}").write_text(str(os.getpid()))
+    time.sleep(0.25)
+    return fails(outputs, targets, never=True)
+
+
+def fails(outputs, targets, never=False):
+    """Token cross entropy (sum, count, correct); on world rank 2, past its first 30 batches, an error."""
+    calls = getattr(fails, "calls", 0) + 1
+    fails.calls = calls
+    if not never and os.environ.get("OMPI_COMM_WORLD_RANK") == "2" and calls > 30:
+        raise RuntimeError("the loss failed on purpose")
+    logits = outputs.logits.float().flatten(0, 1)
+    t = targets.flatten()
+    s = torch.nn.functional.cross_entropy(logits, t, reduction="sum")
+    return s, t.numel(), (logits.argmax(-1) == t).sum()
+'''
+
+SPEC = '''[model]
+name = "lmk:model"
+[data]
+name = "lmk:data"
+splits = ["train", "test"]
+[grid]
+x = "-1:1:3"
+y = "-1:1:3"
+[directions]
+store = "{store}"
+seed = 5
+[evaluation]
+device = "cpu"
+threads = 1
+ranks_per_model = {k}
+unit_size = 2
+hold_directions = {hold}
+loss = "{loss}"
+[output]
+surface = "{out}"
+'''
+VALUES = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("lmk")
+    (d / "lmk.py").write_text(LM)
+    return d
+
+
+def job(folder: Path, name: str, k: int = 2, store: str = "seed", hold: bool = True,
+        loss: str = "cross_entropy") -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(SPEC.format(store=store, k=k, hold=str(hold).lower(), loss=loss, out=folder / f"{name}.h5"))
+    return path
+
+
+def surface(folder: Path, spec: Path, ranks: int = 0, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "losslandscape", "surface", str(spec), *args]
+    if ranks:
+        return launch_in(folder, mpirun(ranks) + cmd, timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=folder, timeout=timeout)
+
+
+def launch_in(folder: Path, cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=folder)
+
+
+def values(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: np.asarray(f[k]) for k in (*VALUES, "train_done", "test_done")}
+
+
+@pytest.fixture(scope="module")
+def one(lm) -> dict[str, np.ndarray]:
+    """The surface computed by one process holding the whole model."""
+    proc = surface(lm, job(lm, "one", k=1))
+    assert proc.returncode == 0, proc.stderr
+    return values(lm / "one.h5")
+
+
+def assert_equal(got: dict, want: dict) -> None:
+    assert got["train_done"].all() and got["test_done"].all()
+    for k in VALUES:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-9, err_msg=k)
+
+
+def held_shares(stderr: str) -> dict[int, float]:
+    """{rank: the share of the model's parameter values it logs holding}."""
+    return {int(r): int(a) / int(b) for r, a, b in
+            re.findall(r"rank (\d+): holds (\d+) of the model's (\d+) parameter values", stderr)}
+
+
+def test_two_groups_of_two_equal_one_process_and_a_plain_forward_pass(lm, one):
+    """mpirun -n 5, ranks_per_model = 2: two groups of two ranks, each rank holding half the model."""
+    proc = surface(lm, job(lm, "k2"), 5)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = values(lm / "k2.h5")
+    assert_equal(got, one)
+    shares = held_shares(proc.stderr)
+    assert sorted(shares) == [1, 2, 3, 4], proc.stderr[-3000:]
+    assert all(abs(s - 0.5) < 0.01 for s in shares.values()), shares
+    assert "4 workers" in proc.stderr
+    # a plain forward pass of the model moved to x = 1 along the x direction drawn here
+    sys.path.insert(0, str(lm))
+    try:
+        import lmk
+    finally:
+        sys.path.remove(str(lm))
+    model = lmk.model().eval()
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            w = p.detach().double().numpy()
+            p.copy_(torch.from_numpy(w + filter_normalised(drawn(k, w.shape, 5, 0), w)))
+        ids = lmk.tokens("test")
+        logits = model(ids[:, :-1]).logits.double()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
+    assert got["test_loss"][1, 2] == pytest.approx(loss, rel=1e-5)
+
+
+def test_no_direction_held_and_a_stored_direction_give_the_same_values(lm, one):
+    """hold_directions = false: each rank draws its own rows of each tensor at every move;
+    store = "file": each rank keeps its rows of the stored directions."""
+    for name, store, hold in (("stream", "seed", False), ("file", "file", True)):
+        proc = surface(lm, job(lm, name, store=store, hold=hold), 3)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert_equal(values(lm / f"{name}.h5"), one)
+
+
+def test_an_image_model_in_memory_equals_one_process(tmp_path):
+    """resnet20 on digits held in memory (not streamed): 70 samples in batches of 16 are 5 batches,
+    so one rank runs the last round's batch again and counts nothing."""
+    spec = tmp_path / "r.toml"
+    spec.write_text('[model]\nname = "resnet20"\n[data]\nname = "digits"\nsplits = ["train"]\nmax_samples = 70\n'
+                    '[grid]\nx = "-1:1:3"\n[evaluation]\ndevice = "cpu"\nthreads = 1\nbatch_size = 16\n'
+                    f'ranks_per_model = 2\n[output]\nsurface = "{tmp_path / "r2.h5"}"\n')
+    proc = surface(tmp_path, spec, 3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "BatchNorm not folded: the model is sharded" in proc.stderr
+    ref = surface(tmp_path, spec, 0, "--evaluation.ranks_per_model=1", f"--output.surface={tmp_path / 'r1.h5'}")
+    assert ref.returncode == 0, ref.stderr
+    with h5py.File(tmp_path / "r1.h5", "r") as f, h5py.File(tmp_path / "r2.h5", "r") as g:
+        np.testing.assert_allclose(g["train_loss"][()], f["train_loss"][()], rtol=1e-6)
+        np.testing.assert_allclose(g["train_acc"][()], f["train_acc"][()], rtol=0, atol=1e-9)
+
+
+def test_a_failing_rank_of_a_group_ends_the_job_in_seconds_with_one_line(lm):
+    """World rank 2 raises in its loss past its 30th batch, while rank 1 of its group waits for it
+    in a collective: the coordinator ends the job after its 10 s grace, with the one line."""
+    t0 = time.monotonic()
+    proc = surface(lm, job(lm, "fails", loss="lmk:fails"), 3, timeout=120)
+    took = time.monotonic() - t0
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
+    assert len(errors) == 1 and "rank 2" in errors[0] and "the loss failed on purpose" in errors[0], proc.stderr[-3000:]
+    assert took < 45, took  # start-up (~12 s) + the grace (10 s), not a hang
+
+
+def test_a_killed_rank_loses_at_most_its_groups_unit_and_the_resume_equals_a_clean_run(lm, one):
+    spec = job(lm, "killed", loss="lmk:slow")
+    for p in lm.glob("pid.*"):
+        p.unlink()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    proc = subprocess.Popen(mpirun(3) + [sys.executable, "-m", "losslandscape", "surface", str(spec)], cwd=lm,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    surf = lm / "killed.h5"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with h5py.File(surf, "r", locking=False) as f:
+                if f["test_done"][()].sum() >= 2:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    os.kill(int((lm / "pid.2").read_text()), signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    with h5py.File(surf, "r") as f:
+        done = int(f["test_done"][()].sum())
+    assert 2 <= done < 9, err[-2000:]
+    again = surface(lm, spec, 3)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{done} of 9 points done" in again.stderr
+    assert_equal(values(surf), one)  # the same token cross entropy, summed by the user's loss
+
+
+@pytest.mark.parametrize("ranks, words", [(0, ["evaluation.ranks_per_model: 2", "one process", "mpirun -n 3"]),
+                                          (4, ["evaluation.ranks_per_model: 2", "3 worker", "mpirun -n 3"])])
+def test_a_job_whose_workers_do_not_form_groups_is_one_line(lm, ranks, words):
+    proc = surface(lm, job(lm, f"bad{ranks}"), ranks, timeout=120)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
+    assert len(errors) == 1 and all(w in errors[0] for w in words), proc.stderr[-2000:]
+    assert not (lm / f"bad{ranks}.h5").exists()
