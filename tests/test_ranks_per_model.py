@@ -254,3 +254,32 @@ def test_a_job_whose_workers_do_not_form_groups_is_one_line(lm, ranks, words):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
     assert len(errors) == 1 and all(w in errors[0] for w in words), proc.stderr[-2000:]
     assert not (lm / f"bad{ranks}.h5").exists()
+
+
+def test_slurm_array_tasks_of_two_groups_equal_one_process(lm, one, slurm):
+    """`submit --tasks 2 --ranks-per-task 3` on the real local SLURM cluster: each array task is
+    an MPI job of a coordinator and one group of two ranks sharing the model; the merge equals
+    one process."""
+    spec = job(lm, "array")
+    # this machine's one node has 2 CPUs: a task of 3 ranks asks to overcommit them
+    proc = subprocess.run([sys.executable, "-m", "losslandscape", "submit", str(spec), "--tasks", "2",
+                           "--ranks-per-task", "3", "--sbatch-arg=--overcommit"], capture_output=True, text=True,
+                          env=slurm.env, cwd=lm, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    m = re.search(r"array job (\d+) \((\d+) tasks\), merge job (\d+)", proc.stdout)
+    slurm.wait([m.group(1), m.group(3)], timeout=300)
+    logs = "\n".join(p.read_text() for p in sorted((lm / "array.h5.shards").glob("*.log")))
+    assert slurm.state(m.group(3)) == "COMPLETED", logs[-4000:]
+    held = re.findall(r"rank [12]: holds (\d+) of the model's (\d+) parameter values", logs)
+    assert len(held) == 4, logs[-4000:]  # two tasks, two ranks each holding half the model
+    assert all(abs(int(a) / int(b) - 0.5) < 0.01 for a, b in held), held
+    assert_equal(values(lm / "array.h5"), one)
+
+
+def test_submit_refuses_tasks_whose_workers_do_not_form_groups(lm):
+    proc = subprocess.run([sys.executable, "-m", "losslandscape", "submit", str(job(lm, "badtasks")), "--tasks", "2",
+                           "--ranks-per-task", "4"], capture_output=True, text=True, cwd=lm, timeout=120)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
+    assert len(errors) == 1 and "--ranks-per-task: 4 ranks give 3 worker(s)" in errors[0], proc.stderr
+    assert not (lm / "badtasks.h5").exists()

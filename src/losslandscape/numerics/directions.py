@@ -184,7 +184,8 @@ class SeededDirection(Mapping):
         w = self.weights[name]
         if self.rows is not None:  # a window: its rows of the whole tensor's direction
             if w.dim() < 2:
-                return normalize_tensor(torch.empty(w.shape), w, self.norm, self.ignore)
+                d = normalize_tensor(torch.empty(w.shape), w, self.norm, self.ignore)
+                return d.sub_(self.along[name], alpha=self.coef) if self.along is not None else d
             parts = [block for _, _, block in self.blocks(name)]
             return torch.cat(parts) if parts else torch.empty(tuple(w.shape))
         d = normalize_tensor(drawn(name, w.shape, self.seed, self.axis), w, self.norm, self.ignore)
