@@ -180,6 +180,21 @@ class SeededDirection(Mapping):
         along = self.along.window(weights, first) if self.along is not None else None
         return SeededDirection(weights, self.seed, self.axis, self.norm, self.ignore, along, self.coef, rows)
 
+    @staticmethod
+    def pair(weights: Mapping[str, torch.Tensor], seed: int, norm: str, ignore: str, two: bool, same: bool,
+             coef: float | None, rows=None) -> tuple["SeededDirection", "SeededDirection | None"]:
+        """(x, y or None) as a surface file's seed record gives them: y is x (`same`), or made
+        orthogonal to x by `coef` (None: not orthogonalised); `rows` as in the constructor."""
+        if rows is not None and norm in ("layer", "dlayer"):
+            raise ValueError(f"norm {norm!r} scales a tensor by its whole norm: no row can be drawn alone")
+        x = SeededDirection(weights, seed, 0, norm, ignore, rows=rows)
+        if not two:
+            return x, None
+        if same:
+            return x, x
+        return x, SeededDirection(weights, seed, 1, norm, ignore, along=x if coef is not None else None,
+                                  coef=coef or 0.0, rows=rows)
+
     def __getitem__(self, name: str) -> torch.Tensor:
         w = self.weights[name]
         if self.rows is not None:  # a window: its rows of the whole tensor's direction

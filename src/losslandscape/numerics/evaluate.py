@@ -94,14 +94,15 @@ class PointEvaluator:
 
     def shard(self, share) -> tuple[int, int]:
         """Shard the model by rows over the default process group (shard.py), which this rank
-        shares with `share.size - 1` others: from now on it holds, moves and evaluates its share.
-        Returns (the parameter values this rank holds, the model's)."""
+        shares with `share.size - 1` others, before its directions are set: from now on it
+        holds, moves and evaluates its share. Returns (the parameter values this rank holds,
+        the model's)."""
         from losslandscape.numerics.shard import shard_model
 
         if self.net is not self.model:
             raise ValueError("a sharded model is evaluated unfolded")
-        local, first, held, total, units = shard_model(self.model, self.weights.names, self.device)
-        self.weights.shard(local, first)
+        local, rows, held, total, units = shard_model(self.model, self.weights.names, self.device)
+        self.weights.shard(local, rows)
         self.share = share
         # FSDP keeps the root's gathered weights after a forward pass: a move frees them, so that
         # the next forward gathers the moved rows

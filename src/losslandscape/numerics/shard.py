@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 def shard_model(model: torch.nn.Module, names: list[str], device: torch.device) -> tuple[dict, dict, int, int, list]:
     """Shard `model` in place over the default process group. Returns ({name: this rank's live
-    rows of each moved tensor `names`}, {name: the first of those rows in the whole tensor},
-    this rank's parameter values, the model's, the FSDP units)."""
+    rows of each moved tensor `names`}, {name: (the first of those rows in the whole tensor,
+    the whole tensor's shape)}, this rank's parameter values, the model's, the FSDP units)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -63,7 +63,7 @@ def shard_model(model: torch.nn.Module, names: list[str], device: torch.device) 
                 raise RuntimeError(f"{k}: shard of shape {tuple(t.shape)} is not rows {start}.. of {whole[k]}")
             held += t.numel()
             if k in names:
-                local[k], first[k] = t, start
+                local[k], first[k] = t, (start, whole[k])
     return local, first, held, total, units
 
 

@@ -35,6 +35,7 @@ class WeightMover:
         self.dx: list[torch.Tensor] | None = None
         self.dy: list[torch.Tensor] | None = None
         self.sx = self.sy = None  # directions drawn block by block as each tensor moves (`stream_directions`)
+        self.rows: dict[str, tuple[int, tuple[int, ...]]] | None = None  # a shard's rows of each tensor (`shard`)
 
     def set_directions(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor] | None) -> None:
         """Take the directions ({name: tensor}, read one name at a time) and copy the base point:
@@ -59,24 +60,15 @@ class WeightMover:
             self.sx, self.sy = make(dict(zip(self.names, self.base)))
             self.dx = self.dy = None
 
-    def shard(self, local: dict[str, torch.Tensor], first: dict[str, int]) -> None:
-        """Keep only this rank's rows of each tensor (a model sharded by rows: shard.py):
-        `local[name]` is the live shard, rows `first[name]`.. of the whole tensor. The base and
-        held directions are cut to those rows (copies: the whole ones go); directions drawn at
-        every move are drawn for those rows only (`SeededDirection.window`)."""
-        def cut(ts):
-            return None if ts is None else [t[first[k]:first[k] + local[k].shape[0]].clone() if t.dim() else t.clone()
-                                            for k, t in zip(self.names, ts)]
-
-        with torch.no_grad():
-            base = dict(zip(self.names, cut(self.base)))
-            self.dx, self.dy = cut(self.dx), cut(self.dy)
-            if self.sx is not None:
-                sx = self.sx.window(base, first)
-                self.sy = sx if self.sy is self.sx else (self.sy.window(base, first) if self.sy is not None else None)
-                self.sx = sx
-            self.base = list(base.values())
-            self.live = [local[k] for k in self.names]
+    def shard(self, local: dict[str, torch.Tensor], rows: dict[str, tuple[int, tuple[int, ...]]]) -> None:
+        """Keep only this rank's rows of each tensor (a model sharded by rows: shard.py), before
+        the directions are set: `local[name]` is the live shard, `rows[name]` (its first row in
+        the whole tensor, the whole tensor's shape). The base and the directions then hold
+        those rows only (`set_directions`, `stream_directions` with directions for `rows`)."""
+        if self.base is not None:
+            raise ValueError("a model is sharded before its directions are set")
+        self.live = [local[k] for k in self.names]
+        self.rows = rows
 
     @staticmethod
     def _direction(base: torch.Tensor, low: bool) -> torch.Tensor:

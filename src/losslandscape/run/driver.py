@@ -212,10 +212,10 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
     prep = comm.bcast(agree(comm, prepare_step if lead else lambda: None), root=0)
     if len(prep.pending) == 0:
         return EXIT_DONE
-    agree(comm, (lambda: None) if lead else (lambda: work.attach(evaluator, prep, None, first=comm.rank == 1)))
-    group = groups.split(comm, k) if k > 1 else None  # each group shards its model over its ranks
-    if k > 1:
-        agree(comm, (lambda: None) if lead else (lambda: groups.shard(evaluator, group, comm.rank)))
+    group = groups.split(comm, k) if k > 1 else None  # each group shards its model over its ranks, in attach
+    shard = (lambda: groups.shard(evaluator, group, comm.rank)) if group is not None else None
+    agree(comm, (lambda: None) if lead else
+          (lambda: work.attach(evaluator, prep, None, first=comm.rank == 1, shard=shard)))
 
     # 4. the file is opened once on every rank that writes (collective with mpio); units go out
     stop = StopFlag()

@@ -72,13 +72,20 @@ def _has_conv(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
-def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True) -> None:
+def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True, shard=None) -> None:
     """Give the evaluator the directions stored in a surface file (an open one, or a path),
     read tensor by tensor: the host never holds a whole direction besides the evaluator's.
     Directions stored as a seed are drawn again here, tensor by tensor, each checked against
     the file's SHA-256 (`Redrawn`); with `hold` false (evaluation.hold_directions) they are
-    checked once, block by block, and the evaluator draws them again at every move."""
+    checked once, block by block, and the evaluator draws them again at every move.
+
+    `shard()`: shards the evaluator's model over its group's ranks (groups.shard), here, after
+    a seed's digests are checked against the whole weights (block by block) and before any
+    direction is set: each rank then holds its rows of the directions only."""
     seeded = stored_seed(f_or_path)
+    if shard is not None:
+        _attach_rows(evaluator, f_or_path, hold, seeded, shard)
+        return
     if seeded is not None:
         record, made_with = seeded
         where = f_or_path.filename if hasattr(f_or_path, "filename") else str(f_or_path)
@@ -99,6 +106,34 @@ def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True) -
         evaluator.set_directions(_Lazy(x), _Lazy(y) if y is not None else None)
 
 
+def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded, shard) -> None:
+    """attach_directions for a model to shard: check, shard, then this rank's rows only."""
+    if seeded is not None:
+        record, made_with = seeded
+        where = f_or_path.filename if hasattr(f_or_path, "filename") else str(f_or_path)
+        for d in redrawn(record, made_with, dict(zip(evaluator.weights.names, evaluator.weights.live)), where):
+            if d is not None:
+                d.check_blocks()
+    shard()
+    rows = evaluator.weights.rows
+    if seeded is None:
+        with stored_directions(f_or_path) as (x, y):
+            counts = {k: (t.shape[0] if t.dim() else 1) for k, t in zip(evaluator.weights.names, evaluator.weights.live)}
+            evaluator.set_directions(_Lazy(x, rows, counts), _Lazy(y, rows, counts) if y is not None else None)
+        return
+
+    def pair(weights):
+        return dirs.SeededDirection.pair(weights, record.seed, record.norm, record.ignore, record.sha256.shape[1] == 2,
+                                         record.same_dir, record.orthogonal_coef, rows)
+
+    if hold:
+        evaluator.set_directions(*pair(dict(zip(evaluator.weights.names, evaluator.weights.live))))
+    else:
+        evaluator.weights.stream_directions(pair)
+        log.info("directions drawn again at every point, block by block, this rank's rows only "
+                 "(evaluation.hold_directions = false)")
+
+
 def redrawn(record, made_with: dict[str, str], weights: dict[str, torch.Tensor], where: str):
     """(x, y or None) drawn again from a file's seed record against the base weights they move,
     each tensor checked against its recorded SHA-256 when read; one line (UserError) where the
@@ -111,12 +146,8 @@ def redrawn(record, made_with: dict[str, str], weights: dict[str, torch.Tensor],
     if record.scheme != dirs.SCHEME:
         raise UserError(f"{where}: its directions were drawn by another scheme ({ff_shown(record.scheme)[:120]}); "
                         f"this version draws them by: {dirs.SCHEME}")
-    x = dirs.SeededDirection(weights, record.seed, 0, record.norm, record.ignore)
-    y = None
-    if record.sha256.shape[1] == 2:
-        y = x if record.same_dir else dirs.SeededDirection(
-            weights, record.seed, 1, record.norm, record.ignore,
-            along=x if record.orthogonal_coef is not None else None, coef=record.orthogonal_coef or 0.0)
+    x, y = dirs.SeededDirection.pair(weights, record.seed, record.norm, record.ignore, record.sha256.shape[1] == 2,
+                                     record.same_dir, record.orthogonal_coef)
     index = {k: i for i, k in enumerate(record.names)}
     return (Redrawn(x, record, 0, index, made_with, where),
             None if y is None else Redrawn(y, record, 1, index, made_with, where))
@@ -152,13 +183,17 @@ class Redrawn:
 
 
 class _Lazy:
-    """{name: float32 tensor} over stored directions, each read when asked for."""
+    """{name: float32 tensor} over stored directions, each read when asked for; with `rows`
+    (a shard's: {name: (first row, the whole shape)}), only those rows are read."""
 
-    def __init__(self, arrays):
-        self.arrays = arrays
+    def __init__(self, arrays, rows=None, counts=None):
+        self.arrays, self.rows, self.counts = arrays, rows, counts
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return torch.from_numpy(self.arrays[name])
+        if self.rows is None:
+            return torch.from_numpy(self.arrays[name])
+        first, shape = self.rows[name]
+        return torch.from_numpy(self.arrays.rows(name, first, self.counts[name], shape))
 
 
 def auto_search_evaluator(spec) -> PointEvaluator:

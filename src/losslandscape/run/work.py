@@ -101,8 +101,11 @@ class Work(Protocol[PlanT, MadeT]):
 
     def prepare(self, created: bool, notes: Notes) -> Prepared: ...
 
-    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
-        """Give the evaluator what a point needs (the directions); `f`: the open file, if any."""
+    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True,
+               shard: Callable[[], None] | None = None) -> None:
+        """Give the evaluator what a point needs (the directions); `f`: the open file, if any.
+        `shard()`: shard the evaluator's model over its group (ranks_per_model > 1), once the
+        directions can be checked against the whole weights and before any is held."""
 
     def done(self, f) -> Done: ...
 
@@ -162,14 +165,19 @@ class SurfaceWork:
             return self._shard
         return surface.prepare(Path(self.spec.output.surface), self.splits, created, notes, self.grid)
 
-    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
+    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True,
+               shard: Callable[[], None] | None = None) -> None:
         attach_directions(evaluator, f if f is not None and prep.directions_path is None else prep.directions_file,
-                          self.spec.evaluation.hold_directions)
+                          self.spec.evaluation.hold_directions, shard)
         if first:
             evaluator.check_resolution({k: _spacing(v) for k, v in (("x", prep.axes.x), ("y", prep.axes.y))
                                         if v is not None and len(v) > 1})
         if self.spec.directions.kind == "interpolate" and first:
-            endpoint_report(self.spec, evaluator)
+            if shard is None:
+                endpoint_report(self.spec, evaluator)
+            else:  # it would evaluate on one rank of a group, and hold the other model whole
+                log.info("the interpolation's end points are not checked against the checkpoints when the model is "
+                         "sharded (evaluation.ranks_per_model)")
 
     def done(self, f) -> Done:
         return done_masks(f)

@@ -578,6 +578,15 @@ class _LazyDirection:
                             f"{ff.shown(repr(name))}; expected one for each tensor the model moves")
         return np.asarray(self.group[name], dtype=np.float32)
 
+    def rows(self, name: str, first: int, count: int, shape: tuple[int, ...]) -> np.ndarray:
+        """Rows first..first+count of direction `name` (a rank's shard of a tensor of `shape`),
+        read alone; the stored tensor's shape is checked against `shape`."""
+        d = self.group[name] if name in self.group else self[name]
+        if tuple(d.shape) != tuple(shape):
+            raise UserError(f"{self.group.file.filename}: direction {ff.shown(repr(name))} has shape "
+                            f"{tuple(d.shape)}; expected {tuple(shape)}, the model's tensor")
+        return np.asarray(d[first:first + count] if d.ndim else d[()], dtype=np.float32)
+
 
 @dataclass
 class MapsSource:
