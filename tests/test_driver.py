@@ -33,7 +33,7 @@ def test_the_protocol_names_every_step_the_driver_calls():
                              "unit_values", "writer", "finished"}
     called = {node.attr for node in ast.walk(ast.parse(inspect.getsource(driver)))
               if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "work"}
-    assert called - {"label", "unit_size"} <= set(PROTOCOL), called
+    assert called - {"label", "unit_size", "ranks_per_model"} <= set(PROTOCOL), called
 
 
 @pytest.mark.parametrize("cls", [SurfaceWork, HessianWork])

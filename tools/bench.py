@@ -18,7 +18,10 @@ Memory (`memory`): peak resident memory of a surface run above an idle process w
 imports, as a multiple of the weights' bytes, on language models built by their own factories
 (random init, a few short sequences, CPU): a GPT-2-small-sized model in float32 with the
 directions held, in bf16 with seeded directions held nowhere, and a Llama-shaped model of
-about 1B parameters in bf16 the same way; and the seconds a point spends moving weights.
+about 1B parameters in bf16 the same way; and the seconds a point spends moving weights. And
+one model over two ranks (`sharded`): the float32 GPT-2 with its directions held, under
+mpirun -n 3 with evaluation.ranks_per_model = 2 (one group of two workers), each rank's own
+peak against the one process's.
 
 The coordinator (`coordinator`): the real MPI coordinator with 16, 64 and 256 stand-in workers
 without a model (coordsim.py) under mpirun --oversubscribe: requests/s, its CPU per request,
@@ -32,6 +35,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -223,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         p = m["gpt2_bf16_point"]
         print(f"A point of the bf16 GPT-2: {p['move_s']:.1f} s moving the weights (directions drawn again), "
               f"{p['forward_s']:.1f} s of forward passes")
+        sh = m["sharded"]
+        workers = ", ".join(f"rank {r} {x:.2f}x" for r, x in sorted(sh["workers_above_floor_over_weights"].items()))
+        after = ", ".join(f"rank {r} {x:.2f}x" for r, x in sorted(sh["after_sharding_above_floor_over_weights"].items()))
+        print(f"Sharded over 2 ranks ({sh['run']}): each worker's own peak above an idle process: {workers} "
+              f"(one process: {m['runs'][sh['run']]['above_floor_over_weights']:.2f}x; the whole model is built "
+              f"first); after sharding: {after}; shares held {', '.join(f'{h:.3f}' for h in sh['held_shares'])}; "
+              f"{sh['seconds']:.0f} s")
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
@@ -493,7 +504,63 @@ def bench_memory(work: Path) -> dict:
                              "above_floor_over_weights": (peak - floor) / weights, "file_bytes": path.stat().st_size,
                              "seconds": time.perf_counter() - start}
     out["gpt2_bf16_point"] = _move_and_forward(work)
+    out["sharded"] = _sharded_peaks(work, env, floor)
     return out
+
+
+RANK_PEAK = """
+import os, re, resource, sys
+from losslandscape.frontends.cli import main
+from losslandscape.run import groups
+
+def hwm_kib():
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
+shard, marks = groups.shard, {}
+
+def measured(*args):  # the peak so far, then the peak is reset (Linux: clear_refs 5)
+    shard(*args)
+    marks["before"] = hwm_kib()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+groups.shard = measured
+code = main(sys.argv[1:])
+rank = os.environ.get("OMPI_COMM_WORLD_RANK", "?")
+print(f"bench-peak rank {rank} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} "
+      f"{marks.get('before', 0)} {hwm_kib() if marks else 0}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _sharded_peaks(work: Path, env: dict, floor: float) -> dict:
+    """Each rank's own peak resident memory (MiB) of the float32 GPT-2's 2x2 surface with its
+    directions held, under mpirun -n 3 with ranks_per_model = 2, above `floor`, against its
+    weights' bytes; the one process's peak of the same run is the first memory run's."""
+    (work / "rankpeak.py").write_text(RANK_PEAK)
+    name, model, data, nbytes, _ = MEMORY_RUNS[0]
+    mpirun = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "-n", "3"]
+    if os.geteuid() == 0:
+        mpirun.insert(1, "--allow-run-as-root")
+    cmd = mpirun + [sys.executable, str(work / "rankpeak.py"), "surface", f"--model.name={model}",
+                    f"--data.name={data}", "--evaluation.loss=model", "--grid.x=-1:1:2", "--grid.y=-1:1:2",
+                    "--evaluation.device=cpu", "--evaluation.threads=1", f"--output.surface={work / 'sharded.h5'}",
+                    "--directions.ignore=biasbn", "--evaluation.ranks_per_model=2"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    found = re.findall(r"bench-peak rank (\d+) (\d+) (\d+) (\d+)", proc.stderr)
+    peaks = {int(r): int(kib) / 1024.0 for r, kib, _, _ in found}
+    after = {int(r): int(kib) / 1024.0 for r, _, _, kib in found if int(r) > 0}  # since the model was sharded
+    params = int(re.search(r"of ([\d,]+) parameters", proc.stderr).group(1).replace(",", ""))
+    weights = params * nbytes / 2**20
+    held = [int(a) / int(b) for a, b in re.findall(r"holds (\d+) of the model's (\d+) parameter values", proc.stderr)]
+    return {"run": name, "ranks_per_model": 2, "weights_mib": weights, "peak_rss_mib": peaks,
+            "workers_above_floor_over_weights": {r: (p - floor) / weights for r, p in peaks.items() if r > 0},
+            "after_sharding_rss_mib": after,
+            "after_sharding_above_floor_over_weights": {r: (p - floor) / weights for r, p in after.items()},
+            "held_shares": held, "seconds": time.perf_counter() - start}
 
 
 def _move_and_forward(work: Path) -> dict:

@@ -94,7 +94,7 @@ def run_serial(work: Work, stop: StopFlag | None = None) -> int:
 
 
 def _serial(work: Work, stop: StopFlag) -> int:
-    k = getattr(work, "ranks_per_model", 1)
+    k = work.ranks_per_model
     if k > 1:
         raise UserError(f"evaluation.ranks_per_model: {k} shares one model among {k} worker ranks of an MPI job, "
                         f"and this is one process; run it under mpirun or srun with 1 + a multiple of {k} ranks "
@@ -181,7 +181,7 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
              f"worker {env.worker_index} of {env.workers_on_node} on this node")
 
     # 1. rank 0 plans and makes what a new file holds (nothing written); each worker loads
-    k = getattr(work, "ranks_per_model", 1)  # workers that share one model (groups.py)
+    k = work.ranks_per_model  # workers that share one model (groups.py)
     agree(comm, groups.check_size, comm.size, k)
 
     def lead_step():
@@ -201,6 +201,10 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
         or_abort(comm, work.create, made, notes, comm)
     elif how == "one" and lead:
         or_abort(comm, work.create, made, notes)
+    # what was created (its directions, whole; on every rank under parallel HDF5) is not kept for
+    # the rest of the job: each worker reads its own copy of the directions from the file
+    made = loaded = None
+    gc.collect()
 
     # 3. rank 0 records the run and finds the pending points; workers read the directions
     def prepare_step():

@@ -5,6 +5,7 @@ evaluator of the auto range search and the interpolation's report on its end poi
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import torch
@@ -109,12 +110,9 @@ def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True, s
 def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded, shard) -> None:
     """attach_directions for a model to shard: check, shard, then this rank's rows only."""
     if seeded is not None:
-        record, made_with = seeded
-        where = f_or_path.filename if hasattr(f_or_path, "filename") else str(f_or_path)
-        for d in redrawn(record, made_with, dict(zip(evaluator.weights.names, evaluator.weights.live)), where):
-            if d is not None:
-                d.check_blocks()
+        _check_digests(evaluator, f_or_path, seeded)
     shard()
+    gc.collect()  # the whole weights go now: the shards are copies
     rows = evaluator.weights.rows
     if seeded is None:
         with stored_directions(f_or_path) as (x, y):
@@ -132,6 +130,16 @@ def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded, shard
         evaluator.weights.stream_directions(pair)
         log.info("directions drawn again at every point, block by block, this rank's rows only "
                  "(evaluation.hold_directions = false)")
+
+
+def _check_digests(evaluator: PointEvaluator, f_or_path, seeded) -> None:
+    """Draw a seed file's directions against the whole weights, block by block, each tensor
+    checked against its SHA-256 (nothing is kept: the whole weights are freed once sharded)."""
+    record, made_with = seeded
+    where = f_or_path.filename if hasattr(f_or_path, "filename") else str(f_or_path)
+    for d in redrawn(record, made_with, dict(zip(evaluator.weights.names, evaluator.weights.live)), where):
+        if d is not None:
+            d.check_blocks()
 
 
 def redrawn(record, made_with: dict[str, str], weights: dict[str, torch.Tensor], where: str):
