@@ -283,3 +283,35 @@ def test_submit_refuses_tasks_whose_workers_do_not_form_groups(lm):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
     assert len(errors) == 1 and "--ranks-per-task: 4 ranks give 3 worker(s)" in errors[0], proc.stderr
     assert not (lm / "badtasks.h5").exists()
+
+
+def test_a_signal_to_one_rank_of_a_group_stops_the_group_together_and_the_file_resumes(lm, one):
+    """SIGTERM to world rank 2 only: its group agrees to stop before the next point (rank 1 was
+    not signalled), the job exits 3 (stopped), and the same command completes the file."""
+    spec = job(lm, "signalled", loss="lmk:slow")
+    for p in lm.glob("pid.*"):
+        p.unlink()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    proc = subprocess.Popen(mpirun(3) + [sys.executable, "-m", "losslandscape", "surface", str(spec)], cwd=lm,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    surf = lm / "signalled.h5"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with h5py.File(surf, "r", locking=False) as f:
+                if f["test_done"][()].sum() >= 2:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.2)
+    os.kill(int((lm / "pid.2").read_text()), signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-3000:]
+    assert "stopped early" in err and "is resumable" in err
+    with h5py.File(surf, "r") as f:
+        done = int(f["test_done"][()].sum())
+    assert 2 <= done < 9
+    again = surface(lm, spec, 3)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{done} of 9 points done" in again.stderr
+    assert_equal(values(surf), one)

@@ -119,6 +119,7 @@ def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded, shard
             counts = {k: (t.shape[0] if t.dim() else 1) for k, t in zip(evaluator.weights.names, evaluator.weights.live)}
             evaluator.set_directions(_Lazy(x, rows, counts), _Lazy(y, rows, counts) if y is not None else None)
         return
+    record = seeded[0]
 
     def pair(weights):
         return dirs.SeededDirection.pair(weights, record.seed, record.norm, record.ignore, record.sha256.shape[1] == 2,
