@@ -228,12 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"A point of the bf16 GPT-2: {p['move_s']:.1f} s moving the weights (directions drawn again), "
               f"{p['forward_s']:.1f} s of forward passes")
         sh = m["sharded"]
-        workers = ", ".join(f"rank {r} {x:.2f}x" for r, x in sorted(sh["workers_above_floor_over_weights"].items()))
-        after = ", ".join(f"rank {r} {x:.2f}x" for r, x in sorted(sh["after_sharding_above_floor_over_weights"].items()))
-        print(f"Sharded over 2 ranks ({sh['run']}): each worker's own peak above an idle process: {workers} "
-              f"(one process: {m['runs'][sh['run']]['above_floor_over_weights']:.2f}x; the whole model is built "
-              f"first); after sharding: {after}; shares held {', '.join(f'{h:.3f}' for h in sh['held_shares'])}; "
-              f"{sh['seconds']:.0f} s")
+        def each(key):
+            return ", ".join(f"rank {r} {x:.2f}x" for r, x in sorted(sh[key].items()))
+
+        print(f"Sharded over 2 ranks ({sh['run']}), each worker above an idle process, in the whole model's "
+              f"weights: peak before sharding (the model built whole) {each('before_sharding_above_floor_over_weights')}"
+              f"; resident with its rows of the directions set {each('attached_above_floor_over_weights')}; peak "
+              f"after sharding {each('after_sharding_above_floor_over_weights')} (one process's peak: "
+              f"{m['runs'][sh['run']]['above_floor_over_weights']:.2f}x); shares held "
+              f"{', '.join(f'{h:.3f}' for h in sh['held_shares'])}; {sh['seconds']:.0f} s")
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
@@ -512,9 +515,10 @@ RANK_PEAK = """
 import os, re, resource, sys
 from losslandscape.frontends.cli import main
 from losslandscape.run import groups
+from losslandscape.run.work import SurfaceWork
 
-def hwm_kib():
-    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+def hwm_kib(key="VmHWM"):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 
 shard, marks = groups.shard, {}
 
@@ -524,11 +528,15 @@ def measured(*args):  # the peak so far, then the peak is reset (Linux: clear_re
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
-groups.shard = measured
+def attached(self, *args, **kwargs):  # resident once the rank's rows of the directions are set
+    attach(self, *args, **kwargs)
+    marks["attached"] = hwm_kib("VmRSS")
+
+groups.shard, attach, SurfaceWork.attach = measured, SurfaceWork.attach, attached
 code = main(sys.argv[1:])
 rank = os.environ.get("OMPI_COMM_WORLD_RANK", "?")
-print(f"bench-peak rank {rank} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} "
-      f"{marks.get('before', 0)} {hwm_kib() if marks else 0}", file=sys.stderr)
+print(f"bench-peak rank {rank} {marks.get('before', 0)} {marks.get('attached', 0)} {hwm_kib() if marks else 0}",
+      file=sys.stderr)
 sys.exit(code)
 """
 
@@ -550,17 +558,21 @@ def _sharded_peaks(work: Path, env: dict, floor: float) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    found = re.findall(r"bench-peak rank (\d+) (\d+) (\d+) (\d+)", proc.stderr)
-    peaks = {int(r): int(kib) / 1024.0 for r, kib, _, _ in found}
-    after = {int(r): int(kib) / 1024.0 for r, _, _, kib in found if int(r) > 0}  # since the model was sharded
+    found = [(int(r), int(a) / 1024.0, int(b) / 1024.0, int(c) / 1024.0)
+             for r, a, b, c in re.findall(r"bench-peak rank (\d+) (\d+) (\d+) (\d+)", proc.stderr) if int(r) > 0]
+    peaks = {r: a for r, a, _, _ in found}  # the workers' peaks before sharding: the model built whole
+    held = {r: b for r, _, b, _ in found}  # resident once the rank's rows of the directions are set
+    after = {r: c for r, _, _, c in found}  # the peak since the model was sharded
     params = int(re.search(r"of ([\d,]+) parameters", proc.stderr).group(1).replace(",", ""))
     weights = params * nbytes / 2**20
-    held = [int(a) / int(b) for a, b in re.findall(r"holds (\d+) of the model's (\d+) parameter values", proc.stderr)]
-    return {"run": name, "ranks_per_model": 2, "weights_mib": weights, "peak_rss_mib": peaks,
-            "workers_above_floor_over_weights": {r: (p - floor) / weights for r, p in peaks.items() if r > 0},
+    shares = [int(a) / int(b) for a, b in re.findall(r"holds (\d+) of the model's (\d+) parameter values", proc.stderr)]
+    return {"run": name, "ranks_per_model": 2, "weights_mib": weights, "before_sharding_rss_mib": peaks,
+            "before_sharding_above_floor_over_weights": {r: (p - floor) / weights for r, p in peaks.items()},
+            "attached_rss_mib": held,
+            "attached_above_floor_over_weights": {r: (p - floor) / weights for r, p in held.items()},
             "after_sharding_rss_mib": after,
             "after_sharding_above_floor_over_weights": {r: (p - floor) / weights for r, p in after.items()},
-            "held_shares": held, "seconds": time.perf_counter() - start}
+            "held_shares": shares, "seconds": time.perf_counter() - start}
 
 
 def _move_and_forward(work: Path) -> dict:
