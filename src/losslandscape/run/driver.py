@@ -9,7 +9,9 @@ The path of one job, in the order it runs (the steps are the work's: work.py, he
     run_mpi     the same steps spread over the ranks: rank 0 plans, makes and prepares, each
                 worker loads and attaches; the file is created by every rank together (parallel
                 HDF5) or by rank 0; then rank 0 hands out units (distributed.coordinate) and the
-                workers evaluate them (distributed.serve), writing themselves or through rank 0
+                workers evaluate them (distributed.serve), writing themselves or through rank 0;
+                with evaluation.ranks_per_model = K the workers form groups of K (groups.py),
+                each sharding one model in attach, and a unit goes to a whole group
 
 Units are fixed in one process (numerics/grid.split_units) and sized as they go under MPI
 (numerics/schedule.Units). A signal (SIGTERM: a SLURM time limit; Ctrl-C) finishes the current
