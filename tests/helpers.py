@@ -159,7 +159,8 @@ def make(venv: Path, *args: str, spec: str | None = None) -> str:
     """`make VENV=venv [TORCH_SPEC=spec] args` in the repository; its stdout."""
     # an outer `make test TORCH_SPEC=...` passes its variables down in MAKEFLAGS: not to this one
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL", "TORCH_SPEC", "VENV")}
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL", "TORCH_SPEC", "VENV", "PYTEST_ARGS",
+                        "TEST_WORKERS")}
     cmd = ["make", f"VENV={venv}", *([f"TORCH_SPEC={spec}"] if spec is not None else []), *args]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
