@@ -88,12 +88,12 @@ def mpirun(n: int) -> list[str]:
     return cmd
 
 
-def launch(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def launch(cmd: list[str], timeout: int = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run an mpirun command with this process's environment minus Open MPI's own variables:
     a test that ran a task in-process initialised MPI here (a singleton), and an mpirun that
     inherits its OMPI_/PMIX_ variables believes it is inside that job and exits 1 silently."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def rank_pids(mpirun_pid: int) -> list[int]:

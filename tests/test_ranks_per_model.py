@@ -117,13 +117,8 @@ def job(folder: Path, name: str, k: int = 2, store: str = "seed", hold: bool = T
 def surface(folder: Path, spec: Path, ranks: int = 0, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "losslandscape", "surface", str(spec), *args]
     if ranks:
-        return launch_in(folder, mpirun(ranks) + cmd, timeout)
+        return launch(mpirun(ranks) + cmd, timeout, cwd=folder)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=folder, timeout=timeout)
-
-
-def launch_in(folder: Path, cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=folder)
 
 
 def values(path: Path) -> dict[str, np.ndarray]:
@@ -149,6 +144,28 @@ def held_shares(stderr: str) -> dict[int, float]:
     """{rank: the share of the model's parameter values it logs holding}."""
     return {int(r): int(a) / int(b) for r, a, b in
             re.findall(r"rank (\d+): holds (\d+) of the model's (\d+) parameter values", stderr)}
+
+
+def started_until(folder: Path, spec: Path, name: str, points: int) -> tuple[subprocess.Popen, Path]:
+    """mpirun -n 3 of `spec` (its loss writes each rank's pid), returned once the surface file
+    `name` has `points` points done, the job still running."""
+    for p in folder.glob("pid.*"):
+        p.unlink()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+    proc = subprocess.Popen(mpirun(3) + [sys.executable, "-m", "losslandscape", "surface", str(spec)], cwd=folder,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    surf = folder / name
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with h5py.File(surf, "r", locking=False) as f:
+                if f["test_done"][()].sum() >= points:
+                    break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    return proc, surf
 
 
 def test_two_groups_of_two_equal_one_process_and_a_plain_forward_pass(lm, one):
@@ -217,24 +234,9 @@ def test_a_failing_rank_of_a_group_ends_the_job_in_seconds_with_one_line(lm):
     assert took < 45, took  # start-up (~12 s) + the grace (10 s), not a hang
 
 
-def test_a_killed_rank_loses_at_most_its_groups_unit_and_the_resume_equals_a_clean_run(lm, one):
+def test_a_killed_rank_ends_the_job_and_the_resume_equals_a_clean_run(lm, one):
     spec = job(lm, "killed", loss="lmk:slow")
-    for p in lm.glob("pid.*"):
-        p.unlink()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    proc = subprocess.Popen(mpirun(3) + [sys.executable, "-m", "losslandscape", "surface", str(spec)], cwd=lm,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    surf = lm / "killed.h5"
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with h5py.File(surf, "r", locking=False) as f:
-                if f["test_done"][()].sum() >= 2:
-                    break
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc, surf = started_until(lm, spec, "killed.h5", 2)
     os.kill(int((lm / "pid.2").read_text()), signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -290,21 +292,7 @@ def test_a_signal_to_one_rank_of_a_group_stops_the_group_together_and_the_file_r
     """SIGTERM to world rank 2 only: its group agrees to stop before the next point (rank 1 was
     not signalled), the job exits 3 (stopped), and the same command completes the file."""
     spec = job(lm, "signalled", loss="lmk:slow")
-    for p in lm.glob("pid.*"):
-        p.unlink()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-    proc = subprocess.Popen(mpirun(3) + [sys.executable, "-m", "losslandscape", "surface", str(spec)], cwd=lm,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    surf = lm / "signalled.h5"
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with h5py.File(surf, "r", locking=False) as f:
-                if f["test_done"][()].sum() >= 2:
-                    break
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.2)
+    proc, surf = started_until(lm, spec, "signalled.h5", 2)
     os.kill(int((lm / "pid.2").read_text()), signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err[-3000:]

@@ -167,6 +167,8 @@ class SeededDirection(Mapping):
                  along: "SeededDirection | None" = None, coef: float = 0.0,
                  rows: Mapping[str, tuple[int, tuple[int, ...]]] | None = None):
         self.weights, self.seed, self.axis, self.norm, self.ignore = weights, seed, axis, norm, ignore
+        if rows is not None and norm in ("layer", "dlayer"):
+            raise ValueError(f"norm {norm!r} scales a tensor by its whole norm: no row can be drawn alone")
         self.along, self.coef, self.rows = along, coef, rows
 
     def window(self, weights: Mapping[str, torch.Tensor], first: Mapping[str, int]) -> "SeededDirection":
@@ -174,8 +176,6 @@ class SeededDirection(Mapping):
         this direction's weights): a rank's share of a model sharded by rows. Each row is
         normalised alone ("filter" and the row-wise norms; 1-D tensors follow `ignore`), so
         its bits are the whole tensor's; norms over a whole tensor cannot be windowed."""
-        if self.norm in ("layer", "dlayer"):
-            raise ValueError(f"norm {self.norm!r} scales a tensor by its whole norm: no row can be drawn alone")
         rows = {k: (first[k], tuple(self.weights[k].shape)) for k in self.weights}
         along = self.along.window(weights, first) if self.along is not None else None
         return SeededDirection(weights, self.seed, self.axis, self.norm, self.ignore, along, self.coef, rows)
@@ -185,8 +185,6 @@ class SeededDirection(Mapping):
              coef: float | None, rows=None) -> tuple["SeededDirection", "SeededDirection | None"]:
         """(x, y or None) as a surface file's seed record gives them: y is x (`same`), or made
         orthogonal to x by `coef` (None: not orthogonalised); `rows` as in the constructor."""
-        if rows is not None and norm in ("layer", "dlayer"):
-            raise ValueError(f"norm {norm!r} scales a tensor by its whole norm: no row can be drawn alone")
         x = SeededDirection(weights, seed, 0, norm, ignore, rows=rows)
         if not two:
             return x, None
