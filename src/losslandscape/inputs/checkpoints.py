@@ -23,29 +23,36 @@ read: the model comes from model.name, and the weights must fit it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import pickle
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
 from losslandscape.errors import UserError, readable_file
 
+log = logging.getLogger(__name__)
+
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 # the weights of a Hugging Face model folder, in the order they are looked for
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.checkpoint") -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.checkpoint",
+                    mmap: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file (or of a Hugging Face model folder), keys without any
-    `module.` prefix."""
+    `module.` prefix. `mmap`: a PyTorch file's tensors are mapped, not read (only what is
+    used is read); a file of PyTorch < 1.6's format, which cannot be mapped, is read whole."""
     path = Path(path)
     if path.is_dir():
         state: dict[str, torch.Tensor] = {}
         for file in checkpoint_files(path, field):
-            state.update(load_state_dict(file, trust, field))
+            state.update(load_state_dict(file, trust, field, mmap))
         return state
     if path.suffix == ".safetensors":
         return normalise(_load_safetensors(path, field), field, path)
@@ -54,7 +61,7 @@ def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.c
         with warnings.catch_warnings():
             if not trust:  # torch warns about the pickle protocol of a file it then refuses: one line is ours
                 warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=not trust)
+            obj = torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap and _zip(path))
     except pickle.UnpicklingError as exc:
         # torch wraps every weights-only failure, garbage bytes included, in "Weights only load
         # failed"; only a refused class (a GLOBAL, or an object of one) means "needs trust"
@@ -67,6 +74,12 @@ def load_state_dict(path: str | Path, trust: bool = False, field: str = "model.c
     except Exception as exc:  # garbage bytes make the unpicklers fail in many ways (KeyError, IndexError, ...)
         raise UserError(f"{field}: {path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
     return normalise(obj, field, path)
+
+
+def _zip(path: Path) -> bool:
+    """Whether a PyTorch file is of torch.save's zip format (which torch.load can map)."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
 
 
 def checkpoint_files(path: str | Path, field: str = "model.checkpoint") -> list[Path]:
@@ -135,9 +148,15 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], fie
     """Load `state` into `model`, or say in one line which keys do not fit."""
     own = model.state_dict()
     state = _bn_counters_filled(model, _tied_filled(own, state))
+    _check_fits({k: tuple(t.shape) for k, t in own.items()}, {k: tuple(t.shape) for k, t in state.items()}, field)
+    model.load_state_dict(state, strict=True)
+
+
+def _check_fits(own: dict[str, tuple], state: dict[str, tuple], field: str) -> None:
+    """One line naming the keys of a checkpoint (their shapes `state`) that do not fit a model's (`own`)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    wrong = [k for k in own if k in state and state[k] != own[k]]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -145,9 +164,8 @@ def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], fie
         if unexpected:
             parts.append(f"unexpected {_few(unexpected)}")
         if wrong:
-            parts.append("wrong shape " + _few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong]))
+            parts.append("wrong shape " + _few([f"{k} {state[k]} vs {own[k]}" for k in wrong]))
         raise UserError(f"{field}: does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
 
 
 def _tied_filled(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -239,3 +257,146 @@ def _original_hint(name: str, state: dict[str, torch.Tensor], num_classes: int, 
     if set(own) != set(state) or any(tuple(own[k].shape) != tuple(state[k].shape) for k in own):
         return ""
     return (f'it fits {original}, the original loss-landscape code\'s {name}: set model.name = "{original}"')
+
+
+# --- a model too large for one rank: built without its parameters, read by rows ---------------
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """While on, every parameter a module registers is put on the meta device (shape and dtype,
+    no memory; its initialisation does nothing), while buffers stay real: a buffer computed in
+    the constructor and not saved (a rotary embedding's inverse frequencies) keeps its values.
+    A parameter's own tensor is allocated by its module first and never written (torch.empty:
+    no memory is touched)."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and not param.is_meta:
+            param = torch.nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+class CheckpointTensors:
+    """A checkpoint's tensors (a file or a Hugging Face model folder), each read when asked for,
+    whole or some of its rows: a .safetensors file through `safe_open` (only the rows asked
+    for are read), a PyTorch file mapped (torch.load mmap; a file of PyTorch < 1.6 is read
+    whole). Keys as `load_state_dict` gives them."""
+
+    def __init__(self, path: str | Path, trust: bool = False, field: str = "model.checkpoint"):
+        self.path, self.trust, self.field = path, trust, field
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._at: dict[str, tuple[object, str]] = {}  # key -> (safe_open handle or a mapped tensor, its own key)
+        for file in checkpoint_files(path, field):
+            if file.suffix == ".safetensors":
+                handle = _safe_open(file, field)
+                found = {key: (handle, key) for key in handle.keys()}
+                shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in found}
+            else:
+                state = load_state_dict(file, trust, field, mmap=True)
+                found = {key: (t, key) for key, t in state.items()}
+                shapes = {key: tuple(t.shape) for key, t in state.items()}
+            if found and all(k.startswith("module.") for k in found):
+                found = {k.removeprefix("module."): v for k, v in found.items()}
+                shapes = {k.removeprefix("module."): v for k, v in shapes.items()}
+            self._at.update(found)
+            self.shapes.update(shapes)
+
+    def __getstate__(self):  # sent to another rank as its path: that rank opens it itself
+        return (self.path, self.trust, self.field)
+
+    def __setstate__(self, state) -> None:
+        self.__init__(*state)
+
+    def rows(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows start:stop of tensor `key` (all of a 0-dim tensor), on the CPU in the file's dtype."""
+        where, own = self._at[key]
+        whole = stop is None or not self.shapes[key]
+        try:
+            if isinstance(where, torch.Tensor):
+                return where.clone() if whole else where[start:stop].clone()
+            return where.get_tensor(own) if whole else where.get_slice(own)[start:stop]
+        except Exception as exc:  # a file cut short or changed since it was opened
+            raise UserError(f"{self.field}: {self.path}: tensor {key!r} cannot be read ({_first_line(exc)})") from None
+
+
+def _safe_open(path: Path, field: str):
+    readable_file(path, field, "a safetensors file")
+    try:
+        from safetensors import safe_open  # noqa: PLC0415 (needed for .safetensors files only)
+    except ImportError:
+        raise UserError(f"{field}: {path} is a safetensors file and the safetensors package is not installed; "
+                        "pip install safetensors") from None
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:
+        raise UserError(f"{field}: {path} is not a valid safetensors file ({_first_line(exc)})") from None
+
+
+class ModelRows(Mapping):
+    """The weights of a model built on the meta device (`build_on_meta`), read from its
+    checkpoint when asked for: `rows(name, start, stop)` of a parameter, or a whole one as
+    {name: tensor} (one at a time), each in the parameter's dtype (as load_state_dict copies)."""
+
+    def __init__(self, tensors: CheckpointTensors, keys: dict[str, str], dtypes: dict[str, torch.dtype]):
+        self.tensors, self.keys, self.dtypes = tensors, keys, dtypes
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.tensors.rows(self.keys[name], start, stop).to(self.dtypes[name])
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors.rows(self.keys[name]).to(self.dtypes[name])
+
+    def only(self, names: list[str]) -> "ModelRows":
+        """The same over parameters `names` (the moved ones)."""
+        return ModelRows(self.tensors, {n: self.keys[n] for n in names}, self.dtypes)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def build_on_meta(model_spec, in_channels: int, field: str = "model.checkpoint") -> tuple[torch.nn.Module, ModelRows]:
+    """The spec's model with its parameters on the meta device (no memory) and its buffers
+    real, the checkpoint's buffers loaded into them, and its parameters to be read from the
+    checkpoint (`ModelRows`), checked to fit it (names, tied twins, shapes) from the
+    checkpoint's header alone. For a model sharded over ranks: each reads its rows only."""
+    from losslandscape.inputs.models import build_model
+
+    tensors = CheckpointTensors(model_spec.checkpoint, model_spec.trust_checkpoint, field)
+    with parameters_on_meta():
+        model = build_model(model_spec.name, num_classes=model_spec.num_classes, in_channels=in_channels)
+    own = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    twins: dict[int, list[str]] = {}  # a parameter's names (tied twins share one Parameter)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        twins.setdefault(id(p), []).append(name)
+    state = dict(tensors.shapes)
+    keys = {}
+    for name, p in model.named_parameters():  # a twin the checkpoint leaves out is read as the one it has
+        key = next((k for k in twins[id(p)] if k in tensors.shapes), None)
+        if key is not None:
+            keys[name] = key
+            for k in twins[id(p)]:
+                state.setdefault(k, tensors.shapes[key])
+    for prefix, m in model.named_modules():  # BatchNorm counters PyTorch < 0.4.1 did not save
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.num_batches_tracked is not None:
+            key = f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"
+            if key not in state and (f"{prefix}.running_mean" if prefix else "running_mean") in state:
+                state[key] = own[key]
+    _check_fits(own, state, field)
+    with torch.no_grad():
+        params = {id(p) for p in model.parameters()}
+        for name, b in model.state_dict(keep_vars=True).items():
+            if id(b) not in params and name in tensors.shapes:
+                b.copy_(tensors.rows(name))
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    log.info("built %s with its parameters on the meta device: each rank reads its rows of %s",
+             model_spec.name, model_spec.checkpoint)
+    return model, ModelRows(tensors, keys, dtypes)

@@ -87,26 +87,37 @@ class PointEvaluator:
         self.precision = Precision(precision, self.device)
         self.precision.apply()
         self.measurer = Measurer(self.net, loss_fn, self.precision, self.batch_size, Fit(self.model))
-        self.values = probe(self.measurer, first)
+        # a model built on the meta device has no weights until it is sharded: probed then (`shard`)
+        self._first = first if any(p.is_meta for p in model.parameters()) else None
+        self.values = probe(self.measurer, first) if self._first is None else None
         # after a move, the folded twin recomputes its weights from the model's
         self._moved = self.net.refresh if self.net is not self.model else None
         self.share = None  # a shard.Share where this rank evaluates one model with others (`shard`)
+        # a model to shard: rows_of(name, start, stop) reads its rows of a parameter built on the meta
+        # device; whole: {name: whole moved tensor}, read one at a time (run/loading.py sets both)
+        self.rows_of = self.whole = None
 
     def shard(self, share) -> tuple[int, int]:
         """Shard the model by rows over the default process group (shard.py), which this rank
         shares with `share.size - 1` others, before its directions are set: from now on it
-        holds, moves and evaluates its share. Returns (the parameter values this rank holds,
-        the model's)."""
+        holds, moves and evaluates its share. A model built on the meta device gets its rows
+        from `self.rows_of(name, start, stop)` here and is probed now (every rank of the group
+        together). Returns (the parameter values this rank holds, the model's)."""
         from losslandscape.numerics.shard import shard_model
 
         if self.net is not self.model:
             raise ValueError("a sharded model is evaluated unfolded")
-        local, rows, held, total, units = shard_model(self.model, self.weights.names, self.device)
+        local, rows, held, total, units = shard_model(self.model, self.weights.names, self.device, self.rows_of)
         self.weights.shard(local, rows)
         self.share = share
         # FSDP keeps the root's gathered weights after a forward pass: a move frees them, so that
         # the next forward gathers the moved rows
         self._moved = lambda: [unit.reshard() for unit in units]
+        if self._first is not None:
+            with torch.inference_mode():
+                self.values = probe(self.measurer, self._first)
+            self._moved()
+            self._first = None
         return held, total
 
     @property

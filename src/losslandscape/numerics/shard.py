@@ -27,10 +27,16 @@ from losslandscape.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def shard_model(model: torch.nn.Module, names: list[str], device: torch.device) -> tuple[dict, dict, int, int, list]:
+def shard_model(model: torch.nn.Module, names: list[str], device: torch.device,
+                rows_of=None) -> tuple[dict, dict, int, int, list]:
     """Shard `model` in place over the default process group. Returns ({name: this rank's live
     rows of each moved tensor `names`}, {name: (the first of those rows in the whole tensor,
-    the whole tensor's shape)}, this rank's parameter values, the model's, the FSDP units)."""
+    the whole tensor's shape)}, this rank's parameter values, the model's, the FSDP units).
+
+    A model whose parameters are on the meta device (inputs/checkpoints.build_on_meta) is
+    sharded there; then each rank allocates its shards on `device` and fills them with
+    `rows_of(name, start, stop)`, its rows of each parameter (read from the checkpoint): no
+    rank ever holds a whole parameter. Its buffers (real) keep their values."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -47,10 +53,19 @@ def shard_model(model: torch.nn.Module, names: list[str], device: torch.device) 
     mesh = init_device_mesh(device.type, (size,))
     units = [block for m in model.modules() if isinstance(m, torch.nn.ModuleList)
              for block in m if any(True for _ in block.parameters())]
+    meta = any(p.is_meta for p in params.values())
+    if meta and rows_of is None:
+        raise ValueError("a model built on the meta device needs rows_of to fill its shards")
     for block in units:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     units.append(model)
+    if meta:
+        buffers = {k: b.detach().cpu().clone() for k, b in model.named_buffers()}
+        model.to_empty(device=device)  # this rank's shards (and the buffers, filled again below)
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
     local, first = {}, {}
     held = 0
     with torch.no_grad():
@@ -61,6 +76,8 @@ def shard_model(model: torch.nn.Module, names: list[str], device: torch.device) 
             start = min(rank * chunk, rows)
             if tuple(t.shape[1:]) != whole[k][1:] or t.shape[0] != min(start + chunk, rows) - start:
                 raise RuntimeError(f"{k}: shard of shape {tuple(t.shape)} is not rows {start}.. of {whole[k]}")
+            if meta and t.numel():
+                t.copy_(rows_of(k, start, start + t.shape[0]).view(t.shape))
             held += t.numel()
             if k in names:
                 local[k], first[k] = t, (start, whole[k])

@@ -11,7 +11,7 @@ The path of one job, in the order it runs (the steps are the work's: work.py, he
                 HDF5) or by rank 0; then rank 0 hands out units (distributed.coordinate) and the
                 workers evaluate them (distributed.serve), writing themselves or through rank 0;
                 with evaluation.ranks_per_model = K the workers form groups of K (groups.py),
-                each sharding one model in attach, and a unit goes to a whole group
+                each sharding one model once loaded, and a unit goes to a whole group
 
 Units are fixed in one process (numerics/grid.split_units) and sized as they go under MPI
 (numerics/schedule.Units). A signal (SIGTERM: a SLURM time limit; Ctrl-C) finishes the current
@@ -192,71 +192,74 @@ def run_mpi(work: Work, env: MPIEnvironment) -> int:
 
     loaded = agree(comm, lead_step if lead else lambda: work.load(env.worker_index, env.workers_on_node))
     made, evaluator = (loaded, None) if lead else (None, loaded)
-    evaluators = comm.gather(None if lead else evaluator_notes([evaluator]), root=0)
-    notes = evaluator_notes(evaluators[1:], merged=True) if lead else {}
+    # with K > 1 each group shards its model over its ranks (built on the meta device: each reads its rows)
+    group = groups.split(comm, k) if k > 1 else None
+    try:
+        if k > 1:
+            agree(comm, (lambda: None) if lead else (lambda: groups.shard(evaluator, group, comm.rank)))
+        evaluators = comm.gather(None if lead else evaluator_notes([evaluator]), root=0)
+        notes = evaluator_notes(evaluators[1:], merged=True) if lead else {}
 
-    # 2. the file (or the maps) is created by every rank together, or by rank 0 alone
-    how = comm.bcast(None if made is None else "all" if env.parallel_hdf5 and work.collective(made) else "one",
-                     root=0)
-    if how == "all":
-        made, notes = comm.bcast((made, notes), root=0)
-        or_abort(comm, work.create, made, notes, comm)
-    elif how == "one" and lead:
-        or_abort(comm, work.create, made, notes)
-    # what was created (its directions, whole; on every rank under parallel HDF5) is not kept for
-    # the rest of the job: each worker reads its own copy of the directions from the file
-    made = loaded = None
-    gc.collect()
+        # 2. the file (or the maps) is created by every rank together, or by rank 0 alone
+        how = comm.bcast(None if made is None else "all" if env.parallel_hdf5 and work.collective(made) else "one",
+                         root=0)
+        if how == "all":
+            made, notes = comm.bcast((made, notes), root=0)
+            or_abort(comm, work.create, made, notes, comm)
+        elif how == "one" and lead:
+            or_abort(comm, work.create, made, notes)
+        # what was created (its directions, whole; on every rank under parallel HDF5) is not kept for
+        # the rest of the job: each worker reads its own copy of the directions from the file
+        made = loaded = None
+        gc.collect()
 
-    # 3. rank 0 records the run and finds the pending points; workers read the directions
-    def prepare_step():
-        prep = work.prepare(how is not None, notes)
-        log.info("%d workers; %s", env.size - 1,
-                 "workers write through parallel HDF5" if env.parallel_hdf5 else "rank 0 writes (no parallel HDF5)")
-        return prep
+        # 3. rank 0 records the run and finds the pending points; workers read the directions
+        def prepare_step():
+            prep = work.prepare(how is not None, notes)
+            log.info("%d workers; %s", env.size - 1,
+                     "workers write through parallel HDF5" if env.parallel_hdf5 else "rank 0 writes (no parallel HDF5)")
+            return prep
 
-    prep = comm.bcast(agree(comm, prepare_step if lead else lambda: None), root=0)
-    if len(prep.pending) == 0:
-        return EXIT_DONE
-    group = groups.split(comm, k) if k > 1 else None  # each group shards its model over its ranks, in attach
-    shard = (lambda: groups.shard(evaluator, group, comm.rank)) if group is not None else None
-    agree(comm, (lambda: None) if lead else
-          (lambda: work.attach(evaluator, prep, None, first=comm.rank == 1, shard=shard)))
+        prep = comm.bcast(agree(comm, prepare_step if lead else lambda: None), root=0)
+        if len(prep.pending) == 0:
+            return EXIT_DONE
+        agree(comm, (lambda: None) if lead else (lambda: work.attach(evaluator, prep, None, first=comm.rank == 1)))
 
-    # 4. the file is opened once on every rank that writes (collective with mpio); units go out
-    stop = StopFlag()
-    with stop.installed():
-        if env.parallel_hdf5:
-            f = or_abort(comm, open_points, prep.path, comm)
-        elif lead:
-            f = or_abort(comm, open_points, prep.path)
-        else:
-            f = None
-        try:
-            writer = or_abort(comm, work.writer, f, not env.parallel_hdf5) if f is not None else None
-            if lead:
-                teams = groups.members(comm.size, k)
-                units = Units(prep.pending, work.unit_size, len(teams))
-                progress = Progress(prep.total, prep.total - len(prep.pending), work.label)
-                stopped, error = coordinate(comm, units, writer.write if writer is not None else None, stop, progress,
-                                            teams)
+        # 4. the file is opened once on every rank that writes (collective with mpio); units go out
+        stop = StopFlag()
+        with stop.installed():
+            if env.parallel_hdf5:
+                f = or_abort(comm, open_points, prep.path, comm)
+            elif lead:
+                f = or_abort(comm, open_points, prep.path)
             else:
-                stopped, error = False, serve(comm, *_worker(work, evaluator, prep, writer, stop))
-        finally:
-            if f is not None:
-                f.close()
-    stopped, line = comm.bcast((bool(stopped), error), root=0)
-    if group is not None:
-        groups.leave()
-        group.Free()
-    if line is not None:
-        if lead:
-            log.warning("%s keeps every point computed so far: run the same command again to compute the rest",
-                        prep.path)
-        raise JobFailed(line, lead)
-    if not lead:
-        return EXIT_STOPPED if stopped else EXIT_DONE
-    return _finish(stopped, prep.path, work)
+                f = None
+            try:
+                writer = or_abort(comm, work.writer, f, not env.parallel_hdf5) if f is not None else None
+                if lead:
+                    teams = groups.members(comm.size, k)
+                    units = Units(prep.pending, work.unit_size, len(teams))
+                    progress = Progress(prep.total, prep.total - len(prep.pending), work.label)
+                    write = writer.write if writer is not None else None
+                    stopped, error = coordinate(comm, units, write, stop, progress, teams)
+                else:
+                    stopped, error = False, serve(comm, *_worker(work, evaluator, prep, writer, stop))
+            finally:
+                if f is not None:
+                    f.close()
+        stopped, line = comm.bcast((bool(stopped), error), root=0)
+        if line is not None:
+            if lead:
+                log.warning("%s keeps every point computed so far: run the same command again to compute the rest",
+                            prep.path)
+            raise JobFailed(line, lead)
+        if not lead:
+            return EXIT_STOPPED if stopped else EXIT_DONE
+        return _finish(stopped, prep.path, work)
+    finally:
+        if group is not None:
+            groups.leave()
+            group.Free()
 
 
 def _worker(work: Work, evaluator, prep, writer, stop: StopFlag):

@@ -155,8 +155,8 @@ class HessianWork:
                  int(done.sum()), axes.size, len(todo))
         return Prepared(self.path, axes, todo, axes.size, created)
 
-    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True, shard=None) -> None:
-        if shard is not None:
+    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
+        if evaluator.share is not None:
             raise ValueError("the Hessian maps evaluate a whole model per worker")
         attach_directions(evaluator, f if f is not None else prep.directions_file, self.spec.evaluation.hold_directions)
 

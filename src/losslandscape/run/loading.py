@@ -5,8 +5,8 @@ evaluator of the auto range search and the interpolation's report on its end poi
 
 from __future__ import annotations
 
-import gc
 import logging
+from collections.abc import Mapping
 
 import torch
 
@@ -15,11 +15,11 @@ from losslandscape.numerics import directions as dirs
 from losslandscape.errors import UserError
 from losslandscape.surfacefile.format import shown as ff_shown
 from losslandscape.surfacefile.read import stored_directions, stored_seed
-from losslandscape.inputs.checkpoints import build_and_load
+from losslandscape.inputs.checkpoints import build_and_load, build_on_meta
 from losslandscape.numerics.devices import describe_device, pick_device, set_threads
 from losslandscape.run.environment import allocated_gpus
 from losslandscape.numerics.evaluate import PointEvaluator, batch_size_for, use_channels_last
-from losslandscape.run.makedirections import base_model, model_channels, versions
+from losslandscape.run.makedirections import base_model, built_on_meta, model_channels, versions
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,49 @@ def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold:
 def load_evaluator(spec, device: torch.device, checkpoint: str | None = None,
                    field: str = "model.checkpoint", fold: bool | None = None, sharded: bool = False) -> PointEvaluator:
     """The model at its base point on `device` (or at another `checkpoint`), with the data set
-    there too (no directions yet)."""
+    there too (no directions yet).
+
+    `sharded` (a model to shard over a group of ranks, PointEvaluator.shard): with a
+    model.checkpoint, the model is built with its parameters on the meta device, and each
+    rank reads its rows of them from the checkpoint when it is sharded (no rank ever holds
+    the whole model; `evaluator.whole` reads a whole tensor at a time, for the seed's digests);
+    without one (a fresh initialisation: nothing to read rows from), it is built whole, and
+    `evaluator.whole` builds it again when the digests are checked."""
     batch = batch_size_for(device, spec.evaluation.batch_size)
     splits = {split: datasets.load_source(spec.data, split, batch, pin=device.type == "cuda")
               for split in spec.data.splits}
+    fold = spec.evaluation.fold_batchnorm if fold is None else fold
+    if sharded and checkpoint is None and built_on_meta(spec):
+        model, rows = build_on_meta(spec.model, model_channels(spec))
+        evaluator = _evaluator(spec, model, splits, device, fold, sharded)
+        evaluator.rows_of, evaluator.whole = rows.rows, rows.only(evaluator.names)
+        return evaluator
     model = base_model(spec) if checkpoint is None else build_and_load(
         spec.model, model_channels(spec), checkpoint=checkpoint, field=field)
-    return _evaluator(spec, model, splits, device, spec.evaluation.fold_batchnorm if fold is None else fold, sharded)
+    evaluator = _evaluator(spec, model, splits, device, fold, sharded)
+    if sharded:
+        evaluator.whole = _Rebuilt(spec, evaluator.names)
+    return evaluator
+
+
+class _Rebuilt(Mapping):
+    """{name: moved tensor} of the model at its base point, built again whole on the CPU when
+    first read: a sharded model without a checkpoint (its fresh initialisation has no rows to
+    read), for the seed's digests."""
+
+    def __init__(self, spec, names: list[str]):
+        self.spec, self.names, self.tensors = spec, names, None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if self.tensors is None:
+            self.tensors = dirs.moved_tensors(base_model(self.spec), self.spec.directions)
+        return self.tensors[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device, fold: bool,
@@ -62,7 +98,8 @@ def _evaluator(spec, model: torch.nn.Module, splits: dict, device: torch.device,
     if channels_last:
         # before the live tensors are collected: .to(memory_format) replaces the weights' storage
         model = model.to(memory_format=torch.channels_last)
-    model = model.to(device)
+    if not any(p.is_meta for p in model.parameters()):  # one built on the meta device is placed as it is sharded
+        model = model.to(device)
     tensors = dirs.moved_tensors(model, spec.directions)
     return PointEvaluator(model, tensors, splits, device, spec.evaluation.loss, spec.evaluation.batch_size,
                           spec.evaluation.precision, fold, channels_last=channels_last,
@@ -73,19 +110,19 @@ def _has_conv(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
-def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True, shard=None) -> None:
+def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True) -> None:
     """Give the evaluator the directions stored in a surface file (an open one, or a path),
     read tensor by tensor: the host never holds a whole direction besides the evaluator's.
     Directions stored as a seed are drawn again here, tensor by tensor, each checked against
     the file's SHA-256 (`Redrawn`); with `hold` false (evaluation.hold_directions) they are
     checked once, block by block, and the evaluator draws them again at every move.
 
-    `shard()`: shards the evaluator's model over its group's ranks (groups.shard), here, after
-    a seed's digests are checked against the whole weights (block by block) and before any
-    direction is set: each rank then holds its rows of the directions only."""
+    A model sharded over a group of ranks (groups.shard) gets this rank's rows of the
+    directions only, a seed's digests checked first against the whole weights, a tensor at a
+    time (`evaluator.whole`)."""
     seeded = stored_seed(f_or_path)
-    if shard is not None:
-        _attach_rows(evaluator, f_or_path, hold, seeded, shard)
+    if evaluator.share is not None:
+        _attach_rows(evaluator, f_or_path, hold, seeded)
         return
     if seeded is not None:
         record, made_with = seeded
@@ -107,12 +144,11 @@ def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True, s
         evaluator.set_directions(_Lazy(x), _Lazy(y) if y is not None else None)
 
 
-def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded, shard) -> None:
-    """attach_directions for a model to shard: check, shard, then this rank's rows only."""
+def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded) -> None:
+    """attach_directions for a sharded model: check, then this rank's rows only."""
     if seeded is not None:
-        _check_digests(evaluator, f_or_path, seeded)
-    shard()
-    gc.collect()  # the whole weights go now: the shards are copies
+        _check_digests(evaluator.whole, f_or_path, seeded)
+    evaluator.whole = None  # a model built again for the check goes now
     rows = evaluator.weights.rows
     if seeded is None:
         with stored_directions(f_or_path) as (x, y):
@@ -133,17 +169,17 @@ def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded, shard
                  "(evaluation.hold_directions = false)")
 
 
-def _check_digests(evaluator: PointEvaluator, f_or_path, seeded) -> None:
-    """Draw a seed file's directions against the whole weights, block by block, each tensor
-    checked against its SHA-256 (nothing is kept: the whole weights are freed once sharded)."""
+def _check_digests(whole: Mapping[str, torch.Tensor], f_or_path, seeded) -> None:
+    """Draw a seed file's directions against the whole weights (read a tensor at a time), block
+    by block, each tensor checked against its SHA-256 (nothing is kept)."""
     record, made_with = seeded
     where = f_or_path.filename if hasattr(f_or_path, "filename") else str(f_or_path)
-    for d in redrawn(record, made_with, dict(zip(evaluator.weights.names, evaluator.weights.live)), where):
+    for d in redrawn(record, made_with, whole, where):
         if d is not None:
             d.check_blocks()
 
 
-def redrawn(record, made_with: dict[str, str], weights: dict[str, torch.Tensor], where: str):
+def redrawn(record, made_with: dict[str, str], weights: Mapping[str, torch.Tensor], where: str):
     """(x, y or None) drawn again from a file's seed record against the base weights they move,
     each tensor checked against its recorded SHA-256 when read; one line (UserError) where the
     record is for other tensors, another scheme, or a tensor comes out different."""

@@ -34,7 +34,7 @@ from losslandscape.surfacefile.original import Conversion
 from losslandscape.surfacefile.read import read_direction_file
 from losslandscape.surfacefile.write import NewFile
 from losslandscape.inputs import userimport
-from losslandscape.inputs.checkpoints import build_and_load, checkpoint_files, file_sha256
+from losslandscape.inputs.checkpoints import build_and_load, build_on_meta, checkpoint_files, file_sha256
 from losslandscape.numerics.hessian import HessianOperator, hessian_eigen_directions
 from losslandscape.numerics.trajectory import checkpoint_paths, pca_directions, pca_names, project
 
@@ -62,13 +62,34 @@ def model_channels(spec) -> int:
     return datasets.input_channels(spec.data)
 
 
-def make_directions(spec, model: torch.nn.Module):
+def built_on_meta(spec) -> bool:
+    """Whether the model is built with its parameters on the meta device and read from its
+    checkpoint a tensor (or, on a worker, its rows) at a time: a model sharded over ranks
+    (evaluation.ranks_per_model > 1) that has a model.checkpoint to read."""
+    return spec.evaluation.ranks_per_model > 1 and bool(spec.model.checkpoint)
+
+
+def centre_for_directions(spec) -> tuple[torch.nn.Module, Any]:
+    """(the model at the centre, its whole weights read a tensor at a time, or None) for
+    make_directions on rank 0: random directions of a model sharded over ranks need its
+    weights one tensor at a time (drawn, normalised and digested tensor by tensor), so the
+    model is built on the meta device and never held whole; otherwise base_model."""
+    if built_on_meta(spec) and spec.directions.kind == "random":
+        return build_on_meta(spec.model, model_channels(spec))
+    return base_model(spec), None
+
+
+def make_directions(spec, model: torch.nn.Module, whole=None):
     """(x, y or None, info) for the spec, against the model at its base point (CPU). `info`
-    holds extra attributes and datasets of the new file ("/group/name", "/group@attr")."""
+    holds extra attributes and datasets of the new file ("/group/name", "/group@attr").
+    `whole` (random directions only): the model's weights read a tensor at a time
+    (inputs/checkpoints.ModelRows), for a model whose parameters are on the meta device."""
     d = spec.directions
     weights = dirs.moved_tensors(model, d)
     moved = dirs.moved_summary(weights, d)
     log.info("%s", moving_line(weights, d, moved))
+    if whole is not None:
+        weights = whole.only(list(weights))
     x, y, info = _directions(spec, model, weights)
     coef = info.pop("orthogonal_coef", None)  # kept only where the directions are drawn again
     if d.store == "seed":

@@ -52,8 +52,8 @@ from losslandscape.numerics.autorange import auto_range
 from losslandscape.numerics.evaluate import PointEvaluator
 from losslandscape.numerics.grid import AUTO_MARGIN, GridAxes, auto_axis, auto_points, is_auto, parse_axis
 from losslandscape.run.loading import attach_directions, auto_search_evaluator, endpoint_report, start_evaluator
-from losslandscape.run.makedirections import (base_model, directions_digest, identity_pins_directions, make_conversion,
-                                              make_directions, run_identity)
+from losslandscape.run.makedirections import (centre_for_directions, directions_digest, identity_pins_directions,
+                                              make_conversion, make_directions, run_identity)
 from losslandscape.run.protocol import Finished  # noqa: F401 (a unit's report; torch-free, for stand-in workers)
 from losslandscape.surfacefile import format as ff
 from losslandscape.surfacefile import lock
@@ -101,11 +101,9 @@ class Work(Protocol[PlanT, MadeT]):
 
     def prepare(self, created: bool, notes: Notes) -> Prepared: ...
 
-    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True,
-               shard: Callable[[], None] | None = None) -> None:
+    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
         """Give the evaluator what a point needs (the directions); `f`: the open file, if any.
-        `shard()`: shard the evaluator's model over its group (ranks_per_model > 1), once the
-        directions can be checked against the whole weights and before any is held."""
+        A model sharded over a group (ranks_per_model > 1) gets its rows of them only."""
 
     def done(self, f) -> Done: ...
 
@@ -165,15 +163,14 @@ class SurfaceWork:
             return self._shard
         return surface.prepare(Path(self.spec.output.surface), self.splits, created, notes, self.grid)
 
-    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True,
-               shard: Callable[[], None] | None = None) -> None:
+    def attach(self, evaluator: PointEvaluator, prep: Prepared, f=None, first: bool = True) -> None:
         attach_directions(evaluator, f if f is not None and prep.directions_path is None else prep.directions_file,
-                          self.spec.evaluation.hold_directions, shard)
+                          self.spec.evaluation.hold_directions)
         if first:
             evaluator.check_resolution({k: _spacing(v) for k, v in (("x", prep.axes.x), ("y", prep.axes.y))
                                         if v is not None and len(v) > 1})
         if self.spec.directions.kind == "interpolate" and first:
-            if shard is None:
+            if evaluator.share is None:
                 endpoint_report(self.spec, evaluator)
             else:  # it would evaluate on one rank of a group, and hold the other model whole
                 log.info("the interpolation's end points are not checked against the checkpoints when the model is "
@@ -299,7 +296,7 @@ def make(p: NewSurface | Conversion, centre=None, search_evaluator=None) -> surf
         return new
     spec = p.spec
     reuse = centre is not None and spec.directions.kind in ("random", "interpolate", "file")
-    x, y, info = make_directions(spec, centre if reuse else base_model(spec))
+    x, y, info = make_directions(spec, centre) if reuse else make_directions(spec, *centre_for_directions(spec))
     grid = resolve_new_grid(spec, info, (x, y), search_evaluator)
     warn_off_grid(grid)
     spec = with_grid(spec, grid)
