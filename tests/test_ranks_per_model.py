@@ -45,6 +45,18 @@ def model():
                                       initializer_range=0.2, bos_token_id=0, eos_token_id=0))
 
 
+def llama():
+    """A tiny Llama (its rotary embedding's inverse frequencies: a buffer computed, not saved);
+    notes where the parameters it builds are (the tool builds it without them: meta)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=44, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
+                                     initializer_range=0.2))
+    (HERE / f"built.{os.environ.get('OMPI_COMM_WORLD_RANK', 'one')}").write_text(str(next(m.parameters()).device))
+    return m
+
+
 def tokens(split):
     g = torch.Generator().manual_seed(1 if split == "train" else 2)
     return torch.randint(0, 101, (22, 13), generator=g)
@@ -304,3 +316,44 @@ def test_a_signal_to_one_rank_of_a_group_stops_the_group_together_and_the_file_r
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{done} of 9 points done" in again.stderr
     assert_equal(values(surf), one)
+
+
+def test_a_checkpoint_is_read_by_rows_on_every_rank_and_equals_one_process_and_a_plain_forward_pass(lm):
+    """With a model.checkpoint, no rank builds the model whole: each builds it with its parameters
+    on the meta device (the factory's parameters are meta there, its rotary buffer real) and reads
+    its rows of them from the safetensors file; rank 0 draws the seeded directions against the
+    checkpoint a tensor at a time. The values equal one process, which loads the checkpoint whole,
+    and at the centre a plain forward pass of the checkpoint's model."""
+    from safetensors.torch import load_model, save_model
+
+    sys.path.insert(0, str(lm))
+    try:
+        import lmk
+    finally:
+        sys.path.remove(str(lm))
+    trained = lmk.llama()
+    with torch.no_grad():  # weights other than the factory's own initialisation
+        for p in trained.parameters():
+            p.mul_(1.3).add_(0.05)
+    checkpoint = lm / "llama.safetensors"
+    save_model(trained, str(checkpoint))
+    args = ("--model.name=lmk:llama", f"--model.checkpoint={checkpoint}")
+    for p in lm.glob("built.*"):
+        p.unlink()
+    alone = surface(lm, job(lm, "llama1", k=1), 0, *args)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    proc = surface(lm, job(lm, "llama2", k=2), 3, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = {p.name: p.read_text() for p in lm.glob("built.*")}
+    assert built == {"built.one": "cpu", "built.0": "meta", "built.1": "meta", "built.2": "meta"}, built
+    got, want = values(lm / "llama2.h5"), values(lm / "llama1.h5")
+    assert_equal(got, want)
+    shares = held_shares(proc.stderr)
+    assert sorted(shares) == [1, 2] and all(abs(s - 0.5) < 0.02 for s in shares.values()), shares
+    model = lmk.llama().eval()
+    load_model(model, str(checkpoint))
+    with torch.no_grad():
+        ids = lmk.tokens("test")
+        logits = model(ids[:, :-1]).logits.double()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
+    assert got["test_loss"][1, 1] == pytest.approx(loss, rel=1e-5)

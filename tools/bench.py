@@ -508,7 +508,20 @@ def bench_memory(work: Path) -> dict:
                              "seconds": time.perf_counter() - start}
     out["gpt2_bf16_point"] = _move_and_forward(work)
     out["sharded"] = _sharded_peaks(work, env, floor)
+    out["sharded_checkpoint"] = _sharded_peaks(work, env, floor, _gpt2_safetensors(work))
     return out
+
+
+def _gpt2_safetensors(work: Path) -> Path:
+    """The float32 GPT-2's weights as a safetensors file (its tied head stored once)."""
+    from safetensors.torch import save_model
+
+    sys.path.insert(0, str(work))
+    import lmbench  # noqa: PLC0415 (written by bench_memory)
+
+    path = work / "gpt2.safetensors"
+    save_model(lmbench.gpt2(), str(path))
+    return path
 
 
 RANK_PEAK = """
@@ -535,16 +548,19 @@ def attached(self, *args, **kwargs):  # resident once the rank's rows of the dir
 groups.shard, attach, SurfaceWork.attach = measured, SurfaceWork.attach, attached
 code = main(sys.argv[1:])
 rank = os.environ.get("OMPI_COMM_WORLD_RANK", "?")
-print(f"bench-peak rank {rank} {marks.get('before', 0)} {marks.get('attached', 0)} {hwm_kib() if marks else 0}",
+print(f"bench-peak rank {rank} {marks.get('before', 0)} {marks.get('attached', 0)} {hwm_kib()}",
       file=sys.stderr)
 sys.exit(code)
 """
 
 
-def _sharded_peaks(work: Path, env: dict, floor: float) -> dict:
+def _sharded_peaks(work: Path, env: dict, floor: float, checkpoint: Path | None = None) -> dict:
     """Each rank's own peak resident memory (MiB) of the float32 GPT-2's 2x2 surface with its
     directions held, under mpirun -n 3 with ranks_per_model = 2, above `floor`, against its
-    weights' bytes; the one process's peak of the same run is the first memory run's."""
+    weights' bytes; the one process's peak of the same run is the first memory run's. Without
+    a `checkpoint` every rank builds the model whole, then shards it; with one (safetensors),
+    each builds it on the meta device and reads its rows. Rank 0 (the coordinator, which
+    makes the directions) is reported too."""
     (work / "rankpeak.py").write_text(RANK_PEAK)
     name, model, data, nbytes, _ = MEMORY_RUNS[0]
     mpirun = [shutil.which("mpirun") or "mpirun", "--oversubscribe", "-n", "3"]
@@ -553,20 +569,27 @@ def _sharded_peaks(work: Path, env: dict, floor: float) -> dict:
     cmd = mpirun + [sys.executable, str(work / "rankpeak.py"), "surface", f"--model.name={model}",
                     f"--data.name={data}", "--evaluation.loss=model", "--grid.x=-1:1:2", "--grid.y=-1:1:2",
                     "--evaluation.device=cpu", "--evaluation.threads=1", f"--output.surface={work / 'sharded.h5'}",
-                    "--directions.ignore=biasbn", "--evaluation.ranks_per_model=2"]
+                    "--directions.ignore=biasbn", "--evaluation.ranks_per_model=2",
+                    *([f"--model.checkpoint={checkpoint}", f"--output.surface={work / 'sharded-ckpt.h5'}"]
+                      if checkpoint else [])]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    found = [(int(r), int(a) / 1024.0, int(b) / 1024.0, int(c) / 1024.0)
-             for r, a, b, c in re.findall(r"bench-peak rank (\d+) (\d+) (\d+) (\d+)", proc.stderr) if int(r) > 0]
+    every = [(int(r), int(a) / 1024.0, int(b) / 1024.0, int(c) / 1024.0)
+             for r, a, b, c in re.findall(r"bench-peak rank (\d+) (\d+) (\d+) (\d+)", proc.stderr)]
+    found = [row for row in every if row[0] > 0]
+    coordinator = next(c for r, _, _, c in every if r == 0)
     peaks = {r: a for r, a, _, _ in found}  # the workers' peaks before sharding: the model built whole
     held = {r: b for r, _, b, _ in found}  # resident once the rank's rows of the directions are set
     after = {r: c for r, _, _, c in found}  # the peak since the model was sharded
     params = int(re.search(r"of ([\d,]+) parameters", proc.stderr).group(1).replace(",", ""))
     weights = params * nbytes / 2**20
     shares = [int(a) / int(b) for a, b in re.findall(r"holds (\d+) of the model's (\d+) parameter values", proc.stderr)]
-    return {"run": name, "ranks_per_model": 2, "weights_mib": weights, "before_sharding_rss_mib": peaks,
+    return {"run": name, "checkpoint": bool(checkpoint), "ranks_per_model": 2, "weights_mib": weights,
+            "coordinator_peak_rss_mib": coordinator,
+            "coordinator_above_floor_over_weights": (coordinator - floor) / weights,
+            "before_sharding_rss_mib": peaks,
             "before_sharding_above_floor_over_weights": {r: (p - floor) / weights for r, p in peaks.items()},
             "attached_rss_mib": held,
             "attached_above_floor_over_weights": {r: (p - floor) / weights for r, p in held.items()},

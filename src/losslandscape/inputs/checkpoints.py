@@ -284,19 +284,21 @@ def parameters_on_meta() -> Iterator[None]:
 
 class CheckpointTensors:
     """A checkpoint's tensors (a file or a Hugging Face model folder), each read when asked for,
-    whole or some of its rows: a .safetensors file through `safe_open` (only the rows asked
-    for are read), a PyTorch file mapped (torch.load mmap; a file of PyTorch < 1.6 is read
-    whole). Keys as `load_state_dict` gives them."""
+    whole or some of its rows: a .safetensors file through `safe_open`, opened for each read
+    and closed after it (only the rows asked for are read, and no page of the file stays
+    mapped: resident memory is what is kept); a PyTorch file mapped for as long as this is
+    kept (torch.load mmap; a file of PyTorch < 1.6 is read whole). Keys as `load_state_dict`
+    gives them."""
 
     def __init__(self, path: str | Path, trust: bool = False, field: str = "model.checkpoint"):
         self.path, self.trust, self.field = path, trust, field
         self.shapes: dict[str, tuple[int, ...]] = {}
-        self._at: dict[str, tuple[object, str]] = {}  # key -> (safe_open handle or a mapped tensor, its own key)
+        self._at: dict[str, tuple[object, str]] = {}  # key -> (a safetensors file or a mapped tensor, its own key)
         for file in checkpoint_files(path, field):
             if file.suffix == ".safetensors":
-                handle = _safe_open(file, field)
-                found = {key: (handle, key) for key in handle.keys()}
-                shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in found}
+                with _safe_open(file, field) as handle:
+                    found = {key: (file, key) for key in handle.keys()}
+                    shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in found}
             else:
                 state = load_state_dict(file, trust, field, mmap=True)
                 found = {key: (t, key) for key, t in state.items()}
@@ -317,10 +319,13 @@ class CheckpointTensors:
         """Rows start:stop of tensor `key` (all of a 0-dim tensor), on the CPU in the file's dtype."""
         where, own = self._at[key]
         whole = stop is None or not self.shapes[key]
+        if isinstance(where, torch.Tensor):
+            return where.clone() if whole else where[start:stop].clone()
         try:
-            if isinstance(where, torch.Tensor):
-                return where.clone() if whole else where[start:stop].clone()
-            return where.get_tensor(own) if whole else where.get_slice(own)[start:stop]
+            with _safe_open(where, self.field) as handle:
+                return handle.get_tensor(own) if whole else handle.get_slice(own)[start:stop]  # copies: the file is closed
+        except UserError:
+            raise
         except Exception as exc:  # a file cut short or changed since it was opened
             raise UserError(f"{self.field}: {self.path}: tensor {key!r} cannot be read ({_first_line(exc)})") from None
 

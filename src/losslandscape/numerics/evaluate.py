@@ -108,6 +108,7 @@ class PointEvaluator:
         if self.net is not self.model:
             raise ValueError("a sharded model is evaluated unfolded")
         local, rows, held, total, units = shard_model(self.model, self.weights.names, self.device, self.rows_of)
+        self.rows_of = None  # read: the checkpoint is not kept open
         self.weights.shard(local, rows)
         self.share = share
         # FSDP keeps the root's gathered weights after a forward pass: a move frees them, so that
