@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from matplotlib import font_manager  # noqa: F401 (a fresh machine's font cache is built here, not inside a capped reader)
 
 import losslandscape as ll
 from losslandscape.errors import UserError
