@@ -509,6 +509,9 @@ def bench_memory(work: Path) -> dict:
     out["gpt2_bf16_point"] = _move_and_forward(work)
     out["sharded"] = _sharded_peaks(work, env, floor)
     out["sharded_checkpoint"] = _sharded_peaks(work, env, floor, _gpt2_safetensors(work))
+    # glibc keeps freed blocks below its (self-raising) mmap threshold: fixed, they go back at once
+    out["sharded_checkpoint_mmap_threshold"] = _sharded_peaks(work, dict(env, MALLOC_MMAP_THRESHOLD_="131072"), floor,
+                                                              work / "gpt2.safetensors", "ckpt-threshold")
     return out
 
 
@@ -554,7 +557,7 @@ sys.exit(code)
 """
 
 
-def _sharded_peaks(work: Path, env: dict, floor: float, checkpoint: Path | None = None) -> dict:
+def _sharded_peaks(work: Path, env: dict, floor: float, checkpoint: Path | None = None, tag: str = "ckpt") -> dict:
     """Each rank's own peak resident memory (MiB) of the float32 GPT-2's 2x2 surface with its
     directions held, under mpirun -n 3 with ranks_per_model = 2, above `floor`, against its
     weights' bytes; the one process's peak of the same run is the first memory run's. Without
@@ -570,8 +573,7 @@ def _sharded_peaks(work: Path, env: dict, floor: float, checkpoint: Path | None 
                     f"--data.name={data}", "--evaluation.loss=model", "--grid.x=-1:1:2", "--grid.y=-1:1:2",
                     "--evaluation.device=cpu", "--evaluation.threads=1", f"--output.surface={work / 'sharded.h5'}",
                     "--directions.ignore=biasbn", "--evaluation.ranks_per_model=2",
-                    *([f"--model.checkpoint={checkpoint}", f"--output.surface={work / 'sharded-ckpt.h5'}"]
-                      if checkpoint else [])]
+                    *([f"--model.checkpoint={checkpoint}", f"--output.surface={work / tag}.h5"] if checkpoint else [])]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
