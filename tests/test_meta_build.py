@@ -143,6 +143,20 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_from_its_header(tmp_path, mo
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_factory_that_computes_with_its_parameters_is_one_line_naming_the_meta_device(tmp_path, monkeypatch):
+    (tmp_path / "computes.py").write_text(
+        "import torch\n"
+        "def model():\n"
+        "    m = torch.nn.Linear(3, 2)\n"
+        "    m.register_buffer('norm', m.weight.norm().reshape(1) + torch.ones(1))  # meta + a real tensor\n"
+        "    return m\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec, _ = _gpt2_spec(tmp_path)
+    spec.name = "computes:model"
+    with pytest.raises(UserError, match="model.name: computes:model failed with its parameters on the meta device"):
+        build_on_meta(spec, 3)
+
+
 def test_a_sharded_meta_model_fills_its_shards_from_the_checkpoint_and_keeps_its_buffers(tmp_path):
     """One rank's group (gloo, world of 1): it holds every row, read from the checkpoint."""
     import torch.distributed as dist

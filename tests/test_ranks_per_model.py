@@ -10,6 +10,7 @@ are uneven; 22 sequences in batches of 4 give 6 batches, and the digits run 5 (a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ import pytest
 import torch
 
 from helpers import drawn, filter_normalised, launch, mpirun
+from losslandscape.run.status import parallel_models
 
 pytestmark = pytest.mark.slow  # real mpirun with 3-5 ranks
 
@@ -289,6 +291,10 @@ def test_slurm_array_tasks_of_two_groups_equal_one_process(lm, one, slurm):
     assert len(held) == 4, logs[-4000:]  # two tasks, two ranks each holding half the model
     assert all(abs(int(a) / int(b) - 0.5) < 0.01 for a, b in held), held
     assert_equal(values(lm / "array.h5"), one)
+    # status's ETA divides by the models evaluating at once: 2 running tasks of one group each
+    record = json.loads((lm / "array.h5.shards" / "submission.json").read_text())
+    assert record["ranks_per_task"] == 3 and record["ranks_per_model"] == 2, record
+    assert parallel_models(record, 2) == 2 and parallel_models({**record, "ranks_per_model": 1}, 2) == 4
 
 
 def test_submit_refuses_tasks_whose_workers_do_not_form_groups(lm):

@@ -376,8 +376,16 @@ def build_on_meta(model_spec, in_channels: int, field: str = "model.checkpoint")
     from losslandscape.inputs.models import build_model
 
     tensors = CheckpointTensors(model_spec.checkpoint, model_spec.trust_checkpoint, field)
-    with parameters_on_meta():
-        model = build_model(model_spec.name, num_classes=model_spec.num_classes, in_channels=in_channels)
+    try:
+        with parameters_on_meta():
+            model = build_model(model_spec.name, num_classes=model_spec.num_classes, in_channels=in_channels)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"model.name: {model_spec.name} failed with its parameters on the meta device, where "
+                        "evaluation.ranks_per_model > 1 with a model.checkpoint builds it (each rank then reads its "
+                        f"rows of the checkpoint): {type(exc).__name__}: {_first_line(exc)}; a factory that computes "
+                        "with its parameters, or loads weights itself, cannot be built there") from None
     own = {k: tuple(t.shape) for k, t in model.state_dict().items()}
     twins: dict[int, list[str]] = {}  # a parameter's names (tied twins share one Parameter)
     for name, p in model.named_parameters(remove_duplicate=False):

@@ -193,7 +193,8 @@ def submit(spec, opts: Submit) -> dict:
     (shards / "merge.sbatch").write_text(merge_script)
     merge_job = _sbatch(shards / "merge.sbatch")
     record = {"array_job": array_job, "merge_job": merge_job, "tasks": tasks, "splits": list(spec.data.splits),
-              "ranks_per_task": opts.ranks_per_task, "gpus_per_task": opts.gpus_per_task,
+              "ranks_per_task": opts.ranks_per_task, "ranks_per_model": spec.evaluation.ranks_per_model,
+              "gpus_per_task": opts.gpus_per_task,
               "points": int(len(pending)), "points_per_task": [int(len(s)) for s in shares],
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (shards / SUBMISSION).write_text(json.dumps(record, indent=2) + "\n")

@@ -23,6 +23,16 @@ def missing_points(surface_path: Path) -> dict[str, int]:
     return {s: int((~p.done[s]).sum()) for s in p.splits}
 
 
+def parallel_models(submission: dict, running: int | None) -> int:
+    """The copies of the model evaluating points at once, which the ETA divides by: the array
+    tasks in RUNNING state (None: not an array job, one) x their workers' groups
+    (ranks_per_task - 1 workers, ranks_per_model of them sharing one model)."""
+    if running is None:
+        return 1
+    workers = max(1, submission.get("ranks_per_task", 1) - 1)
+    return running * max(1, workers // max(1, submission.get("ranks_per_model") or 1))
+
+
 def status(surface_path: Path) -> dict:
     """Progress of a surface and its shards, with an ETA from the recorded point timings."""
     surface_path = Path(surface_path)
@@ -57,8 +67,7 @@ def status(surface_path: Path) -> dict:
     remaining = int((~complete & ~in_shards).sum())
     sub = read_submission(surface_path)
     running = running_tasks(sub["array_job"]) if sub.get("array_job") and report["shards"] else None
-    # the ETA counts the workers that are running now: array tasks in RUNNING state x their workers
-    workers = running * max(1, sub.get("ranks_per_task", 1) - 1) if running is not None else 1
+    workers = parallel_models(sub, running)
     per_point = float(np.mean(timings)) if timings else None
     report.update(remaining=remaining, seconds_per_point=per_point, parallel_workers=workers,
                   running_tasks=running,

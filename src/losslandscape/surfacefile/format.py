@@ -445,7 +445,7 @@ def shard_files(surface_path: Path) -> list[Path]:
 
 # what `submit` records (run/slurm.py); a field of another type is refused with one line
 SUBMISSION_FIELDS = {"array_job": "job", "merge_job": "job", "tasks": int, "ranks_per_task": int,
-                     "gpus_per_task": int, "points": int, "points_per_task": [int], "splits": [str],
+                     "ranks_per_model": int, "gpus_per_task": int, "points": int, "points_per_task": [int], "splits": [str],
                      "submitted": str}
 
 
