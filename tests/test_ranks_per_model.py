@@ -363,3 +363,27 @@ def test_a_checkpoint_is_read_by_rows_on_every_rank_and_equals_one_process_and_a
         logits = model(ids[:, :-1]).logits.double()
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
     assert got["test_loss"][1, 1] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_tensor_drawn_differently_on_a_later_rank_of_a_group_stops_the_job_in_one_line(lm, one):
+    """The ranks of a group share the check of a seed file's digests (rank r checks tensors r,
+    r + K, ...): a tensor that comes out differently, checked by the group's second rank, is
+    one line, and no point is computed."""
+    import shutil
+
+    path = lm / "tampered.h5"
+    shutil.copy(lm / "one.h5", path)
+    with h5py.File(path, "r+") as f:
+        f["train_done"][2, 2] = 0  # one point left to compute
+        digests = f["directions/sha256"][...]
+        digests[1, 0, 0] ^= 1  # tensor 1: the second rank's of each group of two
+        f["directions/sha256"][...] = digests
+        name = f["directions/names"][1].decode()
+    before = values(path)
+    proc = surface(lm, job(lm, "tampered", k=2), 3)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert f"the x direction of tensor {name} drawn again from seed 5 differs" in errors[0], errors
+    after = values(path)  # no point computed (the run's note on folding may be added: it is sharded)
+    assert all(np.array_equal(after[k], before[k], equal_nan=True) for k in before) and not after["train_done"][2, 2]

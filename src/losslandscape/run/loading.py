@@ -147,7 +147,8 @@ def attach_directions(evaluator: PointEvaluator, f_or_path, hold: bool = True) -
 def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded) -> None:
     """attach_directions for a sharded model: check, then this rank's rows only."""
     if seeded is not None:
-        _check_digests(evaluator.whole, f_or_path, seeded)
+        share = evaluator.share
+        _check_digests(evaluator.whole, f_or_path, seeded, share.rank, share.size)
     evaluator.whole = None  # a model built again for the check goes now
     rows = evaluator.weights.rows
     if seeded is None:
@@ -169,14 +170,17 @@ def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded) -> No
                  "(evaluation.hold_directions = false)")
 
 
-def _check_digests(whole: Mapping[str, torch.Tensor], f_or_path, seeded) -> None:
+def _check_digests(whole: Mapping[str, torch.Tensor], f_or_path, seeded, rank: int, size: int) -> None:
     """Draw a seed file's directions against the whole weights (read a tensor at a time), block
-    by block, each tensor checked against its SHA-256 (nothing is kept)."""
+    by block, each tensor checked against its SHA-256 (nothing is kept). The ranks of a group
+    share the work: rank r of `size` checks the tensors r, r + size, ... (every tensor is
+    checked by one rank of every group; a rank that finds one different fails the attach
+    step, which every rank agrees on)."""
     record, made_with = seeded
     where = f_or_path.filename if hasattr(f_or_path, "filename") else str(f_or_path)
     for d in redrawn(record, made_with, whole, where):
         if d is not None:
-            d.check_blocks()
+            d.check_blocks(list(d.direction)[rank::size])
 
 
 def redrawn(record, made_with: dict[str, str], weights: Mapping[str, torch.Tensor], where: str):
@@ -211,9 +215,10 @@ class Redrawn:
             self._differs(name)
         return t
 
-    def check_blocks(self) -> None:
-        """Draw every tensor once, block by block (never a whole direction), and check its SHA-256."""
-        for name in self.direction:
+    def check_blocks(self, names: list[str] | None = None) -> None:
+        """Draw every tensor (or those `names`) once, block by block (never a whole direction),
+        and check its SHA-256."""
+        for name in self.direction if names is None else names:
             if dirs.tensor_sha256(self.direction, name) != self.record.sha256[self.index[name], self.axis].tobytes():
                 self._differs(name)
 
