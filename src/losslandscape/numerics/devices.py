@@ -92,3 +92,16 @@ def set_threads(requested: int, processes_on_node: int = 1) -> int:
     n = requested or max(1, cpu_cores() // max(1, processes_on_node))
     torch.set_num_threads(n)
     return n
+
+
+def release_freed_memory() -> None:
+    """Give the host memory this process has freed back to the system (glibc's malloc_trim):
+    glibc raises its mmap threshold as large blocks are freed, and keeps the freed blocks below
+    it, so after reading a model's tensors one by one the process stays that much larger than
+    what it holds. Nothing elsewhere (another C library: nothing is done)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -76,8 +76,11 @@ def shard(evaluator, group, world_rank: int) -> None:
     """Join the group's process group and shard `evaluator`'s model over it; log what this rank holds."""
     from losslandscape.numerics.shard import Share
 
+    from losslandscape.numerics.devices import release_freed_memory
+
     join(group, evaluator.device)
     held, total = evaluator.shard(Share(group.rank, group.size, evaluator.device))
+    release_freed_memory()  # what was read to fill the shards and probe them
     log.info("rank %d: holds %d of the model's %d parameter values (%.1f%%), sharded over %d ranks "
              "(evaluation.ranks_per_model)", world_rank, held, total, 100.0 * held / max(total, 1), group.size)
 

@@ -16,7 +16,7 @@ from losslandscape.errors import UserError
 from losslandscape.surfacefile.format import shown as ff_shown
 from losslandscape.surfacefile.read import stored_directions, stored_seed
 from losslandscape.inputs.checkpoints import build_and_load, build_on_meta
-from losslandscape.numerics.devices import describe_device, pick_device, set_threads
+from losslandscape.numerics.devices import describe_device, pick_device, release_freed_memory, set_threads
 from losslandscape.run.environment import allocated_gpus
 from losslandscape.numerics.evaluate import PointEvaluator, batch_size_for, use_channels_last
 from losslandscape.run.makedirections import base_model, built_on_meta, model_channels, versions
@@ -150,6 +150,7 @@ def _attach_rows(evaluator: PointEvaluator, f_or_path, hold: bool, seeded) -> No
         share = evaluator.share
         _check_digests(evaluator.whole, f_or_path, seeded, share.rank, share.size)
     evaluator.whole = None  # a model built again for the check goes now
+    release_freed_memory()  # the tensors read whole for the check
     rows = evaluator.weights.rows
     if seeded is None:
         with stored_directions(f_or_path) as (x, y):
