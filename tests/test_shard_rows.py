@@ -71,3 +71,18 @@ def test_each_rank_counts_its_batches_once_and_every_rank_runs_every_round(count
 def test_the_spec_refuses_what_a_sharded_model_cannot_do_in_one_line(overrides, words):
     with pytest.raises(UserError, match=words):
         specs.from_dict({}, overrides)
+
+
+def test_an_untied_embedding_and_head_are_units_of_their_own_and_a_tied_pair_stays_in_the_root():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from losslandscape.numerics.shard import _units
+
+    with torch.device("meta"):
+        llama = LlamaForCausalLM(LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=2))
+        gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=2, n_head=2))
+    units = _units(llama)
+    assert units[:2] == list(llama.model.layers) and units[2:] == [llama.model.embed_tokens, llama.lm_head]
+    units = _units(gpt2)
+    assert units[:2] == list(gpt2.transformer.h) and units[2:] == [gpt2.transformer.wpe]  # wte and lm_head: tied

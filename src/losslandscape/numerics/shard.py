@@ -7,8 +7,9 @@ from the MPI job: no second launcher). Here, torch only:
 - `shard_model`: every parameter is cut into row blocks along dim 0 (torch.chunk's: the first
   ranks take ceil(rows / K) rows), each rank keeping one. A "filter" of the random directions is
   a row, so a rank normalises its rows alone and its direction is its rows of the whole one.
-  Each element of a ModuleList (a transformer's blocks) is its own FSDP unit: a forward pass
-  gathers one block's weights at a time, then frees them.
+  Each element of a ModuleList (a transformer's blocks) is its own FSDP unit, and so is an
+  untied Embedding or Linear outside them (an input embedding, an output head): a forward
+  pass gathers one unit's weights at a time, then frees them.
 - `Share`: which batches of a split this rank evaluates (batch r of each round of K batches),
   and the group's sum of a point's totals. Every rank runs every forward pass of a round (the
   gathers are collective): a rank without a batch in the last round runs the round's first
@@ -51,8 +52,7 @@ def shard_model(model: torch.nn.Module, names: list[str], device: torch.device,
     whole = {k: tuple(p.shape) for k, p in params.items()}
     total = sum(p.numel() for p in params.values())
     mesh = init_device_mesh(device.type, (size,))
-    units = [block for m in model.modules() if isinstance(m, torch.nn.ModuleList)
-             for block in m if any(True for _ in block.parameters())]
+    units = _units(model)
     meta = any(p.is_meta for p in params.values())
     if meta and rows_of is None:
         raise ValueError("a model built on the meta device needs rows_of to fill its shards")
@@ -82,6 +82,24 @@ def shard_model(model: torch.nn.Module, names: list[str], device: torch.device,
             if k in names:
                 local[k], first[k] = t, (start, whole[k])
     return local, first, held, total, units
+
+
+def _units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules sharded as their own FSDP units (the root is one more): each element of a
+    ModuleList (a transformer's blocks), and each Embedding or Linear outside them whose weights
+    no other module shares (a Llama's input embedding and output head: gathered one at a time,
+    not together with the root; GPT-2's tied pair stays in the root)."""
+    blocks = [block for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+              for block in m if any(True for _ in block.parameters())]
+    inside = {id(m) for block in blocks for m in block.modules()}
+    owners: dict[int, int] = {}  # a parameter -> how many modules hold it directly
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    alone = [m for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.Linear))
+             and id(m) not in inside and m is not model
+             and all(owners[id(p)] == 1 for p in m.parameters(recurse=False))]
+    return blocks + alone
 
 
 class Share:
