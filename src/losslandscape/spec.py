@@ -155,7 +155,7 @@ class Evaluation:
     hold_directions: bool = True
     """hold both directions in memory (fast); false (with directions.store = "seed"): hold none, each tensor's direction drawn again, block by block, while it moves at every point: memory near the weights' own (the live weights and their base), at the cost of drawing at every point."""
     ranks_per_model: int = field(default=1, metadata=AT_LEAST_1)
-    """MPI worker ranks that share one model (under mpirun or srun): the workers form groups of this many, each holding one model sharded by rows over its ranks (torch.distributed FSDP2: gloo on the CPU, NCCL on GPUs), moving only its own rows and evaluating its share of each split's batches; the coordinator hands units to groups. 1 = each worker holds a whole model."""
+    """MPI worker ranks that share one model (under mpirun or srun): the workers form groups of this many, each holding one model sharded by rows over its ranks (torch.distributed FSDP2: gloo on the CPU, NCCL on GPUs), moving only its own rows and evaluating its share of each split's batches; the coordinator hands units to groups. With a model.checkpoint no rank builds the model whole: each builds it with its parameters on the meta device and reads its rows of the checkpoint. 1 = each worker holds a whole model."""
 
 
 @dataclass
