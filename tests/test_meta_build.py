@@ -184,3 +184,27 @@ def test_a_sharded_meta_model_fills_its_shards_from_the_checkpoint_and_keeps_its
             assert torch.allclose(model(x), plain(x))
     finally:
         dist.destroy_process_group()
+
+
+def test_the_room_a_new_file_needs_is_worked_out_from_the_checkpoint_header(tmp_path, monkeypatch):
+    """The coordinator sizes a new file (its disk-room check) from the directions' shapes: over
+    a checkpoint that is its header, nothing read (a 70B checkpoint is not read for it)."""
+    from losslandscape.numerics.directions import SeededDirection
+    from losslandscape.surfacefile.format import new_file_nbytes
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec, whole = _gpt2_spec(tmp_path)
+    model, rows = build_on_meta(spec, 3)
+    reads = []
+    read = CheckpointTensors.rows
+    monkeypatch.setattr(CheckpointTensors, "rows", lambda self, *args: reads.append(args) or read(self, *args))
+    names = [n for n, _ in model.named_parameters()]
+
+    def new(weights):
+        axes = SimpleNamespace(size=9, x=[-1.0, 0.0, 1.0], y=[-1.0, 0.0, 1.0])
+        x, y = (SeededDirection(weights, 0, axis, "filter", "biasbn") for axis in (0, 1))
+        return SimpleNamespace(axes=axes, x=x, y=y, info={}, spec=SimpleNamespace(to_json=lambda: "{}"))
+
+    lazy = new_file_nbytes(new(rows.only(names)))
+    assert reads == []
+    assert lazy == new_file_nbytes(new({k: p.detach() for k, p in whole.named_parameters()}))

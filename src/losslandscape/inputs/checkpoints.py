@@ -357,6 +357,11 @@ class ModelRows(Mapping):
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors.rows(self.keys[name]).to(self.dtypes[name])
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """{name: shape}, from the checkpoint's header (nothing read)."""
+        return {name: self.tensors.shapes[key] for name, key in self.keys.items()}
+
     def only(self, names: list[str]) -> "ModelRows":
         """The same over parameters `names` (the moved ones)."""
         return ModelRows(self.tensors, {n: self.keys[n] for n in names}, self.dtypes)

@@ -279,15 +279,25 @@ def new_file_nbytes(new) -> int:
     (accuracy counted: the larger case), plus HDF5's headers and the attributes (measured: under
     1 KiB a dataset; a resnet20 file of 2.11 MiB is estimated 2.4 MiB)."""
     points = new.axes.size * POINT_NBYTES
-    # sizes from the weights of directions drawn when read (numerics.directions.SeededDirection)
-    tensors = [t for d in (new.x, new.y or {}) for t in getattr(d, "weights", d).values()]
-    directions = sum(t.numel() * 4 for t in tensors)  # stored as float32
+    # sizes from the weights of directions drawn when read (numerics.directions.SeededDirection), and
+    # where those are read from a checkpoint when asked for (inputs/checkpoints.ModelRows), from its header
+    sizes = [n for d in (new.x, new.y or {}) for n in _sizes(getattr(d, "weights", d))]
+    directions = sum(n * 4 for n in sizes)  # stored as float32
     if (new.info or {}).get(f"/{DIRECTIONS}@{A_STORE}") == "seed":  # a name and 32 bytes an axis a tensor
         directions = sum(len(k) + 64 for k in new.x)
     axes = 8 * (len(new.axes.x) + (len(new.axes.y) if new.axes.y is not None else 0))
     extra = sum(np.asarray(v).nbytes for k, v in new.info.items() if str(k).startswith("/"))
     text = sum(len(str(v)) for v in new.info.values()) + len(new.spec.to_json())
-    return points + directions + axes + extra + text + 2048 * (len(tensors) + 16) + 65536
+    return points + directions + axes + extra + text + 2048 * (len(sizes) + 16) + 65536
+
+
+def _sizes(tensors) -> list[int]:
+    """The number of values of each tensor of a {name: tensor} mapping, without reading any
+    where it says their shapes (`shapes`)."""
+    shapes = getattr(tensors, "shapes", None)
+    if shapes is not None:
+        return [int(np.prod(s, dtype=np.int64)) for s in shapes.values()]
+    return [t.numel() for t in tensors.values()]
 
 
 def check_new_file(new) -> None:
