@@ -324,6 +324,56 @@ def test_a_signal_to_one_rank_of_a_group_stops_the_group_together_and_the_file_r
     assert_equal(values(surf), one)
 
 
+def _lmk(lm: Path):
+    sys.path.insert(0, str(lm))
+    try:
+        import lmk
+    finally:
+        sys.path.remove(str(lm))
+    return lmk
+
+
+def _test_loss(model, lmk) -> float:
+    """A plain forward pass: the mean token cross entropy of the test split."""
+    with torch.no_grad():
+        ids = lmk.tokens("test")
+        logits = model.eval()(ids[:, :-1]).logits.double()
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
+
+
+def test_an_interpolation_between_two_checkpoints_is_made_a_tensor_at_a_time_and_read_by_rows(lm):
+    """directions.kind = "interpolate" between two safetensors checkpoints, K = 2: the coordinator
+    builds both models on the meta device and makes the direction a tensor at a time; each rank
+    reads its rows of it from the file. Equal to one process, and x = 1 is the second model (a
+    plain forward pass of it)."""
+    from safetensors.torch import load_model, save_model
+
+    lmk = _lmk(lm)
+    ends = []
+    for k, scale in enumerate((1.3, 0.8)):
+        m = lmk.llama()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(scale).add_(0.05 * k)
+        ends.append(lm / f"end{k}.safetensors")
+        save_model(m, str(ends[-1]))
+    args = ("--model.name=lmk:llama", f"--model.checkpoint={ends[0]}", f"--model.checkpoint2={ends[1]}",
+            "--directions.kind=interpolate", "--grid.x=0:1:3", "--grid.y=")
+    for p in lm.glob("built.*"):
+        p.unlink()
+    alone = surface(lm, job(lm, "interp1", k=1, store="file"), 0, *args)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    proc = surface(lm, job(lm, "interp2", k=2, store="file"), 3, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name: p.read_text() for p in lm.glob("built.*") if p.name != "built.one"} == {
+        "built.0": "meta", "built.1": "meta", "built.2": "meta"}
+    got, want = values(lm / "interp2.h5"), values(lm / "interp1.h5")
+    assert_equal(got, want)
+    second = lmk.llama()
+    load_model(second, str(ends[1]))
+    assert got["test_loss"][2] == pytest.approx(_test_loss(second, lmk), rel=1e-5)
+
+
 def test_a_checkpoint_is_read_by_rows_on_every_rank_and_equals_one_process_and_a_plain_forward_pass(lm):
     """With a model.checkpoint, no rank builds the model whole: each builds it with its parameters
     on the meta device (the factory's parameters are meta there, its rotary buffer real) and reads
@@ -332,11 +382,7 @@ def test_a_checkpoint_is_read_by_rows_on_every_rank_and_equals_one_process_and_a
     and at the centre a plain forward pass of the checkpoint's model."""
     from safetensors.torch import load_model, save_model
 
-    sys.path.insert(0, str(lm))
-    try:
-        import lmk
-    finally:
-        sys.path.remove(str(lm))
+    lmk = _lmk(lm)
     trained = lmk.llama()
     with torch.no_grad():  # weights other than the factory's own initialisation
         for p in trained.parameters():
@@ -356,13 +402,9 @@ def test_a_checkpoint_is_read_by_rows_on_every_rank_and_equals_one_process_and_a
     assert_equal(got, want)
     shares = held_shares(proc.stderr)
     assert sorted(shares) == [1, 2] and all(abs(s - 0.5) < 0.02 for s in shares.values()), shares
-    model = lmk.llama().eval()
+    model = lmk.llama()
     load_model(model, str(checkpoint))
-    with torch.no_grad():
-        ids = lmk.tokens("test")
-        logits = model(ids[:, :-1]).logits.double()
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
-    assert got["test_loss"][1, 1] == pytest.approx(loss, rel=1e-5)
+    assert got["test_loss"][1, 1] == pytest.approx(_test_loss(model, lmk), rel=1e-5)
 
 
 def test_a_tensor_drawn_differently_on_a_later_rank_of_a_group_stops_the_job_in_one_line(lm, one):

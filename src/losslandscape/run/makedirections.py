@@ -15,10 +15,12 @@ it runs (rank 0, before a new file is created) and stores what it returns.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from losslandscape.surfacefile.original import Conversion
 from losslandscape.surfacefile.read import read_direction_file
 from losslandscape.surfacefile.write import NewFile
 from losslandscape.inputs import userimport
-from losslandscape.inputs.checkpoints import build_and_load, build_on_meta, checkpoint_files, file_sha256
+from losslandscape.inputs.checkpoints import ModelRows, build_and_load, build_on_meta, checkpoint_files, file_sha256
 from losslandscape.numerics.hessian import HessianOperator, hessian_eigen_directions
 from losslandscape.numerics.trajectory import checkpoint_paths, pca_directions, pca_names, project
 
@@ -73,8 +75,9 @@ def centre_for_directions(spec) -> tuple[torch.nn.Module, Any]:
     """(the model at the centre, its whole weights read a tensor at a time, or None) for
     make_directions on rank 0: random directions of a model sharded over ranks need its
     weights one tensor at a time (drawn, normalised and digested tensor by tensor), so the
-    model is built on the meta device and never held whole; otherwise base_model."""
-    if built_on_meta(spec) and spec.directions.kind == "random":
+    model is built on the meta device and never held whole (and an interpolation's other
+    models, its direction made a tensor at a time); otherwise base_model."""
+    if built_on_meta(spec) and spec.directions.kind in ("random", "interpolate"):
         return build_on_meta(spec.model, model_channels(spec))
     return base_model(spec), None
 
@@ -82,7 +85,7 @@ def centre_for_directions(spec) -> tuple[torch.nn.Module, Any]:
 def make_directions(spec, model: torch.nn.Module, whole=None):
     """(x, y or None, info) for the spec, against the model at its base point (CPU). `info`
     holds extra attributes and datasets of the new file ("/group/name", "/group@attr").
-    `whole` (random directions only): the model's weights read a tensor at a time
+    `whole` (random and interpolation directions): the model's weights read a tensor at a time
     (inputs/checkpoints.ModelRows), for a model whose parameters are on the meta device."""
     d = spec.directions
     weights = dirs.moved_tensors(model, d)
@@ -234,10 +237,35 @@ def _made(spec, model: torch.nn.Module, weights: dict[str, torch.Tensor], two: b
 
 
 def _towards(spec, weights: dict[str, torch.Tensor], path: str, field: str) -> dirs.Direction:
-    """The interpolation direction from the centre's moved tensors to the model at `path`."""
+    """The interpolation direction from the centre's moved tensors to the model at `path`;
+    where the centre's are read from its checkpoint when asked for (a model built on the meta
+    device), so are the other model's, and the direction is made a tensor at a time."""
+    if isinstance(weights, ModelRows):
+        _, end = build_on_meta(dataclasses.replace(spec.model, checkpoint=path), model_channels(spec), field)
+        return Towards(weights, end.only(list(weights)))
     other = build_and_load(spec.model, model_channels(spec), checkpoint=path, field=field)
     end = dirs.target_tensors(other, spec.directions.dir_type)
     return dirs.interpolation_direction(weights, {k: end[k] for k in weights})
+
+
+class Towards(Mapping):
+    """{name: end - start} in float32, each tensor read and made when asked for (`_towards`)."""
+
+    def __init__(self, start: ModelRows, end: ModelRows):
+        self.start, self.end = start, end
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.start.shapes
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.end[name].float() - self.start[name].float()
+
+    def __iter__(self):
+        return iter(self.start)
+
+    def __len__(self) -> int:
+        return len(self.start)
 
 
 def hessian_directions(spec, model: torch.nn.Module, two: bool, weights: dict[str, torch.Tensor] | None = None):
