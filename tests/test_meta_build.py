@@ -157,6 +157,24 @@ def test_a_factory_that_computes_with_its_parameters_is_one_line_naming_the_meta
         build_on_meta(spec, 3)
 
 
+def test_a_parameter_a_factory_sets_without_registering_it_is_read_from_the_checkpoint_too(tmp_path, monkeypatch):
+    (tmp_path / "direct.py").write_text(
+        "import torch\n"
+        "def model():\n"
+        "    m = torch.nn.Linear(6, 5)\n"
+        "    m._parameters['weight'] = torch.nn.Parameter(torch.full((5, 6), 7.0))  # not through register_parameter\n"
+        "    return m\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path, state = _saved(tmp_path, "safetensors")
+    from safetensors.torch import save_file
+    save_file({"weight": state["a.weight"], "bias": state["a.bias"]}, str(tmp_path / "linear.safetensors"))
+    spec = SimpleNamespace(name="direct:model", num_classes=10, checkpoint=str(tmp_path / "linear.safetensors"),
+                           trust_checkpoint=False)
+    model, rows = build_on_meta(spec, 3)
+    assert model.weight.is_meta and model.bias.is_meta
+    assert torch.equal(rows["weight"], state["a.weight"])
+
+
 def test_a_sharded_meta_model_fills_its_shards_from_the_checkpoint_and_keeps_its_buffers(tmp_path):
     """One rank's group (gloo, world of 1): it holds every row, read from the checkpoint."""
     import torch.distributed as dist

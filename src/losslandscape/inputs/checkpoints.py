@@ -373,6 +373,18 @@ class ModelRows(Mapping):
         return len(self.keys)
 
 
+def _all_on_meta(model: torch.nn.Module) -> None:
+    """Put on the meta device any parameter a factory set without registering it (straight
+    into `_parameters`), tied twins kept tied: every parameter is then read from the checkpoint."""
+    moved: dict[int, torch.nn.Parameter] = {}
+    for m in model.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and not p.is_meta:
+                if id(p) not in moved:
+                    moved[id(p)] = torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+                m._parameters[name] = moved[id(p)]
+
+
 def build_on_meta(model_spec, in_channels: int, field: str = "model.checkpoint") -> tuple[torch.nn.Module, ModelRows]:
     """The spec's model with its parameters on the meta device (no memory) and its buffers
     real, the checkpoint's buffers loaded into them, and its parameters to be read from the
@@ -391,6 +403,7 @@ def build_on_meta(model_spec, in_channels: int, field: str = "model.checkpoint")
                         "evaluation.ranks_per_model > 1 with a model.checkpoint builds it (each rank then reads its "
                         f"rows of the checkpoint): {type(exc).__name__}: {_first_line(exc)}; a factory that computes "
                         "with its parameters, or loads weights itself, cannot be built there") from None
+    _all_on_meta(model)
     own = {k: tuple(t.shape) for k, t in model.state_dict().items()}
     twins: dict[int, list[str]] = {}  # a parameter's names (tied twins share one Parameter)
     for name, p in model.named_parameters(remove_duplicate=False):
