@@ -113,16 +113,12 @@ def checkpoint_files(path: str | Path, field: str = "model.checkpoint") -> list[
 
 
 def _load_safetensors(path: Path, field: str) -> dict[str, torch.Tensor]:
-    readable_file(path, field, "a safetensors file")
-    try:
-        from safetensors.torch import load_file  # noqa: PLC0415 (needed for .safetensors files only)
-    except ImportError:
-        raise UserError(f"{field}: {path} is a safetensors file and the safetensors package is not installed; "
-                        "pip install safetensors") from None
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError, for a bad file
-        raise UserError(f"{field}: {path} is not a valid safetensors file ({_first_line(exc)})") from None
+    """Every tensor of a .safetensors file (as safetensors.torch.load_file reads them)."""
+    with _safe_open(path, field) as handle:
+        try:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception as exc:  # safetensors raises its own SafetensorError, and OSError, for a bad file
+            raise UserError(f"{field}: {path} is not a valid safetensors file ({_first_line(exc)})") from None
 
 
 def normalise(obj, field: str = "model.checkpoint", path: Path | str = "") -> dict[str, torch.Tensor]:
@@ -339,7 +335,7 @@ def _safe_open(path: Path, field: str):
                         "pip install safetensors") from None
     try:
         return safe_open(str(path), framework="pt", device="cpu")
-    except Exception as exc:
+    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError, for a bad file
         raise UserError(f"{field}: {path} is not a valid safetensors file ({_first_line(exc)})") from None
 
 
