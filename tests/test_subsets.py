@@ -337,7 +337,8 @@ def test_a_safetensors_checkpoint_loads(net, tmp_path, monkeypatch):
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json" * 4)
     with pytest.raises(UserError, match=r"^model.checkpoint: .*bad.safetensors is not a valid safetensors file"):
         load_state_dict(tmp_path / "bad.safetensors")
-    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # as if the package were not installed
+    for module in ("safetensors", "safetensors.torch"):  # as if the package were not installed
+        monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(UserError, match="the safetensors package is not installed"):
         load_state_dict(tmp_path / "net.safetensors")
 
