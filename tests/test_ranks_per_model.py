@@ -78,6 +78,13 @@ def slow(outputs, targets):
     return fails(outputs, targets, never=True)
 
 
+def probe_fails(outputs, targets):
+    """On world rank 2, an error at once (the probe of the first split's first batch)."""
+    if os.environ.get("OMPI_COMM_WORLD_RANK") == "2":
+        raise RuntimeError("the loss failed on purpose at the probe")
+    return fails(outputs, targets, never=True)
+
+
 def fails(outputs, targets, never=False):
     """Token cross entropy (sum, count, correct); on world rank 2, past its first 30 batches, an error."""
     calls = getattr(fails, "calls", 0) + 1
@@ -429,3 +436,22 @@ def test_a_tensor_drawn_differently_on_a_later_rank_of_a_group_stops_the_job_in_
     assert f"the x direction of tensor {name} drawn again from seed 5 differs" in errors[0], errors
     after = values(path)  # no point computed (the run's note on folding may be added: it is sharded)
     assert all(np.array_equal(after[k], before[k], equal_nan=True) for k in before) and not after["train_done"][2, 2]
+
+
+def test_a_rank_whose_probe_fails_ends_the_job_in_seconds_with_its_line(lm):
+    """A model read from a checkpoint is probed once sharded, every rank of its group together: one rank's loss raising on
+    the first split's batch ends the job in seconds (its partner does not wait for it in the
+    second split's gathers until the group's timeout of 120 s), with that rank's line."""
+    from safetensors.torch import save_model
+
+    checkpoint = lm / "probed.safetensors"  # built on the meta device: probed once sharded
+    save_model(_lmk(lm).llama(), str(checkpoint))
+    start = time.monotonic()
+    proc = surface(lm, job(lm, "probe", loss="lmk:probe_fails"), 3, "--model.name=lmk:llama",
+                   f"--model.checkpoint={checkpoint}", timeout=200)
+    took = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "rank 2" in errors[0] and "failed on purpose at the probe" in errors[0], errors
+    assert took < 60, took
+    assert not (lm / "probe.h5").exists()

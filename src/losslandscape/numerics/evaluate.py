@@ -97,18 +97,28 @@ class PointEvaluator:
         # device; whole: {name: whole moved tensor}, read one at a time (run/loading.py sets both)
         self.rows_of = self.whole = None
 
-    def shard(self, share) -> tuple[int, int]:
+    def shard(self, share) -> tuple[int, int] | None:
         """Shard the model by rows over the default process group (shard.py), which this rank
         shares with `share.size - 1` others, before its directions are set: from now on it
         holds, moves and evaluates its share. A model built on the meta device gets its rows
         from `self.rows_of(name, start, stop)` here and is probed now (every rank of the group
-        together). Returns (the parameter values this rank holds, the model's)."""
+        together). Returns (the parameter values this rank holds, the model's), or None where
+        another rank of the group failed: the group agrees after filling and after each probed
+        batch, so that no rank waits in a collective for one that has raised."""
         from losslandscape.numerics.shard import shard_model
 
         if self.net is not self.model:
             raise ValueError("a sharded model is evaluated unfolded")
-        local, rows, held, total, units = shard_model(self.model, self.weights.names, self.device, self.rows_of)
+        failed = None
+        try:
+            local, rows, held, total, units = shard_model(self.model, self.weights.names, self.device, self.rows_of)
+        except Exception as exc:  # filling is this rank's own: every rank reaches the agreement below
+            failed = exc
         self.rows_of = None  # read: the checkpoint is not kept open
+        if share.any(failed is not None):
+            if failed is not None:
+                raise failed
+            return None
         self.weights.shard(local, rows)
         self.share = share
         # FSDP keeps the root's gathered weights after a forward pass: a move frees them, so that
@@ -116,7 +126,9 @@ class PointEvaluator:
         self._moved = lambda: [unit.reshard() for unit in units]
         if self._first is not None:
             with torch.inference_mode():
-                self.values = probe(self.measurer, self._first)
+                self.values = probe(self.measurer, self._first, share.any)
+            if self.values is None:
+                return None
             self._moved()
             self._first = None
         return held, total
@@ -352,14 +364,22 @@ def failure(exc: Exception, where: str, batch_size: int) -> UserError:
     return UserError(f"evaluation: {where} failed: {one_line(exc)}")
 
 
-def probe(measurer: Measurer, first: dict[str, Batch]) -> tuple[str, ...]:
+def probe(measurer: Measurer, first: dict[str, Batch], together=None) -> tuple[str, ...] | None:
     """The loss at the current weights (the centre) on each split's first batch: a shape, dtype or
     loss that does not fit is one line before anything is written. Returns the values a point
-    has: ("loss", "acc") where the loss gives accuracy, else ("loss",)."""
+    has: ("loss", "acc") where the loss gives accuracy, else ("loss",). `together(failed)`: for a
+    model sharded over a group, whether some rank of it failed on this batch (collective): the
+    rank that failed raises, the others return None."""
     values = None
     for split, batch in first.items():
         _warn_labels_are_inputs(measurer, batch, split)
-        s, k, c = measurer.sums(batch, f"the first batch of {split} at the centre")
+        try:
+            s, k, c = measurer.sums(batch, f"the first batch of {split} at the centre")
+        except Exception:
+            if together is None or together(True):
+                raise
+        if together is not None and together(False):
+            return None
         if not torch.isfinite(torch.as_tensor(s)).all() and not torch.isnan(torch.as_tensor(s)).all():
             log.warning("the loss on the first batch of %s at the centre is %s", split, float(s))
         if not float(k) > 0:

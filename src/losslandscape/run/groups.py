@@ -79,8 +79,11 @@ def shard(evaluator, group, world_rank: int) -> None:
     from losslandscape.numerics.devices import release_freed_memory
 
     join(group, evaluator.device)
-    held, total = evaluator.shard(Share(group.rank, group.size, evaluator.device))
+    shared = evaluator.shard(Share(group.rank, group.size, evaluator.device))
     release_freed_memory()  # what was read to fill the shards and probe them
+    if shared is None:  # another rank of the group raised: its line is the job's (distributed.agree)
+        return
+    held, total = shared
     log.info("rank %d: holds %d of the model's %d parameter values (%.1f%%), sharded over %d ranks "
              "(evaluation.ranks_per_model)", world_rank, held, total, 100.0 * held / max(total, 1), group.size)
 
