@@ -180,9 +180,9 @@ def _tied_filled(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -
     return filled
 
 
-def _bn_counters_filled(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with the `num_batches_tracked` counters it lacks taken from `model`, for every
-    BatchNorm whose running statistics it has (PyTorch < 0.4.1 saved none)."""
+def _bn_counters_filled(model: torch.nn.Module, state: dict) -> dict:
+    """`state` (tensors, or their shapes) with the `num_batches_tracked` counters it lacks taken
+    from `model`, for every BatchNorm whose running statistics it has (PyTorch < 0.4.1 saved none)."""
     filled = dict(state)
     for prefix, m in model.named_modules():
         if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.num_batches_tracked is not None:
@@ -412,11 +412,8 @@ def build_on_meta(model_spec, in_channels: int, field: str = "model.checkpoint")
             keys[name] = key
             for k in twins[id(p)]:
                 state.setdefault(k, tensors.shapes[key])
-    for prefix, m in model.named_modules():  # BatchNorm counters PyTorch < 0.4.1 did not save
-        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.num_batches_tracked is not None:
-            key = f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"
-            if key not in state and (f"{prefix}.running_mean" if prefix else "running_mean") in state:
-                state[key] = own[key]
+    # the BatchNorm counters PyTorch < 0.4.1 did not save, as their shapes
+    state = {k: tuple(v.shape) if torch.is_tensor(v) else v for k, v in _bn_counters_filled(model, state).items()}
     _check_fits(own, state, field)
     with torch.no_grad():
         params = {id(p) for p in model.parameters()}
