@@ -175,6 +175,31 @@ def test_a_parameter_a_factory_sets_without_registering_it_is_read_from_the_chec
     assert torch.equal(rows["weight"], state["a.weight"])
 
 
+def test_an_old_checkpoint_without_batchnorm_counters_fits_and_keeps_the_model_s_counters(tmp_path, monkeypatch):
+    """A checkpoint saved before PyTorch 0.4.1 has no `num_batches_tracked`: it still fits (the
+    model's own counter is kept), and the running statistics are read from the file."""
+    (tmp_path / "bn.py").write_text(
+        "import torch\n"
+        "def model():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    whole = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    state = {k: v.clone() for k, v in whole.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state["1.running_mean"] = torch.arange(4.0)
+    from safetensors.torch import save_file
+    save_file(state, str(tmp_path / "old.safetensors"))
+    spec = SimpleNamespace(name="bn:model", num_classes=10, checkpoint=str(tmp_path / "old.safetensors"),
+                           trust_checkpoint=False)
+    model, rows = build_on_meta(spec, 1)
+    assert torch.equal(model[1].running_mean, torch.arange(4.0)) and int(model[1].num_batches_tracked) == 0
+    assert torch.equal(rows["0.weight"], whole[0].weight.detach())
+    state["1.running_var"] = torch.ones(3)  # and a wrong shape beside the missing counter is still one line
+    save_file(state, str(tmp_path / "old.safetensors"))
+    with pytest.raises(UserError, match=r"wrong shape 1 key\(s\): 1.running_var"):
+        build_on_meta(spec, 1)
+
+
 def test_a_sharded_meta_model_fills_its_shards_from_the_checkpoint_and_keeps_its_buffers(tmp_path):
     """One rank's group (gloo, world of 1): it holds every row, read from the checkpoint."""
     import torch.distributed as dist
