@@ -116,8 +116,8 @@ def surface_cmd(toml: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "losslandscape", "surface", str(toml), *extra]
 
 
-def run(cmd: list[str], timeout: int = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=clean_env())
+def run(cmd: list[str], timeout: int = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or clean_env())
 
 
 def start(cmd: list[str]) -> subprocess.Popen:
@@ -273,20 +273,39 @@ def test_a_signal_to_mpirun_exits_1_and_the_file_resumes(tmp_path, signum):
 
 # --- 5. threads per worker ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_each_worker_gets_cores_over_workers_threads(tmp_path, ranks):
-    """README (MPI): "On CPUs each worker uses `cores / workers` threads", reported in each
-    worker's "evaluating on ... with N CPU thread(s)" line. Unbound ranks (--bind-to none) see
-    every core; the coordinator is no worker, so 2 ranks give 1 worker all of them."""
+@pytest.mark.parametrize("ranks, omp", [(2, None), (3, None), (3, "1")])
+def test_each_worker_gets_cores_over_workers_threads_or_omp_num_threads(tmp_path, ranks, omp):
+    """README (MPI): "On CPUs each worker uses `OMP_NUM_THREADS` threads where it is set, else
+    `cores / workers`", reported in each worker's "evaluating on ... with N CPU thread(s)" line.
+    Unbound ranks (--bind-to none) see every core; the coordinator is no worker, so 2 ranks give
+    1 worker all of them."""
     toml = write_probe_job(tmp_path, grid=("-1:1:3", ""))
-    proc = run(mpirun(ranks)[:1] + ["--bind-to", "none"] + mpirun(ranks)[1:] + surface_cmd(toml))
+    env = {k: v for k, v in clean_env().items() if k != "OMP_NUM_THREADS"}
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    proc = run(mpirun(ranks)[:1] + ["--bind-to", "none"] + mpirun(ranks)[1:] + surface_cmd(toml), env=env)
     assert proc.returncode == 0, proc.stderr
     workers = ranks - 1
     for rank in range(1, ranks):
         seen = json.loads((tmp_path / f"threads.{rank}").read_text())
-        want = max(1, seen["cores"] // workers)
+        want = int(omp) if omp else max(1, seen["cores"] // workers)
         assert seen["threads"] == want, (rank, seen)
         assert re.search(rf"\[rank {rank}\] evaluating on cpu with {want} CPU thread\(s\)", proc.stderr), proc.stderr
+
+
+def test_omp_num_threads_is_read_as_openmp_reads_it(monkeypatch):
+    """evaluation.threads = 0 takes OMP_NUM_THREADS's first level; a value that is not a positive
+    integer is ignored (the share of the cores), as OpenMP ignores it; threads > 0 wins."""
+    from losslandscape.numerics import devices
+
+    share = max(1, devices.cpu_cores() // 1)
+    for value, want in (("3", 3), ("4,2", 4), (" 2 ", 2), ("0", share), ("-1", share), ("many", share), ("", share)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert devices.set_threads(0) == want == torch.get_num_threads(), value
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert devices.set_threads(1) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert devices.set_threads(0, processes_on_node=2) == max(1, devices.cpu_cores() // 2)
 
 
 # --- 3. merge --force -------------------------------------------------------------------------------

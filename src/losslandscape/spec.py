@@ -147,7 +147,7 @@ class Evaluation:
     device: str = "auto"
     """auto (cuda if present, else cpu) | cpu | cuda | cuda:N."""
     threads: int = field(default=0, metadata=AT_LEAST_0)
-    """CPU threads per process; 0 = cores / processes on this node."""
+    """CPU threads per process; 0 = OMP_NUM_THREADS where it is set, else cores / processes on this node."""
     unit_size: int | Literal["auto"] = 4
     """grid points per work unit (and per flush of the surface file); auto = sized by the MPI coordinator from its number of workers, the points left and the seconds a point takes (4 in one process)."""
     cache_bytes: int = field(default=1 << 30, metadata=AT_LEAST_0)

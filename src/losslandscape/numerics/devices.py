@@ -88,10 +88,18 @@ def cpu_cores() -> int:
 
 
 def set_threads(requested: int, processes_on_node: int = 1) -> int:
-    """Torch CPU threads: `requested`, or an equal share of the cores (at least 1)."""
-    n = requested or max(1, cpu_cores() // max(1, processes_on_node))
+    """Torch CPU threads: `requested`; else OMP_NUM_THREADS where it is set (the cluster's or
+    the user's choice, which torch itself follows); else an equal share of the cores (at least 1)."""
+    n = requested or omp_threads() or max(1, cpu_cores() // max(1, processes_on_node))
     torch.set_num_threads(n)
     return n
+
+
+def omp_threads() -> int:
+    """OMP_NUM_THREADS as a count (its first level where it lists several); 0 where it is unset or
+    not a positive integer (OpenMP ignores such a value too)."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else 0
 
 
 def release_freed_memory() -> None:
