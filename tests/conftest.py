@@ -20,6 +20,18 @@ from helpers import (CENTRE, PARTIAL_EIG, PCA_PARTIAL, PCA_SPEC, PX, PY, add_hes
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts with one torch thread, whatever the one before it left. A job run in this
+    process sets the thread count (`evaluation.threads = 0`: a share of the cores); left at 2 for
+    the next test of this worker, beside two others on two cores, a Hessian-vector product of a
+    small model took 4 to 14 times as long."""
+    torch.set_num_threads(1)
+    yield
+
+
 # `make check` leaves out what is marked slow: each file or test that launches mpirun, SLURM, a browser or a
 # whole run says so itself, with `pytestmark = pytest.mark.slow` or `@pytest.mark.slow`.
 
