@@ -28,6 +28,13 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "ensure-slurm: not on PATH: $(missing); installing them needs root (apt-get install slurmctld slurmd slurm-client munge)" >&2
     exit 1
 fi
+# One install at a time (test processes may ask at once; the lock is on this script, read
+# only, so no file is written for it); the next one finds it done.
+exec 9<"${BASH_SOURCE[0]}"
+flock 9
+if [ -z "$(missing)" ]; then
+    exit 0
+fi
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "ensure-slurm: not on PATH: $(missing); apt-get is not available to install them" >&2
     exit 1
