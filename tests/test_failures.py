@@ -134,8 +134,8 @@ def test_a_missing_gpu_under_mpirun_is_one_line_not_a_hang(reference, tmp_path):
     assert_complete(surf, reference)
 
 
-@pytest.mark.parametrize("variable, value", [("CUDA_VISIBLE_DEVICES", "0"), ("SLURM_JOB_GPUS", "0,1")])
-@pytest.mark.parametrize("ranks", [1, 3])
+# each variable once and each launch once (not all four pairs: each costs an mpirun job)
+@pytest.mark.parametrize("ranks, variable, value", [(1, "CUDA_VISIBLE_DEVICES", "0"), (3, "SLURM_JOB_GPUS", "0,1")])
 def test_gpus_given_by_the_allocation_are_never_silently_replaced_by_cpus(tmp_path, variable, value, ranks):
     spec = flaky_job(tmp_path / "spec", tmp_path / "s.h5", grid="-1:1:3")
     cmd = (mpirun(ranks) if ranks > 1 else []) + surface_cmd(spec, "--evaluation.device=auto")

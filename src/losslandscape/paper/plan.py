@@ -60,7 +60,7 @@ SCALES: dict[str, Scale] = {
     # The mechanics only (every verb, resume, mpirun, the report): no claim can be judged at this size.
     "quick": Scale("quick", "128 digits per split, 2 epochs, 3 x 3 grids (a few minutes; for tests)",
                    "digits", 128, 128, 2, 0.05, 1, (), 32, 16, 64, 1, (20, 56), (1, 2), (20, 56),
-                   "-1:1:3", "-1:1:5", "-0.5:1.5:5", "-1:1:3", 8, 1e-1, "auto:3"),
+                   "-1:1:3", "-1:1:5", "-0.5:1.5:5", "-1:1:3", 4, 1e-1, "auto:3"),
 }
 
 WEIGHT_DECAY = 5e-4
