@@ -93,6 +93,31 @@ def test_compute_surface_stores_exactly_the_given_weights_and_refuses_others(tmp
     np.testing.assert_array_equal(again.train_loss, s.train_loss)
 
 
+
+def test_a_call_leaves_torch_s_threads_and_tf32_settings_as_the_caller_had_them(tmp_path):
+    """README, "In a notebook": the call leaves "torch's thread count and TF32 settings" as they
+    were, though a run sets them (evaluation.threads, and precision = "fp32" forbids TF32)."""
+    before = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.set_num_threads(3)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        s = ll.compute_surface(TinyBN(), train=digits(), x="-1:1:2", y="-1:1:2", out=tmp_path / "s.h5", device="cpu",
+                               threads=1)
+        assert s.fraction_done["train"] == 1.0
+        assert (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (
+            3, True, True)
+        ll.compute_hessian(tmp_path / "s.h5", samples=8, tol=0.1, device="cpu")
+        assert (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (
+            3, True, True)
+        with pytest.raises(ll.UserError):  # and when a call fails
+            ll.compute_surface(TinyBN(), train=digits(), x="-1:1:3", out=tmp_path / "t.h5", device="cpu", threads=1,
+                               batch_size=-1)
+        assert torch.get_num_threads() == 3 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.set_num_threads(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]
+
+
 # --- 4. a BatchNorm fold that does not check out is evaluated unfolded -------------------------
 
 class AliasedReLU(nn.Module):

@@ -86,7 +86,7 @@ def compute_hessian(surface: str | Path, **options: Any):
     another process needs its model and data as module:factory names, imported from the file's
     own folder or the working directory, or, with `trust_file=True`, from the folders the file
     names (runs code its maker chose: files you trust only)."""
-    with named_as_given(_given_rules(("model",), ())):
+    with named_as_given(_given_rules(("model",), ())), _torch_settings_kept():
         settings = specs.options(specs.Hessian, options, "compute_hessian")
         device = settings.device or None
         if settings.centre:
@@ -172,7 +172,7 @@ def _run(model, model_b, train, test, x, y, out, options, model_c=None, *, calle
     passed as `models` (their keywords): its errors name those keywords, not the spec values
     made up for them."""
     given = [(name, data) for name, data in (("train", train), ("test", test)) if data is not None]
-    with named_as_given(_given_rules(models, [name for name, _ in given])):
+    with named_as_given(_given_rules(models, [name for name, _ in given])), _torch_settings_kept():
         return _surface(model, model_b, model_c, given, x, y, Path(out), options, caller, models)
 
 
@@ -237,6 +237,20 @@ def _stopped(code: int, stop: StopFlag, out: Path) -> None:
                                 ".surface, or ll.open_surface); the same call computes the rest")
     if code != 0:
         log.warning("stopped early: %s holds the points computed so far; call again to finish", out)
+
+
+@contextlib.contextmanager
+def _torch_settings_kept():
+    """The process-wide torch settings a run sets (its CPU threads, and TF32 allowed or not by
+    evaluation.precision) are the caller's again when the call returns or raises: a notebook's
+    training after a surface runs as it ran before."""
+    threads = torch.get_num_threads()
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 @contextlib.contextmanager
