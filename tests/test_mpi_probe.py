@@ -290,7 +290,9 @@ def test_each_worker_gets_cores_over_workers_threads_or_omp_num_threads(tmp_path
         seen = json.loads((tmp_path / f"threads.{rank}").read_text())
         want = int(omp) if omp else max(1, seen["cores"] // workers)
         assert seen["threads"] == want, (rank, seen)
-        assert re.search(rf"\[rank {rank}\] evaluating on cpu with {want} CPU thread\(s\)", proc.stderr), proc.stderr
+        whence = r" \(OMP_NUM_THREADS\)" if omp else ""  # the log says where the count came from
+        assert re.search(rf"\[rank {rank}\] evaluating on cpu with {want} CPU thread\(s\){whence}, batch", proc.stderr), \
+            proc.stderr
 
 
 def test_omp_num_threads_is_read_as_openmp_reads_it(monkeypatch):

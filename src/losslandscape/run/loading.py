@@ -16,7 +16,7 @@ from losslandscape.errors import UserError
 from losslandscape.surfacefile.format import shown as ff_shown
 from losslandscape.surfacefile.read import stored_directions, stored_seed
 from losslandscape.inputs.checkpoints import build_and_load, build_on_meta
-from losslandscape.numerics.devices import describe_device, pick_device, release_freed_memory, set_threads
+from losslandscape.numerics.devices import describe_device, omp_threads, pick_device, release_freed_memory, set_threads
 from losslandscape.run.environment import allocated_gpus
 from losslandscape.numerics.evaluate import PointEvaluator, batch_size_for, use_channels_last
 from losslandscape.run.makedirections import base_model, built_on_meta, model_channels, versions
@@ -35,8 +35,9 @@ def start_evaluator(spec, worker_index: int = 0, workers_on_node: int = 1, fold:
     evaluator = load_evaluator(spec, device, fold=False if sharded else fold, sharded=sharded)
     if sharded:
         evaluator.folding = "BatchNorm not folded: the model is sharded (evaluation.ranks_per_model)"
-    log.info("evaluating on %s with %d CPU thread(s), batch %d, %s; %s", describe_device(device),
-             threads, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
+    whence = " (OMP_NUM_THREADS)" if not spec.evaluation.threads and omp_threads() else ""
+    log.info("evaluating on %s with %d CPU thread(s)%s, batch %d, %s; %s", describe_device(device),
+             threads, whence, evaluator.batch_size, spec.evaluation.precision, evaluator.folding)
     return evaluator
 
 
