@@ -273,10 +273,6 @@ def dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     return float(total)
 
 
-def cosine(a: Direction, b: Direction) -> float:
-    return dot(a, b) / max(np.sqrt(dot(a, a) * dot(b, b)), EPS)
-
-
 def dots(x: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor]) -> tuple[float, float, float]:
     """(x.x, x.y, y.y) in float64, in one pass over the tensors (each drawn once)."""
     sums = torch.zeros(3, dtype=torch.float64)
@@ -300,7 +296,7 @@ def random_directions(weights: dict[str, torch.Tensor], two: bool, norm: str, ig
         coef = xy / max(xx, EPS)
         y = SeededDirection(weights, seed, 1, norm, ignore, along=x, coef=coef)
         info["orthogonal_coef"] = coef
-        xx, xy, yy = dots(x, y)  # one pass: cosine(x, y) would draw x six times and y three
+        xx, xy, yy = dots(x, y)  # one pass (three dot products drew x six times, y three)
         info["cosine_xy"] = xy / max(np.sqrt(xx * yy), EPS)
     else:
         info["cosine_xy"] = info["cosine_xy_before"]
