@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -278,10 +279,18 @@ class Submit:
 
 
 @functools.cache
+def _class_nodes(module: str) -> dict[str, ast.ClassDef]:
+    """The top-level classes of a module's source, parsed once (finding each class's source
+    with inspect parses the whole module again for every class)."""
+    tree = ast.parse(inspect.getsource(sys.modules[module]))
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """The one-line docstrings written under each field of a dataclass."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
+    node = _class_nodes(cls.__module__).get(cls.__qualname__)
+    body = (node or ast.parse(inspect.getsource(cls)).body[0]).body
     docs = {}
     for stmt, nxt in zip(body, body[1:]):
         if (isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr)

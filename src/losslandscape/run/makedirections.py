@@ -37,7 +37,6 @@ from losslandscape.surfacefile.read import read_direction_file
 from losslandscape.surfacefile.write import NewFile
 from losslandscape.inputs import userimport
 from losslandscape.inputs.checkpoints import ModelRows, build_and_load, build_on_meta, checkpoint_files, file_sha256
-from losslandscape.numerics.hessian import HessianOperator, hessian_eigen_directions
 from losslandscape.numerics.trajectory import checkpoint_paths, pca_directions, pca_names, project
 
 log = logging.getLogger(__name__)
@@ -275,6 +274,8 @@ def hessian_directions(spec, model: torch.nn.Module, two: bool, weights: dict[st
     sub-Hessian of those parameters. Each unit eigenvector is scaled to the norm of the
     weights it moves, the length of a filter-normalised random direction, so that a grid of
     -1:1 reaches as far as a random-direction surface does."""
+    from losslandscape.numerics.hessian import HessianOperator, hessian_eigen_directions  # scipy: only here
+
     if weights is None:
         weights = dirs.moved_tensors(model, spec.directions)
     source = datasets.load_source(spec.data, spec.data.splits[0], spec.evaluation.batch_size or 128)
