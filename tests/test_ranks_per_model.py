@@ -71,9 +71,14 @@ def data(split):
 
 
 def slow(outputs, targets):
-    """Token cross entropy, an eighth of a second a batch; writes this rank's pid once."""
-    rank = os.environ.get("OMPI_COMM_WORLD_RANK", "0")
-    (HERE / f"pid.{rank}").write_text(str(os.getpid()))
+    """Token cross entropy, an eighth of a second a batch; writes this rank's pid once, whole
+    (renamed into place, so that the test never reads it half written)."""
+    if not getattr(slow, "written", False):
+        rank = os.environ.get("OMPI_COMM_WORLD_RANK", "0")
+        part = HERE / f"pid.{rank}.part"
+        part.write_text(str(os.getpid()))
+        part.replace(HERE / f"pid.{rank}")
+        slow.written = True
     time.sleep(0.08)
     return fails(outputs, targets, never=True)
 
