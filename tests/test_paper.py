@@ -289,8 +289,12 @@ def test_quick_paper_runs_end_to_end_and_resumes(quick_paper):
     assert re.search(r"claim 5: HELD|claim 5: did not hold", log)
     assert f"report: {quick_paper['out'] / 'index.html'}" in log
     assert re.search(r"mpirun.*-n 3|3 ranks|2 workers", log), "the surfaces did not run under mpirun"
-    # the surfaces finished before the interruption computed nothing again
+    # the surfaces finished before the interruption computed nothing again, each checked in the
+    # paper's own process (no mpirun of 3 ranks for a file with nothing to compute)
     assert re.search(r"(\d+) of \1 points done \([^)]*\), 0 to compute", log), log[-3000:]
+    steps = re.split(r"\n(?=\S+ INFO \[\d+/\d+\] )", log)
+    finished = [s for s in steps if re.search(r"(\d+) of \1 points done \([^)]*\), 0 to compute", s)]
+    assert finished and not [s for s in finished if "under " in s and "mpirun -n 3" in s], finished
     # and every surface and Hessian map is complete now
     import h5py
 

@@ -2,9 +2,11 @@
 
 Each step is a command line of the `losslandscape` CLI on a spec in jobs/paper with the scale's
 overrides, run in this process by `verbs.run`; with `mpi` > 1 the surface, trajectory and
-Hessian steps run under `mpirun -n mpi` instead. A trained model (its last checkpoint exists)
-is reused; surfaces, Hessian maps and the trajectory resume on their own (a finished file
-costs a second), so an interrupted `make paper` continues where it stopped.
+Hessian steps run under `mpirun -n mpi` instead, unless their file is complete already. A
+trained model (its last checkpoint exists) is reused; surfaces, Hessian maps and the
+trajectory resume on their own (a finished file costs a second in this process, where the
+verb still checks that the file is the step's), so an interrupted `make paper` continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from losslandscape.frontends import verbs
 from losslandscape.errors import EXIT_INTERRUPTED, EXIT_STOPPED, UserError
-from losslandscape.paper.plan import SCALES, SPEC_DIR, commands
+from losslandscape.paper.plan import SCALES, SPEC_DIR, Experiment, commands
 from losslandscape.paper.steps import add_time, step_times
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,24 @@ def run_step(argv: list[str], mpi: int) -> int:
     return verbs.run(verbs.build_parser(), argv)
 
 
+def finished(e: Experiment) -> bool:
+    """Whether the file a surface, trajectory or Hessian step writes is complete: every point of
+    each split it asked for (of the maps, for a Hessian step). A file that is not one of ours
+    counts as unfinished: the step itself says what is wrong with it."""
+    from losslandscape.surfacefile.read import read_progress  # h5py: not for `losslandscape --help`
+
+    path = Path(e.output())
+    if e.verb == "train" or not path.exists():
+        return False
+    try:
+        p = read_progress(path, verb=e.verb)
+    except UserError:
+        return False
+    if e.verb == "hessian":
+        return p.eig_done is not None and bool(p.eig_done.all())
+    return bool(p.splits) and all(p.done[s].all() for s in p.splits)
+
+
 def run(scale_name: str, out: str | Path, mpi: int = 1, report: bool = True) -> int:
     """Every step of the paper at `scale_name`, outputs under `out`; returns an exit code."""
     if scale_name not in SCALES:
@@ -75,7 +95,8 @@ def run(scale_name: str, out: str | Path, mpi: int = 1, report: bool = True) -> 
             continue
         log.info("%s: losslandscape %s", label, " ".join(argv))
         started = time.perf_counter()
-        code = run_step(argv, mpi)
+        # a finished file is checked in this process: not worth mpirun's start-up of every rank
+        code = run_step(argv, 1 if finished(e) else mpi)
         add_time(work, e.name + ("/hessian" if e.verb == "hessian" else ""), time.perf_counter() - started)
         if code in (EXIT_STOPPED, EXIT_INTERRUPTED):
             log.warning("paper: stopped at %s; run the same command again to continue", e.name)

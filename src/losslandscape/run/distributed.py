@@ -65,11 +65,23 @@ def agree(comm, step, *args):
         result = step(*args)
     except Exception as exc:  # any error of any rank ends the job; KeyboardInterrupt propagates
         error = describe(exc, comm.rank)
+    arrive(comm)
     errors = comm.gather(error, root=0)
     line = comm.bcast(_first(errors) if comm.rank == 0 else None, root=0)
     if line is not None:
         raise JobFailed(line, comm.rank == 0)
     return result
+
+
+def arrive(comm) -> None:
+    """Wait, sleeping, until every rank has arrived here. A blocking collective in Open MPI
+    spins a whole core while it waits: the workers loading their models would take CPU from
+    the coordinator making the directions (and it from them), on a node whose cores the
+    ranks share. Polled like `coordinate`'s receive, from POLL_MIN_SECONDS up to POLL_SECONDS."""
+    request, nap = comm.Ibarrier(), POLL_MIN_SECONDS
+    while not request.Test():
+        time.sleep(nap)
+        nap = min(2 * nap, POLL_SECONDS)
 
 
 def or_abort(comm, step, *args):
