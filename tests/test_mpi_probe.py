@@ -67,13 +67,23 @@ class Probe(nn.Module):
                 time.sleep(600)
             with open(HERE / f"passes.{rank}", "a") as f:
                 f.write("1\\n")
+            clock(rank)
         return out
+
+
+def clock(rank):
+    """This rank's wall clock and CPU time, a line a forward pass (and one when it is built)."""
+    with open(HERE / f"clock.{rank}", "a") as f:
+        f.write(f"{time.monotonic()} {time.process_time()}\\n")
 
 
 def build():
     rank = os.environ.get("OMPI_COMM_WORLD_RANK", "0")  # called after the evaluator set its threads
     (HERE / f"threads.{rank}").write_text(json.dumps({"threads": torch.get_num_threads(),
                                                       "cores": len(os.sched_getaffinity(0))}))
+    plan = json.loads((HERE / "plan.json").read_text()) if (HERE / "plan.json").exists() else {}
+    time.sleep(plan.get("build_sleep", {}).get(rank, 0.0))
+    clock(rank)
     return Probe()
 '''
 SAMPLES = 48
@@ -293,6 +303,21 @@ def test_each_worker_gets_cores_over_workers_threads_or_omp_num_threads(tmp_path
         whence = r" \(OMP_NUM_THREADS\)" if omp else ""  # the log says where the count came from
         assert re.search(rf"\[rank {rank}\] evaluating on cpu with {want} CPU thread\(s\){whence}, batch", proc.stderr), \
             proc.stderr
+
+
+def test_ranks_waiting_for_another_to_load_its_model_sleep_rather_than_spin(tmp_path):
+    """Every rank waits for the slowest to load its model (a step of `agree`). Open MPI's blocking
+    collectives spin a core while they wait, which on shared cores takes CPU from the ranks
+    still working; the driver waits sleeping instead. Rank 1 takes 4 s to build its model
+    here: rank 2, ready long before, spends almost no CPU while it waits for it."""
+    toml = write_probe_job(tmp_path, grid=("-1:1:3", ""))
+    plan(tmp_path, build_sleep={"1": 4.0})
+    proc = run(mpirun(3) + surface_cmd(toml))
+    assert proc.returncode == 0, proc.stderr
+    stamps = [tuple(map(float, line.split())) for line in (tmp_path / "clock.2").read_text().split("\n") if line]
+    wall, cpu = max(((b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])), key=lambda g: g[0])
+    assert wall > 2.5, stamps  # rank 2 waited for rank 1 between two of its stamps
+    assert cpu < 0.25 * wall, (wall, cpu)  # spinning would take about a core all along
 
 
 def test_omp_num_threads_is_read_as_openmp_reads_it(monkeypatch):
