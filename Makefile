@@ -76,14 +76,15 @@ demo: install
 
 # The suite on TEST_WORKERS processes (pytest-xdist), a test file to a process: a file's
 # fixtures (trained models, the SLURM cluster, the quick paper run) are built once per process.
+# The longest files start first (tests/conftest.py lists them), in that order.
 # Three on two cores: much of the slow tier waits (on mpirun, the SLURM scheduler, a browser).
 TEST_WORKERS ?= 3
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The fast tier for the inner loop: everything but real mpirun, SLURM and end-to-end runs.
 check: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 # The paper's claims at small scale (about an hour on 2 cores; PAPER_SCALE=quick: minutes);
 # PAPER_MPI=N runs the surfaces under mpirun -n N. Rerun to continue an interrupted run.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO
+from helpers import LONGEST_FIRST, REPO
 from helpers import (CENTRE, PARTIAL_EIG, PCA_PARTIAL, PCA_SPEC, PX, PY, add_hessian, add_paths, eig_maps, paraboloid,
                      pca_loss, render, write_surface)
 
@@ -30,6 +30,11 @@ def one_torch_thread():
     small model took 4 to 14 times as long."""
     torch.set_num_threads(1)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    first = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a file's tests keep their order
 
 
 # `make check` leaves out what is marked slow: each file or test that launches mpirun, SLURM, a browser or a

@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from helpers import REPO, fake_venv, make, needs_make
+from helpers import LONGEST_FIRST, REPO, fake_venv, make, needs_make
 
 SCRIPT = REPO / "scripts" / "find-parallel-hdf5.sh"
 
@@ -132,7 +132,10 @@ def test_make_test_runs_three_processes_and_make_check_leaves_the_slow_tier_out(
     make(venv, "test")
     make(venv, "check")
     runs = [line for line in log(venv).splitlines() if line.startswith("-m pytest")]
-    assert runs == ["-m pytest -n 3 --dist loadfile", "-m pytest -n 3 --dist loadfile -m not slow"], runs
+    assert runs == ["-m pytest -n 3 --dist loadfile --no-loadscope-reorder",
+                    "-m pytest -n 3 --dist loadfile --no-loadscope-reorder -m not slow"], runs
+    # the longest files, started first, are files of the suite (a renamed one would start last)
+    assert all((REPO / "tests" / name).is_file() for name in LONGEST_FIRST), LONGEST_FIRST
     # the fast tier: no test that starts mpirun, a SLURM cluster or the quick paper run
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow",
                            "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=120)
