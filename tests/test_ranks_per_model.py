@@ -4,7 +4,9 @@ workers of an MPI job form groups of K ranks, each group holding one model shard
 
 The values are checked against one process and against plain forward passes of a tiny GPT-2
 moved along directions drawn here from the documented scheme (helpers.drawn), written out,
-not taken from the tool. Its vocabulary (101) and widths (30) do not divide by 2, so shards
+not taken from the tool. The tests of failures and resumption run a plain-torch network of
+the same shape of data (`tiny`), checked against one process of it: importing transformers
+costs every rank seconds. Its vocabulary (101) and widths (30) do not divide by 2, so shards
 are uneven; 22 sequences in batches of 4 give 6 batches, and the digits run 5 (an odd round).
 """
 
@@ -45,6 +47,37 @@ def model():
     torch.manual_seed(0)
     return GPT2LMHeadModel(GPT2Config(vocab_size=101, n_positions=12, n_embd=30, n_layer=2, n_head=2,
                                       initializer_range=0.2, bos_token_id=0, eos_token_id=0))
+
+
+def tiny():
+    """Token embeddings, two residual MLP blocks and a head in plain torch: for the tests of
+    failures and resumption, where which network it is does not matter, and importing
+    transformers would cost each rank seconds."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.fc = nn.LayerNorm(30), nn.Linear(30, 30)
+
+        def forward(self, h):
+            return h + torch.tanh(self.fc(self.norm(h)))
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(101, 30)
+            self.blocks = nn.ModuleList([Block(), Block()])
+            self.head = nn.Linear(30, 101)
+
+        def forward(self, ids):
+            h = self.wte(ids)
+            for block in self.blocks:
+                h = block(h)
+            return self.head(h)
+
+    torch.manual_seed(0)
+    return Tiny()
 
 
 def llama():
@@ -96,14 +129,14 @@ def fails(outputs, targets, never=False):
     fails.calls = calls
     if not never and os.environ.get("OMPI_COMM_WORLD_RANK") == "2" and calls > 30:
         raise RuntimeError("the loss failed on purpose")
-    logits = outputs.logits.float().flatten(0, 1)
+    logits = getattr(outputs, "logits", outputs).float().flatten(0, 1)
     t = targets.flatten()
     s = torch.nn.functional.cross_entropy(logits, t, reduction="sum")
     return s, t.numel(), (logits.argmax(-1) == t).sum()
 '''
 
 SPEC = '''[model]
-name = "lmk:model"
+name = "lmk:{model}"
 [data]
 name = "lmk:data"
 splits = ["train", "test"]
@@ -134,9 +167,11 @@ def lm(tmp_path_factory) -> Path:
 
 
 def job(folder: Path, name: str, k: int = 2, store: str = "seed", hold: bool = True,
-        loss: str = "cross_entropy") -> Path:
+        loss: str = "cross_entropy", model: str = "model") -> Path:
+    """A spec of the tiny GPT-2 (`model`), or of `tiny`, the plain-torch network."""
     path = folder / f"{name}.toml"
-    path.write_text(SPEC.format(store=store, k=k, hold=str(hold).lower(), loss=loss, out=folder / f"{name}.h5"))
+    path.write_text(SPEC.format(store=store, k=k, hold=str(hold).lower(), loss=loss, out=folder / f"{name}.h5",
+                                model=model))
     return path
 
 
@@ -158,6 +193,14 @@ def one(lm) -> dict[str, np.ndarray]:
     proc = surface(lm, job(lm, "one", k=1))
     assert proc.returncode == 0, proc.stderr
     return values(lm / "one.h5")
+
+
+@pytest.fixture(scope="module")
+def one_tiny(lm) -> dict[str, np.ndarray]:
+    """The same of the plain-torch network."""
+    proc = surface(lm, job(lm, "one_tiny", k=1, model="tiny"))
+    assert proc.returncode == 0, proc.stderr
+    return values(lm / "one_tiny.h5")
 
 
 def assert_equal(got: dict, want: dict) -> None:
@@ -223,12 +266,12 @@ def test_two_groups_of_two_equal_one_process_and_a_plain_forward_pass(lm, one):
     assert got["test_loss"][1, 2] == pytest.approx(loss, rel=1e-5)
 
 
-def test_no_direction_held_gives_the_same_values(lm, one):
+def test_no_direction_held_gives_the_same_values(lm, one_tiny):
     """hold_directions = false: each rank draws its own rows of each tensor at every move."""
-    proc = surface(lm, job(lm, "stream", hold=False), 3)
+    proc = surface(lm, job(lm, "stream", hold=False, model="tiny"), 3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "this rank's rows only" in proc.stderr
-    assert_equal(values(lm / "stream.h5"), one)
+    assert_equal(values(lm / "stream.h5"), one_tiny)
 
 
 def test_an_image_model_in_memory_equals_one_process(tmp_path):
@@ -252,7 +295,7 @@ def test_a_failing_rank_of_a_group_ends_the_job_in_seconds_with_one_line(lm):
     """World rank 2 raises in its loss past its 30th batch, while rank 1 of its group waits for it
     in a collective: the coordinator ends the job after its 10 s grace, with the one line."""
     t0 = time.monotonic()
-    proc = surface(lm, job(lm, "fails", loss="lmk:fails"), 3, timeout=120)
+    proc = surface(lm, job(lm, "fails", loss="lmk:fails", model="tiny"), 3, timeout=120)
     took = time.monotonic() - t0
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("losslandscape: error:")]
@@ -260,8 +303,8 @@ def test_a_failing_rank_of_a_group_ends_the_job_in_seconds_with_one_line(lm):
     assert took < 45, took  # start-up (~12 s) + the grace (10 s), not a hang
 
 
-def test_a_killed_rank_ends_the_job_and_the_resume_equals_a_clean_run(lm, one):
-    spec = job(lm, "killed", loss="lmk:slow")
+def test_a_killed_rank_ends_the_job_and_the_resume_equals_a_clean_run(lm, one_tiny):
+    spec = job(lm, "killed", loss="lmk:slow", model="tiny")
     proc, surf = started_until(lm, spec, "killed.h5", 2)
     os.kill(int((lm / "pid.2").read_text()), signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
@@ -272,7 +315,7 @@ def test_a_killed_rank_ends_the_job_and_the_resume_equals_a_clean_run(lm, one):
     again = surface(lm, spec, 3)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{done} of 9 points done" in again.stderr
-    assert_equal(values(surf), one)  # the same token cross entropy, summed by the user's loss
+    assert_equal(values(surf), one_tiny)  # the same token cross entropy, summed by the user's loss
 
 
 @pytest.mark.parametrize("ranks, words", [(0, ["evaluation.ranks_per_model: 2", "one process", "mpirun -n 3"]),
@@ -285,11 +328,11 @@ def test_a_job_whose_workers_do_not_form_groups_is_one_line(lm, ranks, words):
     assert not (lm / f"bad{ranks}.h5").exists()
 
 
-def test_slurm_array_tasks_of_two_groups_equal_one_process(lm, one, slurm):
+def test_slurm_array_tasks_of_two_groups_equal_one_process(lm, one_tiny, slurm):
     """`submit --tasks 2 --ranks-per-task 3` on the real local SLURM cluster: each array task is
     an MPI job of a coordinator and one group of two ranks sharing the model; the merge equals
     one process."""
-    spec = job(lm, "array")
+    spec = job(lm, "array", model="tiny")
     # this machine's one node has 2 CPUs: a task of 3 ranks asks to overcommit them
     proc = subprocess.run([sys.executable, "-m", "losslandscape", "submit", str(spec), "--tasks", "2",
                            "--ranks-per-task", "3", "--sbatch-arg=--overcommit"], capture_output=True, text=True,
@@ -302,7 +345,7 @@ def test_slurm_array_tasks_of_two_groups_equal_one_process(lm, one, slurm):
     held = re.findall(r"rank [12]: holds (\d+) of the model's (\d+) parameter values", logs)
     assert len(held) == 4, logs[-4000:]  # two tasks, two ranks each holding half the model
     assert all(abs(int(a) / int(b) - 0.5) < 0.01 for a, b in held), held
-    assert_equal(values(lm / "array.h5"), one)
+    assert_equal(values(lm / "array.h5"), one_tiny)
     # status's ETA divides by the models evaluating at once: 2 running tasks of one group each
     record = json.loads((lm / "array.h5.shards" / "submission.json").read_text())
     assert record["ranks_per_task"] == 3 and record["ranks_per_model"] == 2, record
@@ -318,10 +361,10 @@ def test_submit_refuses_tasks_whose_workers_do_not_form_groups(lm):
     assert not (lm / "badtasks.h5").exists()
 
 
-def test_a_signal_to_one_rank_of_a_group_stops_the_group_together_and_the_file_resumes(lm, one):
+def test_a_signal_to_one_rank_of_a_group_stops_the_group_together_and_the_file_resumes(lm, one_tiny):
     """SIGTERM to world rank 2 only: its group agrees to stop before the next point (rank 1 was
     not signalled), the job exits 3 (stopped), and the same command completes the file."""
-    spec = job(lm, "signalled", loss="lmk:slow")
+    spec = job(lm, "signalled", loss="lmk:slow", model="tiny")
     proc, surf = started_until(lm, spec, "signalled.h5", 2)
     os.kill(int((lm / "pid.2").read_text()), signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -333,7 +376,7 @@ def test_a_signal_to_one_rank_of_a_group_stops_the_group_together_and_the_file_r
     again = surface(lm, spec, 3)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{done} of 9 points done" in again.stderr
-    assert_equal(values(surf), one)
+    assert_equal(values(surf), one_tiny)
 
 
 def _lmk(lm: Path):
@@ -419,14 +462,14 @@ def test_a_checkpoint_is_read_by_rows_on_every_rank_and_equals_one_process_and_a
     assert got["test_loss"][1, 1] == pytest.approx(_test_loss(model, lmk), rel=1e-5)
 
 
-def test_a_tensor_drawn_differently_on_a_later_rank_of_a_group_stops_the_job_in_one_line(lm, one):
+def test_a_tensor_drawn_differently_on_a_later_rank_of_a_group_stops_the_job_in_one_line(lm, one_tiny):
     """The ranks of a group share the check of a seed file's digests (rank r checks tensors r,
     r + K, ...): a tensor that comes out differently, checked by the group's second rank, is
     one line, and no point is computed."""
     import shutil
 
     path = lm / "tampered.h5"
-    shutil.copy(lm / "one.h5", path)
+    shutil.copy(lm / "one_tiny.h5", path)
     with h5py.File(path, "r+") as f:
         f["train_done"][2, 2] = 0  # one point left to compute
         digests = f["directions/sha256"][...]
@@ -434,7 +477,7 @@ def test_a_tensor_drawn_differently_on_a_later_rank_of_a_group_stops_the_job_in_
         f["directions/sha256"][...] = digests
         name = f["directions/names"][1].decode()
     before = values(path)
-    proc = surface(lm, job(lm, "tampered", k=2), 3)
+    proc = surface(lm, job(lm, "tampered", k=2, model="tiny"), 3)
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, proc.stderr[-3000:]
