@@ -76,7 +76,7 @@ demo: install
 
 # The suite on TEST_WORKERS processes (pytest-xdist), a test file to a process: a file's
 # fixtures (trained models, the SLURM cluster, the quick paper run) are built once per process.
-# The longest files start first (tests/conftest.py lists them), in that order.
+# The longest files start first (LONGEST_FIRST in tests/helpers.py), in that order.
 # Three on two cores: much of the slow tier waits (on mpirun, the SLURM scheduler, a browser).
 TEST_WORKERS ?= 3
 test: install
